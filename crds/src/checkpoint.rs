@@ -1,0 +1,104 @@
+//! Delivery guarantee and where state snapshots are stored.
+
+use kube::KubeSchema;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::{Duration, kafka::CredentialsSecretRef};
+
+/// What a consumer of the output sees after failures and rescaling.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeliveryGuarantee {
+    /// Outputs may be repeated after a failure. Windowed outputs are deterministic and keyed by
+    /// (key, window start), so a compacted topic or an upserting sink still ends exactly-once.
+    #[default]
+    AtLeastOnce,
+    /// Kafka transactions: outputs and source offsets commit together at each checkpoint;
+    /// readers use `isolation.level=read_committed`. Requires `checkpoint`.
+    ExactlyOnce,
+}
+
+/// Periodic snapshots of per-partition state.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckpointSpec {
+    /// Time between checkpoints of each slot. In exactly-once mode this is also the output
+    /// latency. Defaults to `10s`.
+    #[serde(default = "default_interval")]
+    pub interval: Duration,
+
+    /// Where snapshots are written.
+    pub storage: CheckpointStorage,
+
+    /// Snapshots kept per partition; older ones are deleted after a successful commit.
+    /// Defaults to 3.
+    #[serde(default = "default_retain")]
+    #[schemars(range(min = 1, max = 100))]
+    pub retain: i32,
+}
+
+fn default_interval() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_retain() -> i32 {
+    3
+}
+
+/// Snapshot storage. Exactly one of `s3`, `volume` and `local` is set.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("[has(self.s3), has(self.volume), has(self.local)].filter(x, x).size() == 1").message("set exactly one of s3, volume or local"))]
+pub struct CheckpointStorage {
+    /// An S3 bucket (or an S3-compatible store via `endpoint`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Storage>,
+    /// A ReadWriteMany PersistentVolumeClaim mounted into every pod (e.g. EFS), so any pod can
+    /// restore any partition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<VolumeStorage>,
+    /// A local directory: only for `pipeline-runtime run` and local mode on one machine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local: Option<LocalStorage>,
+}
+
+/// S3 location of snapshots.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct S3Storage {
+    /// Bucket name.
+    #[schemars(length(min = 3))]
+    pub bucket: String,
+    /// Key prefix under which this pipeline's snapshots live. Defaults to `<namespace>/<name>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// AWS region. Absent = the pod's environment (`AWS_REGION`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Custom endpoint for S3-compatible stores such as MinIO.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Secret with `username` = access key id and `password` = secret access key. Absent = the
+    /// pod's identity (IRSA on EKS) or the default credential chain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret: Option<CredentialsSecretRef>,
+}
+
+/// A shared PersistentVolumeClaim.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeStorage {
+    /// Name of an existing ReadWriteMany PersistentVolumeClaim in the pipeline's namespace.
+    #[schemars(length(min = 1))]
+    pub claim_name: String,
+}
+
+/// A directory on the local machine.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LocalStorage {
+    /// Absolute or working-directory-relative path.
+    #[schemars(length(min = 1))]
+    pub path: String,
+}

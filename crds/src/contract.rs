@@ -1,0 +1,191 @@
+//! What the operator and the runtime must agree on, defined once: environment variables, the
+//! config file path, ports, labels, annotations and metric names.
+
+/// Environment variables the operator sets on runtime pods and the runtime reads.
+pub mod env {
+    /// Path of the PipelineDeployment manifest the runtime executes.
+    pub const CONFIG: &str = "SLUICE_CONFIG";
+    /// Task slots (worker threads, consumer-group members) of this pod.
+    pub const SLOTS: &str = "SLUICE_SLOTS";
+    /// Name of the PipelineDeployment.
+    pub const PIPELINE: &str = "SLUICE_PIPELINE";
+    /// Namespace of the PipelineDeployment.
+    pub const NAMESPACE: &str = "SLUICE_NAMESPACE";
+    /// Pod name (from the downward API); labels metrics and names checkpoint writers.
+    pub const POD_NAME: &str = "SLUICE_POD_NAME";
+    /// Port of `/metrics`, `/healthz` and `/readyz`.
+    pub const METRICS_PORT: &str = "SLUICE_METRICS_PORT";
+    /// `json` (default in pods) or `text` log lines.
+    pub const LOG_FORMAT: &str = "SLUICE_LOG_FORMAT";
+    /// `tracing` filter, e.g. `info,pipeline_runtime=debug`.
+    pub const LOG: &str = "SLUICE_LOG";
+    /// SASL username, from the Secret named in `spec.kafka.sasl.credentialsSecret`.
+    pub const KAFKA_SASL_USERNAME: &str = "SLUICE_KAFKA_SASL_USERNAME";
+    /// SASL password, from the Secret named in `spec.kafka.sasl.credentialsSecret`.
+    pub const KAFKA_SASL_PASSWORD: &str = "SLUICE_KAFKA_SASL_PASSWORD";
+    /// S3 access key id, from `spec.checkpoint.storage.s3.credentialsSecret`.
+    pub const S3_ACCESS_KEY_ID: &str = "AWS_ACCESS_KEY_ID";
+    /// S3 secret access key, from `spec.checkpoint.storage.s3.credentialsSecret`.
+    pub const S3_SECRET_ACCESS_KEY: &str = "AWS_SECRET_ACCESS_KEY";
+}
+
+/// Files and directories inside runtime pods.
+pub mod paths {
+    /// Directory the runtime ConfigMap is mounted at.
+    pub const CONFIG_DIR: &str = "/etc/sluice";
+    /// Key of the manifest in the ConfigMap, and its file name in [`CONFIG_DIR`].
+    pub const CONFIG_FILE: &str = "pipeline.yaml";
+    /// Full path of the manifest in a pod.
+    pub const CONFIG_PATH: &str = "/etc/sluice/pipeline.yaml";
+    /// Directory the Kafka CA Secret is mounted at.
+    pub const KAFKA_CA_DIR: &str = "/etc/sluice/kafka-ca";
+    /// Mount point of a `checkpoint.storage.volume` claim.
+    pub const CHECKPOINT_VOLUME_DIR: &str = "/var/lib/sluice/checkpoints";
+    /// Writable scratch directory (the root file system is read-only).
+    pub const SCRATCH_DIR: &str = "/tmp";
+}
+
+/// Network ports.
+pub mod ports {
+    /// Runtime `/metrics`, `/healthz` and `/readyz`.
+    pub const RUNTIME_METRICS: u16 = 9249;
+    /// Name of the runtime metrics port in pod specs and Services.
+    pub const RUNTIME_METRICS_NAME: &str = "metrics";
+    /// Operator `/metrics`, `/healthz` and `/readyz`.
+    pub const OPERATOR_HTTP: u16 = 8080;
+}
+
+/// Label keys on every object the operator creates.
+pub mod labels {
+    /// `sluice-runtime`.
+    pub const NAME: &str = "app.kubernetes.io/name";
+    /// The PipelineDeployment's name.
+    pub const INSTANCE: &str = "app.kubernetes.io/instance";
+    /// `pipeline`.
+    pub const COMPONENT: &str = "app.kubernetes.io/component";
+    /// `sluice`.
+    pub const PART_OF: &str = "app.kubernetes.io/part-of";
+    /// `sluice-operator`.
+    pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+    /// The runtime version.
+    pub const VERSION: &str = "app.kubernetes.io/version";
+    /// The PipelineDeployment's name; the pod selector key.
+    pub const PIPELINE: &str = "sluice.dev/pipeline";
+
+    /// Value of [`NAME`] on runtime objects.
+    pub const NAME_RUNTIME: &str = "sluice-runtime";
+    /// Value of [`COMPONENT`] on runtime objects.
+    pub const COMPONENT_PIPELINE: &str = "pipeline";
+    /// Value of [`PART_OF`].
+    pub const PART_OF_SLUICE: &str = "sluice";
+    /// Value of [`MANAGED_BY`].
+    pub const MANAGED_BY_OPERATOR: &str = "sluice-operator";
+}
+
+/// Annotation keys.
+pub mod annotations {
+    /// Hash of the runtime config on the pod template: a changed pipeline rolls the pods.
+    pub const CONFIG_HASH: &str = "sluice.dev/config-hash";
+}
+
+/// The runtime's Prometheus metrics, by the name Prometheus stores (counters end in `_total`).
+/// The autoscaler queries exactly these names.
+pub mod metrics {
+    /// Records read from the source (counter; labels pipeline, namespace, pod, slot, topic).
+    pub const RECORDS_IN_TOTAL: &str = "pipeline_records_in_total";
+    /// Records written to the sink (counter).
+    pub const RECORDS_OUT_TOTAL: &str = "pipeline_records_out_total";
+    /// Records dropped by the filter (counter).
+    pub const RECORDS_FILTERED_TOTAL: &str = "pipeline_records_filtered_total";
+    /// Records later than the allowed lateness (counter).
+    pub const RECORDS_LATE_TOTAL: &str = "pipeline_records_late_total";
+    /// Records sent to the dead-letter topic, or counted when it is absent (counter; label reason).
+    pub const RECORDS_DEAD_LETTER_TOTAL: &str = "pipeline_records_dead_letter_total";
+    /// High watermark of a source partition (gauge; labels topic, partition).
+    pub const PARTITION_END_OFFSET: &str = "pipeline_partition_end_offset";
+    /// Next offset the slot will read from a source partition (gauge; labels topic, partition).
+    pub const PARTITION_POSITION: &str = "pipeline_partition_position";
+    /// End offset − position, per partition (gauge).
+    pub const CONSUMER_LAG_RECORDS: &str = "pipeline_consumer_lag_records";
+    /// Seconds a slot spent processing records (counter; label slot).
+    pub const BUSY_SECONDS_TOTAL: &str = "pipeline_busy_seconds_total";
+    /// Seconds a slot spent blocked on the sink (counter; label slot).
+    pub const BACKPRESSURED_SECONDS_TOTAL: &str = "pipeline_backpressured_seconds_total";
+    /// Seconds a slot spent waiting for input (counter; label slot).
+    pub const IDLE_SECONDS_TOTAL: &str = "pipeline_idle_seconds_total";
+    /// Processing time − watermark, per partition (gauge).
+    pub const WATERMARK_LAG_SECONDS: &str = "pipeline_watermark_lag_seconds";
+    /// Window close (or record time, stateless) to output sent (histogram).
+    pub const OUTPUT_LATENCY_SECONDS: &str = "pipeline_output_latency_seconds";
+    /// Keys with open windows, per slot (gauge).
+    pub const STATE_KEYS: &str = "pipeline_state_keys";
+    /// Source partitions assigned to a slot (gauge).
+    pub const ASSIGNED_PARTITIONS: &str = "pipeline_assigned_partitions";
+    /// Consumer-group rebalances seen by a slot (counter).
+    pub const REBALANCES_TOTAL: &str = "pipeline_rebalances_total";
+    /// Duration of a checkpoint (histogram).
+    pub const CHECKPOINT_DURATION_SECONDS: &str = "pipeline_checkpoint_duration_seconds";
+    /// Bytes written by the last checkpoint (gauge).
+    pub const CHECKPOINT_BYTES: &str = "pipeline_checkpoint_bytes";
+    /// Checkpoints by result (counter; label result = success | failure).
+    pub const CHECKPOINTS_TOTAL: &str = "pipeline_checkpoints_total";
+    /// Duration of restoring a partition's state (histogram).
+    pub const RESTORE_DURATION_SECONDS: &str = "pipeline_restore_duration_seconds";
+
+    /// The name to register a metric under with `prometheus-client`, which appends `_total` to
+    /// counters itself.
+    pub fn registration_name(exposed: &str) -> &str {
+        exposed.strip_suffix("_total").unwrap_or(exposed)
+    }
+
+    /// Label keys used on runtime metrics.
+    pub mod label {
+        /// PipelineDeployment name.
+        pub const PIPELINE: &str = "pipeline";
+        /// PipelineDeployment namespace.
+        pub const NAMESPACE: &str = "namespace";
+        /// Pod name.
+        pub const POD: &str = "pod";
+        /// Slot index within the pod.
+        pub const SLOT: &str = "slot";
+        /// Kafka topic.
+        pub const TOPIC: &str = "topic";
+        /// Kafka partition.
+        pub const PARTITION: &str = "partition";
+        /// Why a record was dead-lettered, or a checkpoint's result.
+        pub const REASON: &str = "reason";
+        /// `success` or `failure`.
+        pub const RESULT: &str = "result";
+    }
+}
+
+/// Headers the runtime puts on side-output records.
+pub mod headers {
+    /// Why a record was dead-lettered.
+    pub const ERROR: &str = "sluice.error";
+    /// The stage that failed (`decode`, `filter`, `key`, `timestamp`).
+    pub const STAGE: &str = "sluice.stage";
+    /// Source topic of a side-output record.
+    pub const SOURCE_TOPIC: &str = "sluice.source.topic";
+    /// Source partition of a side-output record.
+    pub const SOURCE_PARTITION: &str = "sluice.source.partition";
+    /// Source offset of a side-output record.
+    pub const SOURCE_OFFSET: &str = "sluice.source.offset";
+    /// `start-end` of the window a late record missed (epoch milliseconds).
+    pub const WINDOW: &str = "sluice.window";
+    /// How far behind the watermark a late record was, in milliseconds.
+    pub const LATENESS_MS: &str = "sluice.lateness.ms";
+}
+
+/// Fields every windowed output record carries beside the key and the aggregates.
+pub mod output {
+    /// Window start, epoch milliseconds, inclusive.
+    pub const WINDOW_START: &str = "window_start";
+    /// Window end, epoch milliseconds, exclusive.
+    pub const WINDOW_END: &str = "window_end";
+}
+
+/// The default consumer group of a pipeline: `sluice.<namespace>.<name>`.
+pub fn default_consumer_group(namespace: &str, name: &str) -> String {
+    format!("sluice.{namespace}.{name}")
+}

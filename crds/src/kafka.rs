@@ -1,0 +1,153 @@
+//! How the runtime connects to Kafka: brokers, security, and extra client properties.
+
+use std::collections::BTreeMap;
+
+use kube::KubeSchema;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Connection settings shared by the source, the sink and the side topics.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.sasl) || self.securityProtocol == 'SASL_PLAINTEXT' || self.securityProtocol == 'SASL_SSL'").message("sasl requires securityProtocol SASL_PLAINTEXT or SASL_SSL"))]
+pub struct KafkaSpec {
+    /// Comma-separated `host:port` list of Kafka brokers, e.g. `kafka.kafka:9092`.
+    #[schemars(length(min = 1))]
+    pub bootstrap_servers: String,
+
+    /// Protocol used to talk to the brokers. Defaults to `PLAINTEXT`.
+    #[serde(default)]
+    pub security_protocol: SecurityProtocol,
+
+    /// SASL authentication. The credentials always come from a Secret, never inline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sasl: Option<SaslSpec>,
+
+    /// TLS settings for `SSL` and `SASL_SSL`: a CA bundle to trust instead of the system roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSpec>,
+
+    /// URL of a Confluent-compatible Schema Registry, used by the `avro` format when no inline
+    /// schema is given and to register the schema of Avro outputs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema_registry_url: Option<String>,
+
+    /// Extra librdkafka client properties applied to every consumer and producer, e.g.
+    /// `fetch.max.bytes` or `client.rack`. Properties the runtime owns (group, offsets,
+    /// transactions, credentials) are rejected.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub properties: BTreeMap<String, String>,
+}
+
+/// Kafka's `security.protocol`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum SecurityProtocol {
+    /// No encryption, no authentication.
+    #[default]
+    #[serde(rename = "PLAINTEXT")]
+    Plaintext,
+    /// TLS encryption (and optionally mutual TLS).
+    #[serde(rename = "SSL")]
+    Ssl,
+    /// SASL authentication without encryption.
+    #[serde(rename = "SASL_PLAINTEXT")]
+    SaslPlaintext,
+    /// SASL authentication over TLS (Amazon MSK, Confluent Cloud).
+    #[serde(rename = "SASL_SSL")]
+    SaslSsl,
+}
+
+impl SecurityProtocol {
+    /// The value librdkafka expects for `security.protocol`.
+    pub fn as_kafka_str(self) -> &'static str {
+        match self {
+            Self::Plaintext => "plaintext",
+            Self::Ssl => "ssl",
+            Self::SaslPlaintext => "sasl_plaintext",
+            Self::SaslSsl => "sasl_ssl",
+        }
+    }
+}
+
+/// SASL mechanism and the Secret that holds the credentials.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SaslSpec {
+    /// The SASL mechanism.
+    pub mechanism: SaslMechanism,
+    /// Secret in the pipeline's namespace holding the username and password.
+    pub credentials_secret: CredentialsSecretRef,
+}
+
+/// Kafka's `sasl.mechanism`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum SaslMechanism {
+    /// Username and password sent as-is (use with `SASL_SSL`).
+    #[serde(rename = "PLAIN")]
+    Plain,
+    /// Salted challenge-response with SHA-256.
+    #[serde(rename = "SCRAM-SHA-256")]
+    ScramSha256,
+    /// Salted challenge-response with SHA-512 (Amazon MSK's SCRAM).
+    #[serde(rename = "SCRAM-SHA-512")]
+    ScramSha512,
+}
+
+impl SaslMechanism {
+    /// The value librdkafka expects for `sasl.mechanism`.
+    pub fn as_kafka_str(self) -> &'static str {
+        match self {
+            Self::Plain => "PLAIN",
+            Self::ScramSha256 => "SCRAM-SHA-256",
+            Self::ScramSha512 => "SCRAM-SHA-512",
+        }
+    }
+}
+
+/// A Secret holding a username and a password.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CredentialsSecretRef {
+    /// Name of the Secret, in the pipeline's namespace.
+    #[schemars(length(min = 1))]
+    pub name: String,
+    /// Key of the username in the Secret. Defaults to `username`.
+    #[serde(default = "default_username_key")]
+    pub username_key: String,
+    /// Key of the password in the Secret. Defaults to `password`.
+    #[serde(default = "default_password_key")]
+    pub password_key: String,
+}
+
+fn default_username_key() -> String {
+    "username".to_owned()
+}
+
+fn default_password_key() -> String {
+    "password".to_owned()
+}
+
+/// TLS trust settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsSpec {
+    /// Secret holding a PEM CA bundle to verify the brokers with. Absent = the system roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret: Option<SecretKeyRef>,
+}
+
+/// One key of a Secret.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Name of the Secret, in the pipeline's namespace.
+    #[schemars(length(min = 1))]
+    pub name: String,
+    /// Key within the Secret. Defaults to `ca.crt`.
+    #[serde(default = "default_ca_key")]
+    pub key: String,
+}
+
+fn default_ca_key() -> String {
+    "ca.crt".to_owned()
+}

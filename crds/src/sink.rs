@@ -1,0 +1,128 @@
+//! Where results go: a Kafka topic or a ClickHouse table, plus the late-data and dead-letter topics.
+
+use kube::KubeSchema;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::{Duration, kafka::CredentialsSecretRef};
+
+/// The output of the pipeline. Exactly one of `kafka` and `clickhouse` is set.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.kafka) != has(self.clickhouse)").message("set exactly one of kafka or clickhouse"))]
+pub struct SinkSpec {
+    /// Write output records to a Kafka topic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka: Option<KafkaSink>,
+    /// Insert output records into a ClickHouse table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clickhouse: Option<ClickHouseSink>,
+}
+
+/// A Kafka output topic and its producer tuning.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KafkaSink {
+    /// The output topic. Windowed outputs are keyed by (key, window start), so a compacted topic
+    /// holds exactly one record per window.
+    #[schemars(length(min = 1))]
+    pub topic: String,
+
+    /// Encoding of output values. Defaults to `json`.
+    #[serde(default)]
+    pub format: OutputFormat,
+
+    /// Compression of produced batches. Defaults to `lz4`.
+    #[serde(default)]
+    pub compression: Compression,
+
+    /// How long the producer waits to fill a batch (`linger.ms`). Defaults to `5ms`.
+    #[serde(default = "default_linger")]
+    pub linger: Duration,
+
+    /// Largest batch per partition in bytes (`batch.size`). Defaults to 262144 (256 KiB).
+    #[serde(default = "default_batch_bytes")]
+    #[schemars(range(min = 1024, max = 16777216))]
+    pub batch_bytes: i32,
+}
+
+fn default_linger() -> Duration {
+    Duration::from_millis(5)
+}
+
+fn default_batch_bytes() -> i32 {
+    262_144
+}
+
+/// Output value encoding.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum OutputFormat {
+    /// A JSON object per record.
+    #[default]
+    Json,
+    /// Avro in the Confluent wire format; the schema is derived from the output fields and
+    /// registered in `kafka.schemaRegistryUrl`.
+    Avro,
+}
+
+/// Producer batch compression.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Compression {
+    /// No compression.
+    None,
+    /// gzip: small, slow.
+    Gzip,
+    /// Snappy.
+    Snappy,
+    /// LZ4: fast, the usual choice for high-throughput pipelines.
+    #[default]
+    Lz4,
+    /// Zstandard: smaller than LZ4 at more CPU.
+    Zstd,
+}
+
+impl Compression {
+    /// The value librdkafka expects for `compression.codec`.
+    pub fn as_kafka_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Gzip => "gzip",
+            Self::Snappy => "snappy",
+            Self::Lz4 => "lz4",
+            Self::Zstd => "zstd",
+        }
+    }
+}
+
+/// A ClickHouse table reached over HTTP.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClickHouseSink {
+    /// HTTP(S) endpoint, e.g. `http://clickhouse.analytics:8123`.
+    #[schemars(length(min = 1))]
+    pub url: String,
+    /// Database name. Defaults to `default`.
+    #[serde(default = "default_database")]
+    pub database: String,
+    /// Table name.
+    #[schemars(length(min = 1))]
+    pub table: String,
+    /// Secret with the ClickHouse username and password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret: Option<CredentialsSecretRef>,
+}
+
+fn default_database() -> String {
+    "default".to_owned()
+}
+
+/// A side-output Kafka topic (late data, dead letters).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TopicRef {
+    /// Topic name.
+    #[schemars(length(min = 1))]
+    pub topic: String,
+}

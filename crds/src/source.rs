@@ -1,0 +1,86 @@
+//! Where records come from: topics, consumer group, starting offsets and the record format.
+
+use kube::KubeSchema;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The Kafka topic(s) the pipeline reads.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.topic) != has(self.topics)").message("set exactly one of topic or topics"))]
+pub struct SourceSpec {
+    /// The topic to read. Use `topics` to read several topics with the same format.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub topic: Option<String>,
+
+    /// Several topics to read as one stream. Their partition counts are added up for sizing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub topics: Option<Vec<String>>,
+
+    /// Consumer group id. Defaults to `sluice.<namespace>.<name>`. Offsets committed under this
+    /// group are where a restarted or rescaled pipeline resumes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumer_group: Option<String>,
+
+    /// Where to start when the group has no committed offset for a partition. Defaults to
+    /// `earliest`, so a new pipeline processes the retained history instead of silently skipping it.
+    #[serde(default)]
+    pub starting_offsets: StartingOffsets,
+
+    /// How record values are encoded.
+    #[serde(default)]
+    pub format: SourceFormat,
+}
+
+impl SourceSpec {
+    /// Every topic this source reads, in the order written.
+    pub fn topic_names(&self) -> Vec<&str> {
+        match (&self.topic, &self.topics) {
+            (Some(topic), _) => vec![topic.as_str()],
+            (None, Some(topics)) => topics.iter().map(String::as_str).collect(),
+            (None, None) => Vec::new(),
+        }
+    }
+}
+
+/// Kafka's `auto.offset.reset`, used only when no offset is committed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum StartingOffsets {
+    /// The oldest retained record.
+    #[default]
+    Earliest,
+    /// Only records produced after the pipeline starts.
+    Latest,
+}
+
+/// Record value encoding of the source topic.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.schema) || self.type == 'avro'").message("schema is only used with type avro"))]
+pub struct SourceFormat {
+    /// `json` (UTF-8 JSON objects), `avro` (Confluent wire format, or raw Avro datums when `schema`
+    /// is given) or `raw` (bytes, exposed to expressions as `record.value`).
+    #[serde(rename = "type", default)]
+    pub kind: FormatKind,
+
+    /// Inline Avro writer schema (JSON). When set, values are plain Avro datums; when absent, values
+    /// carry the Confluent wire header and schemas are fetched from `kafka.schemaRegistryUrl`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<String>,
+}
+
+/// A record encoding.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum FormatKind {
+    /// A JSON object per record.
+    #[default]
+    Json,
+    /// Apache Avro.
+    Avro,
+    /// Opaque bytes.
+    Raw,
+}

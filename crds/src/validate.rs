@@ -1,0 +1,719 @@
+//! Semantic validation of a `PipelineDeploymentSpec`: everything the CRD schema and its CEL rules
+//! cannot say. Pure; returns every problem at once, each with its field path. The operator and the
+//! runtime both call it.
+
+use std::{collections::BTreeSet, fmt};
+
+use crate::{
+    Duration, PipelineDeploymentSpec, aggregate::AggregateFunction, checkpoint::DeliveryGuarantee,
+    contract::output, kafka::SecurityProtocol, quantity::parse_quantity, sink::OutputFormat,
+    source::FormatKind, transform::TimestampSource, window::WindowKind,
+};
+
+/// One problem, at one field.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldError {
+    /// JSON path of the field, e.g. `spec.window.sliding.slide`.
+    pub path: String,
+    /// What is wrong and, where useful, what would be right.
+    pub message: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// Every problem found in a spec.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct ValidationErrors(pub Vec<FieldError>);
+
+impl fmt::Display for ValidationErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid PipelineDeployment spec ({} problem",
+            self.0.len()
+        )?;
+        if self.0.len() != 1 {
+            f.write_str("s")?;
+        }
+        f.write_str("):")?;
+        for error in &self.0 {
+            write!(f, "\n  - {error}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ValidationErrors {
+    /// Whether any error is at `path` (exactly).
+    pub fn has_path(&self, path: &str) -> bool {
+        self.0.iter().any(|e| e.path == path)
+    }
+}
+
+/// Librdkafka properties the runtime sets itself; overriding them would break offsets,
+/// transactions or credentials handling.
+pub const RESERVED_KAFKA_PROPERTIES: &[&str] = &[
+    "bootstrap.servers",
+    "group.id",
+    "group.instance.id",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "auto.offset.reset",
+    "partition.assignment.strategy",
+    "isolation.level",
+    "transactional.id",
+    "enable.idempotence",
+    "security.protocol",
+    "sasl.mechanism",
+    "sasl.mechanisms",
+    "sasl.username",
+    "sasl.password",
+    "ssl.key.password",
+    "ssl.keystore.password",
+];
+
+/// Shortest checkpoint interval accepted.
+pub const MIN_CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
+
+struct Collector(Vec<FieldError>);
+
+impl Collector {
+    fn error(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(FieldError {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    fn check(&mut self, ok: bool, path: &str, message: &str) {
+        if !ok {
+            self.error(path, message);
+        }
+    }
+}
+
+/// Checks a spec. `Ok(())` when it can run; otherwise every problem, in field order.
+pub fn validate(spec: &PipelineDeploymentSpec) -> Result<(), ValidationErrors> {
+    let mut c = Collector(Vec::new());
+    kafka(&mut c, spec);
+    source(&mut c, spec);
+    transform(&mut c, spec);
+    window(&mut c, spec);
+    aggregates(&mut c, spec);
+    sink(&mut c, spec);
+    side_topics(&mut c, spec);
+    delivery_and_checkpoint(&mut c, spec);
+    sizing(&mut c, spec);
+    autoscaler(&mut c, spec);
+    if c.0.is_empty() {
+        Ok(())
+    } else {
+        Err(ValidationErrors(c.0))
+    }
+}
+
+/// Kafka's legal topic names: 1 to 249 of `[A-Za-z0-9._-]`, not `.` or `..`.
+pub fn is_valid_topic_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 249
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+}
+
+/// A dotted field path such as `user.id`: non-empty segments without spaces.
+pub fn is_valid_field_path(path: &str) -> bool {
+    !path.is_empty()
+        && path
+            .split('.')
+            .all(|seg| !seg.is_empty() && !seg.chars().any(char::is_whitespace))
+}
+
+fn kafka(c: &mut Collector, spec: &PipelineDeploymentSpec) {
+    let k = &spec.kafka;
+    let servers: Vec<&str> = k.bootstrap_servers.split(',').map(str::trim).collect();
+    if k.bootstrap_servers.trim().is_empty() {
+        c.error("spec.kafka.bootstrapServers", "must not be empty");
+    } else {
+        for server in servers {
+            let valid = server
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            if !valid {
+                c.error(
+                    "spec.kafka.bootstrapServers",
+                    format!("{server:?} is not host:port"),
+                );
+            }
+        }
+    }
+    let sasl_protocol = matches!(
+        k.security_protocol,
+        SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl
+    );
+    match (&k.sasl, sasl_protocol) {
+        (Some(_), false) => c.error(
+            "spec.kafka.sasl",
+            "sasl requires securityProtocol SASL_PLAINTEXT or SASL_SSL",
+        ),
+        (None, true) => c.error(
+            "spec.kafka.sasl",
+            "securityProtocol SASL_* requires sasl (mechanism and credentialsSecret)",
+        ),
+        _ => {}
+    }
+    if k.tls.is_some()
+        && !matches!(
+            k.security_protocol,
+            SecurityProtocol::Ssl | SecurityProtocol::SaslSsl
+        )
+    {
+        c.error(
+            "spec.kafka.tls",
+            "tls requires securityProtocol SSL or SASL_SSL",
+        );
+    }
+    if let Some(url) = &k.schema_registry_url {
+        c.check(
+            is_http_url(url),
+            "spec.kafka.schemaRegistryUrl",
+            "must be an http:// or https:// URL",
+        );
+    }
+    for key in k.properties.keys() {
+        if RESERVED_KAFKA_PROPERTIES.contains(&key.as_str()) {
+            c.error(
+                format!("spec.kafka.properties[{key}]"),
+                "is set by the runtime and cannot be overridden (use the dedicated spec fields)",
+            );
+        }
+    }
+}
+
+fn source(c: &mut Collector, spec: &PipelineDeploymentSpec) {
+    let s = &spec.source;
+    match (&s.topic, &s.topics) {
+        (Some(_), Some(_)) | (None, None) => {
+            c.error("spec.source", "set exactly one of topic or topics");
+        }
+        (Some(topic), None) => {
+            c.check(
+                is_valid_topic_name(topic),
+                "spec.source.topic",
+                "is not a valid Kafka topic name ([A-Za-z0-9._-], 1 to 249 characters)",
+            );
+        }
+        (None, Some(topics)) => {
+            if topics.is_empty() {
+                c.error("spec.source.topics", "must list at least one topic");
+            }
+            let mut seen = BTreeSet::new();
+            for (i, topic) in topics.iter().enumerate() {
+                if !is_valid_topic_name(topic) {
+                    c.error(
+                        format!("spec.source.topics[{i}]"),
+                        "is not a valid Kafka topic name ([A-Za-z0-9._-], 1 to 249 characters)",
+                    );
+                }
+                if !seen.insert(topic) {
+                    c.error(format!("spec.source.topics[{i}]"), "is listed twice");
+                }
+            }
+        }
+    }
+    if let Some(group) = &s.consumer_group {
+        c.check(
+            !group.trim().is_empty(),
+            "spec.source.consumerGroup",
+            "must not be empty",
+        );
+    }
+    match (s.format.kind, &s.format.schema) {
+        (FormatKind::Avro, Some(schema)) => {
+            if serde_json::from_str::<serde_json::Value>(schema).is_err() {
+                c.error(
+                    "spec.source.format.schema",
+                    "is not valid JSON (an Avro schema is a JSON document)",
+                );
+            }
+        }
+        (FormatKind::Avro, None) => {
+            if spec.kafka.schema_registry_url.is_none() {
+                c.error(
+                    "spec.source.format",
+                    "avro without an inline schema needs spec.kafka.schemaRegistryUrl",
+                );
+            }
+        }
+        (_, Some(_)) => c.error("spec.source.format.schema", "is only used with type avro"),
+        (_, None) => {}
+    }
+}
+
+fn transform(c: &mut Collector, spec: &PipelineDeploymentSpec) {
+    let t = &spec.transform;
+    let raw = spec.source.format.kind == FormatKind::Raw;
+    if let Some(filter) = &t.filter {
+        if filter.trim().is_empty() {
+            c.error("spec.transform.filter", "must not be empty");
+        } else if let Err(e) = cel::Program::compile(filter) {
+            c.error(
+                "spec.transform.filter",
+                format!("is not a valid CEL expression: {e}"),
+            );
+        }
+    }
+    if let Some(select) = &t.select {
+        if spec.window.is_some() {
+            c.error(
+                "spec.transform.select",
+                "is for stateless pipelines; windowed outputs are the key and the aggregates",
+            );
+        }
+        if raw {
+            c.error(
+                "spec.transform.select",
+                "raw records have no fields to select",
+            );
+        }
+        for (i, path) in select.iter().enumerate() {
+            c.check(
+                is_valid_field_path(path),
+                &format!("spec.transform.select[{i}]"),
+                "is not a dotted field path",
+            );
+        }
+    }
+    if let Some(key) = &t.key_by {
+        c.check(
+            is_valid_field_path(key),
+            "spec.transform.keyBy",
+            "is not a dotted field path",
+        );
+        c.check(
+            !raw,
+            "spec.transform.keyBy",
+            "raw records have no fields to key by",
+        );
+    }
+    if let Some(ts) = &t.timestamp {
+        match (ts.source, &ts.field) {
+            (TimestampSource::Field, None) => {
+                c.error(
+                    "spec.transform.timestamp.field",
+                    "is required for source field",
+                );
+            }
+            (TimestampSource::Field, Some(field)) => {
+                c.check(
+                    is_valid_field_path(field),
+                    "spec.transform.timestamp.field",
+                    "is not a dotted field path",
+                );
+                c.check(
+                    !raw,
+                    "spec.transform.timestamp.field",
+                    "raw records have no fields; use source kafka",
+                );
+            }
+            (_, Some(_)) => c.error(
+                "spec.transform.timestamp.field",
+                "is only used with source field",
+            ),
+            (_, None) => {}
+        }
+    }
+    if let Some(idle) = t.watermark.idle_timeout {
+        c.check(
+            !idle.is_zero(),
+            "spec.transform.watermark.idleTimeout",
+            "must be greater than 0s (omit it to disable idleness)",
+        );
+    }
+}
+
+fn window(c: &mut Collector, spec: &PipelineDeploymentSpec) {
+    let Some(w) = &spec.window else { return };
+    match w.kind() {
+        None => c.error(
+            "spec.window",
+            "set exactly one of tumbling, sliding or session",
+        ),
+        Some(WindowKind::Tumbling { size }) => {
+            c.check(
+                !size.is_zero(),
+                "spec.window.tumbling.size",
+                "must be greater than 0s",
+            );
+        }
+        Some(WindowKind::Sliding { size, slide }) => {
+            if slide.is_zero() {
+                c.error("spec.window.sliding.slide", "must be greater than 0s");
+            } else if slide > size {
+                c.error("spec.window.sliding.slide", "must be at most size");
+            } else if !size.as_millis().is_multiple_of(slide.as_millis()) {
+                c.error(
+                    "spec.window.sliding.size",
+                    format!("must be a whole multiple of slide ({slide})"),
+                );
+            }
+        }
+        Some(WindowKind::Session { gap }) => {
+            c.check(
+                !gap.is_zero(),
+                "spec.window.session.gap",
+                "must be greater than 0s",
+            );
+        }
+    }
+    if spec.transform.key_by.is_none() {
+        c.error(
+            "spec.transform.keyBy",
+            "windows are computed per key: set keyBy",
+        );
+    }
+}
+
+fn aggregates(c: &mut Collector, spec: &PipelineDeploymentSpec) {
+    if spec.window.is_some() && spec.aggregates.is_empty() {
+        c.error("spec.aggregates", "a window needs at least one aggregate");
+    }
+    if spec.window.is_none() && !spec.aggregates.is_empty() {
+        c.error("spec.aggregates", "aggregates need a window");
+    }
+    let key_name = spec
+        .transform
+        .key_by
+        .as_deref()
+        .map(|k| k.rsplit('.').next().unwrap_or(k));
+    let mut names = BTreeSet::new();
+    for (i, agg) in spec.aggregates.iter().enumerate() {
+        let path = format!("spec.aggregates[{i}]");
+        if !names.insert(agg.name.as_str()) {
+            c.error(
+                format!("{path}.name"),
+                format!("{:?} is used twice", agg.name),
+            );
+        }
+        if agg.name == output::WINDOW_START
+            || agg.name == output::WINDOW_END
+            || Some(agg.name.as_str()) == key_name
+        {
+            c.error(
+                format!("{path}.name"),
+                format!("{:?} collides with a key or window field", agg.name),
+            );
+        }
+        match (&agg.field, agg.function.needs_field()) {
+            (None, true) => c.error(format!("{path}.field"), "is required for this function"),
+            (Some(field), _) => c.check(
+                is_valid_field_path(field),
+                &format!("{path}.field"),
+                "is not a dotted field path",
+            ),
+            (None, false) => {}
+        }
+        match (agg.quantile, agg.function) {
+            (Some(q), AggregateFunction::Percentile) => c.check(
+                q > 0.0 && q < 1.0,
+                &format!("{path}.quantile"),
+                "must be strictly between 0 and 1",
+            ),
+            (None, AggregateFunction::Percentile) => {
+                c.error(format!("{path}.quantile"), "is required for percentile");
+            }
+            (Some(_), _) => c.error(format!("{path}.quantile"), "is only used by percentile"),
+            (None, _) => {}
+        }
+    }
+}
+
+fn sink(c: &mut Collector, spec: &PipelineDeploymentSpec) {
+    let source_topics = spec.source.topic_names();
+    match (&spec.sink.kafka, &spec.sink.clickhouse) {
+        (Some(kafka), None) => {
+            c.check(
+                is_valid_topic_name(&kafka.topic),
+                "spec.sink.kafka.topic",
+                "is not a valid Kafka topic name",
+            );
+            c.check(
+                !source_topics.contains(&kafka.topic.as_str()),
+                "spec.sink.kafka.topic",
+                "must differ from the source topic (the pipeline would read its own output)",
+            );
+            if kafka.format == OutputFormat::Avro && spec.kafka.schema_registry_url.is_none() {
+                c.error(
+                    "spec.sink.kafka.format",
+                    "avro output needs spec.kafka.schemaRegistryUrl",
+                );
+            }
+        }
+        (None, Some(ch)) => {
+            c.check(
+                is_http_url(&ch.url),
+                "spec.sink.clickhouse.url",
+                "must be an http:// or https:// URL",
+            );
+        }
+        _ => c.error("spec.sink", "set exactly one of kafka or clickhouse"),
+    }
+}
+
+fn side_topics(c: &mut Collector, spec: &PipelineDeploymentSpec) {
+    let source_topics = spec.source.topic_names();
+    let sides = [
+        ("spec.lateData.topic", spec.late_data.as_ref()),
+        ("spec.deadLetter.topic", spec.dead_letter.as_ref()),
+    ];
+    for (path, topic) in sides {
+        let Some(topic) = topic else { continue };
+        c.check(
+            is_valid_topic_name(&topic.topic),
+            path,
+            "is not a valid Kafka topic name",
+        );
+        c.check(
+            !source_topics.contains(&topic.topic.as_str()),
+            path,
+            "must differ from the source topic",
+        );
+    }
+    if spec.late_data.is_some() && spec.window.is_none() {
+        c.error("spec.lateData", "only applies to windowed pipelines");
+    }
+}
+
+fn delivery_and_checkpoint(c: &mut Collector, spec: &PipelineDeploymentSpec) {
+    if spec.delivery == DeliveryGuarantee::ExactlyOnce && spec.checkpoint.is_none() {
+        c.error(
+            "spec.checkpoint",
+            "exactly-once delivery requires checkpoint",
+        );
+    }
+    let Some(cp) = &spec.checkpoint else { return };
+    c.check(
+        cp.interval >= MIN_CHECKPOINT_INTERVAL,
+        "spec.checkpoint.interval",
+        "must be at least 100ms",
+    );
+    let st = &cp.storage;
+    let set = [st.s3.is_some(), st.volume.is_some(), st.local.is_some()];
+    if set.iter().filter(|x| **x).count() != 1 {
+        c.error(
+            "spec.checkpoint.storage",
+            "set exactly one of s3, volume or local",
+        );
+    }
+    if let Some(s3) = &st.s3 {
+        let valid_bucket = (3..=63).contains(&s3.bucket.len())
+            && s3
+                .bucket
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-');
+        c.check(
+            valid_bucket,
+            "spec.checkpoint.storage.s3.bucket",
+            "is not a valid S3 bucket name (3 to 63 of a-z, 0-9, '.', '-')",
+        );
+        if let Some(endpoint) = &s3.endpoint {
+            c.check(
+                is_http_url(endpoint),
+                "spec.checkpoint.storage.s3.endpoint",
+                "must be an http:// or https:// URL",
+            );
+        }
+    }
+    if let Some(local) = &st.local {
+        c.check(
+            !local.path.trim().is_empty(),
+            "spec.checkpoint.storage.local.path",
+            "must not be empty",
+        );
+    }
+}
+
+fn sizing(c: &mut Collector, spec: &PipelineDeploymentSpec) {
+    if let Some(p) = spec.parallelism {
+        c.check(p >= 1, "spec.parallelism", "must be at least 1");
+    }
+    let r = &spec.resources;
+    c.check(
+        r.slots_per_pod >= 1,
+        "spec.resources.slotsPerPod",
+        "must be at least 1",
+    );
+    let positive = [
+        ("spec.resources.cpuPerSlot", &r.cpu_per_slot),
+        ("spec.resources.memoryPerSlot", &r.memory_per_slot),
+    ];
+    for (path, quantity) in positive {
+        match parse_quantity(quantity) {
+            Ok(v) if v > 0.0 => {}
+            Ok(_) => c.error(path, "must be greater than 0"),
+            Err(e) => c.error(path, e.to_string()),
+        }
+    }
+    match parse_quantity(&r.memory_overhead) {
+        Ok(v) if v >= 0.0 => {}
+        Ok(_) => c.error("spec.resources.memoryOverhead", "must not be negative"),
+        Err(e) => c.error("spec.resources.memoryOverhead", e.to_string()),
+    }
+    if let Some(ratio) = r.cpu_limit_ratio {
+        c.check(
+            ratio >= 1.0 && ratio.is_finite(),
+            "spec.resources.cpuLimitRatio",
+            "must be at least 1 (a limit below the request is not allowed)",
+        );
+    }
+}
+
+fn autoscaler(c: &mut Collector, spec: &PipelineDeploymentSpec) {
+    let Some(a) = &spec.autoscaler else { return };
+    let p = "spec.autoscaler";
+    if let Some(min) = a.min_parallelism {
+        c.check(
+            min >= 1,
+            &format!("{p}.minParallelism"),
+            "must be at least 1",
+        );
+    }
+    if let Some(max) = a.max_parallelism {
+        c.check(
+            max >= 1,
+            &format!("{p}.maxParallelism"),
+            "must be at least 1",
+        );
+    }
+    if let (Some(min), Some(max)) = (a.min_parallelism, a.max_parallelism) {
+        c.check(
+            min <= max,
+            &format!("{p}.minParallelism"),
+            "must be at most maxParallelism",
+        );
+    }
+    c.check(
+        !a.interval.is_zero(),
+        &format!("{p}.interval"),
+        "must be greater than 0s",
+    );
+    c.check(
+        a.metrics_window >= a.interval,
+        &format!("{p}.metricsWindow"),
+        "must be at least interval",
+    );
+    c.check(
+        a.target_utilization > 0.0 && a.target_utilization <= 1.0,
+        &format!("{p}.targetUtilization"),
+        "must be in (0, 1]",
+    );
+    c.check(
+        !a.catch_up_duration.is_zero(),
+        &format!("{p}.catchUpDuration"),
+        "must be greater than 0s",
+    );
+    c.check(
+        a.max_scale_up_factor >= 1.0,
+        &format!("{p}.maxScaleUpFactor"),
+        "must be at least 1",
+    );
+    c.check(
+        a.max_scale_down_factor > 0.0 && a.max_scale_down_factor < 1.0,
+        &format!("{p}.maxScaleDownFactor"),
+        "must be in (0, 1)",
+    );
+    match (&a.metrics.prometheus, &a.metrics.direct) {
+        (Some(_), Some(_)) => c.error(
+            format!("{p}.metrics"),
+            "set at most one of prometheus or direct",
+        ),
+        (Some(prom), None) => c.check(
+            is_http_url(&prom.url),
+            &format!("{p}.metrics.prometheus.url"),
+            "must be an http:// or https:// URL",
+        ),
+        _ => {}
+    }
+}
+
+fn is_http_url(url: &str) -> bool {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"));
+    rest.is_some_and(|r| !r.is_empty() && !r.starts_with('/'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::from_yaml;
+
+    fn spec(extra: &str) -> PipelineDeploymentSpec {
+        let text = format!(
+            "apiVersion: sluice.dev/v1alpha1\nkind: PipelineDeployment\nmetadata: {{name: t}}\nspec:\n  kafka: {{bootstrapServers: 'a:9092,b:9092'}}\n  source: {{topic: in}}\n  sink: {{kafka: {{topic: out}}}}\n{extra}"
+        );
+        from_yaml(&text, "test").unwrap().spec
+    }
+
+    #[test]
+    fn a_minimal_stateless_spec_is_valid() {
+        assert_eq!(validate(&spec("")), Ok(()));
+    }
+
+    #[test]
+    fn a_windowed_spec_with_key_and_aggregates_is_valid() {
+        let s = spec(
+            "  transform: {keyBy: device.id, timestamp: {field: ts}}\n  window: {sliding: {size: 10m, slide: 1m}}\n  aggregates: [{name: n, function: count}, {name: p, function: percentile, field: v, quantile: 0.5}]\n",
+        );
+        assert_eq!(validate(&s), Ok(()));
+    }
+
+    #[test]
+    fn reports_every_problem_at_once_with_its_path() {
+        let s = spec(
+            "  transform: {filter: 'record.x >'}\n  window: {tumbling: {size: 0s}}\n  aggregates: [{name: window_start, function: sum}]\n  delivery: exactly-once\n",
+        );
+        let errors = validate(&s).unwrap_err();
+        for path in [
+            "spec.transform.filter",
+            "spec.window.tumbling.size",
+            "spec.transform.keyBy",
+            "spec.aggregates[0].name",
+            "spec.aggregates[0].field",
+            "spec.checkpoint",
+        ] {
+            assert!(errors.has_path(path), "missing {path} in {errors}");
+        }
+        assert_eq!(errors.0.len(), 6, "{errors}");
+        assert!(
+            errors
+                .to_string()
+                .starts_with("invalid PipelineDeployment spec (6 problems):")
+        );
+    }
+
+    #[test]
+    fn bootstrap_servers_must_be_host_port() {
+        let mut s = spec("");
+        s.kafka.bootstrap_servers = "kafka,b:9092".into();
+        assert!(
+            validate(&s)
+                .unwrap_err()
+                .has_path("spec.kafka.bootstrapServers")
+        );
+    }
+
+    #[test]
+    fn topic_names_follow_kafka_rules() {
+        assert!(is_valid_topic_name("iot-sensor_data.v1"));
+        for bad in ["", ".", "..", "a b", "ümlaut", &"x".repeat(250)] {
+            assert!(!is_valid_topic_name(bad), "{bad:?}");
+        }
+    }
+}

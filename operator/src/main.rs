@@ -1,0 +1,74 @@
+//! `pipeline-operator`: the Sluice Kubernetes operator.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+/// The Sluice operator: runs and autoscales Kafka stream-processing pipelines on Kubernetes.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the PipelineDeployment CustomResourceDefinition as YAML (`kubectl apply -f -`).
+    Crd,
+    /// Check PipelineDeployment manifests: schema types, semantic rules, and features this release
+    /// cannot run yet. Prints every problem with its field path; exits 1 if any.
+    Validate {
+        /// Manifest files.
+        #[arg(short = 'f', long = "file", required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+fn main() -> anyhow::Result<ExitCode> {
+    match Cli::parse().command {
+        Command::Crd => {
+            print!("{}", pipeline_crds::crd_yaml());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Validate { files } => {
+            let mut ok = true;
+            for file in files {
+                let pd = pipeline_crds::manifest::from_file(&file)
+                    .with_context(|| format!("validating {}", file.display()));
+                let pd = match pd {
+                    Ok(pd) => pd,
+                    Err(e) => {
+                        eprintln!("{e:#}");
+                        ok = false;
+                        continue;
+                    }
+                };
+                let mut problems: Vec<String> = match pipeline_crds::validate(&pd.spec) {
+                    Ok(()) => Vec::new(),
+                    Err(errors) => errors.0.iter().map(ToString::to_string).collect(),
+                };
+                problems.extend(
+                    pipeline_crds::support::unsupported(&pd.spec)
+                        .iter()
+                        .map(ToString::to_string),
+                );
+                if problems.is_empty() {
+                    println!("{}: valid", file.display());
+                } else {
+                    ok = false;
+                    eprintln!("{}:", file.display());
+                    for p in problems {
+                        eprintln!("  - {p}");
+                    }
+                }
+            }
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+    }
+}

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The project's test command (README "Run the tests"): installs what the tests need when it is
+# missing, then runs formatting, lints and every test of the workspace.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\n== %s\n' "$*"; }
+
+# System libraries for librdkafka (built from source by rdkafka-sys).
+missing=()
+for pkg in pkg-config libssl-dev zlib1g-dev make g++; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  log "installing ${missing[*]}"
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "need root to apt-get install ${missing[*]}" >&2
+    exit 1
+  fi
+  apt-get update -q
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# Kafka-protocol broker for the integration tests (about 13 minutes to build on 2 cores, once).
+if [ -z "${SLUICE_SKIP_BROKER_TESTS:-}" ] && ! command -v tansu >/dev/null 2>&1; then
+  log "installing the tansu broker"
+  cargo install --locked tansu --version 0.6.0 --features dynostore
+fi
+
+log "cargo fmt --check"
+cargo fmt --all -- --check
+
+log "cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+log "cargo test"
+cargo test --workspace --locked
