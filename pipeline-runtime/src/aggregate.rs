@@ -1,0 +1,438 @@
+//! Mergeable accumulators for the aggregate functions of a window.
+//!
+//! Every accumulator can absorb a record and merge with another accumulator of the same kind, so
+//! sliding windows are computed from panes and state can later be split and combined. `null` and
+//! missing fields are skipped (as in SQL); a non-numeric value for a numeric function is an error,
+//! reported before any accumulator changes so the record can be dead-lettered cleanly.
+
+use std::{collections::hash_map::DefaultHasher, hash::BuildHasherDefault};
+
+use hyperloglogplus::{HyperLogLog, HyperLogLogPlus};
+use pipeline_crds::aggregate::{AggregateFunction, AggregateSpec};
+use serde_json::{Number, Value};
+use sketches_ddsketch::{Config as SketchConfig, DDSketch};
+
+use crate::field::FieldPath;
+
+/// HyperLogLog++ precision: 2^14 registers, about 0.8% standard error.
+const HLL_PRECISION: u8 = 14;
+
+/// A fixed-key hasher, so the same values give the same sketch in every process and release.
+type StableHasher = BuildHasherDefault<DefaultHasher>;
+
+/// Why a record cannot be aggregated.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("aggregate {name}: field {field} is {found}, expected a number")]
+pub struct AggregateError {
+    name: String,
+    field: String,
+    found: String,
+}
+
+/// The compiled aggregate list of a pipeline.
+#[derive(Clone, Debug)]
+pub struct AggregatePlan {
+    columns: Vec<Column>,
+}
+
+#[derive(Clone, Debug)]
+struct Column {
+    name: String,
+    function: AggregateFunction,
+    field: Option<FieldPath>,
+    quantile: f64,
+}
+
+impl AggregatePlan {
+    /// Compiles the spec's aggregates (already validated).
+    pub fn new(specs: &[AggregateSpec]) -> Self {
+        let columns = specs
+            .iter()
+            .map(|s| Column {
+                name: s.name.clone(),
+                function: s.function,
+                field: s.field.as_deref().map(FieldPath::parse),
+                quantile: s.quantile.unwrap_or(0.5),
+            })
+            .collect();
+        Self { columns }
+    }
+
+    /// Output field names, in spec order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.columns.iter().map(|c| c.name.as_str())
+    }
+
+    /// Empty accumulators, one per aggregate.
+    pub fn empty(&self) -> Accumulators {
+        Accumulators(
+            self.columns
+                .iter()
+                .map(|c| Accumulator::new(c.function))
+                .collect(),
+        )
+    }
+
+    /// Reads the inputs of every aggregate from `record`, failing before any state changes.
+    pub fn inputs<'a>(&self, record: &'a Value) -> Result<Inputs<'a>, AggregateError> {
+        let mut values = Vec::with_capacity(self.columns.len());
+        for column in &self.columns {
+            let value = column.field.as_ref().and_then(|f| f.get(record));
+            let input = match (column.function, value) {
+                (AggregateFunction::Count, _) | (_, None) => Input::Skip,
+                (AggregateFunction::CountDistinct, Some(v)) => Input::Any(v),
+                (_, Some(Value::Number(n))) => Input::Number(n),
+                (_, Some(other)) => {
+                    return Err(AggregateError {
+                        name: column.name.clone(),
+                        field: column.field.as_ref().map(|f| f.as_str()).unwrap_or("").to_owned(),
+                        found: type_name(other).to_owned(),
+                    });
+                }
+            };
+            values.push(input);
+        }
+        Ok(Inputs(values))
+    }
+
+    /// The output values of `acc`, in spec order.
+    pub fn results(&self, acc: &Accumulators) -> Vec<(String, Value)> {
+        self.columns
+            .iter()
+            .zip(&acc.0)
+            .map(|(column, a)| (column.name.clone(), a.result(column.quantile)))
+            .collect()
+    }
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// The per-aggregate inputs read from one record.
+#[derive(Debug)]
+pub struct Inputs<'a>(Vec<Input<'a>>);
+
+#[derive(Debug)]
+enum Input<'a> {
+    /// Nothing to add (count, or a missing/null field).
+    Skip,
+    Number(&'a Number),
+    Any(&'a Value),
+}
+
+/// The state of every aggregate of one key and window (or pane).
+#[derive(Clone, Debug)]
+pub struct Accumulators(Vec<Accumulator>);
+
+impl Accumulators {
+    /// Adds one record's inputs.
+    pub fn add(&mut self, inputs: &Inputs<'_>) {
+        for (acc, input) in self.0.iter_mut().zip(&inputs.0) {
+            acc.add(input);
+        }
+    }
+
+    /// Folds `other` (same plan) into `self`.
+    pub fn merge(&mut self, other: &Self) {
+        for (a, b) in self.0.iter_mut().zip(&other.0) {
+            a.merge(b);
+        }
+    }
+}
+
+/// An exact sum: integers add up in 128 bits; once a fractional value arrives the sum continues
+/// in f64 with Neumaier compensation.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ExactSum {
+    int: i128,
+    float: Option<(f64, f64)>,
+}
+
+impl ExactSum {
+    fn add(&mut self, n: &Number) {
+        match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => self.int += i128::from(i),
+            (None, Some(u)) => self.int += i128::from(u),
+            _ => self.add_float(n.as_f64().unwrap_or(0.0)),
+        }
+    }
+
+    fn add_float(&mut self, x: f64) {
+        let (sum, comp) = self.float.get_or_insert((0.0, 0.0));
+        let t = *sum + x;
+        if sum.abs() >= x.abs() {
+            *comp += (*sum - t) + x;
+        } else {
+            *comp += (x - t) + *sum;
+        }
+        *sum = t;
+    }
+
+    fn merge(&mut self, other: &Self) {
+        self.int += other.int;
+        if let Some((s, c)) = other.float {
+            self.add_float(s);
+            self.add_float(c);
+        }
+    }
+
+    fn value(&self) -> Value {
+        match self.float {
+            None => i64::try_from(self.int)
+                .map(Value::from)
+                .unwrap_or_else(|_| float(self.int as f64)),
+            Some((s, c)) => float(self.int as f64 + s + c),
+        }
+    }
+
+    fn as_f64(&self) -> f64 {
+        match self.float {
+            None => self.int as f64,
+            Some((s, c)) => self.int as f64 + s + c,
+        }
+    }
+}
+
+fn float(x: f64) -> Value {
+    Number::from_f64(x).map_or(Value::Null, Value::Number)
+}
+
+#[derive(Clone)]
+enum Accumulator {
+    Count(u64),
+    Sum(ExactSum),
+    Min(Option<Number>),
+    Max(Option<Number>),
+    Avg { sum: ExactSum, count: u64 },
+    CountDistinct(Box<HyperLogLogPlus<String, StableHasher>>),
+    Percentile(Box<DDSketch>),
+}
+
+impl std::fmt::Debug for Accumulator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.result(0.5))
+    }
+}
+
+impl Accumulator {
+    fn new(function: AggregateFunction) -> Self {
+        match function {
+            AggregateFunction::Count => Self::Count(0),
+            AggregateFunction::Sum => Self::Sum(ExactSum::default()),
+            AggregateFunction::Min => Self::Min(None),
+            AggregateFunction::Max => Self::Max(None),
+            AggregateFunction::Avg => Self::Avg {
+                sum: ExactSum::default(),
+                count: 0,
+            },
+            AggregateFunction::CountDistinct => Self::CountDistinct(Box::new(
+                HyperLogLogPlus::new(HLL_PRECISION, StableHasher::default())
+                    .expect("precision 14 is valid"),
+            )),
+            AggregateFunction::Percentile => {
+                Self::Percentile(Box::new(DDSketch::new(SketchConfig::defaults())))
+            }
+        }
+    }
+
+    fn add(&mut self, input: &Input<'_>) {
+        match (self, input) {
+            (Self::Count(n), _) => *n += 1,
+            (_, Input::Skip) => {}
+            (Self::Sum(sum), Input::Number(x)) => sum.add(x),
+            (Self::Min(current), Input::Number(x)) => keep_extreme(current, x, |new, old| new < old),
+            (Self::Max(current), Input::Number(x)) => keep_extreme(current, x, |new, old| new > old),
+            (Self::Avg { sum, count }, Input::Number(x)) => {
+                sum.add(x);
+                *count += 1;
+            }
+            (Self::CountDistinct(hll), Input::Any(v)) => match v {
+                Value::String(s) => hll.insert(s.as_str()),
+                other => hll.insert(other.to_string().as_str()),
+            },
+            (Self::Percentile(sketch), Input::Number(x)) => sketch.add(x.as_f64().unwrap_or(0.0)),
+            _ => {}
+        }
+    }
+
+    fn merge(&mut self, other: &Self) {
+        match (self, other) {
+            (Self::Count(a), Self::Count(b)) => *a += b,
+            (Self::Sum(a), Self::Sum(b)) => a.merge(b),
+            (Self::Min(a), Self::Min(Some(b))) => keep_extreme(a, b, |new, old| new < old),
+            (Self::Max(a), Self::Max(Some(b))) => keep_extreme(a, b, |new, old| new > old),
+            (Self::Avg { sum, count }, Self::Avg { sum: s2, count: c2 }) => {
+                sum.merge(s2);
+                *count += c2;
+            }
+            (Self::CountDistinct(a), Self::CountDistinct(b)) => {
+                a.merge(b).expect("sketches of one plan share precision and hasher");
+            }
+            (Self::Percentile(a), Self::Percentile(b)) => {
+                a.merge(b).expect("sketches of one plan share their config");
+            }
+            _ => {}
+        }
+    }
+
+    fn result(&self, quantile: f64) -> Value {
+        match self {
+            Self::Count(n) => Value::from(*n),
+            Self::Sum(sum) => sum.value(),
+            Self::Min(v) | Self::Max(v) => v.clone().map_or(Value::Null, Value::Number),
+            Self::Avg { sum, count } => {
+                if *count == 0 {
+                    Value::Null
+                } else {
+                    float(sum.as_f64() / *count as f64)
+                }
+            }
+            Self::CountDistinct(hll) => {
+                // `count` needs `&mut` (it may convert the sparse form); work on a copy.
+                let mut copy: HyperLogLogPlus<String, StableHasher> = (**hll).clone();
+                Value::from(copy.count().round() as u64)
+            }
+            Self::Percentile(sketch) => match sketch.quantile(quantile) {
+                Ok(Some(v)) => float(v),
+                _ => Value::Null,
+            },
+        }
+    }
+}
+
+fn keep_extreme(current: &mut Option<Number>, candidate: &Number, better: fn(f64, f64) -> bool) {
+    let new = candidate.as_f64().unwrap_or(f64::NAN);
+    let replace = match current {
+        None => true,
+        Some(old) => better(new, old.as_f64().unwrap_or(f64::NAN)),
+    };
+    if replace {
+        *current = Some(candidate.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    use super::*;
+
+    fn plan(yaml: &str) -> AggregatePlan {
+        let specs: Vec<AggregateSpec> = serde_yaml::from_str(yaml).unwrap();
+        AggregatePlan::new(&specs)
+    }
+
+    fn all() -> AggregatePlan {
+        plan(
+            "[{name: n, function: count}, {name: s, function: sum, field: v}, {name: lo, function: min, field: v},
+              {name: hi, function: max, field: v}, {name: mean, function: avg, field: v},
+              {name: d, function: count_distinct, field: u}, {name: p50, function: percentile, field: v, quantile: 0.5}]",
+        )
+    }
+
+    fn run(plan: &AggregatePlan, records: &[Value]) -> Vec<(String, Value)> {
+        let mut acc = plan.empty();
+        for r in records {
+            acc.add(&plan.inputs(r).unwrap());
+        }
+        plan.results(&acc)
+    }
+
+    #[test]
+    fn computes_every_function_on_a_small_input() {
+        let records: Vec<Value> = [3, 1, 4, 1, 5]
+            .iter()
+            .enumerate()
+            .map(|(i, v)| json!({"v": v, "u": format!("user{}", i % 3)}))
+            .collect();
+        let out: serde_json::Map<String, Value> = run(&all(), &records).into_iter().collect();
+        assert_eq!(out["n"], json!(5));
+        assert_eq!(out["s"], json!(14));
+        assert_eq!(out["lo"], json!(1));
+        assert_eq!(out["hi"], json!(5));
+        assert_eq!(out["mean"], json!(2.8));
+        assert_eq!(out["d"], json!(3));
+        let p50 = out["p50"].as_f64().unwrap();
+        assert!((p50 - 3.0).abs() <= 0.03, "p50 {p50}");
+    }
+
+    #[test]
+    fn skips_missing_and_null_fields_but_counts_the_record() {
+        let records = vec![json!({"v": 2}), json!({"v": null}), json!({})];
+        let out: serde_json::Map<String, Value> = run(&all(), &records).into_iter().collect();
+        assert_eq!(out["n"], json!(3));
+        assert_eq!(out["s"], json!(2));
+        assert_eq!(out["mean"], json!(2.0));
+        assert_eq!(out["d"], json!(0));
+    }
+
+    #[test]
+    fn a_string_for_a_numeric_aggregate_is_an_error_naming_the_field() {
+        let err = all().inputs(&json!({"v": "seven"})).unwrap_err();
+        assert_eq!(err.to_string(), "aggregate s: field v is a string, expected a number");
+    }
+
+    #[test]
+    fn empty_windows_give_nulls_not_zeros_for_value_functions() {
+        let out: serde_json::Map<String, Value> = run(&all(), &[]).into_iter().collect();
+        assert_eq!(out["lo"], Value::Null);
+        assert_eq!(out["mean"], Value::Null);
+        assert_eq!(out["p50"], Value::Null);
+        assert_eq!(out["s"], json!(0));
+    }
+
+    #[test]
+    fn count_distinct_is_within_two_percent_on_fifty_thousand_values() {
+        let p = plan("[{name: d, function: count_distinct, field: u}]");
+        let records: Vec<Value> = (0..100_000).map(|i| json!({"u": i % 50_000})).collect();
+        let got = run(&p, &records)[0].1.as_f64().unwrap();
+        assert!((got - 50_000.0).abs() / 50_000.0 < 0.02, "estimate {got}");
+    }
+
+    #[test]
+    fn percentile_has_one_percent_relative_error() {
+        let p = plan("[{name: p99, function: percentile, field: v, quantile: 0.99}]");
+        let records: Vec<Value> = (1..=10_000).map(|i| json!({"v": i})).collect();
+        let got = run(&p, &records)[0].1.as_f64().unwrap();
+        assert!((got - 9_900.0).abs() / 9_900.0 <= 0.011, "p99 {got}");
+    }
+
+    proptest! {
+        /// Splitting a stream into panes and merging them gives the same result as one pass:
+        /// what sliding windows and state hand-over rely on.
+        #[test]
+        fn merging_split_accumulators_equals_one_pass(values in proptest::collection::vec(-1_000_000i64..1_000_000, 0..200), split in 0usize..200) {
+            let p = all();
+            let records: Vec<Value> = values.iter().map(|v| json!({"v": v, "u": v % 17})).collect();
+            let cut = split.min(records.len());
+            let mut left = p.empty();
+            let mut right = p.empty();
+            for r in &records[..cut] { left.add(&p.inputs(r).unwrap()); }
+            for r in &records[cut..] { right.add(&p.inputs(r).unwrap()); }
+            left.merge(&right);
+            prop_assert_eq!(p.results(&left), run(&p, &records));
+        }
+
+        /// Integer sums are exact whatever the order.
+        #[test]
+        fn integer_sums_are_exact(values in proptest::collection::vec(any::<i64>(), 0..50)) {
+            let p = plan("[{name: s, function: sum, field: v}]");
+            let records: Vec<Value> = values.iter().map(|v| json!({"v": v})).collect();
+            let exact: i128 = values.iter().map(|v| i128::from(*v)).sum();
+            let got = run(&p, &records)[0].1.clone();
+            match i64::try_from(exact) {
+                Ok(e) => prop_assert_eq!(got, json!(e)),
+                Err(_) => prop_assert_eq!(got.as_f64().unwrap(), exact as f64),
+            }
+        }
+    }
+}

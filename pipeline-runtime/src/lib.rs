@@ -1,0 +1,5 @@
+//! The Sluice stream runtime.
+pub mod aggregate;
+pub mod field;
+pub mod watermark;
+pub mod window;
