@@ -85,7 +85,12 @@ impl AggregatePlan {
                 (_, Some(other)) => {
                     return Err(AggregateError {
                         name: column.name.clone(),
-                        field: column.field.as_ref().map(|f| f.as_str()).unwrap_or("").to_owned(),
+                        field: column
+                            .field
+                            .as_ref()
+                            .map(|f| f.as_str())
+                            .unwrap_or("")
+                            .to_owned(),
                         found: type_name(other).to_owned(),
                     });
                 }
@@ -248,8 +253,12 @@ impl Accumulator {
             (Self::Count(n), _) => *n += 1,
             (_, Input::Skip) => {}
             (Self::Sum(sum), Input::Number(x)) => sum.add(x),
-            (Self::Min(current), Input::Number(x)) => keep_extreme(current, x, |new, old| new < old),
-            (Self::Max(current), Input::Number(x)) => keep_extreme(current, x, |new, old| new > old),
+            (Self::Min(current), Input::Number(x)) => {
+                keep_extreme(current, x, |new, old| new < old)
+            }
+            (Self::Max(current), Input::Number(x)) => {
+                keep_extreme(current, x, |new, old| new > old)
+            }
             (Self::Avg { sum, count }, Input::Number(x)) => {
                 sum.add(x);
                 *count += 1;
@@ -274,7 +283,8 @@ impl Accumulator {
                 *count += c2;
             }
             (Self::CountDistinct(a), Self::CountDistinct(b)) => {
-                a.merge(b).expect("sketches of one plan share precision and hasher");
+                a.merge(b)
+                    .expect("sketches of one plan share precision and hasher");
             }
             (Self::Percentile(a), Self::Percentile(b)) => {
                 a.merge(b).expect("sketches of one plan share their config");
@@ -378,7 +388,10 @@ mod tests {
     #[test]
     fn a_string_for_a_numeric_aggregate_is_an_error_naming_the_field() {
         let err = all().inputs(&json!({"v": "seven"})).unwrap_err();
-        assert_eq!(err.to_string(), "aggregate s: field v is a string, expected a number");
+        assert_eq!(
+            err.to_string(),
+            "aggregate s: field v is a string, expected a number"
+        );
     }
 
     #[test]

@@ -89,7 +89,10 @@ mod tests {
         for path in ["order_id", "customer.id", "absent"] {
             FieldPath::parse(path).copy_into(&record, &mut out);
         }
-        assert_eq!(Value::Object(out), json!({"order_id": 1, "customer": {"id": "c9"}}));
+        assert_eq!(
+            Value::Object(out),
+            json!({"order_id": 1, "customer": {"id": "c9"}})
+        );
     }
 
     #[test]

@@ -1,5 +1,8 @@
 //! The Sluice stream runtime.
 pub mod aggregate;
+pub mod decode;
+pub mod event_time;
 pub mod field;
+pub mod filter;
 pub mod watermark;
 pub mod window;

@@ -38,7 +38,10 @@ impl Watermark {
         self.last_record_at = now;
         let max = self.max_event_time.map_or(ts, |m| m.max(ts));
         self.max_event_time = Some(max);
-        self.raise(max.saturating_sub(self.out_of_orderness_ms).saturating_sub(1));
+        self.raise(
+            max.saturating_sub(self.out_of_orderness_ms)
+                .saturating_sub(1),
+        );
         self.current
     }
 
@@ -92,8 +95,14 @@ mod tests {
         let t0 = Instant::now();
         let mut wm = Watermark::new(1_000, Some(Duration::from_secs(30)), t0);
         wm.on_record(10_000, t0);
-        assert_eq!(wm.on_idle_check(t0 + Duration::from_secs(29), 500_000), 8_999);
-        assert_eq!(wm.on_idle_check(t0 + Duration::from_secs(30), 500_000), 498_999);
+        assert_eq!(
+            wm.on_idle_check(t0 + Duration::from_secs(29), 500_000),
+            8_999
+        );
+        assert_eq!(
+            wm.on_idle_check(t0 + Duration::from_secs(30), 500_000),
+            498_999
+        );
         // A later record behind the idle watermark leaves it where it is.
         assert_eq!(wm.on_record(20_000, t0 + Duration::from_secs(31)), 498_999);
     }
@@ -103,6 +112,9 @@ mod tests {
         let t0 = Instant::now();
         let mut wm = Watermark::new(0, None, t0);
         wm.on_record(10, t0);
-        assert_eq!(wm.on_idle_check(t0 + Duration::from_secs(3600), i64::MAX / 2), 9);
+        assert_eq!(
+            wm.on_idle_check(t0 + Duration::from_secs(3600), i64::MAX / 2),
+            9
+        );
     }
 }

@@ -334,7 +334,11 @@ impl PartitionWindows {
         for first_offset in absorbed {
             self.release(key, first_offset);
         }
-        self.retain(key, key_value, offset.min(self.session_first_offset(key, start)));
+        self.retain(
+            key,
+            key_value,
+            offset.min(self.session_first_offset(key, start)),
+        );
         if end - 1 > wm {
             self.fire.insert(Timer {
                 at: end - 1,
@@ -438,9 +442,10 @@ mod tests {
     use super::*;
 
     fn plan() -> Arc<AggregatePlan> {
-        let specs: Vec<AggregateSpec> =
-            serde_yaml::from_str("[{name: n, function: count}, {name: s, function: sum, field: v}]")
-                .unwrap();
+        let specs: Vec<AggregateSpec> = serde_yaml::from_str(
+            "[{name: n, function: count}, {name: s, function: sum, field: v}]",
+        )
+        .unwrap();
         Arc::new(AggregatePlan::new(&specs))
     }
 
@@ -451,7 +456,11 @@ mod tests {
         lateness: i64,
         ooo: i64,
         records: &[(&str, i64, i64)],
-    ) -> (BTreeMap<(String, i64), (i64, Value, Value)>, Vec<Added>, usize) {
+    ) -> (
+        BTreeMap<(String, i64), (i64, Value, Value)>,
+        Vec<Added>,
+        usize,
+    ) {
         let p = plan();
         let mut w = PartitionWindows::new(assigner, lateness, p.clone());
         let mut out = Vec::new();
@@ -461,7 +470,14 @@ mod tests {
             let record = json!({"v": v});
             let inputs = p.inputs(&record).unwrap();
             let key: Arc<str> = Arc::from(*key);
-            let added = w.add(&key, &json!(key.as_ref()), *ts, &inputs, offset as i64, &mut out);
+            let added = w.add(
+                &key,
+                &json!(key.as_ref()),
+                *ts,
+                &inputs,
+                offset as i64,
+                &mut out,
+            );
             if added != Added::OnTime {
                 late.push(added);
             }
@@ -484,7 +500,10 @@ mod tests {
 
     #[test]
     fn tumbling_windows_fire_when_the_watermark_passes_their_end() {
-        let t = Assigner::Sliding { size: 10, slide: 10 };
+        let t = Assigner::Sliding {
+            size: 10,
+            slide: 10,
+        };
         let p = plan();
         let mut w = PartitionWindows::new(t, 0, p.clone());
         let mut out = Vec::new();
@@ -500,13 +519,25 @@ mod tests {
         assert_eq!(out.len(), 1);
         assert_eq!((out[0].start, out[0].end), (0, 10));
         assert_eq!(out[0].values[0].1, json!(2));
-        assert_eq!(w.min_open_offset(), None, "no lateness: state dropped at firing");
+        assert_eq!(
+            w.min_open_offset(),
+            None,
+            "no lateness: state dropped at firing"
+        );
     }
 
     #[test]
     fn out_of_order_records_within_the_bound_are_counted() {
-        let t = Assigner::Sliding { size: 10, slide: 10 };
-        let (res, late, _) = run(t, 0, 5, &[("a", 12, 1), ("a", 8, 1), ("a", 14, 1), ("a", 9, 1)]);
+        let t = Assigner::Sliding {
+            size: 10,
+            slide: 10,
+        };
+        let (res, late, _) = run(
+            t,
+            0,
+            5,
+            &[("a", 12, 1), ("a", 8, 1), ("a", 14, 1), ("a", 9, 1)],
+        );
         assert!(late.is_empty());
         assert_eq!(res[&("a".into(), 0)].1, json!(2));
         assert_eq!(res[&("a".into(), 10)].1, json!(2));
@@ -514,17 +545,26 @@ mod tests {
 
     #[test]
     fn a_late_record_within_allowed_lateness_fires_the_window_again() {
-        let t = Assigner::Sliding { size: 10, slide: 10 };
+        let t = Assigner::Sliding {
+            size: 10,
+            slide: 10,
+        };
         // [0,10) fires at watermark 9 (record 10), then record 5 arrives within lateness 10.
         let (res, late, emitted) = run(t, 10, 0, &[("a", 5, 1), ("a", 10, 1), ("a", 5, 100)]);
         assert!(late.is_empty());
         assert_eq!(res[&("a".into(), 0)], (10, json!(2), json!(101)));
-        assert_eq!(emitted, 2, "fired once on time, once more for the late update");
+        assert_eq!(
+            emitted, 2,
+            "fired once on time, once more for the late update"
+        );
     }
 
     #[test]
     fn a_record_past_allowed_lateness_is_late_and_changes_nothing() {
-        let t = Assigner::Sliding { size: 10, slide: 10 };
+        let t = Assigner::Sliding {
+            size: 10,
+            slide: 10,
+        };
         let (res, late, _) = run(t, 5, 0, &[("a", 5, 1), ("a", 30, 1), ("a", 6, 1)]);
         assert_eq!(
             late,
@@ -549,7 +589,10 @@ mod tests {
 
     #[test]
     fn min_open_offset_follows_the_oldest_open_window() {
-        let t = Assigner::Sliding { size: 10, slide: 10 };
+        let t = Assigner::Sliding {
+            size: 10,
+            slide: 10,
+        };
         let p = plan();
         let mut w = PartitionWindows::new(t, 0, p.clone());
         let rec = json!({"v": 1});
@@ -557,7 +600,14 @@ mod tests {
         let mut out = Vec::new();
         for (offset, (key, ts)) in [("a", 1), ("b", 11), ("a", 12)].iter().enumerate() {
             let key: Arc<str> = Arc::from(*key);
-            w.add(&key, &json!(key.as_ref()), *ts, &inputs, offset as i64, &mut out);
+            w.add(
+                &key,
+                &json!(key.as_ref()),
+                *ts,
+                &inputs,
+                offset as i64,
+                &mut out,
+            );
         }
         assert_eq!(w.min_open_offset(), Some(0));
         w.advance(9, &mut out);
@@ -576,7 +626,9 @@ mod tests {
                 for (key, ts, v) in records {
                     let mut start = ts.div_euclid(slide) * slide;
                     while start > ts - size {
-                        let e = out.entry((key.to_string(), start)).or_insert((start + size, 0, 0));
+                        let e = out
+                            .entry((key.to_string(), start))
+                            .or_insert((start + size, 0, 0));
                         e.1 += 1;
                         e.2 += v;
                         start -= slide;
@@ -593,7 +645,9 @@ mod tests {
                     let mut current: Option<(i64, i64, i64, i64)> = None;
                     for (ts, v) in list {
                         current = match current {
-                            Some((s, e, n, sum)) if ts <= e => Some((s, e.max(ts + gap), n + 1, sum + v)),
+                            Some((s, e, n, sum)) if ts <= e => {
+                                Some((s, e.max(ts + gap), n + 1, sum + v))
+                            }
                             other => {
                                 if let Some((s, e, n, sum)) = other {
                                     out.insert((key.to_string(), s), (e, n, sum));
@@ -615,7 +669,11 @@ mod tests {
 
     fn records_strategy() -> impl Strategy<Value = Vec<(&'static str, i64, i64)>> {
         proptest::collection::vec(
-            (prop::sample::select(vec!["a", "b", "c"]), 0i64..500, 1i64..100),
+            (
+                prop::sample::select(vec!["a", "b", "c"]),
+                0i64..500,
+                1i64..100,
+            ),
             0..80,
         )
     }

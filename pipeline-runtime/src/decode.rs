@@ -1,0 +1,339 @@
+//! Turning Kafka record values into JSON-shaped records: JSON, Avro (Confluent Schema Registry
+//! wire format, or plain datums with an inline schema) and raw bytes.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use apache_avro::Schema;
+use pipeline_crds::source::{FormatKind, SourceFormat};
+use serde_json::Value;
+
+/// Why a value could not be decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// A record without a value (a tombstone).
+    #[error("record has no value")]
+    Empty,
+    /// Not JSON, or JSON that is not an object.
+    #[error("invalid JSON: {0}")]
+    Json(String),
+    /// Not decodable with the Avro schema.
+    #[error("invalid Avro: {0}")]
+    Avro(String),
+    /// The Confluent wire header is missing or the schema id is unknown to the registry.
+    #[error("invalid Confluent wire format: {0}")]
+    Wire(String),
+    /// The Schema Registry could not be reached: the record is fine, try again later.
+    #[error("schema registry unavailable: {0}")]
+    RegistryUnavailable(String),
+}
+
+impl DecodeError {
+    /// True when the record itself may be valid and decoding should be retried.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::RegistryUnavailable(_))
+    }
+}
+
+/// Why a decoder could not be built from the spec.
+#[derive(Debug, thiserror::Error)]
+pub enum DecoderConfigError {
+    /// The inline Avro schema does not parse.
+    #[error("spec.source.format.schema: invalid Avro schema: {0}")]
+    Schema(String),
+    /// Avro without inline schema and without registry.
+    #[error("spec.source.format: avro needs an inline schema or spec.kafka.schemaRegistryUrl")]
+    NoRegistry,
+}
+
+/// A record decoder for one slot (it caches registry schemas).
+pub enum Decoder {
+    /// JSON objects.
+    Json,
+    /// Raw bytes, exposed as `{"value": "<text>"}`.
+    Raw,
+    /// Plain Avro datums written with one known schema.
+    AvroInline(Box<Schema>),
+    /// Confluent wire format: magic byte 0, 4-byte big-endian schema id, datum.
+    AvroRegistry(SchemaRegistry),
+}
+
+impl Decoder {
+    /// The decoder for a source format.
+    pub fn new(
+        format: &SourceFormat,
+        registry_url: Option<&str>,
+    ) -> Result<Self, DecoderConfigError> {
+        Ok(match (format.kind, &format.schema) {
+            (FormatKind::Json, _) => Self::Json,
+            (FormatKind::Raw, _) => Self::Raw,
+            (FormatKind::Avro, Some(schema)) => Self::AvroInline(Box::new(
+                Schema::parse_str(schema).map_err(|e| DecoderConfigError::Schema(e.to_string()))?,
+            )),
+            (FormatKind::Avro, None) => Self::AvroRegistry(SchemaRegistry::new(
+                registry_url.ok_or(DecoderConfigError::NoRegistry)?,
+            )),
+        })
+    }
+
+    /// Decodes one value.
+    pub fn decode(&mut self, payload: Option<&[u8]>) -> Result<Value, DecodeError> {
+        let bytes = payload.ok_or(DecodeError::Empty)?;
+        match self {
+            Self::Json => decode_json(bytes),
+            Self::Raw => {
+                let mut map = serde_json::Map::with_capacity(1);
+                map.insert(
+                    "value".to_owned(),
+                    Value::String(String::from_utf8_lossy(bytes).into_owned()),
+                );
+                Ok(Value::Object(map))
+            }
+            Self::AvroInline(schema) => decode_avro(schema, bytes),
+            Self::AvroRegistry(registry) => {
+                let (id, datum) = split_wire_header(bytes)?;
+                let schema = registry.schema(id)?;
+                decode_avro(&schema, datum)
+            }
+        }
+    }
+}
+
+/// Parses a JSON object.
+pub fn decode_json(bytes: &[u8]) -> Result<Value, DecodeError> {
+    match serde_json::from_slice::<Value>(bytes) {
+        Ok(v @ Value::Object(_)) => Ok(v),
+        Ok(other) => Err(DecodeError::Json(format!(
+            "expected an object, found {}",
+            match other {
+                Value::Array(_) => "an array",
+                Value::String(_) => "a string",
+                Value::Number(_) => "a number",
+                Value::Bool(_) => "a boolean",
+                _ => "null",
+            }
+        ))),
+        Err(e) => Err(DecodeError::Json(e.to_string())),
+    }
+}
+
+fn decode_avro(schema: &Schema, mut datum: &[u8]) -> Result<Value, DecodeError> {
+    let value = apache_avro::from_avro_datum(schema, &mut datum, None)
+        .map_err(|e| DecodeError::Avro(e.to_string()))?;
+    if !datum.is_empty() {
+        return Err(DecodeError::Avro(format!(
+            "{} bytes left after the datum",
+            datum.len()
+        )));
+    }
+    let json = Value::try_from(value).map_err(|e| DecodeError::Avro(e.to_string()))?;
+    if json.is_object() {
+        Ok(json)
+    } else {
+        Err(DecodeError::Avro("the schema is not a record".into()))
+    }
+}
+
+/// Splits the Confluent wire header: magic byte 0 and a big-endian schema id.
+pub fn split_wire_header(bytes: &[u8]) -> Result<(u32, &[u8]), DecodeError> {
+    match bytes {
+        [0, a, b, c, d, rest @ ..] => Ok((u32::from_be_bytes([*a, *b, *c, *d]), rest)),
+        [magic, ..] if *magic != 0 => {
+            Err(DecodeError::Wire(format!("magic byte {magic}, expected 0")))
+        }
+        _ => Err(DecodeError::Wire("shorter than the 5-byte header".into())),
+    }
+}
+
+/// A Confluent Schema Registry client with a schema cache (schemas by id never change).
+pub struct SchemaRegistry {
+    base_url: String,
+    agent: ureq::Agent,
+    cache: HashMap<u32, Arc<Schema>>,
+}
+
+impl SchemaRegistry {
+    /// A client for `base_url` (e.g. `http://schema-registry:8081`).
+    pub fn new(base_url: &str) -> Self {
+        let agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(10)))
+            .http_status_as_error(false)
+            .build()
+            .new_agent();
+        Self {
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            agent,
+            cache: HashMap::new(),
+        }
+    }
+
+    /// The writer schema with this id, fetched once.
+    pub fn schema(&mut self, id: u32) -> Result<Arc<Schema>, DecodeError> {
+        if let Some(schema) = self.cache.get(&id) {
+            return Ok(schema.clone());
+        }
+        let url = format!("{}/schemas/ids/{id}", self.base_url);
+        let mut response = self
+            .agent
+            .get(&url)
+            .call()
+            .map_err(|e| DecodeError::RegistryUnavailable(format!("GET {url}: {e}")))?;
+        let status = response.status().as_u16();
+        match status {
+            200 => {}
+            404 => {
+                return Err(DecodeError::Wire(format!(
+                    "schema id {id} is unknown to the registry"
+                )));
+            }
+            _ => {
+                return Err(DecodeError::RegistryUnavailable(format!(
+                    "GET {url}: HTTP {status}"
+                )));
+            }
+        }
+        #[derive(serde::Deserialize)]
+        struct SchemaResponse {
+            schema: String,
+        }
+        let body: SchemaResponse = response
+            .body_mut()
+            .read_json()
+            .map_err(|e| DecodeError::RegistryUnavailable(format!("GET {url}: {e}")))?;
+        let schema = Schema::parse_str(&body.schema)
+            .map_err(|e| DecodeError::Wire(format!("schema id {id} does not parse: {e}")))?;
+        let schema = Arc::new(schema);
+        self.cache.insert(id, schema.clone());
+        Ok(schema)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use apache_avro::types::Record;
+
+    use super::*;
+
+    const SCHEMA: &str = r#"{"type":"record","name":"Reading","fields":[
+        {"name":"device_id","type":"string"},{"name":"temperature","type":"double"},
+        {"name":"ts","type":"long"}]}"#;
+
+    fn avro_datum() -> Vec<u8> {
+        let schema = Schema::parse_str(SCHEMA).unwrap();
+        let mut record = Record::new(&schema).unwrap();
+        record.put("device_id", "d-1");
+        record.put("temperature", 21.5);
+        record.put("ts", 1_700_000_000_000_i64);
+        apache_avro::to_avro_datum(&schema, record).unwrap()
+    }
+
+    fn format(kind: FormatKind, schema: Option<&str>) -> SourceFormat {
+        SourceFormat {
+            kind,
+            schema: schema.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn decodes_json_objects_and_rejects_everything_else() {
+        let mut d = Decoder::new(&format(FormatKind::Json, None), None).unwrap();
+        assert_eq!(d.decode(Some(br#"{"a":1}"#)).unwrap()["a"], 1);
+        assert!(
+            matches!(d.decode(Some(b"[1,2]")), Err(DecodeError::Json(m)) if m.contains("array"))
+        );
+        assert!(matches!(
+            d.decode(Some(b"{\"a\":")),
+            Err(DecodeError::Json(_))
+        ));
+        assert!(matches!(d.decode(None), Err(DecodeError::Empty)));
+    }
+
+    #[test]
+    fn decodes_avro_datums_with_an_inline_schema() {
+        let mut d = Decoder::new(&format(FormatKind::Avro, Some(SCHEMA)), None).unwrap();
+        let v = d.decode(Some(&avro_datum())).unwrap();
+        assert_eq!(v["device_id"], "d-1");
+        assert_eq!(v["temperature"], 21.5);
+        assert_eq!(v["ts"], 1_700_000_000_000_i64);
+    }
+
+    #[test]
+    fn malformed_avro_is_an_error_not_a_panic() {
+        let mut d = Decoder::new(&format(FormatKind::Avro, Some(SCHEMA)), None).unwrap();
+        let mut datum = avro_datum();
+        datum.truncate(4);
+        assert!(matches!(d.decode(Some(&datum)), Err(DecodeError::Avro(_))));
+        let mut longer = avro_datum();
+        longer.push(7);
+        assert!(matches!(d.decode(Some(&longer)), Err(DecodeError::Avro(m)) if m.contains("left")));
+    }
+
+    #[test]
+    fn an_invalid_inline_schema_is_a_config_error() {
+        let err = Decoder::new(&format(FormatKind::Avro, Some("{\"type\":\"nope\"}")), None)
+            .err()
+            .unwrap();
+        assert!(err.to_string().starts_with("spec.source.format.schema"));
+    }
+
+    #[test]
+    fn wire_header_is_checked() {
+        assert_eq!(
+            split_wire_header(&[0, 0, 0, 1, 2, 9]).unwrap(),
+            (258, &[9][..])
+        );
+        assert!(matches!(
+            split_wire_header(&[1, 0, 0, 0, 1]),
+            Err(DecodeError::Wire(_))
+        ));
+        assert!(matches!(
+            split_wire_header(&[0, 0]),
+            Err(DecodeError::Wire(_))
+        ));
+    }
+
+    #[test]
+    fn raw_values_are_exposed_as_text() {
+        let mut d = Decoder::new(&format(FormatKind::Raw, None), None).unwrap();
+        assert_eq!(d.decode(Some(b"hello")).unwrap()["value"], "hello");
+    }
+
+    #[test]
+    fn registry_schemas_are_fetched_once_and_cached() {
+        // A one-shot HTTP registry on loopback: it answers the first request and then closes,
+        // so a second fetch would fail.
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let server = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 1024];
+            let n = conn.read(&mut buf).unwrap();
+            let request = String::from_utf8_lossy(&buf[..n]).to_string();
+            let body = serde_json::json!({ "schema": SCHEMA }).to_string();
+            write!(
+                conn,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+                body.len(),
+                body
+            )
+            .unwrap();
+            request
+        });
+        let mut d = Decoder::new(&format(FormatKind::Avro, None), Some(&url)).unwrap();
+        let mut wire = vec![0, 0, 0, 0, 42];
+        wire.extend(avro_datum());
+        assert_eq!(d.decode(Some(&wire)).unwrap()["device_id"], "d-1");
+        assert!(server.join().unwrap().starts_with("GET /schemas/ids/42 "));
+        assert_eq!(d.decode(Some(&wire)).unwrap()["temperature"], 21.5);
+    }
+
+    #[test]
+    fn an_unreachable_registry_is_transient() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        drop(listener);
+        let mut d = Decoder::new(&format(FormatKind::Avro, None), Some(&url)).unwrap();
+        let err = d.decode(Some(&[0, 0, 0, 0, 1, 2])).unwrap_err();
+        assert!(err.is_transient(), "{err}");
+    }
+}
