@@ -274,10 +274,11 @@ impl PartitionWindows {
         // Windows that already fired but are within their lateness fire again, updated.
         let mut end = pane_start + slide;
         while end <= last_end {
-            if end - 1 <= wm && !self.past_lateness(end, wm) {
-                if let Some(result) = self.result(key, end - size, end) {
-                    out.push(result);
-                }
+            if end - 1 <= wm
+                && !self.past_lateness(end, wm)
+                && let Some(result) = self.result(key, end - size, end)
+            {
+                out.push(result);
             }
             end += slide;
         }
@@ -449,6 +450,9 @@ mod tests {
         Arc::new(AggregatePlan::new(&specs))
     }
 
+    /// The last result per (key, window start): (end, count, sum).
+    type Finals = BTreeMap<(String, i64), (i64, Value, Value)>;
+
     /// Feeds `(key, ts, v)` in order with watermark = max ts − ooo − 1, then closes everything.
     /// Returns the last result per (key, start) and the late records.
     fn run(
@@ -456,11 +460,7 @@ mod tests {
         lateness: i64,
         ooo: i64,
         records: &[(&str, i64, i64)],
-    ) -> (
-        BTreeMap<(String, i64), (i64, Value, Value)>,
-        Vec<Added>,
-        usize,
-    ) {
+    ) -> (Finals, Vec<Added>, usize) {
         let p = plan();
         let mut w = PartitionWindows::new(assigner, lateness, p.clone());
         let mut out = Vec::new();
@@ -619,7 +619,7 @@ mod tests {
     fn reference(
         assigner: Assigner,
         records: &[(&str, i64, i64)],
-    ) -> BTreeMap<(String, i64), (i64, Value, Value)> {
+    ) -> Finals {
         let mut out: BTreeMap<(String, i64), (i64, i64, i64)> = BTreeMap::new();
         match assigner {
             Assigner::Sliding { size, slide } => {

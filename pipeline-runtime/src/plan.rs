@@ -1,0 +1,159 @@
+//! The execution plan of a pipeline: what every slot does with a record, compiled once from the
+//! spec.
+
+use std::{sync::Arc, time::Duration};
+
+use pipeline_crds::{
+    PipelineDeploymentSpec, contract,
+    source::{FormatKind, SourceFormat},
+    transform::RepartitionPolicy,
+};
+
+use crate::{aggregate::AggregatePlan, event_time::EventTime, field::FieldPath, window::Assigner};
+
+/// The windowed stage's settings.
+#[derive(Clone, Debug)]
+pub struct WindowStage {
+    /// Window kind and sizes.
+    pub assigner: Assigner,
+    /// Allowed lateness in ms.
+    pub lateness_ms: i64,
+    /// The aggregates.
+    pub aggregates: Arc<AggregatePlan>,
+}
+
+/// Everything a slot needs to process records.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// The source topics, in spec order.
+    pub source_topics: Vec<String>,
+    /// The internal topic records are re-keyed through, when repartitioning.
+    pub repartition_topic: Option<String>,
+    /// Source value format.
+    pub format: SourceFormat,
+    /// Schema Registry URL.
+    pub schema_registry_url: Option<String>,
+    /// CEL filter source.
+    pub filter: Option<String>,
+    /// Projection of stateless outputs.
+    pub select: Option<Vec<FieldPath>>,
+    /// The key field.
+    pub key_by: Option<FieldPath>,
+    /// Event time.
+    pub event_time: EventTime,
+    /// Watermark bound in ms.
+    pub out_of_orderness_ms: i64,
+    /// Idleness timeout.
+    pub idle_timeout: Option<Duration>,
+    /// The window stage; `None` = stateless.
+    pub window: Option<WindowStage>,
+    /// Output topic.
+    pub sink_topic: String,
+    /// Late-data topic.
+    pub late_topic: Option<String>,
+    /// Dead-letter topic.
+    pub dead_letter_topic: Option<String>,
+}
+
+/// Topic index 0.. for source topics, then the repartition topic.
+pub type TopicIndex = usize;
+
+impl Plan {
+    /// Compiles a validated spec. `group` names the internal repartition topic.
+    pub fn new(spec: &PipelineDeploymentSpec, group: &str) -> Self {
+        let window = spec.window.as_ref().and_then(|w| {
+            Some(WindowStage {
+                assigner: Assigner::from_kind(w.kind()?),
+                lateness_ms: i64::try_from(w.allowed_lateness.as_millis()).unwrap_or(i64::MAX),
+                aggregates: Arc::new(AggregatePlan::new(&spec.aggregates)),
+            })
+        });
+        let repartition = window.is_some()
+            && spec.transform.key_by.is_some()
+            && match spec.transform.repartition {
+                RepartitionPolicy::Never => false,
+                RepartitionPolicy::Always => true,
+                RepartitionPolicy::Auto => !spec.transform.source_keyed,
+            };
+        Self {
+            source_topics: spec
+                .source
+                .topic_names()
+                .into_iter()
+                .map(str::to_owned)
+                .collect(),
+            repartition_topic: repartition.then(|| format!("{group}-repartition")),
+            format: spec.source.format.clone(),
+            schema_registry_url: spec.kafka.schema_registry_url.clone(),
+            filter: spec.transform.filter.clone(),
+            select: spec
+                .transform
+                .select
+                .as_ref()
+                .map(|s| s.iter().map(|p| FieldPath::parse(p)).collect()),
+            key_by: spec.transform.key_by.as_deref().map(FieldPath::parse),
+            event_time: EventTime::new(spec.transform.timestamp.as_ref()),
+            out_of_orderness_ms: i64::try_from(
+                spec.transform.watermark.max_out_of_orderness.as_millis(),
+            )
+            .unwrap_or(i64::MAX),
+            idle_timeout: spec.transform.watermark.idle_timeout.map(|d| d.get()),
+            window,
+            sink_topic: spec
+                .sink
+                .kafka
+                .as_ref()
+                .map(|k| k.topic.clone())
+                .unwrap_or_default(),
+            late_topic: spec.late_data.as_ref().map(|t| t.topic.clone()),
+            dead_letter_topic: spec.dead_letter.as_ref().map(|t| t.topic.clone()),
+        }
+    }
+
+    /// Every topic the slots subscribe to.
+    pub fn subscribed_topics(&self) -> Vec<&str> {
+        self.source_topics
+            .iter()
+            .chain(self.repartition_topic.iter())
+            .map(String::as_str)
+            .collect()
+    }
+
+    /// The index of a subscribed topic.
+    pub fn topic_index(&self, topic: &str) -> Option<TopicIndex> {
+        self.subscribed_topics().iter().position(|t| *t == topic)
+    }
+
+    /// The name of a topic index.
+    pub fn topic_name(&self, index: TopicIndex) -> &str {
+        self.subscribed_topics()[index]
+    }
+
+    /// Whether `index` is the internal repartition topic.
+    pub fn is_repartition_topic(&self, index: TopicIndex) -> bool {
+        self.repartition_topic.is_some() && index == self.source_topics.len()
+    }
+
+    /// Whether source values are JSON objects that can be forwarded byte for byte.
+    pub fn source_is_json(&self) -> bool {
+        self.format.kind == FormatKind::Json
+    }
+
+    /// The output field holding the key.
+    pub fn key_field(&self) -> &str {
+        self.key_by.as_ref().map_or("key", FieldPath::leaf)
+    }
+
+    /// Output field names of windowed records, for documentation and schema derivation.
+    pub fn window_fields(&self) -> Vec<String> {
+        let mut fields = vec![
+            self.key_field().to_owned(),
+            contract::output::WINDOW_START.to_owned(),
+            contract::output::WINDOW_END.to_owned(),
+        ];
+        if let Some(w) = &self.window {
+            fields.extend(w.aggregates.names().map(str::to_owned));
+        }
+        fields
+    }
+}

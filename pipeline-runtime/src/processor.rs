@@ -1,0 +1,723 @@
+//! What one slot does with each record: decode → filter → (project | key → event time →
+//! repartition | window → aggregate), producing emits for the sink. Kafka-free: the slot feeds it
+//! records and sends what it emits.
+//!
+//! State is owned per (topic, partition), so a partition's state can be handed over on its own.
+
+use std::{collections::HashMap, sync::Arc, time::Instant};
+
+use serde_json::Value;
+
+use crate::{
+    decode::{DecodeError, Decoder, DecoderConfigError},
+    field::key_text,
+    filter::{Filter, FilterError},
+    output::window_record,
+    plan::{Plan, TopicIndex},
+    watermark::Watermark,
+    window::{Added, PartitionWindows, WindowResult},
+};
+
+/// A record read from Kafka.
+#[derive(Clone, Copy, Debug)]
+pub struct InRecord<'a> {
+    /// Index of the topic in [`Plan::subscribed_topics`].
+    pub topic: TopicIndex,
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+    /// Message key.
+    pub key: Option<&'a [u8]>,
+    /// Message value.
+    pub payload: Option<&'a [u8]>,
+    /// Kafka timestamp, epoch ms.
+    pub timestamp_ms: Option<i64>,
+}
+
+/// Where a side-output record came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceRef {
+    /// Topic index.
+    pub topic: TopicIndex,
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+}
+
+/// The stage at which a record was rejected (the `reason` label and the `sluice.stage` header).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FailedStage {
+    /// Value not decodable.
+    Decode,
+    /// Filter evaluation failed.
+    Filter,
+    /// Key field missing.
+    Key,
+    /// Event time missing or malformed.
+    Timestamp,
+    /// An aggregate input had the wrong type.
+    Aggregate,
+}
+
+impl FailedStage {
+    /// Lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Decode => "decode",
+            Self::Filter => "filter",
+            Self::Key => "key",
+            Self::Timestamp => "timestamp",
+            Self::Aggregate => "aggregate",
+        }
+    }
+}
+
+/// Something the slot must send.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Emit {
+    /// A record for the sink topic.
+    Output {
+        /// Kafka key.
+        key: Option<Vec<u8>>,
+        /// Value.
+        value: Vec<u8>,
+        /// Event time the output is about (record time, or window end), for latency.
+        event_ms: i64,
+    },
+    /// A re-keyed record for the internal repartition topic.
+    Repartition {
+        /// The key text.
+        key: Vec<u8>,
+        /// The record as JSON.
+        value: Vec<u8>,
+        /// Its event time, carried as the Kafka timestamp.
+        timestamp_ms: i64,
+    },
+    /// A record that could not be processed.
+    DeadLetter {
+        /// Original key.
+        key: Option<Vec<u8>>,
+        /// Original value.
+        value: Option<Vec<u8>>,
+        /// Failed stage.
+        stage: FailedStage,
+        /// Error text.
+        error: String,
+        /// Origin.
+        source: SourceRef,
+    },
+    /// A record later than the allowed lateness.
+    Late {
+        /// Original key.
+        key: Option<Vec<u8>>,
+        /// Original value.
+        value: Option<Vec<u8>>,
+        /// Origin.
+        source: SourceRef,
+        /// The window it missed.
+        window: (i64, i64),
+        /// How late, ms.
+        lateness_ms: i64,
+    },
+}
+
+/// Record counts of one slot, in the sense of the metric contract.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Records read from the source topics.
+    pub records_in: u64,
+    /// Records written to the sink (stateless) or window results written (windowed).
+    pub records_out: u64,
+    /// Records dropped by the filter.
+    pub filtered: u64,
+    /// Records later than allowed lateness.
+    pub late: u64,
+    /// Records dead-lettered.
+    pub dead_letter: u64,
+    /// Records accepted into windows.
+    pub windowed: u64,
+    /// Records forwarded to the repartition topic.
+    pub repartitioned: u64,
+}
+
+struct PartitionState {
+    next_offset: i64,
+    watermark: Watermark,
+    windows: Option<PartitionWindows>,
+}
+
+/// Why a slot cannot build its processor.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessorError {
+    /// The source format.
+    #[error(transparent)]
+    Decoder(#[from] DecoderConfigError),
+    /// The filter.
+    #[error(transparent)]
+    Filter(#[from] FilterError),
+}
+
+/// The per-slot record processor and the state of the partitions the slot owns.
+pub struct Processor {
+    plan: Arc<Plan>,
+    decoder: Decoder,
+    filter: Option<Filter>,
+    partitions: HashMap<(TopicIndex, i32), PartitionState>,
+    results: Vec<WindowResult>,
+    /// Counts since the slot started.
+    pub counts: Counts,
+}
+
+impl Processor {
+    /// A processor for `plan`.
+    pub fn new(plan: Arc<Plan>) -> Result<Self, ProcessorError> {
+        let decoder = Decoder::new(&plan.format, plan.schema_registry_url.as_deref())?;
+        let filter = plan.filter.as_deref().map(Filter::compile).transpose()?;
+        Ok(Self {
+            plan,
+            decoder,
+            filter,
+            partitions: HashMap::new(),
+            results: Vec::new(),
+            counts: Counts::default(),
+        })
+    }
+
+    /// The plan.
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// Processes one record. `Err` only for a transient failure (Schema Registry down): the record
+    /// was not consumed and must be offered again.
+    pub fn process(
+        &mut self,
+        rec: &InRecord<'_>,
+        now: Instant,
+        wall_ms: i64,
+        out: &mut Vec<Emit>,
+    ) -> Result<(), DecodeError> {
+        let internal = self.plan.is_repartition_topic(rec.topic);
+        if internal {
+            self.process_repartitioned(rec, now, out);
+        } else {
+            self.process_source(rec, now, wall_ms, out)?;
+        }
+        self.state(rec.topic, rec.partition, now).next_offset = rec.offset + 1;
+        Ok(())
+    }
+
+    fn process_source(
+        &mut self,
+        rec: &InRecord<'_>,
+        now: Instant,
+        wall_ms: i64,
+        out: &mut Vec<Emit>,
+    ) -> Result<(), DecodeError> {
+        let record = match self.decoder.decode(rec.payload) {
+            Ok(r) => r,
+            Err(e) if e.is_transient() => return Err(e),
+            Err(e) => {
+                self.counts.records_in += 1;
+                self.dead_letter(rec, FailedStage::Decode, e.to_string(), out);
+                return Ok(());
+            }
+        };
+        self.counts.records_in += 1;
+        if let Some(filter) = &self.filter {
+            match filter.matches(&record) {
+                Ok(true) => {}
+                Ok(false) => {
+                    self.counts.filtered += 1;
+                    return Ok(());
+                }
+                Err(e) => {
+                    self.dead_letter(rec, FailedStage::Filter, e.to_string(), out);
+                    return Ok(());
+                }
+            }
+        }
+        if self.plan.window.is_none() {
+            self.emit_stateless(rec, &record, wall_ms, out);
+            return Ok(());
+        }
+        let Some((key, key_value)) = self.key_of(&record) else {
+            let path = self.plan.key_field().to_owned();
+            self.dead_letter(
+                rec,
+                FailedStage::Key,
+                format!("key field {path} is missing"),
+                out,
+            );
+            return Ok(());
+        };
+        let ts = match self
+            .plan
+            .event_time
+            .extract(&record, rec.timestamp_ms, wall_ms)
+        {
+            Ok(ts) => ts,
+            Err(e) => {
+                self.dead_letter(rec, FailedStage::Timestamp, e.to_string(), out);
+                return Ok(());
+            }
+        };
+        if self.plan.repartition_topic.is_some() {
+            let value = match rec.payload {
+                Some(bytes) if self.plan.source_is_json() => bytes.to_vec(),
+                _ => serde_json::to_vec(&record).expect("JSON values serialize"),
+            };
+            self.counts.repartitioned += 1;
+            out.push(Emit::Repartition {
+                key: key.as_bytes().to_vec(),
+                value,
+                timestamp_ms: ts,
+            });
+            return Ok(());
+        }
+        self.window_add(rec, &record, key, &key_value, ts, now, out);
+        Ok(())
+    }
+
+    fn process_repartitioned(&mut self, rec: &InRecord<'_>, now: Instant, out: &mut Vec<Emit>) {
+        // Written by stage one of this pipeline: JSON, keyed, timestamped with event time.
+        let parsed = rec
+            .payload
+            .ok_or(DecodeError::Empty)
+            .and_then(crate::decode::decode_json);
+        let record = match parsed {
+            Ok(r) => r,
+            Err(e) => {
+                self.dead_letter(rec, FailedStage::Decode, e.to_string(), out);
+                return;
+            }
+        };
+        let (Some((key, key_value)), Some(ts)) = (self.key_of(&record), rec.timestamp_ms) else {
+            self.dead_letter(
+                rec,
+                FailedStage::Key,
+                "repartitioned record lost its key or time".into(),
+                out,
+            );
+            return;
+        };
+        self.window_add(rec, &record, key, &key_value, ts, now, out);
+    }
+
+    fn key_of(&self, record: &Value) -> Option<(Arc<str>, Value)> {
+        let value = self.plan.key_by.as_ref()?.get(record)?;
+        Some((Arc::from(key_text(value)), value.clone()))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn window_add(
+        &mut self,
+        rec: &InRecord<'_>,
+        record: &Value,
+        key: Arc<str>,
+        key_value: &Value,
+        ts: i64,
+        now: Instant,
+        out: &mut Vec<Emit>,
+    ) {
+        let stage = self.plan.window.as_ref().expect("windowed plan");
+        let inputs = match stage.aggregates.inputs(record) {
+            Ok(i) => i,
+            Err(e) => {
+                self.dead_letter(rec, FailedStage::Aggregate, e.to_string(), out);
+                return;
+            }
+        };
+        let mut results = std::mem::take(&mut self.results);
+        let state = self.state(rec.topic, rec.partition, now);
+        let watermark = state.watermark.on_record(ts, now);
+        let windows = state
+            .windows
+            .as_mut()
+            .expect("windowed plan has window state");
+        let added = windows.add(&key, key_value, ts, &inputs, rec.offset, &mut results);
+        windows.advance(watermark, &mut results);
+        match added {
+            Added::OnTime => self.counts.windowed += 1,
+            Added::Late {
+                start,
+                end,
+                lateness_ms,
+            } => {
+                self.counts.late += 1;
+                if self.plan.late_topic.is_some() {
+                    out.push(Emit::Late {
+                        key: rec.key.map(<[u8]>::to_vec),
+                        value: rec.payload.map(<[u8]>::to_vec),
+                        source: source_ref(rec),
+                        window: (start, end),
+                        lateness_ms,
+                    });
+                }
+            }
+        }
+        self.emit_windows(&mut results, out);
+        self.results = results;
+    }
+
+    fn emit_windows(&mut self, results: &mut Vec<WindowResult>, out: &mut Vec<Emit>) {
+        let key_field = self.plan.key_field().to_owned();
+        for result in results.drain(..) {
+            let (key, value) = window_record(&key_field, &result);
+            self.counts.records_out += 1;
+            out.push(Emit::Output {
+                key: Some(key),
+                value,
+                event_ms: result.end,
+            });
+        }
+    }
+
+    fn emit_stateless(
+        &mut self,
+        rec: &InRecord<'_>,
+        record: &Value,
+        wall_ms: i64,
+        out: &mut Vec<Emit>,
+    ) {
+        let value = match (&self.plan.select, rec.payload) {
+            (None, Some(bytes)) if self.plan.source_is_json() => bytes.to_vec(),
+            (None, _) => serde_json::to_vec(record).expect("JSON values serialize"),
+            (Some(paths), _) => {
+                let mut projected = serde_json::Map::new();
+                for path in paths {
+                    path.copy_into(record, &mut projected);
+                }
+                serde_json::to_vec(&projected).expect("JSON values serialize")
+            }
+        };
+        self.counts.records_out += 1;
+        out.push(Emit::Output {
+            key: rec.key.map(<[u8]>::to_vec),
+            value,
+            event_ms: rec.timestamp_ms.unwrap_or(wall_ms),
+        });
+    }
+
+    fn dead_letter(
+        &mut self,
+        rec: &InRecord<'_>,
+        stage: FailedStage,
+        error: String,
+        out: &mut Vec<Emit>,
+    ) {
+        self.counts.dead_letter += 1;
+        out.push(Emit::DeadLetter {
+            key: rec.key.map(<[u8]>::to_vec),
+            value: rec.payload.map(<[u8]>::to_vec),
+            stage,
+            error,
+            source: source_ref(rec),
+        });
+    }
+
+    fn state(&mut self, topic: TopicIndex, partition: i32, now: Instant) -> &mut PartitionState {
+        let plan = &self.plan;
+        // With repartitioning, window state lives on the repartition topic's partitions.
+        let holds_windows = plan.repartition_topic.is_none() || plan.is_repartition_topic(topic);
+        self.partitions
+            .entry((topic, partition))
+            .or_insert_with(|| PartitionState {
+                next_offset: 0,
+                watermark: Watermark::new(plan.out_of_orderness_ms, plan.idle_timeout, now),
+                windows: plan.window.as_ref().filter(|_| holds_windows).map(|w| {
+                    PartitionWindows::new(w.assigner, w.lateness_ms, w.aggregates.clone())
+                }),
+            })
+    }
+
+    /// Advances idle partitions by processing time and emits the windows that closes.
+    pub fn on_tick(&mut self, now: Instant, wall_ms: i64, out: &mut Vec<Emit>) {
+        let mut results = std::mem::take(&mut self.results);
+        for state in self.partitions.values_mut() {
+            if let Some(windows) = &mut state.windows {
+                let watermark = state.watermark.on_idle_check(now, wall_ms);
+                windows.advance(watermark, &mut results);
+            }
+        }
+        self.emit_windows(&mut results, out);
+        self.results = results;
+    }
+
+    /// The offset that is safe to commit for a partition: everything before it has been fully
+    /// emitted (once the producer has flushed). `None` when nothing was read from it.
+    pub fn committable_offset(&self, topic: TopicIndex, partition: i32) -> Option<i64> {
+        let state = self.partitions.get(&(topic, partition))?;
+        let open = state
+            .windows
+            .as_ref()
+            .and_then(PartitionWindows::min_open_offset);
+        Some(open.map_or(state.next_offset, |o| o.min(state.next_offset)))
+    }
+
+    /// Committable offsets of every partition with state.
+    pub fn committable_offsets(&self) -> Vec<(TopicIndex, i32, i64)> {
+        let mut offsets: Vec<_> = self
+            .partitions
+            .keys()
+            .filter_map(|&(t, p)| Some((t, p, self.committable_offset(t, p)?)))
+            .collect();
+        offsets.sort_unstable();
+        offsets
+    }
+
+    /// Drops a partition's state (revoked); returns its committable offset.
+    pub fn release(&mut self, topic: TopicIndex, partition: i32) -> Option<i64> {
+        let offset = self.committable_offset(topic, partition);
+        self.partitions.remove(&(topic, partition));
+        offset
+    }
+
+    /// Per partition: (topic, partition, next offset, watermark, keys in state).
+    pub fn partition_stats(&self) -> Vec<(TopicIndex, i32, i64, i64, usize)> {
+        self.partitions
+            .iter()
+            .map(|(&(t, p), s)| {
+                (
+                    t,
+                    p,
+                    s.next_offset,
+                    s.watermark.current(),
+                    s.windows.as_ref().map_or(0, PartitionWindows::key_count),
+                )
+            })
+            .collect()
+    }
+}
+
+fn source_ref(rec: &InRecord<'_>) -> SourceRef {
+    SourceRef {
+        topic: rec.topic,
+        partition: rec.partition,
+        offset: rec.offset,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use pipeline_crds::manifest::from_yaml;
+    use serde_json::json;
+
+    use super::*;
+
+    fn processor(extra: &str) -> Processor {
+        let text = format!(
+            "apiVersion: sluice.dev/v1alpha1\nkind: PipelineDeployment\nmetadata: {{name: t}}\nspec:\n  kafka: {{bootstrapServers: 'k:9092'}}\n  source: {{topic: in}}\n  sink: {{kafka: {{topic: out}}}}\n  deadLetter: {{topic: dlq}}\n{extra}"
+        );
+        let spec = from_yaml(&text, "test").unwrap().spec;
+        pipeline_crds::validate(&spec).unwrap();
+        Processor::new(Arc::new(Plan::new(&spec, "g"))).unwrap()
+    }
+
+    fn feed(
+        p: &mut Processor,
+        topic: TopicIndex,
+        partition: i32,
+        offset: i64,
+        value: &[u8],
+        ts: i64,
+    ) -> Vec<Emit> {
+        let mut out = Vec::new();
+        let rec = InRecord {
+            topic,
+            partition,
+            offset,
+            key: Some(b"k"),
+            payload: Some(value),
+            timestamp_ms: Some(ts),
+        };
+        p.process(&rec, Instant::now(), 0, &mut out).unwrap();
+        out
+    }
+
+    fn json_of(e: &Emit) -> Value {
+        match e {
+            Emit::Output { value, .. } | Emit::Repartition { value, .. } => {
+                serde_json::from_slice(value).unwrap()
+            }
+            other => panic!("not an output: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn stateless_pipeline_filters_projects_and_dead_letters() {
+        let mut p =
+            processor("  transform: {filter: 'record.amount >= 10', select: [id, customer.id]}\n");
+        let out = feed(
+            &mut p,
+            0,
+            0,
+            0,
+            br#"{"id":1,"amount":12,"customer":{"id":"c","x":1}}"#,
+            5,
+        );
+        assert_eq!(json_of(&out[0]), json!({"id": 1, "customer": {"id": "c"}}));
+        assert!(feed(&mut p, 0, 0, 1, br#"{"id":2,"amount":3}"#, 5).is_empty());
+        let dlq = feed(&mut p, 0, 0, 2, b"not json", 5);
+        assert!(matches!(
+            &dlq[0],
+            Emit::DeadLetter {
+                stage: FailedStage::Decode,
+                ..
+            }
+        ));
+        let dlq = feed(&mut p, 0, 0, 3, br#"{"id":4}"#, 5);
+        assert!(matches!(
+            &dlq[0],
+            Emit::DeadLetter {
+                stage: FailedStage::Filter,
+                ..
+            }
+        ));
+        let c = p.counts;
+        assert_eq!(
+            (c.records_in, c.records_out, c.filtered, c.dead_letter),
+            (4, 1, 1, 2)
+        );
+        assert_eq!(
+            c.records_in,
+            c.records_out + c.filtered + c.late + c.dead_letter
+        );
+        assert_eq!(p.committable_offsets(), vec![(0, 0, 4)]);
+    }
+
+    #[test]
+    fn stateless_json_without_select_forwards_the_bytes_unchanged() {
+        let mut p = processor("");
+        let raw = br#"{ "spaced" :  true }"#;
+        let out = feed(&mut p, 0, 3, 7, raw, 5);
+        assert_eq!(
+            out,
+            vec![Emit::Output {
+                key: Some(b"k".to_vec()),
+                value: raw.to_vec(),
+                event_ms: 5
+            }]
+        );
+    }
+
+    const WINDOWED: &str = "  transform: {keyBy: dev, timestamp: {field: ts}, repartition: never}\n  window: {tumbling: {size: 10s}, allowedLateness: 5s}\n  aggregates: [{name: n, function: count}, {name: total, function: sum, field: v}]\n  lateData: {topic: late}\n";
+
+    #[test]
+    fn windowed_pipeline_emits_keyed_window_results_and_routes_late_records() {
+        let mut p = processor(WINDOWED);
+        let mut out = Vec::new();
+        for (offset, (dev, ts, v)) in [
+            ("a", 1_000, 1),
+            ("b", 2_000, 2),
+            ("a", 9_999, 3),
+            ("a", 12_000, 4),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let value = json!({"dev": dev, "ts": ts, "v": v}).to_string();
+            out.extend(feed(&mut p, 0, 0, offset as i64, value.as_bytes(), 0));
+        }
+        // Watermark 11_999 closed [0,10s) for a and b; state kept for 5 s lateness.
+        let results: Vec<Value> = out.iter().map(json_of).collect();
+        assert_eq!(
+            results,
+            vec![
+                json!({"dev": "a", "window_start": 0, "window_end": 10_000, "n": 2, "total": 4}),
+                json!({"dev": "b", "window_start": 0, "window_end": 10_000, "n": 1, "total": 2}),
+            ]
+        );
+        assert!(
+            matches!(&out[0], Emit::Output { key: Some(k), .. } if k == br#"{"dev":"a","window_start":0}"#)
+        );
+        // Offsets 0..=2 are in windows still within lateness: commit stays at 0.
+        assert_eq!(p.committable_offset(0, 0), Some(0));
+        // A late record within lateness re-fires its window.
+        let again = feed(&mut p, 0, 0, 4, br#"{"dev":"a","ts":500,"v":10}"#, 0);
+        assert_eq!(json_of(&again[0])["total"], json!(14));
+        // Past lateness: routed to the late topic.
+        feed(&mut p, 0, 0, 5, br#"{"dev":"a","ts":40000,"v":0}"#, 0);
+        let late = feed(&mut p, 0, 0, 6, br#"{"dev":"a","ts":1000,"v":0}"#, 0);
+        assert!(
+            matches!(
+                &late[0],
+                Emit::Late {
+                    window: (0, 10_000),
+                    ..
+                }
+            ),
+            "{late:?}"
+        );
+        let c = p.counts;
+        assert_eq!(
+            c.records_in,
+            c.windowed + c.filtered + c.late + c.dead_letter
+        );
+        assert_eq!((c.windowed, c.late), (6, 1));
+    }
+
+    #[test]
+    fn missing_key_timestamp_or_wrongly_typed_aggregate_input_is_dead_lettered() {
+        let mut p = processor(WINDOWED);
+        let stages: Vec<FailedStage> = [
+            r#"{"ts":1,"v":1}"#,
+            r#"{"dev":"a","v":1}"#,
+            r#"{"dev":"a","ts":1,"v":"x"}"#,
+        ]
+        .iter()
+        .enumerate()
+        .map(
+            |(i, v)| match &feed(&mut p, 0, 0, i as i64, v.as_bytes(), 0)[0] {
+                Emit::DeadLetter { stage, .. } => *stage,
+                other => panic!("{other:?}"),
+            },
+        )
+        .collect();
+        assert_eq!(
+            stages,
+            [
+                FailedStage::Key,
+                FailedStage::Timestamp,
+                FailedStage::Aggregate
+            ]
+        );
+    }
+
+    #[test]
+    fn repartitioning_rekeys_source_records_and_windows_them_on_the_internal_topic() {
+        let mut p = processor(
+            "  transform: {keyBy: dev, timestamp: {field: ts}}\n  window: {tumbling: {size: 10s}}\n  aggregates: [{name: n, function: count}]\n",
+        );
+        assert_eq!(p.plan().repartition_topic.as_deref(), Some("g-repartition"));
+        let out = feed(&mut p, 0, 0, 0, br#"{"dev":"a","ts":1000}"#, 0);
+        let Emit::Repartition {
+            key,
+            value,
+            timestamp_ms,
+        } = &out[0]
+        else {
+            panic!("{out:?}")
+        };
+        assert_eq!((key.as_slice(), *timestamp_ms), (b"a".as_slice(), 1000));
+        // Stage two: the internal topic (index 1) holds the windows.
+        feed(&mut p, 1, 0, 0, value, 1000);
+        let fired = feed(&mut p, 1, 0, 1, br#"{"dev":"a","ts":20000}"#, 20_000);
+        assert_eq!(
+            json_of(&fired[0]),
+            json!({"dev": "a", "window_start": 0, "window_end": 10_000, "n": 1})
+        );
+        assert_eq!(p.counts.repartitioned, 1);
+        assert_eq!(
+            p.counts.records_in, 1,
+            "internal records are not source input"
+        );
+        assert_eq!(
+            p.committable_offset(1, 0),
+            Some(1),
+            "the open window [20s,30s) starts at offset 1"
+        );
+    }
+}
