@@ -123,6 +123,19 @@ pub mod metrics {
     pub const ASSIGNED_PARTITIONS: &str = "pipeline_assigned_partitions";
     /// Consumer-group rebalances seen by a slot (counter).
     pub const REBALANCES_TOTAL: &str = "pipeline_rebalances_total";
+    /// Records accepted into windows (counter). For windowed pipelines the identity is
+    /// `in = windowed + filtered + late + dead_letter`; for stateless ones `in = out + filtered +
+    /// dead_letter`.
+    pub const RECORDS_WINDOWED_TOTAL: &str = "pipeline_records_windowed_total";
+    /// Records re-keyed into the internal repartition topic (counter).
+    pub const RECORDS_REPARTITIONED_TOTAL: &str = "pipeline_records_repartitioned_total";
+    /// Produce requests that failed for good, per slot (counter). The slot restarts from its last
+    /// committed offsets after one.
+    pub const SINK_ERRORS_TOTAL: &str = "pipeline_sink_errors_total";
+    /// Errors reported by the Kafka client (broker down, authentication), per slot (counter).
+    pub const KAFKA_ERRORS_TOTAL: &str = "pipeline_kafka_errors_total";
+    /// Slot restarts after an error (counter).
+    pub const SLOT_RESTARTS_TOTAL: &str = "pipeline_slot_restarts_total";
     /// Duration of a checkpoint (histogram).
     pub const CHECKPOINT_DURATION_SECONDS: &str = "pipeline_checkpoint_duration_seconds";
     /// Bytes written by the last checkpoint (gauge).
@@ -175,6 +188,14 @@ pub mod headers {
     pub const WINDOW: &str = "sluice.window";
     /// How far behind the watermark a late record was, in milliseconds.
     pub const LATENESS_MS: &str = "sluice.lateness.ms";
+    /// On repartitioned records and watermark markers: the upstream source partition's id
+    /// (source partitions numbered across the source topics, in spec order).
+    pub const UPSTREAM_PARTITION: &str = "sluice.upstream.partition";
+    /// On repartitioned records: the offset in the upstream source partition (for de-duplication).
+    pub const UPSTREAM_OFFSET: &str = "sluice.upstream.offset";
+    /// On watermark markers (records without key and value in the repartition topic): the
+    /// upstream partition's watermark, epoch milliseconds.
+    pub const WATERMARK: &str = "sluice.watermark";
 }
 
 /// Fields every windowed output record carries beside the key and the aggregates.

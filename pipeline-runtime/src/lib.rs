@@ -1,11 +1,37 @@
-//! The Sluice stream runtime.
+//! The Sluice stream runtime: executes one PipelineDeployment's pipeline with a number of task
+//! slots, each a consumer-group member with its own producer and per-partition state.
+
 pub mod aggregate;
+pub mod client;
 pub mod decode;
 pub mod event_time;
 pub mod field;
 pub mod filter;
+pub mod http;
+pub mod metrics;
 pub mod output;
 pub mod plan;
 pub mod processor;
+pub mod runtime;
+pub mod sink;
+pub mod slot;
 pub mod watermark;
 pub mod window;
+
+use std::{
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+/// Sleeps for `duration` in short steps; returns true as soon as `stop` is set.
+pub fn sleep_unless_stopped(duration: Duration, stop: &AtomicBool) -> bool {
+    let deadline = Instant::now() + duration;
+    while Instant::now() < deadline {
+        if stop.load(Ordering::Relaxed) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50).min(deadline - Instant::now()));
+    }
+    stop.load(Ordering::Relaxed)
+}
+pub mod demo;

@@ -53,14 +53,29 @@ pub struct Plan {
     pub late_topic: Option<String>,
     /// Dead-letter topic.
     pub dead_letter_topic: Option<String>,
+    /// Partition count of each source topic (spec order).
+    pub source_partitions: Vec<usize>,
 }
 
 /// Topic index 0.. for source topics, then the repartition topic.
 pub type TopicIndex = usize;
 
 impl Plan {
-    /// Compiles a validated spec. `group` names the internal repartition topic.
-    pub fn new(spec: &PipelineDeploymentSpec, group: &str) -> Self {
+    /// The internal topic's name when the spec needs one.
+    pub fn repartition_topic_name(spec: &PipelineDeploymentSpec, group: &str) -> Option<String> {
+        let repartition = spec.window.is_some()
+            && spec.transform.key_by.is_some()
+            && match spec.transform.repartition {
+                RepartitionPolicy::Never => false,
+                RepartitionPolicy::Always => true,
+                RepartitionPolicy::Auto => !spec.transform.source_keyed,
+            };
+        repartition.then(|| format!("{group}-repartition"))
+    }
+
+    /// Compiles a validated spec. `group` names the internal repartition topic;
+    /// `source_partitions` are the partition counts of the source topics, in spec order.
+    pub fn new(spec: &PipelineDeploymentSpec, group: &str, source_partitions: Vec<usize>) -> Self {
         let window = spec.window.as_ref().and_then(|w| {
             Some(WindowStage {
                 assigner: Assigner::from_kind(w.kind()?),
@@ -68,13 +83,6 @@ impl Plan {
                 aggregates: Arc::new(AggregatePlan::new(&spec.aggregates)),
             })
         });
-        let repartition = window.is_some()
-            && spec.transform.key_by.is_some()
-            && match spec.transform.repartition {
-                RepartitionPolicy::Never => false,
-                RepartitionPolicy::Always => true,
-                RepartitionPolicy::Auto => !spec.transform.source_keyed,
-            };
         Self {
             source_topics: spec
                 .source
@@ -82,7 +90,7 @@ impl Plan {
                 .into_iter()
                 .map(str::to_owned)
                 .collect(),
-            repartition_topic: repartition.then(|| format!("{group}-repartition")),
+            repartition_topic: Self::repartition_topic_name(spec, group),
             format: spec.source.format.clone(),
             schema_registry_url: spec.kafka.schema_registry_url.clone(),
             filter: spec.transform.filter.clone(),
@@ -107,7 +115,26 @@ impl Plan {
                 .unwrap_or_default(),
             late_topic: spec.late_data.as_ref().map(|t| t.topic.clone()),
             dead_letter_topic: spec.dead_letter.as_ref().map(|t| t.topic.clone()),
+            source_partitions,
         }
+    }
+
+    /// Source partitions in all: the upstream partitions of the repartition topic.
+    pub fn upstream_partitions(&self) -> usize {
+        self.source_partitions.iter().sum()
+    }
+
+    /// Partitions of the repartition topic: as many as the largest source topic.
+    pub fn repartition_partitions(&self) -> i32 {
+        i32::try_from(self.source_partitions.iter().copied().max().unwrap_or(1)).unwrap_or(i32::MAX)
+    }
+
+    /// A source partition's id among all source partitions (topics in spec order).
+    pub fn upstream_id(&self, topic: TopicIndex, partition: i32) -> u32 {
+        let before: usize = self.source_partitions.iter().take(topic).sum();
+        u32::try_from(before)
+            .unwrap_or(u32::MAX)
+            .saturating_add(u32::try_from(partition).unwrap_or(0))
     }
 
     /// Every topic the slots subscribe to.

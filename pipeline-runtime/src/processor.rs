@@ -14,7 +14,7 @@ use crate::{
     filter::{Filter, FilterError},
     output::window_record,
     plan::{Plan, TopicIndex},
-    watermark::Watermark,
+    watermark::{NO_WATERMARK, UpstreamWatermarks, Watermark},
     window::{Added, PartitionWindows, WindowResult},
 };
 
@@ -33,6 +33,10 @@ pub struct InRecord<'a> {
     pub payload: Option<&'a [u8]>,
     /// Kafka timestamp, epoch ms.
     pub timestamp_ms: Option<i64>,
+    /// On repartitioned records: (upstream partition id, upstream offset).
+    pub upstream: Option<(u32, i64)>,
+    /// On watermark markers: (upstream partition id, its watermark).
+    pub marker: Option<(u32, i64)>,
 }
 
 /// Where a side-output record came from.
@@ -94,6 +98,17 @@ pub enum Emit {
         value: Vec<u8>,
         /// Its event time, carried as the Kafka timestamp.
         timestamp_ms: i64,
+        /// Its source partition's id.
+        upstream: u32,
+        /// Its source offset.
+        upstream_offset: i64,
+    },
+    /// A source partition's watermark, for every partition of the repartition topic.
+    WatermarkMarker {
+        /// The source partition's id.
+        upstream: u32,
+        /// Its watermark.
+        watermark: i64,
     },
     /// A record that could not be processed.
     DeadLetter {
@@ -140,12 +155,34 @@ pub struct Counts {
     pub windowed: u64,
     /// Records forwarded to the repartition topic.
     pub repartitioned: u64,
+    /// Repartitioned records read twice (after a crash upstream) and skipped.
+    pub duplicates: u64,
+}
+
+/// How a partition's event time advances.
+enum EventClock {
+    /// From its own records (source partitions).
+    Local(Watermark),
+    /// From its upstream partitions' markers (repartition-topic partitions), with the highest
+    /// upstream offset seen per upstream partition for de-duplication.
+    Upstream(UpstreamWatermarks, HashMap<u32, i64>),
+}
+
+impl EventClock {
+    fn current(&self) -> i64 {
+        match self {
+            Self::Local(w) => w.current(),
+            Self::Upstream(u, _) => u.current(),
+        }
+    }
 }
 
 struct PartitionState {
     next_offset: i64,
-    watermark: Watermark,
+    clock: EventClock,
     windows: Option<PartitionWindows>,
+    /// The last watermark announced downstream (stage one of a repartitioned pipeline).
+    announced: i64,
 }
 
 /// Why a slot cannot build its processor.
@@ -269,11 +306,16 @@ impl Processor {
                 Some(bytes) if self.plan.source_is_json() => bytes.to_vec(),
                 _ => serde_json::to_vec(&record).expect("JSON values serialize"),
             };
+            if let EventClock::Local(w) = &mut self.state(rec.topic, rec.partition, now).clock {
+                w.on_record(ts, now);
+            }
             self.counts.repartitioned += 1;
             out.push(Emit::Repartition {
                 key: key.as_bytes().to_vec(),
                 value,
                 timestamp_ms: ts,
+                upstream: self.plan.upstream_id(rec.topic, rec.partition),
+                upstream_offset: rec.offset,
             });
             return Ok(());
         }
@@ -282,6 +324,30 @@ impl Processor {
     }
 
     fn process_repartitioned(&mut self, rec: &InRecord<'_>, now: Instant, out: &mut Vec<Emit>) {
+        if let Some((upstream, watermark)) = rec.marker {
+            let mut results = std::mem::take(&mut self.results);
+            let state = self.state(rec.topic, rec.partition, now);
+            if let EventClock::Upstream(marks, _) = &mut state.clock {
+                let combined = marks.on_marker(upstream, watermark);
+                if let Some(windows) = &mut state.windows {
+                    windows.advance(combined, &mut results);
+                }
+            }
+            self.emit_windows(&mut results, out);
+            self.results = results;
+            return;
+        }
+        if let Some((upstream, offset)) = rec.upstream {
+            let state = self.state(rec.topic, rec.partition, now);
+            if let EventClock::Upstream(_, seen) = &mut state.clock {
+                let last = seen.entry(upstream).or_insert(-1);
+                if offset <= *last {
+                    self.counts.duplicates += 1;
+                    return;
+                }
+                *last = offset;
+            }
+        }
         // Written by stage one of this pipeline: JSON, keyed, timestamped with event time.
         let parsed = rec
             .payload
@@ -332,7 +398,10 @@ impl Processor {
         };
         let mut results = std::mem::take(&mut self.results);
         let state = self.state(rec.topic, rec.partition, now);
-        let watermark = state.watermark.on_record(ts, now);
+        let watermark = match &mut state.clock {
+            EventClock::Local(w) => w.on_record(ts, now),
+            EventClock::Upstream(u, _) => u.current(),
+        };
         let windows = state
             .windows
             .as_mut()
@@ -426,20 +495,48 @@ impl Processor {
             .entry((topic, partition))
             .or_insert_with(|| PartitionState {
                 next_offset: 0,
-                watermark: Watermark::new(plan.out_of_orderness_ms, plan.idle_timeout, now),
+                clock: if plan.is_repartition_topic(topic) {
+                    EventClock::Upstream(
+                        UpstreamWatermarks::new(plan.upstream_partitions()),
+                        HashMap::new(),
+                    )
+                } else {
+                    EventClock::Local(Watermark::new(
+                        plan.out_of_orderness_ms,
+                        plan.idle_timeout,
+                        now,
+                    ))
+                },
+                announced: NO_WATERMARK,
                 windows: plan.window.as_ref().filter(|_| holds_windows).map(|w| {
                     PartitionWindows::new(w.assigner, w.lateness_ms, w.aggregates.clone())
                 }),
             })
     }
 
-    /// Advances idle partitions by processing time and emits the windows that closes.
+    /// Advances idle partitions by processing time, emits the windows that closes, and (stage one
+    /// of a repartitioned pipeline) announces source watermarks that moved.
     pub fn on_tick(&mut self, now: Instant, wall_ms: i64, out: &mut Vec<Emit>) {
         let mut results = std::mem::take(&mut self.results);
-        for state in self.partitions.values_mut() {
+        let repartitioning = self.plan.repartition_topic.is_some();
+        let mut keys: Vec<_> = self.partitions.keys().copied().collect();
+        keys.sort_unstable();
+        for key in keys {
+            let upstream = self.plan.upstream_id(key.0, key.1);
+            let state = self.partitions.get_mut(&key).expect("listed");
+            let EventClock::Local(clock) = &mut state.clock else {
+                continue;
+            };
+            let watermark = clock.on_idle_check(now, wall_ms);
             if let Some(windows) = &mut state.windows {
-                let watermark = state.watermark.on_idle_check(now, wall_ms);
                 windows.advance(watermark, &mut results);
+            }
+            if repartitioning && watermark > state.announced {
+                state.announced = watermark;
+                out.push(Emit::WatermarkMarker {
+                    upstream,
+                    watermark,
+                });
             }
         }
         self.emit_windows(&mut results, out);
@@ -484,7 +581,7 @@ impl Processor {
                     t,
                     p,
                     s.next_offset,
-                    s.watermark.current(),
+                    s.clock.current(),
                     s.windows.as_ref().map_or(0, PartitionWindows::key_count),
                 )
             })
@@ -513,7 +610,7 @@ mod tests {
         );
         let spec = from_yaml(&text, "test").unwrap().spec;
         pipeline_crds::validate(&spec).unwrap();
-        Processor::new(Arc::new(Plan::new(&spec, "g"))).unwrap()
+        Processor::new(Arc::new(Plan::new(&spec, "g", vec![2]))).unwrap()
     }
 
     fn feed(
@@ -532,6 +629,8 @@ mod tests {
             key: Some(b"k"),
             payload: Some(value),
             timestamp_ms: Some(ts),
+            upstream: None,
+            marker: None,
         };
         p.process(&rec, Instant::now(), 0, &mut out).unwrap();
         out
@@ -692,21 +791,83 @@ mod tests {
             "  transform: {keyBy: dev, timestamp: {field: ts}}\n  window: {tumbling: {size: 10s}}\n  aggregates: [{name: n, function: count}]\n",
         );
         assert_eq!(p.plan().repartition_topic.as_deref(), Some("g-repartition"));
-        let out = feed(&mut p, 0, 0, 0, br#"{"dev":"a","ts":1000}"#, 0);
+        let out = feed(&mut p, 0, 1, 0, br#"{"dev":"a","ts":1000}"#, 0);
         let Emit::Repartition {
             key,
-            value,
             timestamp_ms,
+            upstream,
+            upstream_offset,
+            ..
         } = &out[0]
         else {
             panic!("{out:?}")
         };
-        assert_eq!((key.as_slice(), *timestamp_ms), (b"a".as_slice(), 1000));
-        // Stage two: the internal topic (index 1) holds the windows.
-        feed(&mut p, 1, 0, 0, value, 1000);
-        let fired = feed(&mut p, 1, 0, 1, br#"{"dev":"a","ts":20000}"#, 20_000);
         assert_eq!(
-            json_of(&fired[0]),
+            (key.as_slice(), *timestamp_ms, *upstream, *upstream_offset),
+            (b"a".as_slice(), 1000, 1, 0)
+        );
+        // Stage one announces its source watermark on the next tick.
+        let mut ticked = Vec::new();
+        p.on_tick(Instant::now(), 0, &mut ticked);
+        assert_eq!(
+            ticked,
+            vec![Emit::WatermarkMarker {
+                upstream: 1,
+                watermark: 999
+            }]
+        );
+        // Stage two: the internal topic (index 1) holds the windows and follows the slowest
+        // upstream partition (ids 0 and 1: two source partitions).
+        let mut out = Vec::new();
+        let internal = |offset, upstream, payload: Option<&'static [u8]>, marker| InRecord {
+            topic: 1,
+            partition: 0,
+            offset,
+            key: Some(b"a"),
+            payload,
+            timestamp_ms: Some(1000),
+            upstream,
+            marker,
+        };
+        let now = Instant::now();
+        p.process(
+            &internal(0, Some((1, 0)), Some(br#"{"dev":"a","ts":1000}"#), None),
+            now,
+            0,
+            &mut out,
+        )
+        .unwrap();
+        p.process(
+            &internal(1, Some((1, 0)), Some(br#"{"dev":"a","ts":1000}"#), None),
+            now,
+            0,
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(
+            p.counts.duplicates, 1,
+            "the same upstream offset twice is a duplicate"
+        );
+        p.process(
+            &internal(2, None, None, Some((1, 20_000))),
+            now,
+            0,
+            &mut out,
+        )
+        .unwrap();
+        assert!(
+            out.is_empty(),
+            "upstream 0 has not announced: no watermark yet"
+        );
+        p.process(
+            &internal(3, None, None, Some((0, 15_000))),
+            now,
+            0,
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(
+            json_of(&out[0]),
             json!({"dev": "a", "window_start": 0, "window_end": 10_000, "n": 1})
         );
         assert_eq!(p.counts.repartitioned, 1);
@@ -714,10 +875,6 @@ mod tests {
             p.counts.records_in, 1,
             "internal records are not source input"
         );
-        assert_eq!(
-            p.committable_offset(1, 0),
-            Some(1),
-            "the open window [20s,30s) starts at offset 1"
-        );
+        assert_eq!(p.committable_offset(1, 0), Some(4));
     }
 }

@@ -118,3 +118,56 @@ mod tests {
         );
     }
 }
+
+/// The watermark of a repartition-topic partition: the minimum of the watermarks its upstream
+/// source partitions announced through watermark markers (Flink's rule after a shuffle). Until
+/// every upstream partition has announced one there is no watermark.
+#[derive(Clone, Debug)]
+pub struct UpstreamWatermarks {
+    marks: std::collections::HashMap<u32, i64>,
+    expected: usize,
+    current: i64,
+}
+
+impl UpstreamWatermarks {
+    /// Waits for `expected` upstream partitions.
+    pub fn new(expected: usize) -> Self {
+        Self {
+            marks: std::collections::HashMap::new(),
+            expected,
+            current: NO_WATERMARK,
+        }
+    }
+
+    /// Records upstream partition `upstream`'s watermark; returns the new combined watermark.
+    pub fn on_marker(&mut self, upstream: u32, watermark: i64) -> i64 {
+        let mark = self.marks.entry(upstream).or_insert(NO_WATERMARK);
+        *mark = (*mark).max(watermark);
+        if self.marks.len() >= self.expected {
+            let min = self.marks.values().copied().min().unwrap_or(NO_WATERMARK);
+            self.current = self.current.max(min);
+        }
+        self.current
+    }
+
+    /// The combined watermark.
+    pub fn current(&self) -> i64 {
+        self.current
+    }
+}
+
+#[cfg(test)]
+mod upstream_tests {
+    use super::*;
+
+    #[test]
+    fn waits_for_every_upstream_partition_then_follows_the_slowest() {
+        let mut u = UpstreamWatermarks::new(3);
+        assert_eq!(u.on_marker(0, 100), NO_WATERMARK);
+        assert_eq!(u.on_marker(1, 50), NO_WATERMARK);
+        assert_eq!(u.on_marker(2, 70), 50);
+        assert_eq!(u.on_marker(1, 90), 70);
+        // A stale (lower) marker never moves it back.
+        assert_eq!(u.on_marker(2, 10), 70);
+    }
+}

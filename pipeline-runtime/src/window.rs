@@ -616,10 +616,7 @@ mod tests {
     }
 
     /// Brute force: every window that contains at least one record, per key.
-    fn reference(
-        assigner: Assigner,
-        records: &[(&str, i64, i64)],
-    ) -> Finals {
+    fn reference(assigner: Assigner, records: &[(&str, i64, i64)]) -> Finals {
         let mut out: BTreeMap<(String, i64), (i64, i64, i64)> = BTreeMap::new();
         match assigner {
             Assigner::Sliding { size, slide } => {

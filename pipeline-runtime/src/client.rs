@@ -1,0 +1,173 @@
+//! librdkafka client settings for the slots' consumers and producers.
+//!
+//! Membership: slots join the consumer group as dynamic members (no `group.instance.id`), so a
+//! slot that stops leaves the group at once and its partitions move within one rebalance. Static
+//! membership would keep a stopped slot's partitions unassigned until `session.timeout.ms` ran
+//! out, stalling every scale-down.
+
+use std::env;
+
+use pipeline_crds::{
+    PipelineDeploymentSpec,
+    contract::{env as env_names, paths},
+    source::StartingOffsets,
+};
+use rdkafka::ClientConfig;
+
+/// Settings common to consumers and producers: brokers, security, user properties.
+pub fn base_config(
+    spec: &PipelineDeploymentSpec,
+    bootstrap_servers: &str,
+    client_id: &str,
+) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", bootstrap_servers)
+        .set("client.id", client_id)
+        .set(
+            "security.protocol",
+            spec.kafka.security_protocol.as_kafka_str(),
+        );
+    if let Some(sasl) = &spec.kafka.sasl {
+        config.set("sasl.mechanism", sasl.mechanism.as_kafka_str());
+        // Credentials come from the Secret through the environment, never from the spec.
+        if let Ok(user) = env::var(env_names::KAFKA_SASL_USERNAME) {
+            config.set("sasl.username", user);
+        }
+        if let Ok(password) = env::var(env_names::KAFKA_SASL_PASSWORD) {
+            config.set("sasl.password", password);
+        }
+    }
+    if let Some(ca) = spec.kafka.tls.as_ref().and_then(|t| t.ca_secret.as_ref()) {
+        config.set(
+            "ssl.ca.location",
+            format!("{}/{}", paths::KAFKA_CA_DIR, ca.key),
+        );
+    }
+    for (key, value) in &spec.kafka.properties {
+        config.set(key, value);
+    }
+    config
+}
+
+/// A slot's consumer: manual offset commits, cooperative-sticky assignment, statistics for the
+/// end-offset gauges, `read_committed` so exactly-once inputs are read correctly.
+pub fn consumer_config(
+    spec: &PipelineDeploymentSpec,
+    bootstrap_servers: &str,
+    client_id: &str,
+    group: &str,
+) -> ClientConfig {
+    let mut config = base_config(spec, bootstrap_servers, client_id);
+    config
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("isolation.level", "read_committed")
+        .set(
+            "auto.offset.reset",
+            match spec.source.starting_offsets {
+                StartingOffsets::Earliest => "earliest",
+                StartingOffsets::Latest => "latest",
+            },
+        )
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "1000")
+        .set("statistics.interval.ms", "5000")
+        .set("enable.partition.eof", "false");
+    for (key, value) in &spec.kafka.properties {
+        config.set(key, value);
+    }
+    config
+}
+
+/// A slot's producer: idempotent, `acks=all`, batching and compression from the sink spec
+/// (defaults from the seeds: linger 5 ms, 256 KiB batches, lz4), and the Java client's murmur2
+/// partitioner so keys land where Kafka Streams and Flink would put them.
+pub fn producer_config(
+    spec: &PipelineDeploymentSpec,
+    bootstrap_servers: &str,
+    client_id: &str,
+) -> ClientConfig {
+    let mut config = base_config(spec, bootstrap_servers, client_id);
+    let (linger_ms, batch_bytes, compression) =
+        spec.sink.kafka.as_ref().map_or((5, 262_144, "lz4"), |k| {
+            (
+                k.linger.as_millis(),
+                k.batch_bytes,
+                k.compression.as_kafka_str(),
+            )
+        });
+    config
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", linger_ms.to_string())
+        .set("batch.size", batch_bytes.to_string())
+        .set("compression.type", compression)
+        .set("partitioner", "murmur2_random")
+        .set("message.timeout.ms", "120000")
+        .set("queue.buffering.max.kbytes", "131072");
+    for (key, value) in &spec.kafka.properties {
+        config.set(key, value);
+    }
+    config
+}
+
+#[cfg(test)]
+mod tests {
+    use pipeline_crds::manifest::from_yaml;
+
+    use super::*;
+
+    fn spec(extra: &str) -> PipelineDeploymentSpec {
+        from_yaml(
+            &format!("apiVersion: sluice.dev/v1alpha1\nkind: PipelineDeployment\nmetadata: {{name: t}}\nspec:\n  source: {{topic: in}}\n{extra}"),
+            "t",
+        )
+        .unwrap()
+        .spec
+    }
+
+    #[test]
+    fn consumers_commit_manually_and_rebalance_cooperatively() {
+        let s = spec(
+            "  kafka: {bootstrapServers: 'k:9092', properties: {fetch.max.bytes: '1048576'}}\n  sink: {kafka: {topic: out}}\n",
+        );
+        let c = consumer_config(&s, "k:9092", "c", "g");
+        assert_eq!(c.get("enable.auto.commit"), Some("false"));
+        assert_eq!(
+            c.get("partition.assignment.strategy"),
+            Some("cooperative-sticky")
+        );
+        assert_eq!(c.get("group.instance.id"), None, "dynamic membership");
+        assert_eq!(c.get("auto.offset.reset"), Some("earliest"));
+        assert_eq!(c.get("fetch.max.bytes"), Some("1048576"));
+    }
+
+    #[test]
+    fn producers_use_the_sink_tuning() {
+        let s = spec(
+            "  kafka: {bootstrapServers: 'k:9092'}\n  sink: {kafka: {topic: out, linger: 10ms, batchBytes: 1048576, compression: zstd}}\n",
+        );
+        let p = producer_config(&s, "k:9092", "p");
+        assert_eq!(p.get("linger.ms"), Some("10"));
+        assert_eq!(p.get("batch.size"), Some("1048576"));
+        assert_eq!(p.get("compression.type"), Some("zstd"));
+        assert_eq!(p.get("enable.idempotence"), Some("true"));
+    }
+
+    #[test]
+    fn sasl_mechanism_is_set_and_the_ca_path_points_at_the_mounted_secret() {
+        let s = spec(
+            "  kafka:\n    bootstrapServers: 'k:9092'\n    securityProtocol: SASL_SSL\n    sasl: {mechanism: SCRAM-SHA-512, credentialsSecret: {name: s}}\n    tls: {caSecret: {name: ca}}\n  sink: {kafka: {topic: out}}\n",
+        );
+        let c = base_config(&s, "k:9092", "c");
+        assert_eq!(c.get("security.protocol"), Some("sasl_ssl"));
+        assert_eq!(c.get("sasl.mechanism"), Some("SCRAM-SHA-512"));
+        assert_eq!(
+            c.get("ssl.ca.location"),
+            Some("/etc/sluice/kafka-ca/ca.crt")
+        );
+    }
+}

@@ -1,0 +1,350 @@
+//! The runtime's Prometheus metrics (names from `pipeline_crds::contract::metrics`).
+
+use std::sync::atomic::AtomicU64;
+
+use pipeline_crds::contract::metrics::{self as names, registration_name};
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::Registry,
+};
+
+use crate::processor::{Counts, FailedStage};
+
+/// Labels of per-slot series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SlotLabels {
+    /// PipelineDeployment name.
+    pub pipeline: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// Pod name.
+    pub pod: String,
+    /// Slot index.
+    pub slot: String,
+}
+
+/// Labels of per-partition series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PartitionLabels {
+    /// PipelineDeployment name.
+    pub pipeline: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// Pod name.
+    pub pod: String,
+    /// Slot index.
+    pub slot: String,
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: String,
+}
+
+/// Labels of dead-letter counts.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// PipelineDeployment name.
+    pub pipeline: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// Pod name.
+    pub pod: String,
+    /// Slot index.
+    pub slot: String,
+    /// The failed stage.
+    pub reason: String,
+}
+
+type Seconds = Counter<f64, AtomicU64>;
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+fn latency_histogram() -> Histogram {
+    // 1 ms .. ~1 h.
+    Histogram::new(exponential_buckets(0.001, 2.0, 22))
+}
+
+/// Every metric family of the process.
+pub struct Metrics {
+    registry: Registry,
+    records_in: Family<SlotLabels, Counter>,
+    records_out: Family<SlotLabels, Counter>,
+    filtered: Family<SlotLabels, Counter>,
+    late: Family<SlotLabels, Counter>,
+    dead_letter: Family<ReasonLabels, Counter>,
+    windowed: Family<SlotLabels, Counter>,
+    repartitioned: Family<SlotLabels, Counter>,
+    /// Busy time per slot.
+    pub busy: Family<SlotLabels, Seconds>,
+    /// Backpressured time per slot.
+    pub backpressured: Family<SlotLabels, Seconds>,
+    /// Idle time per slot.
+    pub idle: Family<SlotLabels, Seconds>,
+    /// High watermark per partition.
+    pub end_offset: Family<PartitionLabels, Gauge>,
+    /// Next offset to read per partition.
+    pub position: Family<PartitionLabels, Gauge>,
+    /// End offset − position.
+    pub lag: Family<PartitionLabels, Gauge>,
+    /// Wall clock − watermark.
+    pub watermark_lag: Family<PartitionLabels, FloatGauge>,
+    /// Output latency.
+    pub output_latency: Family<SlotLabels, Histogram, fn() -> Histogram>,
+    /// Keys in window state.
+    pub state_keys: Family<SlotLabels, Gauge>,
+    /// Assigned partitions.
+    pub assigned_partitions: Family<SlotLabels, Gauge>,
+    /// Rebalances.
+    pub rebalances: Family<SlotLabels, Counter>,
+    /// Failed produce requests.
+    pub sink_errors: Family<SlotLabels, Counter>,
+    /// Kafka client errors.
+    pub kafka_errors: Family<SlotLabels, Counter>,
+    /// Slot restarts.
+    pub slot_restarts: Family<SlotLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every family.
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let mut m = Self {
+            records_in: Family::default(),
+            records_out: Family::default(),
+            filtered: Family::default(),
+            late: Family::default(),
+            dead_letter: Family::default(),
+            windowed: Family::default(),
+            repartitioned: Family::default(),
+            busy: Family::default(),
+            backpressured: Family::default(),
+            idle: Family::default(),
+            end_offset: Family::default(),
+            position: Family::default(),
+            lag: Family::default(),
+            watermark_lag: Family::default(),
+            output_latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            state_keys: Family::default(),
+            assigned_partitions: Family::default(),
+            rebalances: Family::default(),
+            sink_errors: Family::default(),
+            kafka_errors: Family::default(),
+            slot_restarts: Family::default(),
+            registry: Registry::default(),
+        };
+        macro_rules! register {
+            ($name:expr, $help:expr, $family:expr) => {
+                registry.register(registration_name($name), $help, $family.clone())
+            };
+        }
+        register!(
+            names::RECORDS_IN_TOTAL,
+            "Records read from the source topics",
+            m.records_in
+        );
+        register!(
+            names::RECORDS_OUT_TOTAL,
+            "Records written to the sink",
+            m.records_out
+        );
+        register!(
+            names::RECORDS_FILTERED_TOTAL,
+            "Records dropped by the filter",
+            m.filtered
+        );
+        register!(
+            names::RECORDS_LATE_TOTAL,
+            "Records later than the allowed lateness",
+            m.late
+        );
+        register!(
+            names::RECORDS_DEAD_LETTER_TOTAL,
+            "Records that could not be processed",
+            m.dead_letter
+        );
+        register!(
+            names::RECORDS_WINDOWED_TOTAL,
+            "Records accepted into windows",
+            m.windowed
+        );
+        register!(
+            names::RECORDS_REPARTITIONED_TOTAL,
+            "Records re-keyed through the repartition topic",
+            m.repartitioned
+        );
+        register!(
+            names::BUSY_SECONDS_TOTAL,
+            "Seconds a slot spent processing records",
+            m.busy
+        );
+        register!(
+            names::BACKPRESSURED_SECONDS_TOTAL,
+            "Seconds a slot spent blocked on the sink",
+            m.backpressured
+        );
+        register!(
+            names::IDLE_SECONDS_TOTAL,
+            "Seconds a slot spent waiting for input",
+            m.idle
+        );
+        register!(
+            names::PARTITION_END_OFFSET,
+            "High watermark of a source partition",
+            m.end_offset
+        );
+        register!(
+            names::PARTITION_POSITION,
+            "Next offset the slot reads from a partition",
+            m.position
+        );
+        register!(
+            names::CONSUMER_LAG_RECORDS,
+            "End offset minus position",
+            m.lag
+        );
+        register!(
+            names::WATERMARK_LAG_SECONDS,
+            "Wall clock minus the partition's watermark",
+            m.watermark_lag
+        );
+        register!(
+            names::OUTPUT_LATENCY_SECONDS,
+            "Window end (or record time) to output sent",
+            m.output_latency
+        );
+        register!(names::STATE_KEYS, "Keys with open windows", m.state_keys);
+        register!(
+            names::ASSIGNED_PARTITIONS,
+            "Partitions assigned to the slot",
+            m.assigned_partitions
+        );
+        register!(
+            names::REBALANCES_TOTAL,
+            "Consumer-group rebalances seen by the slot",
+            m.rebalances
+        );
+        register!(
+            names::SINK_ERRORS_TOTAL,
+            "Produce requests that failed for good",
+            m.sink_errors
+        );
+        register!(
+            names::KAFKA_ERRORS_TOTAL,
+            "Errors reported by the Kafka client",
+            m.kafka_errors
+        );
+        register!(
+            names::SLOT_RESTARTS_TOTAL,
+            "Slot restarts after an error",
+            m.slot_restarts
+        );
+        m.registry = registry;
+        m
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+
+    /// Adds the growth of `now` over `before` to the record counters of a slot.
+    pub fn add_counts(&self, labels: &SlotLabels, before: &Counts, now: &Counts) {
+        let add = |family: &Family<SlotLabels, Counter>, a: u64, b: u64| {
+            if b > a {
+                family.get_or_create(labels).inc_by(b - a);
+            }
+        };
+        add(&self.records_in, before.records_in, now.records_in);
+        add(&self.records_out, before.records_out, now.records_out);
+        add(&self.filtered, before.filtered, now.filtered);
+        add(&self.late, before.late, now.late);
+        add(&self.windowed, before.windowed, now.windowed);
+        add(&self.repartitioned, before.repartitioned, now.repartitioned);
+    }
+
+    /// Counts one dead-lettered record.
+    pub fn dead_lettered(&self, labels: &SlotLabels, stage: FailedStage) {
+        self.dead_letter
+            .get_or_create(&ReasonLabels {
+                pipeline: labels.pipeline.clone(),
+                namespace: labels.namespace.clone(),
+                pod: labels.pod.clone(),
+                slot: labels.slot.clone(),
+                reason: stage.as_str().to_owned(),
+            })
+            .inc();
+    }
+
+    /// Labels of one partition of a slot.
+    pub fn partition_labels(slot: &SlotLabels, topic: &str, partition: i32) -> PartitionLabels {
+        PartitionLabels {
+            pipeline: slot.pipeline.clone(),
+            namespace: slot.namespace.clone(),
+            pod: slot.pod.clone(),
+            slot: slot.slot.clone(),
+            topic: topic.to_owned(),
+            partition: partition.to_string(),
+        }
+    }
+
+    /// Drops the per-partition series of a partition the slot gave up.
+    pub fn forget_partition(&self, labels: &PartitionLabels) {
+        self.end_offset.remove(labels);
+        self.position.remove(labels);
+        self.lag.remove(labels);
+        self.watermark_lag.remove(labels);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposes_the_contract_names() {
+        let m = Metrics::new();
+        let slot = SlotLabels {
+            pipeline: "p".into(),
+            namespace: "n".into(),
+            pod: "pod-0".into(),
+            slot: "0".into(),
+        };
+        let after = Counts {
+            records_in: 3,
+            records_out: 2,
+            filtered: 1,
+            ..Counts::default()
+        };
+        m.add_counts(&slot, &Counts::default(), &after);
+        m.busy.get_or_create(&slot).inc_by(0.5);
+        m.dead_lettered(&slot, FailedStage::Decode);
+        let p = Metrics::partition_labels(&slot, "in", 4);
+        m.end_offset.get_or_create(&p).set(10);
+        let text = m.encode();
+        for line in [
+            r#"pipeline_records_in_total{pipeline="p",namespace="n",pod="pod-0",slot="0"} 3"#,
+            r#"pipeline_records_out_total{pipeline="p",namespace="n",pod="pod-0",slot="0"} 2"#,
+            r#"pipeline_busy_seconds_total{pipeline="p",namespace="n",pod="pod-0",slot="0"} 0.5"#,
+            r#"pipeline_records_dead_letter_total{pipeline="p",namespace="n",pod="pod-0",slot="0",reason="decode"} 1"#,
+            r#"pipeline_partition_end_offset{pipeline="p",namespace="n",pod="pod-0",slot="0",topic="in",partition="4"} 10"#,
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
+        m.forget_partition(&p);
+        assert!(!m.encode().contains("pipeline_partition_end_offset{"));
+    }
+}

@@ -1,0 +1,326 @@
+//! One runtime process: checks the spec, prepares the topics it needs, runs the slots under a
+//! supervisor that restarts a failed slot with backoff (never the whole process), and serves the
+//! metrics endpoints.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use pipeline_crds::{FieldError, PipelineDeploymentSpec, ValidationErrors, support::unsupported};
+use rdkafka::{
+    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
+    client::DefaultClientContext,
+    error::RDKafkaErrorCode,
+};
+use tracing::{error, info, warn};
+
+use crate::{
+    client,
+    http::{self, Health},
+    metrics::{Metrics, SlotLabels},
+    plan::Plan,
+    slot::{self, SlotConfig},
+};
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct RuntimeOptions {
+    /// PipelineDeployment name.
+    pub name: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// This pod's name (labels metrics and client ids).
+    pub pod: String,
+    /// The pipeline.
+    pub spec: PipelineDeploymentSpec,
+    /// Slots (threads, group members) of this process.
+    pub slots: usize,
+    /// Where to serve `/metrics`; `None` = no HTTP server.
+    pub metrics_addr: Option<SocketAddr>,
+    /// Time between offset commits.
+    pub commit_interval: Duration,
+}
+
+/// Why the runtime refuses to start.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The spec is invalid.
+    #[error(transparent)]
+    Invalid(#[from] ValidationErrors),
+    /// The spec uses a feature this release cannot run.
+    #[error("{}", format_unsupported(.0))]
+    Unsupported(Vec<FieldError>),
+    /// The metrics port could not be bound.
+    #[error("cannot serve metrics on {addr}: {source}")]
+    Http {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+fn format_unsupported(errors: &[FieldError]) -> String {
+    let lines: Vec<String> = errors.iter().map(|e| format!("  - {e}")).collect();
+    format!(
+        "this release cannot run the pipeline:\n{}",
+        lines.join("\n")
+    )
+}
+
+/// A running runtime.
+pub struct Runtime {
+    stop: Arc<AtomicBool>,
+    supervisor: Option<JoinHandle<()>>,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    metrics_addr: Option<SocketAddr>,
+    _http: Option<tokio::runtime::Runtime>,
+}
+
+impl Runtime {
+    /// Validates and starts. Kafka being unreachable is not an error here: the runtime waits for
+    /// it, logs, and reports not-ready.
+    pub fn start(options: RuntimeOptions) -> Result<Self, RuntimeError> {
+        pipeline_crds::validate(&options.spec)?;
+        let missing = unsupported(&options.spec);
+        if !missing.is_empty() {
+            return Err(RuntimeError::Unsupported(missing));
+        }
+        let group = options
+            .spec
+            .source
+            .consumer_group
+            .clone()
+            .unwrap_or_else(|| {
+                pipeline_crds::contract::default_consumer_group(&options.namespace, &options.name)
+            });
+        let metrics = Arc::new(Metrics::new());
+        let health = Arc::new(Health::new(options.slots));
+        let stop = Arc::new(AtomicBool::new(false));
+
+        let (http, metrics_addr) = match options.metrics_addr {
+            None => (None, None),
+            Some(addr) => {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(1)
+                    .thread_name("sluice-http")
+                    .enable_all()
+                    .build()
+                    .map_err(|source| RuntimeError::Http { addr, source })?;
+                let listener = rt
+                    .block_on(http::bind(addr))
+                    .map_err(|source| RuntimeError::Http { addr, source })?;
+                let bound = listener
+                    .local_addr()
+                    .map_err(|source| RuntimeError::Http { addr, source })?;
+                rt.spawn(http::serve(listener, metrics.clone(), health.clone()));
+                info!(%bound, "serving /metrics, /healthz, /readyz");
+                (Some(rt), Some(bound))
+            }
+        };
+
+        let supervisor = {
+            let (metrics, health, stop) = (metrics.clone(), health.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("sluice-supervisor".into())
+                .spawn(move || supervise(options, group, metrics, health, stop))
+                .expect("spawning a thread")
+        };
+        Ok(Self {
+            stop,
+            supervisor: Some(supervisor),
+            metrics,
+            health,
+            metrics_addr,
+            _http: http,
+        })
+    }
+
+    /// The bound metrics address.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// The metrics registry.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Whether every slot is running.
+    pub fn is_ready(&self) -> bool {
+        self.health.is_ready()
+    }
+
+    /// Asks every slot to finish: flush, commit, leave the group.
+    pub fn stop(&self) {
+        self.health.stopping();
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    /// Waits until every slot has stopped.
+    pub fn join(mut self) {
+        if let Some(handle) = self.supervisor.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+fn supervise(
+    options: RuntimeOptions,
+    group: String,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    stop: Arc<AtomicBool>,
+) {
+    let bootstrap = options.spec.kafka.bootstrap_servers.clone();
+    let Some(partitions) = prepare_topics(&options.spec, &bootstrap, &group, &stop) else {
+        return;
+    };
+    let plan = Arc::new(Plan::new(&options.spec, &group, partitions));
+    let spec = Arc::new(options.spec);
+    let threads: Vec<JoinHandle<()>> = (0..options.slots)
+        .map(|index| {
+            let config = SlotConfig {
+                spec: spec.clone(),
+                plan: plan.clone(),
+                bootstrap_servers: bootstrap.clone(),
+                group: group.clone(),
+                labels: SlotLabels {
+                    pipeline: options.name.clone(),
+                    namespace: options.namespace.clone(),
+                    pod: options.pod.clone(),
+                    slot: index.to_string(),
+                },
+                commit_interval: options.commit_interval,
+                metrics: metrics.clone(),
+            };
+            let (health, stop) = (health.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name(format!("sluice-slot-{index}"))
+                .spawn(move || run_slot_with_restarts(&config, &health, &stop))
+                .expect("spawning a thread")
+        })
+        .collect();
+    for thread in threads {
+        let _ = thread.join();
+    }
+}
+
+fn run_slot_with_restarts(config: &SlotConfig, health: &Health, stop: &Arc<AtomicBool>) {
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        health.slot_up();
+        let result = slot::run(config, stop);
+        health.slot_down();
+        match result {
+            Ok(()) => return,
+            Err(e) if !e.is_retryable() => {
+                error!(slot = %config.labels.slot, error = %e, "slot cannot run");
+                return;
+            }
+            Err(e) => {
+                error!(slot = %config.labels.slot, error = %e, ?backoff, "slot failed; restarting from the last committed offsets");
+                config
+                    .metrics
+                    .slot_restarts
+                    .get_or_create(&config.labels)
+                    .inc();
+                if crate::sleep_unless_stopped(backoff, stop) {
+                    return;
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(60));
+            }
+        }
+    }
+}
+
+/// Waits until the source topics exist, creates the repartition topic when needed, and returns
+/// the source topics' partition counts. `None` when stopped first.
+fn prepare_topics(
+    spec: &PipelineDeploymentSpec,
+    bootstrap: &str,
+    group: &str,
+    stop: &AtomicBool,
+) -> Option<Vec<usize>> {
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        match try_prepare_topics(spec, bootstrap, group) {
+            Ok(partitions) => return Some(partitions),
+            Err(reason) => {
+                warn!(%reason, ?backoff, "waiting for Kafka");
+                if crate::sleep_unless_stopped(backoff, stop) {
+                    return None;
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}
+
+fn try_prepare_topics(
+    spec: &PipelineDeploymentSpec,
+    bootstrap: &str,
+    group: &str,
+) -> Result<Vec<usize>, String> {
+    let admin: AdminClient<DefaultClientContext> =
+        client::base_config(spec, bootstrap, "sluice-admin")
+            .create()
+            .map_err(|e| format!("cannot create admin client: {e}"))?;
+    let metadata = admin
+        .inner()
+        .fetch_metadata(None, Duration::from_secs(10))
+        .map_err(|e| format!("cannot read metadata from {bootstrap}: {e}"))?;
+    let partitions = |name: &str| {
+        metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == name && t.error().is_none())
+            .map(|t| t.partitions().len())
+    };
+    let counts = spec
+        .source
+        .topic_names()
+        .into_iter()
+        .map(|topic| {
+            partitions(topic).ok_or_else(|| format!("source topic {topic} does not exist"))
+        })
+        .collect::<Result<Vec<usize>, String>>()?;
+    let Some(internal) = Plan::repartition_topic_name(spec, group) else {
+        return Ok(counts);
+    };
+    let internal = internal.as_str();
+    if partitions(internal).is_some() {
+        return Ok(counts);
+    }
+    let count = i32::try_from(counts.iter().copied().max().unwrap_or(1)).unwrap_or(i32::MAX);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for replication in [-1, 1] {
+        let topic = NewTopic::new(internal, count, TopicReplication::Fixed(replication));
+        let results = rt
+            .block_on(admin.create_topics([&topic], &options))
+            .map_err(|e| format!("cannot create {internal}: {e}"))?;
+        match results.into_iter().next() {
+            Some(Ok(_)) | Some(Err((_, RDKafkaErrorCode::TopicAlreadyExists))) => {
+                info!(topic = %internal, partitions = count, "created the repartition topic");
+                return Ok(counts);
+            }
+            Some(Err((_, code))) if replication == -1 => {
+                warn!(%code, "broker refused the default replication factor; retrying with 1");
+            }
+            Some(Err((_, code))) => return Err(format!("cannot create {internal}: {code}")),
+            None => return Err(format!("cannot create {internal}: no result")),
+        }
+    }
+    Err(format!("cannot create {internal}"))
+}

@@ -1,0 +1,275 @@
+//! A slot's producer: sends outputs, side outputs and repartitioned records, and accounts the time
+//! it is blocked as backpressure.
+
+use std::{
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use pipeline_crds::contract::headers;
+use rdkafka::{
+    ClientConfig, ClientContext,
+    error::{KafkaError, RDKafkaErrorCode},
+    message::{Header, OwnedHeaders},
+    producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext},
+};
+
+use crate::{
+    plan::Plan,
+    processor::{Emit, FailedStage},
+};
+
+/// Why the sink cannot go on.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// The producer could not be created.
+    #[error("cannot create producer: {0}")]
+    Create(KafkaError),
+    /// A record could not be queued.
+    #[error("cannot produce to {topic}: {source}")]
+    Produce {
+        /// Target topic.
+        topic: String,
+        /// The error.
+        source: KafkaError,
+    },
+    /// A delivery failed after librdkafka's retries: offsets must not be committed past it.
+    #[error("delivery failed: {0}")]
+    Delivery(String),
+    /// Stopped while blocked.
+    #[error("stopped while the producer queue was full")]
+    Interrupted,
+}
+
+/// Records delivery failures reported by librdkafka's callbacks.
+#[derive(Default)]
+pub struct DeliveryTracker {
+    failure: Mutex<Option<String>>,
+}
+
+impl ClientContext for DeliveryTracker {}
+
+impl ProducerContext for DeliveryTracker {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((error, _)) = result {
+            let mut failure = self.failure.lock().expect("not poisoned");
+            if failure.is_none() {
+                *failure = Some(error.to_string());
+            }
+        }
+    }
+}
+
+/// The producer of one slot.
+pub struct Sink {
+    producer: BaseProducer<DeliveryTracker>,
+}
+
+impl Sink {
+    /// Creates the producer.
+    pub fn new(config: &ClientConfig) -> Result<Self, SinkError> {
+        let producer = config
+            .create_with_context(DeliveryTracker::default())
+            .map_err(SinkError::Create)?;
+        Ok(Self { producer })
+    }
+
+    /// The first delivery failure, if any.
+    pub fn failure(&self) -> Option<String> {
+        self.producer
+            .context()
+            .failure
+            .lock()
+            .expect("not poisoned")
+            .clone()
+    }
+
+    /// Serves delivery callbacks.
+    pub fn poll(&self) {
+        self.producer.poll(Duration::ZERO);
+    }
+
+    /// Sends every emit, draining `emits`. Time spent waiting for queue space is added to
+    /// `blocked`. Emits without a configured topic (late data, dead letters) are skipped; they
+    /// were counted by the processor.
+    pub fn send_all(
+        &self,
+        plan: &Plan,
+        emits: &mut Vec<Emit>,
+        blocked: &mut Duration,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<(), SinkError> {
+        for emit in emits.drain(..) {
+            match &emit {
+                Emit::Output { key, value, .. } => {
+                    let mut r = BaseRecord::to(plan.sink_topic.as_str()).payload(value.as_slice());
+                    if let Some(k) = key {
+                        r = r.key(k.as_slice());
+                    }
+                    self.send(r, blocked, stop)?;
+                }
+                Emit::Repartition {
+                    key,
+                    value,
+                    timestamp_ms,
+                    upstream,
+                    upstream_offset,
+                } => {
+                    let topic = plan
+                        .repartition_topic
+                        .as_deref()
+                        .expect("repartitioning plan");
+                    let h = OwnedHeaders::new_with_capacity(2)
+                        .insert(header(headers::UPSTREAM_PARTITION, &upstream.to_string()))
+                        .insert(header(
+                            headers::UPSTREAM_OFFSET,
+                            &upstream_offset.to_string(),
+                        ));
+                    let r = BaseRecord::to(topic)
+                        .key(key.as_slice())
+                        .payload(value.as_slice())
+                        .timestamp(*timestamp_ms)
+                        .headers(h);
+                    self.send(r, blocked, stop)?;
+                }
+                Emit::WatermarkMarker {
+                    upstream,
+                    watermark,
+                } => {
+                    let topic = plan
+                        .repartition_topic
+                        .as_deref()
+                        .expect("repartitioning plan");
+                    let (upstream, watermark) = (upstream.to_string(), watermark.to_string());
+                    for partition in 0..plan.repartition_partitions() {
+                        let h = OwnedHeaders::new_with_capacity(2)
+                            .insert(header(headers::UPSTREAM_PARTITION, &upstream))
+                            .insert(header(headers::WATERMARK, &watermark));
+                        let r = BaseRecord::<[u8], [u8]>::to(topic)
+                            .partition(partition)
+                            .headers(h);
+                        self.send(r, blocked, stop)?;
+                    }
+                }
+                Emit::DeadLetter {
+                    key,
+                    value,
+                    stage,
+                    error,
+                    source,
+                } => {
+                    let Some(topic) = plan.dead_letter_topic.as_deref() else {
+                        continue;
+                    };
+                    let h = source_headers(plan, source.topic, source.partition, source.offset)
+                        .insert(header(headers::ERROR, error))
+                        .insert(header(headers::STAGE, stage_name(*stage)));
+                    self.send(side_record(topic, key, value, h), blocked, stop)?;
+                }
+                Emit::Late {
+                    key,
+                    value,
+                    source,
+                    window,
+                    lateness_ms,
+                } => {
+                    let Some(topic) = plan.late_topic.as_deref() else {
+                        continue;
+                    };
+                    let h = source_headers(plan, source.topic, source.partition, source.offset)
+                        .insert(header(
+                            headers::WINDOW,
+                            &format!("{}-{}", window.0, window.1),
+                        ))
+                        .insert(header(headers::LATENESS_MS, &lateness_ms.to_string()));
+                    self.send(side_record(topic, key, value, h), blocked, stop)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn send<'a>(
+        &self,
+        mut record: BaseRecord<'a, [u8], [u8]>,
+        blocked: &mut Duration,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<(), SinkError> {
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    let start = Instant::now();
+                    self.producer.poll(Duration::from_millis(10));
+                    *blocked += start.elapsed();
+                    if stop() {
+                        return Err(SinkError::Interrupted);
+                    }
+                    record = back;
+                }
+                Err((source, back)) => {
+                    return Err(SinkError::Produce {
+                        topic: back.topic.to_owned(),
+                        source,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Waits until every queued record is acknowledged; the wait is added to `blocked`. Fails when
+    /// a delivery failed, so offsets past a lost record are never committed.
+    pub fn flush(&self, blocked: &mut Duration, stop: &dyn Fn() -> bool) -> Result<(), SinkError> {
+        let start = Instant::now();
+        let result = loop {
+            match self.producer.flush(Duration::from_millis(500)) {
+                Ok(()) => break Ok(()),
+                Err(KafkaError::Flush(RDKafkaErrorCode::RequestTimedOut)) if !stop() => {}
+                Err(_) if stop() => break Err(SinkError::Interrupted),
+                Err(e) => break Err(SinkError::Delivery(e.to_string())),
+            }
+        };
+        *blocked += start.elapsed();
+        result?;
+        match self.failure() {
+            Some(failure) => Err(SinkError::Delivery(failure)),
+            None => Ok(()),
+        }
+    }
+}
+
+fn stage_name(stage: FailedStage) -> &'static str {
+    stage.as_str()
+}
+
+fn header<'a>(key: &'a str, value: &'a str) -> Header<'a, &'a str> {
+    Header {
+        key,
+        value: Some(value),
+    }
+}
+
+fn source_headers(plan: &Plan, topic: usize, partition: i32, offset: i64) -> OwnedHeaders {
+    OwnedHeaders::new()
+        .insert(header(headers::SOURCE_TOPIC, plan.topic_name(topic)))
+        .insert(header(headers::SOURCE_PARTITION, &partition.to_string()))
+        .insert(header(headers::SOURCE_OFFSET, &offset.to_string()))
+}
+
+fn side_record<'a>(
+    topic: &'a str,
+    key: &'a Option<Vec<u8>>,
+    value: &'a Option<Vec<u8>>,
+    headers: OwnedHeaders,
+) -> BaseRecord<'a, [u8], [u8]> {
+    let mut r = BaseRecord::to(topic).headers(headers);
+    if let Some(k) = key {
+        r = r.key(k.as_slice());
+    }
+    if let Some(v) = value {
+        r = r.payload(v.as_slice());
+    }
+    r
+}

@@ -1,0 +1,491 @@
+//! One task slot: a thread with its own consumer-group member and producer, owning the state of
+//! the partitions Kafka assigns to it (shared-nothing, like a Kafka Streams stream thread).
+//!
+//! The loop: poll a record → process it → send what it emits. Every 100 ms idle partitions
+//! advance their watermarks and the metrics are published; every commit interval the producer is
+//! flushed and the committable offsets (which never pass a record still held in an open window)
+//! are committed. On revocation the revoked partitions are flushed and committed before they are
+//! released.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use pipeline_crds::{PipelineDeploymentSpec, contract::headers};
+use rdkafka::{
+    ClientContext, Message, Offset, TopicPartitionList,
+    config::RDKafkaLogLevel,
+    consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance},
+    error::KafkaError,
+    message::Headers,
+    statistics::Statistics,
+};
+use tracing::{debug, info, warn};
+
+use crate::{
+    client,
+    metrics::{Metrics, SlotLabels},
+    plan::Plan,
+    processor::{Counts, Emit, InRecord, Processor, ProcessorError},
+    sink::{Sink, SinkError},
+};
+
+/// How often idle watermarks and metrics are refreshed.
+const TICK: Duration = Duration::from_millis(100);
+
+/// Why a slot stopped before it was asked to.
+#[derive(Debug, thiserror::Error)]
+pub enum SlotError {
+    /// Building the processor failed (bad filter or schema): not retryable.
+    #[error(transparent)]
+    Processor(#[from] ProcessorError),
+    /// Consumer creation, subscription or commit failed.
+    #[error("kafka consumer: {0}")]
+    Consumer(#[from] KafkaError),
+    /// The sink failed.
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+}
+
+impl SlotError {
+    /// Whether restarting the slot can help.
+    pub fn is_retryable(&self) -> bool {
+        !matches!(self, Self::Processor(_))
+    }
+}
+
+/// What a slot needs to run.
+pub struct SlotConfig {
+    /// The spec (Kafka settings).
+    pub spec: Arc<PipelineDeploymentSpec>,
+    /// The compiled plan.
+    pub plan: Arc<Plan>,
+    /// Broker list.
+    pub bootstrap_servers: String,
+    /// Consumer group.
+    pub group: String,
+    /// Metric labels; `slot` is the slot index.
+    pub labels: SlotLabels,
+    /// Time between offset commits.
+    pub commit_interval: Duration,
+    /// Process-wide metrics.
+    pub metrics: Arc<Metrics>,
+}
+
+struct Core {
+    processor: Processor,
+    emits: Vec<Emit>,
+    committed: HashMap<(usize, i32), i64>,
+}
+
+struct SlotContext {
+    plan: Arc<Plan>,
+    core: Arc<Mutex<Core>>,
+    sink: Arc<Sink>,
+    metrics: Arc<Metrics>,
+    labels: SlotLabels,
+    end_offsets: Mutex<HashMap<(String, i32), i64>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl ClientContext for SlotContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error
+            | RDKafkaLogLevel::Warning => {
+                warn!(slot = %self.labels.slot, fac, "librdkafka: {log_message}")
+            }
+            _ => debug!(slot = %self.labels.slot, fac, "librdkafka: {log_message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.metrics.kafka_errors.get_or_create(&self.labels).inc();
+        warn!(slot = %self.labels.slot, %error, "kafka client error: {reason}");
+    }
+
+    fn stats(&self, statistics: Statistics) {
+        let mut ends = self.end_offsets.lock().expect("not poisoned");
+        for (topic, t) in &statistics.topics {
+            for (partition, p) in &t.partitions {
+                if *partition >= 0 && p.hi_offset >= 0 {
+                    ends.insert((topic.clone(), *partition), p.hi_offset);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for SlotContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        self.metrics.rebalances.get_or_create(&self.labels).inc();
+        let Rebalance::Revoke(revoked) = rebalance else {
+            return;
+        };
+        // Hand over cleanly: everything emitted so far is flushed, then each revoked partition's
+        // committable offset is committed before Kafka gives the partition to another slot.
+        let mut core = self.core.lock().expect("not poisoned");
+        let mut blocked = Duration::ZERO;
+        let stop = || self.stop.load(Ordering::Relaxed);
+        let flushed = self
+            .sink
+            .send_all(&self.plan, &mut core.emits, &mut blocked, &stop)
+            .and_then(|()| self.sink.flush(&mut blocked, &stop));
+        let mut offsets = TopicPartitionList::new();
+        for element in revoked.elements() {
+            let Some(topic) = self.plan.topic_index(element.topic()) else {
+                continue;
+            };
+            let offset = core.processor.release(topic, element.partition());
+            core.committed.remove(&(topic, element.partition()));
+            if let (Some(offset), Ok(())) = (offset, &flushed) {
+                let _ = offsets.add_partition_offset(
+                    element.topic(),
+                    element.partition(),
+                    Offset::Offset(offset),
+                );
+            }
+            self.metrics.forget_partition(&Metrics::partition_labels(
+                &self.labels,
+                element.topic(),
+                element.partition(),
+            ));
+        }
+        drop(core);
+        match flushed {
+            Err(e) => {
+                warn!(slot = %self.labels.slot, error = %e, "revoked partitions not committed: sink failed")
+            }
+            Ok(()) if offsets.count() > 0 => {
+                if let Err(e) = consumer.commit(&offsets, CommitMode::Sync) {
+                    warn!(slot = %self.labels.slot, error = %e, "commit on revocation failed");
+                }
+            }
+            Ok(()) => {}
+        }
+        info!(slot = %self.labels.slot, partitions = revoked.count(), "partitions revoked");
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(assigned) = rebalance {
+            info!(slot = %self.labels.slot, partitions = assigned.count(), "partitions assigned");
+        }
+        let count = consumer.assignment().map_or(0, |a| a.count());
+        self.metrics
+            .assigned_partitions
+            .get_or_create(&self.labels)
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn wall_clock_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Runs one slot until `stop` is set (then flushes, commits and leaves the group) or an error.
+pub fn run(config: &SlotConfig, stop: &Arc<AtomicBool>) -> Result<(), SlotError> {
+    let plan = config.plan.clone();
+    let client_id = format!(
+        "sluice-{}-{}-{}",
+        config.labels.pipeline, config.labels.pod, config.labels.slot
+    );
+    let sink = Arc::new(Sink::new(&client::producer_config(
+        &config.spec,
+        &config.bootstrap_servers,
+        &client_id,
+    ))?);
+    let core = Arc::new(Mutex::new(Core {
+        processor: Processor::new(plan.clone())?,
+        emits: Vec::new(),
+        committed: HashMap::new(),
+    }));
+    let context = SlotContext {
+        plan: plan.clone(),
+        core: core.clone(),
+        sink: sink.clone(),
+        metrics: config.metrics.clone(),
+        labels: config.labels.clone(),
+        end_offsets: Mutex::new(HashMap::new()),
+        stop: stop.clone(),
+    };
+    let consumer: BaseConsumer<SlotContext> = client::consumer_config(
+        &config.spec,
+        &config.bootstrap_servers,
+        &client_id,
+        &config.group,
+    )
+    .create_with_context(context)?;
+    consumer.subscribe(&plan.subscribed_topics())?;
+    info!(slot = %config.labels.slot, group = %config.group, topics = ?plan.subscribed_topics(), "slot started");
+
+    let is_stopped = || stop.load(Ordering::Relaxed);
+    let mut clock = SlotClock::default();
+    let mut reported = Counts::default();
+    let mut last_tick = Instant::now();
+    let mut last_commit = Instant::now();
+    while !is_stopped() {
+        let poll_start = Instant::now();
+        let polled = consumer.poll(Duration::from_millis(100));
+        let processing_start = Instant::now();
+        match polled {
+            None => clock.idle += processing_start - poll_start,
+            Some(Err(e)) => {
+                clock.idle += processing_start - poll_start;
+                config
+                    .metrics
+                    .kafka_errors
+                    .get_or_create(&config.labels)
+                    .inc();
+                warn!(slot = %config.labels.slot, error = %e, "poll failed");
+            }
+            Some(Ok(message)) => {
+                let Some(topic) = plan.topic_index(message.topic()) else {
+                    continue;
+                };
+                let (upstream, marker) = if plan.is_repartition_topic(topic) {
+                    read_internal_headers(&message)
+                } else {
+                    (None, None)
+                };
+                let rec = InRecord {
+                    topic,
+                    partition: message.partition(),
+                    offset: message.offset(),
+                    key: message.key(),
+                    payload: message.payload(),
+                    timestamp_ms: message.timestamp().to_millis(),
+                    upstream,
+                    marker,
+                };
+                let mut guard = lock(&core);
+                let Core {
+                    processor, emits, ..
+                } = &mut *guard;
+                let mut backoff = Duration::from_millis(200);
+                while let Err(e) = processor.process(&rec, Instant::now(), wall_clock_ms(), emits) {
+                    warn!(slot = %config.labels.slot, error = %e, "transient failure, retrying the record");
+                    std::thread::sleep(backoff);
+                    clock.backpressured += backoff;
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    if is_stopped() {
+                        return Ok(());
+                    }
+                }
+                observe_emits(config, emits);
+                sink.send_all(&plan, emits, &mut clock.backpressured, &is_stopped)?;
+                drop(guard);
+                clock.busy += processing_start.elapsed();
+            }
+        }
+        if last_tick.elapsed() >= TICK {
+            last_tick = Instant::now();
+            let mut guard = lock(&core);
+            let Core {
+                processor, emits, ..
+            } = &mut *guard;
+            processor.on_tick(Instant::now(), wall_clock_ms(), emits);
+            observe_emits(config, emits);
+            sink.send_all(&plan, emits, &mut clock.backpressured, &is_stopped)?;
+            sink.poll();
+            publish(config, &consumer, processor, &mut reported, &mut clock);
+            drop(guard);
+            if let Some(failure) = sink.failure() {
+                return Err(SlotError::Sink(SinkError::Delivery(failure)));
+            }
+        }
+        if last_commit.elapsed() >= config.commit_interval {
+            last_commit = Instant::now();
+            commit(
+                &consumer,
+                &core,
+                &sink,
+                &plan,
+                &mut clock,
+                CommitMode::Async,
+                &is_stopped,
+            )?;
+        }
+    }
+    // Stopping: everything processed so far is flushed and committed; unsubscribing revokes the
+    // partitions (committing them again) and leaves the group at once.
+    // A commit refused now (a rebalance under way as other slots leave) is repeated by the
+    // revocation that unsubscribing triggers; either way the next owner resumes at or before it.
+    let never = || false;
+    if let Err(e) = commit(
+        &consumer,
+        &core,
+        &sink,
+        &plan,
+        &mut clock,
+        CommitMode::Sync,
+        &never,
+    ) {
+        warn!(slot = %config.labels.slot, error = %e, "final commit failed");
+    }
+    consumer.unsubscribe();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline && consumer.assignment().is_ok_and(|a| a.count() > 0) {
+        let _ = consumer.poll(Duration::from_millis(50));
+    }
+    let guard = lock(&core);
+    publish(
+        config,
+        &consumer,
+        &guard.processor,
+        &mut reported,
+        &mut clock,
+    );
+    info!(slot = %config.labels.slot, "slot stopped");
+    Ok(())
+}
+
+/// An upstream partition id with an offset or a watermark.
+type Upstream = (u32, i64);
+
+/// The upstream headers of a repartition-topic record: (partition, offset) on data records,
+/// (partition, watermark) on watermark markers.
+fn read_internal_headers(message: &impl Message) -> (Option<Upstream>, Option<Upstream>) {
+    let Some(headers) = message.headers() else {
+        return (None, None);
+    };
+    let (mut partition, mut offset, mut watermark) = (None, None, None);
+    for header in headers.iter() {
+        let number = || std::str::from_utf8(header.value?).ok()?.parse::<i64>().ok();
+        match header.key {
+            h if h == headers::UPSTREAM_PARTITION => {
+                partition = number().and_then(|n| u32::try_from(n).ok())
+            }
+            h if h == headers::UPSTREAM_OFFSET => offset = number(),
+            h if h == headers::WATERMARK => watermark = number(),
+            _ => {}
+        }
+    }
+    match (partition, offset, watermark) {
+        (Some(p), _, Some(w)) => (None, Some((p, w))),
+        (Some(p), Some(o), None) => (Some((p, o)), None),
+        _ => (None, None),
+    }
+}
+
+fn lock(core: &Mutex<Core>) -> MutexGuard<'_, Core> {
+    core.lock().expect("slot state lock is never poisoned")
+}
+
+#[derive(Default)]
+struct SlotClock {
+    busy: Duration,
+    idle: Duration,
+    backpressured: Duration,
+}
+
+/// Counts dead letters by stage and observes output latency.
+fn observe_emits(config: &SlotConfig, emits: &[Emit]) {
+    let wall = wall_clock_ms();
+    for emit in emits {
+        if let Emit::Output { event_ms, .. } = emit {
+            config
+                .metrics
+                .output_latency
+                .get_or_create(&config.labels)
+                .observe((wall - event_ms).max(0) as f64 / 1000.0);
+        }
+        if let Emit::DeadLetter { stage, error, .. } = emit {
+            config.metrics.dead_lettered(&config.labels, *stage);
+            if config.plan.dead_letter_topic.is_none() {
+                warn!(slot = %config.labels.slot, stage = stage.as_str(), %error, "record rejected (no deadLetter topic configured)");
+            }
+        }
+    }
+}
+
+/// Flushes the producer and commits every partition's committable offset that moved.
+fn commit(
+    consumer: &BaseConsumer<SlotContext>,
+    core: &Mutex<Core>,
+    sink: &Sink,
+    plan: &Plan,
+    clock: &mut SlotClock,
+    mode: CommitMode,
+    stop: &dyn Fn() -> bool,
+) -> Result<(), SlotError> {
+    let mut guard = lock(core);
+    let Core {
+        processor,
+        emits,
+        committed,
+    } = &mut *guard;
+    sink.send_all(plan, emits, &mut clock.backpressured, stop)?;
+    sink.flush(&mut clock.backpressured, stop)?;
+    let mut offsets = TopicPartitionList::new();
+    for (topic, partition, offset) in processor.committable_offsets() {
+        if committed.get(&(topic, partition)) != Some(&offset) {
+            offsets.add_partition_offset(
+                plan.topic_name(topic),
+                partition,
+                Offset::Offset(offset),
+            )?;
+            committed.insert((topic, partition), offset);
+        }
+    }
+    drop(guard);
+    if offsets.count() > 0 {
+        consumer.commit(&offsets, mode)?;
+    }
+    Ok(())
+}
+
+/// Publishes the slot's counters, clocks and partition gauges.
+fn publish(
+    config: &SlotConfig,
+    consumer: &BaseConsumer<SlotContext>,
+    processor: &Processor,
+    reported: &mut Counts,
+    clock: &mut SlotClock,
+) {
+    let m = &config.metrics;
+    let labels = &config.labels;
+    m.add_counts(labels, reported, &processor.counts);
+    *reported = processor.counts;
+    m.busy
+        .get_or_create(labels)
+        .inc_by(clock.busy.saturating_sub(clock.backpressured).as_secs_f64());
+    m.backpressured
+        .get_or_create(labels)
+        .inc_by(clock.backpressured.as_secs_f64());
+    m.idle
+        .get_or_create(labels)
+        .inc_by(clock.idle.as_secs_f64());
+    *clock = SlotClock::default();
+    let ends = consumer.context().end_offsets.lock().expect("not poisoned");
+    let wall = wall_clock_ms();
+    let mut keys = 0;
+    for (topic, partition, position, watermark, key_count) in processor.partition_stats() {
+        keys += key_count;
+        let name = config.plan.topic_name(topic);
+        let p = Metrics::partition_labels(labels, name, partition);
+        m.position.get_or_create(&p).set(position);
+        if let Some(end) = ends.get(&(name.to_owned(), partition)) {
+            m.end_offset.get_or_create(&p).set(*end);
+            m.lag.get_or_create(&p).set((end - position).max(0));
+        }
+        if watermark != crate::watermark::NO_WATERMARK {
+            m.watermark_lag
+                .get_or_create(&p)
+                .set((wall - watermark) as f64 / 1000.0);
+        }
+    }
+    m.state_keys
+        .get_or_create(labels)
+        .set(i64::try_from(keys).unwrap_or(i64::MAX));
+}
