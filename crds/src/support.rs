@@ -26,6 +26,14 @@ pub fn unsupported(spec: &PipelineDeploymentSpec) -> Vec<FieldError> {
             "exactly-once delivery (Kafka transactions at checkpoints)",
         );
     }
+    if spec
+        .sink
+        .kafka
+        .as_ref()
+        .is_some_and(|k| k.format == crate::sink::OutputFormat::Avro)
+    {
+        not_yet("spec.sink.kafka.format", "Avro output (JSON output works)");
+    }
     if spec.checkpoint.is_some() {
         not_yet("spec.checkpoint", "state checkpoints to object storage");
     }

@@ -74,7 +74,7 @@ pub fn consumer_config(
         )
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000")
-        .set("statistics.interval.ms", "5000")
+        .set("statistics.interval.ms", "1000")
         .set("enable.partition.eof", "false");
     for (key, value) in &spec.kafka.properties {
         config.set(key, value);

@@ -14,7 +14,7 @@ use crate::{
     filter::{Filter, FilterError},
     output::window_record,
     plan::{Plan, TopicIndex},
-    watermark::{NO_WATERMARK, UpstreamWatermarks, Watermark},
+    watermark::{IDLE_MARKER, NO_WATERMARK, UpstreamWatermarks, Watermark},
     window::{Added, PartitionWindows, WindowResult},
 };
 
@@ -178,11 +178,16 @@ impl EventClock {
 }
 
 struct PartitionState {
-    next_offset: i64,
+    /// Next offset to read; `None` until a record was read (nothing to commit yet).
+    next_offset: Option<i64>,
+    /// Whether the consumer has read everything the partition holds (lag 0): only then can
+    /// quiet time count as idleness. A partition with a backlog is never idle.
+    caught_up: bool,
     clock: EventClock,
     windows: Option<PartitionWindows>,
-    /// The last watermark announced downstream (stage one of a repartitioned pipeline).
-    announced: i64,
+    /// The last watermark announced downstream (stage one of a repartitioned pipeline);
+    /// [`IDLE_MARKER`] once idleness was announced.
+    announced: Option<i64>,
 }
 
 /// Why a slot cannot build its processor.
@@ -242,7 +247,7 @@ impl Processor {
         } else {
             self.process_source(rec, now, wall_ms, out)?;
         }
-        self.state(rec.topic, rec.partition, now).next_offset = rec.offset + 1;
+        self.state(rec.topic, rec.partition, now).next_offset = Some(rec.offset + 1);
         Ok(())
     }
 
@@ -494,7 +499,8 @@ impl Processor {
         self.partitions
             .entry((topic, partition))
             .or_insert_with(|| PartitionState {
-                next_offset: 0,
+                next_offset: None,
+                caught_up: false,
                 clock: if plan.is_repartition_topic(topic) {
                     EventClock::Upstream(
                         UpstreamWatermarks::new(plan.upstream_partitions()),
@@ -507,7 +513,7 @@ impl Processor {
                         now,
                     ))
                 },
-                announced: NO_WATERMARK,
+                announced: None,
                 windows: plan.window.as_ref().filter(|_| holds_windows).map(|w| {
                     PartitionWindows::new(w.assigner, w.lateness_ms, w.aggregates.clone())
                 }),
@@ -516,7 +522,7 @@ impl Processor {
 
     /// Advances idle partitions by processing time, emits the windows that closes, and (stage one
     /// of a repartitioned pipeline) announces source watermarks that moved.
-    pub fn on_tick(&mut self, now: Instant, wall_ms: i64, out: &mut Vec<Emit>) {
+    pub fn on_tick(&mut self, now: Instant, out: &mut Vec<Emit>) {
         let mut results = std::mem::take(&mut self.results);
         let repartitioning = self.plan.repartition_topic.is_some();
         let mut keys: Vec<_> = self.partitions.keys().copied().collect();
@@ -527,16 +533,34 @@ impl Processor {
             let EventClock::Local(clock) = &mut state.clock else {
                 continue;
             };
-            let watermark = clock.on_idle_check(now, wall_ms);
+            let watermark = if state.caught_up {
+                clock.on_idle_check(now)
+            } else {
+                clock.current()
+            };
             if let Some(windows) = &mut state.windows {
                 windows.advance(watermark, &mut results);
             }
-            if repartitioning && watermark > state.announced {
-                state.announced = watermark;
-                out.push(Emit::WatermarkMarker {
-                    upstream,
-                    watermark,
-                });
+            if repartitioning {
+                // A caught-up, quiet partition that never had a record has no event time to
+                // announce: it announces idleness so it does not hold the others back.
+                let announce = if watermark == NO_WATERMARK {
+                    (state.caught_up && clock.is_idle(now)).then_some(IDLE_MARKER)
+                } else {
+                    Some(watermark)
+                };
+                if let Some(value) = announce
+                    && state
+                        .announced
+                        .is_none_or(|a| a == IDLE_MARKER || value > a)
+                    && announce != state.announced
+                {
+                    state.announced = Some(value);
+                    out.push(Emit::WatermarkMarker {
+                        upstream,
+                        watermark: value,
+                    });
+                }
             }
         }
         self.emit_windows(&mut results, out);
@@ -547,11 +571,25 @@ impl Processor {
     /// emitted (once the producer has flushed). `None` when nothing was read from it.
     pub fn committable_offset(&self, topic: TopicIndex, partition: i32) -> Option<i64> {
         let state = self.partitions.get(&(topic, partition))?;
+        let next = state.next_offset?;
         let open = state
             .windows
             .as_ref()
             .and_then(PartitionWindows::min_open_offset);
-        Some(open.map_or(state.next_offset, |o| o.min(state.next_offset)))
+        Some(open.map_or(next, |o| o.min(next)))
+    }
+
+    /// A partition was assigned: its state exists from now on, so an empty partition still
+    /// becomes idle and announces its watermark.
+    pub fn assign(&mut self, topic: TopicIndex, partition: i32, now: Instant) {
+        self.state(topic, partition, now);
+    }
+
+    /// Whether the consumer has caught up with a partition (from the client's lag statistics).
+    pub fn set_caught_up(&mut self, topic: TopicIndex, partition: i32, caught_up: bool) {
+        if let Some(state) = self.partitions.get_mut(&(topic, partition)) {
+            state.caught_up = caught_up;
+        }
     }
 
     /// Committable offsets of every partition with state.
@@ -572,7 +610,8 @@ impl Processor {
         offset
     }
 
-    /// Per partition: (topic, partition, next offset, watermark, keys in state).
+    /// Per partition: (topic, partition, next offset (-1 before the first record), watermark,
+    /// keys in state).
     pub fn partition_stats(&self) -> Vec<(TopicIndex, i32, i64, i64, usize)> {
         self.partitions
             .iter()
@@ -580,7 +619,7 @@ impl Processor {
                 (
                     t,
                     p,
-                    s.next_offset,
+                    s.next_offset.unwrap_or(-1),
                     s.clock.current(),
                     s.windows.as_ref().map_or(0, PartitionWindows::key_count),
                 )
@@ -759,6 +798,35 @@ mod tests {
     }
 
     #[test]
+    fn quiet_partitions_advance_by_processing_time_only_once_caught_up() {
+        let mut p = processor(
+            "  transform: {keyBy: dev, timestamp: {field: ts}, repartition: never, watermark: {idleTimeout: 1s}}\n  window: {tumbling: {size: 10s}}\n  aggregates: [{name: n, function: count}]\n",
+        );
+        feed(&mut p, 0, 0, 0, br#"{"dev":"a","ts":1000}"#, 0);
+        let later = Instant::now() + std::time::Duration::from_secs(15);
+        let mut out = Vec::new();
+        p.on_tick(later, &mut out);
+        assert!(
+            out.is_empty(),
+            "a partition with a backlog is not idle, however quiet"
+        );
+        p.set_caught_up(0, 0, true);
+        p.on_tick(later, &mut out);
+        assert_eq!(
+            json_of(&out[0])["n"],
+            json!(1),
+            "caught up and quiet: the window closes"
+        );
+    }
+
+    #[test]
+    fn an_assigned_partition_without_records_commits_nothing() {
+        let mut p = processor("");
+        p.assign(0, 5, Instant::now());
+        assert_eq!(p.committable_offset(0, 5), None);
+    }
+
+    #[test]
     fn missing_key_timestamp_or_wrongly_typed_aggregate_input_is_dead_lettered() {
         let mut p = processor(WINDOWED);
         let stages: Vec<FailedStage> = [
@@ -808,7 +876,7 @@ mod tests {
         );
         // Stage one announces its source watermark on the next tick.
         let mut ticked = Vec::new();
-        p.on_tick(Instant::now(), 0, &mut ticked);
+        p.on_tick(Instant::now(), &mut ticked);
         assert_eq!(
             ticked,
             vec![Emit::WatermarkMarker {

@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use pipeline_crds::{PipelineDeploymentSpec, contract::headers};
+use pipeline_crds::{PipelineDeploymentSpec, contract::headers, source::StartingOffsets};
 use rdkafka::{
     ClientContext, Message, Offset, TopicPartitionList,
     config::RDKafkaLogLevel,
@@ -89,7 +89,12 @@ struct SlotContext {
     sink: Arc<Sink>,
     metrics: Arc<Metrics>,
     labels: SlotLabels,
-    end_offsets: Mutex<HashMap<(String, i32), i64>>,
+    /// Per (topic, partition), from librdkafka's statistics: the end (last stable offset, as we
+    /// read committed data only, else the high watermark) and where reading starts before the
+    /// first record (the committed offset, else the reset point).
+    end_offsets: Mutex<HashMap<(String, i32), (i64, i64)>>,
+    /// Whether the reset point is the log start (`earliest`) or its end (`latest`).
+    reset_to_earliest: bool,
     stop: Arc<AtomicBool>,
 }
 
@@ -116,8 +121,18 @@ impl ClientContext for SlotContext {
         let mut ends = self.end_offsets.lock().expect("not poisoned");
         for (topic, t) in &statistics.topics {
             for (partition, p) in &t.partitions {
-                if *partition >= 0 && p.hi_offset >= 0 {
-                    ends.insert((topic.clone(), *partition), p.hi_offset);
+                let end = if p.ls_offset >= 0 {
+                    p.ls_offset
+                } else {
+                    p.hi_offset
+                };
+                let start = match (p.committed_offset >= 0, self.reset_to_earliest) {
+                    (true, _) => p.committed_offset,
+                    (false, true) => p.lo_offset,
+                    (false, false) => end,
+                };
+                if *partition >= 0 && end >= 0 {
+                    ends.insert((topic.clone(), *partition), (end, start));
                 }
             }
         }
@@ -165,18 +180,33 @@ impl ConsumerContext for SlotContext {
                 warn!(slot = %self.labels.slot, error = %e, "revoked partitions not committed: sink failed")
             }
             Ok(()) if offsets.count() > 0 => {
+                debug!(slot = %self.labels.slot, offsets = ?offsets.to_topic_map(), "committing revoked partitions");
                 if let Err(e) = consumer.commit(&offsets, CommitMode::Sync) {
-                    warn!(slot = %self.labels.slot, error = %e, "commit on revocation failed");
+                    // While stopping, other slots leave at the same moment and the coordinator
+                    // may refuse with RebalanceInProgress; the final commit already covered it.
+                    if self.stop.load(Ordering::Relaxed) {
+                        info!(slot = %self.labels.slot, error = %e, "commit on revocation skipped while stopping");
+                    } else {
+                        warn!(slot = %self.labels.slot, error = %e, "commit on revocation failed");
+                    }
                 }
             }
             Ok(()) => {}
         }
-        info!(slot = %self.labels.slot, partitions = revoked.count(), "partitions revoked");
+        info!(slot = %self.labels.slot, partitions = ?revoked.to_topic_map(), "partitions revoked");
     }
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(assigned) = rebalance {
-            info!(slot = %self.labels.slot, partitions = assigned.count(), "partitions assigned");
+            let mut core = self.core.lock().expect("not poisoned");
+            for element in assigned.elements() {
+                if let Some(topic) = self.plan.topic_index(element.topic()) {
+                    core.processor
+                        .assign(topic, element.partition(), Instant::now());
+                }
+            }
+            drop(core);
+            info!(slot = %self.labels.slot, partitions = ?assigned.to_topic_map(), "partitions assigned");
         }
         let count = consumer.assignment().map_or(0, |a| a.count());
         self.metrics
@@ -217,6 +247,7 @@ pub fn run(config: &SlotConfig, stop: &Arc<AtomicBool>) -> Result<(), SlotError>
         metrics: config.metrics.clone(),
         labels: config.labels.clone(),
         end_offsets: Mutex::new(HashMap::new()),
+        reset_to_earliest: config.spec.source.starting_offsets == StartingOffsets::Earliest,
         stop: stop.clone(),
     };
     let consumer: BaseConsumer<SlotContext> = client::consumer_config(
@@ -294,7 +325,7 @@ pub fn run(config: &SlotConfig, stop: &Arc<AtomicBool>) -> Result<(), SlotError>
             let Core {
                 processor, emits, ..
             } = &mut *guard;
-            processor.on_tick(Instant::now(), wall_clock_ms(), emits);
+            processor.on_tick(Instant::now(), emits);
             observe_emits(config, emits);
             sink.send_all(&plan, emits, &mut clock.backpressured, &is_stopped)?;
             sink.poll();
@@ -338,11 +369,11 @@ pub fn run(config: &SlotConfig, stop: &Arc<AtomicBool>) -> Result<(), SlotError>
     while Instant::now() < deadline && consumer.assignment().is_ok_and(|a| a.count() > 0) {
         let _ = consumer.poll(Duration::from_millis(50));
     }
-    let guard = lock(&core);
+    let mut guard = lock(&core);
     publish(
         config,
         &consumer,
-        &guard.processor,
+        &mut guard.processor,
         &mut reported,
         &mut clock,
     );
@@ -440,6 +471,7 @@ fn commit(
     }
     drop(guard);
     if offsets.count() > 0 {
+        debug!(offsets = ?offsets.to_topic_map(), "committing");
         consumer.commit(&offsets, mode)?;
     }
     Ok(())
@@ -449,7 +481,7 @@ fn commit(
 fn publish(
     config: &SlotConfig,
     consumer: &BaseConsumer<SlotContext>,
-    processor: &Processor,
+    processor: &mut Processor,
     reported: &mut Counts,
     clock: &mut SlotClock,
 ) {
@@ -474,10 +506,18 @@ fn publish(
         keys += key_count;
         let name = config.plan.topic_name(topic);
         let p = Metrics::partition_labels(labels, name, partition);
-        m.position.get_or_create(&p).set(position);
-        if let Some(end) = ends.get(&(name.to_owned(), partition)) {
+        if let Some((end, start)) = ends.get(&(name.to_owned(), partition)) {
+            // Caught up = everything up to the end has been processed (not merely committed:
+            // windowed slots commit behind their open windows on purpose; not merely fetched:
+            // prefetched records are still to be processed). Before the first record, the start
+            // offset says whether anything is there to read.
+            let read = if position >= 0 { position } else { *start };
             m.end_offset.get_or_create(&p).set(*end);
-            m.lag.get_or_create(&p).set((end - position).max(0));
+            m.lag.get_or_create(&p).set((end - read).max(0));
+            processor.set_caught_up(topic, partition, read >= *end);
+        }
+        if position >= 0 {
+            m.position.get_or_create(&p).set(position);
         }
         if watermark != crate::watermark::NO_WATERMARK {
             m.watermark_lag

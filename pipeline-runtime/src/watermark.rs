@@ -2,9 +2,10 @@
 //!
 //! The watermark of a partition is the highest event time seen minus `maxOutOfOrderness` (minus
 //! 1 ms, so a record exactly `maxOutOfOrderness` behind is still on time, as in Flink's
-//! bounded-out-of-orderness strategy). A partition that receives nothing for `idleTimeout`
-//! advances to the wall clock minus `maxOutOfOrderness`, so its last windows close. The watermark
-//! never goes back.
+//! bounded-out-of-orderness strategy). A caught-up partition that receives nothing for
+//! `idleTimeout` lets event time run on at wall-clock speed from its last record, so its last
+//! windows close. (It does not jump to the wall clock: a backlog of old records arriving later
+//! would all be late.) The watermark never goes back.
 
 use std::time::{Duration, Instant};
 
@@ -45,16 +46,25 @@ impl Watermark {
         self.current
     }
 
-    /// Advances an idle partition by processing time: when nothing arrived for `idleTimeout`, the
-    /// watermark moves to `wall_clock_ms − maxOutOfOrderness − 1`. Returns the new watermark.
-    pub fn on_idle_check(&mut self, now: Instant, wall_clock_ms: i64) -> i64 {
-        if let Some(timeout) = self.idle_timeout
-            && now.duration_since(self.last_record_at) >= timeout
+    /// Whether nothing arrived for `idleTimeout` (never, without one).
+    pub fn is_idle(&self, now: Instant) -> bool {
+        self.idle_timeout
+            .is_some_and(|timeout| now.duration_since(self.last_record_at) >= timeout)
+    }
+
+    /// Advances an idle partition by processing time: once nothing arrived for `idleTimeout`,
+    /// the watermark is the last one a record set plus the wall-clock time since that record.
+    /// Returns the new watermark.
+    pub fn on_idle_check(&mut self, now: Instant) -> i64 {
+        if self.is_idle(now)
+            && let Some(max) = self.max_event_time
         {
+            let quiet = i64::try_from(now.duration_since(self.last_record_at).as_millis())
+                .unwrap_or(i64::MAX);
             self.raise(
-                wall_clock_ms
-                    .saturating_sub(self.out_of_orderness_ms)
-                    .saturating_sub(1),
+                max.saturating_sub(self.out_of_orderness_ms)
+                    .saturating_sub(1)
+                    .saturating_add(quiet),
             );
         }
         self.current
@@ -91,40 +101,43 @@ mod tests {
     }
 
     #[test]
-    fn an_idle_partition_advances_by_processing_time_only_after_the_timeout() {
+    fn an_idle_partition_lets_event_time_run_at_wall_clock_speed_after_the_timeout() {
         let t0 = Instant::now();
         let mut wm = Watermark::new(1_000, Some(Duration::from_secs(30)), t0);
         wm.on_record(10_000, t0);
-        assert_eq!(
-            wm.on_idle_check(t0 + Duration::from_secs(29), 500_000),
-            8_999
-        );
-        assert_eq!(
-            wm.on_idle_check(t0 + Duration::from_secs(30), 500_000),
-            498_999
-        );
+        assert_eq!(wm.on_idle_check(t0 + Duration::from_secs(29)), 8_999);
+        assert_eq!(wm.on_idle_check(t0 + Duration::from_secs(30)), 38_999);
+        assert_eq!(wm.on_idle_check(t0 + Duration::from_secs(40)), 48_999);
         // A later record behind the idle watermark leaves it where it is.
-        assert_eq!(wm.on_record(20_000, t0 + Duration::from_secs(31)), 498_999);
+        assert_eq!(wm.on_record(20_000, t0 + Duration::from_secs(41)), 48_999);
     }
 
     #[test]
-    fn without_idle_timeout_a_quiet_partition_holds_its_watermark() {
+    fn without_idle_timeout_or_records_a_quiet_partition_holds_its_watermark() {
         let t0 = Instant::now();
         let mut wm = Watermark::new(0, None, t0);
         wm.on_record(10, t0);
+        assert_eq!(wm.on_idle_check(t0 + Duration::from_secs(3600)), 9);
+        let mut empty = Watermark::new(0, Some(Duration::from_secs(1)), t0);
         assert_eq!(
-            wm.on_idle_check(t0 + Duration::from_secs(3600), i64::MAX / 2),
-            9
+            empty.on_idle_check(t0 + Duration::from_secs(3600)),
+            NO_WATERMARK
         );
     }
 }
 
-/// The watermark of a repartition-topic partition: the minimum of the watermarks its upstream
-/// source partitions announced through watermark markers (Flink's rule after a shuffle). Until
-/// every upstream partition has announced one there is no watermark.
+/// A marker value meaning "this upstream partition is idle and has no watermark": it is left
+/// out of the minimum until it announces one again (Flink's idle input channels).
+pub const IDLE_MARKER: i64 = i64::MAX;
+
+/// The watermark of a repartition-topic partition: the minimum of the watermarks its active
+/// upstream source partitions announced through watermark markers (Flink's rule after a
+/// shuffle). Until every upstream partition has announced a watermark or idleness there is no
+/// watermark.
 #[derive(Clone, Debug)]
 pub struct UpstreamWatermarks {
-    marks: std::collections::HashMap<u32, i64>,
+    /// Per upstream partition: its watermark, or `None` while idle.
+    marks: std::collections::HashMap<u32, Option<i64>>,
     expected: usize,
     current: i64,
 }
@@ -139,12 +152,18 @@ impl UpstreamWatermarks {
         }
     }
 
-    /// Records upstream partition `upstream`'s watermark; returns the new combined watermark.
+    /// Records upstream partition `upstream`'s watermark (or [`IDLE_MARKER`]); returns the new
+    /// combined watermark.
     pub fn on_marker(&mut self, upstream: u32, watermark: i64) -> i64 {
-        let mark = self.marks.entry(upstream).or_insert(NO_WATERMARK);
-        *mark = (*mark).max(watermark);
-        if self.marks.len() >= self.expected {
-            let min = self.marks.values().copied().min().unwrap_or(NO_WATERMARK);
+        let mark = self.marks.entry(upstream).or_insert(None);
+        *mark = if watermark == IDLE_MARKER {
+            None
+        } else {
+            Some(mark.map_or(watermark, |m| m.max(watermark)))
+        };
+        if self.marks.len() >= self.expected
+            && let Some(min) = self.marks.values().flatten().copied().min()
+        {
             self.current = self.current.max(min);
         }
         self.current
@@ -169,5 +188,14 @@ mod upstream_tests {
         assert_eq!(u.on_marker(1, 90), 70);
         // A stale (lower) marker never moves it back.
         assert_eq!(u.on_marker(2, 10), 70);
+        // An idle upstream partition is left out of the minimum.
+        assert_eq!(u.on_marker(2, IDLE_MARKER), 90);
+    }
+
+    #[test]
+    fn idle_upstream_partitions_count_as_announced_but_hold_nothing_back() {
+        let mut u = UpstreamWatermarks::new(2);
+        assert_eq!(u.on_marker(0, IDLE_MARKER), NO_WATERMARK);
+        assert_eq!(u.on_marker(1, 500), 500);
     }
 }
