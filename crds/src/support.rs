@@ -5,6 +5,14 @@
 
 use crate::{PipelineDeploymentSpec, validate::FieldError};
 
+/// Everything that stops `spec` from running in this release: the semantic problems of
+/// [`validate`](crate::validate) followed by the features not supported yet.
+pub fn problems(spec: &PipelineDeploymentSpec) -> Vec<FieldError> {
+    let mut found = crate::validate(spec).err().map(|e| e.0).unwrap_or_default();
+    found.extend(unsupported(spec));
+    found
+}
+
 /// Every field of `spec` that the runtime of this release cannot run, with the reason.
 pub fn unsupported(spec: &PipelineDeploymentSpec) -> Vec<FieldError> {
     let mut found = Vec::new();
@@ -38,4 +46,49 @@ pub fn unsupported(spec: &PipelineDeploymentSpec) -> Vec<FieldError> {
         not_yet("spec.checkpoint", "state checkpoints to object storage");
     }
     found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::from_yaml;
+
+    fn spec(extra: &str) -> PipelineDeploymentSpec {
+        from_yaml(
+            &format!("apiVersion: sluice.dev/v1alpha1\nkind: PipelineDeployment\nmetadata: {{name: t}}\nspec:\n  kafka: {{bootstrapServers: 'k:9092', schemaRegistryUrl: 'http://r:8081'}}\n  source: {{topic: in}}\n{extra}"),
+            "t",
+        )
+        .unwrap()
+        .spec
+    }
+
+    #[test]
+    fn features_not_built_yet_are_refused_with_their_path() {
+        let paths = |s: &PipelineDeploymentSpec| -> Vec<String> {
+            problems(s).into_iter().map(|e| e.path).collect()
+        };
+        assert!(paths(&spec("  sink: {kafka: {topic: out}}\n")).is_empty());
+        assert_eq!(
+            paths(&spec("  sink: {kafka: {topic: out, format: avro}}\n")),
+            ["spec.sink.kafka.format"]
+        );
+        assert_eq!(
+            paths(&spec(
+                "  sink: {clickhouse: {url: 'http://ch:8123', table: t}}\n"
+            )),
+            ["spec.sink.clickhouse"]
+        );
+        let eos = spec(
+            "  sink: {kafka: {topic: out}}\n  delivery: exactly-once\n  checkpoint: {storage: {local: {path: /tmp/cp}}}\n",
+        );
+        assert_eq!(paths(&eos), ["spec.delivery", "spec.checkpoint"]);
+        assert!(problems(&eos)[0].message.starts_with("not supported yet"));
+    }
+
+    #[test]
+    fn problems_lists_validation_errors_before_unsupported_features() {
+        let s = spec("  sink: {kafka: {topic: in, format: avro}}\n");
+        let paths: Vec<String> = problems(&s).into_iter().map(|e| e.path).collect();
+        assert_eq!(paths, ["spec.sink.kafka.topic", "spec.sink.kafka.format"]);
+    }
 }

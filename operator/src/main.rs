@@ -45,15 +45,7 @@ fn main() -> anyhow::Result<ExitCode> {
                         continue;
                     }
                 };
-                let mut problems: Vec<String> = match pipeline_crds::validate(&pd.spec) {
-                    Ok(()) => Vec::new(),
-                    Err(errors) => errors.0.iter().map(ToString::to_string).collect(),
-                };
-                problems.extend(
-                    pipeline_crds::support::unsupported(&pd.spec)
-                        .iter()
-                        .map(ToString::to_string),
-                );
+                let problems = pipeline_crds::support::problems(&pd.spec);
                 if problems.is_empty() {
                     println!("{}: valid", file.display());
                 } else {

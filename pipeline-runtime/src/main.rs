@@ -107,15 +107,7 @@ fn main() -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Validate { file } => {
             let pd = pipeline_crds::manifest::from_file(&file)?;
-            let mut problems: Vec<String> = pipeline_crds::validate(&pd.spec)
-                .err()
-                .map(|e| e.0.iter().map(ToString::to_string).collect())
-                .unwrap_or_default();
-            problems.extend(
-                pipeline_crds::support::unsupported(&pd.spec)
-                    .iter()
-                    .map(ToString::to_string),
-            );
+            let problems = pipeline_crds::support::problems(&pd.spec);
             if problems.is_empty() {
                 println!("{}: valid", file.display());
                 Ok(ExitCode::SUCCESS)
