@@ -63,6 +63,11 @@ impl AggregatePlan {
         self.columns.iter().map(|c| c.name.as_str())
     }
 
+    /// Output field names with their functions, in spec order.
+    pub fn columns(&self) -> impl Iterator<Item = (&str, AggregateFunction)> {
+        self.columns.iter().map(|c| (c.name.as_str(), c.function))
+    }
+
     /// Empty accumulators, one per aggregate.
     pub fn empty(&self) -> Accumulators {
         Accumulators(

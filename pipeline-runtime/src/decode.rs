@@ -1,10 +1,10 @@
 //! Turning Kafka record values into JSON-shaped records: JSON, Avro (Confluent Schema Registry
 //! wire format, or plain datums with an inline schema) and raw bytes.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
-
 use apache_avro::Schema;
 use pipeline_crds::source::{FormatKind, SourceFormat};
+
+pub use crate::schema_registry::SchemaRegistry;
 use serde_json::Value;
 
 /// Why a value could not be decoded.
@@ -141,69 +141,6 @@ pub fn split_wire_header(bytes: &[u8]) -> Result<(u32, &[u8]), DecodeError> {
             Err(DecodeError::Wire(format!("magic byte {magic}, expected 0")))
         }
         _ => Err(DecodeError::Wire("shorter than the 5-byte header".into())),
-    }
-}
-
-/// A Confluent Schema Registry client with a schema cache (schemas by id never change).
-pub struct SchemaRegistry {
-    base_url: String,
-    agent: ureq::Agent,
-    cache: HashMap<u32, Arc<Schema>>,
-}
-
-impl SchemaRegistry {
-    /// A client for `base_url` (e.g. `http://schema-registry:8081`).
-    pub fn new(base_url: &str) -> Self {
-        let agent = ureq::Agent::config_builder()
-            .timeout_global(Some(Duration::from_secs(10)))
-            .http_status_as_error(false)
-            .build()
-            .new_agent();
-        Self {
-            base_url: base_url.trim_end_matches('/').to_owned(),
-            agent,
-            cache: HashMap::new(),
-        }
-    }
-
-    /// The writer schema with this id, fetched once.
-    pub fn schema(&mut self, id: u32) -> Result<Arc<Schema>, DecodeError> {
-        if let Some(schema) = self.cache.get(&id) {
-            return Ok(schema.clone());
-        }
-        let url = format!("{}/schemas/ids/{id}", self.base_url);
-        let mut response = self
-            .agent
-            .get(&url)
-            .call()
-            .map_err(|e| DecodeError::RegistryUnavailable(format!("GET {url}: {e}")))?;
-        let status = response.status().as_u16();
-        match status {
-            200 => {}
-            404 => {
-                return Err(DecodeError::Wire(format!(
-                    "schema id {id} is unknown to the registry"
-                )));
-            }
-            _ => {
-                return Err(DecodeError::RegistryUnavailable(format!(
-                    "GET {url}: HTTP {status}"
-                )));
-            }
-        }
-        #[derive(serde::Deserialize)]
-        struct SchemaResponse {
-            schema: String,
-        }
-        let body: SchemaResponse = response
-            .body_mut()
-            .read_json()
-            .map_err(|e| DecodeError::RegistryUnavailable(format!("GET {url}: {e}")))?;
-        let schema = Schema::parse_str(&body.schema)
-            .map_err(|e| DecodeError::Wire(format!("schema id {id} does not parse: {e}")))?;
-        let schema = Arc::new(schema);
-        self.cache.insert(id, schema.clone());
-        Ok(schema)
     }
 }
 

@@ -13,6 +13,7 @@ pub mod output;
 pub mod plan;
 pub mod processor;
 pub mod runtime;
+pub mod schema_registry;
 pub mod sink;
 pub mod slot;
 pub mod watermark;

@@ -5,6 +5,7 @@ use std::{sync::Arc, time::Duration};
 
 use pipeline_crds::{
     PipelineDeploymentSpec, contract,
+    sink::OutputFormat,
     source::{FormatKind, SourceFormat},
     transform::RepartitionPolicy,
 };
@@ -49,6 +50,8 @@ pub struct Plan {
     pub window: Option<WindowStage>,
     /// Output topic.
     pub sink_topic: String,
+    /// Encoding of window results.
+    pub output_format: OutputFormat,
     /// Late-data topic.
     pub late_topic: Option<String>,
     /// Dead-letter topic.
@@ -112,6 +115,12 @@ impl Plan {
                 .kafka
                 .as_ref()
                 .map(|k| k.topic.clone())
+                .unwrap_or_default(),
+            output_format: spec
+                .sink
+                .kafka
+                .as_ref()
+                .map(|k| k.format)
                 .unwrap_or_default(),
             late_topic: spec.late_data.as_ref().map(|t| t.topic.clone()),
             dead_letter_topic: spec.dead_letter.as_ref().map(|t| t.topic.clone()),

@@ -6,14 +6,16 @@
 
 use std::{collections::HashMap, sync::Arc, time::Instant};
 
+use pipeline_crds::sink::OutputFormat;
 use serde_json::Value;
 
 use crate::{
     decode::{DecodeError, Decoder, DecoderConfigError},
     field::key_text,
     filter::{Filter, FilterError},
-    output::window_record,
+    output::{WindowEncoding, window_avro, window_record, window_schema},
     plan::{Plan, TopicIndex},
+    schema_registry::{RegistryError, SchemaRegistry},
     watermark::{IDLE_MARKER, NO_WATERMARK, UpstreamWatermarks, Watermark},
     window::{Added, PartitionWindows, WindowResult},
 };
@@ -199,6 +201,16 @@ pub enum ProcessorError {
     /// The filter.
     #[error(transparent)]
     Filter(#[from] FilterError),
+    /// The output schema could not be registered (retryable).
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+}
+
+impl ProcessorError {
+    /// Whether trying again later can succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Registry(_))
+    }
 }
 
 /// The per-slot record processor and the state of the partitions the slot owns.
@@ -208,6 +220,7 @@ pub struct Processor {
     filter: Option<Filter>,
     partitions: HashMap<(TopicIndex, i32), PartitionState>,
     results: Vec<WindowResult>,
+    encoding: WindowEncoding,
     /// Counts since the slot started.
     pub counts: Counts,
 }
@@ -217,7 +230,20 @@ impl Processor {
     pub fn new(plan: Arc<Plan>) -> Result<Self, ProcessorError> {
         let decoder = Decoder::new(&plan.format, plan.schema_registry_url.as_deref())?;
         let filter = plan.filter.as_deref().map(Filter::compile).transpose()?;
+        let encoding = match (&plan.window, plan.output_format, &plan.schema_registry_url) {
+            (Some(window), OutputFormat::Avro, Some(url)) => {
+                let schema = window_schema(plan.key_field(), &window.aggregates);
+                let subject = format!("{}-value", plan.sink_topic);
+                let id = SchemaRegistry::new(url).register(&subject, &schema)?;
+                WindowEncoding::Avro {
+                    schema: Box::new(schema),
+                    id,
+                }
+            }
+            _ => WindowEncoding::Json,
+        };
         Ok(Self {
+            encoding,
             plan,
             decoder,
             filter,
@@ -439,7 +465,10 @@ impl Processor {
     fn emit_windows(&mut self, results: &mut Vec<WindowResult>, out: &mut Vec<Emit>) {
         let key_field = self.plan.key_field().to_owned();
         for result in results.drain(..) {
-            let (key, value) = window_record(&key_field, &result);
+            let (key, mut value) = window_record(&key_field, &result);
+            if let WindowEncoding::Avro { schema, id } = &self.encoding {
+                value = window_avro(schema, *id, &result);
+            }
             self.counts.records_out += 1;
             out.push(Emit::Output {
                 key: Some(key),
@@ -824,6 +853,75 @@ mod tests {
         let mut p = processor("");
         p.assign(0, 5, Instant::now());
         assert_eq!(p.committable_offset(0, 5), None);
+    }
+
+    /// A registry on loopback that answers one registration with `id` and returns the request.
+    fn one_shot_registry(id: u32) -> (String, std::thread::JoinHandle<String>) {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let server = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            // Read headers and the JSON body (ends with the closing brace of the request).
+            while !request.ends_with(b"}") {
+                let n = conn.read(&mut buf).unwrap();
+                if n == 0 {
+                    break;
+                }
+                request.extend_from_slice(&buf[..n]);
+            }
+            let body = format!("{{\"id\":{id}}}");
+            write!(conn, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).unwrap();
+            String::from_utf8_lossy(&request).into_owned()
+        });
+        (url, server)
+    }
+
+    #[test]
+    fn avro_output_registers_the_derived_schema_and_writes_the_wire_format() {
+        let (url, server) = one_shot_registry(7);
+        let text = format!(
+            "apiVersion: sluice.dev/v1alpha1\nkind: PipelineDeployment\nmetadata: {{name: t}}\nspec:\n  kafka: {{bootstrapServers: 'k:9092', schemaRegistryUrl: '{url}'}}\n  source: {{topic: in}}\n  sink: {{kafka: {{topic: out, format: avro}}}}\n{WINDOWED}"
+        );
+        let spec = from_yaml(&text, "test").unwrap().spec;
+        assert!(pipeline_crds::support::problems(&spec).is_empty());
+        let mut p = Processor::new(Arc::new(Plan::new(&spec, "g", vec![1]))).unwrap();
+        let request = server.join().unwrap();
+        assert!(
+            request.starts_with("POST /subjects/out-value/versions "),
+            "{request}"
+        );
+        assert!(request.contains("WindowResult"), "{request}");
+        feed(&mut p, 0, 0, 0, br#"{"dev":"a","ts":1000,"v":5}"#, 0);
+        let out = feed(&mut p, 0, 0, 1, br#"{"dev":"a","ts":40000,"v":1}"#, 0);
+        let Emit::Output { value, .. } = &out[0] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(&value[..5], &[0, 0, 0, 0, 7]);
+        let schema =
+            crate::output::window_schema("dev", &p.plan().window.as_ref().unwrap().aggregates);
+        let decoded = apache_avro::from_avro_datum(&schema, &mut &value[5..], None).unwrap();
+        assert_eq!(
+            Value::try_from(decoded).unwrap(),
+            json!({"dev": "a", "window_start": 0, "window_end": 10_000, "n": 1, "total": 5.0})
+        );
+    }
+
+    #[test]
+    fn an_unreachable_registry_is_a_retryable_start_error() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        drop(listener);
+        let text = format!(
+            "apiVersion: sluice.dev/v1alpha1\nkind: PipelineDeployment\nmetadata: {{name: t}}\nspec:\n  kafka: {{bootstrapServers: 'k:9092', schemaRegistryUrl: '{url}'}}\n  source: {{topic: in}}\n  sink: {{kafka: {{topic: out, format: avro}}}}\n{WINDOWED}"
+        );
+        let spec = from_yaml(&text, "test").unwrap().spec;
+        let err = Processor::new(Arc::new(Plan::new(&spec, "g", vec![1])))
+            .err()
+            .unwrap();
+        assert!(err.is_transient(), "{err}");
     }
 
     #[test]

@@ -55,7 +55,10 @@ pub enum SlotError {
 impl SlotError {
     /// Whether restarting the slot can help.
     pub fn is_retryable(&self) -> bool {
-        !matches!(self, Self::Processor(_))
+        match self {
+            Self::Processor(e) => e.is_transient(),
+            _ => true,
+        }
     }
 }
 
