@@ -155,14 +155,23 @@ impl Plan {
             .collect()
     }
 
-    /// The index of a subscribed topic.
+    /// The index of a subscribed topic (called per record: no allocation).
     pub fn topic_index(&self, topic: &str) -> Option<TopicIndex> {
-        self.subscribed_topics().iter().position(|t| *t == topic)
+        self.source_topics
+            .iter()
+            .chain(self.repartition_topic.iter())
+            .position(|t| t == topic)
     }
 
     /// The name of a topic index.
     pub fn topic_name(&self, index: TopicIndex) -> &str {
-        self.subscribed_topics()[index]
+        match self.source_topics.get(index) {
+            Some(topic) => topic,
+            None => self
+                .repartition_topic
+                .as_deref()
+                .expect("index of a subscribed topic"),
+        }
     }
 
     /// Whether `index` is the internal repartition topic.

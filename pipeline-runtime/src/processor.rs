@@ -463,12 +463,13 @@ impl Processor {
     }
 
     fn emit_windows(&mut self, results: &mut Vec<WindowResult>, out: &mut Vec<Emit>) {
-        let key_field = self.plan.key_field().to_owned();
+        let key_field = self.plan.key_field();
         for result in results.drain(..) {
-            let (key, mut value) = window_record(&key_field, &result);
-            if let WindowEncoding::Avro { schema, id } = &self.encoding {
-                value = window_avro(schema, *id, &result);
-            }
+            let (key, json) = window_record(key_field, &result);
+            let value = match &self.encoding {
+                WindowEncoding::Json => json,
+                WindowEncoding::Avro { schema, id } => window_avro(schema, *id, &result),
+            };
             self.counts.records_out += 1;
             out.push(Emit::Output {
                 key: Some(key),

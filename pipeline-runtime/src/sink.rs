@@ -14,10 +14,7 @@ use rdkafka::{
     producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext},
 };
 
-use crate::{
-    plan::Plan,
-    processor::{Emit, FailedStage},
-};
+use crate::{plan::Plan, processor::Emit};
 
 /// Why the sink cannot go on.
 #[derive(Debug, thiserror::Error)]
@@ -165,7 +162,7 @@ impl Sink {
                     };
                     let h = source_headers(plan, source.topic, source.partition, source.offset)
                         .insert(header(headers::ERROR, error))
-                        .insert(header(headers::STAGE, stage_name(*stage)));
+                        .insert(header(headers::STAGE, stage.as_str()));
                     self.send(side_record(topic, key, value, h), blocked, stop)?;
                 }
                 Emit::Late {
@@ -238,10 +235,6 @@ impl Sink {
             None => Ok(()),
         }
     }
-}
-
-fn stage_name(stage: FailedStage) -> &'static str {
-    stage.as_str()
 }
 
 fn header<'a>(key: &'a str, value: &'a str) -> Header<'a, &'a str> {

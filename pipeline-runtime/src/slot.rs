@@ -17,6 +17,7 @@ use std::{
 };
 
 use pipeline_crds::{PipelineDeploymentSpec, contract::headers, source::StartingOffsets};
+use prometheus_client::metrics::histogram::Histogram;
 use rdkafka::{
     ClientContext, Message, Offset, TopicPartitionList,
     config::RDKafkaLogLevel,
@@ -263,6 +264,11 @@ pub fn run(config: &SlotConfig, stop: &Arc<AtomicBool>) -> Result<(), SlotError>
     consumer.subscribe(&plan.subscribed_topics())?;
     info!(slot = %config.labels.slot, group = %config.group, topics = ?plan.subscribed_topics(), "slot started");
 
+    let latency = config
+        .metrics
+        .output_latency
+        .get_or_create(&config.labels)
+        .clone();
     let is_stopped = || stop.load(Ordering::Relaxed);
     let mut clock = SlotClock::default();
     let mut reported = Counts::default();
@@ -316,7 +322,7 @@ pub fn run(config: &SlotConfig, stop: &Arc<AtomicBool>) -> Result<(), SlotError>
                         return Ok(());
                     }
                 }
-                observe_emits(config, emits);
+                observe_emits(config, &latency, emits);
                 sink.send_all(&plan, emits, &mut clock.backpressured, &is_stopped)?;
                 drop(guard);
                 clock.busy += processing_start.elapsed();
@@ -329,7 +335,7 @@ pub fn run(config: &SlotConfig, stop: &Arc<AtomicBool>) -> Result<(), SlotError>
                 processor, emits, ..
             } = &mut *guard;
             processor.on_tick(Instant::now(), emits);
-            observe_emits(config, emits);
+            observe_emits(config, &latency, emits);
             sink.send_all(&plan, emits, &mut clock.backpressured, &is_stopped)?;
             sink.poll();
             publish(config, &consumer, processor, &mut reported, &mut clock);
@@ -423,16 +429,13 @@ struct SlotClock {
     backpressured: Duration,
 }
 
-/// Counts dead letters by stage and observes output latency.
-fn observe_emits(config: &SlotConfig, emits: &[Emit]) {
+/// Counts dead letters by stage and observes output latency into `latency` (the slot's
+/// histogram, resolved once so the per-record path does not look it up).
+fn observe_emits(config: &SlotConfig, latency: &Histogram, emits: &[Emit]) {
     let wall = wall_clock_ms();
     for emit in emits {
         if let Emit::Output { event_ms, .. } = emit {
-            config
-                .metrics
-                .output_latency
-                .get_or_create(&config.labels)
-                .observe((wall - event_ms).max(0) as f64 / 1000.0);
+            latency.observe((wall - event_ms).max(0) as f64 / 1000.0);
         }
         if let Emit::DeadLetter { stage, error, .. } = emit {
             config.metrics.dead_lettered(&config.labels, *stage);
