@@ -5,11 +5,13 @@
 //! missing fields are skipped (as in SQL); a non-numeric value for a numeric function is an error,
 //! reported before any accumulator changes so the record can be dead-lettered cleanly.
 
-use std::{collections::hash_map::DefaultHasher, hash::BuildHasherDefault};
+use std::hash::BuildHasher;
 
 use hyperloglogplus::{HyperLogLog, HyperLogLogPlus};
 use pipeline_crds::aggregate::{AggregateFunction, AggregateSpec};
+use serde::{Deserialize, Serialize};
 use serde_json::{Number, Value};
+use siphasher::sip::SipHasher13;
 use sketches_ddsketch::{Config as SketchConfig, DDSketch};
 
 use crate::field::FieldPath;
@@ -17,8 +19,18 @@ use crate::field::FieldPath;
 /// HyperLogLog++ precision: 2^14 registers, about 0.8% standard error.
 const HLL_PRECISION: u8 = 14;
 
-/// A fixed-key hasher, so the same values give the same sketch in every process and release.
-type StableHasher = BuildHasherDefault<DefaultHasher>;
+/// A fixed-key SipHash-1-3, so the same values give the same sketch in every process and in
+/// every release (sketches are persisted in checkpoints; std's `DefaultHasher` may change).
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct StableHasher;
+
+impl BuildHasher for StableHasher {
+    type Hasher = SipHasher13;
+
+    fn build_hasher(&self) -> SipHasher13 {
+        SipHasher13::new_with_keys(0, 0)
+    }
+}
 
 /// Why a record cannot be aggregated.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -76,6 +88,16 @@ impl AggregatePlan {
                 .map(|c| Accumulator::new(c.function))
                 .collect(),
         )
+    }
+
+    /// Whether restored accumulators have one accumulator of the right kind per aggregate.
+    pub fn fits(&self, acc: &Accumulators) -> bool {
+        acc.0.len() == self.columns.len()
+            && self
+                .columns
+                .iter()
+                .zip(&acc.0)
+                .all(|(c, a)| a.function() == c.function)
     }
 
     /// Reads the inputs of every aggregate from `record`, failing before any state changes.
@@ -139,7 +161,7 @@ enum Input<'a> {
 }
 
 /// The state of every aggregate of one key and window (or pane).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Accumulators(Vec<Accumulator>);
 
 impl Accumulators {
@@ -160,7 +182,7 @@ impl Accumulators {
 
 /// An exact sum: integers add up in 128 bits; once a fractional value arrives the sum continues
 /// in f64 with Neumaier compensation.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ExactSum {
     int: i128,
     float: Option<(f64, f64)>,
@@ -215,15 +237,47 @@ fn float(x: f64) -> Value {
     Number::from_f64(x).map_or(Value::Null, Value::Number)
 }
 
-#[derive(Clone)]
+#[derive(Clone, Serialize, Deserialize)]
 enum Accumulator {
     Count(u64),
     Sum(ExactSum),
-    Min(Option<Number>),
-    Max(Option<Number>),
+    Min(#[serde(with = "stored_number")] Option<Number>),
+    Max(#[serde(with = "stored_number")] Option<Number>),
     Avg { sum: ExactSum, count: u64 },
     CountDistinct(Box<HyperLogLogPlus<String, StableHasher>>),
     Percentile(Box<DDSketch>),
+}
+
+/// JSON numbers in checkpoints: `serde_json::Number` can only be read back by self-describing
+/// formats, so it is stored as an explicit integer-or-float variant.
+mod stored_number {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use serde_json::Number;
+
+    #[derive(Serialize, Deserialize)]
+    enum Stored {
+        I64(i64),
+        U64(u64),
+        F64(f64),
+    }
+
+    pub fn serialize<S: Serializer>(n: &Option<Number>, s: S) -> Result<S::Ok, S::Error> {
+        n.as_ref()
+            .map(|n| match (n.as_i64(), n.as_u64()) {
+                (Some(i), _) => Stored::I64(i),
+                (None, Some(u)) => Stored::U64(u),
+                _ => Stored::F64(n.as_f64().unwrap_or(0.0)),
+            })
+            .serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Number>, D::Error> {
+        Ok(Option::<Stored>::deserialize(d)?.and_then(|n| match n {
+            Stored::I64(i) => Some(Number::from(i)),
+            Stored::U64(u) => Some(Number::from(u)),
+            Stored::F64(f) => Number::from_f64(f),
+        }))
+    }
 }
 
 impl std::fmt::Debug for Accumulator {
@@ -233,6 +287,18 @@ impl std::fmt::Debug for Accumulator {
 }
 
 impl Accumulator {
+    fn function(&self) -> AggregateFunction {
+        match self {
+            Self::Count(_) => AggregateFunction::Count,
+            Self::Sum(_) => AggregateFunction::Sum,
+            Self::Min(_) => AggregateFunction::Min,
+            Self::Max(_) => AggregateFunction::Max,
+            Self::Avg { .. } => AggregateFunction::Avg,
+            Self::CountDistinct(_) => AggregateFunction::CountDistinct,
+            Self::Percentile(_) => AggregateFunction::Percentile,
+        }
+    }
+
     fn new(function: AggregateFunction) -> Self {
         match function {
             AggregateFunction::Count => Self::Count(0),
@@ -244,7 +310,7 @@ impl Accumulator {
                 count: 0,
             },
             AggregateFunction::CountDistinct => Self::CountDistinct(Box::new(
-                HyperLogLogPlus::new(HLL_PRECISION, StableHasher::default())
+                HyperLogLogPlus::new(HLL_PRECISION, StableHasher)
                     .expect("precision 14 is valid"),
             )),
             AggregateFunction::Percentile => {

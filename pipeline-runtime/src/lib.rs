@@ -2,6 +2,7 @@
 //! slots, each a consumer-group member with its own producer and per-partition state.
 
 pub mod aggregate;
+pub mod checkpoint;
 pub mod client;
 pub mod decode;
 pub mod event_time;

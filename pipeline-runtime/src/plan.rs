@@ -58,6 +58,20 @@ pub struct Plan {
     pub dead_letter_topic: Option<String>,
     /// Partition count of each source topic (spec order).
     pub source_partitions: Vec<usize>,
+    /// A checksum of the settings that shape stored state (window, aggregates, key, event
+    /// time, stages): a snapshot is only restored into a pipeline with the same fingerprint.
+    pub state_fingerprint: u32,
+}
+
+fn state_fingerprint(spec: &PipelineDeploymentSpec, group: &str) -> u32 {
+    let shaping = serde_json::json!({
+        "window": spec.window.as_ref().map(|w| (&w.tumbling, &w.sliding, &w.session)),
+        "aggregates": spec.aggregates,
+        "keyBy": spec.transform.key_by,
+        "timestamp": spec.transform.timestamp,
+        "repartition": Plan::repartition_topic_name(spec, group),
+    });
+    crc32fast::hash(shaping.to_string().as_bytes())
 }
 
 /// Topic index 0.. for source topics, then the repartition topic.
@@ -125,6 +139,7 @@ impl Plan {
             late_topic: spec.late_data.as_ref().map(|t| t.topic.clone()),
             dead_letter_topic: spec.dead_letter.as_ref().map(|t| t.topic.clone()),
             source_partitions,
+            state_fingerprint: state_fingerprint(spec, group),
         }
     }
 

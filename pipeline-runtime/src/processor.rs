@@ -10,6 +10,7 @@ use pipeline_crds::sink::OutputFormat;
 use serde_json::Value;
 
 use crate::{
+    checkpoint::snapshot::{ClockState, PartitionSnapshot},
     decode::{DecodeError, Decoder, DecoderConfigError},
     field::key_text,
     filter::{Filter, FilterError},
@@ -17,7 +18,7 @@ use crate::{
     plan::{Plan, TopicIndex},
     schema_registry::{RegistryError, SchemaRegistry},
     watermark::{IDLE_MARKER, NO_WATERMARK, UpstreamWatermarks, Watermark},
-    window::{Added, PartitionWindows, WindowResult},
+    window::{Added, PartitionWindows, RestoreError, WindowResult},
 };
 
 /// A record read from Kafka.
@@ -190,6 +191,26 @@ struct PartitionState {
     /// The last watermark announced downstream (stage one of a repartitioned pipeline);
     /// [`IDLE_MARKER`] once idleness was announced.
     announced: Option<i64>,
+    /// What the last checkpoint of this partition saw; `None` before the first.
+    checkpointed: Option<Progress>,
+}
+
+/// How far a partition's state has come: any change of state moves one of these.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Progress {
+    next_offset: Option<i64>,
+    watermark: i64,
+    announced: Option<i64>,
+}
+
+impl PartitionState {
+    fn progress(&self) -> Progress {
+        Progress {
+            next_offset: self.next_offset,
+            watermark: self.clock.current(),
+            announced: self.announced,
+        }
+    }
 }
 
 /// Why a slot cannot build its processor.
@@ -544,6 +565,7 @@ impl Processor {
                     ))
                 },
                 announced: None,
+                checkpointed: None,
                 windows: plan.window.as_ref().filter(|_| holds_windows).map(|w| {
                     PartitionWindows::new(w.assigner, w.lateness_ms, w.aggregates.clone())
                 }),
@@ -640,6 +662,77 @@ impl Processor {
         offset
     }
 
+    /// Snapshots of the partitions whose state changed since their last checkpoint, with the
+    /// progress to confirm through [`Self::checkpointed`] once they are stored and committed.
+    /// Partitions that have not read a record yet have nothing to store.
+    pub fn changed_snapshots(&self) -> Vec<(TopicIndex, i32, PartitionSnapshot, Progress)> {
+        let mut changed: Vec<_> = self
+            .partitions
+            .iter()
+            .filter(|(_, s)| s.next_offset.is_some() && s.checkpointed != Some(s.progress()))
+            .map(|(&(topic, partition), s)| (topic, partition, snapshot_of(s), s.progress()))
+            .collect();
+        changed.sort_unstable_by_key(|(t, p, ..)| (*t, *p));
+        changed
+    }
+
+    /// A partition's snapshot was stored and its offset committed at `progress`.
+    pub fn checkpointed(&mut self, topic: TopicIndex, partition: i32, progress: Progress) {
+        if let Some(state) = self.partitions.get_mut(&(topic, partition)) {
+            state.checkpointed = Some(progress);
+        }
+    }
+
+    /// The next offset to read of a partition, once a record was read.
+    pub fn next_offset(&self, topic: TopicIndex, partition: i32) -> Option<i64> {
+        self.partitions.get(&(topic, partition))?.next_offset
+    }
+
+    /// Replaces a partition's state with a checkpoint's (on assignment, before its first
+    /// record). The idleness clock starts at `now`.
+    pub fn restore(
+        &mut self,
+        topic: TopicIndex,
+        partition: i32,
+        snapshot: PartitionSnapshot,
+        now: Instant,
+    ) -> Result<(), RestoreError> {
+        let plan = self.plan.clone();
+        self.partitions.remove(&(topic, partition));
+        let state = self.state(topic, partition, now);
+        let windows = match (snapshot.windows, &plan.window) {
+            (Some(stored), Some(stage)) if state.windows.is_some() => Some(
+                PartitionWindows::from_state(
+                    stage.assigner,
+                    stage.lateness_ms,
+                    stage.aggregates.clone(),
+                    stored,
+                )?,
+            ),
+            (None, _) if state.windows.is_none() => None,
+            _ => return Err(RestoreError::Mismatch),
+        };
+        match (&mut state.clock, snapshot.clock) {
+            (
+                EventClock::Local(w),
+                ClockState::Local {
+                    max_event_time,
+                    watermark,
+                },
+            ) => w.restore(max_event_time, watermark, now),
+            (EventClock::Upstream(marks, seen), ClockState::Upstream { marks: m, seen: s }) => {
+                *marks = m;
+                *seen = s.into_iter().collect();
+            }
+            _ => return Err(RestoreError::Mismatch),
+        }
+        state.windows = windows;
+        state.next_offset = Some(snapshot.next_offset);
+        state.announced = snapshot.announced;
+        state.checkpointed = Some(state.progress());
+        Ok(())
+    }
+
     /// Per partition: (topic, partition, next offset (-1 before the first record), watermark,
     /// keys in state).
     pub fn partition_stats(&self) -> Vec<(TopicIndex, i32, i64, i64, usize)> {
@@ -655,6 +748,28 @@ impl Processor {
                 )
             })
             .collect()
+    }
+}
+
+fn snapshot_of(state: &PartitionState) -> PartitionSnapshot {
+    PartitionSnapshot {
+        next_offset: state.next_offset.unwrap_or(0),
+        clock: match &state.clock {
+            EventClock::Local(w) => ClockState::Local {
+                max_event_time: w.max_event_time(),
+                watermark: w.current(),
+            },
+            EventClock::Upstream(marks, seen) => {
+                let mut seen: Vec<_> = seen.iter().map(|(u, o)| (*u, *o)).collect();
+                seen.sort_unstable();
+                ClockState::Upstream {
+                    marks: marks.clone(),
+                    seen,
+                }
+            }
+        },
+        announced: state.announced,
+        windows: state.windows.as_ref().map(PartitionWindows::to_state),
     }
 }
 
@@ -1043,5 +1158,120 @@ mod tests {
             "internal records are not source input"
         );
         assert_eq!(p.committable_offset(1, 0), Some(4));
+    }
+}
+
+#[cfg(test)]
+mod checkpoint_tests {
+    use pipeline_crds::manifest::from_yaml;
+
+    use super::*;
+    use crate::checkpoint::snapshot;
+
+    const AGGREGATES: &str = "  aggregates: [{name: n, function: count}, {name: total, function: sum, field: v}, {name: lo, function: min, field: v}, {name: hi, function: max, field: x}, {name: mean, function: avg, field: x}, {name: users, function: count_distinct, field: u}, {name: p90, function: percentile, field: x, quantile: 0.9}]\n";
+
+    fn plan(window: &str) -> Arc<Plan> {
+        let text = format!(
+            "apiVersion: sluice.dev/v1alpha1\nkind: PipelineDeployment\nmetadata: {{name: t}}\nspec:\n  kafka: {{bootstrapServers: 'k:9092'}}\n  source: {{topic: in}}\n  sink: {{kafka: {{topic: out}}}}\n  transform: {{keyBy: dev, timestamp: {{field: ts}}, repartition: never, watermark: {{maxOutOfOrderness: 3s}}}}\n  window: {{{window}, allowedLateness: 2s}}\n{AGGREGATES}"
+        );
+        let spec = from_yaml(&text, "test").unwrap().spec;
+        pipeline_crds::validate(&spec).unwrap();
+        Arc::new(Plan::new(&spec, "g", vec![2]))
+    }
+
+    /// Deterministic disordered records over two partitions: (partition, offset, json).
+    fn records(n: usize) -> Vec<(i32, i64, Vec<u8>)> {
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            seed >> 33
+        };
+        let mut offsets = [0i64; 2];
+        (0..n)
+            .map(|i| {
+                let partition = (next() % 2) as i32;
+                let offset = offsets[partition as usize];
+                offsets[partition as usize] += 1;
+                let ts = i as i64 * 150 - (next() % 2_500) as i64;
+                let value = format!(
+                    r#"{{"dev":"d{}","ts":{ts},"v":{},"x":{}.25,"u":"u{}"}}"#,
+                    next() % 7,
+                    next() % 100,
+                    next() % 50,
+                    next() % 40
+                );
+                (partition, offset, value.into_bytes())
+            })
+            .collect()
+    }
+
+    fn run(p: &mut Processor, records: &[(i32, i64, Vec<u8>)]) -> Vec<Emit> {
+        let mut out = Vec::new();
+        for (partition, offset, value) in records {
+            let rec = InRecord {
+                topic: 0,
+                partition: *partition,
+                offset: *offset,
+                key: None,
+                payload: Some(value),
+                timestamp_ms: None,
+                upstream: None,
+                marker: None,
+            };
+            p.process(&rec, Instant::now(), 0, &mut out).unwrap();
+        }
+        out
+    }
+
+    #[test]
+    fn restoring_a_checkpoint_continues_exactly_like_an_uninterrupted_run() {
+        let data = records(3_000);
+        for window in [
+            "tumbling: {size: 10s}",
+            "sliding: {size: 6s, slide: 2s}",
+            "session: {gap: 700ms}",
+        ] {
+            let plan = plan(window);
+            let uninterrupted = run(&mut Processor::new(plan.clone()).unwrap(), &data);
+            assert!(uninterrupted.len() > 50, "{window}: too few windows to prove anything");
+            for split in [1, 777, 1_500, 2_999] {
+                let mut before = Processor::new(plan.clone()).unwrap();
+                let mut outputs = run(&mut before, &data[..split]);
+                let mut after = Processor::new(plan.clone()).unwrap();
+                for (topic, partition, snap, _) in before.changed_snapshots() {
+                    let bytes = snapshot::encode(&snap, plan.state_fingerprint);
+                    let back = snapshot::decode(&bytes, plan.state_fingerprint).unwrap();
+                    after
+                        .restore(topic, partition, back, Instant::now())
+                        .unwrap();
+                }
+                assert!(after.changed_snapshots().is_empty(), "restored state is clean");
+                outputs.extend(run(&mut after, &data[split..]));
+                assert_eq!(outputs, uninterrupted, "{window}, split at {split}");
+            }
+        }
+    }
+
+    #[test]
+    fn only_partitions_whose_state_moved_are_snapshotted_again() {
+        let plan = plan("tumbling: {size: 10s}");
+        let mut p = Processor::new(plan).unwrap();
+        run(&mut p, &records(100));
+        let first = p.changed_snapshots();
+        assert_eq!(first.len(), 2);
+        for (topic, partition, _, progress) in first {
+            p.checkpointed(topic, partition, progress);
+        }
+        assert!(p.changed_snapshots().is_empty());
+        let more: Vec<_> = records(101)
+            .into_iter()
+            .skip(100)
+            .collect();
+        run(&mut p, &more);
+        let again = p.changed_snapshots();
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].1, more[0].0);
     }
 }

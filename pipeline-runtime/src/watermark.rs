@@ -80,6 +80,14 @@ impl Watermark {
         self.max_event_time
     }
 
+    /// Continues from a checkpoint's (highest event time, watermark); the idleness clock starts
+    /// at `now`.
+    pub fn restore(&mut self, max_event_time: Option<i64>, current: i64, now: Instant) {
+        self.max_event_time = max_event_time;
+        self.current = current;
+        self.last_record_at = now;
+    }
+
     fn raise(&mut self, candidate: i64) {
         self.current = self.current.max(candidate);
     }
@@ -134,7 +142,7 @@ pub const IDLE_MARKER: i64 = i64::MAX;
 /// upstream source partitions announced through watermark markers (Flink's rule after a
 /// shuffle). Until every upstream partition has announced a watermark or idleness there is no
 /// watermark.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct UpstreamWatermarks {
     /// Per upstream partition: its watermark, or `None` while idle.
     marks: std::collections::HashMap<u32, Option<i64>>,

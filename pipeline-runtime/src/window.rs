@@ -17,6 +17,7 @@ use std::{
 };
 
 use pipeline_crds::window::WindowKind;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::{
@@ -429,6 +430,145 @@ impl PartitionWindows {
             end,
             values: self.plan.results(&acc),
         })
+    }
+}
+
+/// The window state of one partition as stored in a checkpoint: every key once in a table, the
+/// rest refers to keys by index.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct WindowsState {
+    watermark: i64,
+    /// Key texts; index = key id.
+    key_texts: Vec<String>,
+    /// Keys holding state: (key id, key as JSON text, pieces of state).
+    keys: Vec<(u32, String, u32)>,
+    /// (key id, pane start, first offset, accumulators).
+    panes: Vec<(u32, i64, i64, Accumulators)>,
+    /// (key id, start, end, first offset, accumulators).
+    sessions: Vec<(u32, i64, i64, i64, Accumulators)>,
+    /// (at, key id, start, end).
+    fire: Vec<(i64, u32, i64, i64)>,
+    /// (at, key id, start, end).
+    cleanup: Vec<(i64, u32, i64, i64)>,
+    /// (first offset, pieces of state starting there).
+    first_offsets: Vec<(i64, u32)>,
+}
+
+/// Why stored window state cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    /// A reference to a key that the key table does not have.
+    #[error("window state refers to key #{0}, which is not in its key table")]
+    UnknownKey(u32),
+    /// A stored key is not valid JSON.
+    #[error("window state key is not valid JSON: {0}")]
+    KeyValue(#[from] serde_json::Error),
+    /// The state does not match the pipeline's window, aggregates or stages.
+    #[error("stored state does not fit this pipeline's window, aggregates or stages")]
+    Mismatch,
+}
+
+impl PartitionWindows {
+    /// The state to store in a checkpoint.
+    pub fn to_state(&self) -> WindowsState {
+        let mut ids: HashMap<Arc<str>, u32> = HashMap::new();
+        let mut key_texts = Vec::new();
+        let mut id = |key: &Arc<str>| {
+            *ids.entry(key.clone()).or_insert_with(|| {
+                key_texts.push(key.to_string());
+                u32::try_from(key_texts.len() - 1).expect("fewer than 2^32 keys")
+            })
+        };
+        let keys = self
+            .keys
+            .iter()
+            .map(|(k, e)| (id(k), e.value.to_string(), e.live))
+            .collect();
+        let panes = self
+            .panes
+            .iter()
+            .map(|((k, start), p)| (id(k), *start, p.first_offset, p.acc.clone()))
+            .collect();
+        let sessions = self
+            .sessions
+            .iter()
+            .flat_map(|(k, list)| list.iter().map(move |s| (k, s)))
+            .map(|(k, s)| (id(k), s.start, s.end, s.first_offset, s.acc.clone()))
+            .collect();
+        let mut timers = |set: &BTreeSet<Timer>| -> Vec<_> {
+            set.iter()
+                .map(|t| (t.at, id(&t.key), t.start, t.end))
+                .collect()
+        };
+        let fire = timers(&self.fire);
+        let cleanup = timers(&self.cleanup);
+        WindowsState {
+            watermark: self.watermark,
+            key_texts,
+            keys,
+            panes,
+            sessions,
+            fire,
+            cleanup,
+            first_offsets: self.first_offsets.iter().map(|(o, n)| (*o, *n)).collect(),
+        }
+    }
+
+    /// Rebuilds the state from a checkpoint.
+    pub fn from_state(
+        assigner: Assigner,
+        allowed_lateness_ms: i64,
+        plan: Arc<AggregatePlan>,
+        state: WindowsState,
+    ) -> Result<Self, RestoreError> {
+        let texts: Vec<Arc<str>> = state.key_texts.into_iter().map(Arc::from).collect();
+        let key = |id: u32| {
+            texts
+                .get(id as usize)
+                .cloned()
+                .ok_or(RestoreError::UnknownKey(id))
+        };
+        let mut w = Self::new(assigner, allowed_lateness_ms, plan);
+        w.watermark = state.watermark;
+        for (id, json, live) in state.keys {
+            let value = serde_json::from_str(&json)?;
+            w.keys.insert(key(id)?, KeyEntry { value, live });
+        }
+        for (id, start, first_offset, acc) in state.panes {
+            if !w.plan.fits(&acc) {
+                return Err(RestoreError::Mismatch);
+            }
+            w.panes
+                .insert((key(id)?, start), Pane { acc, first_offset });
+        }
+        for (id, start, end, first_offset, acc) in state.sessions {
+            if !w.plan.fits(&acc) {
+                return Err(RestoreError::Mismatch);
+            }
+            let list = w.sessions.entry(key(id)?).or_default();
+            let position = list.partition_point(|s| s.start < start);
+            list.insert(
+                position,
+                Session {
+                    start,
+                    end,
+                    acc,
+                    first_offset,
+                },
+            );
+        }
+        for (target, timers) in [(&mut w.fire, state.fire), (&mut w.cleanup, state.cleanup)] {
+            for (at, id, start, end) in timers {
+                target.insert(Timer {
+                    at,
+                    key: key(id)?,
+                    start,
+                    end,
+                });
+            }
+        }
+        w.first_offsets = state.first_offsets.into_iter().collect();
+        Ok(w)
     }
 }
 

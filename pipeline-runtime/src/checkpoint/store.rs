@@ -1,0 +1,276 @@
+//! Where snapshots live: a directory per (topic, partition) in an object store (a local or
+//! mounted directory, or S3 and S3-compatible stores), one file per snapshot.
+//!
+//! The file name is the manifest: `<next offset, 20 digits>-<written at, ms, 13 digits>-<writer>.snap`.
+//! Restore lists the partition's directory and picks the newest snapshot whose offset is the
+//! group's committed offset, so it needs nothing from Kafka but the committed offset (no commit
+//! metadata, which some brokers do not keep). Writers never overwrite each other: the writer id
+//! names the pod, the slot and the process start.
+//!
+//! The slot threads are synchronous; each store owns a current-thread Tokio runtime and blocks on
+//! it, so object-store I/O happens on the slot's own thread.
+
+use std::sync::Arc;
+
+use object_store::{
+    ObjectStore, ObjectStoreExt, PutPayload, aws::AmazonS3Builder, local::LocalFileSystem,
+    path::Path,
+};
+use pipeline_crds::{
+    checkpoint::{CheckpointStorage, S3Storage},
+    contract::paths,
+};
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The storage settings cannot be used.
+    #[error("checkpoint storage: {0}")]
+    Config(String),
+    /// An object-store operation failed.
+    #[error("checkpoint storage {op} {path}: {source}")]
+    Io {
+        /// What was attempted.
+        op: &'static str,
+        /// On which path.
+        path: String,
+        /// The error.
+        source: object_store::Error,
+    },
+}
+
+/// One snapshot file, parsed from its name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SnapshotFile {
+    /// The offset it belongs with.
+    pub offset: i64,
+    /// When it was written (ms since the epoch).
+    pub written_ms: i64,
+    /// Who wrote it.
+    pub writer: String,
+    /// Its full path in the store.
+    pub path: String,
+}
+
+impl SnapshotFile {
+    fn name(offset: i64, written_ms: i64, writer: &str) -> String {
+        format!("{offset:020}-{written_ms:013}-{writer}.snap")
+    }
+
+    fn parse(path: &Path) -> Option<Self> {
+        let name = path.filename()?.strip_suffix(".snap")?;
+        let mut parts = name.splitn(3, '-');
+        let offset = parts.next()?.parse().ok()?;
+        let written_ms = parts.next()?.parse().ok()?;
+        let writer = parts.next()?.to_owned();
+        Some(Self {
+            offset,
+            written_ms,
+            writer,
+            path: path.to_string(),
+        })
+    }
+}
+
+/// A pipeline's snapshot store.
+pub struct CheckpointStore {
+    store: Arc<dyn ObjectStore>,
+    root: Path,
+    /// Shown in errors: where the root is.
+    location: String,
+    writer: String,
+    io: tokio::runtime::Runtime,
+}
+
+impl std::fmt::Debug for CheckpointStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CheckpointStore({}, writer {})", self.location, self.writer)
+    }
+}
+
+impl CheckpointStore {
+    /// The store for `storage`; snapshots go under `<prefix>/<group>/`. `writer` must be unique
+    /// to this slot incarnation (no `-` needed; any characters but `/`).
+    pub fn new(
+        storage: &CheckpointStorage,
+        default_prefix: &str,
+        group: &str,
+        writer: &str,
+    ) -> Result<Self, StoreError> {
+        let io = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Config(format!("cannot start I/O runtime: {e}")))?;
+        let (store, prefix, location): (Arc<dyn ObjectStore>, String, String) =
+            match (&storage.s3, &storage.volume, &storage.local) {
+                (Some(s3), _, _) => {
+                    let prefix = s3.prefix.clone().unwrap_or_else(|| default_prefix.into());
+                    let location = format!("s3://{}/{prefix}", s3.bucket);
+                    (Arc::new(s3_store(s3)?), prefix, location)
+                }
+                (None, Some(_), _) => local_store(paths::CHECKPOINT_VOLUME_DIR)?,
+                (None, None, Some(local)) => local_store(&local.path)?,
+                (None, None, None) => {
+                    return Err(StoreError::Config("no storage configured".into()));
+                }
+            };
+        let root = Path::from(prefix.as_str()).join(group);
+        Ok(Self {
+            store,
+            location: format!("{location}/{group}"),
+            root,
+            writer: writer.replace('/', "_"),
+            io,
+        })
+    }
+
+    /// Where snapshots of this pipeline live, for messages.
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    fn dir(&self, topic: &str, partition: i32) -> Path {
+        self.root.clone().join(topic).join(partition.to_string())
+    }
+
+    /// Where a partition's snapshots live, for messages.
+    pub fn partition_location(&self, topic: &str, partition: i32) -> String {
+        format!("{}/{topic}/{partition}", self.location)
+    }
+
+    /// Writes a snapshot of `(topic, partition)` belonging with `offset`; returns its file.
+    pub fn put(
+        &self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        written_ms: i64,
+        bytes: Vec<u8>,
+    ) -> Result<SnapshotFile, StoreError> {
+        let path = self
+            .dir(topic, partition)
+            .join(SnapshotFile::name(offset, written_ms, &self.writer));
+        self.io
+            .block_on(self.store.put(&path, PutPayload::from(bytes)))
+            .map_err(|source| StoreError::Io {
+                op: "write",
+                path: path.to_string(),
+                source,
+            })?;
+        Ok(SnapshotFile {
+            offset,
+            written_ms,
+            writer: self.writer.clone(),
+            path: path.to_string(),
+        })
+    }
+
+    /// Every snapshot of `(topic, partition)`, newest (highest offset, then latest write) first.
+    pub fn list(&self, topic: &str, partition: i32) -> Result<Vec<SnapshotFile>, StoreError> {
+        let dir = self.dir(topic, partition);
+        let listed = self
+            .io
+            .block_on(self.store.list_with_delimiter(Some(&dir)))
+            .map_err(|source| StoreError::Io {
+                op: "list",
+                path: dir.to_string(),
+                source,
+            })?;
+        let mut files: Vec<_> = listed
+            .objects
+            .iter()
+            .filter_map(|o| SnapshotFile::parse(&o.location))
+            .collect();
+        files.sort_unstable_by(|a, b| b.cmp(a));
+        Ok(files)
+    }
+
+    /// Reads a snapshot file.
+    pub fn get(&self, file: &SnapshotFile) -> Result<Vec<u8>, StoreError> {
+        let path = Path::from(file.path.as_str());
+        let io_error = |source| StoreError::Io {
+            op: "read",
+            path: file.path.clone(),
+            source,
+        };
+        self.io.block_on(async {
+            let got = self.store.get(&path).await.map_err(io_error)?;
+            got.bytes().await.map(|b| b.to_vec()).map_err(io_error)
+        })
+    }
+
+    /// Deletes a snapshot file (a file already gone is fine).
+    pub fn delete(&self, file: &SnapshotFile) -> Result<(), StoreError> {
+        let path = Path::from(file.path.as_str());
+        match self.io.block_on(self.store.delete(&path)) {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(source) => Err(StoreError::Io {
+                op: "delete",
+                path: file.path.clone(),
+                source,
+            }),
+        }
+    }
+}
+
+fn local_store(dir: &str) -> Result<(Arc<dyn ObjectStore>, String, String), StoreError> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| StoreError::Config(format!("cannot create directory {dir}: {e}")))?;
+    let store = LocalFileSystem::new_with_prefix(dir)
+        .map_err(|e| StoreError::Config(format!("directory {dir}: {e}")))?;
+    let absolute = std::fs::canonicalize(dir).map_or_else(|_| dir.to_owned(), |p| p.display().to_string());
+    Ok((Arc::new(store), String::new(), format!("file://{absolute}")))
+}
+
+fn s3_store(s3: &S3Storage) -> Result<impl ObjectStore, StoreError> {
+    // Credentials and region come from the environment (the operator maps the credentials
+    // Secret to AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, or IRSA provides a web identity).
+    let mut builder = AmazonS3Builder::from_env().with_bucket_name(&s3.bucket);
+    if let Some(region) = &s3.region {
+        builder = builder.with_region(region);
+    }
+    if let Some(endpoint) = &s3.endpoint {
+        builder = builder
+            .with_endpoint(endpoint)
+            .with_allow_http(endpoint.starts_with("http://"));
+    }
+    builder
+        .build()
+        .map_err(|e| StoreError::Config(format!("S3 bucket {}: {e}", s3.bucket)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn local(dir: &std::path::Path) -> CheckpointStorage {
+        serde_json::from_value(serde_json::json!({"local": {"path": dir.to_str().unwrap()}}))
+            .unwrap()
+    }
+
+    #[test]
+    fn snapshots_are_listed_newest_offset_first_and_writers_do_not_collide() {
+        let dir = std::env::temp_dir().join(format!("sluice-store-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let a = CheckpointStore::new(&local(&dir), "ns/p", "g", "pod-0-1-100").unwrap();
+        let b = CheckpointStore::new(&local(&dir), "ns/p", "g", "pod-1-0-200").unwrap();
+        a.put("in", 3, 100, 1_000, b"a100".to_vec()).unwrap();
+        a.put("in", 3, 250, 2_000, b"a250".to_vec()).unwrap();
+        b.put("in", 3, 250, 2_000, b"b250".to_vec()).unwrap();
+        b.put("in", 4, 7, 2_000, b"other partition".to_vec()).unwrap();
+        let files = a.list("in", 3).unwrap();
+        let seen: Vec<_> = files.iter().map(|f| (f.offset, f.writer.as_str())).collect();
+        assert_eq!(
+            seen,
+            [(250, "pod-1-0-200"), (250, "pod-0-1-100"), (100, "pod-0-1-100")]
+        );
+        assert_eq!(a.get(&files[0]).unwrap(), b"b250");
+        assert_eq!(a.get(&files[1]).unwrap(), b"a250");
+        a.delete(&files[2]).unwrap();
+        a.delete(&files[2]).unwrap();
+        assert_eq!(a.list("in", 3).unwrap().len(), 2);
+        assert!(a.list("in", 9).unwrap().is_empty());
+        assert!(a.location().starts_with("file:///") && a.location().ends_with("/g"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
