@@ -144,6 +144,12 @@ pub mod metrics {
     pub const CHECKPOINTS_TOTAL: &str = "pipeline_checkpoints_total";
     /// Duration of restoring a partition's state (histogram).
     pub const RESTORE_DURATION_SECONDS: &str = "pipeline_restore_duration_seconds";
+    /// Restores that failed: no readable snapshot for the committed offset (counter; the
+    /// partition is paused). Label reason = missing | unreadable | storage | mismatch.
+    pub const RESTORE_FAILURES_TOTAL: &str = "pipeline_restore_failures_total";
+    /// Per moved partition: from the snapshot its previous owner wrote (at revocation, or the
+    /// last periodic one after a crash) to its state restored by the new owner (histogram).
+    pub const PARTITION_PAUSE_SECONDS: &str = "pipeline_partition_pause_seconds";
 
     /// The name to register a metric under with `prometheus-client`, which appends `_total` to
     /// counters itself.

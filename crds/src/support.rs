@@ -46,9 +46,6 @@ pub fn unsupported(spec: &PipelineDeploymentSpec) -> Vec<FieldError> {
             "Avro output of stateless pipelines (windowed pipelines write Avro)",
         );
     }
-    if spec.checkpoint.is_some() {
-        not_yet("spec.checkpoint", "state checkpoints to object storage");
-    }
     found
 }
 
@@ -85,7 +82,7 @@ mod tests {
         let eos = spec(
             "  sink: {kafka: {topic: out}}\n  delivery: exactly-once\n  checkpoint: {storage: {local: {path: /tmp/cp}}}\n",
         );
-        assert_eq!(paths(&eos), ["spec.delivery", "spec.checkpoint"]);
+        assert_eq!(paths(&eos), ["spec.delivery"]);
         assert!(problems(&eos)[0].message.starts_with("not supported yet"));
     }
 

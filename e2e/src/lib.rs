@@ -1,1 +1,7 @@
-//! End-to-end tests live in `tests/`.
+//! End-to-end test support for Sluice: a real Kafka-protocol broker (tansu), runtime processes
+//! that can be killed and restarted, and the data sets and offline references the tests compare
+//! against.
+
+pub mod broker;
+pub mod dataset;
+pub mod process;

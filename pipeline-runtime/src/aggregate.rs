@@ -310,8 +310,7 @@ impl Accumulator {
                 count: 0,
             },
             AggregateFunction::CountDistinct => Self::CountDistinct(Box::new(
-                HyperLogLogPlus::new(HLL_PRECISION, StableHasher)
-                    .expect("precision 14 is valid"),
+                HyperLogLogPlus::new(HLL_PRECISION, StableHasher).expect("precision 14 is valid"),
             )),
             AggregateFunction::Percentile => {
                 Self::Percentile(Box::new(DDSketch::new(SketchConfig::defaults())))

@@ -46,6 +46,21 @@ pub struct PartitionLabels {
     pub partition: String,
 }
 
+/// Labels of per-slot series with a result or reason.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// PipelineDeployment name.
+    pub pipeline: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// Pod name.
+    pub pod: String,
+    /// Slot index.
+    pub slot: String,
+    /// The outcome.
+    pub result: String,
+}
+
 /// Labels of dead-letter counts.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
@@ -107,6 +122,18 @@ pub struct Metrics {
     pub kafka_errors: Family<SlotLabels, Counter>,
     /// Slot restarts.
     pub slot_restarts: Family<SlotLabels, Counter>,
+    /// Checkpoint duration (flush, write, commit).
+    pub checkpoint_duration: Family<SlotLabels, Histogram, fn() -> Histogram>,
+    /// Bytes written by the last checkpoint.
+    pub checkpoint_bytes: Family<SlotLabels, Gauge>,
+    /// Checkpoints by result.
+    pub checkpoints: Family<ResultLabels, Counter>,
+    /// Restore duration per partition.
+    pub restore_duration: Family<SlotLabels, Histogram, fn() -> Histogram>,
+    /// Failed restores by reason.
+    pub restore_failures: Family<ResultLabels, Counter>,
+    /// Pause per moved partition.
+    pub partition_pause: Family<SlotLabels, Histogram, fn() -> Histogram>,
 }
 
 impl Default for Metrics {
@@ -141,6 +168,14 @@ impl Metrics {
             sink_errors: Family::default(),
             kafka_errors: Family::default(),
             slot_restarts: Family::default(),
+            checkpoint_duration: Family::new_with_constructor(
+                latency_histogram as fn() -> Histogram,
+            ),
+            checkpoint_bytes: Family::default(),
+            checkpoints: Family::default(),
+            restore_duration: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            restore_failures: Family::default(),
+            partition_pause: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
             registry: Registry::default(),
         };
         macro_rules! register {
@@ -249,8 +284,49 @@ impl Metrics {
             "Slot restarts after an error",
             m.slot_restarts
         );
+        register!(
+            names::CHECKPOINT_DURATION_SECONDS,
+            "Duration of a checkpoint: flush, snapshot writes, offset commit",
+            m.checkpoint_duration
+        );
+        register!(
+            names::CHECKPOINT_BYTES,
+            "Snapshot bytes written by the slot's last checkpoint",
+            m.checkpoint_bytes
+        );
+        register!(
+            names::CHECKPOINTS_TOTAL,
+            "Checkpoints by result (success or failure)",
+            m.checkpoints
+        );
+        register!(
+            names::RESTORE_DURATION_SECONDS,
+            "Duration of restoring one partition's state",
+            m.restore_duration
+        );
+        register!(
+            names::RESTORE_FAILURES_TOTAL,
+            "Partitions whose state could not be restored (they are paused)",
+            m.restore_failures
+        );
+        register!(
+            names::PARTITION_PAUSE_SECONDS,
+            "Per moved partition: its last snapshot by the previous owner to its restore",
+            m.partition_pause
+        );
         m.registry = registry;
         m
+    }
+
+    /// Labels of a slot with a result or reason.
+    pub fn result_labels(slot: &SlotLabels, result: &str) -> ResultLabels {
+        ResultLabels {
+            pipeline: slot.pipeline.clone(),
+            namespace: slot.namespace.clone(),
+            pod: slot.pod.clone(),
+            slot: slot.slot.clone(),
+            result: result.to_owned(),
+        }
     }
 
     /// The Prometheus text exposition.

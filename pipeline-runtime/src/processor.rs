@@ -288,6 +288,13 @@ impl Processor {
         wall_ms: i64,
         out: &mut Vec<Emit>,
     ) -> Result<(), DecodeError> {
+        if let Some(state) = self.partitions.get(&(rec.topic, rec.partition))
+            && state.next_offset.is_some_and(|next| rec.offset < next)
+        {
+            // Already in this partition's state (restored from a checkpoint past it).
+            self.counts.duplicates += 1;
+            return Ok(());
+        }
         let internal = self.plan.is_repartition_topic(rec.topic);
         if internal {
             self.process_repartitioned(rec, now, out);
@@ -701,14 +708,14 @@ impl Processor {
         self.partitions.remove(&(topic, partition));
         let state = self.state(topic, partition, now);
         let windows = match (snapshot.windows, &plan.window) {
-            (Some(stored), Some(stage)) if state.windows.is_some() => Some(
-                PartitionWindows::from_state(
+            (Some(stored), Some(stage)) if state.windows.is_some() => {
+                Some(PartitionWindows::from_state(
                     stage.assigner,
                     stage.lateness_ms,
                     stage.aggregates.clone(),
                     stored,
-                )?,
-            ),
+                )?)
+            }
             (None, _) if state.windows.is_none() => None,
             _ => return Err(RestoreError::Mismatch),
         };
@@ -1235,7 +1242,10 @@ mod checkpoint_tests {
         ] {
             let plan = plan(window);
             let uninterrupted = run(&mut Processor::new(plan.clone()).unwrap(), &data);
-            assert!(uninterrupted.len() > 50, "{window}: too few windows to prove anything");
+            assert!(
+                uninterrupted.len() > 50,
+                "{window}: too few windows to prove anything"
+            );
             for split in [1, 777, 1_500, 2_999] {
                 let mut before = Processor::new(plan.clone()).unwrap();
                 let mut outputs = run(&mut before, &data[..split]);
@@ -1247,7 +1257,10 @@ mod checkpoint_tests {
                         .restore(topic, partition, back, Instant::now())
                         .unwrap();
                 }
-                assert!(after.changed_snapshots().is_empty(), "restored state is clean");
+                assert!(
+                    after.changed_snapshots().is_empty(),
+                    "restored state is clean"
+                );
                 outputs.extend(run(&mut after, &data[split..]));
                 assert_eq!(outputs, uninterrupted, "{window}, split at {split}");
             }
@@ -1265,10 +1278,7 @@ mod checkpoint_tests {
             p.checkpointed(topic, partition, progress);
         }
         assert!(p.changed_snapshots().is_empty());
-        let more: Vec<_> = records(101)
-            .into_iter()
-            .skip(100)
-            .collect();
+        let more: Vec<_> = records(101).into_iter().skip(100).collect();
         run(&mut p, &more);
         let again = p.changed_snapshots();
         assert_eq!(again.len(), 1);

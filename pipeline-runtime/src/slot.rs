@@ -26,12 +26,16 @@ use rdkafka::{
     message::Headers,
     statistics::Statistics,
 };
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::{
+    checkpoint::{
+        CheckpointError, Checkpointer,
+        store::{CheckpointStore, StoreError},
+    },
     client,
     metrics::{Metrics, SlotLabels},
-    plan::Plan,
+    plan::{Plan, TopicIndex},
     processor::{Counts, Emit, InRecord, Processor, ProcessorError},
     sink::{Sink, SinkError},
 };
@@ -51,6 +55,12 @@ pub enum SlotError {
     /// The sink failed.
     #[error(transparent)]
     Sink(#[from] SinkError),
+    /// The checkpoint store cannot be opened or failed while restoring.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Restoring assigned partitions failed for a reason that may pass (Kafka or storage).
+    #[error("restoring assigned partitions: {0}")]
+    Restore(String),
 }
 
 impl SlotError {
@@ -100,6 +110,16 @@ struct SlotContext {
     /// Whether the reset point is the log start (`earliest`) or its end (`latest`).
     reset_to_earliest: bool,
     stop: Arc<AtomicBool>,
+    /// Snapshots of window state, when the pipeline is windowed and has `checkpoint`.
+    checkpointer: Option<Checkpointer>,
+    /// Set by a rebalance callback when the slot must restart (a restore that may succeed later).
+    failure: Mutex<Option<String>>,
+    /// Partitions assigned whose first record has not arrived yet: when it does, its offset is
+    /// logged against where the state says reading resumes.
+    awaiting_first: Mutex<std::collections::HashSet<(TopicIndex, i32)>>,
+    /// Partitions of the assignment under way whose state could not be restored: paused once the
+    /// assignment is in effect.
+    paused: Mutex<TopicPartitionList>,
 }
 
 impl ClientContext for SlotContext {
@@ -146,9 +166,18 @@ impl ClientContext for SlotContext {
 impl ConsumerContext for SlotContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         self.metrics.rebalances.get_or_create(&self.labels).inc();
+        if let (Rebalance::Assign(assigned), Some(checkpointer)) = (rebalance, &self.checkpointer) {
+            // Before the assignment takes effect: restore state and set where reading starts.
+            self.restore(consumer, checkpointer, assigned);
+            return;
+        }
         let Rebalance::Revoke(revoked) = rebalance else {
             return;
         };
+        if let Some(checkpointer) = &self.checkpointer {
+            self.hand_over(consumer, checkpointer, revoked);
+            return;
+        }
         // Hand over cleanly: everything emitted so far is flushed, then each revoked partition's
         // committable offset is committed before Kafka gives the partition to another slot.
         let mut core = self.core.lock().expect("not poisoned");
@@ -201,7 +230,15 @@ impl ConsumerContext for SlotContext {
     }
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Assign(assigned) = rebalance {
+        if let (Rebalance::Assign(assigned), Some(_)) = (rebalance, &self.checkpointer) {
+            let paused = std::mem::take(&mut *self.paused.lock().expect("not poisoned"));
+            if paused.count() > 0
+                && let Err(e) = consumer.pause(&paused)
+            {
+                self.fail(format!("pausing partitions without state: {e}"));
+            }
+            info!(slot = %self.labels.slot, partitions = ?assigned.to_topic_map(), "partitions assigned");
+        } else if let Rebalance::Assign(assigned) = rebalance {
             let mut core = self.core.lock().expect("not poisoned");
             for element in assigned.elements() {
                 if let Some(topic) = self.plan.topic_index(element.topic()) {
@@ -217,6 +254,148 @@ impl ConsumerContext for SlotContext {
             .assigned_partitions
             .get_or_create(&self.labels)
             .set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+}
+
+impl SlotContext {
+    /// Revocation with checkpoints: the revoked partitions are checkpointed (flush, snapshot,
+    /// commit) before Kafka gives them to another slot, which restores them from that snapshot.
+    fn hand_over(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        checkpointer: &Checkpointer,
+        revoked: &TopicPartitionList,
+    ) {
+        let partitions: Vec<(TopicIndex, i32)> = revoked
+            .elements()
+            .iter()
+            .filter_map(|e| Some((self.plan.topic_index(e.topic())?, e.partition())))
+            .collect();
+        let stop = || self.stop.load(Ordering::Relaxed);
+        let mut blocked = Duration::ZERO;
+        if let Err(e) = checkpoint(
+            self,
+            consumer,
+            checkpointer,
+            Some(&partitions),
+            &mut blocked,
+            &stop,
+        ) {
+            warn!(slot = %self.labels.slot, error = %e, "revoked partitions not checkpointed: their next owner replays from the previous checkpoint");
+        }
+        let mut core = self.core.lock().expect("not poisoned");
+        for &(topic, partition) in &partitions {
+            core.processor.release(topic, partition);
+            self.metrics.forget_partition(&Metrics::partition_labels(
+                &self.labels,
+                self.plan.topic_name(topic),
+                partition,
+            ));
+        }
+        drop(core);
+        info!(slot = %self.labels.slot, partitions = ?revoked.to_topic_map(), "partitions checkpointed and revoked");
+    }
+
+    /// Assignment with checkpoints: each partition with a committed offset gets the state of the
+    /// snapshot stored with that offset, and reading starts exactly where that state ends (set in
+    /// the assignment itself, before fetching starts). A partition whose state is lost (no
+    /// readable snapshot) is paused and reported, never run on empty state; a failure that may
+    /// pass (Kafka or the store unreachable) restarts the slot.
+    fn restore(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        checkpointer: &Checkpointer,
+        assigned: &TopicPartitionList,
+    ) {
+        let committed = match consumer.committed_offsets(assigned.clone(), Duration::from_secs(30))
+        {
+            Ok(c) => c,
+            Err(e) => {
+                self.fail(format!("reading committed offsets: {e}"));
+                return;
+            }
+        };
+        let mut paused = TopicPartitionList::new();
+        let mut core = self.core.lock().expect("not poisoned");
+        for mut element in assigned.elements() {
+            let (name, partition) = (element.topic().to_owned(), element.partition());
+            let Some(topic) = self.plan.topic_index(&name) else {
+                continue;
+            };
+            let started = Instant::now();
+            core.processor.assign(topic, partition, started);
+            self.awaiting_first
+                .lock()
+                .expect("not poisoned")
+                .insert((topic, partition));
+            let offset = match committed
+                .find_partition(&name, partition)
+                .map(|e| e.offset())
+            {
+                Some(Offset::Offset(offset)) => offset,
+                _ => continue, // nothing committed: a fresh start
+            };
+            let failure = |reason: &str| {
+                self.metrics
+                    .restore_failures
+                    .get_or_create(&Metrics::result_labels(&self.labels, reason))
+                    .inc();
+            };
+            match checkpointer.restore(&name, partition, offset) {
+                Ok(restored) => {
+                    for (path, error) in &restored.skipped {
+                        failure("unreadable");
+                        error!(slot = %self.labels.slot, %path, %error, "snapshot unreadable; falling back to the one before it");
+                    }
+                    let resume = restored.snapshot.next_offset;
+                    if let Err(e) =
+                        core.processor
+                            .restore(topic, partition, restored.snapshot, Instant::now())
+                    {
+                        failure("mismatch");
+                        error!(slot = %self.labels.slot, path = %restored.file.path, error = %e, "snapshot does not fit this pipeline; partition paused");
+                        core.processor.release(topic, partition);
+                        let _ = paused.add_partition(&name, partition);
+                        continue;
+                    }
+                    if let Err(e) = element.set_offset(Offset::Offset(resume)) {
+                        self.fail(format!(
+                            "setting the start offset of {name}[{partition}]: {e}"
+                        ));
+                    }
+                    let pause_ms = (wall_clock_ms() - restored.file.written_ms).max(0);
+                    self.metrics
+                        .restore_duration
+                        .get_or_create(&self.labels)
+                        .observe(started.elapsed().as_secs_f64());
+                    self.metrics
+                        .partition_pause
+                        .get_or_create(&self.labels)
+                        .observe(pause_ms as f64 / 1000.0);
+                    info!(slot = %self.labels.slot, topic = name, partition, committed = offset, resume, bytes = restored.bytes, pause_ms, path = %restored.file.path, "partition state restored");
+                }
+                Err(CheckpointError::Store(e)) => {
+                    drop(core);
+                    self.fail(e.to_string());
+                    return;
+                }
+                Err(e) => {
+                    failure(match e {
+                        CheckpointError::Missing { .. } => "missing",
+                        _ => "unreadable",
+                    });
+                    error!(slot = %self.labels.slot, topic = name, partition, error = %e, "partition paused: its state cannot be restored");
+                    core.processor.release(topic, partition);
+                    let _ = paused.add_partition(&name, partition);
+                }
+            }
+        }
+        *self.paused.lock().expect("not poisoned") = paused;
+    }
+
+    fn fail(&self, reason: String) {
+        error!(slot = %self.labels.slot, %reason, "slot restarts");
+        *self.failure.lock().expect("not poisoned") = Some(reason);
     }
 }
 
@@ -244,7 +423,34 @@ pub fn run(config: &SlotConfig, stop: &Arc<AtomicBool>) -> Result<(), SlotError>
         emits: Vec::new(),
         committed: HashMap::new(),
     }));
+    let checkpointer = match (&config.spec.checkpoint, &plan.window) {
+        (Some(settings), Some(_)) => {
+            let writer = format!(
+                "{}-{}-{}",
+                config.labels.pod,
+                config.labels.slot,
+                wall_clock_ms()
+            );
+            let prefix = format!("{}/{}", config.labels.namespace, config.labels.pipeline);
+            let store = CheckpointStore::new(&settings.storage, &prefix, &config.group, &writer)?;
+            info!(slot = %config.labels.slot, location = store.location(), "checkpoints enabled");
+            Some(Checkpointer::new(
+                store,
+                plan.state_fingerprint,
+                usize::try_from(settings.retain).unwrap_or(1),
+            ))
+        }
+        _ => None,
+    };
+    let interval = match (&config.spec.checkpoint, &checkpointer) {
+        (Some(settings), Some(_)) => settings.interval.get(),
+        _ => config.commit_interval,
+    };
     let context = SlotContext {
+        checkpointer,
+        failure: Mutex::new(None),
+        awaiting_first: Mutex::new(std::collections::HashSet::new()),
+        paused: Mutex::new(TopicPartitionList::new()),
         plan: plan.clone(),
         core: core.clone(),
         sink: sink.clone(),
@@ -278,6 +484,15 @@ pub fn run(config: &SlotConfig, stop: &Arc<AtomicBool>) -> Result<(), SlotError>
         let poll_start = Instant::now();
         let polled = consumer.poll(Duration::from_millis(100));
         let processing_start = Instant::now();
+        if let Some(reason) = consumer
+            .context()
+            .failure
+            .lock()
+            .expect("not poisoned")
+            .take()
+        {
+            return Err(SlotError::Restore(reason));
+        }
         match polled {
             None => clock.idle += processing_start - poll_start,
             Some(Err(e)) => {
@@ -312,6 +527,20 @@ pub fn run(config: &SlotConfig, stop: &Arc<AtomicBool>) -> Result<(), SlotError>
                 let Core {
                     processor, emits, ..
                 } = &mut *guard;
+                if consumer
+                    .context()
+                    .awaiting_first
+                    .lock()
+                    .expect("not poisoned")
+                    .remove(&(topic, rec.partition))
+                {
+                    let resume = processor.next_offset(topic, rec.partition);
+                    if resume.is_some_and(|r| r != rec.offset) {
+                        warn!(slot = %config.labels.slot, topic = message.topic(), partition = rec.partition, offset = rec.offset, ?resume, "first record after assignment is not where the restored state resumes");
+                    } else {
+                        debug!(slot = %config.labels.slot, topic = message.topic(), partition = rec.partition, offset = rec.offset, "first record after assignment");
+                    }
+                }
                 let mut backoff = Duration::from_millis(200);
                 while let Err(e) = processor.process(&rec, Instant::now(), wall_clock_ms(), emits) {
                     warn!(slot = %config.labels.slot, error = %e, "transient failure, retrying the record");
@@ -344,8 +573,19 @@ pub fn run(config: &SlotConfig, stop: &Arc<AtomicBool>) -> Result<(), SlotError>
                 return Err(SlotError::Sink(SinkError::Delivery(failure)));
             }
         }
-        if last_commit.elapsed() >= config.commit_interval {
+        if last_commit.elapsed() >= interval {
             last_commit = Instant::now();
+            if let Some(checkpointer) = &consumer.context().checkpointer {
+                checkpoint(
+                    consumer.context(),
+                    &consumer,
+                    checkpointer,
+                    None,
+                    &mut clock.backpressured,
+                    &is_stopped,
+                )?;
+                continue;
+            }
             commit(
                 &consumer,
                 &core,
@@ -362,15 +602,26 @@ pub fn run(config: &SlotConfig, stop: &Arc<AtomicBool>) -> Result<(), SlotError>
     // A commit refused now (a rebalance under way as other slots leave) is repeated by the
     // revocation that unsubscribing triggers; either way the next owner resumes at or before it.
     let never = || false;
-    if let Err(e) = commit(
-        &consumer,
-        &core,
-        &sink,
-        &plan,
-        &mut clock,
-        CommitMode::Sync,
-        &never,
-    ) {
+    let finished = match &consumer.context().checkpointer {
+        Some(checkpointer) => checkpoint(
+            consumer.context(),
+            &consumer,
+            checkpointer,
+            None,
+            &mut clock.backpressured,
+            &never,
+        ),
+        None => commit(
+            &consumer,
+            &core,
+            &sink,
+            &plan,
+            &mut clock,
+            CommitMode::Sync,
+            &never,
+        ),
+    };
+    if let Err(e) = finished {
         warn!(slot = %config.labels.slot, error = %e, "final commit failed");
     }
     consumer.unsubscribe();
@@ -534,4 +785,82 @@ fn publish(
     m.state_keys
         .get_or_create(labels)
         .set(i64::try_from(keys).unwrap_or(i64::MAX));
+}
+
+/// A checkpoint: flush the producer, write a snapshot of every partition (of `only`, when
+/// given) whose state changed, commit those partitions' offsets, then prune old snapshots. A
+/// partition whose snapshot could not be written keeps its previous committed offset.
+fn checkpoint(
+    ctx: &SlotContext,
+    consumer: &BaseConsumer<SlotContext>,
+    checkpointer: &Checkpointer,
+    only: Option<&[(TopicIndex, i32)]>,
+    backpressured: &mut Duration,
+    stop: &dyn Fn() -> bool,
+) -> Result<(), SlotError> {
+    let started = Instant::now();
+    let mut guard = lock(&ctx.core);
+    let Core {
+        processor, emits, ..
+    } = &mut *guard;
+    ctx.sink.send_all(&ctx.plan, emits, backpressured, stop)?;
+    ctx.sink.flush(backpressured, stop)?;
+    let written_ms = wall_clock_ms();
+    let mut offsets = TopicPartitionList::new();
+    let mut stored = Vec::new();
+    let mut bytes = 0;
+    let mut failed = false;
+    for (topic, partition, snapshot, progress) in processor.changed_snapshots() {
+        if only.is_some_and(|o| !o.contains(&(topic, partition))) {
+            continue;
+        }
+        let name = ctx.plan.topic_name(topic);
+        match checkpointer.write(name, partition, &snapshot, written_ms) {
+            Ok(written) => {
+                bytes += written.bytes;
+                offsets.add_partition_offset(
+                    name,
+                    partition,
+                    Offset::Offset(snapshot.next_offset),
+                )?;
+                stored.push((topic, partition, snapshot.next_offset, progress));
+            }
+            Err(e) => {
+                failed = true;
+                warn!(slot = %ctx.labels.slot, topic = name, partition, error = %e, "snapshot not written; the partition keeps its previous checkpoint");
+            }
+        }
+    }
+    drop(guard);
+    if offsets.count() > 0 {
+        if let Err(e) = consumer.commit(&offsets, CommitMode::Sync) {
+            // The snapshots stay as orphans until the next checkpoint prunes them.
+            warn!(slot = %ctx.labels.slot, error = %e, "checkpoint commit failed; the previous checkpoint stays current");
+            stored.clear();
+            failed = true;
+        }
+        let mut guard = lock(&ctx.core);
+        for &(topic, partition, _, progress) in &stored {
+            guard.processor.checkpointed(topic, partition, progress);
+        }
+        drop(guard);
+        for &(topic, partition, offset, _) in &stored {
+            if let Err(e) = checkpointer.prune(ctx.plan.topic_name(topic), partition, offset) {
+                warn!(slot = %ctx.labels.slot, error = %e, "old snapshots not pruned");
+            }
+        }
+    }
+    let m = &ctx.metrics;
+    let result = if failed { "failure" } else { "success" };
+    m.checkpoints
+        .get_or_create(&Metrics::result_labels(&ctx.labels, result))
+        .inc();
+    m.checkpoint_duration
+        .get_or_create(&ctx.labels)
+        .observe(started.elapsed().as_secs_f64());
+    m.checkpoint_bytes
+        .get_or_create(&ctx.labels)
+        .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    debug!(slot = %ctx.labels.slot, partitions = stored.len(), bytes, elapsed = ?started.elapsed(), "checkpoint");
+    Ok(())
 }

@@ -162,13 +162,19 @@ mod tests {
         for i in 0..bytes.len() {
             let mut damaged = bytes.clone();
             damaged[i] ^= 0x41;
-            assert!(decode(&damaged, 7).is_err(), "flip at byte {i} went unnoticed");
+            assert!(
+                decode(&damaged, 7).is_err(),
+                "flip at byte {i} went unnoticed"
+            );
         }
         assert!(matches!(
             decode(&bytes[..bytes.len() - 1], 7),
             Err(SnapshotError::Checksum)
         ));
-        assert!(matches!(decode(b"SLUICE", 7), Err(SnapshotError::NotASnapshot)));
+        assert!(matches!(
+            decode(b"SLUICE", 7),
+            Err(SnapshotError::NotASnapshot)
+        ));
     }
 
     #[test]

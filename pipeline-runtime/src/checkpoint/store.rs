@@ -84,7 +84,11 @@ pub struct CheckpointStore {
 
 impl std::fmt::Debug for CheckpointStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "CheckpointStore({}, writer {})", self.location, self.writer)
+        write!(
+            f,
+            "CheckpointStore({}, writer {})",
+            self.location, self.writer
+        )
     }
 }
 
@@ -147,9 +151,9 @@ impl CheckpointStore {
         written_ms: i64,
         bytes: Vec<u8>,
     ) -> Result<SnapshotFile, StoreError> {
-        let path = self
-            .dir(topic, partition)
-            .join(SnapshotFile::name(offset, written_ms, &self.writer));
+        let path =
+            self.dir(topic, partition)
+                .join(SnapshotFile::name(offset, written_ms, &self.writer));
         self.io
             .block_on(self.store.put(&path, PutPayload::from(bytes)))
             .map_err(|source| StoreError::Io {
@@ -218,7 +222,8 @@ fn local_store(dir: &str) -> Result<(Arc<dyn ObjectStore>, String, String), Stor
         .map_err(|e| StoreError::Config(format!("cannot create directory {dir}: {e}")))?;
     let store = LocalFileSystem::new_with_prefix(dir)
         .map_err(|e| StoreError::Config(format!("directory {dir}: {e}")))?;
-    let absolute = std::fs::canonicalize(dir).map_or_else(|_| dir.to_owned(), |p| p.display().to_string());
+    let absolute =
+        std::fs::canonicalize(dir).map_or_else(|_| dir.to_owned(), |p| p.display().to_string());
     Ok((Arc::new(store), String::new(), format!("file://{absolute}")))
 }
 
@@ -257,12 +262,20 @@ mod tests {
         a.put("in", 3, 100, 1_000, b"a100".to_vec()).unwrap();
         a.put("in", 3, 250, 2_000, b"a250".to_vec()).unwrap();
         b.put("in", 3, 250, 2_000, b"b250".to_vec()).unwrap();
-        b.put("in", 4, 7, 2_000, b"other partition".to_vec()).unwrap();
+        b.put("in", 4, 7, 2_000, b"other partition".to_vec())
+            .unwrap();
         let files = a.list("in", 3).unwrap();
-        let seen: Vec<_> = files.iter().map(|f| (f.offset, f.writer.as_str())).collect();
+        let seen: Vec<_> = files
+            .iter()
+            .map(|f| (f.offset, f.writer.as_str()))
+            .collect();
         assert_eq!(
             seen,
-            [(250, "pod-1-0-200"), (250, "pod-0-1-100"), (100, "pod-0-1-100")]
+            [
+                (250, "pod-1-0-200"),
+                (250, "pod-0-1-100"),
+                (100, "pod-0-1-100")
+            ]
         );
         assert_eq!(a.get(&files[0]).unwrap(), b"b250");
         assert_eq!(a.get(&files[1]).unwrap(), b"a250");

@@ -1,0 +1,186 @@
+//! What the failure tests share: the checkpointed pipeline, streaming the data set in, waiting
+//! for the output and reading the runtime's checkpoint metrics.
+
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    path::{Path, PathBuf},
+    thread::JoinHandle,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use pipeline_e2e::{
+    broker::{Consumed, Outgoing, Rng, Tansu, metric_sum, produce_one_per_batch},
+    dataset::{AGGREGATES, Comparison, compare},
+};
+use serde_json::Value;
+
+/// Source partitions.
+pub const PARTITIONS: i32 = 6;
+
+/// A seed from the environment (`SLUICE_E2E_SEED`, to replay a failure) or the clock; printed.
+pub fn seed() -> u64 {
+    let seed = std::env::var("SLUICE_E2E_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(1, |d| d.as_secs())
+        });
+    eprintln!("seed {seed} (set SLUICE_E2E_SEED={seed} to replay)");
+    seed
+}
+
+/// A fresh scratch directory for a test.
+pub fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("sluice-e2e-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Writes the test pipeline: readings keyed by device on `readings`, 10 s tumbling windows,
+/// checkpoints every second to `dir/checkpoints`, results to `out`.
+pub fn manifest(dir: &Path, name: &str, delivery: &str) -> PathBuf {
+    let path = dir.join("pipeline.yaml");
+    let checkpoints = dir.join("checkpoints");
+    let text = format!(
+        "apiVersion: sluice.dev/v1alpha1
+kind: PipelineDeployment
+metadata: {{name: {name}, namespace: e2e}}
+spec:
+  kafka:
+    bootstrapServers: 'replaced:9092'
+    properties: {{session.timeout.ms: '6000', heartbeat.interval.ms: '500'}}
+  source: {{topic: readings, startingOffsets: earliest}}
+  transform:
+    keyBy: dev
+    sourceKeyed: true
+    timestamp: {{field: ts}}
+    watermark: {{maxOutOfOrderness: 5s}}
+  window: {{tumbling: {{size: 10s}}}}
+  aggregates: {AGGREGATES}
+  sink: {{kafka: {{topic: out}}}}
+  delivery: {delivery}
+  checkpoint:
+    interval: 1s
+    retain: 3
+    storage: {{local: {{path: '{}'}}}}
+",
+        checkpoints.display()
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Produces `records` in `batches` steps with `pause` between them, on a thread, each record in
+/// a record batch of its own (see [`produce_one_per_batch`]).
+pub fn stream(
+    bootstrap: &str,
+    records: Vec<Outgoing>,
+    batches: usize,
+    pause: Duration,
+) -> JoinHandle<()> {
+    let bootstrap = bootstrap.to_owned();
+    std::thread::spawn(move || {
+        let size = records.len().div_ceil(batches.max(1));
+        for batch in records.chunks(size) {
+            produce_one_per_batch(&bootstrap, "readings", batch);
+            std::thread::sleep(pause);
+        }
+    })
+}
+
+/// Reads `out` until every reference window is there (or `timeout`), then compares.
+pub fn await_output(
+    tansu: &Tansu,
+    reference: &BTreeMap<(String, i64), Value>,
+    timeout: Duration,
+) -> (Comparison, Vec<Consumed>) {
+    let mut seen = HashSet::new();
+    let mut read = 0;
+    let started = Instant::now();
+    let outputs = tansu.consume("out", timeout, |out: &[Consumed]| {
+        for record in &out[read..] {
+            if let Some(v) = record
+                .value
+                .as_deref()
+                .and_then(|b| serde_json::from_slice::<Value>(b).ok())
+            {
+                seen.insert((
+                    v["dev"].as_str().unwrap_or("").to_owned(),
+                    v["window_start"].as_i64(),
+                ));
+            }
+        }
+        read = out.len();
+        seen.len() >= reference.len()
+    });
+    // A moment more: repeats still in flight are part of what is checked.
+    std::thread::sleep(Duration::from_millis(500));
+    eprintln!(
+        "read {} output records in {:.1} s",
+        outputs.len(),
+        started.elapsed().as_secs_f64()
+    );
+    (compare(&outputs, reference), outputs)
+}
+
+/// Checkpoint figures summed over process incarnations.
+pub struct CheckpointFigures {
+    pub checkpoints: f64,
+    pub checkpoint_mean_s: f64,
+    pub last_bytes: f64,
+    pub restores: f64,
+    pub restore_mean_s: f64,
+    pub pauses: f64,
+    pub pause_mean_s: f64,
+    pub restore_failures: f64,
+}
+
+/// From metric texts scraped from every process incarnation (before each kill and at the end).
+pub fn figures(texts: &[String]) -> CheckpointFigures {
+    let sum = |name: &str| texts.iter().map(|t| metric_sum(t, name)).sum::<f64>();
+    let mean = |base: &str| {
+        let n = sum(&format!("{base}_count"));
+        if n > 0.0 {
+            sum(&format!("{base}_sum")) / n
+        } else {
+            0.0
+        }
+    };
+    CheckpointFigures {
+        checkpoints: sum("pipeline_checkpoint_duration_seconds_count"),
+        checkpoint_mean_s: mean("pipeline_checkpoint_duration_seconds"),
+        last_bytes: sum("pipeline_checkpoint_bytes"),
+        restores: sum("pipeline_restore_duration_seconds_count"),
+        restore_mean_s: mean("pipeline_restore_duration_seconds"),
+        pauses: sum("pipeline_partition_pause_seconds_count"),
+        pause_mean_s: mean("pipeline_partition_pause_seconds"),
+        restore_failures: sum("pipeline_restore_failures_total"),
+    }
+}
+
+impl std::fmt::Display for CheckpointFigures {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "checkpoints {} (mean {:.1} ms, last ones {} bytes in all); restores {} (mean {:.1} ms); partition pauses {} (mean {:.2} s); restore failures {}",
+            self.checkpoints,
+            self.checkpoint_mean_s * 1000.0,
+            self.last_bytes,
+            self.restores,
+            self.restore_mean_s * 1000.0,
+            self.pauses,
+            self.pause_mean_s,
+            self.restore_failures
+        )
+    }
+}
+
+/// Picks a duration in `min..max` ms.
+pub fn between(rng: &mut Rng, min_ms: u64, max_ms: u64) -> Duration {
+    Duration::from_millis(min_ms + rng.below(max_ms - min_ms))
+}

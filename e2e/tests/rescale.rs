@@ -1,0 +1,105 @@
+//! Rescale test: while a data set streams in, the pipeline goes from 1 to 3 to 2 to 4 runtime
+//! processes (scale-down by SIGTERM, as a StatefulSet does). Partitions move with their state;
+//! deduplicated by (key, window), the output must equal the offline reference exactly. Prints the
+//! pause each moved partition saw: from the snapshot its previous owner wrote at revocation to
+//! its state restored by the next owner.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{PARTITIONS, await_output, figures, manifest, scratch, seed, stream};
+use pipeline_e2e::{broker::Tansu, dataset::Dataset, process::Launch};
+
+#[test]
+fn scaling_from_one_to_three_to_two_to_four_processes_mid_stream_keeps_every_window_exact() {
+    let Some(tansu) = Tansu::start() else {
+        return;
+    };
+    let seed = seed();
+    tansu.create_topics(&[("readings", PARTITIONS), ("out", 3)]);
+    let data = Dataset::generate(200_000, 400, PARTITIONS, 5, seed);
+    let reference = data.reference();
+    let dir = scratch("rescale");
+    let launch = Launch {
+        manifest: manifest(&dir, "rescale", "at-least-once"),
+        bootstrap: tansu.bootstrap.clone(),
+        slots: 1,
+        log_dir: dir.clone(),
+    };
+    let mut records = data.records.clone();
+    records.extend(data.closing_records(PARTITIONS));
+    let mut processes = vec![launch.start("rescale-0")];
+    std::thread::sleep(Duration::from_secs(2));
+    let producer = stream(&tansu.bootstrap, records, 40, Duration::from_millis(400));
+    let mut scraped = Vec::new();
+    let step = Duration::from_secs(5);
+    std::thread::sleep(step);
+    eprintln!("scale 1 -> 3");
+    processes.push(launch.start("rescale-1"));
+    processes.push(launch.start("rescale-2"));
+    std::thread::sleep(step);
+    eprintln!("scale 3 -> 2");
+    let mut leaving = processes.remove(0);
+    scraped.extend(leaving.metrics());
+    leaving.terminate(Duration::from_secs(30));
+    std::thread::sleep(step);
+    eprintln!("scale 2 -> 4");
+    processes.push(launch.start("rescale-3"));
+    processes.push(launch.start("rescale-4"));
+    producer.join().unwrap();
+    let (comparison, _) = await_output(&tansu, &reference, Duration::from_secs(240));
+    scraped.extend(processes.iter().filter_map(|p| p.metrics()));
+    for p in &mut processes {
+        p.terminate(Duration::from_secs(10));
+    }
+    let pauses = logged_pauses(&dir);
+    let figures = figures(&scraped);
+    eprintln!(
+        "{} records, {} windows expected; output: {} records, {} distinct windows, {} identical repeats; {figures}",
+        data.records.len(),
+        reference.len(),
+        comparison.records,
+        comparison.windows,
+        comparison.identical_repeats
+    );
+    if !pauses.is_empty() {
+        let max = pauses.iter().max().copied().unwrap_or(0);
+        let mean = pauses.iter().sum::<i64>() as f64 / pauses.len() as f64;
+        eprintln!(
+            "moved partitions: {}; pause per moved partition: mean {mean:.0} ms, max {max} ms ({pauses:?})",
+            pauses.len()
+        );
+    }
+    assert!(
+        comparison.exact(),
+        "output differs from the reference (logs in {}):\n{}",
+        dir.display(),
+        comparison.problems.join("\n")
+    );
+    assert!(!pauses.is_empty(), "no partition moved with its state");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `pause_ms` of every "partition state restored" log line of every process.
+fn logged_pauses(dir: &std::path::Path) -> Vec<i64> {
+    let mut pauses = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        if entry.path().extension().is_some_and(|e| e == "log") {
+            let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            for line in text
+                .lines()
+                .filter(|l| l.contains("partition state restored"))
+            {
+                if let Some(ms) = line
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("pause_ms="))
+                    .and_then(|v| v.parse().ok())
+                {
+                    pauses.push(ms);
+                }
+            }
+        }
+    }
+    pauses
+}
