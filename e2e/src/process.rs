@@ -9,9 +9,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-/// The `pipeline-runtime` binary of this build: next to the test binary's `deps/` folder (cargo
-/// builds it for the runtime's own integration tests; `scripts/test.sh` builds it first).
+/// The `pipeline-runtime` binary: `SLUICE_RUNTIME_BIN` when set (to measure a release build),
+/// else the one of this build, next to the test binary's `deps/` folder (cargo builds it for the
+/// runtime's own integration tests; `scripts/test.sh` builds it first).
 pub fn runtime_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("SLUICE_RUNTIME_BIN") {
+        return PathBuf::from(path);
+    }
     let exe = std::env::current_exe().expect("test binary path");
     let profile_dir = exe
         .parent()

@@ -82,13 +82,20 @@ pub fn consumer_config(
     config
 }
 
+/// How long a record may wait for delivery; a transaction must be allowed at least as long.
+const MESSAGE_TIMEOUT_MS: u64 = 120_000;
+
 /// A slot's producer: idempotent, `acks=all`, batching and compression from the sink spec
 /// (defaults from the seeds: linger 5 ms, 256 KiB batches, lz4), and the Java client's murmur2
-/// partitioner so keys land where Kafka Streams and Flink would put them.
+/// partitioner so keys land where Kafka Streams and Flink would put them. With a
+/// `transactional_id` (exactly-once delivery) the producer is transactional, and a transaction
+/// may stay open for three checkpoint intervals (at least the delivery timeout, two minutes)
+/// before the broker aborts it.
 pub fn producer_config(
     spec: &PipelineDeploymentSpec,
     bootstrap_servers: &str,
     client_id: &str,
+    transactional_id: Option<&str>,
 ) -> ClientConfig {
     let mut config = base_config(spec, bootstrap_servers, client_id);
     let (linger_ms, batch_bytes, compression) =
@@ -106,8 +113,18 @@ pub fn producer_config(
         .set("batch.size", batch_bytes.to_string())
         .set("compression.type", compression)
         .set("partitioner", "murmur2_random")
-        .set("message.timeout.ms", "120000")
+        .set("message.timeout.ms", MESSAGE_TIMEOUT_MS.to_string())
         .set("queue.buffering.max.kbytes", "131072");
+    if let Some(id) = transactional_id {
+        let interval_ms = spec
+            .checkpoint
+            .as_ref()
+            .map_or(10_000, |c| c.interval.as_millis());
+        config.set("transactional.id", id).set(
+            "transaction.timeout.ms",
+            (interval_ms * 3).max(MESSAGE_TIMEOUT_MS).to_string(),
+        );
+    }
     for (key, value) in &spec.kafka.properties {
         config.set(key, value);
     }
@@ -127,6 +144,20 @@ mod tests {
         )
         .unwrap()
         .spec
+    }
+
+    #[test]
+    fn exactly_once_producers_are_transactional_with_a_timeout_beyond_the_checkpoint_interval() {
+        let s = spec(
+            "  kafka: {bootstrapServers: 'k:9092'}\n  sink: {kafka: {topic: out}}\n  delivery: exactly-once\n  checkpoint: {interval: 30s, storage: {local: {path: /tmp/cp}}}\n",
+        );
+        let p = producer_config(&s, "k:9092", "c", Some("g-pod-0-0"));
+        assert_eq!(p.get("transactional.id"), Some("g-pod-0-0"));
+        assert_eq!(p.get("transaction.timeout.ms"), Some("120000"));
+        assert_eq!(
+            producer_config(&s, "k:9092", "c", None).get("transactional.id"),
+            None
+        );
     }
 
     #[test]
@@ -150,7 +181,7 @@ mod tests {
         let s = spec(
             "  kafka: {bootstrapServers: 'k:9092'}\n  sink: {kafka: {topic: out, linger: 10ms, batchBytes: 1048576, compression: zstd}}\n",
         );
-        let p = producer_config(&s, "k:9092", "p");
+        let p = producer_config(&s, "k:9092", "p", None);
         assert_eq!(p.get("linger.ms"), Some("10"));
         assert_eq!(p.get("batch.size"), Some("1048576"));
         assert_eq!(p.get("compression.type"), Some("zstd"));

@@ -690,6 +690,17 @@ impl Processor {
         }
     }
 
+    /// (topic, partition, next offset) of every partition a record was read from.
+    pub fn positions(&self) -> Vec<(TopicIndex, i32, i64)> {
+        let mut positions: Vec<_> = self
+            .partitions
+            .iter()
+            .filter_map(|(&(t, p), s)| Some((t, p, s.next_offset?)))
+            .collect();
+        positions.sort_unstable();
+        positions
+    }
+
     /// The next offset to read of a partition, once a record was read.
     pub fn next_offset(&self, topic: TopicIndex, partition: i32) -> Option<i64> {
         self.partitions.get(&(topic, partition))?.next_offset

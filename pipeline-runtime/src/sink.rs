@@ -8,7 +8,8 @@ use std::{
 
 use pipeline_crds::contract::headers;
 use rdkafka::{
-    ClientConfig, ClientContext,
+    ClientConfig, ClientContext, TopicPartitionList,
+    consumer::ConsumerGroupMetadata,
     error::{KafkaError, RDKafkaErrorCode},
     message::{Header, OwnedHeaders},
     producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext},
@@ -36,6 +37,34 @@ pub enum SinkError {
     /// Stopped while blocked.
     #[error("stopped while the producer queue was full")]
     Interrupted,
+    /// A Kafka transaction step failed; the transaction is aborted (or the producer fenced) and
+    /// the slot restarts from its last committed checkpoint.
+    #[error("transaction {step} failed: {source}")]
+    Transaction {
+        /// Which step.
+        step: &'static str,
+        /// The error.
+        source: KafkaError,
+    },
+}
+
+impl SinkError {
+    /// Whether a newer producer with the same transactional id (or a newer group generation)
+    /// took over: this producer is a zombie and must not write again.
+    pub fn is_fenced(&self) -> bool {
+        match self {
+            Self::Transaction {
+                source: KafkaError::Transaction(e),
+                ..
+            } => matches!(
+                e.code(),
+                RDKafkaErrorCode::ProducerFenced
+                    | RDKafkaErrorCode::InvalidProducerEpoch
+                    | RDKafkaErrorCode::Fenced
+            ),
+            _ => false,
+        }
+    }
 }
 
 /// Records delivery failures reported by librdkafka's callbacks.
@@ -71,6 +100,11 @@ impl Sink {
             .create_with_context(DeliveryTracker::default())
             .map_err(SinkError::Create)?;
         Ok(Self { producer })
+    }
+
+    /// The underlying producer.
+    pub fn producer(&self) -> &BaseProducer<DeliveryTracker> {
+        &self.producer
     }
 
     /// The first delivery failure, if any.
@@ -214,6 +248,58 @@ impl Sink {
                 }
             }
         }
+    }
+
+    /// Registers the transactional id (fencing any older producer with the same id) and begins
+    /// the first transaction.
+    pub fn init_transactions(&self, timeout: Duration) -> Result<(), SinkError> {
+        let step = |step, source| SinkError::Transaction { step, source };
+        self.producer
+            .init_transactions(timeout)
+            .map_err(|e| step("init", e))?;
+        self.producer
+            .begin_transaction()
+            .map_err(|e| step("begin", e))
+    }
+
+    /// Commits the current transaction together with the consumer offsets `offsets` of the
+    /// group `group`, then begins the next one. On failure the transaction is aborted (its
+    /// outputs stay invisible to `read_committed` readers).
+    pub fn commit_transaction(
+        &self,
+        offsets: &TopicPartitionList,
+        group: &ConsumerGroupMetadata,
+        timeout: Duration,
+    ) -> Result<(), SinkError> {
+        let step = |step, source| SinkError::Transaction { step, source };
+        let committed = self
+            .producer
+            .send_offsets_to_transaction(offsets, group, timeout)
+            .map_err(|e| step("send offsets", e))
+            .and_then(|()| {
+                self.producer
+                    .commit_transaction(timeout)
+                    .map_err(|e| step("commit", e))
+            });
+        if let Err(e) = committed {
+            if !e.is_fenced() {
+                let _ = self.producer.abort_transaction(timeout);
+            }
+            return Err(e);
+        }
+        self.producer
+            .begin_transaction()
+            .map_err(|e| step("begin", e))
+    }
+
+    /// Aborts the current transaction (its outputs stay invisible to `read_committed` readers).
+    pub fn abort_transaction(&self, timeout: Duration) -> Result<(), SinkError> {
+        self.producer
+            .abort_transaction(timeout)
+            .map_err(|source| SinkError::Transaction {
+                step: "abort",
+                source,
+            })
     }
 
     /// Waits until every queued record is acknowledged; the wait is added to `blocked`. Fails when

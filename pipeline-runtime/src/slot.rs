@@ -16,7 +16,10 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use pipeline_crds::{PipelineDeploymentSpec, contract::headers, source::StartingOffsets};
+use pipeline_crds::{
+    PipelineDeploymentSpec, checkpoint::DeliveryGuarantee, contract::headers,
+    source::StartingOffsets,
+};
 use prometheus_client::metrics::histogram::Histogram;
 use rdkafka::{
     ClientContext, Message, Offset, TopicPartitionList,
@@ -112,6 +115,9 @@ struct SlotContext {
     stop: Arc<AtomicBool>,
     /// Snapshots of window state, when the pipeline is windowed and has `checkpoint`.
     checkpointer: Option<Checkpointer>,
+    /// Exactly-once delivery: outputs and offsets commit together in a Kafka transaction at
+    /// each checkpoint.
+    transactional: bool,
     /// Set by a rebalance callback when the slot must restart (a restore that may succeed later).
     failure: Mutex<Option<String>>,
     /// Partitions assigned whose first record has not arrived yet: when it does, its offset is
@@ -174,8 +180,8 @@ impl ConsumerContext for SlotContext {
         let Rebalance::Revoke(revoked) = rebalance else {
             return;
         };
-        if let Some(checkpointer) = &self.checkpointer {
-            self.hand_over(consumer, checkpointer, revoked);
+        if self.checkpoints() {
+            self.hand_over(consumer, revoked);
             return;
         }
         // Hand over cleanly: everything emitted so far is flushed, then each revoked partition's
@@ -258,14 +264,16 @@ impl ConsumerContext for SlotContext {
 }
 
 impl SlotContext {
+    /// Whether this slot checkpoints (snapshots, or transactions, or both) rather than only
+    /// committing offsets.
+    fn checkpoints(&self) -> bool {
+        self.checkpointer.is_some() || self.transactional
+    }
+
     /// Revocation with checkpoints: the revoked partitions are checkpointed (flush, snapshot,
     /// commit) before Kafka gives them to another slot, which restores them from that snapshot.
-    fn hand_over(
-        &self,
-        consumer: &BaseConsumer<Self>,
-        checkpointer: &Checkpointer,
-        revoked: &TopicPartitionList,
-    ) {
+    /// A transaction covers every partition of the slot, so in exactly-once mode all are.
+    fn hand_over(&self, consumer: &BaseConsumer<Self>, revoked: &TopicPartitionList) {
         let partitions: Vec<(TopicIndex, i32)> = revoked
             .elements()
             .iter()
@@ -273,15 +281,12 @@ impl SlotContext {
             .collect();
         let stop = || self.stop.load(Ordering::Relaxed);
         let mut blocked = Duration::ZERO;
-        if let Err(e) = checkpoint(
-            self,
-            consumer,
-            checkpointer,
-            Some(&partitions),
-            &mut blocked,
-            &stop,
-        ) {
+        if let Err(e) = checkpoint(self, consumer, Some(&partitions), &mut blocked, &stop) {
             warn!(slot = %self.labels.slot, error = %e, "revoked partitions not checkpointed: their next owner replays from the previous checkpoint");
+            if self.transactional {
+                // The aborted transaction held the other partitions' outputs too.
+                self.fail(format!("checkpoint at revocation failed: {e}"));
+            }
         }
         let mut core = self.core.lock().expect("not poisoned");
         for &(topic, partition) in &partitions {
@@ -413,11 +418,25 @@ pub fn run(config: &SlotConfig, stop: &Arc<AtomicBool>) -> Result<(), SlotError>
         "sluice-{}-{}-{}",
         config.labels.pipeline, config.labels.pod, config.labels.slot
     );
+    let transactional = config.spec.delivery == DeliveryGuarantee::ExactlyOnce;
+    // One transactional id per pod and slot: a restarted slot (or a zombie's replacement) fences
+    // the previous producer of the same slot.
+    let transactional_id = transactional.then(|| {
+        format!(
+            "{}-{}-{}",
+            config.group, config.labels.pod, config.labels.slot
+        )
+    });
     let sink = Arc::new(Sink::new(&client::producer_config(
         &config.spec,
         &config.bootstrap_servers,
         &client_id,
+        transactional_id.as_deref(),
     ))?);
+    if transactional {
+        sink.init_transactions(Duration::from_secs(60))?;
+        info!(slot = %config.labels.slot, transactional_id = ?transactional_id, "exactly-once: transactional producer ready");
+    }
     let core = Arc::new(Mutex::new(Core {
         processor: Processor::new(plan.clone())?,
         emits: Vec::new(),
@@ -442,12 +461,16 @@ pub fn run(config: &SlotConfig, stop: &Arc<AtomicBool>) -> Result<(), SlotError>
         }
         _ => None,
     };
-    let interval = match (&config.spec.checkpoint, &checkpointer) {
-        (Some(settings), Some(_)) => settings.interval.get(),
+    let interval = match (
+        &config.spec.checkpoint,
+        checkpointer.is_some() || transactional,
+    ) {
+        (Some(settings), true) => settings.interval.get(),
         _ => config.commit_interval,
     };
     let context = SlotContext {
         checkpointer,
+        transactional,
         failure: Mutex::new(None),
         awaiting_first: Mutex::new(std::collections::HashSet::new()),
         paused: Mutex::new(TopicPartitionList::new()),
@@ -575,11 +598,10 @@ pub fn run(config: &SlotConfig, stop: &Arc<AtomicBool>) -> Result<(), SlotError>
         }
         if last_commit.elapsed() >= interval {
             last_commit = Instant::now();
-            if let Some(checkpointer) = &consumer.context().checkpointer {
+            if consumer.context().checkpoints() {
                 checkpoint(
                     consumer.context(),
                     &consumer,
-                    checkpointer,
                     None,
                     &mut clock.backpressured,
                     &is_stopped,
@@ -602,16 +624,15 @@ pub fn run(config: &SlotConfig, stop: &Arc<AtomicBool>) -> Result<(), SlotError>
     // A commit refused now (a rebalance under way as other slots leave) is repeated by the
     // revocation that unsubscribing triggers; either way the next owner resumes at or before it.
     let never = || false;
-    let finished = match &consumer.context().checkpointer {
-        Some(checkpointer) => checkpoint(
+    let finished = match consumer.context().checkpoints() {
+        true => checkpoint(
             consumer.context(),
             &consumer,
-            checkpointer,
             None,
             &mut clock.backpressured,
             &never,
         ),
-        None => commit(
+        false => commit(
             &consumer,
             &core,
             &sink,
@@ -790,15 +811,20 @@ fn publish(
 /// A checkpoint: flush the producer, write a snapshot of every partition (of `only`, when
 /// given) whose state changed, commit those partitions' offsets, then prune old snapshots. A
 /// partition whose snapshot could not be written keeps its previous committed offset.
+///
+/// Exactly-once: the offsets of every partition the slot reads are committed inside the
+/// producer's transaction, which commits the outputs since the last checkpoint with them. A
+/// snapshot that cannot be written, or a failed commit, aborts the transaction and fails the
+/// slot, which restarts from the last committed checkpoint.
 fn checkpoint(
     ctx: &SlotContext,
     consumer: &BaseConsumer<SlotContext>,
-    checkpointer: &Checkpointer,
     only: Option<&[(TopicIndex, i32)]>,
     backpressured: &mut Duration,
     stop: &dyn Fn() -> bool,
 ) -> Result<(), SlotError> {
     let started = Instant::now();
+    let only = only.filter(|_| !ctx.transactional);
     let mut guard = lock(&ctx.core);
     let Core {
         processor, emits, ..
@@ -809,51 +835,99 @@ fn checkpoint(
     let mut offsets = TopicPartitionList::new();
     let mut stored = Vec::new();
     let mut bytes = 0;
-    let mut failed = false;
-    for (topic, partition, snapshot, progress) in processor.changed_snapshots() {
-        if only.is_some_and(|o| !o.contains(&(topic, partition))) {
-            continue;
+    let mut failed = None;
+    if let Some(checkpointer) = &ctx.checkpointer {
+        for (topic, partition, snapshot, progress) in processor.changed_snapshots() {
+            if only.is_some_and(|o| !o.contains(&(topic, partition))) {
+                continue;
+            }
+            let name = ctx.plan.topic_name(topic);
+            match checkpointer.write(name, partition, &snapshot, written_ms) {
+                Ok(written) => {
+                    bytes += written.bytes;
+                    offsets.add_partition_offset(
+                        name,
+                        partition,
+                        Offset::Offset(snapshot.next_offset),
+                    )?;
+                    stored.push((topic, partition, snapshot.next_offset, progress));
+                }
+                Err(e) => {
+                    warn!(slot = %ctx.labels.slot, topic = name, partition, error = %e, "snapshot not written; the partition keeps its previous checkpoint");
+                    failed = Some(e.to_string());
+                }
+            }
         }
-        let name = ctx.plan.topic_name(topic);
-        match checkpointer.write(name, partition, &snapshot, written_ms) {
-            Ok(written) => {
-                bytes += written.bytes;
-                offsets.add_partition_offset(
-                    name,
-                    partition,
-                    Offset::Offset(snapshot.next_offset),
-                )?;
-                stored.push((topic, partition, snapshot.next_offset, progress));
-            }
-            Err(e) => {
-                failed = true;
-                warn!(slot = %ctx.labels.slot, topic = name, partition, error = %e, "snapshot not written; the partition keeps its previous checkpoint");
-            }
+    }
+    if ctx.transactional {
+        // Every partition read so far, stored or not: the transaction holds all their outputs.
+        offsets = TopicPartitionList::new();
+        for (topic, partition, next) in processor.positions() {
+            offsets.add_partition_offset(
+                ctx.plan.topic_name(topic),
+                partition,
+                Offset::Offset(next),
+            )?;
         }
     }
     drop(guard);
-    if offsets.count() > 0 {
-        if let Err(e) = consumer.commit(&offsets, CommitMode::Sync) {
-            // The snapshots stay as orphans until the next checkpoint prunes them.
-            warn!(slot = %ctx.labels.slot, error = %e, "checkpoint commit failed; the previous checkpoint stays current");
-            stored.clear();
-            failed = true;
+    let committed = match (ctx.transactional, &failed) {
+        (true, Some(reason)) => {
+            let _ = ctx.sink.abort_transaction(Duration::from_secs(60));
+            Err(SlotError::Restore(format!(
+                "checkpoint aborted, a snapshot was not written: {reason}"
+            )))
         }
-        let mut guard = lock(&ctx.core);
-        for &(topic, partition, _, progress) in &stored {
-            guard.processor.checkpointed(topic, partition, progress);
-        }
-        drop(guard);
-        for &(topic, partition, offset, _) in &stored {
-            if let Err(e) = checkpointer.prune(ctx.plan.topic_name(topic), partition, offset) {
-                warn!(slot = %ctx.labels.slot, error = %e, "old snapshots not pruned");
+        (true, None) => match consumer.group_metadata() {
+            Some(group) => ctx
+                .sink
+                .commit_transaction(&offsets, &group, Duration::from_secs(60))
+                .map_err(SlotError::from),
+            None => Err(SlotError::Restore("no consumer group metadata".into())),
+        },
+        (false, _) if offsets.count() > 0 => consumer
+            .commit(&offsets, CommitMode::Sync)
+            .map_err(SlotError::from),
+        (false, _) => Ok(()),
+    };
+    let result = match committed {
+        Ok(()) => {
+            let mut guard = lock(&ctx.core);
+            for &(topic, partition, _, progress) in &stored {
+                guard.processor.checkpointed(topic, partition, progress);
             }
+            drop(guard);
+            if let Some(checkpointer) = &ctx.checkpointer {
+                for &(topic, partition, offset, _) in &stored {
+                    if let Err(e) =
+                        checkpointer.prune(ctx.plan.topic_name(topic), partition, offset)
+                    {
+                        warn!(slot = %ctx.labels.slot, error = %e, "old snapshots not pruned");
+                    }
+                }
+            }
+            Ok(())
         }
-    }
+        // At least once, a failed commit leaves the previous checkpoint current; the snapshots
+        // just written stay as orphans until the next checkpoint prunes them.
+        Err(e) if !ctx.transactional => {
+            warn!(slot = %ctx.labels.slot, error = %e, "checkpoint commit failed; the previous checkpoint stays current");
+            failed = Some(e.to_string());
+            Ok(())
+        }
+        Err(e) => {
+            failed = Some(e.to_string());
+            Err(e)
+        }
+    };
     let m = &ctx.metrics;
-    let result = if failed { "failure" } else { "success" };
+    let outcome = if failed.is_some() {
+        "failure"
+    } else {
+        "success"
+    };
     m.checkpoints
-        .get_or_create(&Metrics::result_labels(&ctx.labels, result))
+        .get_or_create(&Metrics::result_labels(&ctx.labels, outcome))
         .inc();
     m.checkpoint_duration
         .get_or_create(&ctx.labels)
@@ -862,5 +936,5 @@ fn checkpoint(
         .get_or_create(&ctx.labels)
         .set(i64::try_from(bytes).unwrap_or(i64::MAX));
     debug!(slot = %ctx.labels.slot, partitions = stored.len(), bytes, elapsed = ?started.elapsed(), "checkpoint");
-    Ok(())
+    result
 }
