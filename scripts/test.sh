@@ -33,5 +33,9 @@ cargo fmt --all -- --check
 log "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+# The end-to-end tests start the runtime binary as separate processes (and kill them).
+log "cargo build -p pipeline-runtime --bins"
+cargo build -p pipeline-runtime --bins --locked
+
 log "cargo test"
 cargo test --workspace --locked

@@ -17,12 +17,27 @@ use rdkafka::{
     producer::{BaseProducer, BaseRecord, Producer},
 };
 
-/// A tansu broker on a free loopback port, killed on drop.
+/// A Kafka-protocol broker reached at `bootstrap`: tansu in CI, or a real Kafka for the opt-in
+/// tests (`E2E_KAFKA_BOOTSTRAP`).
+#[derive(Clone, Debug)]
+pub struct Broker {
+    /// `host:port` list.
+    pub bootstrap: String,
+}
+
+/// A tansu broker on a free loopback port, killed on drop; a [`Broker`] by deref.
 pub struct Tansu {
     child: Child,
-    /// `127.0.0.1:PORT`.
-    pub bootstrap: String,
+    broker: Broker,
     _serial: std::sync::MutexGuard<'static, ()>,
+}
+
+impl std::ops::Deref for Tansu {
+    type Target = Broker;
+
+    fn deref(&self) -> &Broker {
+        &self.broker
+    }
 }
 
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -71,10 +86,13 @@ impl Tansu {
         }
         Some(Self {
             child,
-            bootstrap,
+            broker: Broker { bootstrap },
             _serial: serial,
         })
     }
+}
+
+impl Broker {
 
     /// Creates topics with the admin API.
     pub fn create_topics(&self, topics: &[(&str, i32)]) {
@@ -103,7 +121,7 @@ impl Tansu {
         produce(&self.bootstrap, topic, records);
     }
 
-    /// Reads `topic` from the start until `done` says so or `timeout` passes; returns each
+    /// Reads `topic` from the start (committed records only) until `done` says so or `timeout` passes; returns each
     /// record as (key, value, headers).
     pub fn consume(
         &self,
@@ -115,6 +133,7 @@ impl Tansu {
             .set("bootstrap.servers", &self.bootstrap)
             .set("group.id", format!("reader-{topic}-{}", std::process::id()))
             .set("auto.offset.reset", "earliest")
+            .set("isolation.level", "read_committed")
             .set("enable.auto.commit", "false")
             .create()
             .unwrap();

@@ -63,6 +63,11 @@ pub struct Launch {
 impl Launch {
     /// Starts the process of `pod`.
     pub fn start(&self, pod: &str) -> RuntimeProcess {
+        self.start_with_env(pod, &[])
+    }
+
+    /// Starts the process of `pod` with extra environment variables (failpoints).
+    pub fn start_with_env(&self, pod: &str, env: &[(&str, &str)]) -> RuntimeProcess {
         let metrics_port = free_port();
         let log = OpenOptions::new()
             .create(true)
@@ -75,7 +80,11 @@ impl Launch {
             .args(["--bootstrap-servers", &self.bootstrap, "--pod", pod])
             .args(["--slots", &self.slots.to_string()])
             .args(["--metrics-port", &metrics_port.to_string()])
-            .env("SLUICE_LOG", "info,librdkafka=warn")
+            .env(
+                "SLUICE_LOG",
+                std::env::var("SLUICE_E2E_LOG").unwrap_or_else(|_| "info,librdkafka=warn".into()),
+            )
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -108,6 +117,18 @@ impl RuntimeProcess {
             std::thread::sleep(Duration::from_millis(50));
         }
         self.kill();
+    }
+
+    /// Waits up to `timeout` for the process to exit by itself; whether it did.
+    pub fn wait_for_exit(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if !self.is_running() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
     }
 
     /// Whether the process still runs.

@@ -31,7 +31,7 @@ fn scaling_from_one_to_three_to_two_to_four_processes_mid_stream_keeps_every_win
     records.extend(data.closing_records(PARTITIONS));
     let mut processes = vec![launch.start("rescale-0")];
     std::thread::sleep(Duration::from_secs(2));
-    let producer = stream(&tansu.bootstrap, records, 40, Duration::from_millis(400));
+    let producer = stream(&tansu.bootstrap, "readings", records, 40, Duration::from_millis(400));
     let mut scraped = Vec::new();
     let step = Duration::from_secs(5);
     std::thread::sleep(step);
@@ -48,7 +48,7 @@ fn scaling_from_one_to_three_to_two_to_four_processes_mid_stream_keeps_every_win
     processes.push(launch.start("rescale-3"));
     processes.push(launch.start("rescale-4"));
     producer.join().unwrap();
-    let (comparison, _) = await_output(&tansu, &reference, Duration::from_secs(240));
+    let (comparison, _) = await_output(&tansu, "out", &reference, Duration::from_secs(240));
     scraped.extend(processes.iter().filter_map(|p| p.metrics()));
     for p in &mut processes {
         p.terminate(Duration::from_secs(10));
@@ -78,7 +78,7 @@ fn scaling_from_one_to_three_to_two_to_four_processes_mid_stream_keeps_every_win
         comparison.problems.join("\n")
     );
     assert!(!pauses.is_empty(), "no partition moved with its state");
-    let _ = std::fs::remove_dir_all(&dir);
+    common::cleanup(&dir);
 }
 
 /// `pause_ms` of every "partition state restored" log line of every process.

@@ -6,6 +6,7 @@ pub mod checkpoint;
 pub mod client;
 pub mod decode;
 pub mod event_time;
+pub mod failpoint;
 pub mod field;
 pub mod filter;
 pub mod http;

@@ -831,6 +831,7 @@ fn checkpoint(
     } = &mut *guard;
     ctx.sink.send_all(&ctx.plan, emits, backpressured, stop)?;
     ctx.sink.flush(backpressured, stop)?;
+    let flushed = started.elapsed();
     let written_ms = wall_clock_ms();
     let mut offsets = TopicPartitionList::new();
     let mut stored = Vec::new();
@@ -871,6 +872,10 @@ fn checkpoint(
         }
     }
     drop(guard);
+    let written = started.elapsed();
+    if !stored.is_empty() {
+        crate::failpoint::crash_if(crate::failpoint::CHECKPOINT_BEFORE_COMMIT);
+    }
     let committed = match (ctx.transactional, &failed) {
         (true, Some(reason)) => {
             let _ = ctx.sink.abort_transaction(Duration::from_secs(60));
@@ -935,6 +940,6 @@ fn checkpoint(
     m.checkpoint_bytes
         .get_or_create(&ctx.labels)
         .set(i64::try_from(bytes).unwrap_or(i64::MAX));
-    debug!(slot = %ctx.labels.slot, partitions = stored.len(), bytes, elapsed = ?started.elapsed(), "checkpoint");
+    debug!(slot = %ctx.labels.slot, partitions = stored.len(), bytes, ?flushed, ?written, elapsed = ?started.elapsed(), "checkpoint");
     result
 }

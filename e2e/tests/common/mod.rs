@@ -11,8 +11,9 @@ use std::{
 };
 
 use pipeline_e2e::{
-    broker::{Consumed, Outgoing, Rng, Tansu, metric_sum, produce_one_per_batch},
-    dataset::{AGGREGATES, Comparison, compare},
+    broker::{Broker, Consumed, Outgoing, Rng, metric_sum, produce_one_per_batch},
+    dataset::{AGGREGATES, Comparison, Dataset, compare},
+    process::Launch,
 };
 use serde_json::Value;
 
@@ -41,9 +42,27 @@ pub fn scratch(name: &str) -> PathBuf {
     dir
 }
 
+/// Removes a test's scratch directory, unless `SLUICE_E2E_KEEP` is set (to read the logs).
+pub fn cleanup(dir: &Path) {
+    if std::env::var_os("SLUICE_E2E_KEEP").is_none() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
 /// Writes the test pipeline: readings keyed by device on `readings`, 10 s tumbling windows,
 /// checkpoints every second to `dir/checkpoints`, results to `out`.
 pub fn manifest(dir: &Path, name: &str, delivery: &str) -> PathBuf {
+    manifest_with_topics(dir, name, delivery, "readings", "out")
+}
+
+/// [`manifest`] with other source and sink topics.
+pub fn manifest_with_topics(
+    dir: &Path,
+    name: &str,
+    delivery: &str,
+    input: &str,
+    output: &str,
+) -> PathBuf {
     let path = dir.join("pipeline.yaml");
     let checkpoints = dir.join("checkpoints");
     let text = format!(
@@ -54,7 +73,7 @@ spec:
   kafka:
     bootstrapServers: 'replaced:9092'
     properties: {{session.timeout.ms: '6000', heartbeat.interval.ms: '500'}}
-  source: {{topic: readings, startingOffsets: earliest}}
+  source: {{topic: {input}, startingOffsets: earliest}}
   transform:
     keyBy: dev
     sourceKeyed: true
@@ -62,7 +81,7 @@ spec:
     watermark: {{maxOutOfOrderness: 5s}}
   window: {{tumbling: {{size: 10s}}}}
   aggregates: {AGGREGATES}
-  sink: {{kafka: {{topic: out}}}}
+  sink: {{kafka: {{topic: {output}}}}}
   delivery: {delivery}
   checkpoint:
     interval: 1s
@@ -79,40 +98,45 @@ spec:
 /// a record batch of its own (see [`produce_one_per_batch`]).
 pub fn stream(
     bootstrap: &str,
+    topic: &str,
     records: Vec<Outgoing>,
     batches: usize,
     pause: Duration,
 ) -> JoinHandle<()> {
-    let bootstrap = bootstrap.to_owned();
+    let (bootstrap, topic) = (bootstrap.to_owned(), topic.to_owned());
     std::thread::spawn(move || {
         let size = records.len().div_ceil(batches.max(1));
         for batch in records.chunks(size) {
-            produce_one_per_batch(&bootstrap, "readings", batch);
+            produce_one_per_batch(&bootstrap, &topic, batch);
             std::thread::sleep(pause);
         }
     })
 }
 
-/// Reads `out` until every reference window is there (or `timeout`), then compares.
+/// Reads `topic` until every reference window is there (or `timeout`), then compares.
 pub fn await_output(
-    tansu: &Tansu,
+    broker: &Broker,
+    topic: &str,
     reference: &BTreeMap<(String, i64), Value>,
     timeout: Duration,
 ) -> (Comparison, Vec<Consumed>) {
     let mut seen = HashSet::new();
     let mut read = 0;
     let started = Instant::now();
-    let outputs = tansu.consume("out", timeout, |out: &[Consumed]| {
+    let outputs = broker.consume(topic, timeout, |out: &[Consumed]| {
         for record in &out[read..] {
             if let Some(v) = record
                 .value
                 .as_deref()
                 .and_then(|b| serde_json::from_slice::<Value>(b).ok())
             {
-                seen.insert((
+                let id = (
                     v["dev"].as_str().unwrap_or("").to_owned(),
-                    v["window_start"].as_i64(),
-                ));
+                    v["window_start"].as_i64().unwrap_or(i64::MIN),
+                );
+                if reference.contains_key(&id) {
+                    seen.insert(id);
+                }
             }
         }
         read = out.len();
@@ -183,4 +207,82 @@ impl std::fmt::Display for CheckpointFigures {
 /// Picks a duration in `min..max` ms.
 pub fn between(rng: &mut Rng, min_ms: u64, max_ms: u64) -> Duration {
     Duration::from_millis(min_ms + rng.below(max_ms - min_ms))
+}
+
+/// What [`crash_scenario`] saw.
+pub struct CrashOutcome {
+    /// Input records.
+    pub records: usize,
+    /// Expected windows.
+    pub windows: usize,
+    /// The output compared with the reference.
+    pub comparison: Comparison,
+    /// Checkpoint metrics of every process incarnation.
+    pub figures: CheckpointFigures,
+    /// Where the logs are.
+    pub dir: PathBuf,
+}
+
+/// The crash test: 200,000 readings stream into `input` (6 partitions, created by the caller)
+/// while three runtime processes run the pipeline with `delivery`; one of them, picked at
+/// random, is SIGKILLed at a random moment six times and restarted. Returns the comparison of
+/// `output` with the offline reference.
+pub fn crash_scenario(
+    broker: &Broker,
+    name: &str,
+    delivery: &str,
+    input: &str,
+    output: &str,
+) -> CrashOutcome {
+    const PROCESSES: usize = 3;
+    const KILLS: usize = 6;
+    let seed = seed();
+    let mut rng = Rng::new(seed);
+    let data = Dataset::generate(200_000, 400, PARTITIONS, 5, seed);
+    let reference = data.reference();
+    let dir = scratch(name);
+    let launch = Launch {
+        manifest: manifest_with_topics(&dir, name, delivery, input, output),
+        bootstrap: broker.bootstrap.clone(),
+        slots: 1,
+        log_dir: dir.clone(),
+    };
+    let mut processes: Vec<_> = (0..PROCESSES)
+        .map(|i| launch.start(&format!("{name}-{i}")))
+        .collect();
+    let mut records = data.records.clone();
+    records.extend(data.closing_records(PARTITIONS));
+    let producer = stream(&broker.bootstrap, input, records, 40, Duration::from_millis(300));
+    let mut scraped = Vec::new();
+    for kill in 0..KILLS {
+        std::thread::sleep(between(&mut rng, 1_500, 4_500));
+        let victim = usize::try_from(rng.below(PROCESSES as u64)).unwrap();
+        scraped.extend(processes[victim].metrics());
+        processes[victim].kill();
+        eprintln!("kill {}: SIGKILL {}", kill + 1, processes[victim].pod);
+        std::thread::sleep(between(&mut rng, 0, 1_000));
+        processes[victim] = launch.start(&format!("{name}-{victim}"));
+    }
+    producer.join().unwrap();
+    let (comparison, _) = await_output(broker, output, &reference, Duration::from_secs(240));
+    scraped.extend(processes.iter().filter_map(|p| p.metrics()));
+    for p in &mut processes {
+        p.terminate(Duration::from_secs(10));
+    }
+    let figures = figures(&scraped);
+    eprintln!(
+        "{} records, {} windows expected; output: {} records, {} distinct windows, {} identical repeats; {figures}",
+        data.records.len(),
+        reference.len(),
+        comparison.records,
+        comparison.windows,
+        comparison.identical_repeats
+    );
+    CrashOutcome {
+        records: data.records.len(),
+        windows: reference.len(),
+        comparison,
+        figures,
+        dir,
+    }
 }

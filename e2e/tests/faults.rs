@@ -1,0 +1,188 @@
+//! Fault injection around checkpoints: a crash between writing snapshots and committing their
+//! offsets, a corrupt snapshot, and a missing one.
+
+mod common;
+
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use common::{PARTITIONS, await_output, manifest, scratch, seed};
+use pipeline_e2e::{
+    broker::{Tansu, metric_sum, produce_one_per_batch},
+    dataset::{Dataset, compare},
+    process::{Launch, RuntimeProcess},
+};
+
+fn snapshots(dir: &Path, name: &str, partition: i32) -> Vec<PathBuf> {
+    let folder = dir
+        .join("checkpoints")
+        .join(format!("sluice.e2e.{name}"))
+        .join("readings")
+        .join(partition.to_string());
+    let mut files: Vec<_> = std::fs::read_dir(folder)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+/// Waits until the process has read `records` records in all.
+fn wait_until_read(process: &RuntimeProcess, records: usize) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let read = process
+            .metrics()
+            .map_or(0.0, |t| metric_sum(&t, "pipeline_partition_position"));
+        if read as usize >= records {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "read {read} of {records} records"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_crash_between_snapshot_write_and_offset_commit_resumes_from_the_previous_checkpoint() {
+    let Some(tansu) = Tansu::start() else {
+        return;
+    };
+    let seed = seed();
+    tansu.create_topics(&[("readings", PARTITIONS), ("out", 1)]);
+    let data = Dataset::generate(30_000, 60, PARTITIONS, 5, seed);
+    let dir = scratch("failpoint");
+    let launch = Launch {
+        manifest: manifest(&dir, "failpoint", "at-least-once"),
+        bootstrap: tansu.bootstrap.clone(),
+        slots: 1,
+        log_dir: dir.clone(),
+    };
+    let (first, rest) = data.records.split_at(15_000);
+    produce_one_per_batch(&tansu.bootstrap, "readings", first);
+    let mut p = launch.start_with_env("failpoint-0", &[("SLUICE_FAILPOINT", "checkpoint-before-commit")]);
+    assert!(
+        p.wait_for_exit(Duration::from_secs(60)),
+        "the failpoint was never reached"
+    );
+    let orphans: usize = (0..PARTITIONS)
+        .map(|part| snapshots(&dir, "failpoint", part).len())
+        .sum();
+    assert!(orphans > 0, "snapshots were written before the crash");
+    // Nothing was committed: the restart reads from the start and ignores the orphans.
+    let p = launch.start("failpoint-0");
+    produce_one_per_batch(&tansu.bootstrap, "readings", rest);
+    produce_one_per_batch(
+        &tansu.bootstrap,
+        "readings",
+        &data.closing_records(PARTITIONS),
+    );
+    let (comparison, _) = await_output(&tansu, "out", &data.reference(), Duration::from_secs(120));
+    drop(p);
+    assert!(
+        comparison.exact(),
+        "logs in {}:\n{}",
+        dir.display(),
+        comparison.problems.join("\n")
+    );
+    common::cleanup(&dir);
+}
+
+#[test]
+fn a_corrupt_snapshot_falls_back_to_the_one_before_and_a_missing_one_pauses_only_its_partition() {
+    let Some(tansu) = Tansu::start() else {
+        return;
+    };
+    let seed = seed();
+    tansu.create_topics(&[("readings", PARTITIONS), ("out", 1)]);
+    let data = Dataset::generate(30_000, 60, PARTITIONS, 5, seed);
+    let dir = scratch("damaged");
+    let launch = Launch {
+        manifest: manifest(&dir, "damaged", "at-least-once"),
+        bootstrap: tansu.bootstrap.clone(),
+        slots: 1,
+        log_dir: dir.clone(),
+    };
+    let (first, rest) = data.records.split_at(20_000);
+    let mut p = launch.start("damaged-0");
+    produce_one_per_batch(&tansu.bootstrap, "readings", &first[..10_000]);
+    wait_until_read(&p, 10_000);
+    std::thread::sleep(Duration::from_secs(2)); // a checkpoint at this position
+    produce_one_per_batch(&tansu.bootstrap, "readings", &first[10_000..]);
+    wait_until_read(&p, 20_000);
+    p.terminate(Duration::from_secs(30)); // final checkpoint
+    let corrupt = snapshots(&dir, "damaged", 0);
+    assert!(corrupt.len() >= 2, "partition 0 has a snapshot to fall back to");
+    let newest = corrupt.last().unwrap();
+    let mut bytes = std::fs::read(newest).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(newest, bytes).unwrap();
+    for file in snapshots(&dir, "damaged", 1) {
+        std::fs::remove_file(file).unwrap();
+    }
+
+    let p = launch.start("damaged-0");
+    produce_one_per_batch(&tansu.bootstrap, "readings", rest);
+    produce_one_per_batch(
+        &tansu.bootstrap,
+        "readings",
+        &data.closing_records(PARTITIONS),
+    );
+    // Partition 1 stays paused, so only the other devices' windows can all arrive.
+    let mut reference = data.reference();
+    let on_partition_1 = |dev: &str| {
+        dev.trim_start_matches("dev-")
+            .parse::<i32>()
+            .is_ok_and(|d| d % PARTITIONS == 1)
+    };
+    reference.retain(|(dev, _), _| !on_partition_1(dev));
+    let (_, outputs) = await_output(&tansu, "out", &reference, Duration::from_secs(120));
+    let text = p.metrics().unwrap_or_default();
+    drop(p);
+    let device_on_1 = |o: &&pipeline_e2e::broker::Consumed| {
+        o.value
+            .as_deref()
+            .and_then(|v| serde_json::from_slice::<serde_json::Value>(v).ok())
+            .is_some_and(|v| on_partition_1(v["dev"].as_str().unwrap_or("")))
+    };
+    let (on_1, others): (Vec<_>, Vec<_>) = outputs.iter().partition(device_on_1);
+    let others: Vec<_> = others.into_iter().cloned().collect();
+    let rest = compare(&others, &reference);
+    assert!(
+        rest.exact(),
+        "every window of the other partitions is exact (logs in {}):\n{}",
+        dir.display(),
+        rest.problems.join("\n")
+    );
+    let mut reference_1 = data.reference();
+    reference_1.retain(|(dev, _), _| on_partition_1(dev));
+    let on_1: Vec<_> = on_1.into_iter().cloned().collect();
+    let paused = compare(&on_1, &reference_1);
+    assert!(
+        paused.problems.iter().all(|p| p.contains("missing")),
+        "what partition 1 emitted before the restart is exact: {:#?}",
+        paused.problems
+    );
+    assert!(
+        !paused.exact(),
+        "partition 1's open windows cannot close while it is paused"
+    );
+    let failures = |reason: &str| {
+        metric_sum(
+            &text,
+            &format!(
+                "pipeline_restore_failures_total{{pipeline=\"damaged\",namespace=\"e2e\",pod=\"damaged-0\",slot=\"0\",result=\"{reason}\"}}"
+            ),
+        )
+    };
+    assert_eq!(failures("unreadable"), 1.0, "{text}");
+    assert_eq!(failures("missing"), 1.0, "{text}");
+    let log = std::fs::read_to_string(dir.join("damaged-0.log")).unwrap();
+    assert!(log.contains("snapshot unreadable; falling back"), "{log}");
+    assert!(log.contains("partition paused"), "{log}");
+    common::cleanup(&dir);
+}
