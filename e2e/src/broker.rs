@@ -93,7 +93,6 @@ impl Tansu {
 }
 
 impl Broker {
-
     /// Creates topics with the admin API.
     pub fn create_topics(&self, topics: &[(&str, i32)]) {
         let admin: AdminClient<DefaultClientContext> = ClientConfig::new()

@@ -17,9 +17,18 @@ fn exactly_once_output_under_crashes_has_every_window_exactly_once_on_real_kafka
     };
     let broker = Broker { bootstrap };
     let run = std::process::id();
-    let (input, output) = (format!("sluice-e2e-in-{run}"), format!("sluice-e2e-out-{run}"));
+    let (input, output) = (
+        format!("sluice-e2e-in-{run}"),
+        format!("sluice-e2e-out-{run}"),
+    );
     broker.create_topics(&[(&input, PARTITIONS), (&output, 3)]);
-    let outcome = crash_scenario(&broker, &format!("eos-{run}"), "exactly-once", &input, &output);
+    let outcome = crash_scenario(
+        &broker,
+        &format!("eos-{run}"),
+        "exactly-once",
+        &input,
+        &output,
+    );
     assert!(
         outcome.comparison.exact(),
         "logs in {}:\n{}",

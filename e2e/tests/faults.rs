@@ -63,7 +63,10 @@ fn a_crash_between_snapshot_write_and_offset_commit_resumes_from_the_previous_ch
     };
     let (first, rest) = data.records.split_at(15_000);
     produce_one_per_batch(&tansu.bootstrap, "readings", first);
-    let mut p = launch.start_with_env("failpoint-0", &[("SLUICE_FAILPOINT", "checkpoint-before-commit")]);
+    let mut p = launch.start_with_env(
+        "failpoint-0",
+        &[("SLUICE_FAILPOINT", "checkpoint-before-commit")],
+    );
     assert!(
         p.wait_for_exit(Duration::from_secs(60)),
         "the failpoint was never reached"
@@ -115,7 +118,10 @@ fn a_corrupt_snapshot_falls_back_to_the_one_before_and_a_missing_one_pauses_only
     wait_until_read(&p, 20_000);
     p.terminate(Duration::from_secs(30)); // final checkpoint
     let corrupt = snapshots(&dir, "damaged", 0);
-    assert!(corrupt.len() >= 2, "partition 0 has a snapshot to fall back to");
+    assert!(
+        corrupt.len() >= 2,
+        "partition 0 has a snapshot to fall back to"
+    );
     let newest = corrupt.last().unwrap();
     let mut bytes = std::fs::read(newest).unwrap();
     let middle = bytes.len() / 2;

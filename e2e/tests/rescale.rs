@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{PARTITIONS, await_output, figures, manifest, scratch, seed, stream};
+use common::{PARTITIONS, finish, manifest, scratch, seed, stream};
 use pipeline_e2e::{broker::Tansu, dataset::Dataset, process::Launch};
 
 #[test]
@@ -19,7 +19,6 @@ fn scaling_from_one_to_three_to_two_to_four_processes_mid_stream_keeps_every_win
     let seed = seed();
     tansu.create_topics(&[("readings", PARTITIONS), ("out", 3)]);
     let data = Dataset::generate(200_000, 400, PARTITIONS, 5, seed);
-    let reference = data.reference();
     let dir = scratch("rescale");
     let launch = Launch {
         manifest: manifest(&dir, "rescale", "at-least-once"),
@@ -31,7 +30,13 @@ fn scaling_from_one_to_three_to_two_to_four_processes_mid_stream_keeps_every_win
     records.extend(data.closing_records(PARTITIONS));
     let mut processes = vec![launch.start("rescale-0")];
     std::thread::sleep(Duration::from_secs(2));
-    let producer = stream(&tansu.bootstrap, "readings", records, 40, Duration::from_millis(400));
+    let producer = stream(
+        &tansu.bootstrap,
+        "readings",
+        records,
+        40,
+        Duration::from_millis(400),
+    );
     let mut scraped = Vec::new();
     let step = Duration::from_secs(5);
     std::thread::sleep(step);
@@ -47,22 +52,8 @@ fn scaling_from_one_to_three_to_two_to_four_processes_mid_stream_keeps_every_win
     eprintln!("scale 2 -> 4");
     processes.push(launch.start("rescale-3"));
     processes.push(launch.start("rescale-4"));
-    producer.join().unwrap();
-    let (comparison, _) = await_output(&tansu, "out", &reference, Duration::from_secs(240));
-    scraped.extend(processes.iter().filter_map(|p| p.metrics()));
-    for p in &mut processes {
-        p.terminate(Duration::from_secs(10));
-    }
+    let (comparison, _) = finish(&tansu, "out", producer, &mut processes, scraped, &data);
     let pauses = logged_pauses(&dir);
-    let figures = figures(&scraped);
-    eprintln!(
-        "{} records, {} windows expected; output: {} records, {} distinct windows, {} identical repeats; {figures}",
-        data.records.len(),
-        reference.len(),
-        comparison.records,
-        comparison.windows,
-        comparison.identical_repeats
-    );
     if !pauses.is_empty() {
         let max = pauses.iter().max().copied().unwrap_or(0);
         let mean = pauses.iter().sum::<i64>() as f64 / pauses.len() as f64;

@@ -15,7 +15,9 @@ fn plan(aggregates: &str) -> Arc<Plan> {
     let text = format!(
         "apiVersion: sluice.dev/v1alpha1\nkind: PipelineDeployment\nmetadata: {{name: b}}\nspec:\n  kafka: {{bootstrapServers: 'k:9092'}}\n  source: {{topic: in}}\n  sink: {{kafka: {{topic: out}}}}\n  transform: {{keyBy: dev, timestamp: {{field: ts}}, repartition: never, watermark: {{maxOutOfOrderness: 5s}}}}\n  window: {{tumbling: {{size: 60s}}}}\n  aggregates: {aggregates}\n"
     );
-    let spec = pipeline_crds::manifest::from_yaml(&text, "bench").unwrap().spec;
+    let spec = pipeline_crds::manifest::from_yaml(&text, "bench")
+        .unwrap()
+        .spec;
     Arc::new(Plan::new(&spec, "g", vec![1]))
 }
 
@@ -45,7 +47,7 @@ fn measure(label: &str, aggregates: &str, keys: usize) {
         p.process(&rec, Instant::now(), 0, &mut out).unwrap();
         out.clear();
     }
-    let (_, _, snap, _) = p.changed_snapshots().pop().unwrap();
+    let (_, _, snap, _) = p.changed_snapshots(None).pop().unwrap();
     let rounds = 20;
     let started = Instant::now();
     let mut bytes = Vec::new();

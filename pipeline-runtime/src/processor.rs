@@ -669,13 +669,17 @@ impl Processor {
         offset
     }
 
-    /// Snapshots of the partitions whose state changed since their last checkpoint, with the
-    /// progress to confirm through [`Self::checkpointed`] once they are stored and committed.
-    /// Partitions that have not read a record yet have nothing to store.
-    pub fn changed_snapshots(&self) -> Vec<(TopicIndex, i32, PartitionSnapshot, Progress)> {
+    /// Snapshots of the partitions (of `only`, when given) whose state changed since their last
+    /// checkpoint, with the progress to confirm through [`Self::checkpointed`] once they are
+    /// stored and committed. Partitions that have not read a record yet have nothing to store.
+    pub fn changed_snapshots(
+        &self,
+        only: Option<&[(TopicIndex, i32)]>,
+    ) -> Vec<(TopicIndex, i32, PartitionSnapshot, Progress)> {
         let mut changed: Vec<_> = self
             .partitions
             .iter()
+            .filter(|(key, _)| only.is_none_or(|o| o.contains(key)))
             .filter(|(_, s)| s.next_offset.is_some() && s.checkpointed != Some(s.progress()))
             .map(|(&(topic, partition), s)| (topic, partition, snapshot_of(s), s.progress()))
             .collect();
@@ -1261,7 +1265,7 @@ mod checkpoint_tests {
                 let mut before = Processor::new(plan.clone()).unwrap();
                 let mut outputs = run(&mut before, &data[..split]);
                 let mut after = Processor::new(plan.clone()).unwrap();
-                for (topic, partition, snap, _) in before.changed_snapshots() {
+                for (topic, partition, snap, _) in before.changed_snapshots(None) {
                     let bytes = snapshot::encode(&snap, plan.state_fingerprint);
                     let back = snapshot::decode(&bytes, plan.state_fingerprint).unwrap();
                     after
@@ -1269,7 +1273,7 @@ mod checkpoint_tests {
                         .unwrap();
                 }
                 assert!(
-                    after.changed_snapshots().is_empty(),
+                    after.changed_snapshots(None).is_empty(),
                     "restored state is clean"
                 );
                 outputs.extend(run(&mut after, &data[split..]));
@@ -1283,15 +1287,15 @@ mod checkpoint_tests {
         let plan = plan("tumbling: {size: 10s}");
         let mut p = Processor::new(plan).unwrap();
         run(&mut p, &records(100));
-        let first = p.changed_snapshots();
+        let first = p.changed_snapshots(None);
         assert_eq!(first.len(), 2);
         for (topic, partition, _, progress) in first {
             p.checkpointed(topic, partition, progress);
         }
-        assert!(p.changed_snapshots().is_empty());
+        assert!(p.changed_snapshots(None).is_empty());
         let more: Vec<_> = records(101).into_iter().skip(100).collect();
         run(&mut p, &more);
-        let again = p.changed_snapshots();
+        let again = p.changed_snapshots(None);
         assert_eq!(again.len(), 1);
         assert_eq!(again[0].1, more[0].0);
     }

@@ -838,10 +838,7 @@ fn checkpoint(
     let mut bytes = 0;
     let mut failed = None;
     if let Some(checkpointer) = &ctx.checkpointer {
-        for (topic, partition, snapshot, progress) in processor.changed_snapshots() {
-            if only.is_some_and(|o| !o.contains(&(topic, partition))) {
-                continue;
-            }
+        for (topic, partition, snapshot, progress) in processor.changed_snapshots(only) {
             let name = ctx.plan.topic_name(topic);
             match checkpointer.write(name, partition, &snapshot, written_ms) {
                 Ok(written) => {

@@ -13,7 +13,7 @@ use std::{
 use pipeline_e2e::{
     broker::{Broker, Consumed, Outgoing, Rng, metric_sum, produce_one_per_batch},
     dataset::{AGGREGATES, Comparison, Dataset, compare},
-    process::Launch,
+    process::{Launch, RuntimeProcess},
 };
 use serde_json::Value;
 
@@ -209,6 +209,35 @@ pub fn between(rng: &mut Rng, min_ms: u64, max_ms: u64) -> Duration {
     Duration::from_millis(min_ms + rng.below(max_ms - min_ms))
 }
 
+/// The end of a failure test: waits for the producer and for every window of `data` in
+/// `output`, scrapes and stops the processes, prints what was seen.
+pub fn finish(
+    broker: &Broker,
+    output: &str,
+    producer: JoinHandle<()>,
+    processes: &mut [RuntimeProcess],
+    mut scraped: Vec<String>,
+    data: &Dataset,
+) -> (Comparison, CheckpointFigures) {
+    producer.join().unwrap();
+    let reference = data.reference();
+    let (comparison, _) = await_output(broker, output, &reference, Duration::from_secs(240));
+    scraped.extend(processes.iter().filter_map(RuntimeProcess::metrics));
+    for p in processes.iter_mut() {
+        p.terminate(Duration::from_secs(10));
+    }
+    let figures = figures(&scraped);
+    eprintln!(
+        "{} records, {} windows expected; output: {} records, {} distinct windows, {} identical repeats; {figures}",
+        data.records.len(),
+        reference.len(),
+        comparison.records,
+        comparison.windows,
+        comparison.identical_repeats
+    );
+    (comparison, figures)
+}
+
 /// What [`crash_scenario`] saw.
 pub struct CrashOutcome {
     /// Input records.
@@ -239,7 +268,6 @@ pub fn crash_scenario(
     let seed = seed();
     let mut rng = Rng::new(seed);
     let data = Dataset::generate(200_000, 400, PARTITIONS, 5, seed);
-    let reference = data.reference();
     let dir = scratch(name);
     let launch = Launch {
         manifest: manifest_with_topics(&dir, name, delivery, input, output),
@@ -252,7 +280,13 @@ pub fn crash_scenario(
         .collect();
     let mut records = data.records.clone();
     records.extend(data.closing_records(PARTITIONS));
-    let producer = stream(&broker.bootstrap, input, records, 40, Duration::from_millis(300));
+    let producer = stream(
+        &broker.bootstrap,
+        input,
+        records,
+        40,
+        Duration::from_millis(300),
+    );
     let mut scraped = Vec::new();
     for kill in 0..KILLS {
         std::thread::sleep(between(&mut rng, 1_500, 4_500));
@@ -263,24 +297,10 @@ pub fn crash_scenario(
         std::thread::sleep(between(&mut rng, 0, 1_000));
         processes[victim] = launch.start(&format!("{name}-{victim}"));
     }
-    producer.join().unwrap();
-    let (comparison, _) = await_output(broker, output, &reference, Duration::from_secs(240));
-    scraped.extend(processes.iter().filter_map(|p| p.metrics()));
-    for p in &mut processes {
-        p.terminate(Duration::from_secs(10));
-    }
-    let figures = figures(&scraped);
-    eprintln!(
-        "{} records, {} windows expected; output: {} records, {} distinct windows, {} identical repeats; {figures}",
-        data.records.len(),
-        reference.len(),
-        comparison.records,
-        comparison.windows,
-        comparison.identical_repeats
-    );
+    let (comparison, figures) = finish(broker, output, producer, &mut processes, scraped, &data);
     CrashOutcome {
         records: data.records.len(),
-        windows: reference.len(),
+        windows: data.reference().len(),
         comparison,
         figures,
         dir,
