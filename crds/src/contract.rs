@@ -5,8 +5,14 @@
 pub mod env {
     /// Path of the PipelineDeployment manifest the runtime executes.
     pub const CONFIG: &str = "SLUICE_CONFIG";
-    /// Task slots (worker threads, consumer-group members) of this pod.
+    /// Task slots (worker threads, consumer-group members) of this pod. Overrides the
+    /// derivation from [`PARALLELISM`] and [`REPLICAS`].
     pub const SLOTS: &str = "SLUICE_SLOTS";
+    /// Slots of the whole pipeline; with [`REPLICAS`] and the pod's ordinal, each pod derives its
+    /// own slot count ([`super::slots_of_pod`]).
+    pub const PARALLELISM: &str = "SLUICE_PARALLELISM";
+    /// Pods of the pipeline.
+    pub const REPLICAS: &str = "SLUICE_REPLICAS";
     /// Name of the PipelineDeployment.
     pub const PIPELINE: &str = "SLUICE_PIPELINE";
     /// Namespace of the PipelineDeployment.
@@ -212,7 +218,35 @@ pub mod output {
     pub const WINDOW_END: &str = "window_end";
 }
 
+/// The slots of pod `ordinal` when `parallelism` slots run on `replicas` pods: spread so pods
+/// differ by at most one, the first ones taking the remainder.
+pub fn slots_of_pod(parallelism: i32, replicas: i32, ordinal: i32) -> i32 {
+    if replicas <= 0 || parallelism <= 0 {
+        return 0;
+    }
+    parallelism / replicas + i32::from(ordinal < parallelism % replicas)
+}
+
+/// The ordinal of a StatefulSet pod from its name (`<name>-<ordinal>`).
+pub fn pod_ordinal(pod: &str) -> Option<i32> {
+    pod.rsplit_once('-')?.1.parse().ok()
+}
+
 /// The default consumer group of a pipeline: `sluice.<namespace>.<name>`.
 pub fn default_consumer_group(namespace: &str, name: &str) -> String {
     format!("sluice.{namespace}.{name}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pods_derive_their_slots_from_the_parallelism_the_replicas_and_their_ordinal() {
+        assert_eq!(pod_ordinal("orders-filter-12"), Some(12));
+        assert_eq!(pod_ordinal("local"), None);
+        let slots: Vec<i32> = (0..3).map(|i| slots_of_pod(10, 3, i)).collect();
+        assert_eq!(slots, [4, 3, 3]);
+        assert_eq!(slots_of_pod(0, 3, 0), 0);
+    }
 }

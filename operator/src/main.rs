@@ -24,10 +24,55 @@ enum Command {
         #[arg(short = 'f', long = "file", required = true)]
         files: Vec<PathBuf>,
     },
+    /// Print, as YAML, every object the operator would create for a PipelineDeployment (dry run,
+    /// no cluster needed).
+    Render {
+        /// The manifest.
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        /// Partitions of the source topics (all together).
+        #[arg(long)]
+        partitions: i32,
+        /// Runtime image when the manifest sets none.
+        #[arg(long, default_value = DEFAULT_RUNTIME_IMAGE)]
+        image: String,
+        /// Render a PodMonitor (the Prometheus Operator's CRD exists) instead of scrape
+        /// annotations.
+        #[arg(long)]
+        pod_monitor: bool,
+    },
 }
+
+/// The runtime image matching this operator's version.
+const DEFAULT_RUNTIME_IMAGE: &str = concat!(
+    "ghcr.io/sluice-dev/pipeline-runtime:",
+    env!("CARGO_PKG_VERSION")
+);
 
 fn main() -> anyhow::Result<ExitCode> {
     match Cli::parse().command {
+        Command::Render {
+            file,
+            partitions,
+            image,
+            pod_monitor,
+        } => {
+            let pd = pipeline_crds::manifest::from_file(&file)?;
+            let environment = pipeline_operator::build::Environment {
+                default_image: image,
+                pod_monitor_crd: pod_monitor,
+            };
+            match pipeline_operator::render::render(&pd, partitions, &environment) {
+                Ok(yaml) => {
+                    print!("{yaml}");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!("{}: {e}", file.display());
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
         Command::Crd => {
             print!("{}", pipeline_crds::crd_yaml());
             Ok(ExitCode::SUCCESS)

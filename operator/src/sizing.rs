@@ -15,6 +15,7 @@
 //!    template), memory = slots × `memoryPerSlot` + `memoryOverhead` (request = limit), and no CPU
 //!    limit unless `cpuLimitRatio` asks for one: a CFS quota throttles a busy slot (seed 003).
 
+pub use pipeline_crds::contract::slots_of_pod;
 use pipeline_crds::{
     PipelineDeploymentSpec,
     quantity::{QuantityParseError, parse_quantity},
@@ -83,14 +84,6 @@ pub enum SizingError {
 /// `a / b` rounded up, for positive `a` and `b` (`i32::div_ceil` is not stable).
 fn ceil_div(a: i32, b: i32) -> i32 {
     (a + b - 1) / b
-}
-
-/// The slots of pod `ordinal` when `parallelism` slots run on `replicas` pods.
-pub fn slots_of_pod(parallelism: i32, replicas: i32, ordinal: i32) -> i32 {
-    if replicas <= 0 {
-        return 0;
-    }
-    parallelism / replicas + i32::from(ordinal < parallelism % replicas)
 }
 
 /// The parallelism to run for `wanted` on `partitions` partitions within `[min, max]`, with the
@@ -257,7 +250,7 @@ mod tests {
             // The busiest slot carries as many partitions as at the clamped value, and no smaller
             // parallelism within bounds does as well.
             prop_assert_eq!(ceil_div(partitions, p), ceil_div(partitions, clamped));
-            if p - 1 >= min {
+            if p > min {
                 prop_assert!(ceil_div(partitions, p - 1) > ceil_div(partitions, p));
             }
             // Pods hold every slot, none more than slotsPerPod, differing by at most one.

@@ -66,9 +66,16 @@ struct RunArgs {
     /// The PipelineDeployment manifest (in a pod: the mounted ConfigMap).
     #[arg(short = 'f', long = "file", env = env::CONFIG, default_value = paths::CONFIG_PATH)]
     file: PathBuf,
-    /// Task slots in this process. Default: the manifest's resources.slotsPerPod.
+    /// Task slots in this process. Default: derived from --parallelism, --replicas and the
+    /// pod's ordinal (as the operator sets them), else the manifest's resources.slotsPerPod.
     #[arg(long, env = env::SLOTS)]
     slots: Option<usize>,
+    /// Slots of the whole pipeline (set by the operator).
+    #[arg(long, env = env::PARALLELISM)]
+    parallelism: Option<i32>,
+    /// Pods of the pipeline (set by the operator).
+    #[arg(long, env = env::REPLICAS)]
+    replicas: Option<i32>,
     /// Port of /metrics, /healthz, /readyz (0 = any free port).
     #[arg(long, env = env::METRICS_PORT, default_value_t = ports::RUNTIME_METRICS)]
     metrics_port: u16,
@@ -187,17 +194,30 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .clone()
         .or_else(|| std::env::var(env::NAMESPACE).ok())
         .unwrap_or_else(|| "default".to_owned());
-    let slots = args
-        .slots
-        .unwrap_or_else(|| usize::try_from(pd.spec.resources.slots_per_pod).unwrap_or(1));
-    if slots == 0 {
-        bail!("--slots must be at least 1");
-    }
     let pod = args.pod.unwrap_or_else(|| {
         std::fs::read_to_string("/etc/hostname")
             .map(|h| h.trim().to_owned())
             .unwrap_or_else(|_| "local".to_owned())
     });
+    let derived = match (args.parallelism, args.replicas) {
+        (Some(parallelism), Some(replicas)) => {
+            let ordinal = pipeline_crds::contract::pod_ordinal(&pod)
+                .with_context(|| format!("pod name {pod:?} ends in no ordinal"))?;
+            Some(pipeline_crds::contract::slots_of_pod(
+                parallelism,
+                replicas,
+                ordinal,
+            ))
+        }
+        _ => None,
+    };
+    let slots = args
+        .slots
+        .or_else(|| derived.and_then(|s| usize::try_from(s).ok()))
+        .unwrap_or_else(|| usize::try_from(pd.spec.resources.slots_per_pod).unwrap_or(1));
+    if slots == 0 {
+        bail!("no slots for this pod (--slots, or --parallelism/--replicas and the pod ordinal)");
+    }
     let runtime = Runtime::start(RuntimeOptions {
         name: name.clone(),
         namespace,

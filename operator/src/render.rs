@@ -1,0 +1,71 @@
+//! `pipeline-operator render`: every object the operator would create for a PipelineDeployment,
+//! as YAML, without a cluster.
+
+use pipeline_crds::{FieldError, PipelineDeployment};
+
+use crate::{
+    build::{BuildError, Environment, build},
+    sizing::{SizingError, size},
+};
+
+/// Why a manifest cannot be rendered.
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    /// The spec is invalid or uses what this release cannot run.
+    #[error("the pipeline cannot run:\n{}", .0.iter().map(|e| format!("  - {e}")).collect::<Vec<_>>().join("\n"))]
+    Problems(Vec<FieldError>),
+    /// Sizing failed.
+    #[error(transparent)]
+    Sizing(#[from] SizingError),
+    /// Building failed.
+    #[error(transparent)]
+    Build(#[from] BuildError),
+}
+
+/// Placeholder uid of a resource that was never stored (owner references need one).
+pub const UNSTORED_UID: &str = "00000000-0000-0000-0000-000000000000";
+
+/// The children of `pd` for a source of `partitions` partitions, as a multi-document YAML in
+/// apply order. A missing namespace is `default`; a missing uid is [`UNSTORED_UID`].
+pub fn render(
+    pd: &PipelineDeployment,
+    partitions: i32,
+    environment: &Environment,
+) -> Result<String, RenderError> {
+    let problems = pipeline_crds::support::problems(&pd.spec);
+    if !problems.is_empty() {
+        return Err(RenderError::Problems(problems));
+    }
+    let mut pd = pd.clone();
+    pd.metadata
+        .namespace
+        .get_or_insert_with(|| "default".into());
+    pd.metadata.uid.get_or_insert_with(|| UNSTORED_UID.into());
+    let sizing = size(&pd.spec, partitions, None)?;
+    let children = build(&pd, &sizing, environment)?;
+    let mut documents = vec![
+        typed("v1", "ConfigMap", &children.config_map),
+        typed("v1", "Service", &children.headless_service),
+        typed("v1", "Service", &children.metrics_service),
+        typed("apps/v1", "StatefulSet", &children.stateful_set),
+        typed(
+            "policy/v1",
+            "PodDisruptionBudget",
+            &children.pod_disruption_budget,
+        ),
+    ];
+    documents.extend(children.pod_monitor);
+    Ok(documents
+        .iter()
+        .map(|d| serde_yaml::to_string(d).expect("objects serialize"))
+        .collect::<Vec<_>>()
+        .join("---\n"))
+}
+
+fn typed(api_version: &str, kind: &str, object: &impl serde::Serialize) -> serde_json::Value {
+    let mut value = serde_json::to_value(object).expect("objects serialize");
+    let map = value.as_object_mut().expect("objects are maps");
+    map.insert("apiVersion".into(), api_version.into());
+    map.insert("kind".into(), kind.into());
+    value
+}
