@@ -24,6 +24,12 @@ enum Command {
         #[arg(short = 'f', long = "file", required = true)]
         files: Vec<PathBuf>,
     },
+    /// Print the operator's ClusterRole (every permission it needs, each with its reason).
+    Rbac {
+        /// ClusterRole name.
+        #[arg(long, default_value = "sluice-operator")]
+        name: String,
+    },
     /// Print, as YAML, every object the operator would create for a PipelineDeployment (dry run,
     /// no cluster needed).
     Render {
@@ -72,6 +78,13 @@ fn main() -> anyhow::Result<ExitCode> {
                     Ok(ExitCode::FAILURE)
                 }
             }
+        }
+        Command::Rbac { name } => {
+            print!(
+                "{}",
+                serde_yaml::to_string(&pipeline_operator::rbac::cluster_role(&name))?
+            );
+            Ok(ExitCode::SUCCESS)
         }
         Command::Crd => {
             print!("{}", pipeline_crds::crd_yaml());
