@@ -15,6 +15,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the controller: reconcile every PipelineDeployment of the cluster until SIGTERM. Uses
+    /// the in-cluster service account, or the current kubeconfig context.
+    Run {
+        /// Runtime image when a manifest sets none.
+        #[arg(long, env = "SLUICE_RUNTIME_IMAGE", default_value = DEFAULT_RUNTIME_IMAGE)]
+        image: String,
+    },
     /// Print the PipelineDeployment CustomResourceDefinition as YAML (`kubectl apply -f -`).
     Crd,
     /// Check PipelineDeployment manifests: schema types, semantic rules, and features this release
@@ -57,6 +64,29 @@ const DEFAULT_RUNTIME_IMAGE: &str = concat!(
 
 fn main() -> anyhow::Result<ExitCode> {
     match Cli::parse().command {
+        Command::Run { image } => {
+            tracing_subscriber::fmt()
+                .json()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
+                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                )
+                .init();
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(async {
+                let client = kube::Client::try_default()
+                    .await
+                    .context("connecting to the Kubernetes API")?;
+                pipeline_operator::controller::run(
+                    client,
+                    image,
+                    std::sync::Arc::new(pipeline_operator::kafka::KafkaPartitions::default()),
+                )
+                .await;
+                anyhow::Ok(())
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Render {
             file,
             partitions,

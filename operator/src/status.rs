@@ -1,0 +1,230 @@
+//! Status (pure): what a reconcile reports, as the status subresource's content. Conditions keep
+//! their `lastTransitionTime` while their status stays the same.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use pipeline_crds::{FieldError, PipelineDeployment, PipelineDeploymentStatus, status::Phase};
+
+use crate::{build::selector_labels, sizing::Sizing};
+
+/// What the reconcile found.
+#[derive(Clone, Debug)]
+pub enum Outcome {
+    /// The spec cannot run: nothing was applied.
+    Invalid(Vec<FieldError>),
+    /// The source topic's partition count could not be read.
+    KafkaUnreachable(String),
+    /// The children were applied.
+    Applied {
+        /// The sizing applied.
+        sizing: Sizing,
+        /// Source partitions.
+        partitions: i32,
+        /// Ready runtime pods.
+        ready_replicas: i32,
+    },
+}
+
+fn condition(
+    previous: &[Condition],
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: &Time,
+) -> Condition {
+    let status = if status { "True" } else { "False" };
+    let since = previous
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map_or_else(|| now.clone(), |c| c.last_transition_time.clone());
+    Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message,
+        observed_generation: generation,
+        last_transition_time: since,
+    }
+}
+
+/// The status to write for `pd` after `outcome`, at `now`.
+pub fn status(pd: &PipelineDeployment, outcome: &Outcome, now: &Time) -> PipelineDeploymentStatus {
+    let generation = pd.metadata.generation;
+    let previous = pd
+        .status
+        .as_ref()
+        .map(|s| s.conditions.clone())
+        .unwrap_or_default();
+    let c = |type_: &str, status: bool, reason: &str, message: String| {
+        condition(&previous, type_, status, reason, message, generation, now)
+    };
+    let name = pd.metadata.name.clone().unwrap_or_default();
+    let selector = selector_labels(&name)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut s = PipelineDeploymentStatus {
+        observed_generation: generation,
+        selector: Some(selector),
+        ..PipelineDeploymentStatus::default()
+    };
+    match outcome {
+        Outcome::Invalid(problems) => {
+            let message = problems
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ");
+            s.phase = Some(Phase::Failed);
+            s.conditions = vec![
+                c("Ready", false, "InvalidSpec", message.clone()),
+                c(
+                    "Progressing",
+                    false,
+                    "InvalidSpec",
+                    "waiting for a spec change".into(),
+                ),
+                c("Degraded", true, "InvalidSpec", message),
+            ];
+        }
+        Outcome::KafkaUnreachable(error) => {
+            s.phase = Some(Phase::Degraded);
+            let message = format!("cannot read the source topic's partitions: {error}");
+            s.conditions = vec![
+                c("Ready", false, "KafkaUnreachable", message.clone()),
+                c("Progressing", false, "KafkaUnreachable", "retrying".into()),
+                c("Degraded", true, "KafkaUnreachable", message),
+            ];
+        }
+        Outcome::Applied {
+            sizing,
+            partitions,
+            ready_replicas,
+        } => {
+            let replicas = if pd.spec.suspend { 0 } else { sizing.replicas };
+            let ready = *ready_replicas >= replicas;
+            s.parallelism = Some(if pd.spec.suspend {
+                0
+            } else {
+                sizing.parallelism
+            });
+            s.desired_parallelism = Some(sizing.parallelism);
+            s.replicas = Some(replicas);
+            s.ready_replicas = Some(*ready_replicas);
+            s.partitions = Some(*partitions);
+            s.phase = Some(match (pd.spec.suspend, ready) {
+                (true, _) => Phase::Suspended,
+                (false, true) => Phase::Running,
+                (false, false) => Phase::Pending,
+            });
+            let limited = !sizing.limits.is_empty();
+            let limits = sizing
+                .limits
+                .iter()
+                .map(|l| l.describe())
+                .collect::<Vec<_>>()
+                .join("; ");
+            s.conditions = vec![
+                c(
+                    "Ready",
+                    ready,
+                    if ready { "PodsReady" } else { "PodsNotReady" },
+                    format!("{ready_replicas}/{replicas} runtime pods ready"),
+                ),
+                c(
+                    "Progressing",
+                    !ready,
+                    if ready { "Stable" } else { "RollingOut" },
+                    format!("{} slots on {replicas} pods", sizing.parallelism),
+                ),
+                c("Degraded", false, "Healthy", String::new()),
+                c(
+                    "ScalingLimited",
+                    limited,
+                    if limited { "Adjusted" } else { "AsWanted" },
+                    if limited {
+                        format!("parallelism {}: {limits}", sizing.parallelism)
+                    } else {
+                        String::new()
+                    },
+                ),
+            ];
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use pipeline_crds::manifest::from_yaml;
+
+    use super::*;
+    use crate::sizing::size;
+
+    fn at(seconds: i64) -> Time {
+        Time(k8s_openapi::jiff::Timestamp::from_second(seconds).unwrap())
+    }
+
+    #[test]
+    fn a_condition_keeps_its_transition_time_until_its_status_changes() {
+        let mut pd = from_yaml(
+            "apiVersion: sluice.dev/v1alpha1\nkind: PipelineDeployment\nmetadata: {name: p, generation: 3}\nspec:\n  kafka: {bootstrapServers: 'k:9092'}\n  source: {topic: in}\n  sink: {kafka: {topic: out}}\n  parallelism: 7\n",
+            "t",
+        )
+        .unwrap();
+        let sizing = size(&pd.spec, 24, None).unwrap();
+        let pending = Outcome::Applied {
+            sizing: sizing.clone(),
+            partitions: 24,
+            ready_replicas: 0,
+        };
+        let first = status(&pd, &pending, &at(100));
+        assert_eq!(first.phase, Some(Phase::Pending));
+        assert_eq!(first.observed_generation, Some(3));
+        assert_eq!(
+            first.selector.as_deref(),
+            Some("app.kubernetes.io/name=sluice-runtime,sluice.dev/pipeline=p")
+        );
+        let limited = first
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "ScalingLimited")
+            .unwrap();
+        assert_eq!(limited.status, "True");
+        assert!(
+            limited.message.contains("parallelism 6"),
+            "{}",
+            limited.message
+        );
+        pd.status = Some(first);
+        let again = status(&pd, &pending, &at(200));
+        let ready = again
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .unwrap();
+        assert_eq!(
+            (ready.status.as_str(), &ready.last_transition_time),
+            ("False", &at(100))
+        );
+        pd.status = Some(again);
+        let running = Outcome::Applied {
+            sizing,
+            partitions: 24,
+            ready_replicas: 2,
+        };
+        let later = status(&pd, &running, &at(300));
+        let ready = later
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .unwrap();
+        assert_eq!(
+            (ready.status.as_str(), &ready.last_transition_time),
+            ("True", &at(300))
+        );
+        assert_eq!(later.phase, Some(Phase::Running));
+    }
+}
