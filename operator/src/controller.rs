@@ -39,6 +39,8 @@ pub trait PartitionSource: Send + Sync {
 pub struct Context {
     /// The API client.
     pub client: Client,
+    /// Reconcile counts and durations.
+    pub metrics: Arc<crate::metrics::OperatorMetrics>,
     /// Image and cluster capabilities.
     pub environment: Environment,
     /// The partition lookup.
@@ -93,25 +95,42 @@ async fn write_status(
     Ok(())
 }
 
-/// Reconciles one PipelineDeployment.
+/// Reconciles one PipelineDeployment, counted and timed in the operator's metrics.
 pub async fn reconcile(
     pd: Arc<PipelineDeployment>,
     ctx: Arc<Context>,
 ) -> Result<Action, ReconcileError> {
+    let started = std::time::Instant::now();
+    let result = reconcile_once(pd, &ctx).await;
+    let label = match &result {
+        Ok((_, outcome)) => *outcome,
+        Err(_) => "error",
+    };
+    ctx.metrics.reconciled(label, started.elapsed());
+    result.map(|(action, _)| action)
+}
+
+async fn reconcile_once(
+    pd: Arc<PipelineDeployment>,
+    ctx: &Context,
+) -> Result<(Action, &'static str), ReconcileError> {
     let name = pd.name_any();
     let namespace = pd.namespace().unwrap_or_default();
     let problems = pipeline_crds::support::problems(&pd.spec);
     if !problems.is_empty() {
         info!(%name, %namespace, problems = problems.len(), "invalid spec; waiting for a change");
         write_status(&ctx.client, &pd, &Outcome::Invalid(problems)).await?;
-        return Ok(Action::await_change());
+        return Ok((Action::await_change(), "invalid"));
     }
     let partitions = match ctx.partitions.partitions(&pd.spec) {
         Ok(p) => p,
         Err(error) => {
             warn!(%name, %namespace, %error, "source partitions unknown");
             write_status(&ctx.client, &pd, &Outcome::KafkaUnreachable(error)).await?;
-            return Ok(Action::requeue(Duration::from_secs(30)));
+            return Ok((
+                Action::requeue(Duration::from_secs(30)),
+                "kafka_unreachable",
+            ));
         }
     };
     let sizing = size(&pd.spec, partitions, None)?;
@@ -170,7 +189,7 @@ pub async fn reconcile(
         ready_replicas,
     };
     write_status(client, &pd, &outcome).await?;
-    Ok(Action::requeue(Duration::from_secs(60)))
+    Ok((Action::requeue(Duration::from_secs(60)), "applied"))
 }
 
 /// Retry after a failed reconcile.
@@ -183,8 +202,15 @@ pub fn error_policy(
     Action::requeue(Duration::from_secs(15))
 }
 
-/// Watches every PipelineDeployment (and the StatefulSets it owns) and reconciles until SIGTERM.
-pub async fn run(client: Client, default_image: String, partitions: Arc<dyn PartitionSource>) {
+/// Watches every PipelineDeployment (and the StatefulSets it owns) and reconciles until SIGTERM;
+/// `readiness` is set once it watches.
+pub async fn run(
+    client: Client,
+    default_image: String,
+    partitions: Arc<dyn PartitionSource>,
+    metrics: Arc<crate::metrics::OperatorMetrics>,
+    readiness: Arc<crate::http::Readiness>,
+) {
     use futures::StreamExt;
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     use kube::runtime::{Controller, watcher};
@@ -199,12 +225,14 @@ pub async fn run(client: Client, default_image: String, partitions: Arc<dyn Part
     info!(pod_monitor_crd, "operator starting");
     let ctx = Arc::new(Context {
         client: client.clone(),
+        metrics,
         environment: Environment {
             default_image,
             pod_monitor_crd,
         },
         partitions,
     });
+    readiness.set_ready();
     Controller::new(
         Api::<PipelineDeployment>::all(client.clone()),
         watcher::Config::default(),

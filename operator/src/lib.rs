@@ -2,7 +2,9 @@
 
 pub mod build;
 pub mod controller;
+pub mod http;
 pub mod kafka;
+pub mod metrics;
 pub mod rbac;
 pub mod render;
 pub mod sizing;

@@ -77,12 +77,27 @@ fn main() -> anyhow::Result<ExitCode> {
                 let client = kube::Client::try_default()
                     .await
                     .context("connecting to the Kubernetes API")?;
+                let metrics =
+                    std::sync::Arc::new(pipeline_operator::metrics::OperatorMetrics::default());
+                let readiness = std::sync::Arc::new(pipeline_operator::http::Readiness::default());
+                let addr = std::net::SocketAddr::from((
+                    [0, 0, 0, 0],
+                    pipeline_crds::contract::ports::OPERATOR_HTTP,
+                ));
+                let endpoints = tokio::spawn(pipeline_operator::http::serve(
+                    addr,
+                    metrics.clone(),
+                    readiness.clone(),
+                ));
                 pipeline_operator::controller::run(
                     client,
                     image,
                     std::sync::Arc::new(pipeline_operator::kafka::KafkaPartitions::default()),
+                    metrics,
+                    readiness,
                 )
                 .await;
+                endpoints.abort();
                 anyhow::Ok(())
             })?;
             Ok(ExitCode::SUCCESS)

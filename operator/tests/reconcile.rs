@@ -9,6 +9,7 @@ use pipeline_crds::{PipelineDeployment, PipelineDeploymentSpec, manifest::from_y
 use pipeline_operator::{
     build::Environment,
     controller::{Context, PartitionSource, reconcile},
+    metrics::OperatorMetrics,
 };
 use serde_json::{Value, json};
 
@@ -77,8 +78,10 @@ async fn run(
     script: impl FnOnce(Handle, PipelineDeployment) -> tokio::task::JoinHandle<Vec<Value>>,
 ) -> (Action, Vec<Value>) {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let metrics = Arc::new(OperatorMetrics::default());
     let ctx = Arc::new(Context {
         client: Client::new(service, "ns"),
+        metrics: metrics.clone(),
         environment: Environment {
             default_image: "img:1".into(),
             pod_monitor_crd: false,
@@ -94,6 +97,12 @@ async fn run(
         .await
         .unwrap()
         .unwrap();
+    assert!(
+        metrics
+            .encode()
+            .contains("sluice_operator_reconcile_duration_seconds_count 1"),
+        "every reconcile is counted and timed"
+    );
     (action, bodies)
 }
 
