@@ -68,6 +68,13 @@ impl Dataset {
             .collect()
     }
 
+    /// The records followed by [`Self::closing_records`].
+    pub fn with_closing_records(&self, partitions: i32) -> Vec<Outgoing> {
+        let mut records = self.records.clone();
+        records.extend(self.closing_records(partitions));
+        records
+    }
+
     /// The exact result of every (device, window start): the expected output record.
     pub fn reference(&self) -> BTreeMap<(String, i64), Value> {
         let mut acc: BTreeMap<(String, i64), (i64, i64, i64, i64)> = BTreeMap::new();

@@ -8,11 +8,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{PARTITIONS, await_output, manifest, scratch, seed};
+use common::{PARTITIONS, await_output, launch, scratch, seed};
 use pipeline_e2e::{
     broker::{Tansu, metric_sum, produce_one_per_batch},
     dataset::{Dataset, compare},
-    process::{Launch, RuntimeProcess},
+    process::RuntimeProcess,
 };
 
 fn snapshots(dir: &Path, name: &str, partition: i32) -> Vec<PathBuf> {
@@ -55,12 +55,14 @@ fn a_crash_between_snapshot_write_and_offset_commit_resumes_from_the_previous_ch
     tansu.create_topics(&[("readings", PARTITIONS), ("out", 1)]);
     let data = Dataset::generate(30_000, 60, PARTITIONS, 5, seed);
     let dir = scratch("failpoint");
-    let launch = Launch {
-        manifest: manifest(&dir, "failpoint", "at-least-once"),
-        bootstrap: tansu.bootstrap.clone(),
-        slots: 1,
-        log_dir: dir.clone(),
-    };
+    let launch = launch(
+        &tansu,
+        &dir,
+        "failpoint",
+        "at-least-once",
+        "readings",
+        "out",
+    );
     let (first, rest) = data.records.split_at(15_000);
     produce_one_per_batch(&tansu.bootstrap, "readings", first);
     let mut p = launch.start_with_env(
@@ -103,12 +105,7 @@ fn a_corrupt_snapshot_falls_back_to_the_one_before_and_a_missing_one_pauses_only
     tansu.create_topics(&[("readings", PARTITIONS), ("out", 1)]);
     let data = Dataset::generate(30_000, 60, PARTITIONS, 5, seed);
     let dir = scratch("damaged");
-    let launch = Launch {
-        manifest: manifest(&dir, "damaged", "at-least-once"),
-        bootstrap: tansu.bootstrap.clone(),
-        slots: 1,
-        log_dir: dir.clone(),
-    };
+    let launch = launch(&tansu, &dir, "damaged", "at-least-once", "readings", "out");
     let (first, rest) = data.records.split_at(20_000);
     let mut p = launch.start("damaged-0");
     produce_one_per_batch(&tansu.bootstrap, "readings", &first[..10_000]);

@@ -8,8 +8,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{PARTITIONS, finish, manifest, scratch, seed, stream};
-use pipeline_e2e::{broker::Tansu, dataset::Dataset, process::Launch};
+use common::{PARTITIONS, finish, launch, scratch, seed, stream};
+use pipeline_e2e::{broker::Tansu, dataset::Dataset};
 
 #[test]
 fn scaling_from_one_to_three_to_two_to_four_processes_mid_stream_keeps_every_window_exact() {
@@ -20,14 +20,8 @@ fn scaling_from_one_to_three_to_two_to_four_processes_mid_stream_keeps_every_win
     tansu.create_topics(&[("readings", PARTITIONS), ("out", 3)]);
     let data = Dataset::generate(200_000, 400, PARTITIONS, 5, seed);
     let dir = scratch("rescale");
-    let launch = Launch {
-        manifest: manifest(&dir, "rescale", "at-least-once"),
-        bootstrap: tansu.bootstrap.clone(),
-        slots: 1,
-        log_dir: dir.clone(),
-    };
-    let mut records = data.records.clone();
-    records.extend(data.closing_records(PARTITIONS));
+    let launch = launch(&tansu, &dir, "rescale", "at-least-once", "readings", "out");
+    let records = data.with_closing_records(PARTITIONS);
     let mut processes = vec![launch.start("rescale-0")];
     std::thread::sleep(Duration::from_secs(2));
     let producer = stream(

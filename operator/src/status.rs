@@ -163,6 +163,11 @@ mod tests {
     use super::*;
     use crate::sizing::size;
 
+    fn ready(s: &PipelineDeploymentStatus) -> (&str, &Time) {
+        let c = s.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+        (c.status.as_str(), &c.last_transition_time)
+    }
+
     fn at(seconds: i64) -> Time {
         Time(k8s_openapi::jiff::Timestamp::from_second(seconds).unwrap())
     }
@@ -200,15 +205,7 @@ mod tests {
         );
         pd.status = Some(first);
         let again = status(&pd, &pending, &at(200));
-        let ready = again
-            .conditions
-            .iter()
-            .find(|c| c.type_ == "Ready")
-            .unwrap();
-        assert_eq!(
-            (ready.status.as_str(), &ready.last_transition_time),
-            ("False", &at(100))
-        );
+        assert_eq!(ready(&again), ("False", &at(100)));
         pd.status = Some(again);
         let running = Outcome::Applied {
             sizing,
@@ -216,15 +213,7 @@ mod tests {
             ready_replicas: 2,
         };
         let later = status(&pd, &running, &at(300));
-        let ready = later
-            .conditions
-            .iter()
-            .find(|c| c.type_ == "Ready")
-            .unwrap();
-        assert_eq!(
-            (ready.status.as_str(), &ready.last_transition_time),
-            ("True", &at(300))
-        );
+        assert_eq!(ready(&later), ("True", &at(300)));
         assert_eq!(later.phase, Some(Phase::Running));
     }
 }

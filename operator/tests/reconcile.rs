@@ -115,6 +115,15 @@ fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
         .unwrap()
 }
 
+const STATUS_PATH: &str = "/apis/sluice.dev/v1alpha1/namespaces/ns/pipelinedeployments/p/status";
+
+/// Only a status write: what an invalid spec or an unreachable Kafka gets.
+fn status_only(mut handle: Handle, pd: PipelineDeployment) -> tokio::task::JoinHandle<Vec<Value>> {
+    tokio::spawn(
+        async move { vec![expect_apply(&mut handle, STATUS_PATH, with_status(&pd)).await] },
+    )
+}
+
 /// The full apply sequence of a valid pipeline: ConfigMap, both Services, StatefulSet, PDB, status.
 fn apply_all(mut handle: Handle, pd: PipelineDeployment) -> tokio::task::JoinHandle<Vec<Value>> {
     tokio::spawn(async move {
@@ -136,14 +145,7 @@ fn apply_all(mut handle: Handle, pd: PipelineDeployment) -> tokio::task::JoinHan
             )
             .await,
         ];
-        bodies.push(
-            expect_apply(
-                &mut handle,
-                "/apis/sluice.dev/v1alpha1/namespaces/ns/pipelinedeployments/p/status",
-                with_status(&pd),
-            )
-            .await,
-        );
+        bodies.push(expect_apply(&mut handle, STATUS_PATH, with_status(&pd)).await);
         bodies
     })
 }
@@ -174,24 +176,11 @@ async fn a_new_pipeline_gets_its_children_applied_in_order_and_a_status() {
 
 #[tokio::test]
 async fn an_invalid_spec_gets_a_condition_with_the_field_path_and_no_retry_loop() {
-    let pd = pipeline("  parallelism: 2\n").clone();
-    let mut invalid = pd.clone();
+    let mut invalid = pipeline("  parallelism: 2\n");
     invalid.spec.sink.kafka = None;
     invalid.spec.sink.clickhouse =
         serde_json::from_value(json!({"url": "http://ch:8123", "table": "t"})).unwrap();
-    let (action, bodies) = run(invalid, Ok(24), |mut handle, pd| {
-        tokio::spawn(async move {
-            vec![
-                expect_apply(
-                    &mut handle,
-                    "/apis/sluice.dev/v1alpha1/namespaces/ns/pipelinedeployments/p/status",
-                    with_status(&pd),
-                )
-                .await,
-            ]
-        })
-    })
-    .await;
+    let (action, bodies) = run(invalid, Ok(24), status_only).await;
     assert_eq!(action, Action::await_change());
     let ready = condition(&bodies[0]["status"], "Ready");
     assert_eq!(
@@ -211,18 +200,7 @@ async fn unreachable_kafka_is_a_condition_and_a_retry_not_a_crash() {
     let (action, bodies) = run(
         pipeline(""),
         Err("broker k:9092 unreachable".into()),
-        |mut handle, pd| {
-            tokio::spawn(async move {
-                vec![
-                    expect_apply(
-                        &mut handle,
-                        "/apis/sluice.dev/v1alpha1/namespaces/ns/pipelinedeployments/p/status",
-                        with_status(&pd),
-                    )
-                    .await,
-                ]
-            })
-        },
+        status_only,
     )
     .await;
     assert_eq!(action, Action::requeue(Duration::from_secs(30)));

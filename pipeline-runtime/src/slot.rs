@@ -8,7 +8,7 @@
 //! released.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{
         Arc, Mutex, MutexGuard,
         atomic::{AtomicBool, Ordering},
@@ -98,6 +98,10 @@ struct Core {
     processor: Processor,
     emits: Vec<Emit>,
     committed: HashMap<(usize, i32), i64>,
+    /// Restored partitions whose first record has not arrived yet: when it does, its offset is
+    /// checked against where the restored state resumes. Empty almost always, so the per-record
+    /// check is one `is_empty`.
+    awaiting_first: HashSet<(TopicIndex, i32)>,
 }
 
 struct SlotContext {
@@ -120,9 +124,6 @@ struct SlotContext {
     transactional: bool,
     /// Set by a rebalance callback when the slot must restart (a restore that may succeed later).
     failure: Mutex<Option<String>>,
-    /// Partitions assigned whose first record has not arrived yet: when it does, its offset is
-    /// logged against where the state says reading resumes.
-    awaiting_first: Mutex<std::collections::HashSet<(TopicIndex, i32)>>,
     /// Partitions of the assignment under way whose state could not be restored: paused once the
     /// assignment is in effect.
     paused: Mutex<TopicPartitionList>,
@@ -236,23 +237,24 @@ impl ConsumerContext for SlotContext {
     }
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let (Rebalance::Assign(assigned), Some(_)) = (rebalance, &self.checkpointer) {
-            let paused = std::mem::take(&mut *self.paused.lock().expect("not poisoned"));
-            if paused.count() > 0
-                && let Err(e) = consumer.pause(&paused)
-            {
-                self.fail(format!("pausing partitions without state: {e}"));
-            }
-            info!(slot = %self.labels.slot, partitions = ?assigned.to_topic_map(), "partitions assigned");
-        } else if let Rebalance::Assign(assigned) = rebalance {
-            let mut core = self.core.lock().expect("not poisoned");
-            for element in assigned.elements() {
-                if let Some(topic) = self.plan.topic_index(element.topic()) {
-                    core.processor
-                        .assign(topic, element.partition(), Instant::now());
+        if let Rebalance::Assign(assigned) = rebalance {
+            if self.checkpointer.is_some() {
+                // State was restored before the assignment took effect; pause what has none.
+                let paused = std::mem::take(&mut *self.paused.lock().expect("not poisoned"));
+                if paused.count() > 0
+                    && let Err(e) = consumer.pause(&paused)
+                {
+                    self.fail(format!("pausing partitions without state: {e}"));
+                }
+            } else {
+                let mut core = self.core.lock().expect("not poisoned");
+                for element in assigned.elements() {
+                    if let Some(topic) = self.plan.topic_index(element.topic()) {
+                        core.processor
+                            .assign(topic, element.partition(), Instant::now());
+                    }
                 }
             }
-            drop(core);
             info!(slot = %self.labels.slot, partitions = ?assigned.to_topic_map(), "partitions assigned");
         }
         let count = consumer.assignment().map_or(0, |a| a.count());
@@ -329,10 +331,7 @@ impl SlotContext {
             };
             let started = Instant::now();
             core.processor.assign(topic, partition, started);
-            self.awaiting_first
-                .lock()
-                .expect("not poisoned")
-                .insert((topic, partition));
+            core.awaiting_first.insert((topic, partition));
             let offset = match committed
                 .find_partition(&name, partition)
                 .map(|e| e.offset())
@@ -441,6 +440,7 @@ pub fn run(config: &SlotConfig, stop: &Arc<AtomicBool>) -> Result<(), SlotError>
         processor: Processor::new(plan.clone())?,
         emits: Vec::new(),
         committed: HashMap::new(),
+        awaiting_first: HashSet::new(),
     }));
     let checkpointer = match (&config.spec.checkpoint, &plan.window) {
         (Some(settings), Some(_)) => {
@@ -472,7 +472,6 @@ pub fn run(config: &SlotConfig, stop: &Arc<AtomicBool>) -> Result<(), SlotError>
         checkpointer,
         transactional,
         failure: Mutex::new(None),
-        awaiting_first: Mutex::new(std::collections::HashSet::new()),
         paused: Mutex::new(TopicPartitionList::new()),
         plan: plan.clone(),
         core: core.clone(),
@@ -548,15 +547,12 @@ pub fn run(config: &SlotConfig, stop: &Arc<AtomicBool>) -> Result<(), SlotError>
                 };
                 let mut guard = lock(&core);
                 let Core {
-                    processor, emits, ..
+                    processor,
+                    emits,
+                    awaiting_first,
+                    ..
                 } = &mut *guard;
-                if consumer
-                    .context()
-                    .awaiting_first
-                    .lock()
-                    .expect("not poisoned")
-                    .remove(&(topic, rec.partition))
-                {
+                if !awaiting_first.is_empty() && awaiting_first.remove(&(topic, rec.partition)) {
                     let resume = processor.next_offset(topic, rec.partition);
                     if resume.is_some_and(|r| r != rec.offset) {
                         warn!(slot = %config.labels.slot, topic = message.topic(), partition = rec.partition, offset = rec.offset, ?resume, "first record after assignment is not where the restored state resumes");
@@ -733,6 +729,7 @@ fn commit(
         processor,
         emits,
         committed,
+        ..
     } = &mut *guard;
     sink.send_all(plan, emits, &mut clock.backpressured, stop)?;
     sink.flush(&mut clock.backpressured, stop)?;
@@ -833,7 +830,6 @@ fn checkpoint(
     ctx.sink.flush(backpressured, stop)?;
     let flushed = started.elapsed();
     let written_ms = wall_clock_ms();
-    let mut offsets = TopicPartitionList::new();
     let mut stored = Vec::new();
     let mut bytes = 0;
     let mut failed = None;
@@ -843,11 +839,6 @@ fn checkpoint(
             match checkpointer.write(name, partition, &snapshot, written_ms) {
                 Ok(written) => {
                     bytes += written.bytes;
-                    offsets.add_partition_offset(
-                        name,
-                        partition,
-                        Offset::Offset(snapshot.next_offset),
-                    )?;
                     stored.push((topic, partition, snapshot.next_offset, progress));
                 }
                 Err(e) => {
@@ -857,16 +848,20 @@ fn checkpoint(
             }
         }
     }
-    if ctx.transactional {
-        // Every partition read so far, stored or not: the transaction holds all their outputs.
-        offsets = TopicPartitionList::new();
-        for (topic, partition, next) in processor.positions() {
-            offsets.add_partition_offset(
-                ctx.plan.topic_name(topic),
-                partition,
-                Offset::Offset(next),
-            )?;
-        }
+    // At least once: the stored partitions. Exactly once: every partition read so far, stored or
+    // not, since the transaction holds all their outputs.
+    let mut offsets = TopicPartitionList::new();
+    let positions = if ctx.transactional {
+        processor.positions()
+    } else {
+        stored.iter().map(|&(t, p, next, _)| (t, p, next)).collect()
+    };
+    for (topic, partition, next) in positions {
+        offsets.add_partition_offset(
+            ctx.plan.topic_name(topic),
+            partition,
+            Offset::Offset(next),
+        )?;
     }
     drop(guard);
     let written = started.elapsed();

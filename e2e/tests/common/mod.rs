@@ -49,20 +49,9 @@ pub fn cleanup(dir: &Path) {
     }
 }
 
-/// Writes the test pipeline: readings keyed by device on `readings`, 10 s tumbling windows,
-/// checkpoints every second to `dir/checkpoints`, results to `out`.
-pub fn manifest(dir: &Path, name: &str, delivery: &str) -> PathBuf {
-    manifest_with_topics(dir, name, delivery, "readings", "out")
-}
-
-/// [`manifest`] with other source and sink topics.
-pub fn manifest_with_topics(
-    dir: &Path,
-    name: &str,
-    delivery: &str,
-    input: &str,
-    output: &str,
-) -> PathBuf {
+/// Writes the test pipeline: readings keyed by device on `input`, 10 s tumbling windows,
+/// checkpoints every second to `dir/checkpoints`, results to `output`.
+pub fn manifest(dir: &Path, name: &str, delivery: &str, input: &str, output: &str) -> PathBuf {
     let path = dir.join("pipeline.yaml");
     let checkpoints = dir.join("checkpoints");
     let text = format!(
@@ -92,6 +81,24 @@ spec:
     );
     std::fs::write(&path, text).unwrap();
     path
+}
+
+/// One-slot runtime processes running the test pipeline `name` (see [`manifest`])
+/// on `broker`, logging into `dir`.
+pub fn launch(
+    broker: &Broker,
+    dir: &Path,
+    name: &str,
+    delivery: &str,
+    input: &str,
+    output: &str,
+) -> Launch {
+    Launch {
+        manifest: manifest(dir, name, delivery, input, output),
+        bootstrap: broker.bootstrap.clone(),
+        slots: 1,
+        log_dir: dir.to_owned(),
+    }
 }
 
 /// Produces `records` in `batches` steps with `pause` between them, on a thread, each record in
@@ -269,21 +276,14 @@ pub fn crash_scenario(
     let mut rng = Rng::new(seed);
     let data = Dataset::generate(200_000, 400, PARTITIONS, 5, seed);
     let dir = scratch(name);
-    let launch = Launch {
-        manifest: manifest_with_topics(&dir, name, delivery, input, output),
-        bootstrap: broker.bootstrap.clone(),
-        slots: 1,
-        log_dir: dir.clone(),
-    };
+    let launch = launch(broker, &dir, name, delivery, input, output);
     let mut processes: Vec<_> = (0..PROCESSES)
         .map(|i| launch.start(&format!("{name}-{i}")))
         .collect();
-    let mut records = data.records.clone();
-    records.extend(data.closing_records(PARTITIONS));
     let producer = stream(
         &broker.bootstrap,
         input,
-        records,
+        data.with_closing_records(PARTITIONS),
         40,
         Duration::from_millis(300),
     );
