@@ -57,10 +57,41 @@ pub struct Children {
     pub metrics_service: Service,
     /// The runtime pods.
     pub stateful_set: StatefulSet,
-    /// At most one pod down at a time by voluntary disruption.
-    pub pod_disruption_budget: PodDisruptionBudget,
+    /// At most one pod down at a time by voluntary disruption; none while suspended (no pods).
+    pub pod_disruption_budget: Option<PodDisruptionBudget>,
     /// A Prometheus Operator PodMonitor, when that CRD exists (else scrape annotations).
     pub pod_monitor: Option<Value>,
+}
+
+impl Children {
+    /// `(kind, name)` of every child, in apply order.
+    pub fn wanted(&self) -> Vec<(&'static str, String)> {
+        let name = |m: &ObjectMeta| m.name.clone().unwrap_or_default();
+        let mut wanted = vec![
+            ("ConfigMap", name(&self.config_map.metadata)),
+            ("Service", name(&self.headless_service.metadata)),
+            ("Service", name(&self.metrics_service.metadata)),
+            ("StatefulSet", name(&self.stateful_set.metadata)),
+        ];
+        if let Some(pdb) = &self.pod_disruption_budget {
+            wanted.push(("PodDisruptionBudget", name(&pdb.metadata)));
+        }
+        if let Some(monitor) = &self.pod_monitor {
+            let name = monitor["metadata"]["name"].as_str().unwrap_or_default();
+            wanted.push(("PodMonitor", name.to_owned()));
+        }
+        wanted
+    }
+}
+
+/// Labels on every child of `pipeline`; [`crate::prune`] lists children by them.
+pub fn child_selector(pipeline: &str) -> String {
+    format!(
+        "{}={pipeline},{}={}",
+        labels::INSTANCE,
+        labels::MANAGED_BY,
+        labels::MANAGED_BY_OPERATOR
+    )
 }
 
 /// Name of the runtime ConfigMap.
@@ -199,7 +230,7 @@ pub fn build(
         }),
         ..StatefulSet::default()
     };
-    let pod_disruption_budget = PodDisruptionBudget {
+    let pod_disruption_budget = (!pd.spec.suspend).then(|| PodDisruptionBudget {
         metadata: meta(name.clone()),
         spec: Some(PodDisruptionBudgetSpec {
             max_unavailable: Some(IntOrString::Int(1)),
@@ -210,7 +241,7 @@ pub fn build(
             ..PodDisruptionBudgetSpec::default()
         }),
         ..PodDisruptionBudget::default()
-    };
+    });
     let pod_monitor = environment.pod_monitor_crd.then(|| {
         let metadata = serde_json::to_value(meta(name.clone())).expect("metadata serializes");
         json!({
@@ -518,12 +549,17 @@ mod tests {
             &c.headless_service.metadata,
             &c.metrics_service.metadata,
             &c.stateful_set.metadata,
-            &c.pod_disruption_budget.metadata,
+            &c.pod_disruption_budget.as_ref().unwrap().metadata,
         ];
         for meta in metas {
             let owner = &meta.owner_references.as_ref().unwrap()[0];
             assert_eq!((owner.uid.as_str(), owner.controller), ("u-1", Some(true)));
             assert_eq!(meta.namespace.as_deref(), Some("ns"));
+            // Pruning finds children by these labels.
+            for pair in child_selector("p").split(',') {
+                let (k, v) = pair.split_once('=').unwrap();
+                assert_eq!(meta.labels.as_ref().unwrap()[k], v);
+            }
         }
         let monitor = c.pod_monitor.unwrap();
         assert_eq!(monitor["metadata"]["ownerReferences"][0]["uid"], "u-1");
@@ -586,6 +622,10 @@ mod tests {
         assert_eq!(hash(&a), hash(&children(&pd(""), false)));
         let suspended = children(&pd("  suspend: true\n"), false);
         assert_eq!(suspended.stateful_set.spec.unwrap().replicas, Some(0));
+        assert!(
+            suspended.pod_disruption_budget.is_none(),
+            "no budget for no pods"
+        );
         let annotations = a
             .stateful_set
             .spec

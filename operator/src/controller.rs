@@ -1,7 +1,11 @@
 //! The controller: reconcile = validate (pure) → partitions (Kafka) → size and build (pure) →
 //! apply (server-side apply under one field manager, fixed order) → status.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use k8s_openapi::{
     api::{
@@ -9,19 +13,22 @@ use k8s_openapi::{
         core::v1::{ConfigMap, Service},
         policy::v1::PodDisruptionBudget,
     },
+    apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
     apimachinery::pkg::apis::meta::v1::Time,
 };
 use kube::{
     Api, Client, ResourceExt,
-    api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams},
+    api::{DynamicObject, Patch, PatchParams},
     runtime::controller::Action,
 };
-use pipeline_crds::{PipelineDeployment, PipelineDeploymentSpec};
+use pipeline_crds::PipelineDeployment;
 use serde_json::json;
 use tracing::{info, warn};
 
+pub use crate::kafka::PartitionSource;
 use crate::{
     build::{BuildError, Environment, build},
+    events, kafka, prune,
     sizing::{SizingError, size},
     status::{Outcome, status},
 };
@@ -29,10 +36,48 @@ use crate::{
 /// The field manager of every apply.
 pub const FIELD_MANAGER: &str = "sluice-operator";
 
-/// How the source topics' partition count is found.
-pub trait PartitionSource: Send + Sync {
-    /// Partitions of all source topics together, or why they cannot be read.
-    fn partitions(&self, spec: &PipelineDeploymentSpec) -> Result<i32, String>;
+/// Whether the Prometheus Operator's PodMonitor CRD exists: asked at most every [`Self::TTL`],
+/// so installing or removing the Prometheus Operator switches between a PodMonitor and scrape
+/// annotations without restarting the operator.
+pub struct PodMonitorCrd {
+    known: Mutex<Option<(bool, Instant)>>,
+    ttl: Duration,
+}
+
+impl PodMonitorCrd {
+    /// How long an answer is trusted.
+    pub const TTL: Duration = Duration::from_secs(300);
+
+    /// Asks the API server (at most every [`Self::TTL`]).
+    pub fn detect() -> Self {
+        Self {
+            known: Mutex::new(None),
+            ttl: Self::TTL,
+        }
+    }
+
+    /// A fixed answer (tests, and clusters where the operator may not read CRDs).
+    pub fn fixed(exists: bool) -> Self {
+        Self {
+            known: Mutex::new(Some((exists, Instant::now()))),
+            ttl: Duration::MAX,
+        }
+    }
+
+    async fn exists(&self, client: &Client) -> Result<bool, kube::Error> {
+        if let Some((exists, at)) = *self.known.lock().expect("not poisoned")
+            && at.elapsed() < self.ttl
+        {
+            return Ok(exists);
+        }
+        let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+        let exists = crds
+            .get_opt("podmonitors.monitoring.coreos.com")
+            .await?
+            .is_some();
+        *self.known.lock().expect("not poisoned") = Some((exists, Instant::now()));
+        Ok(exists)
+    }
 }
 
 /// What reconcile needs.
@@ -41,11 +86,42 @@ pub struct Context {
     pub client: Client,
     /// Reconcile counts and durations.
     pub metrics: Arc<crate::metrics::OperatorMetrics>,
-    /// Image and cluster capabilities.
-    pub environment: Environment,
+    /// Runtime image when `spec.image` is absent.
+    pub default_image: String,
+    /// Whether PodMonitors can be created.
+    pub pod_monitor_crd: PodMonitorCrd,
     /// The partition lookup.
     pub partitions: Arc<dyn PartitionSource>,
+    /// This operator replica (its pod name), for Events.
+    pub instance: String,
+    /// When each object (by uid) last got a `ReconcileFailed` Event.
+    pub error_events: Arc<Mutex<HashMap<String, Instant>>>,
 }
+
+impl Context {
+    /// A context with no error Events sent yet.
+    pub fn new(
+        client: Client,
+        metrics: Arc<crate::metrics::OperatorMetrics>,
+        default_image: String,
+        pod_monitor_crd: PodMonitorCrd,
+        partitions: Arc<dyn PartitionSource>,
+        instance: String,
+    ) -> Self {
+        Self {
+            client,
+            metrics,
+            default_image,
+            pod_monitor_crd,
+            partitions,
+            instance,
+            error_events: Arc::default(),
+        }
+    }
+}
+
+/// At most one `ReconcileFailed` Event per object in this interval (retries come every 15 s).
+pub const ERROR_EVENT_INTERVAL: Duration = Duration::from_secs(300);
 
 /// Why a reconcile failed (it is retried with backoff).
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +135,9 @@ pub enum ReconcileError {
     /// Building failed.
     #[error(transparent)]
     Build(#[from] BuildError),
+    /// The partition lookup's thread failed.
+    #[error("the partition lookup failed: {0}")]
+    Lookup(String),
 }
 
 async fn apply<K>(api: &Api<K>, name: &str, object: &K) -> Result<K, kube::Error>
@@ -73,18 +152,20 @@ where
     .await
 }
 
-async fn write_status(
-    client: &Client,
+/// Writes the status after `outcome` and publishes the Events the change announces.
+async fn report(
+    ctx: &Context,
     pd: &PipelineDeployment,
     outcome: &Outcome,
 ) -> Result<(), kube::Error> {
     let namespace = pd.namespace().unwrap_or_default();
-    let api: Api<PipelineDeployment> = Api::namespaced(client.clone(), &namespace);
+    let api: Api<PipelineDeployment> = Api::namespaced(ctx.client.clone(), &namespace);
     let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let after = status(pd, outcome, &now);
     let patch = json!({
         "apiVersion": "sluice.dev/v1alpha1",
         "kind": "PipelineDeployment",
-        "status": status(pd, outcome, &now),
+        "status": after,
     });
     api.patch_status(
         &pd.name_any(),
@@ -92,6 +173,8 @@ async fn write_status(
         &Patch::Apply(&patch),
     )
     .await?;
+    let announcements = events::announcements(pd.status.as_ref(), &after);
+    events::publish(&ctx.client, &ctx.instance, pd, &announcements).await;
     Ok(())
 }
 
@@ -101,41 +184,87 @@ pub async fn reconcile(
     ctx: Arc<Context>,
 ) -> Result<Action, ReconcileError> {
     let started = std::time::Instant::now();
-    let result = reconcile_once(pd, &ctx).await;
+    let result = reconcile_once(&pd, &ctx).await;
     let label = match &result {
         Ok((_, outcome)) => *outcome,
         Err(_) => "error",
     };
     ctx.metrics.reconciled(label, started.elapsed());
+    if let Err(error) = &result {
+        announce_failure(&ctx, &pd, error).await;
+    }
     result.map(|(action, _)| action)
 }
 
+/// A `ReconcileFailed` Event, at most once per object per [`ERROR_EVENT_INTERVAL`].
+async fn announce_failure(ctx: &Context, pd: &PipelineDeployment, error: &ReconcileError) {
+    let uid = pd.uid().unwrap_or_default();
+    {
+        let mut sent = ctx.error_events.lock().expect("not poisoned");
+        if sent
+            .get(&uid)
+            .is_some_and(|at| at.elapsed() < ERROR_EVENT_INTERVAL)
+        {
+            return;
+        }
+        sent.insert(uid, Instant::now());
+    }
+    let announcement = events::Announcement {
+        severity: events::Severity::Warning,
+        reason: "ReconcileFailed",
+        action: "Reconcile",
+        note: error.to_string(),
+    };
+    events::publish(&ctx.client, &ctx.instance, pd, &[announcement]).await;
+}
+
 async fn reconcile_once(
-    pd: Arc<PipelineDeployment>,
+    pd: &PipelineDeployment,
     ctx: &Context,
 ) -> Result<(Action, &'static str), ReconcileError> {
     let name = pd.name_any();
     let namespace = pd.namespace().unwrap_or_default();
+    if pd.metadata.deletion_timestamp.is_some() {
+        // Kubernetes' garbage collector deletes the children (owner references); applying them
+        // now would recreate what a foreground deletion is removing.
+        info!(%name, %namespace, "being deleted; nothing to apply");
+        return Ok((Action::await_change(), "deleting"));
+    }
     let problems = pipeline_crds::support::problems(&pd.spec);
     if !problems.is_empty() {
         info!(%name, %namespace, problems = problems.len(), "invalid spec; waiting for a change");
-        write_status(&ctx.client, &pd, &Outcome::Invalid(problems)).await?;
+        report(ctx, pd, &Outcome::Invalid(problems)).await?;
         return Ok((Action::await_change(), "invalid"));
     }
-    let partitions = match ctx.partitions.partitions(&pd.spec) {
+    let retry = Action::requeue(Duration::from_secs(30));
+    let access = match kafka::access(&ctx.client, &namespace, &pd.spec).await {
+        Ok(access) => access,
+        Err(error) => {
+            warn!(%name, %namespace, %error, "Kafka credentials unavailable");
+            report(ctx, pd, &Outcome::CredentialsUnavailable(error.to_string())).await?;
+            return Ok((retry, "credentials_unavailable"));
+        }
+    };
+    let source = ctx.partitions.clone();
+    let partitions = tokio::task::spawn_blocking(move || source.partitions(&access))
+        .await
+        .map_err(|e| ReconcileError::Lookup(e.to_string()))?;
+    let partitions = match partitions {
         Ok(p) => p,
         Err(error) => {
             warn!(%name, %namespace, %error, "source partitions unknown");
-            write_status(&ctx.client, &pd, &Outcome::KafkaUnreachable(error)).await?;
-            return Ok((
-                Action::requeue(Duration::from_secs(30)),
-                "kafka_unreachable",
-            ));
+            report(ctx, pd, &Outcome::KafkaUnreachable(error)).await?;
+            return Ok((retry, "kafka_unreachable"));
         }
     };
-    let sizing = size(&pd.spec, partitions, None)?;
-    let children = build(&pd, &sizing, &ctx.environment)?;
     let client = &ctx.client;
+    let pod_monitor_crd = ctx.pod_monitor_crd.exists(client).await?;
+    let environment = Environment {
+        default_image: ctx.default_image.clone(),
+        pod_monitor_crd,
+    };
+    let sizing = size(&pd.spec, partitions, None)?;
+    let children = build(pd, &sizing, &environment)?;
     apply(
         &Api::<ConfigMap>::namespaced(client.clone(), &namespace),
         &children.config_map.name_any(),
@@ -143,41 +272,39 @@ async fn reconcile_once(
     )
     .await?;
     let services = Api::<Service>::namespaced(client.clone(), &namespace);
-    apply(
-        &services,
-        &children.headless_service.name_any(),
-        &children.headless_service,
-    )
-    .await?;
-    apply(
-        &services,
-        &children.metrics_service.name_any(),
-        &children.metrics_service,
-    )
-    .await?;
+    for service in [&children.headless_service, &children.metrics_service] {
+        apply(&services, &service.name_any(), service).await?;
+    }
     let applied = apply(
         &Api::<StatefulSet>::namespaced(client.clone(), &namespace),
         &name,
         &children.stateful_set,
     )
     .await?;
-    apply(
-        &Api::<PodDisruptionBudget>::namespaced(client.clone(), &namespace),
-        &name,
-        &children.pod_disruption_budget,
-    )
-    .await?;
+    if let Some(pdb) = &children.pod_disruption_budget {
+        apply(
+            &Api::<PodDisruptionBudget>::namespaced(client.clone(), &namespace),
+            &name,
+            pdb,
+        )
+        .await?;
+    }
     if let Some(monitor) = &children.pod_monitor {
-        let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(
-            "monitoring.coreos.com",
-            "v1",
-            "PodMonitor",
-        ));
-        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &namespace, &resource);
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(client.clone(), &namespace, &prune::pod_monitor_resource());
         let object: DynamicObject =
             serde_json::from_value(monitor.clone()).expect("a PodMonitor is a dynamic object");
         apply(&api, &name, &object).await?;
     }
+    prune::delete_unwanted(
+        client,
+        &namespace,
+        &name,
+        &pd.uid().unwrap_or_default(),
+        &children.wanted(),
+        pod_monitor_crd,
+    )
+    .await?;
     let ready_replicas = applied
         .status
         .as_ref()
@@ -188,7 +315,7 @@ async fn reconcile_once(
         partitions,
         ready_replicas,
     };
-    write_status(client, &pd, &outcome).await?;
+    report(ctx, pd, &outcome).await?;
     Ok((Action::requeue(Duration::from_secs(60)), "applied"))
 }
 
@@ -202,43 +329,110 @@ pub fn error_policy(
     Action::requeue(Duration::from_secs(15))
 }
 
-/// Watches every PipelineDeployment (and the StatefulSets it owns) and reconciles until SIGTERM;
-/// `readiness` is set once it watches.
+/// How `run` behaves.
+pub struct Settings {
+    /// Runtime image when a manifest sets none.
+    pub default_image: String,
+    /// This replica's name (its pod name), in Events and as its Lease identity.
+    pub instance: String,
+    /// Leader election; `None` = reconcile at once (a single replica, or local development).
+    pub lease: Option<crate::leader::LeaseSettings>,
+}
+
+/// Why `run` ended other than by a signal.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Joining the election failed.
+    #[error("leader election: {0}")]
+    Lease(#[from] kube_lease_manager::LeaseManagerError),
+    /// Another replica took the Lease; this one stopped reconciling.
+    #[error("lost the leader lease")]
+    LeadershipLost,
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = term => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+}
+
+/// Watches every PipelineDeployment (and the StatefulSets it owns) and reconciles until SIGTERM,
+/// while this replica leads (see [`crate::leader`]). `readiness` is set once it has joined the
+/// election (a standby is ready: it serves its endpoints and waits).
 pub async fn run(
     client: Client,
-    default_image: String,
+    settings: Settings,
     partitions: Arc<dyn PartitionSource>,
     metrics: Arc<crate::metrics::OperatorMetrics>,
     readiness: Arc<crate::http::Readiness>,
-) {
-    use futures::StreamExt;
-    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+) -> Result<(), RunError> {
+    use futures::{FutureExt, StreamExt};
     use kube::runtime::{Controller, watcher};
 
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let pod_monitor_crd = crds
-        .get_opt("podmonitors.monitoring.coreos.com")
-        .await
-        .ok()
-        .flatten()
-        .is_some();
-    info!(pod_monitor_crd, "operator starting");
-    let ctx = Arc::new(Context {
-        client: client.clone(),
-        metrics,
-        environment: Environment {
-            default_image,
-            pod_monitor_crd,
-        },
-        partitions,
-    });
+    let mut election = match &settings.lease {
+        Some(lease) => Some(crate::leader::join(client.clone(), lease).await?),
+        None => None,
+    };
     readiness.set_ready();
+    let stop = signal().shared();
+    if let Some(e) = &mut election {
+        info!(identity = %settings.instance, "waiting for the leader lease");
+        let acquired = tokio::select! {
+            () = e.acquired() => true,
+            () = stop.clone() => false,
+        };
+        if !acquired {
+            if let Some(e) = election {
+                e.leave().await;
+            }
+            return Ok(());
+        }
+        info!("leading");
+    }
+    metrics.set_leader(true);
+    let lost = election.as_ref().map(crate::leader::Election::lost);
+    let lost_flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let shutdown = {
+        let stop = stop.clone();
+        let flag = lost_flag.clone();
+        async move {
+            match lost {
+                Some(lost) => tokio::select! {
+                    () = stop => {},
+                    () = lost => {
+                        warn!("lost the leader lease; stopping");
+                        flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                    }
+                },
+                None => stop.await,
+            }
+        }
+    };
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        metrics.clone(),
+        settings.default_image,
+        PodMonitorCrd::detect(),
+        partitions,
+        settings.instance,
+    ));
+    info!("operator reconciling");
     Controller::new(
         Api::<PipelineDeployment>::all(client.clone()),
         watcher::Config::default(),
     )
     .owns(Api::<StatefulSet>::all(client), watcher::Config::default())
-    .shutdown_on_signal()
+    .graceful_shutdown_on(shutdown)
     .run(reconcile, error_policy, ctx)
     .for_each(|result| async move {
         match result {
@@ -247,4 +441,12 @@ pub async fn run(
         }
     })
     .await;
+    metrics.set_leader(false);
+    if let Some(election) = election {
+        election.leave().await;
+    }
+    if lost_flag.load(std::sync::atomic::Ordering::SeqCst) {
+        return Err(RunError::LeadershipLost);
+    }
+    Ok(())
 }

@@ -1,18 +1,214 @@
-//! The source topics' partition count, from Kafka metadata (short timeout, cached for a minute).
+//! The source topics' partition count, from Kafka metadata (short timeout, cached for a minute),
+//! with the pipeline's own connection settings: security protocol, SASL credentials and CA bundle
+//! read from its Secrets, and its extra client properties.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     sync::Mutex,
     time::{Duration, Instant},
 };
 
+use k8s_openapi::api::core::v1::Secret;
+use kube::{Api, Client};
 use pipeline_crds::PipelineDeploymentSpec;
 use rdkafka::{ClientConfig, consumer::BaseConsumer, consumer::Consumer};
 
-use crate::controller::PartitionSource;
-
 const TIMEOUT: Duration = Duration::from_secs(5);
 const TTL: Duration = Duration::from_secs(60);
+
+/// How to reach a pipeline's Kafka cluster and which topics to look up.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KafkaAccess {
+    /// librdkafka client properties (bootstrap servers, security, credentials, extra properties).
+    pub properties: BTreeMap<String, String>,
+    /// The source topics.
+    pub topics: Vec<String>,
+}
+
+impl KafkaAccess {
+    /// The connection of `spec` with `credentials` (username, password) and a PEM `ca` bundle as
+    /// read from its Secrets.
+    pub fn new(
+        spec: &PipelineDeploymentSpec,
+        credentials: Option<(String, String)>,
+        ca: Option<String>,
+    ) -> Self {
+        let kafka = &spec.kafka;
+        let mut properties = kafka.properties.clone();
+        properties.insert("bootstrap.servers".into(), kafka.bootstrap_servers.clone());
+        properties.insert(
+            "security.protocol".into(),
+            kafka.security_protocol.as_kafka_str().into(),
+        );
+        if let Some(sasl) = &kafka.sasl {
+            properties.insert(
+                "sasl.mechanism".into(),
+                sasl.mechanism.as_kafka_str().into(),
+            );
+        }
+        if let Some((username, password)) = credentials {
+            properties.insert("sasl.username".into(), username);
+            properties.insert("sasl.password".into(), password);
+        }
+        if let Some(pem) = ca {
+            properties.insert("ssl.ca.pem".into(), pem);
+        }
+        Self {
+            properties,
+            topics: spec
+                .source
+                .topic_names()
+                .into_iter()
+                .map(str::to_owned)
+                .collect(),
+        }
+    }
+}
+
+/// Why a pipeline's Kafka credentials cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialsError {
+    /// The Secret does not exist.
+    #[error("Secret {namespace}/{name} (from {field}) does not exist")]
+    SecretMissing {
+        /// Namespace.
+        namespace: String,
+        /// Secret name.
+        name: String,
+        /// The spec field naming it.
+        field: &'static str,
+    },
+    /// The Secret lacks a key.
+    #[error("Secret {namespace}/{name} (from {field}) has no key {key:?}")]
+    KeyMissing {
+        /// Namespace.
+        namespace: String,
+        /// Secret name.
+        name: String,
+        /// The missing key.
+        key: String,
+        /// The spec field naming it.
+        field: &'static str,
+    },
+    /// The value is not UTF-8.
+    #[error("Secret {namespace}/{name} key {key:?} is not UTF-8 text")]
+    NotText {
+        /// Namespace.
+        namespace: String,
+        /// Secret name.
+        name: String,
+        /// The key.
+        key: String,
+    },
+    /// The API call failed.
+    #[error("reading Secret {namespace}/{name}: {source}")]
+    Api {
+        /// Namespace.
+        namespace: String,
+        /// Secret name.
+        name: String,
+        /// The error.
+        source: kube::Error,
+    },
+}
+
+/// Secrets read during one lookup, by name (each read once).
+struct Secrets {
+    api: Api<Secret>,
+    namespace: String,
+    read: HashMap<String, Secret>,
+}
+
+impl Secrets {
+    async fn value(
+        &mut self,
+        name: &str,
+        key: &str,
+        field: &'static str,
+    ) -> Result<String, CredentialsError> {
+        let namespace = self.namespace.clone();
+        if !self.read.contains_key(name) {
+            let secret = self
+                .api
+                .get_opt(name)
+                .await
+                .map_err(|source| CredentialsError::Api {
+                    namespace: namespace.clone(),
+                    name: name.into(),
+                    source,
+                })?
+                .ok_or_else(|| CredentialsError::SecretMissing {
+                    namespace: namespace.clone(),
+                    name: name.into(),
+                    field,
+                })?;
+            self.read.insert(name.to_owned(), secret);
+        }
+        let secret = &self.read[name];
+        let bytes = secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(key))
+            .map(|b| b.0.clone())
+            .or_else(|| {
+                secret
+                    .string_data
+                    .as_ref()
+                    .and_then(|d| d.get(key))
+                    .map(|s| s.clone().into_bytes())
+            })
+            .ok_or_else(|| CredentialsError::KeyMissing {
+                namespace: namespace.clone(),
+                name: name.into(),
+                key: key.into(),
+                field,
+            })?;
+        String::from_utf8(bytes).map_err(|_| CredentialsError::NotText {
+            namespace,
+            name: name.into(),
+            key: key.into(),
+        })
+    }
+}
+
+/// Reads the SASL credentials and the CA bundle the spec refers to (one GET per Secret, never
+/// a list) and returns the pipeline's Kafka access.
+pub async fn access(
+    client: &Client,
+    namespace: &str,
+    spec: &PipelineDeploymentSpec,
+) -> Result<KafkaAccess, CredentialsError> {
+    let mut secrets = Secrets {
+        api: Api::namespaced(client.clone(), namespace),
+        namespace: namespace.to_owned(),
+        read: HashMap::new(),
+    };
+    let credentials = match &spec.kafka.sasl {
+        Some(sasl) => {
+            let s = &sasl.credentials_secret;
+            let field = "spec.kafka.sasl.credentialsSecret";
+            let username = secrets.value(&s.name, &s.username_key, field).await?;
+            let password = secrets.value(&s.name, &s.password_key, field).await?;
+            Some((username, password))
+        }
+        None => None,
+    };
+    let ca = match spec.kafka.tls.as_ref().and_then(|t| t.ca_secret.as_ref()) {
+        Some(s) => Some(
+            secrets
+                .value(&s.name, &s.key, "spec.kafka.tls.caSecret")
+                .await?,
+        ),
+        None => None,
+    };
+    Ok(KafkaAccess::new(spec, credentials, ca))
+}
+
+/// How the source topics' partition count is found. Called on a blocking thread.
+pub trait PartitionSource: Send + Sync {
+    /// Partitions of all source topics together, or why they cannot be read.
+    fn partitions(&self, access: &KafkaAccess) -> Result<i32, String>;
+}
 
 /// Reads partition counts with a metadata request per topic, remembered for [`TTL`].
 #[derive(Default)]
@@ -21,21 +217,23 @@ pub struct KafkaPartitions {
 }
 
 impl KafkaPartitions {
-    fn topic_partitions(&self, spec: &PipelineDeploymentSpec, topic: &str) -> Result<i32, String> {
-        let key = (spec.kafka.bootstrap_servers.clone(), topic.to_owned());
+    fn topic_partitions(&self, access: &KafkaAccess, topic: &str) -> Result<i32, String> {
+        let bootstrap = access
+            .properties
+            .get("bootstrap.servers")
+            .cloned()
+            .unwrap_or_default();
+        let key = (bootstrap, topic.to_owned());
         if let Some((count, at)) = self.cache.lock().expect("not poisoned").get(&key)
             && at.elapsed() < TTL
         {
             return Ok(*count);
         }
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &spec.kafka.bootstrap_servers)
-            .set(
-                "security.protocol",
-                spec.kafka.security_protocol.as_kafka_str(),
-            )
-            .create()
-            .map_err(|e| e.to_string())?;
+        let mut config = ClientConfig::new();
+        for (k, v) in &access.properties {
+            config.set(k, v);
+        }
+        let consumer: BaseConsumer = config.create().map_err(|e| e.to_string())?;
         let metadata = consumer
             .fetch_metadata(Some(topic), TIMEOUT)
             .map_err(|e| format!("metadata of {topic}: {e}"))?;
@@ -58,11 +256,54 @@ impl KafkaPartitions {
 }
 
 impl PartitionSource for KafkaPartitions {
-    fn partitions(&self, spec: &PipelineDeploymentSpec) -> Result<i32, String> {
-        spec.source
-            .topic_names()
-            .into_iter()
-            .map(|topic| self.topic_partitions(spec, topic))
+    fn partitions(&self, access: &KafkaAccess) -> Result<i32, String> {
+        access
+            .topics
+            .iter()
+            .map(|topic| self.topic_partitions(access, topic))
             .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pipeline_crds::manifest::from_yaml;
+
+    fn spec(kafka: &str) -> PipelineDeploymentSpec {
+        from_yaml(
+            &format!("apiVersion: sluice.dev/v1alpha1\nkind: PipelineDeployment\nmetadata: {{name: p}}\nspec:\n  kafka: {kafka}\n  source: {{topics: [a, b]}}\n  sink: {{kafka: {{topic: out}}}}\n"),
+            "t",
+        )
+        .unwrap()
+        .spec
+    }
+
+    #[test]
+    fn the_lookup_uses_the_pipelines_protocol_credentials_ca_and_extra_properties() {
+        let s = spec(
+            "{bootstrapServers: 'b:9096', securityProtocol: SASL_SSL, sasl: {mechanism: SCRAM-SHA-512, credentialsSecret: {name: s}}, properties: {client.rack: use1-az1}}",
+        );
+        let access = KafkaAccess::new(&s, Some(("u".into(), "pw".into())), Some("PEM".into()));
+        let p = |k: &str| access.properties.get(k).map(String::as_str);
+        assert_eq!(p("bootstrap.servers"), Some("b:9096"));
+        assert_eq!(p("security.protocol"), Some("sasl_ssl"));
+        assert_eq!(p("sasl.mechanism"), Some("SCRAM-SHA-512"));
+        assert_eq!(
+            (p("sasl.username"), p("sasl.password")),
+            (Some("u"), Some("pw"))
+        );
+        assert_eq!(p("ssl.ca.pem"), Some("PEM"));
+        assert_eq!(p("client.rack"), Some("use1-az1"));
+        assert_eq!(access.topics, vec!["a".to_owned(), "b".to_owned()]);
+    }
+
+    #[test]
+    fn an_unreachable_broker_is_an_error_within_the_timeout_not_a_hang() {
+        let s = spec("{bootstrapServers: '127.0.0.1:1'}");
+        let error = KafkaPartitions::default()
+            .partitions(&KafkaAccess::new(&s, None, None))
+            .unwrap_err();
+        assert!(error.contains("metadata of a"), "{error}");
     }
 }

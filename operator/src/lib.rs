@@ -2,9 +2,12 @@
 
 pub mod build;
 pub mod controller;
+pub mod events;
 pub mod http;
 pub mod kafka;
+pub mod leader;
 pub mod metrics;
+pub mod prune;
 pub mod rbac;
 pub mod render;
 pub mod sizing;

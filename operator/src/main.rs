@@ -21,6 +21,23 @@ enum Command {
         /// Runtime image when a manifest sets none.
         #[arg(long, env = "SLUICE_RUNTIME_IMAGE", default_value = DEFAULT_RUNTIME_IMAGE)]
         image: String,
+        /// This replica's name, in Events and as its leader-election identity (the Helm chart
+        /// sets it from the pod name). Defaults to the host name.
+        #[arg(long, env = "POD_NAME")]
+        instance: Option<String>,
+        /// Take part in leader election, so that only one of several replicas reconciles.
+        #[arg(long, env = "SLUICE_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+        leader_election: bool,
+        /// Name of the leader-election Lease.
+        #[arg(long, default_value = "sluice-operator")]
+        lease_name: String,
+        /// Namespace of the Lease (the operator's own).
+        #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+        lease_namespace: String,
+        /// Seconds the Lease stays valid without renewal (how long a crashed leader blocks a
+        /// standby).
+        #[arg(long, default_value_t = 15)]
+        lease_duration_seconds: u64,
     },
     /// Print the PipelineDeployment CustomResourceDefinition as YAML (`kubectl apply -f -`).
     Crd,
@@ -64,7 +81,28 @@ const DEFAULT_RUNTIME_IMAGE: &str = concat!(
 
 fn main() -> anyhow::Result<ExitCode> {
     match Cli::parse().command {
-        Command::Run { image } => {
+        Command::Run {
+            image,
+            instance,
+            leader_election,
+            lease_name,
+            lease_namespace,
+            lease_duration_seconds,
+        } => {
+            let instance = instance
+                .or_else(|| std::env::var("HOSTNAME").ok())
+                .unwrap_or_else(|| format!("sluice-operator-{}", std::process::id()));
+            let settings = pipeline_operator::controller::Settings {
+                default_image: image,
+                lease: leader_election.then(|| pipeline_operator::leader::LeaseSettings {
+                    name: lease_name,
+                    namespace: lease_namespace,
+                    identity: instance.clone(),
+                    duration_seconds: lease_duration_seconds,
+                    grace_seconds: (lease_duration_seconds / 3).max(1),
+                }),
+                instance,
+            };
             tracing_subscriber::fmt()
                 .json()
                 .with_env_filter(
@@ -89,17 +127,18 @@ fn main() -> anyhow::Result<ExitCode> {
                     metrics.clone(),
                     readiness.clone(),
                 ));
-                pipeline_operator::controller::run(
+                let result = pipeline_operator::controller::run(
                     client,
-                    image,
+                    settings,
                     std::sync::Arc::new(pipeline_operator::kafka::KafkaPartitions::default()),
                     metrics,
                     readiness,
                 )
                 .await;
                 endpoints.abort();
-                anyhow::Ok(())
+                result.context("the controller stopped")
             })?;
+            tracing::info!("stopped");
             Ok(ExitCode::SUCCESS)
         }
         Command::Render {

@@ -7,6 +7,7 @@ use prometheus_client::{
     metrics::{
         counter::Counter,
         family::Family,
+        gauge::Gauge,
         histogram::{Histogram, exponential_buckets},
     },
     registry::Registry,
@@ -15,7 +16,7 @@ use prometheus_client::{
 /// Labels of the reconcile counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
-    /// `applied`, `invalid`, `kafka_unreachable` or `error`.
+    /// `applied`, `invalid`, `kafka_unreachable`, `credentials_unavailable`, `deleting` or `error`.
     pub result: String,
 }
 
@@ -24,6 +25,7 @@ pub struct OperatorMetrics {
     registry: Registry,
     reconciles: Family<ResultLabel, Counter>,
     duration: Histogram,
+    leader: Gauge,
 }
 
 impl Default for OperatorMetrics {
@@ -42,10 +44,17 @@ impl Default for OperatorMetrics {
             "Duration of a reconcile",
             duration.clone(),
         );
+        let leader = Gauge::default();
+        registry.register(
+            "sluice_operator_leader",
+            "1 while this replica holds the leader Lease and reconciles, else 0",
+            leader.clone(),
+        );
         Self {
             registry,
             reconciles,
             duration,
+            leader,
         }
     }
 }
@@ -59,6 +68,11 @@ impl OperatorMetrics {
             })
             .inc();
         self.duration.observe(elapsed.as_secs_f64());
+    }
+
+    /// Whether this replica leads.
+    pub fn set_leader(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
     }
 
     /// The Prometheus text exposition.
@@ -79,6 +93,7 @@ mod tests {
         let m = OperatorMetrics::default();
         m.reconciled("applied", Duration::from_millis(12));
         m.reconciled("error", Duration::from_millis(3));
+        m.set_leader(true);
         let text = m.encode();
         assert!(
             text.contains("sluice_operator_reconciles_total{result=\"applied\"} 1"),
@@ -88,5 +103,6 @@ mod tests {
             text.contains("sluice_operator_reconcile_duration_seconds_count 2"),
             "{text}"
         );
+        assert!(text.contains("sluice_operator_leader 1"), "{text}");
     }
 }

@@ -26,8 +26,8 @@ pub const PERMISSIONS: &[Permission] = &[
     Permission {
         api_group: "sluice.dev",
         resources: &["pipelinedeployments"],
-        verbs: &["get", "list", "watch", "patch"],
-        reason: "watch the resources it reconciles; patch adds and removes its finalizer",
+        verbs: &["get", "list", "watch"],
+        reason: "watch the resources it reconciles (no finalizer: deletion is left to owner references)",
     },
     Permission {
         api_group: "sluice.dev",
@@ -81,25 +81,19 @@ pub const PERMISSIONS: &[Permission] = &[
         api_group: "",
         resources: &["secrets"],
         verbs: &["get"],
-        reason: "read SASL credentials to look up the source topic's partition count",
-    },
-    Permission {
-        api_group: "",
-        resources: &["events"],
-        verbs: &["create", "patch"],
-        reason: "an Event for every scaling action and error",
+        reason: "read SASL credentials and the CA bundle to look up the source topic's partition count",
     },
     Permission {
         api_group: "events.k8s.io",
         resources: &["events"],
-        verbs: &["create", "patch"],
-        reason: "the same through the events.k8s.io API that kube's recorder uses",
+        verbs: &["create"],
+        reason: "an Event for every scaling action and error (events.k8s.io/v1, never updated)",
     },
     Permission {
         api_group: "coordination.k8s.io",
         resources: &["leases"],
-        verbs: &["get", "create", "update"],
-        reason: "leader election, so two operator replicas never reconcile at once",
+        verbs: &["get", "create", "patch"],
+        reason: "leader election, so two operator replicas never reconcile at once (the Lease is renewed by server-side apply)",
     },
 ];
 
@@ -165,7 +159,8 @@ mod tests {
             }
         }
         assert!(allows("sluice.dev", "pipelinedeployments/status", "patch"));
-        assert!(allows("coordination.k8s.io", "leases", "update"));
+        assert!(allows("coordination.k8s.io", "leases", "patch"));
+        assert!(allows("events.k8s.io", "events", "create"));
         assert!(
             !allows("", "secrets", "list"),
             "secrets are read one by one, never listed"

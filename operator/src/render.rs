@@ -48,12 +48,13 @@ pub fn render(
         typed("v1", "Service", &children.headless_service),
         typed("v1", "Service", &children.metrics_service),
         typed("apps/v1", "StatefulSet", &children.stateful_set),
-        typed(
-            "policy/v1",
-            "PodDisruptionBudget",
-            &children.pod_disruption_budget,
-        ),
     ];
+    documents.extend(
+        children
+            .pod_disruption_budget
+            .iter()
+            .map(|pdb| typed("policy/v1", "PodDisruptionBudget", pdb)),
+    );
     documents.extend(children.pod_monitor);
     Ok(documents
         .iter()

@@ -13,6 +13,8 @@ pub enum Outcome {
     Invalid(Vec<FieldError>),
     /// The source topic's partition count could not be read.
     KafkaUnreachable(String),
+    /// The Secrets the Kafka connection refers to cannot be read.
+    CredentialsUnavailable(String),
     /// The children were applied.
     Applied {
         /// The sizing applied.
@@ -65,10 +67,14 @@ pub fn status(pd: &PipelineDeployment, outcome: &Outcome, now: &Time) -> Pipelin
         .map(|(k, v)| format!("{k}={v}"))
         .collect::<Vec<_>>()
         .join(",");
+    // What this reconcile does not learn (the running sizing when nothing was applied, the
+    // autoscaler's figures) is carried over: a status apply drops every field it leaves out.
+    let before = pd.status.clone().unwrap_or_default();
     let mut s = PipelineDeploymentStatus {
         observed_generation: generation,
         selector: Some(selector),
-        ..PipelineDeploymentStatus::default()
+        conditions: Vec::new(),
+        ..before.clone()
     };
     match outcome {
         Outcome::Invalid(problems) => {
@@ -89,13 +95,22 @@ pub fn status(pd: &PipelineDeployment, outcome: &Outcome, now: &Time) -> Pipelin
                 c("Degraded", true, "InvalidSpec", message),
             ];
         }
-        Outcome::KafkaUnreachable(error) => {
+        Outcome::KafkaUnreachable(error) | Outcome::CredentialsUnavailable(error) => {
             s.phase = Some(Phase::Degraded);
-            let message = format!("cannot read the source topic's partitions: {error}");
+            let (reason, message) = match outcome {
+                Outcome::KafkaUnreachable(_) => (
+                    "KafkaUnreachable",
+                    format!("cannot read the source topic's partitions: {error}"),
+                ),
+                _ => (
+                    "CredentialsUnavailable",
+                    format!("cannot read the Kafka credentials: {error}"),
+                ),
+            };
             s.conditions = vec![
-                c("Ready", false, "KafkaUnreachable", message.clone()),
-                c("Progressing", false, "KafkaUnreachable", "retrying".into()),
-                c("Degraded", true, "KafkaUnreachable", message),
+                c("Ready", false, reason, message.clone()),
+                c("Progressing", false, reason, "retrying".into()),
+                c("Degraded", true, reason, message),
             ];
         }
         Outcome::Applied {
@@ -105,11 +120,15 @@ pub fn status(pd: &PipelineDeployment, outcome: &Outcome, now: &Time) -> Pipelin
         } => {
             let replicas = if pd.spec.suspend { 0 } else { sizing.replicas };
             let ready = *ready_replicas >= replicas;
-            s.parallelism = Some(if pd.spec.suspend {
+            let parallelism = if pd.spec.suspend {
                 0
             } else {
                 sizing.parallelism
-            });
+            };
+            if before.parallelism.is_some_and(|p| p != parallelism) {
+                s.last_scale_time = Some(now.clone());
+            }
+            s.parallelism = Some(parallelism);
             s.desired_parallelism = Some(sizing.parallelism);
             s.replicas = Some(replicas);
             s.ready_replicas = Some(*ready_replicas);
