@@ -39,3 +39,8 @@ cargo build -p pipeline-runtime --bins --locked
 
 log "cargo test"
 cargo test --workspace --locked
+
+# Every object the operator renders, against the Kubernetes API schemas (pip kubernetes-validate).
+log "scripts/validate-manifests.sh"
+cargo build -p pipeline-operator --bins --locked
+bash scripts/validate-manifests.sh target/debug/pipeline-operator

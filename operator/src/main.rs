@@ -55,14 +55,16 @@ enum Command {
         name: String,
     },
     /// Print, as YAML, every object the operator would create for a PipelineDeployment (dry run,
-    /// no cluster needed).
+    /// no cluster needed). The partition count comes from Kafka (the manifest's brokers, without
+    /// SASL credentials, which live in the cluster) unless --partitions gives one.
     Render {
         /// The manifest.
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
-        /// Partitions of the source topics (all together).
+        /// Partitions of the source topics (all together); overrides the Kafka lookup, for
+        /// "what if the topic had N partitions".
         #[arg(long)]
-        partitions: i32,
+        partitions: Option<i32>,
         /// Runtime image when the manifest sets none.
         #[arg(long, default_value = DEFAULT_RUNTIME_IMAGE)]
         image: String,
@@ -148,6 +150,26 @@ fn main() -> anyhow::Result<ExitCode> {
             pod_monitor,
         } => {
             let pd = pipeline_crds::manifest::from_file(&file)?;
+            let partitions = match partitions {
+                Some(p) => p,
+                None => {
+                    use pipeline_operator::kafka::{KafkaAccess, KafkaPartitions, PartitionSource};
+                    let access = KafkaAccess::new(&pd.spec, None, None);
+                    match KafkaPartitions::default().partitions(&access) {
+                        Ok(p) => {
+                            eprintln!("{}: {p} source partitions (from Kafka)", file.display());
+                            p
+                        }
+                        Err(e) => {
+                            eprintln!(
+                                "{}: cannot read the partition count from Kafka ({e}); pass --partitions N",
+                                file.display()
+                            );
+                            return Ok(ExitCode::FAILURE);
+                        }
+                    }
+                }
+            };
             let environment = pipeline_operator::build::Environment {
                 default_image: image,
                 pod_monitor_crd: pod_monitor,
