@@ -18,7 +18,10 @@ fn the_lookup_sums_the_partitions_of_every_source_topic_and_names_a_missing_one(
     let Some(broker) = Tansu::start() else { return };
     broker.create_topics(&[("clicks", 6), ("views", 3)]);
     let lookup = KafkaPartitions::default();
-    assert_eq!(lookup.partitions(&access(&broker.bootstrap, "clicks, views")), Ok(9));
+    assert_eq!(
+        lookup.partitions(&access(&broker.bootstrap, "clicks, views")),
+        Ok(9)
+    );
     let error = lookup
         .partitions(&access(&broker.bootstrap, "clicks, nowhere"))
         .unwrap_err();

@@ -1,5 +1,6 @@
-//! The controller: reconcile = validate (pure) → partitions (Kafka) → size and build (pure) →
-//! apply (server-side apply under one field manager, fixed order) → status.
+//! The controller: reconcile = validate (pure) → Kafka access (Secrets) → partitions (Kafka) →
+//! size and build (pure) → apply (server-side apply under one field manager, fixed order) →
+//! delete children no longer wanted → status → Events. docs/operator.md walks through it.
 
 use std::{
     collections::HashMap,
@@ -77,6 +78,14 @@ impl PodMonitorCrd {
             .is_some();
         *self.known.lock().expect("not poisoned") = Some((exists, Instant::now()));
         Ok(exists)
+    }
+
+    /// Forgets a detected answer (a PodMonitor apply found no such kind).
+    fn forget(&self) {
+        let mut known = self.known.lock().expect("not poisoned");
+        if self.ttl != Duration::MAX {
+            *known = None;
+        }
     }
 }
 
@@ -294,7 +303,13 @@ async fn reconcile_once(
             Api::namespaced_with(client.clone(), &namespace, &prune::pod_monitor_resource());
         let object: DynamicObject =
             serde_json::from_value(monitor.clone()).expect("a PodMonitor is a dynamic object");
-        apply(&api, &name, &object).await?;
+        if let Err(error) = apply(&api, &name, &object).await {
+            if matches!(&error, kube::Error::Api(e) if e.code == 404) {
+                // The Prometheus Operator went away: ask again on the retry.
+                ctx.pod_monitor_crd.forget();
+            }
+            return Err(error.into());
+        }
     }
     prune::delete_unwanted(
         client,
