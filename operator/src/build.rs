@@ -84,14 +84,14 @@ impl Children {
     }
 }
 
+/// The label every child of every pipeline carries; the controller watches children by it.
+pub fn managed_selector() -> String {
+    format!("{}={}", labels::MANAGED_BY, labels::MANAGED_BY_OPERATOR)
+}
+
 /// Labels on every child of `pipeline`; [`crate::prune`] lists children by them.
 pub fn child_selector(pipeline: &str) -> String {
-    format!(
-        "{}={pipeline},{}={}",
-        labels::INSTANCE,
-        labels::MANAGED_BY,
-        labels::MANAGED_BY_OPERATOR
-    )
+    format!("{}={pipeline},{}", labels::INSTANCE, managed_selector())
 }
 
 /// Name of the runtime ConfigMap.

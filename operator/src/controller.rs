@@ -381,7 +381,8 @@ async fn signal() {
     }
 }
 
-/// Watches every PipelineDeployment (and the StatefulSets it owns) and reconciles until SIGTERM,
+/// Watches every PipelineDeployment (and the StatefulSets, ConfigMaps, Services and
+/// PodDisruptionBudgets it owns) and reconciles until SIGTERM,
 /// while this replica leads (see [`crate::leader`]). `readiness` is set once it has joined the
 /// election (a standby is ready: it serves its endpoints and waits).
 pub async fn run(
@@ -442,11 +443,16 @@ pub async fn run(
         settings.instance,
     ));
     info!("operator reconciling");
+    // Children carry the managed-by label: watch only those, not every ConfigMap in the cluster.
+    let children = watcher::Config::default().labels(&crate::build::managed_selector());
     Controller::new(
         Api::<PipelineDeployment>::all(client.clone()),
         watcher::Config::default(),
     )
-    .owns(Api::<StatefulSet>::all(client), watcher::Config::default())
+    .owns(Api::<StatefulSet>::all(client.clone()), children.clone())
+    .owns(Api::<ConfigMap>::all(client.clone()), children.clone())
+    .owns(Api::<Service>::all(client.clone()), children.clone())
+    .owns(Api::<PodDisruptionBudget>::all(client), children)
     .graceful_shutdown_on(shutdown)
     .run(reconcile, error_policy, ctx)
     .for_each(|result| async move {
