@@ -199,8 +199,13 @@ pub async fn reconcile(
         Err(_) => "error",
     };
     ctx.metrics.reconciled(label, started.elapsed());
-    if let Err(error) = &result {
-        announce_failure(&ctx, &pd, error).await;
+    match &result {
+        Err(error) => announce_failure(&ctx, &pd, error).await,
+        // A later failure is news again; and the map does not keep pipelines that are gone.
+        Ok(_) => {
+            let uid = pd.uid().unwrap_or_default();
+            ctx.error_events.lock().expect("not poisoned").remove(&uid);
+        }
     }
     result.map(|(action, _)| action)
 }

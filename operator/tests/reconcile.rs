@@ -591,14 +591,19 @@ async fn a_spec_change_rolls_the_pods_through_the_config_hash() {
 }
 
 #[tokio::test]
-async fn a_failed_apply_is_an_error_to_retry_with_one_warning_event_per_interval() {
+async fn a_failed_apply_is_an_error_to_retry_with_one_warning_event_per_interval_until_it_succeeds()
+{
     let metrics = Arc::new(OperatorMetrics::default());
-    // The operator's memory of sent error events, kept across the two reconciles.
+    // The operator's memory of sent error events, kept across the reconciles: two failures, a
+    // success, a failure.
     let sent = Arc::new(Mutex::new(HashMap::new()));
     let mut runs = Vec::new();
-    for _ in 0..2 {
+    let mut results = Vec::new();
+    for failing in [true, true, false, true] {
         let mut scenario = Scenario::new(pipeline(""));
-        scenario.cluster.failing = vec![format!("{NS}/configmaps/p-pipeline")];
+        if failing {
+            scenario.cluster.failing = vec![format!("{NS}/configmaps/p-pipeline")];
+        }
         let (m, sent) = (metrics.clone(), sent.clone());
         let (result, calls, _) = scenario
             .run_on(move |client, partitions, _| {
@@ -614,9 +619,11 @@ async fn a_failed_apply_is_an_error_to_retry_with_one_warning_event_per_interval
                 Arc::new(ctx)
             })
             .await;
-        assert!(result.unwrap_err().contains("kubernetes API"));
+        results.push(result);
         runs.push(calls);
     }
+    assert!(results[0].as_ref().unwrap_err().contains("kubernetes API"));
+    assert!(results[2].is_ok());
     assert_eq!(
         lines(&runs[0]),
         [
@@ -634,9 +641,14 @@ async fn a_failed_apply_is_an_error_to_retry_with_one_warning_event_per_interval
         [format!("PATCH {NS}/configmaps/p-pipeline")],
         "the retry 15 s later sends no second event"
     );
+    assert_eq!(
+        events(&runs[3])[0].1,
+        "ReconcileFailed",
+        "a failure after a success is news again"
+    );
     assert!(
         metrics
             .encode()
-            .contains("sluice_operator_reconciles_total{result=\"error\"} 2")
+            .contains("sluice_operator_reconciles_total{result=\"error\"} 3")
     );
 }
