@@ -18,11 +18,10 @@ use k8s_openapi::{
 use kube::{Api, Client, Resource, ResourceExt, api::PostParams};
 use pipeline_crds::{PipelineDeployment, PipelineDeploymentStatus};
 
+use crate::status::ERROR_REASONS;
+
 /// The reporting controller named in every Event.
 pub const REPORTING_CONTROLLER: &str = "sluice.dev/operator";
-
-/// Reasons of `Ready=False` that are errors (each announced once, when it starts).
-const ERROR_REASONS: &[&str] = &["InvalidSpec", "KafkaUnreachable", "CredentialsUnavailable"];
 
 /// Most bytes of an Event's note (the API's limit is 1 kB).
 const NOTE_LIMIT: usize = 1000;

@@ -217,7 +217,14 @@ pub struct KafkaPartitions {
 }
 
 impl KafkaPartitions {
-    fn topic_partitions(&self, access: &KafkaAccess, topic: &str) -> Result<i32, String> {
+    /// `consumer` is created on the first topic missing from the cache and serves the rest of
+    /// the lookup.
+    fn topic_partitions(
+        &self,
+        access: &KafkaAccess,
+        topic: &str,
+        consumer: &mut Option<BaseConsumer>,
+    ) -> Result<i32, String> {
         let bootstrap = access
             .properties
             .get("bootstrap.servers")
@@ -229,11 +236,16 @@ impl KafkaPartitions {
         {
             return Ok(*count);
         }
-        let mut config = ClientConfig::new();
-        for (k, v) in &access.properties {
-            config.set(k, v);
-        }
-        let consumer: BaseConsumer = config.create().map_err(|e| e.to_string())?;
+        let consumer = match consumer {
+            Some(consumer) => consumer,
+            None => {
+                let mut config = ClientConfig::new();
+                for (k, v) in &access.properties {
+                    config.set(k, v);
+                }
+                consumer.insert(config.create().map_err(|e| e.to_string())?)
+            }
+        };
         let metadata = consumer
             .fetch_metadata(Some(topic), TIMEOUT)
             .map_err(|e| format!("metadata of {topic}: {e}"))?;
@@ -257,10 +269,11 @@ impl KafkaPartitions {
 
 impl PartitionSource for KafkaPartitions {
     fn partitions(&self, access: &KafkaAccess) -> Result<i32, String> {
+        let mut consumer = None;
         access
             .topics
             .iter()
-            .map(|topic| self.topic_partitions(access, topic))
+            .map(|topic| self.topic_partitions(access, topic, &mut consumer))
             .sum()
     }
 }

@@ -56,11 +56,6 @@ impl Election {
         async move { became(&mut leading, false).await }
     }
 
-    /// Whether this replica leads now.
-    pub fn leading(&self) -> bool {
-        *self.leading.borrow()
-    }
-
     /// Leaves the election, releasing the Lease if held.
     pub async fn leave(self) {
         drop(self.leading);

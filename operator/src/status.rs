@@ -6,6 +6,15 @@ use pipeline_crds::{FieldError, PipelineDeployment, PipelineDeploymentStatus, st
 
 use crate::{build::selector_labels, sizing::Sizing};
 
+/// `Ready=False` reason: the spec cannot run.
+pub const INVALID_SPEC: &str = "InvalidSpec";
+/// `Ready=False` reason: the source topic's partition count could not be read.
+pub const KAFKA_UNREACHABLE: &str = "KafkaUnreachable";
+/// `Ready=False` reason: the Secrets of the Kafka connection cannot be read.
+pub const CREDENTIALS_UNAVAILABLE: &str = "CredentialsUnavailable";
+/// The `Ready=False` reasons that are errors ([`crate::events`] announces each when it starts).
+pub const ERROR_REASONS: [&str; 3] = [INVALID_SPEC, KAFKA_UNREACHABLE, CREDENTIALS_UNAVAILABLE];
+
 /// What the reconcile found.
 #[derive(Clone, Debug)]
 pub enum Outcome {
@@ -53,13 +62,19 @@ fn condition(
 /// The status to write for `pd` after `outcome`, at `now`.
 pub fn status(pd: &PipelineDeployment, outcome: &Outcome, now: &Time) -> PipelineDeploymentStatus {
     let generation = pd.metadata.generation;
-    let previous = pd
-        .status
-        .as_ref()
-        .map(|s| s.conditions.clone())
-        .unwrap_or_default();
+    // What this reconcile does not learn (the running sizing when nothing was applied, the
+    // autoscaler's figures) is carried over: a status apply drops every field it leaves out.
+    let before = pd.status.clone().unwrap_or_default();
     let c = |type_: &str, status: bool, reason: &str, message: String| {
-        condition(&previous, type_, status, reason, message, generation, now)
+        condition(
+            &before.conditions,
+            type_,
+            status,
+            reason,
+            message,
+            generation,
+            now,
+        )
     };
     let name = pd.metadata.name.clone().unwrap_or_default();
     let selector = selector_labels(&name)
@@ -67,9 +82,6 @@ pub fn status(pd: &PipelineDeployment, outcome: &Outcome, now: &Time) -> Pipelin
         .map(|(k, v)| format!("{k}={v}"))
         .collect::<Vec<_>>()
         .join(",");
-    // What this reconcile does not learn (the running sizing when nothing was applied, the
-    // autoscaler's figures) is carried over: a status apply drops every field it leaves out.
-    let before = pd.status.clone().unwrap_or_default();
     let mut s = PipelineDeploymentStatus {
         observed_generation: generation,
         selector: Some(selector),
@@ -85,25 +97,25 @@ pub fn status(pd: &PipelineDeployment, outcome: &Outcome, now: &Time) -> Pipelin
                 .join("; ");
             s.phase = Some(Phase::Failed);
             s.conditions = vec![
-                c("Ready", false, "InvalidSpec", message.clone()),
+                c("Ready", false, INVALID_SPEC, message.clone()),
                 c(
                     "Progressing",
                     false,
-                    "InvalidSpec",
+                    INVALID_SPEC,
                     "waiting for a spec change".into(),
                 ),
-                c("Degraded", true, "InvalidSpec", message),
+                c("Degraded", true, INVALID_SPEC, message),
             ];
         }
         Outcome::KafkaUnreachable(error) | Outcome::CredentialsUnavailable(error) => {
             s.phase = Some(Phase::Degraded);
             let (reason, message) = match outcome {
                 Outcome::KafkaUnreachable(_) => (
-                    "KafkaUnreachable",
+                    KAFKA_UNREACHABLE,
                     format!("cannot read the source topic's partitions: {error}"),
                 ),
                 _ => (
-                    "CredentialsUnavailable",
+                    CREDENTIALS_UNAVAILABLE,
                     format!("cannot read the Kafka credentials: {error}"),
                 ),
             };
