@@ -39,6 +39,27 @@ pub struct KafkaSpec {
     pub properties: BTreeMap<String, String>,
 }
 
+impl KafkaSpec {
+    /// The librdkafka properties this spec sets by itself: `security.protocol`,
+    /// `sasl.mechanism` and the extra `properties` (which never name those: `validate()` refuses
+    /// them). Brokers, credentials and the CA bundle are left to each client, which gets them its
+    /// own way: the runtime from its environment and mounts, the operator from the Secrets.
+    pub fn client_properties(&self) -> BTreeMap<String, String> {
+        let mut properties = self.properties.clone();
+        properties.insert(
+            "security.protocol".into(),
+            self.security_protocol.as_kafka_str().into(),
+        );
+        if let Some(sasl) = &self.sasl {
+            properties.insert(
+                "sasl.mechanism".into(),
+                sasl.mechanism.as_kafka_str().into(),
+            );
+        }
+        properties
+    }
+}
+
 /// Kafka's `security.protocol`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum SecurityProtocol {

@@ -33,19 +33,11 @@ impl KafkaAccess {
         credentials: Option<(String, String)>,
         ca: Option<String>,
     ) -> Self {
-        let kafka = &spec.kafka;
-        let mut properties = kafka.properties.clone();
-        properties.insert("bootstrap.servers".into(), kafka.bootstrap_servers.clone());
+        let mut properties = spec.kafka.client_properties();
         properties.insert(
-            "security.protocol".into(),
-            kafka.security_protocol.as_kafka_str().into(),
+            "bootstrap.servers".into(),
+            spec.kafka.bootstrap_servers.clone(),
         );
-        if let Some(sasl) = &kafka.sasl {
-            properties.insert(
-                "sasl.mechanism".into(),
-                sasl.mechanism.as_kafka_str().into(),
-            );
-        }
         if let Some((username, password)) = credentials {
             properties.insert("sasl.username".into(), username);
             properties.insert("sasl.password".into(), password);

@@ -23,13 +23,8 @@ pub fn base_config(
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", bootstrap_servers)
-        .set("client.id", client_id)
-        .set(
-            "security.protocol",
-            spec.kafka.security_protocol.as_kafka_str(),
-        );
-    if let Some(sasl) = &spec.kafka.sasl {
-        config.set("sasl.mechanism", sasl.mechanism.as_kafka_str());
+        .set("client.id", client_id);
+    if spec.kafka.sasl.is_some() {
         // Credentials come from the Secret through the environment, never from the spec.
         if let Ok(user) = env::var(env_names::KAFKA_SASL_USERNAME) {
             config.set("sasl.username", user);
@@ -44,7 +39,9 @@ pub fn base_config(
             format!("{}/{}", paths::KAFKA_CA_DIR, ca.key),
         );
     }
-    for (key, value) in &spec.kafka.properties {
+    // Last, so the user's properties win where the runtime only sets a default (client.id, the
+    // CA path); the ones it owns are refused by validate().
+    for (key, value) in spec.kafka.client_properties() {
         config.set(key, value);
     }
     config
@@ -76,9 +73,6 @@ pub fn consumer_config(
         .set("heartbeat.interval.ms", "1000")
         .set("statistics.interval.ms", "1000")
         .set("enable.partition.eof", "false");
-    for (key, value) in &spec.kafka.properties {
-        config.set(key, value);
-    }
     config
 }
 
@@ -124,9 +118,6 @@ pub fn producer_config(
             "transaction.timeout.ms",
             (interval_ms * 3).max(MESSAGE_TIMEOUT_MS).to_string(),
         );
-    }
-    for (key, value) in &spec.kafka.properties {
-        config.set(key, value);
     }
     config
 }
