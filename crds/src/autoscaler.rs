@@ -34,11 +34,13 @@ pub struct AutoscalerSpec {
     #[serde(default)]
     pub metrics: MetricsSource,
 
-    /// Time between evaluations. Defaults to `30s`.
+    /// Time between evaluations, and the shortest window a decision is made from. Defaults to
+    /// `30s`.
     #[serde(default = "default_interval")]
     pub interval: Duration,
 
-    /// Window over which rates and utilisations are averaged. Defaults to `5m`.
+    /// Window over which rates and utilisations are averaged. After a rescale the window starts
+    /// when every partition is consumed again. Defaults to `5m`.
     #[serde(default = "default_metrics_window")]
     pub metrics_window: Duration,
 
@@ -51,6 +53,11 @@ pub struct AutoscalerSpec {
     /// Defaults to `5m`.
     #[serde(default = "default_catch_up_duration")]
     pub catch_up_duration: Duration,
+
+    /// Lag, in seconds of input at the arrival rate, above which the pipeline counts as in
+    /// backlog: it is never scaled down then. Defaults to `30s`.
+    #[serde(default = "default_lag_target")]
+    pub lag_target: Duration,
 
     /// How long a lower recommendation must hold before scaling down. Defaults to `10m`.
     #[serde(default = "default_scale_down_delay")]
@@ -67,6 +74,26 @@ pub struct AutoscalerSpec {
     pub max_scale_down_factor: f64,
 }
 
+impl Default for AutoscalerSpec {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            mode: AutoscalerMode::default(),
+            min_parallelism: None,
+            max_parallelism: None,
+            metrics: MetricsSource::default(),
+            interval: default_interval(),
+            metrics_window: default_metrics_window(),
+            target_utilization: default_target_utilization(),
+            catch_up_duration: default_catch_up_duration(),
+            lag_target: default_lag_target(),
+            scale_down_delay: default_scale_down_delay(),
+            max_scale_up_factor: default_max_scale_up_factor(),
+            max_scale_down_factor: default_max_scale_down_factor(),
+        }
+    }
+}
+
 fn default_interval() -> Duration {
     Duration::from_secs(30)
 }
@@ -78,6 +105,9 @@ fn default_target_utilization() -> f64 {
 }
 fn default_catch_up_duration() -> Duration {
     Duration::from_secs(300)
+}
+fn default_lag_target() -> Duration {
+    Duration::from_secs(30)
 }
 fn default_scale_down_delay() -> Duration {
     Duration::from_secs(600)

@@ -111,6 +111,9 @@ pub mod metrics {
     pub const PARTITION_END_OFFSET: &str = "pipeline_partition_end_offset";
     /// Next offset the slot will read from a source partition (gauge; labels topic, partition).
     pub const PARTITION_POSITION: &str = "pipeline_partition_position";
+    /// 1 while a source partition is paused because its state could not be restored (gauge;
+    /// labels topic, partition). The autoscaler leaves it out of the lag and reports it.
+    pub const PARTITION_PAUSED: &str = "pipeline_partition_paused";
     /// End offset − position, per partition (gauge).
     pub const CONSUMER_LAG_RECORDS: &str = "pipeline_consumer_lag_records";
     /// Seconds a slot spent processing records (counter; label slot).

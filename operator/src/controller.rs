@@ -11,7 +11,7 @@ use std::{
 use k8s_openapi::{
     api::{
         apps::v1::StatefulSet,
-        core::v1::{ConfigMap, Service},
+        core::v1::{ConfigMap, Pod, Service},
         policy::v1::PodDisruptionBudget,
     },
     apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
@@ -28,6 +28,10 @@ use tracing::{info, warn};
 
 pub use crate::kafka::PartitionSource;
 use crate::{
+    autoscale::{
+        self,
+        source::{Endpoints, SharedSources, Sources, Target},
+    },
     build::{BuildError, Environment, build},
     events, kafka, prune,
     sizing::{SizingError, size},
@@ -105,6 +109,62 @@ pub struct Context {
     pub instance: String,
     /// When each object (by uid) last got a `ReconcileFailed` Event.
     pub error_events: Arc<Mutex<HashMap<String, Instant>>>,
+    /// The autoscaler's metrics sources (direct scrape of the pods, or Prometheus).
+    pub metrics_sources: Arc<dyn Sources>,
+    /// Seconds since the Unix epoch (a fixed clock in tests).
+    pub clock: fn() -> f64,
+}
+
+/// Seconds since the Unix epoch.
+pub fn wall_clock() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// The runtime pods of a pipeline, for the direct scrape: running pods with an IP.
+pub struct PodEndpoints {
+    client: Client,
+}
+
+impl PodEndpoints {
+    /// Listing pods with `client`.
+    pub fn new(client: Client) -> Self {
+        Self { client }
+    }
+}
+
+impl Endpoints for PodEndpoints {
+    fn endpoints<'a>(
+        &'a self,
+        target: &'a Target,
+    ) -> futures::future::BoxFuture<'a, Result<Vec<String>, String>> {
+        Box::pin(async move {
+            let pods: Api<Pod> = Api::namespaced(self.client.clone(), &target.namespace);
+            let selector = crate::build::selector_labels(&target.name)
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(",");
+            let list = pods
+                .list(&kube::api::ListParams::default().labels(&selector))
+                .await
+                .map_err(|e| format!("listing the runtime pods: {e}"))?;
+            Ok(list
+                .items
+                .iter()
+                .filter_map(|p| p.status.as_ref())
+                .filter(|s| s.phase.as_deref() == Some("Running"))
+                .filter_map(|s| s.pod_ip.as_ref())
+                .map(|ip| {
+                    format!(
+                        "http://{ip}:{}/metrics",
+                        pipeline_crds::contract::ports::RUNTIME_METRICS
+                    )
+                })
+                .collect())
+        })
+    }
 }
 
 impl Context {
@@ -117,6 +177,7 @@ impl Context {
         partitions: Arc<dyn PartitionSource>,
         instance: String,
     ) -> Self {
+        let client_for_sources = client.clone();
         Self {
             client,
             metrics,
@@ -125,6 +186,10 @@ impl Context {
             partitions,
             instance,
             error_events: Arc::default(),
+            metrics_sources: Arc::new(SharedSources::new(Box::new(PodEndpoints::new(
+                client_for_sources,
+            )))),
+            clock: wall_clock,
         }
     }
 }
@@ -277,7 +342,9 @@ async fn reconcile_once(
         default_image: ctx.default_image.clone(),
         pod_monitor_crd,
     };
-    let sizing = size(&pd.spec, partitions, None)?;
+    let autoscaler = autoscale_once(ctx, pd, partitions).await;
+    let decision = autoscale::decided(&pd.spec, autoscaler.as_ref());
+    let sizing = size(&pd.spec, partitions, decision)?;
     let children = build(pd, &sizing, &environment)?;
     apply(
         &Api::<ConfigMap>::namespaced(client.clone(), &namespace),
@@ -330,13 +397,88 @@ async fn reconcile_once(
         .as_ref()
         .and_then(|s| s.ready_replicas)
         .unwrap_or(0);
+    let requeue = autoscale::enabled(&pd.spec).map_or(Duration::from_secs(60), |a| {
+        a.interval
+            .get()
+            .clamp(Duration::from_secs(1), Duration::from_secs(60))
+    });
     let outcome = Outcome::Applied {
         sizing,
         partitions,
         ready_replicas,
+        autoscaler,
     };
     report(ctx, pd, &outcome).await?;
-    Ok((Action::requeue(Duration::from_secs(60)), "applied"))
+    Ok((Action::requeue(requeue), "applied"))
+}
+
+/// The autoscaler's status after this reconcile: a new evaluation when one is due for a running
+/// pipeline, the previous one otherwise, none when the autoscaler is off.
+async fn autoscale_once(
+    ctx: &Context,
+    pd: &PipelineDeployment,
+    partitions: i32,
+) -> Option<pipeline_crds::status::AutoscalerStatus> {
+    let name = pd.name_any();
+    let namespace = pd.namespace().unwrap_or_default();
+    let Some(spec) = autoscale::enabled(&pd.spec) else {
+        ctx.metrics.forget_autoscaler(&namespace, &name);
+        return None;
+    };
+    let previous = pd.status.as_ref().and_then(|s| s.autoscaler.as_ref());
+    let running = pd
+        .status
+        .as_ref()
+        .and_then(|s| s.parallelism)
+        .filter(|p| *p > 0);
+    let now = (ctx.clock)();
+    let Some(parallelism) = running.filter(|_| !pd.spec.suspend) else {
+        return previous.cloned();
+    };
+    if !autoscale::due(spec, previous, now) {
+        return previous.cloned();
+    }
+    let target = Target {
+        namespace: namespace.clone(),
+        name: name.clone(),
+    };
+    let policy_ctx = autoscale::policy::Context {
+        now,
+        parallelism,
+        partitions,
+        generation: pd.metadata.generation.unwrap_or_default(),
+    };
+    let status = match ctx.metrics_sources.source(&spec.metrics) {
+        Ok(source) => {
+            autoscale::evaluate(
+                source.as_ref(),
+                &target,
+                &pd.spec,
+                spec,
+                previous,
+                policy_ctx,
+            )
+            .await
+        }
+        Err(error) => {
+            let unknown = autoscale::observation::Unknown::Missing(error.to_string());
+            let state = previous.map(autoscale::state_of).unwrap_or_default();
+            let e = autoscale::policy::decide(
+                &autoscale::policy::Settings::from_spec(spec),
+                &state,
+                policy_ctx,
+                autoscale::policy::Input {
+                    observation: Err(unknown),
+                    stable_at: None,
+                },
+            );
+            autoscale::status_of(&e, None, now, parallelism, pd.spec.parallelism)
+        }
+    };
+    info!(%name, %namespace, result = status.result.as_deref().unwrap_or(""), reason = status.reason.as_deref().unwrap_or(""), "autoscaler evaluated");
+    ctx.metrics
+        .autoscaled(&namespace, &name, &status, parallelism);
+    Some(status)
 }
 
 /// Retry after a failed reconcile.

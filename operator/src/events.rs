@@ -119,6 +119,96 @@ pub fn announcements(
             note,
         });
     }
+    out.extend(autoscaler_announcements(
+        before.and_then(|b| b.autoscaler.as_ref()),
+        after.autoscaler.as_ref(),
+    ));
+    out
+}
+
+/// Veto names and the Event reason of each (vetoes that are part of normal operation are
+/// Normal, the others Warnings).
+const VETO_EVENTS: [(&str, &str, Severity); 9] = [
+    ("SinkBound", "AutoscalerSinkBound", Severity::Warning),
+    ("Skew", "AutoscalerSkew", Severity::Warning),
+    ("Ineffective", "AutoscalerIneffective", Severity::Warning),
+    (
+        "MetricsUnknown",
+        "AutoscalerMetricsUnknown",
+        Severity::Warning,
+    ),
+    ("AtMax", "AutoscalerAtMax", Severity::Warning),
+    ("PartitionCap", "AutoscalerPartitionCap", Severity::Warning),
+    ("Backlog", "AutoscalerBacklog", Severity::Normal),
+    (
+        "ScaleDownDelay",
+        "AutoscalerScaleDownDelayed",
+        Severity::Normal,
+    ),
+    ("Stabilizing", "AutoscalerStabilizing", Severity::Normal),
+];
+
+/// The autoscaler's Events: every decision to rescale (or, in `recommendOnly` mode, every new
+/// recommendation), and every veto when it starts — a veto that holds evaluation after
+/// evaluation is announced once.
+fn autoscaler_announcements(
+    before: Option<&pipeline_crds::status::AutoscalerStatus>,
+    after: Option<&pipeline_crds::status::AutoscalerStatus>,
+) -> Vec<Announcement> {
+    let Some(after) = after else {
+        return Vec::new();
+    };
+    if before.and_then(|b| b.last_evaluation_time.as_ref()) == after.last_evaluation_time.as_ref() {
+        return Vec::new();
+    }
+    let note = after.reason.clone().unwrap_or_default();
+    let mut out = Vec::new();
+    let rescaled = after
+        .rescale
+        .as_ref()
+        .filter(|r| after.last_evaluation_time.as_ref() == Some(&r.started));
+    match (after.result.as_deref(), rescaled) {
+        (Some("ScaleUp"), Some(_)) => out.push(Announcement {
+            severity: Severity::Normal,
+            reason: "AutoscalerScaleUp",
+            action: "Autoscale",
+            note: note.clone(),
+        }),
+        (Some("ScaleDown"), Some(_)) => out.push(Announcement {
+            severity: Severity::Normal,
+            reason: "AutoscalerScaleDown",
+            action: "Autoscale",
+            note: note.clone(),
+        }),
+        (Some("ScaleUp" | "ScaleDown"), None)
+            if before.and_then(|b| b.recommended_parallelism) != after.recommended_parallelism =>
+        {
+            out.push(Announcement {
+                severity: Severity::Normal,
+                reason: "AutoscalerRecommendation",
+                action: "Recommend",
+                note: format!(
+                    "recommended parallelism {} (recommendOnly: nothing changed): {note}",
+                    after.recommended_parallelism.unwrap_or_default()
+                ),
+            });
+        }
+        _ => {}
+    }
+    let had = |veto: &str| before.is_some_and(|b| b.vetoes.iter().any(|v| v == veto));
+    for veto in &after.vetoes {
+        if had(veto) {
+            continue;
+        }
+        if let Some((_, reason, severity)) = VETO_EVENTS.iter().find(|(v, _, _)| v == veto) {
+            out.push(Announcement {
+                severity: *severity,
+                reason,
+                action: "Autoscale",
+                note: note.clone(),
+            });
+        }
+    }
     out
 }
 

@@ -1,5 +1,6 @@
 //! The Sluice operator: turns each PipelineDeployment into right-sized runtime pods.
 
+pub mod autoscale;
 pub mod build;
 pub mod controller;
 pub mod events;

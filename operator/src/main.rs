@@ -41,6 +41,20 @@ enum Command {
     },
     /// Print the PipelineDeployment CustomResourceDefinition as YAML (`kubectl apply -f -`).
     Crd,
+    /// Run the autoscaler simulator: every load profile under Sluice's policy, a KEDA-style one
+    /// and a busy-time-only one, and print the comparison (docs/autoscaler.md explains it).
+    Simulate {
+        /// One JSON object per (profile, policy) row instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Only this profile (step-2x, step-5x, spike, ramp, sine, hot-partition, slow-sink,
+        /// metrics-outage, counter-reset).
+        #[arg(long)]
+        profile: Option<String>,
+        /// Also print every evaluation of Sluice's policy (time, action, reason).
+        #[arg(long)]
+        trace: bool,
+    },
     /// Check PipelineDeployment manifests: schema types, semantic rules, and features this release
     /// cannot run yet. Prints every problem with its field path; exits 1 if any.
     Validate {
@@ -72,6 +86,10 @@ enum Command {
         /// annotations.
         #[arg(long)]
         pod_monitor: bool,
+        /// The autoscaler's current decision (total slots), as `status.autoscaler.
+        /// decidedParallelism` would hold it; bounds, partitions and even spread still apply.
+        #[arg(long, value_parser = clap::value_parser!(i32).range(1..))]
+        decision: Option<i32>,
     },
 }
 
@@ -148,6 +166,7 @@ fn main() -> anyhow::Result<ExitCode> {
             partitions,
             image,
             pod_monitor,
+            decision,
         } => {
             let pd = pipeline_crds::manifest::from_file(&file)?;
             let partitions = match partitions {
@@ -174,7 +193,7 @@ fn main() -> anyhow::Result<ExitCode> {
                 default_image: image,
                 pod_monitor_crd: pod_monitor,
             };
-            match pipeline_operator::render::render(&pd, partitions, &environment) {
+            match pipeline_operator::render::render(&pd, partitions, decision, &environment) {
                 Ok(yaml) => {
                     print!("{yaml}");
                     Ok(ExitCode::SUCCESS)
@@ -190,6 +209,47 @@ fn main() -> anyhow::Result<ExitCode> {
                 "{}",
                 serde_yaml::to_string(&pipeline_operator::rbac::cluster_role(&name))?
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Simulate {
+            json,
+            profile,
+            trace,
+        } => {
+            use pipeline_operator::autoscale::simulate;
+            let profiles: Vec<simulate::Profile> = simulate::profiles()
+                .into_iter()
+                .filter(|p| profile.as_deref().is_none_or(|name| p.name == name))
+                .collect();
+            if profiles.is_empty() {
+                let names: Vec<&str> = simulate::profiles().iter().map(|p| p.name).collect();
+                eprintln!(
+                    "no profile named {}; profiles: {}",
+                    profile.unwrap_or_default(),
+                    names.join(", ")
+                );
+                return Ok(ExitCode::FAILURE);
+            }
+            let spec = pipeline_crds::autoscaler::AutoscalerSpec::default();
+            let mut rows = Vec::new();
+            for p in &profiles {
+                let mut ours = simulate::Sluice::new(&spec);
+                rows.push(simulate::run(p, &mut ours));
+                if trace {
+                    for (t, action, reason) in &ours.log {
+                        eprintln!("{} t={t:>5.0}s {:<9} {reason}", p.name, action.word());
+                    }
+                }
+                rows.push(simulate::run(p, &mut simulate::Keda::default()));
+                rows.push(simulate::run(p, &mut simulate::BusyTime::default()));
+            }
+            if json {
+                for row in &rows {
+                    println!("{}", serde_json::to_string(row)?);
+                }
+            } else {
+                print!("{}", simulate::table(&rows));
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Crd => {

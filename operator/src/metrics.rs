@@ -1,6 +1,7 @@
-//! The operator's own Prometheus metrics: reconciles by result, their duration.
+//! The operator's own Prometheus metrics: reconciles by result, their duration, leadership, and
+//! the autoscaler's figures per pipeline.
 
-use std::time::Duration;
+use std::{sync::atomic::AtomicU64, time::Duration};
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -20,12 +21,41 @@ pub struct ResultLabel {
     pub result: String,
 }
 
+/// Labels of per-pipeline autoscaler series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PipelineLabels {
+    /// Namespace.
+    pub namespace: String,
+    /// PipelineDeployment name.
+    pub pipeline: String,
+}
+
+/// Labels of the autoscaler's decision counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    /// Namespace.
+    pub namespace: String,
+    /// PipelineDeployment name.
+    pub pipeline: String,
+    /// `up`, `down` or `none`.
+    pub direction: String,
+    /// The result (`ScaleUp`, `NoChange`, `Held`, `NoMetrics`, ...) or the first veto.
+    pub reason: String,
+}
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+
 /// Every metric of the operator.
 pub struct OperatorMetrics {
     registry: Registry,
     reconciles: Family<ResultLabel, Counter>,
     duration: Histogram,
     leader: Gauge,
+    recommended: Family<PipelineLabels, Gauge>,
+    current: Family<PipelineLabels, Gauge>,
+    required_rate: Family<PipelineLabels, FloatGauge>,
+    capacity_per_slot: Family<PipelineLabels, FloatGauge>,
+    decisions: Family<DecisionLabels, Counter>,
 }
 
 impl Default for OperatorMetrics {
@@ -50,11 +80,46 @@ impl Default for OperatorMetrics {
             "1 while this replica holds the leader Lease and reconciles, else 0",
             leader.clone(),
         );
+        let recommended = Family::<PipelineLabels, Gauge>::default();
+        registry.register(
+            "sluice_autoscaler_recommended_parallelism",
+            "Parallelism the autoscaler recommends",
+            recommended.clone(),
+        );
+        let current = Family::<PipelineLabels, Gauge>::default();
+        registry.register(
+            "sluice_autoscaler_current_parallelism",
+            "Parallelism running when the autoscaler last evaluated",
+            current.clone(),
+        );
+        let required_rate = Family::<PipelineLabels, FloatGauge>::default();
+        registry.register(
+            "sluice_autoscaler_required_rate",
+            "Records per second the pipeline must process (arrival, lag catch-up, rescale pause)",
+            required_rate.clone(),
+        );
+        let capacity_per_slot = Family::<PipelineLabels, FloatGauge>::default();
+        registry.register(
+            "sluice_autoscaler_capacity_per_slot",
+            "Records per second one fully busy slot processes",
+            capacity_per_slot.clone(),
+        );
+        let decisions = Family::<DecisionLabels, Counter>::default();
+        registry.register(
+            "sluice_autoscaler_decisions",
+            "Autoscaler evaluations by direction and reason",
+            decisions.clone(),
+        );
         Self {
             registry,
             reconciles,
             duration,
             leader,
+            recommended,
+            current,
+            required_rate,
+            capacity_per_slot,
+            decisions,
         }
     }
 }
@@ -73,6 +138,57 @@ impl OperatorMetrics {
     /// Whether this replica leads.
     pub fn set_leader(&self, leading: bool) {
         self.leader.set(i64::from(leading));
+    }
+
+    /// Records an autoscaler evaluation of `namespace/pipeline`.
+    pub fn autoscaled(
+        &self,
+        namespace: &str,
+        pipeline: &str,
+        status: &pipeline_crds::status::AutoscalerStatus,
+        current: i32,
+    ) {
+        let labels = PipelineLabels {
+            namespace: namespace.into(),
+            pipeline: pipeline.into(),
+        };
+        self.current.get_or_create(&labels).set(i64::from(current));
+        if let Some(r) = status.recommended_parallelism {
+            self.recommended.get_or_create(&labels).set(i64::from(r));
+        }
+        if let Some(r) = status.required_rate {
+            self.required_rate.get_or_create(&labels).set(r);
+        }
+        if let Some(c) = status.capacity_per_slot {
+            self.capacity_per_slot.get_or_create(&labels).set(c);
+        }
+        let result = status.result.clone().unwrap_or_default();
+        let direction = match result.as_str() {
+            "ScaleUp" => "up",
+            "ScaleDown" => "down",
+            _ => "none",
+        };
+        let reason = status.vetoes.first().cloned().unwrap_or(result);
+        self.decisions
+            .get_or_create(&DecisionLabels {
+                namespace: namespace.into(),
+                pipeline: pipeline.into(),
+                direction: direction.into(),
+                reason,
+            })
+            .inc();
+    }
+
+    /// Forgets a pipeline's autoscaler gauges (it was deleted or its autoscaler turned off).
+    pub fn forget_autoscaler(&self, namespace: &str, pipeline: &str) {
+        let labels = PipelineLabels {
+            namespace: namespace.into(),
+            pipeline: pipeline.into(),
+        };
+        self.recommended.remove(&labels);
+        self.current.remove(&labels);
+        self.required_rate.remove(&labels);
+        self.capacity_per_slot.remove(&labels);
     }
 
     /// The Prometheus text exposition.
@@ -104,5 +220,33 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("sluice_operator_leader 1"), "{text}");
+    }
+
+    #[test]
+    fn autoscaler_figures_are_exposed_per_pipeline() {
+        let m = OperatorMetrics::default();
+        let status = pipeline_crds::status::AutoscalerStatus {
+            recommended_parallelism: Some(8),
+            required_rate: Some(12_000.0),
+            capacity_per_slot: Some(2_000.0),
+            result: Some("ScaleUp".into()),
+            ..Default::default()
+        };
+        m.autoscaled("ns", "iot", &status, 4);
+        let text = m.encode();
+        for line in [
+            "sluice_autoscaler_recommended_parallelism{namespace=\"ns\",pipeline=\"iot\"} 8",
+            "sluice_autoscaler_current_parallelism{namespace=\"ns\",pipeline=\"iot\"} 4",
+            "sluice_autoscaler_required_rate{namespace=\"ns\",pipeline=\"iot\"} 12000",
+            "sluice_autoscaler_capacity_per_slot{namespace=\"ns\",pipeline=\"iot\"} 2000",
+            "sluice_autoscaler_decisions_total{namespace=\"ns\",pipeline=\"iot\",direction=\"up\",reason=\"ScaleUp\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+        m.forget_autoscaler("ns", "iot");
+        assert!(
+            !m.encode()
+                .contains("sluice_autoscaler_current_parallelism{")
+        );
     }
 }

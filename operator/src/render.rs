@@ -25,11 +25,14 @@ pub enum RenderError {
 /// Placeholder uid of a resource that was never stored (owner references need one).
 pub const UNSTORED_UID: &str = "00000000-0000-0000-0000-000000000000";
 
-/// The children of `pd` for a source of `partitions` partitions, as a multi-document YAML in
-/// apply order. A missing namespace is `default`; a missing uid is [`UNSTORED_UID`].
+/// The children of `pd` for a source of `partitions` partitions, running `decision` slots when
+/// the autoscaler decided them (within the same bounds and sizing rules as in the cluster), as a
+/// multi-document YAML in apply order. A missing namespace is `default`; a missing uid is
+/// [`UNSTORED_UID`].
 pub fn render(
     pd: &PipelineDeployment,
     partitions: i32,
+    decision: Option<i32>,
     environment: &Environment,
 ) -> Result<String, RenderError> {
     let problems = pipeline_crds::support::problems(&pd.spec);
@@ -41,7 +44,7 @@ pub fn render(
         .namespace
         .get_or_insert_with(|| "default".into());
     pd.metadata.uid.get_or_insert_with(|| UNSTORED_UID.into());
-    let sizing = size(&pd.spec, partitions, None)?;
+    let sizing = size(&pd.spec, partitions, decision)?;
     let children = build(&pd, &sizing, environment)?;
     let mut documents = vec![
         typed("v1", "ConfigMap", &children.config_map),

@@ -2,7 +2,10 @@
 //! their `lastTransitionTime` while their status stays the same.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use pipeline_crds::{FieldError, PipelineDeployment, PipelineDeploymentStatus, status::Phase};
+use pipeline_crds::{
+    FieldError, PipelineDeployment, PipelineDeploymentStatus,
+    status::{AutoscalerStatus, Phase},
+};
 
 use crate::{build::selector_labels, sizing::Sizing};
 
@@ -32,8 +35,13 @@ pub enum Outcome {
         partitions: i32,
         /// Ready runtime pods.
         ready_replicas: i32,
+        /// The autoscaler's status (absent when it is off).
+        autoscaler: Option<AutoscalerStatus>,
     },
 }
+
+/// Autoscaler vetoes that limit scaling (reported in `ScalingLimited`).
+const LIMITING_VETOES: [&str; 5] = ["SinkBound", "Skew", "Ineffective", "AtMax", "PartitionCap"];
 
 fn condition(
     previous: &[Condition],
@@ -129,6 +137,7 @@ pub fn status(pd: &PipelineDeployment, outcome: &Outcome, now: &Time) -> Pipelin
             sizing,
             partitions,
             ready_replicas,
+            autoscaler,
         } => {
             let replicas = if pd.spec.suspend { 0 } else { sizing.replicas };
             let ready = *ready_replicas >= replicas;
@@ -145,18 +154,54 @@ pub fn status(pd: &PipelineDeployment, outcome: &Outcome, now: &Time) -> Pipelin
             s.replicas = Some(replicas);
             s.ready_replicas = Some(*ready_replicas);
             s.partitions = Some(*partitions);
+            let inputs = autoscaler.as_ref().and_then(|a| a.inputs.as_ref());
+            s.autoscaler = autoscaler.clone();
+            s.lag = inputs.and_then(|i| i.lag);
+            s.backpressure = inputs.and_then(|i| i.backpressure);
+            s.busy = inputs.and_then(|i| i.busy);
+            let settling = autoscaler
+                .as_ref()
+                .and_then(|a| a.rescale.as_ref())
+                .is_some_and(|r| r.stable_since.is_none());
             s.phase = Some(match (pd.spec.suspend, ready) {
                 (true, _) => Phase::Suspended,
+                (false, true) if settling => Phase::Scaling,
                 (false, true) => Phase::Running,
+                (false, false)
+                    if before
+                        .parallelism
+                        .is_some_and(|p| p > 0 && p != parallelism) =>
+                {
+                    Phase::Scaling
+                }
                 (false, false) => Phase::Pending,
             });
-            let limited = !sizing.limits.is_empty();
-            let limits = sizing
+            let mut limits: Vec<String> = sizing
                 .limits
                 .iter()
-                .map(|l| l.describe())
-                .collect::<Vec<_>>()
-                .join("; ");
+                .map(|l| l.describe().to_string())
+                .collect();
+            let vetoes: Vec<&str> = autoscaler
+                .as_ref()
+                .map(|a| {
+                    a.vetoes
+                        .iter()
+                        .map(String::as_str)
+                        .filter(|v| LIMITING_VETOES.contains(v))
+                        .collect()
+                })
+                .unwrap_or_default();
+            if let (Some(first), Some(reason)) = (
+                vetoes.first(),
+                autoscaler.as_ref().and_then(|a| a.reason.as_ref()),
+            ) {
+                limits.push(format!("autoscaler {first}: {reason}"));
+            }
+            let limited = !limits.is_empty();
+            let limits = limits.join("; ");
+            let paused: Vec<String> = inputs
+                .map(|i| i.paused_partitions.clone())
+                .unwrap_or_default();
             s.conditions = vec![
                 c(
                     "Ready",
@@ -172,9 +217,30 @@ pub fn status(pd: &PipelineDeployment, outcome: &Outcome, now: &Time) -> Pipelin
                 ),
                 c("Degraded", false, "Healthy", String::new()),
                 c(
+                    "PartitionsPaused",
+                    !paused.is_empty(),
+                    if paused.is_empty() {
+                        "AllConsuming"
+                    } else {
+                        "StateNotRestored"
+                    },
+                    if paused.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            "paused because their state could not be restored (see the runtime logs): {}",
+                            paused.join(", ")
+                        )
+                    },
+                ),
+                c(
                     "ScalingLimited",
                     limited,
-                    if limited { "Adjusted" } else { "AsWanted" },
+                    match vetoes.first() {
+                        Some(v) if sizing.limits.is_empty() => v,
+                        _ if limited => "Adjusted",
+                        _ => "AsWanted",
+                    },
                     if limited {
                         format!("parallelism {}: {limits}", sizing.parallelism)
                     } else {
@@ -215,6 +281,7 @@ mod tests {
             sizing: sizing.clone(),
             partitions: 24,
             ready_replicas: 0,
+            autoscaler: None,
         };
         let first = status(&pd, &pending, &at(100));
         assert_eq!(first.phase, Some(Phase::Pending));
@@ -242,6 +309,7 @@ mod tests {
             sizing,
             partitions: 24,
             ready_replicas: 2,
+            autoscaler: None,
         };
         let later = status(&pd, &running, &at(300));
         assert_eq!(ready(&later), ("True", &at(300)));

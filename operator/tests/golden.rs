@@ -16,7 +16,7 @@ fn check(example: &str, partitions: i32, pod_monitor: bool) {
         default_image: "ghcr.io/sluice-dev/pipeline-runtime:test".into(),
         pod_monitor_crd: pod_monitor,
     };
-    let rendered = render(&pd, partitions, &environment).unwrap();
+    let rendered = render(&pd, partitions, None, &environment).unwrap();
     let golden = root.join("tests/golden").join(format!("{example}.yaml"));
     if std::env::var_os("SLUICE_BLESS").is_some() {
         std::fs::write(&golden, &rendered).unwrap();

@@ -106,6 +106,8 @@ pub struct Metrics {
     pub position: Family<PartitionLabels, Gauge>,
     /// End offset − position.
     pub lag: Family<PartitionLabels, Gauge>,
+    /// 1 while a partition is paused for want of its state.
+    pub paused: Family<PartitionLabels, Gauge>,
     /// Wall clock − watermark.
     pub watermark_lag: Family<PartitionLabels, FloatGauge>,
     /// Output latency.
@@ -160,6 +162,7 @@ impl Metrics {
             end_offset: Family::default(),
             position: Family::default(),
             lag: Family::default(),
+            paused: Family::default(),
             watermark_lag: Family::default(),
             output_latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
             state_keys: Family::default(),
@@ -247,6 +250,11 @@ impl Metrics {
             names::CONSUMER_LAG_RECORDS,
             "End offset minus position",
             m.lag
+        );
+        register!(
+            names::PARTITION_PAUSED,
+            "1 while a source partition is paused because its state could not be restored",
+            m.paused
         );
         register!(
             names::WATERMARK_LAG_SECONDS,
@@ -382,6 +390,7 @@ impl Metrics {
         self.end_offset.remove(labels);
         self.position.remove(labels);
         self.lag.remove(labels);
+        self.paused.remove(labels);
         self.watermark_lag.remove(labels);
     }
 }

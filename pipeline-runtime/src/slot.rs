@@ -246,6 +246,16 @@ impl ConsumerContext for SlotContext {
                 {
                     self.fail(format!("pausing partitions without state: {e}"));
                 }
+                for element in paused.elements() {
+                    self.metrics
+                        .paused
+                        .get_or_create(&Metrics::partition_labels(
+                            &self.labels,
+                            element.topic(),
+                            element.partition(),
+                        ))
+                        .set(1);
+                }
             } else {
                 let mut core = self.core.lock().expect("not poisoned");
                 for element in assigned.elements() {

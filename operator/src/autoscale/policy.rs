@@ -1,0 +1,667 @@
+//! The autoscaling policy (pure and deterministic): from an [`Observation`] and the memory of
+//! earlier evaluations ([`State`]) to a recommendation, a decision and its reason. The formulas
+//! and the reasons behind them are in docs/autoscaler.md.
+//!
+//! - Capacity (DS2 / Flink): a slot's true rate = processing rate of the busiest slot / its busy
+//!   share. A pipeline is as fast as its busiest slot, which holds `ceil(N / p)` of the `N`
+//!   partitions, so parallelism `p` can do `perSlot × N / ceil(N / p)` records per second.
+//! - Required rate = arrival + lag / catchUp + arrival × observed rescale pause / catchUp; the
+//!   recommendation is the smallest `p` whose capacity at the target utilisation covers it, then
+//!   the sizing rules (bounds, partitions, even spread).
+//! - Fast up, slow down: up on the first complete window after a rescale settled; down only after
+//!   `scaleDownDelay`, to the highest recommendation seen meanwhile, never while in backlog.
+//!   A band around the target utilisation absorbs small deviations; steps are bounded.
+//! - Vetoes: metrics unknown (hold), sink-bound (backpressure without busy time), skew (lag on a
+//!   few partitions), ineffective (the last scale-up did not deliver), bounds and partitions.
+
+use super::observation::{Observation, PartitionId, Unknown};
+use crate::sizing::{self, Limit};
+
+/// Scale up when the required rate needs more than this share above the target utilisation of
+/// today's capacity.
+pub const UP_MARGIN: f64 = 0.15;
+/// Scale down when the required rate needs less than target − this share of today's capacity.
+pub const DOWN_MARGIN: f64 = 0.25;
+/// The busiest slot may need at most this share of a slot (a skewed pipeline runs its hot slot
+/// above the target, never full).
+pub const BUSIEST_SLOT_MAX: f64 = 0.9;
+/// A recommendation at least this share below the running parallelism is a scale-down candidate
+/// even inside the band (a skewed pipeline's load hardly moves with the slot count).
+pub const DOWN_STEP: f64 = 0.25;
+/// Below this busy share the capacity per slot is not measured (too little work to tell).
+pub const MIN_BUSY_TO_MEASURE: f64 = 0.05;
+/// The effectiveness check needs the busiest slot at least this busy.
+pub const MIN_BUSY_FOR_EFFECT: f64 = 0.5;
+/// A scale-up that delivers less than this share of its expected gain blocks further ones.
+pub const MIN_EFFECT: f64 = 0.2;
+/// Backpressured this much on average while the busiest slot is below the target: sink-bound.
+pub const SINK_BOUND_BACKPRESSURE: f64 = 0.2;
+/// Lag is skewed when this share of it sits on at most a quarter of the partitions.
+pub const SKEW_SHARE: f64 = 0.8;
+/// A load change by this share of the arrival rate lifts an ineffective-scaling block.
+pub const LOAD_CHANGE: f64 = 0.5;
+
+/// The autoscaler's settings, from `spec.autoscaler` (durations in seconds).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Settings {
+    /// Target busy share after scaling.
+    pub target_utilization: f64,
+    /// Time to work off a lag.
+    pub catch_up: f64,
+    /// Lag in seconds above which the pipeline is in backlog.
+    pub lag_target: f64,
+    /// Delay before a scale-down.
+    pub scale_down_delay: f64,
+    /// Largest new/old ratio per scale-up.
+    pub max_up_factor: f64,
+    /// Largest share removed per scale-down.
+    pub max_down_factor: f64,
+    /// Lowest parallelism.
+    pub min: i32,
+    /// Highest parallelism.
+    pub max: Option<i32>,
+    /// Report only.
+    pub recommend_only: bool,
+}
+
+impl Settings {
+    /// From the spec's autoscaler section.
+    pub fn from_spec(spec: &pipeline_crds::autoscaler::AutoscalerSpec) -> Self {
+        Self {
+            target_utilization: spec.target_utilization.clamp(0.05, 1.0),
+            catch_up: spec.catch_up_duration.get().as_secs_f64().max(1.0),
+            lag_target: spec.lag_target.get().as_secs_f64(),
+            scale_down_delay: spec.scale_down_delay.get().as_secs_f64(),
+            max_up_factor: spec.max_scale_up_factor.max(1.0),
+            max_down_factor: spec.max_scale_down_factor.clamp(0.01, 0.99),
+            min: spec.min_parallelism.unwrap_or(1).max(1),
+            max: spec.max_parallelism,
+            recommend_only: spec.mode == pipeline_crds::autoscaler::AutoscalerMode::RecommendOnly,
+        }
+    }
+}
+
+/// A rescale the autoscaler made.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rescale {
+    /// When decided.
+    pub started: f64,
+    /// Parallelism before.
+    pub from: i32,
+    /// Parallelism after.
+    pub to: i32,
+    /// When every slot and partition reported again.
+    pub stable_since: Option<f64>,
+    /// Total capacity before (scale-ups).
+    pub capacity_before: Option<f64>,
+    /// Total capacity expected after (scale-ups).
+    pub expected_capacity: Option<f64>,
+    /// Whether the effect was checked.
+    pub effect_checked: bool,
+}
+
+/// Scale-ups blocked after an ineffective one.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Block {
+    /// Why, with the numbers.
+    pub reason: String,
+    /// Arrival rate when blocked.
+    pub arrival_rate: f64,
+    /// Spec generation when blocked.
+    pub generation: i64,
+}
+
+/// What the autoscaler remembers between evaluations.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct State {
+    /// The parallelism decided (mode auto).
+    pub decided: Option<i32>,
+    /// A scale-down waiting for its delay: since when, and the highest recommendation since.
+    pub pending_down: Option<(f64, i32)>,
+    /// The last rescale.
+    pub rescale: Option<Rescale>,
+    /// Seconds the last rescale paused consumption.
+    pub observed_pause: Option<f64>,
+    /// Last trusted capacity per slot.
+    pub capacity_per_slot: Option<f64>,
+    /// Scale-ups blocked.
+    pub blocked: Option<Block>,
+}
+
+impl State {
+    /// Whether a rescale is still settling.
+    pub fn settling(&self) -> Option<&Rescale> {
+        self.rescale.as_ref().filter(|r| r.stable_since.is_none())
+    }
+
+    /// Where the next metrics window starts: `window` seconds back, but never before the last
+    /// rescale settled.
+    pub fn window_since(&self, now: f64, window: f64) -> f64 {
+        let start = now - window;
+        match &self.rescale {
+            Some(r) => start.max(r.stable_since.unwrap_or(r.started)),
+            None => start,
+        }
+    }
+}
+
+/// The pipeline as it runs.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Context {
+    /// Seconds (the same origin as the samples).
+    pub now: f64,
+    /// Running parallelism.
+    pub parallelism: i32,
+    /// Source partitions.
+    pub partitions: i32,
+    /// `metadata.generation`.
+    pub generation: i64,
+}
+
+/// What the metrics source said.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Input {
+    /// The window.
+    pub observation: Result<Observation, Unknown>,
+    /// While a rescale settles: when every slot and partition reported again, if they did.
+    pub stable_at: Option<f64>,
+}
+
+/// What was decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// To more slots.
+    ScaleUp(i32),
+    /// To fewer slots.
+    ScaleDown(i32),
+    /// The recommendation is within the band.
+    NoChange,
+    /// A change is wanted or possible but held (a veto, a delay, a settling rescale).
+    Held,
+    /// The metrics are unknown: hold.
+    NoMetrics,
+}
+
+impl Action {
+    /// The `result` word in status.
+    pub fn word(self) -> &'static str {
+        match self {
+            Self::ScaleUp(_) => "ScaleUp",
+            Self::ScaleDown(_) => "ScaleDown",
+            Self::NoChange => "NoChange",
+            Self::Held => "Held",
+            Self::NoMetrics => "NoMetrics",
+        }
+    }
+
+    /// The target of a rescale.
+    pub fn target(self) -> Option<i32> {
+        match self {
+            Self::ScaleUp(p) | Self::ScaleDown(p) => Some(p),
+            _ => None,
+        }
+    }
+}
+
+/// Why a change is not made (or is limited).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Veto {
+    /// Backpressure without busy time: the sink is the bottleneck.
+    SinkBound,
+    /// Lag sits on a few partitions.
+    Skew(Vec<PartitionId>),
+    /// The last scale-up did not deliver.
+    Ineffective,
+    /// Metrics unknown.
+    MetricsUnknown,
+    /// At `maxParallelism`.
+    AtMax,
+    /// Even one slot per partition is not enough.
+    PartitionCap,
+    /// A rescale is settling.
+    Stabilizing,
+    /// A scale-down waits for its delay.
+    ScaleDownDelay,
+    /// In backlog: no scale-down.
+    Backlog,
+}
+
+impl Veto {
+    /// The name in status, events and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::SinkBound => "SinkBound",
+            Self::Skew(_) => "Skew",
+            Self::Ineffective => "Ineffective",
+            Self::MetricsUnknown => "MetricsUnknown",
+            Self::AtMax => "AtMax",
+            Self::PartitionCap => "PartitionCap",
+            Self::Stabilizing => "Stabilizing",
+            Self::ScaleDownDelay => "ScaleDownDelay",
+            Self::Backlog => "Backlog",
+        }
+    }
+}
+
+/// One evaluation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Evaluation {
+    /// The memory for the next evaluation.
+    pub state: State,
+    /// What is done (in `recommendOnly` mode: what would be done; nothing is).
+    pub action: Action,
+    /// The recommended parallelism, when known.
+    pub recommendation: Option<i32>,
+    /// Records per second the pipeline must process.
+    pub required_rate: Option<f64>,
+    /// Capacity per slot used.
+    pub capacity_per_slot: Option<f64>,
+    /// Vetoes in force.
+    pub vetoes: Vec<Veto>,
+    /// One sentence with the numbers.
+    pub reason: String,
+}
+
+fn ceil_div(a: i32, b: i32) -> i32 {
+    (a + b - 1) / b.max(1)
+}
+
+/// Records per second `p` slots of `per_slot` each can do on `partitions` partitions: the
+/// busiest slot holds `ceil(partitions / p)` of them.
+pub fn capacity(per_slot: f64, p: i32, partitions: i32) -> f64 {
+    let p = p.clamp(1, partitions.max(1));
+    per_slot * f64::from(partitions) / f64::from(ceil_div(partitions, p))
+}
+
+/// A rate for reasons: `850`, `12.3k`, `1.20M`.
+pub fn rate(v: f64) -> String {
+    if v >= 1e6 {
+        format!("{:.2}M", v / 1e6)
+    } else if v >= 1e4 {
+        format!("{:.1}k", v / 1e3)
+    } else if v >= 1e3 {
+        format!("{:.2}k", v / 1e3)
+    } else {
+        format!("{v:.0}")
+    }
+}
+
+/// Seconds for reasons: `45s`, `5m`, `1h30m`.
+pub fn seconds(v: f64) -> String {
+    let s = v.max(0.0).round() as u64;
+    match (s / 3600, (s % 3600) / 60, s % 60) {
+        (0, 0, s) => format!("{s}s"),
+        (0, m, 0) => format!("{m}m"),
+        (0, m, s) => format!("{m}m{s}s"),
+        (h, m, _) => format!("{h}h{m}m"),
+    }
+}
+
+/// Records per second one fully busy slot processes: the busiest slot's processing rate over its
+/// busy share; from the totals when per-slot rates are missing. `None` when too idle to tell.
+fn measured_capacity(o: &Observation, p: i32, n: i32) -> Option<f64> {
+    let busiest = o
+        .slot_rates
+        .values()
+        .filter(|s| s.busy >= MIN_BUSY_TO_MEASURE && s.processing_rate > 0.0)
+        .max_by(|a, b| a.busy.total_cmp(&b.busy));
+    match busiest {
+        Some(s) => Some(s.processing_rate / s.busy),
+        None if o.busy_max >= MIN_BUSY_TO_MEASURE && o.processing_rate > 0.0 => {
+            Some(o.processing_rate * f64::from(ceil_div(n, p)) / (f64::from(n) * o.busy_max))
+        }
+        None => None,
+    }
+}
+
+/// The partitions that hold most of the lag when they are few (at most a quarter of them).
+fn skewed(o: &Observation, partitions: i32) -> Vec<PartitionId> {
+    let total = o.lag();
+    if total <= 0.0 || partitions < 4 {
+        return Vec::new();
+    }
+    let mut by_lag: Vec<(&PartitionId, f64)> =
+        o.partitions.iter().map(|(id, p)| (id, p.lag)).collect();
+    by_lag.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let mut held = 0.0;
+    let mut hot = Vec::new();
+    for (id, lag) in by_lag {
+        if held >= SKEW_SHARE * total {
+            break;
+        }
+        held += lag;
+        hot.push(id.clone());
+    }
+    if hot.len() as f64 <= f64::from(partitions) / 4.0 {
+        hot
+    } else {
+        Vec::new()
+    }
+}
+
+/// Evaluates once.
+pub fn decide(settings: &Settings, previous: &State, ctx: Context, input: Input) -> Evaluation {
+    let mut state = previous.clone();
+    let p_now = ctx.parallelism.max(1);
+    let n = ctx.partitions.max(1);
+    let mut vetoes = Vec::new();
+    let done = |state: State, action, vetoes, reason: String| Evaluation {
+        state,
+        action,
+        recommendation: None,
+        required_rate: None,
+        capacity_per_slot: None,
+        vetoes,
+        reason,
+    };
+    if state
+        .blocked
+        .as_ref()
+        .is_some_and(|b| b.generation != ctx.generation)
+    {
+        state.blocked = None;
+    }
+
+    // A rescale settles when every slot and partition reports again; its pause is remembered.
+    if let Some(r) = state.rescale.as_mut()
+        && r.stable_since.is_none()
+    {
+        match input.stable_at {
+            Some(at) => {
+                r.stable_since = Some(at);
+                state.observed_pause = Some((at - r.started).max(0.0));
+            }
+            None => {
+                let reason = format!(
+                    "rescale {} → {} in progress for {}: waiting until every partition is consumed again",
+                    r.from,
+                    r.to,
+                    seconds(ctx.now - r.started)
+                );
+                return done(state, Action::Held, vec![Veto::Stabilizing], reason);
+            }
+        }
+    }
+
+    let o = match input.observation {
+        Ok(o) => o,
+        Err(unknown @ Unknown::Short { .. }) => {
+            return done(
+                state,
+                Action::Held,
+                vec![Veto::Stabilizing],
+                format!("{unknown}; holding parallelism {p_now}"),
+            );
+        }
+        Err(unknown) => {
+            // A gap restarts the scale-down delay: no scale-down is ever decided across it.
+            state.pending_down = None;
+            return done(
+                state,
+                Action::NoMetrics,
+                vec![Veto::MetricsUnknown],
+                format!("{unknown}; holding parallelism {p_now}"),
+            );
+        }
+    };
+
+    let u = settings.target_utilization;
+    let arrival = o.arrival();
+    let lag = o.lag();
+    let lag_seconds = if arrival > 0.0 {
+        lag / arrival
+    } else if lag > 0.0 {
+        f64::INFINITY
+    } else {
+        0.0
+    };
+    let backlog = lag > 0.0 && lag_seconds > settings.lag_target;
+    let pause = state.observed_pause.unwrap_or(0.0).min(settings.catch_up);
+    // What each partition needs: its arrival (scaled to the recent rate) and its lag worked off
+    // within the catch-up time. (The rescale pause's backlog is headroom for the whole pipeline,
+    // in `required`; a hot slot already runs above the target.)
+    let recent = if o.arrival_rate > 0.0 {
+        arrival / o.arrival_rate
+    } else {
+        1.0
+    };
+    let mut demands: Vec<(&PartitionId, f64)> = o
+        .partitions
+        .iter()
+        .map(|(id, p)| {
+            let a = p.arrival_rate * recent;
+            (id, a + p.lag / settings.catch_up)
+        })
+        .collect();
+    demands.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let required = arrival + lag / settings.catch_up + arrival * pause / settings.catch_up;
+
+    let measured = measured_capacity(&o, p_now, n);
+    if measured.is_some() {
+        state.capacity_per_slot = measured;
+    }
+    let per_slot = measured.or(state.capacity_per_slot);
+
+    // Did the last scale-up deliver?
+    if let (Some(r), Some(per_slot)) = (state.rescale.as_mut(), measured)
+        && r.to > r.from
+        && !r.effect_checked
+        && r.stable_since.is_some()
+        && o.busy_max >= MIN_BUSY_FOR_EFFECT
+        && let (Some(before), Some(expected)) = (r.capacity_before, r.expected_capacity)
+    {
+        r.effect_checked = true;
+        let achieved = capacity(per_slot, p_now, n);
+        let gain = (achieved - before) / (expected - before).max(1e-9);
+        if gain < MIN_EFFECT {
+            state.blocked = Some(Block {
+                reason: format!(
+                    "the scale-up {} → {} raised capacity from {} to {} rec/s, {:.0}% of the gain expected (to {}): more slots do not help",
+                    r.from,
+                    r.to,
+                    rate(before),
+                    rate(achieved),
+                    gain.max(0.0) * 100.0,
+                    rate(expected)
+                ),
+                arrival_rate: arrival,
+                generation: ctx.generation,
+            });
+        }
+    }
+    if state
+        .blocked
+        .as_ref()
+        .is_some_and(|b| (arrival - b.arrival_rate).abs() > LOAD_CHANGE * b.arrival_rate)
+    {
+        state.blocked = None;
+    }
+
+    let mut notes = Vec::new();
+    let Some(c) = per_slot else {
+        let mut e = done(
+            state,
+            Action::Held,
+            vec![],
+            format!(
+                "arrival {} rec/s, but the slots are too idle (busiest {:.0}% busy) to measure their capacity; holding parallelism {p_now}",
+                rate(arrival),
+                o.busy_max * 100.0
+            ),
+        );
+        e.required_rate = Some(required);
+        return e;
+    };
+    // Two conditions on a parallelism `p`: on average the slots run at the target utilisation
+    // (capacity of `p` slots × target ≥ required), and the busiest slot, which holds the
+    // `ceil(N / p)` partitions that need the most, stays under [`BUSIEST_SLOT_MAX`] of a slot. A
+    // partition that alone needs more than a whole slot cannot be helped by scaling: it is left
+    // out and reported.
+    if demands.first().is_some_and(|d| d.1 > c * BUSIEST_SLOT_MAX) {
+        let (id, need) = demands.remove(0);
+        notes.push(format!(
+            "partition {id} alone needs {} rec/s, more than a slot's {}: scaling cannot drain it",
+            rate(need),
+            rate(c * BUSIEST_SLOT_MAX)
+        ));
+        vetoes.push(Veto::Skew(vec![id.clone()]));
+    }
+    let busiest = |p: i32| -> f64 {
+        let k = usize::try_from(ceil_div(n, p)).unwrap_or(1);
+        demands.iter().take(k).map(|d| d.1).sum()
+    };
+    // The share of today's slots the pipeline needs, on the scale of the target utilisation.
+    let load = |p: i32| -> f64 {
+        (required / capacity(c, p, n)).max(busiest(p) / (c * BUSIEST_SLOT_MAX) * u)
+    };
+    let raw = if required <= 0.0 {
+        settings.min
+    } else {
+        match (1..=n).find(|&p| load(p) <= u) {
+            Some(p) => p,
+            None => {
+                vetoes.push(Veto::PartitionCap);
+                n
+            }
+        }
+    };
+    let hot = skewed(&o, n);
+    if !hot.is_empty() && !vetoes.iter().any(|v| matches!(v, Veto::Skew(_))) {
+        notes.push(format!(
+            "{:.0}%+ of the lag is on {} of {n} partitions ({}): more slots help only the slots that hold them",
+            SKEW_SHARE * 100.0,
+            hot.len(),
+            hot.join(", ")
+        ));
+        vetoes.push(Veto::Skew(hot));
+    }
+    let (recommended, limits) = sizing::parallelism(raw, settings.min, settings.max, n);
+    if limits.contains(&Limit::Max) {
+        vetoes.push(Veto::AtMax);
+        notes.push(format!(
+            "{raw} slots wanted, capped at maxParallelism {}",
+            settings.max.unwrap_or(n)
+        ));
+    }
+    if vetoes.contains(&Veto::PartitionCap) {
+        notes.push(format!(
+            "even one slot per partition ({n}) cannot reach it at the {:.0}% target",
+            u * 100.0
+        ));
+    }
+    let capacity_now = capacity(c, p_now, n);
+    let utilization = load(p_now);
+    let need = format!(
+        "arrival {} rec/s, lag {} ({} at arrival), catch-up {} → needs {} rec/s; a slot does {} rec/s, {p_now} slots {} ({:.0}% load, target {:.0}%){}",
+        rate(arrival),
+        rate(lag),
+        if lag_seconds.is_finite() {
+            seconds(lag_seconds)
+        } else {
+            "∞".into()
+        },
+        seconds(settings.catch_up),
+        rate(required),
+        rate(c),
+        rate(capacity_now),
+        utilization * 100.0,
+        u * 100.0,
+        notes.iter().map(|n| format!("; {n}")).collect::<String>()
+    );
+
+    let mut action = Action::NoChange;
+    let mut reason;
+    if recommended > p_now && utilization > (u + UP_MARGIN).min(1.0) {
+        state.pending_down = None;
+        if o.backpressure_mean >= SINK_BOUND_BACKPRESSURE && o.busy_max < u {
+            vetoes.push(Veto::SinkBound);
+            action = Action::Held;
+            reason = format!(
+                "{need}; but the slots wait on the sink {:.0}% of the time and are busy only {:.0}%: the sink is the bottleneck, more slots would not help",
+                o.backpressure_mean * 100.0,
+                o.busy_max * 100.0
+            );
+        } else if let Some(block) = &state.blocked {
+            vetoes.push(Veto::Ineffective);
+            action = Action::Held;
+            reason = format!("{need}; scale-ups stopped: {}", block.reason);
+        } else {
+            reason = need.clone();
+            let bound = (f64::from(p_now) * settings.max_up_factor).ceil() as i32;
+            let target =
+                sizing::parallelism(recommended.min(bound), settings.min, settings.max, n).0;
+            if target > p_now {
+                action = Action::ScaleUp(target);
+                reason = format!("{reason} → scale up to {target}");
+            } else {
+                action = Action::Held;
+            }
+        }
+    } else if recommended < p_now
+        && (utilization < (u - DOWN_MARGIN).max(u / 2.0)
+            || f64::from(recommended) <= f64::from(p_now) * (1.0 - DOWN_STEP))
+    {
+        let bound = (f64::from(p_now) * (1.0 - settings.max_down_factor)).ceil() as i32;
+        let step = sizing::parallelism(recommended.max(bound), settings.min, settings.max, n).0;
+        if backlog {
+            state.pending_down = None;
+            vetoes.push(Veto::Backlog);
+            action = Action::Held;
+            reason = format!(
+                "{need}; in backlog ({} of lag, target {}): no scale-down",
+                seconds(lag_seconds),
+                seconds(settings.lag_target)
+            );
+        } else {
+            let (since, highest) = match state.pending_down {
+                Some((since, highest)) => (since, highest.max(step)),
+                None => (ctx.now, step),
+            };
+            if ctx.now - since >= settings.scale_down_delay && highest < p_now {
+                state.pending_down = None;
+                action = Action::ScaleDown(highest);
+                reason = format!(
+                    "{need}; lower for {} (delay {}) → scale down to {highest}, the highest recommendation meanwhile",
+                    seconds(ctx.now - since),
+                    seconds(settings.scale_down_delay)
+                );
+            } else {
+                state.pending_down = Some((since, highest));
+                vetoes.push(Veto::ScaleDownDelay);
+                action = Action::Held;
+                reason = format!(
+                    "{need}; {highest} would do: waiting {} more before scaling down",
+                    seconds(settings.scale_down_delay - (ctx.now - since))
+                );
+            }
+        }
+    } else {
+        state.pending_down = None;
+        reason = format!("{need}; within the band around the target");
+    }
+
+    if !settings.recommend_only
+        && let Some(to) = action.target()
+    {
+        state.decided = Some(to);
+        let up = to > p_now;
+        state.rescale = Some(Rescale {
+            started: ctx.now,
+            from: p_now,
+            to,
+            stable_since: None,
+            capacity_before: (up && measured.is_some()).then_some(capacity_now),
+            expected_capacity: (up && measured.is_some()).then(|| capacity(c, to, n)),
+            effect_checked: false,
+        });
+    }
+    Evaluation {
+        state,
+        action,
+        recommendation: Some(recommended),
+        required_rate: Some(required),
+        capacity_per_slot: per_slot,
+        vetoes,
+        reason,
+    }
+}

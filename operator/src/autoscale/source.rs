@@ -1,0 +1,699 @@
+//! Where the autoscaler's metrics come from (`spec.autoscaler.metrics`): a Prometheus server
+//! queried with PromQL over the window, or a direct scrape of every runtime pod's `/metrics`
+//! with the samples kept here between evaluations. Both answer an [`Input`] for the policy;
+//! anything missing, stale, partial or reset is [`Unknown`], never zero.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Mutex,
+    time::Duration,
+};
+
+use futures::future::BoxFuture;
+use pipeline_crds::contract::metrics::{self as names, label};
+
+use super::{
+    observation::{
+        self, Expectation, History, Observation, PartitionObservation, PartitionSample, Sample,
+        Unknown,
+    },
+    policy::Input,
+};
+
+/// Seconds a scrape or query may take.
+pub const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The pipeline to read.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Target {
+    /// Namespace (the `namespace` label of the runtime's metrics).
+    pub namespace: String,
+    /// PipelineDeployment name (the `pipeline` label).
+    pub name: String,
+}
+
+/// Where a pipeline's runtime processes serve `/metrics` (direct scrape): the pods of its
+/// StatefulSet in a cluster, the processes of local mode.
+pub trait Endpoints: Send + Sync {
+    /// The `/metrics` URLs of `target`'s runtime processes.
+    fn endpoints<'a>(&'a self, target: &'a Target) -> BoxFuture<'a, Result<Vec<String>, String>>;
+}
+
+/// A fixed list of URLs (local mode, tests).
+impl Endpoints for Vec<String> {
+    fn endpoints<'a>(&'a self, _: &'a Target) -> BoxFuture<'a, Result<Vec<String>, String>> {
+        Box::pin(async move { Ok(self.clone()) })
+    }
+}
+
+/// What to read.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Query {
+    /// Seconds since the Unix epoch.
+    pub now: f64,
+    /// A rescale in progress since then: first find when it settled.
+    pub settling_since: Option<f64>,
+    /// Where the window starts when nothing is settling.
+    pub window_since: f64,
+    /// What the window must contain.
+    pub expect: Expectation,
+}
+
+/// A source of the runtime's metrics.
+pub trait MetricsSource: Send + Sync {
+    /// Reads the window for `target`.
+    fn read<'a>(&'a self, target: &'a Target, query: Query) -> BoxFuture<'a, Input>;
+}
+
+/// Settling first, then the window since it settled.
+fn input(
+    query: Query,
+    settled: impl FnOnce(f64) -> Option<f64>,
+    observe: impl FnOnce(f64) -> Result<Observation, Unknown>,
+) -> Input {
+    let mut since = query.window_since;
+    let mut stable_at = None;
+    if let Some(started) = query.settling_since {
+        match settled(started) {
+            Some(at) => {
+                stable_at = Some(at);
+                since = since.max(at);
+            }
+            None => {
+                return Input {
+                    observation: Err(Unknown::Missing("a rescale is settling".into())),
+                    stable_at: None,
+                };
+            }
+        }
+    }
+    Input {
+        observation: observe(since),
+        stable_at,
+    }
+}
+
+/// Direct scrape: every evaluation scrapes each pod once and keeps the samples of the last
+/// `keep` seconds per pipeline.
+pub struct DirectScrape {
+    histories: Mutex<HashMap<(String, String), History>>,
+    keep: f64,
+    endpoints: Box<dyn Endpoints>,
+}
+
+impl DirectScrape {
+    /// Scraping the processes `endpoints` lists, keeping `keep` seconds of samples (the longest
+    /// metrics window).
+    pub fn new(keep: f64, endpoints: Box<dyn Endpoints>) -> Self {
+        Self {
+            histories: Mutex::new(HashMap::new()),
+            keep,
+            endpoints,
+        }
+    }
+
+    /// Forgets a pipeline's samples (deleted, or its pods replaced).
+    pub fn forget(&self, target: &Target) {
+        self.histories
+            .lock()
+            .expect("not poisoned")
+            .remove(&(target.namespace.clone(), target.name.clone()));
+    }
+
+    /// Adds a sample (tests, and callers that scrape themselves).
+    pub fn record(&self, target: &Target, sample: Sample) {
+        let mut histories = self.histories.lock().expect("not poisoned");
+        histories
+            .entry((target.namespace.clone(), target.name.clone()))
+            .or_default()
+            .push(sample, self.keep);
+    }
+
+    fn input(&self, target: &Target, query: Query) -> Input {
+        let histories = self.histories.lock().expect("not poisoned");
+        let empty = History::default();
+        let history = histories
+            .get(&(target.namespace.clone(), target.name.clone()))
+            .unwrap_or(&empty);
+        let samples = history.samples();
+        input(
+            query,
+            |started| observation::settled_at(samples, started, query.expect),
+            |since| observation::observe(samples, since, query.now, query.expect),
+        )
+    }
+}
+
+impl MetricsSource for DirectScrape {
+    fn read<'a>(&'a self, target: &'a Target, query: Query) -> BoxFuture<'a, Input> {
+        Box::pin(async move {
+            let scraped = match self.endpoints.endpoints(target).await {
+                Ok(endpoints) => {
+                    let (namespace, name) = (target.namespace.clone(), target.name.clone());
+                    tokio::task::spawn_blocking(move || scrape_all(&endpoints, &namespace, &name))
+                        .await
+                        .unwrap_or_else(|e| Err(e.to_string()))
+                }
+                Err(e) => Err(e),
+            };
+            match scraped {
+                Ok(mut sample) => {
+                    sample.at = query.now;
+                    self.record(target, sample);
+                }
+                Err(error) => tracing::warn!(pipeline = %target.name, %error, "scrape failed"),
+            }
+            self.input(target, query)
+        })
+    }
+}
+
+/// Scrapes every endpoint into one sample; any endpoint failing fails the sample (a partial
+/// sample would read as lower load).
+pub fn scrape_all(endpoints: &[String], namespace: &str, name: &str) -> Result<Sample, String> {
+    if endpoints.is_empty() {
+        return Err("no runtime pod to scrape".into());
+    }
+    let agent = ureq::Agent::config_builder()
+        .timeout_global(Some(TIMEOUT))
+        .build()
+        .new_agent();
+    let mut sample = Sample::default();
+    for url in endpoints {
+        let body = agent
+            .get(url)
+            .call()
+            .map_err(|e| format!("{url}: {e}"))?
+            .body_mut()
+            .read_to_string()
+            .map_err(|e| format!("{url}: {e}"))?;
+        add_exposition(&mut sample, &body, namespace, name)?;
+    }
+    Ok(sample)
+}
+
+/// Adds one pod's `/metrics` text (Prometheus or OpenMetrics format) to `sample`, keeping this
+/// pipeline's series only.
+pub fn add_exposition(
+    sample: &mut Sample,
+    text: &str,
+    namespace: &str,
+    name: &str,
+) -> Result<(), String> {
+    let lines = text.lines().map(|l| Ok(l.to_string()));
+    let scrape = prometheus_parse::Scrape::parse(lines).map_err(|e| e.to_string())?;
+    let mut offsets: BTreeMap<(String, String), (Option<f64>, Option<f64>)> = BTreeMap::new();
+    for s in &scrape.samples {
+        let labels = &s.labels;
+        if labels.get(label::NAMESPACE) != Some(namespace)
+            || labels.get(label::PIPELINE) != Some(name)
+        {
+            continue;
+        }
+        let value = match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => continue,
+        };
+        let partition = || {
+            format!(
+                "{}/{}",
+                labels.get(label::TOPIC).unwrap_or_default(),
+                labels.get(label::PARTITION).unwrap_or_default()
+            )
+        };
+        let slot = || {
+            format!(
+                "{}/{}",
+                labels.get(label::POD).unwrap_or_default(),
+                labels.get(label::SLOT).unwrap_or_default()
+            )
+        };
+        match s.metric.as_str() {
+            names::PARTITION_END_OFFSET => {
+                offsets.entry((partition(), slot())).or_default().0 = Some(value);
+            }
+            names::PARTITION_POSITION => {
+                offsets.entry((partition(), slot())).or_default().1 = Some(value);
+            }
+            names::PARTITION_PAUSED if value > 0.0 => {
+                sample.paused.insert(partition());
+            }
+            names::BUSY_SECONDS_TOTAL => {
+                sample.slots.entry(slot()).or_default().busy_seconds = value
+            }
+            names::BACKPRESSURED_SECONDS_TOTAL => {
+                sample
+                    .slots
+                    .entry(slot())
+                    .or_default()
+                    .backpressured_seconds = value;
+            }
+            _ => {}
+        }
+    }
+    for ((id, slot), (end, position)) in offsets {
+        if let (Some(end_offset), Some(position)) = (end, position) {
+            sample.add_partition(
+                id,
+                PartitionSample {
+                    end_offset,
+                    position,
+                    slot,
+                },
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A Prometheus server that scrapes the runtime pods.
+pub struct Prometheus {
+    client: prometheus_http_query::Client,
+    url: String,
+    step: f64,
+}
+
+/// Why a Prometheus source cannot be made.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid Prometheus URL {url}: {reason}")]
+pub struct PrometheusUrlError {
+    url: String,
+    reason: String,
+}
+
+impl Prometheus {
+    /// A client for `url`; `step` is the resolution (seconds) of the settling query, about the
+    /// scrape interval.
+    pub fn new(url: &str, step: f64) -> Result<Self, PrometheusUrlError> {
+        let client =
+            prometheus_http_query::Client::try_from(url).map_err(|e| PrometheusUrlError {
+                url: url.into(),
+                reason: e.to_string(),
+            })?;
+        Ok(Self {
+            client,
+            url: url.into(),
+            step,
+        })
+    }
+
+    async fn vector(
+        &self,
+        q: &str,
+        at: f64,
+    ) -> Result<Vec<(HashMap<String, String>, f64)>, Unknown> {
+        let result = self
+            .client
+            .query(q)
+            .at(at as i64)
+            .timeout(TIMEOUT.as_millis() as i64)
+            .get()
+            .await
+            .map_err(|e| Unknown::Missing(format!("Prometheus at {}: {e}", self.url)))?;
+        let vector = result
+            .data()
+            .as_vector()
+            .ok_or_else(|| Unknown::Missing(format!("{q}: not a vector")))?;
+        vector
+            .iter()
+            .map(|v| {
+                let value = v.sample().value();
+                if value.is_finite() {
+                    Ok((v.metric().clone(), value))
+                } else {
+                    Err(Unknown::NotANumber(q.to_string()))
+                }
+            })
+            .collect()
+    }
+
+    async fn settled_at(
+        &self,
+        selector: &str,
+        started: f64,
+        query: Query,
+    ) -> Result<Option<f64>, Unknown> {
+        let slots = format!("count({}{selector})", names::BUSY_SECONDS_TOTAL);
+        let partitions = format!(
+            "count(count by (topic, partition) ({}{selector}))",
+            names::PARTITION_POSITION
+        );
+        let mut points: Vec<(f64, f64, f64)> = Vec::new();
+        let mut t = started;
+        // Instant queries at each step: few (a settling rescale takes seconds to minutes).
+        while t <= query.now && points.len() < 40 {
+            let s = self.vector(&slots, t).await?;
+            let p = self.vector(&partitions, t).await?;
+            points.push((
+                t,
+                s.first().map_or(0.0, |x| x.1),
+                p.first().map_or(0.0, |x| x.1),
+            ));
+            t += self.step;
+        }
+        Ok(points
+            .into_iter()
+            .find(|(_, s, p)| {
+                *s == f64::from(query.expect.slots) && *p >= query.expect.partitions as f64
+            })
+            .map(|(t, _, _)| t))
+    }
+
+    async fn observe(
+        &self,
+        selector: &str,
+        since: f64,
+        query: Query,
+    ) -> Result<Observation, Unknown> {
+        let now = query.now;
+        let window = (now - since).floor();
+        if window < query.expect.min_window {
+            return Err(Unknown::Short {
+                have: window.max(0.0),
+                need: query.expect.min_window,
+            });
+        }
+        let range = format!("[{window:.0}s]");
+        let newest = self
+            .vector(
+                &format!(
+                    "time() - max(timestamp({}{selector}))",
+                    names::BUSY_SECONDS_TOTAL
+                ),
+                now,
+            )
+            .await?;
+        let age = newest
+            .first()
+            .map(|x| x.1)
+            .ok_or_else(|| Unknown::Missing(format!("no {} series", names::BUSY_SECONDS_TOTAL)))?;
+        if age > query.expect.max_age {
+            return Err(Unknown::Stale {
+                age,
+                limit: query.expect.max_age,
+            });
+        }
+        let resets = self
+            .vector(
+                &format!(
+                    "sum(resets({b}{selector}{range})) + sum(resets({p}{selector}{range}))",
+                    b = names::BUSY_SECONDS_TOTAL,
+                    p = names::BACKPRESSURED_SECONDS_TOTAL
+                ),
+                now,
+            )
+            .await?;
+        if resets.first().is_some_and(|x| x.1 > 0.0) {
+            return Err(Unknown::Reset("a runtime pod restarted".into()));
+        }
+        let by_partition = |metric: &str, f: &str| {
+            format!("max by (topic, partition) ({f}({metric}{selector}{range}))")
+        };
+        let key = |m: &HashMap<String, String>| {
+            format!(
+                "{}/{}",
+                m.get(label::TOPIC).map_or("", String::as_str),
+                m.get(label::PARTITION).map_or("", String::as_str)
+            )
+        };
+        let arrived = self
+            .vector(&by_partition(names::PARTITION_END_OFFSET, "increase"), now)
+            .await?;
+        let consumed = self
+            .vector(&by_partition(names::PARTITION_POSITION, "increase"), now)
+            .await?;
+        let lag = self
+            .vector(
+                &format!(
+                    "max by (topic, partition) (last_over_time({}{selector}[{:.0}s]))",
+                    names::CONSUMER_LAG_RECORDS,
+                    query.expect.max_age
+                ),
+                now,
+            )
+            .await?;
+        let paused: std::collections::BTreeSet<String> = self
+            .vector(
+                &format!(
+                    "max by (topic, partition) ({}{selector}) > 0",
+                    names::PARTITION_PAUSED
+                ),
+                now,
+            )
+            .await?
+            .iter()
+            .map(|(m, _)| key(m))
+            .collect();
+        let reported = arrived.len() + paused.len();
+        if reported < query.expect.partitions {
+            return Err(Unknown::Partial(format!(
+                "{reported} of {} partitions reported",
+                query.expect.partitions
+            )));
+        }
+        let lag: HashMap<String, f64> = lag.iter().map(|(m, v)| (key(m), *v)).collect();
+        let mut partitions = BTreeMap::new();
+        let mut arrival = 0.0;
+        for (m, increase) in &arrived {
+            let id = key(m);
+            if paused.contains(&id) {
+                continue;
+            }
+            let rate = increase / window;
+            arrival += rate;
+            partitions.insert(
+                id.clone(),
+                PartitionObservation {
+                    lag: lag
+                        .get(&id)
+                        .copied()
+                        .ok_or_else(|| Unknown::Partial(format!("no lag for {id}")))?,
+                    arrival_rate: rate,
+                },
+            );
+        }
+        let processing: f64 = consumed.iter().map(|(_, v)| v / window).sum();
+        let recent = self
+            .vector(
+                &format!(
+                    "sum(max by (topic, partition) (increase({}{selector}[{:.0}s])))",
+                    names::PARTITION_END_OFFSET,
+                    query.expect.min_window
+                ),
+                now,
+            )
+            .await?
+            .first()
+            .map_or(0.0, |x| x.1 / query.expect.min_window);
+        let slot_key = |m: &HashMap<String, String>| {
+            format!(
+                "{}/{}",
+                m.get(label::POD).map_or("", String::as_str),
+                m.get(label::SLOT).map_or("", String::as_str)
+            )
+        };
+        let per_slot =
+            |metric: &str, f: &str| format!("sum by (pod, slot) ({f}({metric}{selector}{range}))");
+        let slot_consumed: HashMap<String, f64> = self
+            .vector(&per_slot(names::PARTITION_POSITION, "increase"), now)
+            .await?
+            .iter()
+            .map(|(m, v)| (slot_key(m), v / window))
+            .collect();
+        let backpressured: HashMap<String, f64> = self
+            .vector(&per_slot(names::BACKPRESSURED_SECONDS_TOTAL, "rate"), now)
+            .await?
+            .iter()
+            .map(|(m, v)| (slot_key(m), v.clamp(0.0, 1.0)))
+            .collect();
+        let mut slot_rates = BTreeMap::new();
+        for (m, b) in self
+            .vector(&per_slot(names::BUSY_SECONDS_TOTAL, "rate"), now)
+            .await?
+        {
+            let key = slot_key(&m);
+            slot_rates.insert(
+                key.clone(),
+                observation::SlotObservation {
+                    busy: b.clamp(0.0, 1.0),
+                    backpressure: backpressured.get(&key).copied().unwrap_or(0.0),
+                    processing_rate: slot_consumed.get(&key).copied().unwrap_or(0.0),
+                },
+            );
+        }
+        let busy: Vec<f64> = slot_rates.values().map(|s| s.busy).collect();
+        let backpressure: Vec<f64> = slot_rates.values().map(|s| s.backpressure).collect();
+        let slots = i32::try_from(busy.len()).unwrap_or(i32::MAX);
+        if slots < query.expect.slots {
+            return Err(Unknown::Partial(format!(
+                "{slots} of {} slots reported",
+                query.expect.slots
+            )));
+        }
+        let max = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+        Ok(Observation {
+            arrival_rate: arrival,
+            recent_arrival_rate: recent,
+            processing_rate: processing,
+            partitions,
+            slot_rates,
+            busy_max: max(&busy),
+            busy_mean: mean(&busy),
+            backpressure_max: max(&backpressure),
+            backpressure_mean: mean(&backpressure),
+            paused,
+            slots,
+            window_seconds: window,
+            newest_age_seconds: age,
+        })
+    }
+}
+
+impl MetricsSource for Prometheus {
+    fn read<'a>(&'a self, target: &'a Target, query: Query) -> BoxFuture<'a, Input> {
+        Box::pin(async move {
+            let selector = format!(
+                "{{{}=\"{}\",{}=\"{}\"}}",
+                label::NAMESPACE,
+                target.namespace,
+                label::PIPELINE,
+                target.name
+            );
+            let mut since = query.window_since;
+            let mut stable_at = None;
+            if let Some(started) = query.settling_since {
+                match self.settled_at(&selector, started, query).await {
+                    Ok(Some(at)) => {
+                        stable_at = Some(at);
+                        since = since.max(at);
+                    }
+                    Ok(None) => {
+                        return input(query, |_| None, |_| unreachable!("settling"));
+                    }
+                    Err(unknown) => {
+                        return Input {
+                            observation: Err(unknown),
+                            stable_at: None,
+                        };
+                    }
+                }
+            }
+            Input {
+                observation: self.observe(&selector, since, query).await,
+                stable_at,
+            }
+        })
+    }
+}
+
+/// The metrics source a pipeline's spec asks for.
+pub trait Sources: Send + Sync {
+    /// The source for `spec.autoscaler.metrics`.
+    fn source(
+        &self,
+        spec: &pipeline_crds::autoscaler::MetricsSource,
+    ) -> Result<std::sync::Arc<dyn MetricsSource>, PrometheusUrlError>;
+}
+
+/// One direct scraper for every pipeline, one Prometheus client per URL.
+pub struct SharedSources {
+    direct: std::sync::Arc<DirectScrape>,
+    prometheus: Mutex<HashMap<String, std::sync::Arc<Prometheus>>>,
+}
+
+impl SharedSources {
+    /// Scraping what `endpoints` lists when a pipeline names no Prometheus.
+    pub fn new(endpoints: Box<dyn Endpoints>) -> Self {
+        Self {
+            // The longest window a spec is likely to ask for, plus a margin.
+            direct: std::sync::Arc::new(DirectScrape::new(3_600.0, endpoints)),
+            prometheus: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl Sources for SharedSources {
+    fn source(
+        &self,
+        spec: &pipeline_crds::autoscaler::MetricsSource,
+    ) -> Result<std::sync::Arc<dyn MetricsSource>, PrometheusUrlError> {
+        let Some(prometheus) = &spec.prometheus else {
+            return Ok(self.direct.clone());
+        };
+        let mut clients = self.prometheus.lock().expect("not poisoned");
+        if let Some(client) = clients.get(&prometheus.url) {
+            return Ok(client.clone());
+        }
+        let client = std::sync::Arc::new(Prometheus::new(&prometheus.url, 15.0)?);
+        clients.insert(prometheus.url.clone(), client.clone());
+        Ok(client)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXPOSITION: &str = "\
+# HELP pipeline_busy_seconds Seconds a slot spent processing.
+# TYPE pipeline_busy_seconds counter
+pipeline_busy_seconds_total{pipeline=\"iot\",namespace=\"ns\",pod=\"iot-0\",slot=\"0\"} 12.5
+pipeline_busy_seconds_total{pipeline=\"other\",namespace=\"ns\",pod=\"other-0\",slot=\"0\"} 99.0
+# TYPE pipeline_backpressured_seconds counter
+pipeline_backpressured_seconds_total{pipeline=\"iot\",namespace=\"ns\",pod=\"iot-0\",slot=\"0\"} 1.5
+# TYPE pipeline_partition_end_offset gauge
+pipeline_partition_end_offset{pipeline=\"iot\",namespace=\"ns\",pod=\"iot-0\",slot=\"0\",topic=\"t\",partition=\"0\"} 1000
+pipeline_partition_end_offset{pipeline=\"iot\",namespace=\"ns\",pod=\"iot-0\",slot=\"0\",topic=\"t\",partition=\"1\"} 500
+# TYPE pipeline_partition_position gauge
+pipeline_partition_position{pipeline=\"iot\",namespace=\"ns\",pod=\"iot-0\",slot=\"0\",topic=\"t\",partition=\"0\"} 900
+pipeline_partition_position{pipeline=\"iot\",namespace=\"ns\",pod=\"iot-0\",slot=\"0\",topic=\"t\",partition=\"1\"} 500
+# TYPE pipeline_partition_paused gauge
+pipeline_partition_paused{pipeline=\"iot\",namespace=\"ns\",pod=\"iot-0\",slot=\"0\",topic=\"t\",partition=\"1\"} 1
+# EOF
+";
+
+    #[test]
+    fn a_pods_exposition_becomes_a_sample_of_this_pipeline_only() {
+        let mut s = Sample::default();
+        add_exposition(&mut s, EXPOSITION, "ns", "iot").unwrap();
+        assert_eq!(s.slots.len(), 1);
+        let slot = s.slots["iot-0/0"];
+        assert_eq!(slot.busy_seconds, 12.5);
+        assert_eq!(slot.backpressured_seconds, 1.5);
+        assert_eq!(s.partitions["t/0"].end_offset, 1000.0);
+        assert_eq!(s.partitions["t/0"].position, 900.0);
+        assert_eq!(s.partitions["t/0"].slot, "iot-0/0");
+        assert!(s.paused.contains("t/1"));
+    }
+
+    #[test]
+    fn a_settling_rescale_is_read_before_the_window() {
+        let query = Query {
+            now: 100.0,
+            settling_since: Some(50.0),
+            window_since: 0.0,
+            expect: Expectation {
+                partitions: 1,
+                slots: 1,
+                min_window: 10.0,
+                max_age: 60.0,
+            },
+        };
+        let held = input(query, |_| None, |_| panic!("no window while settling"));
+        assert!(held.observation.is_err() && held.stable_at.is_none());
+        let mut seen = None;
+        let read = input(
+            query,
+            |_| Some(70.0),
+            |since| {
+                seen = Some(since);
+                Err(Unknown::Missing("test".into()))
+            },
+        );
+        assert_eq!(read.stable_at, Some(70.0));
+        assert_eq!(seen, Some(70.0));
+    }
+}
