@@ -13,6 +13,9 @@ pub mod env {
     pub const PARALLELISM: &str = "SLUICE_PARALLELISM";
     /// Pods of the pipeline.
     pub const REPLICAS: &str = "SLUICE_REPLICAS";
+    /// Path of the scale file ([`super::Scale`]), watched by the runtime: when set, it decides
+    /// the slot count.
+    pub const SCALE_FILE: &str = "SLUICE_SCALE_FILE";
     /// Name of the PipelineDeployment.
     pub const PIPELINE: &str = "SLUICE_PIPELINE";
     /// Namespace of the PipelineDeployment.
@@ -43,6 +46,10 @@ pub mod paths {
     pub const CONFIG_FILE: &str = "pipeline.yaml";
     /// Full path of the manifest in a pod.
     pub const CONFIG_PATH: &str = "/etc/sluice/pipeline.yaml";
+    /// Key of the scale file in the ConfigMap, and its file name in [`CONFIG_DIR`].
+    pub const SCALE_FILE: &str = "scale.json";
+    /// Full path of the scale file in a pod.
+    pub const SCALE_PATH: &str = "/etc/sluice/scale.json";
     /// Directory the Kafka CA Secret is mounted at.
     pub const KAFKA_CA_DIR: &str = "/etc/sluice/kafka-ca";
     /// Mount point of a `checkpoint.storage.volume` claim.
@@ -221,6 +228,53 @@ pub mod output {
     pub const WINDOW_END: &str = "window_end";
 }
 
+/// The content of the scale file (the `scale` key of the runtime ConfigMap, JSON): the
+/// pipeline's parallelism and pod count, from which each pod derives its slot count; or, for a
+/// process run on its own (local mode), its slot count. The runtime watches the file and starts
+/// or stops slots to match, without restarting.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scale {
+    /// Slots of the whole pipeline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parallelism: Option<i32>,
+    /// Pods of the pipeline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
+    /// Slots of this process (instead of the two above).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slots: Option<i32>,
+}
+
+impl Scale {
+    /// `parallelism` slots on `replicas` pods.
+    pub fn pipeline(parallelism: i32, replicas: i32) -> Self {
+        Self {
+            parallelism: Some(parallelism),
+            replicas: Some(replicas),
+            slots: None,
+        }
+    }
+
+    /// This process's slots: `slots`, else its share of `parallelism` over `replicas` by its
+    /// pod ordinal (none for a pod past the replicas: it is about to be removed).
+    pub fn slots_of(&self, ordinal: Option<i32>) -> Result<i32, String> {
+        match (self.slots, self.parallelism, self.replicas) {
+            (Some(slots), _, _) if slots >= 0 => Ok(slots),
+            (Some(slots), _, _) => Err(format!("negative slot count {slots}")),
+            (None, Some(parallelism), Some(replicas)) => {
+                let ordinal = ordinal.ok_or("the pod name ends in no ordinal")?;
+                Ok(if ordinal >= replicas {
+                    0
+                } else {
+                    slots_of_pod(parallelism, replicas, ordinal)
+                })
+            }
+            _ => Err("set either slots, or parallelism and replicas".into()),
+        }
+    }
+}
+
 /// The slots of pod `ordinal` when `parallelism` slots run on `replicas` pods: spread so pods
 /// differ by at most one, the first ones taking the remainder.
 pub fn slots_of_pod(parallelism: i32, replicas: i32, ordinal: i32) -> i32 {
@@ -251,5 +305,19 @@ mod tests {
         let slots: Vec<i32> = (0..3).map(|i| slots_of_pod(10, 3, i)).collect();
         assert_eq!(slots, [4, 3, 3]);
         assert_eq!(slots_of_pod(0, 3, 0), 0);
+    }
+
+    #[test]
+    fn the_scale_file_gives_each_pod_its_share_and_a_pod_past_the_replicas_none() {
+        let json = serde_json::to_string(&Scale::pipeline(7, 3)).unwrap();
+        assert_eq!(json, r#"{"parallelism":7,"replicas":3}"#);
+        let scale: Scale = serde_json::from_str(&json).unwrap();
+        let slots: Vec<i32> = (0..4).map(|i| scale.slots_of(Some(i)).unwrap()).collect();
+        assert_eq!(slots, [3, 2, 2, 0]);
+        let own: Scale = serde_json::from_str(r#"{"slots": 5}"#).unwrap();
+        assert_eq!(own.slots_of(None).unwrap(), 5);
+        assert!(Scale::default().slots_of(Some(0)).is_err());
+        assert!(scale.slots_of(None).is_err());
+        assert!(serde_json::from_str::<Scale>(r#"{"slot": 5}"#).is_err());
     }
 }

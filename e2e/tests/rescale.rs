@@ -47,7 +47,7 @@ fn scaling_from_one_to_three_to_two_to_four_processes_mid_stream_keeps_every_win
     processes.push(launch.start("rescale-3"));
     processes.push(launch.start("rescale-4"));
     let (comparison, _) = finish(&tansu, "out", producer, &mut processes, scraped, &data);
-    let pauses = logged_pauses(&dir);
+    let pauses = common::logged_pauses(&dir);
     if !pauses.is_empty() {
         let max = pauses.iter().max().copied().unwrap_or(0);
         let mean = pauses.iter().sum::<i64>() as f64 / pauses.len() as f64;
@@ -64,27 +64,4 @@ fn scaling_from_one_to_three_to_two_to_four_processes_mid_stream_keeps_every_win
     );
     assert!(!pauses.is_empty(), "no partition moved with its state");
     common::cleanup(&dir);
-}
-
-/// `pause_ms` of every "partition state restored" log line of every process.
-fn logged_pauses(dir: &std::path::Path) -> Vec<i64> {
-    let mut pauses = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap().flatten() {
-        if entry.path().extension().is_some_and(|e| e == "log") {
-            let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
-            for line in text
-                .lines()
-                .filter(|l| l.contains("partition state restored"))
-            {
-                if let Some(ms) = line
-                    .split_whitespace()
-                    .find_map(|w| w.strip_prefix("pause_ms="))
-                    .and_then(|v| v.parse().ok())
-                {
-                    pauses.push(ms);
-                }
-            }
-        }
-    }
-    pauses
 }

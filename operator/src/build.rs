@@ -23,7 +23,7 @@ use k8s_openapi::{
 };
 use pipeline_crds::{
     PipelineDeployment,
-    contract::{annotations, env, labels, paths, ports},
+    contract::{Scale, annotations, env, labels, paths, ports},
 };
 use serde_json::{Value, json};
 
@@ -139,13 +139,19 @@ pub fn termination_grace_seconds(pd: &PipelineDeployment) -> i64 {
     i64::try_from(interval * 2 + 30).unwrap_or(i64::MAX).max(60)
 }
 
-/// The manifest the runtime executes: the resource without status and server-set metadata.
+/// The manifest the runtime executes: the resource without status and server-set metadata, and
+/// without what only the operator reads (`parallelism`, `autoscaler`: the slot count reaches the
+/// pods through the scale file), so that scaling changes neither the config nor its hash and
+/// rolls no pod.
 pub fn runtime_config(pd: &PipelineDeployment, name: &str, namespace: &str) -> String {
+    let mut spec = pd.spec.clone();
+    spec.parallelism = None;
+    spec.autoscaler = None;
     let manifest = json!({
         "apiVersion": "sluice.dev/v1alpha1",
         "kind": "PipelineDeployment",
         "metadata": {"name": name, "namespace": namespace},
-        "spec": pd.spec,
+        "spec": spec,
     });
     serde_yaml::to_string(&manifest).expect("a spec serializes")
 }
@@ -186,7 +192,14 @@ pub fn build(
     let config_hash = format!("{:08x}", crc32fast::hash(config.as_bytes()));
     let config_map = ConfigMap {
         metadata: meta(config_map_name(&name)),
-        data: Some(BTreeMap::from([(paths::CONFIG_FILE.to_owned(), config)])),
+        data: Some(BTreeMap::from([
+            (paths::CONFIG_FILE.to_owned(), config),
+            (
+                paths::SCALE_FILE.to_owned(),
+                serde_json::to_string(&Scale::pipeline(sizing.parallelism, sizing.replicas))
+                    .expect("a scale serializes"),
+            ),
+        ])),
         ..ConfigMap::default()
     };
     let metrics_port = ServicePort {
@@ -315,8 +328,7 @@ fn pod_template(
         env_value(env::PIPELINE, name),
         env_field(env::NAMESPACE, "metadata.namespace"),
         env_field(env::POD_NAME, "metadata.name"),
-        env_value(env::PARALLELISM, sizing.parallelism.to_string()),
-        env_value(env::REPLICAS, sizing.replicas.to_string()),
+        env_value(env::SCALE_FILE, paths::SCALE_PATH),
         env_value(env::METRICS_PORT, ports::RUNTIME_METRICS.to_string()),
         env_value(env::LOG_FORMAT, "json"),
     ];

@@ -314,7 +314,12 @@ async fn a_new_pipeline_gets_its_children_applied_in_order_a_status_and_a_deploy
     assert_eq!(sts["spec"]["replicas"], 2);
     let container = &sts["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(container["resources"]["requests"]["cpu"], "3000m");
-    assert!(env_of(sts).contains(&json!({"name": "SLUICE_PARALLELISM", "value": "6"})));
+    assert!(env_of(sts).contains(&json!({"name": "SLUICE_SCALE_FILE", "value": "/etc/sluice/scale.json"})));
+    let config = by_path(&calls, Method::PATCH, &format!("{NS}/configmaps/p-pipeline"));
+    assert_eq!(
+        config["data"]["scale.json"],
+        r#"{"parallelism":6,"replicas":2}"#
+    );
     let status = &by_path(&calls, Method::PATCH, STATUS_PATH)["status"];
     assert_eq!(status["observedGeneration"], 2);
     assert_eq!(
@@ -337,13 +342,27 @@ async fn a_new_pipeline_gets_its_children_applied_in_order_a_status_and_a_deploy
 }
 
 #[tokio::test]
-async fn an_update_of_parallelism_resizes_the_statefulset_and_announces_the_scaling() {
+async fn an_update_of_parallelism_rescales_through_the_scale_file_without_rolling_the_pods() {
     let (_, first, _) = Scenario::new(pipeline("  parallelism: 2\n")).run().await;
     let running = after(pipeline("  parallelism: 8\n"), &first);
     let (_, calls, _) = Scenario::new(running).run().await;
     let sts = by_path(&calls, Method::PATCH, &format!("{STS}/p"));
     assert_eq!(sts["spec"]["replicas"], 2);
-    assert!(env_of(sts).contains(&json!({"name": "SLUICE_PARALLELISM", "value": "8"})));
+    let config = by_path(&calls, Method::PATCH, &format!("{NS}/configmaps/p-pipeline"));
+    assert_eq!(
+        config["data"]["scale.json"],
+        r#"{"parallelism":8,"replicas":2}"#
+    );
+    // The pod that keeps running sees the same template (same config hash, same env): only the
+    // added pod starts; the slot counts change in place.
+    let before = by_path(&first, Method::PATCH, &format!("{STS}/p"));
+    let template = |s: &Value| {
+        let mut t = s["spec"]["template"].clone();
+        // CPU and memory follow the fullest pod's slots (4 now, 2 before).
+        t["spec"]["containers"][0]["resources"] = Value::Null;
+        t
+    };
+    assert_eq!(template(sts), template(before));
     assert_eq!(
         sts["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["cpu"],
         "4000m"

@@ -210,6 +210,7 @@ pub fn run(options: &DemoOptions) -> anyhow::Result<DemoReport> {
         pod: "demo-0".into(),
         spec: pd.spec,
         slots: options.slots,
+        scale_file: None,
         metrics_addr: options.metrics_addr,
         commit_interval: Duration::from_secs(1),
     })?;

@@ -15,7 +15,7 @@ use crate::metrics::Metrics;
 /// Liveness and readiness of the slots.
 #[derive(Debug)]
 pub struct Health {
-    slots: usize,
+    slots: AtomicUsize,
     running: AtomicUsize,
     stopping: AtomicBool,
 }
@@ -24,10 +24,15 @@ impl Health {
     /// For a process with `slots` slots.
     pub fn new(slots: usize) -> Self {
         Self {
-            slots,
+            slots: AtomicUsize::new(slots),
             running: AtomicUsize::new(0),
             stopping: AtomicBool::new(false),
         }
+    }
+
+    /// The slot count changed in place.
+    pub fn set_slots(&self, slots: usize) {
+        self.slots.store(slots, Ordering::SeqCst);
     }
 
     /// A slot's consumer is up.
@@ -47,7 +52,7 @@ impl Health {
 
     /// Ready: every slot runs and no shutdown is under way.
     pub fn is_ready(&self) -> bool {
-        !self.stopping.load(Ordering::SeqCst) && self.running.load(Ordering::SeqCst) == self.slots
+        !self.stopping.load(Ordering::SeqCst) && self.running.load(Ordering::SeqCst) == self.slots.load(Ordering::SeqCst)
     }
 }
 

@@ -76,6 +76,11 @@ struct RunArgs {
     /// Pods of the pipeline (set by the operator).
     #[arg(long, env = env::REPLICAS)]
     replicas: Option<i32>,
+    /// Scale file to follow (JSON: {"parallelism": N, "replicas": M} or {"slots": N}; in a pod,
+    /// the ConfigMap's scale.json). It decides the slot count, above --slots, and is watched:
+    /// a change starts or stops slots without restarting the process.
+    #[arg(long, env = env::SCALE_FILE)]
+    scale_file: Option<PathBuf>,
     /// Port of /metrics, /healthz, /readyz (0 = any free port).
     #[arg(long, env = env::METRICS_PORT, default_value_t = ports::RUNTIME_METRICS)]
     metrics_port: u16,
@@ -211,11 +216,24 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         _ => None,
     };
-    let slots = args
-        .slots
+    let from_file = match &args.scale_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the scale file {}", path.display()))?;
+            let scale: pipeline_crds::contract::Scale = serde_json::from_str(&text)
+                .with_context(|| format!("the scale file {} is not valid", path.display()))?;
+            let slots = scale
+                .slots_of(pipeline_crds::contract::pod_ordinal(&pod))
+                .map_err(|reason| anyhow::anyhow!("the scale file {}: {reason}", path.display()))?;
+            Some(usize::try_from(slots).unwrap_or(0))
+        }
+        None => None,
+    };
+    let slots = from_file
+        .or(args.slots)
         .or_else(|| derived.and_then(|s| usize::try_from(s).ok()))
         .unwrap_or_else(|| usize::try_from(pd.spec.resources.slots_per_pod).unwrap_or(1));
-    if slots == 0 {
+    if slots == 0 && args.scale_file.is_none() {
         bail!("no slots for this pod (--slots, or --parallelism/--replicas and the pod ordinal)");
     }
     let runtime = Runtime::start(RuntimeOptions {
@@ -224,6 +242,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         pod,
         spec: pd.spec,
         slots,
+        scale_file: args.scale_file,
         metrics_addr: Some(SocketAddr::from((Ipv4Addr::UNSPECIFIED, args.metrics_port))),
         commit_interval: args.commit_interval,
     })?;

@@ -385,6 +385,17 @@ impl Metrics {
         }
     }
 
+    /// Drops the series that say a slot is alive (busy, backpressured and idle time, assigned
+    /// partitions, state keys) when it stops for good in a rescale: the autoscaler counts slots
+    /// by them. Record counters stay (they are totals of the process).
+    pub fn forget_slot(&self, labels: &SlotLabels) {
+        self.busy.remove(labels);
+        self.backpressured.remove(labels);
+        self.idle.remove(labels);
+        self.assigned_partitions.remove(labels);
+        self.state_keys.remove(labels);
+    }
+
     /// Drops the per-partition series of a partition the slot gave up.
     pub fn forget_partition(&self, labels: &PartitionLabels) {
         self.end_offset.remove(labels);

@@ -39,8 +39,11 @@ pub struct RuntimeOptions {
     pub pod: String,
     /// The pipeline.
     pub spec: PipelineDeploymentSpec,
-    /// Slots (threads, group members) of this process.
+    /// Slots (threads, group members) of this process at the start.
     pub slots: usize,
+    /// The scale file to watch: when it changes, slots are started or stopped to match it
+    /// without restarting the process.
+    pub scale_file: Option<std::path::PathBuf>,
     /// Where to serve `/metrics`; `None` = no HTTP server.
     pub metrics_addr: Option<SocketAddr>,
     /// Time between offset commits.
@@ -184,32 +187,122 @@ fn supervise(
         return;
     };
     let plan = Arc::new(Plan::new(&options.spec, &group, partitions));
-    let spec = Arc::new(options.spec);
-    let threads: Vec<JoinHandle<()>> = (0..options.slots)
-        .map(|index| {
-            let config = SlotConfig {
-                spec: spec.clone(),
-                plan: plan.clone(),
-                bootstrap_servers: bootstrap.clone(),
-                group: group.clone(),
-                labels: SlotLabels {
-                    pipeline: options.name.clone(),
-                    namespace: options.namespace.clone(),
-                    pod: options.pod.clone(),
-                    slot: index.to_string(),
-                },
-                commit_interval: options.commit_interval,
-                metrics: metrics.clone(),
-            };
-            let (health, stop) = (health.clone(), stop.clone());
-            std::thread::Builder::new()
-                .name(format!("sluice-slot-{index}"))
-                .spawn(move || run_slot_with_restarts(&config, &health, &stop))
-                .expect("spawning a thread")
-        })
-        .collect();
-    for thread in threads {
-        let _ = thread.join();
+    let spec = Arc::new(options.spec.clone());
+    let start = |index: usize| -> (Arc<AtomicBool>, JoinHandle<()>) {
+        let config = SlotConfig {
+            spec: spec.clone(),
+            plan: plan.clone(),
+            bootstrap_servers: bootstrap.clone(),
+            group: group.clone(),
+            labels: slot_labels(&options, index),
+            commit_interval: options.commit_interval,
+            metrics: metrics.clone(),
+        };
+        let own_stop = Arc::new(AtomicBool::new(false));
+        let (health, slot_stop) = (health.clone(), own_stop.clone());
+        let handle = std::thread::Builder::new()
+            .name(format!("sluice-slot-{index}"))
+            .spawn(move || run_slot_with_restarts(&config, &health, &slot_stop))
+            .expect("spawning a thread");
+        (own_stop, handle)
+    };
+    let ordinal = pipeline_crds::contract::pod_ordinal(&options.pod);
+    let mut watched = options
+        .scale_file
+        .as_ref()
+        .map(|path| ScaleWatch::new(path.clone()));
+    let mut slots: Vec<(Arc<AtomicBool>, JoinHandle<()>)> = Vec::new();
+    let mut target = options.slots;
+    loop {
+        if slots.is_empty() && target > 0 {
+            info!(slots = target, "starting slots");
+        } else if slots.len() != target {
+            info!(from = slots.len(), to = target, "slots rescaled in place");
+        }
+        health.set_slots(target);
+        while slots.len() < target {
+            slots.push(start(slots.len()));
+        }
+        // Leaving slots stop together (one rebalance): each checkpoints and hands its partitions
+        // over as it leaves the group.
+        let leaving: Vec<_> = slots.drain(target..).collect();
+        for (flag, _) in &leaving {
+            flag.store(true, Ordering::SeqCst);
+        }
+        let first_leaving = target;
+        for (index, (_, handle)) in leaving.into_iter().enumerate() {
+            let _ = handle.join();
+            metrics.forget_slot(&slot_labels(&options, first_leaving + index));
+        }
+        if crate::sleep_unless_stopped(SCALE_POLL, &stop) {
+            break;
+        }
+        if let Some(watch) = watched.as_mut()
+            && let Some(scale) = watch.changed()
+        {
+            match scale.slots_of(ordinal) {
+                Ok(slots) => target = usize::try_from(slots).unwrap_or(0),
+                Err(reason) => warn!(%reason, "scale file ignored"),
+            }
+        }
+    }
+    for (flag, _) in &slots {
+        flag.store(true, Ordering::SeqCst);
+    }
+    for (_, handle) in slots {
+        let _ = handle.join();
+    }
+}
+
+/// How often the scale file is read.
+const SCALE_POLL: Duration = Duration::from_secs(1);
+
+fn slot_labels(options: &RuntimeOptions, index: usize) -> SlotLabels {
+    SlotLabels {
+        pipeline: options.name.clone(),
+        namespace: options.namespace.clone(),
+        pod: options.pod.clone(),
+        slot: index.to_string(),
+    }
+}
+
+/// The scale file as last read.
+struct ScaleWatch {
+    path: std::path::PathBuf,
+    last: Option<String>,
+}
+
+impl ScaleWatch {
+    fn new(path: std::path::PathBuf) -> Self {
+        Self { path, last: None }
+    }
+
+    /// The scale when the file's content changed since the last call (the first call reads it).
+    /// A file that cannot be read or parsed is reported once per change and ignored: the slots
+    /// keep running as they are.
+    fn changed(&mut self) -> Option<pipeline_crds::contract::Scale> {
+        let text = match std::fs::read_to_string(&self.path) {
+            Ok(text) => text,
+            Err(e) => {
+                let marker = format!("error: {e}");
+                if self.last.as_deref() != Some(marker.as_str()) {
+                    warn!(path = %self.path.display(), error = %e, "cannot read the scale file; keeping the slots");
+                    self.last = Some(marker);
+                }
+                return None;
+            }
+        };
+        if self.last.as_deref() == Some(text.as_str()) {
+            return None;
+        }
+        self.last = Some(text.clone());
+        match serde_json::from_str(&text) {
+            Ok(scale) => Some(scale),
+            Err(e) => {
+                warn!(path = %self.path.display(), error = %e, "the scale file is not valid; keeping the slots");
+                None
+            }
+        }
     }
 }
 

@@ -46,6 +46,7 @@ fn stateless_pipeline_forwards_filtered_projections_keeps_keys_and_dead_letters_
         pod: "pod-a".into(),
         spec: spec(&manifest),
         slots: 2,
+        scale_file: None,
         metrics_addr: None,
         commit_interval: Duration::from_secs(1),
     })

@@ -22,6 +22,7 @@ fn start(name: &str, pod: &str, yaml: &str, slots: usize) -> Runtime {
         pod: pod.into(),
         spec: spec(yaml),
         slots,
+        scale_file: None,
         metrics_addr: None,
         commit_interval: Duration::from_secs(1),
     })

@@ -138,6 +138,7 @@ spec:
         pod: "eos-0".into(),
         spec,
         slots: 1,
+        scale_file: None,
         metrics_addr: None,
         commit_interval: Duration::from_secs(1),
     })

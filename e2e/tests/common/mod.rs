@@ -306,3 +306,26 @@ pub fn crash_scenario(
         dir,
     }
 }
+
+/// `pause_ms` of every "partition state restored" log line of every process.
+pub fn logged_pauses(dir: &std::path::Path) -> Vec<i64> {
+    let mut pauses = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        if entry.path().extension().is_some_and(|e| e == "log") {
+            let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            for line in text
+                .lines()
+                .filter(|l| l.contains("partition state restored"))
+            {
+                if let Some(ms) = line
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("pause_ms="))
+                    .and_then(|v| v.parse().ok())
+                {
+                    pauses.push(ms);
+                }
+            }
+        }
+    }
+    pauses
+}

@@ -1,0 +1,102 @@
+//! In-place rescale: two runtime processes ("pods" 0 and 1 of a StatefulSet) follow one scale
+//! file, as pods follow the operator's ConfigMap. While a data set streams in, the pipeline goes
+//! from 2 to 3 to 4 to 2 slots by rewriting the file only. No process restarts; a pod whose slot
+//! count does not change is not touched (pod 1 keeps its single slot through 2 → 3); moved
+//! partitions carry their state. Deduplicated by (key, window), the output must equal the offline
+//! reference exactly. Prints the pause each moved partition saw.
+
+mod common;
+
+use std::{path::Path, time::Duration};
+
+use common::{PARTITIONS, finish, launch, scratch, seed, stream};
+use pipeline_crds::contract::Scale;
+use pipeline_e2e::{
+    broker::{Tansu, metric_sum},
+    dataset::Dataset,
+};
+
+fn write_scale(path: &Path, parallelism: i32) {
+    let text = serde_json::to_string(&Scale::pipeline(parallelism, 2)).unwrap();
+    // Written aside and renamed, as the kubelet swaps a ConfigMap volume's files.
+    let aside = path.with_extension("tmp");
+    std::fs::write(&aside, text).unwrap();
+    std::fs::rename(&aside, path).unwrap();
+}
+
+fn log_count(dir: &Path, pod: &str, needle: &str) -> usize {
+    std::fs::read_to_string(dir.join(format!("{pod}.log")))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(needle))
+        .count()
+}
+
+#[test]
+fn rescaling_in_place_through_the_scale_file_restarts_no_process_and_keeps_every_window_exact() {
+    let Some(tansu) = Tansu::start() else {
+        return;
+    };
+    let seed = seed();
+    tansu.create_topics(&[("readings", PARTITIONS), ("out", 3)]);
+    let data = Dataset::generate(200_000, 400, PARTITIONS, 5, seed);
+    let dir = scratch("inplace");
+    let scale = dir.join("scale.json");
+    write_scale(&scale, 2);
+    let launch = launch(&tansu, &dir, "inplace", "at-least-once", "readings", "out");
+    let file = scale.to_str().unwrap();
+    let mut processes = vec![
+        launch.start_with_env("inplace-0", &[("SLUICE_SCALE_FILE", file)]),
+        launch.start_with_env("inplace-1", &[("SLUICE_SCALE_FILE", file)]),
+    ];
+    std::thread::sleep(Duration::from_secs(4));
+    let records = data.with_closing_records(PARTITIONS);
+    let producer = stream(
+        &tansu.bootstrap,
+        "readings",
+        records,
+        40,
+        Duration::from_millis(400),
+    );
+    let step = Duration::from_secs(5);
+    for parallelism in [3, 4, 2] {
+        std::thread::sleep(step);
+        eprintln!("scale file: parallelism {parallelism} on 2 pods");
+        write_scale(&scale, parallelism);
+    }
+    for p in &mut processes {
+        assert!(p.is_running(), "{} stopped during the rescales", p.pod);
+    }
+    let texts: Vec<String> = processes.iter().filter_map(|p| p.metrics()).collect();
+    let restarts: f64 = texts
+        .iter()
+        .map(|t| metric_sum(t, "pipeline_slot_restarts_total"))
+        .sum();
+    let (comparison, _) = finish(&tansu, "out", producer, &mut processes, Vec::new(), &data);
+    let pauses = common::logged_pauses(&dir);
+    if !pauses.is_empty() {
+        let max = pauses.iter().max().copied().unwrap_or(0);
+        let mean = pauses.iter().sum::<i64>() as f64 / pauses.len() as f64;
+        eprintln!(
+            "moved partitions: {}; pause per moved partition: mean {mean:.0} ms, max {max} ms ({pauses:?})",
+            pauses.len()
+        );
+    }
+    assert!(
+        comparison.exact(),
+        "output differs from the reference (logs in {}):\n{}",
+        dir.display(),
+        comparison.problems.join("\n")
+    );
+    assert_eq!(restarts, 0.0, "a slot restarted (logs in {})", dir.display());
+    // 2 → 3 changes pod 0 only (2 slots, pod 1 keeps 1); 3 → 4 changes pod 1; 4 → 2 both.
+    let rescaled = |pod: &str| log_count(&dir, pod, "slots rescaled in place");
+    assert_eq!(
+        (rescaled("inplace-0"), rescaled("inplace-1")),
+        (2, 2),
+        "slot changes per process (logs in {})",
+        dir.display()
+    );
+    assert!(!pauses.is_empty(), "no partition moved with its state");
+    common::cleanup(&dir);
+}
