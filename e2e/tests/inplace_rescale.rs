@@ -88,7 +88,12 @@ fn rescaling_in_place_through_the_scale_file_restarts_no_process_and_keeps_every
         dir.display(),
         comparison.problems.join("\n")
     );
-    assert_eq!(restarts, 0.0, "a slot restarted (logs in {})", dir.display());
+    assert_eq!(
+        restarts,
+        0.0,
+        "a slot restarted (logs in {})",
+        dir.display()
+    );
     // 2 → 3 changes pod 0 only (2 slots, pod 1 keeps 1); 3 → 4 changes pod 1; 4 → 2 both.
     let rescaled = |pod: &str| log_count(&dir, pod, "slots rescaled in place");
     assert_eq!(

@@ -112,7 +112,7 @@ pub struct Context {
     /// The autoscaler's metrics sources (direct scrape of the pods, or Prometheus).
     pub metrics_sources: Arc<dyn Sources>,
     /// Seconds since the Unix epoch (a fixed clock in tests).
-    pub clock: fn() -> f64,
+    pub clock: Arc<dyn Fn() -> f64 + Send + Sync>,
 }
 
 /// Seconds since the Unix epoch.
@@ -189,7 +189,7 @@ impl Context {
             metrics_sources: Arc::new(SharedSources::new(Box::new(PodEndpoints::new(
                 client_for_sources,
             )))),
-            clock: wall_clock,
+            clock: Arc::new(wall_clock),
         }
     }
 }
@@ -406,7 +406,7 @@ async fn reconcile_once(
         sizing,
         partitions,
         ready_replicas,
-        autoscaler,
+        autoscaler: autoscaler.map(Box::new),
     };
     report(ctx, pd, &outcome).await?;
     Ok((Action::requeue(requeue), "applied"))
@@ -435,7 +435,10 @@ async fn autoscale_once(
     let Some(parallelism) = running.filter(|_| !pd.spec.suspend) else {
         return previous.cloned();
     };
-    if !autoscale::due(spec, previous, now) {
+    // A hand-made change of spec.parallelism (kubectl scale) is taken at once: the evaluation
+    // starts afresh from it, so the old decision cannot come back.
+    let scaled_by_hand = previous.is_some_and(|p| p.spec_parallelism != pd.spec.parallelism);
+    if !scaled_by_hand && !autoscale::due(spec, previous, now) {
         return previous.cloned();
     }
     let target = Target {

@@ -36,7 +36,7 @@ pub enum Outcome {
         /// Ready runtime pods.
         ready_replicas: i32,
         /// The autoscaler's status (absent when it is off).
-        autoscaler: Option<AutoscalerStatus>,
+        autoscaler: Option<Box<AutoscalerStatus>>,
     },
 }
 
@@ -155,7 +155,7 @@ pub fn status(pd: &PipelineDeployment, outcome: &Outcome, now: &Time) -> Pipelin
             s.ready_replicas = Some(*ready_replicas);
             s.partitions = Some(*partitions);
             let inputs = autoscaler.as_ref().and_then(|a| a.inputs.as_ref());
-            s.autoscaler = autoscaler.clone();
+            s.autoscaler = autoscaler.as_deref().cloned();
             s.lag = inputs.and_then(|i| i.lag);
             s.backpressure = inputs.and_then(|i| i.backpressure);
             s.busy = inputs.and_then(|i| i.busy);

@@ -314,8 +314,15 @@ async fn a_new_pipeline_gets_its_children_applied_in_order_a_status_and_a_deploy
     assert_eq!(sts["spec"]["replicas"], 2);
     let container = &sts["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(container["resources"]["requests"]["cpu"], "3000m");
-    assert!(env_of(sts).contains(&json!({"name": "SLUICE_SCALE_FILE", "value": "/etc/sluice/scale.json"})));
-    let config = by_path(&calls, Method::PATCH, &format!("{NS}/configmaps/p-pipeline"));
+    assert!(
+        env_of(sts)
+            .contains(&json!({"name": "SLUICE_SCALE_FILE", "value": "/etc/sluice/scale.json"}))
+    );
+    let config = by_path(
+        &calls,
+        Method::PATCH,
+        &format!("{NS}/configmaps/p-pipeline"),
+    );
     assert_eq!(
         config["data"]["scale.json"],
         r#"{"parallelism":6,"replicas":2}"#
@@ -348,7 +355,11 @@ async fn an_update_of_parallelism_rescales_through_the_scale_file_without_rollin
     let (_, calls, _) = Scenario::new(running).run().await;
     let sts = by_path(&calls, Method::PATCH, &format!("{STS}/p"));
     assert_eq!(sts["spec"]["replicas"], 2);
-    let config = by_path(&calls, Method::PATCH, &format!("{NS}/configmaps/p-pipeline"));
+    let config = by_path(
+        &calls,
+        Method::PATCH,
+        &format!("{NS}/configmaps/p-pipeline"),
+    );
     assert_eq!(
         config["data"]["scale.json"],
         r#"{"parallelism":8,"replicas":2}"#
@@ -670,4 +681,346 @@ async fn a_failed_apply_is_an_error_to_retry_with_one_warning_event_per_interval
             .encode()
             .contains("sluice_operator_reconciles_total{result=\"error\"} 3")
     );
+}
+
+mod autoscaling {
+    //! The autoscaler inside reconcile: a scripted metrics source and a fixed clock.
+
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use futures::future::BoxFuture;
+    use pipeline_operator::autoscale::{
+        observation::{Observation, PartitionObservation, SlotObservation, Unknown},
+        policy::Input,
+        source::{MetricsSource, PrometheusUrlError, Query, Sources, Target},
+    };
+
+    use super::*;
+
+    /// Answers every read with the same input, and remembers the queries.
+    struct Scripted {
+        input: Input,
+        queries: Mutex<Vec<Query>>,
+    }
+
+    impl MetricsSource for Scripted {
+        fn read<'a>(&'a self, _: &'a Target, query: Query) -> BoxFuture<'a, Input> {
+            self.queries.lock().unwrap().push(query);
+            let input = self.input.clone();
+            Box::pin(async move { input })
+        }
+    }
+
+    struct Fixed(Arc<Scripted>);
+
+    impl Sources for Fixed {
+        fn source(
+            &self,
+            _: &pipeline_crds::autoscaler::MetricsSource,
+        ) -> Result<Arc<dyn MetricsSource>, PrometheusUrlError> {
+            Ok(self.0.clone())
+        }
+    }
+
+    /// 24 partitions sharing `arrival` and `lag`; `p` slots each `busy`, processing `processed`.
+    fn window(p: i32, arrival: f64, lag: f64, processed: f64, busy: f64) -> Observation {
+        Observation {
+            arrival_rate: arrival,
+            recent_arrival_rate: arrival,
+            processing_rate: processed,
+            partitions: (0..24)
+                .map(|i| {
+                    (
+                        format!("in/{i}"),
+                        PartitionObservation {
+                            lag: lag / 24.0,
+                            arrival_rate: arrival / 24.0,
+                        },
+                    )
+                })
+                .collect(),
+            slot_rates: (0..p)
+                .map(|j| {
+                    (
+                        format!("p-0/{j}"),
+                        SlotObservation {
+                            busy,
+                            backpressure: 0.0,
+                            processing_rate: processed / f64::from(p),
+                        },
+                    )
+                })
+                .collect::<BTreeMap<_, _>>(),
+            busy_max: busy,
+            busy_mean: busy,
+            backpressure_max: 0.0,
+            backpressure_mean: 0.0,
+            paused: BTreeSet::new(),
+            slots: p,
+            window_seconds: 300.0,
+            newest_age_seconds: 10.0,
+        }
+    }
+
+    const NOW: f64 = 1_800_000_000.0;
+
+    const AUTOSCALED: &str = "  parallelism: 2\n  autoscaler: {enabled: true}\n";
+
+    /// Reconciles `pd` once at `now` with the autoscaler reading `input`.
+    async fn autoscale(
+        pd: PipelineDeployment,
+        input: Input,
+        now: f64,
+    ) -> (Vec<Call>, Arc<Scripted>, Arc<OperatorMetrics>) {
+        let scripted = Arc::new(Scripted {
+            input,
+            queries: Mutex::new(Vec::new()),
+        });
+        let sources = Arc::new(Fixed(scripted.clone()));
+        let metrics = Arc::new(OperatorMetrics::default());
+        let m = metrics.clone();
+        let (result, calls, _) = Scenario::new(pd)
+            .partitions(Ok(24))
+            .run_on(move |client, partitions, crd| {
+                let mut ctx = Context::new(
+                    client,
+                    m,
+                    "img:1".into(),
+                    PodMonitorCrd::fixed(crd),
+                    partitions,
+                    "operator-0".into(),
+                );
+                ctx.metrics_sources = sources;
+                ctx.clock = Arc::new(move || now);
+                Arc::new(ctx)
+            })
+            .await;
+        assert_eq!(result, Ok(Action::requeue(Duration::from_secs(30))));
+        (calls, scripted, metrics)
+    }
+
+    /// A pipeline running 2 slots under the autoscaler (its first reconcile done).
+    async fn running(extra: &str) -> PipelineDeployment {
+        let (_, first, _) = Scenario::new(pipeline(extra))
+            .partitions(Ok(24))
+            .run()
+            .await;
+        after(pipeline(extra), &first)
+    }
+
+    fn known(o: Observation) -> Input {
+        Input {
+            observation: Ok(o),
+            stable_at: None,
+        }
+    }
+
+    fn scale_file(calls: &[Call]) -> Value {
+        let config = by_path(calls, Method::PATCH, &format!("{NS}/configmaps/p-pipeline"));
+        serde_json::from_str(config["data"]["scale.json"].as_str().unwrap()).unwrap()
+    }
+
+    fn autoscaler_status(calls: &[Call]) -> Value {
+        by_path(calls, Method::PATCH, STATUS_PATH)["status"].clone()
+    }
+
+    fn reasons(calls: &[Call]) -> Vec<String> {
+        events(calls).into_iter().map(|e| e.1).collect()
+    }
+
+    #[tokio::test]
+    async fn a_scale_up_decision_is_applied_in_place_explained_and_counted() {
+        let pd = running(AUTOSCALED).await;
+        let lagging = known(window(2, 14_000.0, 300_000.0, 10_000.0, 1.0));
+        let (calls, scripted, metrics) = autoscale(pd, lagging, NOW).await;
+        let query = scripted.queries.lock().unwrap()[0];
+        assert_eq!((query.expect.slots, query.expect.partitions), (2, 24));
+        assert_eq!(query.settling_since, None);
+        assert_eq!(scale_file(&calls), json!({"parallelism": 5, "replicas": 2}));
+        let status = autoscaler_status(&calls);
+        let a = &status["autoscaler"];
+        assert_eq!(a["result"], "ScaleUp");
+        assert_eq!(
+            (
+                a["decidedParallelism"].clone(),
+                a["recommendedParallelism"].clone()
+            ),
+            (json!(5), json!(5))
+        );
+        assert_eq!(a["inputs"]["arrivalRate"], 14_000.0);
+        assert!(
+            a["reason"].as_str().unwrap().contains("scale up to 5"),
+            "{a}"
+        );
+        assert_eq!(a["rescale"]["from"], 2);
+        assert_eq!(
+            (status["lag"].clone(), status["busy"].clone()),
+            (json!(300_000), json!(1.0))
+        );
+        assert_eq!(status["phase"], "Scaling");
+        let reasons = reasons(&calls);
+        assert!(
+            reasons.contains(&"ScaledUp".to_owned())
+                && reasons.contains(&"AutoscalerScaleUp".to_owned()),
+            "{reasons:?}"
+        );
+        let text = metrics.encode();
+        assert!(
+            text.contains(
+                "sluice_autoscaler_recommended_parallelism{namespace=\"ns\",pipeline=\"p\"} 5"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("sluice_autoscaler_decisions_total{namespace=\"ns\",pipeline=\"p\",direction=\"up\",reason=\"ScaleUp\"} 1"), "{text}");
+
+        // The next reconcile within the interval reads no metrics and keeps the decision; the
+        // one after waits for the rescale to settle.
+        let scaled = after(pipeline(AUTOSCALED), &calls);
+        let (again, scripted, _) = autoscale(
+            scaled.clone(),
+            known(window(5, 0.0, 0.0, 0.0, 0.0)),
+            NOW + 10.0,
+        )
+        .await;
+        assert!(scripted.queries.lock().unwrap().is_empty());
+        assert_eq!(scale_file(&again)["parallelism"], 5);
+        let settling = Input {
+            observation: Err(Unknown::Missing("a rescale is settling".into())),
+            stable_at: None,
+        };
+        let (later, scripted, _) = autoscale(scaled, settling, NOW + 30.0).await;
+        assert_eq!(
+            scripted.queries.lock().unwrap()[0].settling_since,
+            Some(NOW)
+        );
+        assert_eq!(autoscaler_status(&later)["autoscaler"]["result"], "Held");
+        assert_eq!(scale_file(&later)["parallelism"], 5);
+    }
+
+    #[tokio::test]
+    async fn recommend_only_writes_the_recommendation_and_changes_nothing() {
+        let spec = "  parallelism: 2\n  autoscaler: {enabled: true, mode: recommendOnly}\n";
+        let pd = running(spec).await;
+        let (calls, _, _) = autoscale(
+            pd,
+            known(window(2, 14_000.0, 300_000.0, 10_000.0, 1.0)),
+            NOW,
+        )
+        .await;
+        assert_eq!(scale_file(&calls)["parallelism"], 2);
+        let a = &autoscaler_status(&calls)["autoscaler"];
+        assert_eq!(
+            (
+                a["recommendedParallelism"].clone(),
+                a["decidedParallelism"].clone()
+            ),
+            (json!(5), Value::Null)
+        );
+        assert_eq!(reasons(&calls), ["AutoscalerRecommendation"]);
+    }
+
+    #[tokio::test]
+    async fn unknown_metrics_hold_the_parallelism_and_warn_once() {
+        let pd = running(AUTOSCALED).await;
+        let unknown = Input {
+            observation: Err(Unknown::Partial("1 of 2 slots reported".into())),
+            stable_at: None,
+        };
+        let (calls, _, _) = autoscale(pd, unknown.clone(), NOW).await;
+        assert_eq!(scale_file(&calls)["parallelism"], 2);
+        let a = &autoscaler_status(&calls)["autoscaler"];
+        assert_eq!(a["result"], "NoMetrics");
+        assert!(
+            a["reason"]
+                .as_str()
+                .unwrap()
+                .contains("1 of 2 slots reported"),
+            "{a}"
+        );
+        assert_eq!(events(&calls)[0].0, "Warning");
+        assert_eq!(reasons(&calls), ["AutoscalerMetricsUnknown"]);
+        // Still unknown at the next evaluation: no second Event.
+        let (again, _, _) =
+            autoscale(after(pipeline(AUTOSCALED), &calls), unknown, NOW + 30.0).await;
+        assert!(events(&again).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_sink_bound_pipeline_is_not_scaled_up_and_says_so() {
+        let spec = "  parallelism: 4\n  autoscaler: {enabled: true}\n";
+        let pd = running(spec).await;
+        let mut o = window(4, 14_000.0, 2_000_000.0, 9_000.0, 0.45);
+        o.backpressure_mean = 0.55;
+        o.backpressure_max = 0.6;
+        let (calls, _, _) = autoscale(pd, known(o), NOW).await;
+        assert_eq!(scale_file(&calls)["parallelism"], 4);
+        let status = autoscaler_status(&calls);
+        assert_eq!(status["autoscaler"]["vetoes"], json!(["SinkBound"]));
+        let limited = condition(&status, "ScalingLimited");
+        assert_eq!(
+            (limited["status"].clone(), limited["reason"].clone()),
+            (json!("True"), json!("SinkBound"))
+        );
+        assert!(
+            limited["message"]
+                .as_str()
+                .unwrap()
+                .contains("the sink is the bottleneck"),
+            "{limited}"
+        );
+        assert_eq!(reasons(&calls), ["AutoscalerSinkBound"]);
+    }
+
+    #[tokio::test]
+    async fn a_scale_down_waits_for_the_delay_then_applies_and_survives_an_operator_restart() {
+        let spec = "  parallelism: 12\n  autoscaler: {enabled: true, scaleDownDelay: 5m}\n";
+        let pd = running(spec).await;
+        let quiet = || known(window(12, 6_000.0, 0.0, 6_000.0, 0.1));
+        let (first, _, _) = autoscale(pd, quiet(), NOW).await;
+        assert_eq!(scale_file(&first)["parallelism"], 12);
+        assert_eq!(
+            autoscaler_status(&first)["autoscaler"]["vetoes"],
+            json!(["ScaleDownDelay"])
+        );
+        // A new operator (new context, nothing in memory) reads the pending scale-down from status.
+        let (later, _, _) = autoscale(after(pipeline(spec), &first), quiet(), NOW + 300.0).await;
+        assert_eq!(
+            scale_file(&later)["parallelism"],
+            6,
+            "at most half of the slots go at once"
+        );
+        assert_eq!(
+            autoscaler_status(&later)["autoscaler"]["result"],
+            "ScaleDown"
+        );
+        assert!(reasons(&later).contains(&"AutoscalerScaleDown".to_owned()));
+    }
+
+    #[tokio::test]
+    async fn kubectl_scale_overrides_the_autoscaler_decision_and_the_autoscaler_resumes_from_it() {
+        let pd = running(AUTOSCALED).await;
+        let (scaled, _, _) = autoscale(
+            pd,
+            known(window(2, 14_000.0, 300_000.0, 10_000.0, 1.0)),
+            NOW,
+        )
+        .await;
+        assert_eq!(scale_file(&scaled)["parallelism"], 5);
+        // `kubectl scale pd/p --replicas 3` writes spec.parallelism through the scale subresource.
+        let by_hand = "  parallelism: 3\n  autoscaler: {enabled: true}\n";
+        let pd = after(pipeline(by_hand), &scaled);
+        let (calls, scripted, _) =
+            autoscale(pd, known(window(5, 9_000.0, 0.0, 9_000.0, 0.5)), NOW + 5.0).await;
+        assert_eq!(
+            scale_file(&calls)["parallelism"],
+            3,
+            "{}",
+            autoscaler_status(&calls)
+        );
+        let a = &autoscaler_status(&calls)["autoscaler"];
+        assert_eq!(a["specParallelism"], 3);
+        assert_eq!(a["decidedParallelism"], Value::Null);
+        // The evaluation started afresh: no rescale of the old decision to wait for.
+        assert_eq!(scripted.queries.lock().unwrap()[0].settling_since, None);
+    }
 }

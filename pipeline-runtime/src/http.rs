@@ -52,7 +52,8 @@ impl Health {
 
     /// Ready: every slot runs and no shutdown is under way.
     pub fn is_ready(&self) -> bool {
-        !self.stopping.load(Ordering::SeqCst) && self.running.load(Ordering::SeqCst) == self.slots.load(Ordering::SeqCst)
+        !self.stopping.load(Ordering::SeqCst)
+            && self.running.load(Ordering::SeqCst) == self.slots.load(Ordering::SeqCst)
     }
 }
 

@@ -475,6 +475,6 @@ mod tests {
             h.push(sample(f64::from(i) * 15.0, 0.0, 0.0, 0.0), 60.0);
         }
         let first = h.samples().first().unwrap().at;
-        assert!(first <= 285.0 - 60.0 && first >= 285.0 - 75.0, "{first}");
+        assert!((285.0 - 75.0..=285.0 - 60.0).contains(&first), "{first}");
     }
 }

@@ -665,3 +665,319 @@ pub fn decide(settings: &Settings, previous: &State, ctx: Context, input: Input)
         reason,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::autoscale::observation::{PartitionObservation, SlotObservation};
+
+    fn settings() -> Settings {
+        Settings::from_spec(&pipeline_crds::autoscaler::AutoscalerSpec::default())
+    }
+
+    /// `n` partitions sharing `arrival` and `lag` evenly, `p` slots each `busy`, processing
+    /// `processed` in all.
+    fn observe(n: i32, p: i32, arrival: f64, lag: f64, processed: f64, busy: f64) -> Observation {
+        let partitions = (0..n)
+            .map(|i| {
+                (
+                    format!("t/{i}"),
+                    PartitionObservation {
+                        lag: lag / f64::from(n),
+                        arrival_rate: arrival / f64::from(n),
+                    },
+                )
+            })
+            .collect();
+        let slot_rates: BTreeMap<String, SlotObservation> = (0..p)
+            .map(|j| {
+                (
+                    format!("pod-0/{j}"),
+                    SlotObservation {
+                        busy,
+                        backpressure: 0.0,
+                        processing_rate: processed / f64::from(p),
+                    },
+                )
+            })
+            .collect();
+        Observation {
+            arrival_rate: arrival,
+            recent_arrival_rate: arrival,
+            processing_rate: processed,
+            partitions,
+            slot_rates,
+            busy_max: busy,
+            busy_mean: busy,
+            backpressure_max: 0.0,
+            backpressure_mean: 0.0,
+            paused: BTreeSet::new(),
+            slots: p,
+            window_seconds: 300.0,
+            newest_age_seconds: 15.0,
+        }
+    }
+
+    fn ctx(now: f64, parallelism: i32) -> Context {
+        Context {
+            now,
+            parallelism,
+            partitions: 24,
+            generation: 1,
+        }
+    }
+
+    fn known(o: Observation) -> Input {
+        Input {
+            observation: Ok(o),
+            stable_at: None,
+        }
+    }
+
+    #[test]
+    fn lag_growing_past_capacity_scales_up_in_one_step_to_a_parallelism_that_covers_it() {
+        // 2 slots of 5k/s each, fully busy, 14k/s arriving, lag building.
+        let o = observe(24, 2, 14_000.0, 300_000.0, 10_000.0, 1.0);
+        let e = decide(&settings(), &State::default(), ctx(0.0, 2), known(o));
+        let Action::ScaleUp(to) = e.action else {
+            panic!("{e:?}")
+        };
+        // Needs 14k + 300k / 300 s = 15k/s: at 70% of 5k per slot that is 5 slots (24 / 5 → 5
+        // partitions in the busiest slot: 24k capacity).
+        assert_eq!(to, 5, "{}", e.reason);
+        assert_eq!(e.state.decided, Some(5));
+        assert!(e.reason.contains("needs 15.0k rec/s"), "{}", e.reason);
+        let r = e.state.rescale.as_ref().unwrap();
+        assert_eq!((r.from, r.to, r.stable_since), (2, 5, None));
+    }
+
+    #[test]
+    fn unknown_metrics_hold_and_restart_the_scale_down_delay() {
+        let previous = State {
+            pending_down: Some((0.0, 2)),
+            ..State::default()
+        };
+        let input = Input {
+            observation: Err(Unknown::Stale {
+                age: 120.0,
+                limit: 60.0,
+            }),
+            stable_at: None,
+        };
+        let e = decide(&settings(), &previous, ctx(10_000.0, 8), input);
+        assert_eq!(e.action, Action::NoMetrics);
+        assert_eq!(e.vetoes, [Veto::MetricsUnknown]);
+        assert_eq!(e.state.pending_down, None);
+        assert!(e.reason.contains("holding parallelism 8"), "{}", e.reason);
+    }
+
+    #[test]
+    fn backpressure_without_busy_time_vetoes_a_scale_up_as_sink_bound() {
+        let mut o = observe(24, 4, 14_000.0, 2_000_000.0, 9_000.0, 0.45);
+        o.backpressure_mean = 0.55;
+        o.backpressure_max = 0.6;
+        let e = decide(&settings(), &State::default(), ctx(0.0, 4), known(o));
+        assert_eq!(e.action, Action::Held, "{}", e.reason);
+        assert_eq!(e.vetoes, [Veto::SinkBound]);
+        assert!(
+            e.reason.contains("the sink is the bottleneck"),
+            "{}",
+            e.reason
+        );
+    }
+
+    #[test]
+    fn a_lower_recommendation_waits_for_the_delay_and_then_goes_to_the_highest_one_seen() {
+        let s = Settings {
+            max_down_factor: 0.9,
+            ..settings()
+        };
+        // 12 slots, 5k/s each, only 6k/s arriving: 3 slots would do (2 at first, 3 later).
+        let low = observe(24, 12, 6_000.0, 0.0, 6_000.0, 0.1);
+        let e1 = decide(&s, &State::default(), ctx(0.0, 12), known(low.clone()));
+        assert_eq!(e1.action, Action::Held);
+        assert_eq!(e1.vetoes, [Veto::ScaleDownDelay]);
+        let higher = observe(24, 12, 9_000.0, 0.0, 9_000.0, 0.15);
+        let e2 = decide(&s, &e1.state, ctx(300.0, 12), known(higher));
+        assert_eq!(e2.action, Action::Held);
+        let highest = e2.state.pending_down.unwrap().1;
+        let e3 = decide(&s, &e2.state, ctx(600.0, 12), known(low));
+        assert_eq!(e3.action, Action::ScaleDown(highest), "{}", e3.reason);
+        assert_eq!((e1.state.pending_down.unwrap().1, highest), (2, 3));
+        // With the default bound, at most half of the slots go at once.
+        let bounded = decide(
+            &settings(),
+            &State::default(),
+            ctx(0.0, 12),
+            known(observe(24, 12, 6_000.0, 0.0, 6_000.0, 0.1)),
+        );
+        assert_eq!(bounded.state.pending_down.unwrap().1, 6);
+    }
+
+    #[test]
+    fn no_scale_down_while_in_backlog() {
+        // Few records arrive but a large lag is left: 100 s of input, target 30 s.
+        let o = observe(24, 12, 1_000.0, 100_000.0, 30_000.0, 0.5);
+        let e = decide(&settings(), &State::default(), ctx(0.0, 12), known(o));
+        assert_ne!(e.action, Action::ScaleDown(e.recommendation.unwrap_or(0)));
+        assert!(
+            e.vetoes.contains(&Veto::Backlog) || e.action == Action::NoChange,
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn a_scale_up_that_does_not_deliver_stops_further_scale_ups_until_the_load_changes() {
+        let s = settings();
+        let o = observe(24, 2, 14_000.0, 300_000.0, 10_000.0, 1.0);
+        let up = decide(&s, &State::default(), ctx(0.0, 2), known(o));
+        let Action::ScaleUp(to) = up.action else {
+            panic!()
+        };
+        // Settled, and still fully busy at barely more throughput: each slot got slower.
+        let settled = Input {
+            observation: Ok(observe(24, to, 14_000.0, 600_000.0, 10_500.0, 1.0)),
+            stable_at: Some(60.0),
+        };
+        let after = decide(&s, &up.state, ctx(120.0, to), settled);
+        assert!(after.state.blocked.is_some(), "{}", after.reason);
+        assert_eq!(after.action, Action::Held);
+        assert!(after.vetoes.contains(&Veto::Ineffective));
+        assert!(
+            after.reason.contains("more slots do not help"),
+            "{}",
+            after.reason
+        );
+        // The load doubles: the block is lifted.
+        let busier = observe(24, to, 30_000.0, 600_000.0, 10_500.0, 1.0);
+        let lifted = decide(&s, &after.state, ctx(180.0, to), known(busier));
+        assert!(lifted.state.blocked.is_none());
+        assert!(
+            matches!(lifted.action, Action::ScaleUp(_)),
+            "{}",
+            lifted.reason
+        );
+    }
+
+    #[test]
+    fn recommend_only_reports_the_recommendation_and_decides_nothing() {
+        let s = Settings {
+            recommend_only: true,
+            ..settings()
+        };
+        let o = observe(24, 2, 14_000.0, 300_000.0, 10_000.0, 1.0);
+        let e = decide(&s, &State::default(), ctx(0.0, 2), known(o));
+        assert_eq!(e.action, Action::ScaleUp(5));
+        assert_eq!(e.recommendation, Some(5));
+        assert_eq!(e.state.decided, None);
+        assert_eq!(e.state.rescale, None);
+    }
+
+    #[test]
+    fn a_settling_rescale_holds_until_every_partition_is_consumed_and_records_the_pause() {
+        let s = settings();
+        let state = State {
+            rescale: Some(Rescale {
+                started: 1_000.0,
+                from: 2,
+                to: 5,
+                stable_since: None,
+                capacity_before: None,
+                expected_capacity: None,
+                effect_checked: false,
+            }),
+            ..State::default()
+        };
+        let waiting = Input {
+            observation: Err(Unknown::Missing("a rescale is settling".into())),
+            stable_at: None,
+        };
+        let e = decide(&s, &state, ctx(1_030.0, 5), waiting);
+        assert_eq!(
+            (e.action, e.vetoes.clone()),
+            (Action::Held, vec![Veto::Stabilizing])
+        );
+        let settled = Input {
+            observation: Err(Unknown::Short {
+                have: 10.0,
+                need: 30.0,
+            }),
+            stable_at: Some(1_042.0),
+        };
+        let e = decide(&s, &e.state, ctx(1_060.0, 5), settled);
+        assert_eq!(e.state.observed_pause, Some(42.0));
+        assert_eq!(e.state.window_since(1_060.0, 300.0), 1_042.0);
+        assert_eq!(e.action, Action::Held);
+    }
+
+    #[test]
+    fn a_partition_that_needs_more_than_a_slot_is_reported_as_skew_not_chased() {
+        let mut o = observe(24, 6, 14_000.0, 0.0, 14_000.0, 0.7);
+        o.partitions.get_mut("t/0").unwrap().arrival_rate = 8_000.0;
+        o.partitions.get_mut("t/0").unwrap().lag = 1_000_000.0;
+        let e = decide(&settings(), &State::default(), ctx(0.0, 6), known(o));
+        assert!(
+            e.vetoes
+                .iter()
+                .any(|v| matches!(v, Veto::Skew(p) if p == &["t/0"])),
+            "{e:?}"
+        );
+        assert!(e.reason.contains("scaling cannot drain it"), "{}", e.reason);
+    }
+
+    proptest! {
+        #[test]
+        fn decisions_stay_in_bounds_move_in_the_stated_direction_and_repeat(
+            n in prop::sample::select(vec![1, 3, 7, 12, 13, 24, 60, 64, 128]),
+            p in 1i32..=128,
+            arrival in 0.0f64..200_000.0,
+            lag in 0.0f64..5_000_000.0,
+            busy in 0.0f64..=1.0,
+            min in 1i32..=4,
+            max in prop::option::of(1i32..=128),
+        ) {
+            let p = p.min(n);
+            let s = Settings { min, max: max.map(|m| m.max(min)), ..settings() };
+            let processed = 5_000.0 * busy * f64::from(p);
+            let o = observe(n, p, arrival, lag, processed, busy);
+            let c = Context { now: 0.0, parallelism: p, partitions: n, generation: 1 };
+            let e = decide(&s, &State::default(), c, known(o.clone()));
+            let again = decide(&s, &State::default(), c, known(o));
+            prop_assert_eq!(&e, &again);
+            if let Some(r) = e.recommendation {
+                prop_assert!(r >= min.min(n) && r <= n);
+                if let Some(m) = s.max {
+                    prop_assert!(r <= m.max(min));
+                }
+            }
+            match e.action {
+                Action::ScaleUp(to) => {
+                    prop_assert!(to > p && to <= n);
+                    prop_assert!(f64::from(to) <= (f64::from(p) * s.max_up_factor).ceil());
+                }
+                Action::ScaleDown(_) => prop_assert!(false, "no scale-down without a delay"),
+                _ => {}
+            }
+        }
+
+        #[test]
+        fn unknown_metrics_never_scale(
+            p in 1i32..=24,
+            pending in prop::option::of((0.0f64..1e6, 1i32..=24)),
+        ) {
+            let previous = State { pending_down: pending, ..State::default() };
+            let input = Input {
+                observation: Err(Unknown::Partial("1 of 2 slots reported".into())),
+                stable_at: None,
+            };
+            let e = decide(&settings(), &previous, ctx(2e6, p), input);
+            prop_assert_eq!(e.action, Action::NoMetrics);
+            prop_assert_eq!(e.state.decided, None);
+            prop_assert_eq!(e.state.pending_down, None);
+        }
+    }
+}

@@ -759,3 +759,59 @@ pub fn table(rows: &[Row]) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row<'a>(rows: &'a [Row], profile: &str, policy: &str) -> &'a Row {
+        rows.iter()
+            .find(|r| r.profile == profile && r.policy == policy)
+            .unwrap()
+    }
+
+    #[test]
+    fn the_policy_meets_its_targets_against_keda_and_busy_time_on_every_profile() {
+        let rows = compare();
+        let table = table(&rows);
+        for profile in profiles() {
+            let ours = row(&rows, profile.name, "sluice");
+            let keda = row(&rows, profile.name, "keda");
+            assert!(
+                ours.rescales < keda.rescales && ours.slot_hours < keda.slot_hours,
+                "{}: not fewer rescales and slot-hours than KEDA\n{table}",
+                profile.name
+            );
+            assert_eq!(ours.scale_downs_without_metrics, 0, "{table}");
+        }
+        for step in ["step-2x", "step-5x"] {
+            let drained = row(&rows, step, "sluice").decisions_to_drain;
+            assert!(
+                drained.is_some_and(|d| d <= 2),
+                "{step}: drained after {drained:?} decisions\n{table}"
+            );
+        }
+        // No oscillation under periodic load: at most one move up and one down per period.
+        let sine = profiles().into_iter().find(|p| p.name == "sine").unwrap();
+        let Load::Sine { period, .. } = sine.load else {
+            panic!("sine profile without a sine load")
+        };
+        let periods = (sine.duration / period).ceil() as u32;
+        assert!(
+            row(&rows, "sine", "sluice").rescales <= 2 * periods + 1,
+            "{table}"
+        );
+        // The sink limits: our policy stops scaling once the slots wait on the sink.
+        assert!(row(&rows, "slow-sink", "sluice").rescales <= 1, "{table}");
+    }
+
+    #[test]
+    fn the_simulation_is_deterministic() {
+        let profile = &profiles()[0];
+        let spec = pipeline_crds::autoscaler::AutoscalerSpec::default();
+        assert_eq!(
+            run(profile, &mut Sluice::new(&spec)),
+            run(profile, &mut Sluice::new(&spec))
+        );
+    }
+}
