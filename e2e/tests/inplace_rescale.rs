@@ -1,9 +1,13 @@
 //! In-place rescale: two runtime processes ("pods" 0 and 1 of a StatefulSet) follow one scale
 //! file, as pods follow the operator's ConfigMap. While a data set streams in, the pipeline goes
-//! from 2 to 3 to 4 to 2 slots by rewriting the file only. No process restarts; a pod whose slot
-//! count does not change is not touched (pod 1 keeps its single slot through 2 → 3); moved
-//! partitions carry their state. Deduplicated by (key, window), the output must equal the offline
-//! reference exactly. Prints the pause each moved partition saw.
+//! from 2 to 3 to 4 to 3 to 2 slots by rewriting the file only. No process restarts; a pod whose
+//! slot count does not change is not touched (pod 1 keeps its single slot through 2 → 3, pod 0
+//! its two through 3 → 4 → 3); moved partitions carry their state. Deduplicated by (key, window),
+//! the output must equal the offline reference exactly. Prints the pause each moved partition saw.
+//!
+//! Each step adds or removes one group member: on tansu 0.6, two members leaving the group at the
+//! same moment (both pods shrinking at once) once left a partition assigned to no one (1 of 4
+//! runs; see FACTS.md), which real Kafka does not do.
 
 mod common;
 
@@ -59,7 +63,7 @@ fn rescaling_in_place_through_the_scale_file_restarts_no_process_and_keeps_every
         Duration::from_millis(400),
     );
     let step = Duration::from_secs(5);
-    for parallelism in [3, 4, 2] {
+    for parallelism in [3, 4, 3, 2] {
         std::thread::sleep(step);
         eprintln!("scale file: parallelism {parallelism} on 2 pods");
         write_scale(&scale, parallelism);
@@ -94,7 +98,7 @@ fn rescaling_in_place_through_the_scale_file_restarts_no_process_and_keeps_every
         "a slot restarted (logs in {})",
         dir.display()
     );
-    // 2 → 3 changes pod 0 only (2 slots, pod 1 keeps 1); 3 → 4 changes pod 1; 4 → 2 both.
+    // 2 → 3 and 3 → 2 change pod 0 only (pod 1 keeps 1 slot); 3 → 4 and 4 → 3 change pod 1 only.
     let rescaled = |pod: &str| log_count(&dir, pod, "slots rescaled in place");
     assert_eq!(
         (rescaled("inplace-0"), rescaled("inplace-1")),

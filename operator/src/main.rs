@@ -243,14 +243,20 @@ fn main() -> anyhow::Result<ExitCode> {
                 rows.push(simulate::run(p, &mut simulate::Keda::default()));
                 rows.push(simulate::run(p, &mut simulate::BusyTime::default()));
             }
+            let mut text = String::new();
             if json {
                 for row in &rows {
-                    println!("{}", serde_json::to_string(row)?);
+                    text += &serde_json::to_string(row)?;
+                    text.push('\n');
                 }
             } else {
-                print!("{}", simulate::table(&rows));
+                text = simulate::table(&rows);
             }
-            Ok(ExitCode::SUCCESS)
+            // A closed pipe (`| head`) is not an error.
+            match std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes()) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+                _ => Ok(ExitCode::SUCCESS),
+            }
         }
         Command::Crd => {
             print!("{}", pipeline_crds::crd_yaml());

@@ -12,12 +12,14 @@
 //! 3. Pods = `ceil(parallelism / slotsPerPod)`; the slots are spread over the pods so they differ
 //!    by at most one (pod `i` of `n` runs `parallelism / n`, plus one when `i < parallelism % n`).
 //! 4. Every pod gets the CPU of its largest slot count times `cpuPerSlot` (pods share one
-//!    template), memory = slots × `memoryPerSlot` + `memoryOverhead` (request = limit), and no CPU
+//!    template; under the autoscaler, of a full pod's `slotsPerPod`, so that a rescale never
+//!    changes the template), memory = slots × `memoryPerSlot` + `memoryOverhead` (request = limit), and no CPU
 //!    limit unless `cpuLimitRatio` asks for one: a CFS quota throttles a busy slot (seed 003).
 
 pub use pipeline_crds::contract::slots_of_pod;
 use pipeline_crds::{
     PipelineDeploymentSpec,
+    autoscaler::AutoscalerMode,
     quantity::{QuantityParseError, parse_quantity},
     resources::ResourcesSpec,
 };
@@ -134,8 +136,21 @@ pub fn size(
     let resources = &spec.resources;
     let replicas = ceil_div(parallelism, resources.slots_per_pod.max(1));
     let max_slots_per_pod = slots_of_pod(parallelism, replicas, 0);
+    // Under the autoscaler, pods are sized for a full pod (slotsPerPod, or fewer when the bounds
+    // or partitions never allow that many): the pod template then never changes with the
+    // parallelism, so a rescale starts and stops slots in place and restarts no pod.
+    let resource_slots = if bounds.is_some_and(|a| a.enabled && a.mode == AutoscalerMode::Auto) {
+        let most = max.unwrap_or(partitions).min(partitions).max(1);
+        resources
+            .slots_per_pod
+            .max(1)
+            .min(most)
+            .max(max_slots_per_pod)
+    } else {
+        max_slots_per_pod
+    };
     let (cpu_request_millis, cpu_limit_millis, memory_bytes) =
-        pod_resources(resources, max_slots_per_pod)?;
+        pod_resources(resources, resource_slots)?;
     Ok(Sizing {
         parallelism,
         replicas,
@@ -190,6 +205,31 @@ mod tests {
         assert_eq!(s.cpu_request_millis, 3_000);
         assert_eq!(s.cpu_limit_millis, None);
         assert_eq!(s.memory_bytes, 3 * (1 << 30) + 256 * (1 << 20));
+    }
+
+    #[test]
+    fn under_the_autoscaler_pods_are_sized_for_full_pods_so_a_rescale_keeps_the_template() {
+        let autoscaled = spec("  autoscaler: {enabled: true}\n");
+        let small = size(&autoscaled, 24, Some(2)).unwrap();
+        let large = size(&autoscaled, 24, Some(8)).unwrap();
+        assert_eq!((small.replicas, large.replicas), (1, 2));
+        assert_eq!(small.cpu_request_millis, 4_000);
+        assert_eq!(
+            (small.cpu_request_millis, small.memory_bytes),
+            (large.cpu_request_millis, large.memory_bytes)
+        );
+        // No pod can hold more slots than the partitions allow.
+        assert_eq!(
+            size(&autoscaled, 3, Some(2)).unwrap().cpu_request_millis,
+            3_000
+        );
+        // A fixed pipeline is sized tightly.
+        assert_eq!(
+            size(&spec("  parallelism: 2\n"), 24, None)
+                .unwrap()
+                .cpu_request_millis,
+            2_000
+        );
     }
 
     #[test]

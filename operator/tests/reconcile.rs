@@ -364,12 +364,12 @@ async fn an_update_of_parallelism_rescales_through_the_scale_file_without_rollin
         config["data"]["scale.json"],
         r#"{"parallelism":8,"replicas":2}"#
     );
-    // The pod that keeps running sees the same template (same config hash, same env): only the
-    // added pod starts; the slot counts change in place.
+    // Same config hash and env: a fixed pipeline's pods are re-sized (CPU follows the fullest
+    // pod's slots, 4 now, 2 before), nothing else of the template changes. (Under the
+    // autoscaler pods are sized for full pods and the template does not change at all.)
     let before = by_path(&first, Method::PATCH, &format!("{STS}/p"));
     let template = |s: &Value| {
         let mut t = s["spec"]["template"].clone();
-        // CPU and memory follow the fullest pod's slots (4 now, 2 before).
         t["spec"]["containers"][0]["resources"] = Value::Null;
         t
     };
@@ -830,13 +830,22 @@ mod autoscaling {
 
     #[tokio::test]
     async fn a_scale_up_decision_is_applied_in_place_explained_and_counted() {
-        let pd = running(AUTOSCALED).await;
+        let (_, first_calls, _) = Scenario::new(pipeline(AUTOSCALED))
+            .partitions(Ok(24))
+            .run()
+            .await;
+        let pd = after(pipeline(AUTOSCALED), &first_calls);
         let lagging = known(window(2, 14_000.0, 300_000.0, 10_000.0, 1.0));
         let (calls, scripted, metrics) = autoscale(pd, lagging, NOW).await;
         let query = scripted.queries.lock().unwrap()[0];
         assert_eq!((query.expect.slots, query.expect.partitions), (2, 24));
         assert_eq!(query.settling_since, None);
         assert_eq!(scale_file(&calls), json!({"parallelism": 5, "replicas": 2}));
+        // The pod template is the one the pipeline ran with: no pod restarts.
+        let template = |calls: &[Call]| {
+            by_path(calls, Method::PATCH, &format!("{STS}/p"))["spec"]["template"].clone()
+        };
+        assert_eq!(template(&calls), template(&first_calls));
         let status = autoscaler_status(&calls);
         let a = &status["autoscaler"];
         assert_eq!(a["result"], "ScaleUp");

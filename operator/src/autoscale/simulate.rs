@@ -711,6 +711,14 @@ pub fn run(profile: &Profile, policy: &mut dyn SimPolicy) -> Row {
             }
         }
     }
+    let round = |v: f64, places: i32| {
+        let scale = 10f64.powi(places);
+        (v * scale).round() / scale
+    };
+    row.peak_lag_records = row.peak_lag_records.round();
+    row.peak_lag_seconds = round(row.peak_lag_seconds, 1);
+    row.slot_hours = round(row.slot_hours, 2);
+    row.oracle_slot_hours = round(row.oracle_slot_hours, 2);
     row
 }
 
