@@ -6,9 +6,10 @@ cd "$(dirname "$0")/.."
 
 log() { printf '\n== %s\n' "$*"; }
 
-# System libraries for librdkafka (built from source by rdkafka-sys).
+# System libraries for librdkafka (built from source by rdkafka-sys), and Prometheus.
 missing=()
-for pkg in pkg-config libssl-dev zlib1g-dev make g++; do
+# prometheus: the autoscaler's Prometheus metrics source is tested against a real server.
+for pkg in pkg-config libssl-dev zlib1g-dev make g++ prometheus; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if [ "${#missing[@]}" -gt 0 ]; then

@@ -11,13 +11,20 @@
 
 mod common;
 
-use std::{path::Path, time::Duration};
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use common::{PARTITIONS, finish, launch, scratch, seed, stream};
 use pipeline_crds::contract::Scale;
 use pipeline_e2e::{
     broker::{Tansu, metric_sum},
     dataset::Dataset,
+};
+use pipeline_operator::autoscale::{
+    observation::{Expectation, observe, settled_at},
+    source::scrape_all,
 };
 
 fn write_scale(path: &Path, parallelism: i32) {
@@ -71,6 +78,39 @@ fn rescaling_in_place_through_the_scale_file_restarts_no_process_and_keeps_every
     for p in &mut processes {
         assert!(p.is_running(), "{} stopped during the rescales", p.pod);
     }
+    // The autoscaler's direct scrape of the two processes sees the rescale settle: 2 slots (the
+    // stopped ones no longer report) and all 6 partitions consumed.
+    let endpoints: Vec<String> = processes
+        .iter()
+        .map(|p| format!("http://127.0.0.1:{}/metrics", p.metrics_port))
+        .collect();
+    let expect = Expectation {
+        partitions: usize::try_from(PARTITIONS).unwrap(),
+        slots: 2,
+        min_window: 3.0,
+        max_age: 10.0,
+    };
+    let started = Instant::now();
+    let mut samples = Vec::new();
+    let mut settled = None;
+    while started.elapsed() < Duration::from_secs(60) {
+        let mut sample = scrape_all(&endpoints, "e2e", "inplace").expect("both processes answer");
+        sample.at = started.elapsed().as_secs_f64();
+        samples.push(sample);
+        settled = settled.or_else(|| settled_at(&samples, 0.0, expect));
+        if settled.is_some_and(|at| started.elapsed().as_secs_f64() - at >= 4.0) {
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let at = settled.expect("the rescaled pipeline settled: 2 slots and 6 partitions reporting");
+    let window = observe(&samples, at, started.elapsed().as_secs_f64(), expect)
+        .expect("a window after the rescale settled");
+    assert_eq!((window.slots, window.partitions.len()), (2, 6));
+    eprintln!(
+        "direct scrape: settled {at:.0} s after the last rescale was written; {:.0} records/s consumed",
+        window.processing_rate
+    );
     let texts: Vec<String> = processes.iter().filter_map(|p| p.metrics()).collect();
     let restarts: f64 = texts
         .iter()
