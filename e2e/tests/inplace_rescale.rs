@@ -117,15 +117,7 @@ fn rescaling_in_place_through_the_scale_file_restarts_no_process_and_keeps_every
         .map(|t| metric_sum(t, "pipeline_slot_restarts_total"))
         .sum();
     let (comparison, _) = finish(&tansu, "out", producer, &mut processes, Vec::new(), &data);
-    let pauses = common::logged_pauses(&dir);
-    if !pauses.is_empty() {
-        let max = pauses.iter().max().copied().unwrap_or(0);
-        let mean = pauses.iter().sum::<i64>() as f64 / pauses.len() as f64;
-        eprintln!(
-            "moved partitions: {}; pause per moved partition: mean {mean:.0} ms, max {max} ms ({pauses:?})",
-            pauses.len()
-        );
-    }
+    let pauses = common::report_pauses(&dir);
     assert!(
         comparison.exact(),
         "output differs from the reference (logs in {}):\n{}",

@@ -47,15 +47,7 @@ fn scaling_from_one_to_three_to_two_to_four_processes_mid_stream_keeps_every_win
     processes.push(launch.start("rescale-3"));
     processes.push(launch.start("rescale-4"));
     let (comparison, _) = finish(&tansu, "out", producer, &mut processes, scraped, &data);
-    let pauses = common::logged_pauses(&dir);
-    if !pauses.is_empty() {
-        let max = pauses.iter().max().copied().unwrap_or(0);
-        let mean = pauses.iter().sum::<i64>() as f64 / pauses.len() as f64;
-        eprintln!(
-            "moved partitions: {}; pause per moved partition: mean {mean:.0} ms, max {max} ms ({pauses:?})",
-            pauses.len()
-        );
-    }
+    let pauses = common::report_pauses(&dir);
     assert!(
         comparison.exact(),
         "output differs from the reference (logs in {}):\n{}",

@@ -139,6 +139,23 @@ async fn serve(mut handle: Handle, pd: PipelineDeployment, cluster: Cluster) -> 
     calls
 }
 
+/// The context every scenario reconciles with (image `img:1`, instance `operator-0`).
+fn context(
+    client: Client,
+    metrics: Arc<OperatorMetrics>,
+    partitions: Arc<Partitions>,
+    pod_monitor_crd: bool,
+) -> Context {
+    Context::new(
+        client,
+        metrics,
+        "img:1".into(),
+        PodMonitorCrd::fixed(pod_monitor_crd),
+        partitions,
+        "operator-0".into(),
+    )
+}
+
 struct Scenario {
     pd: PipelineDeployment,
     partitions: Result<i32, String>,
@@ -195,16 +212,7 @@ impl Scenario {
         let metrics = Arc::new(OperatorMetrics::default());
         let m = metrics.clone();
         let out = self
-            .run_on(|client, partitions, crd| {
-                Arc::new(Context::new(
-                    client,
-                    m,
-                    "img:1".into(),
-                    PodMonitorCrd::fixed(crd),
-                    partitions,
-                    "operator-0".into(),
-                ))
-            })
+            .run_on(|client, partitions, crd| Arc::new(context(client, m, partitions, crd)))
             .await;
         assert!(
             metrics
@@ -637,14 +645,7 @@ async fn a_failed_apply_is_an_error_to_retry_with_one_warning_event_per_interval
         let (m, sent) = (metrics.clone(), sent.clone());
         let (result, calls, _) = scenario
             .run_on(move |client, partitions, _| {
-                let mut ctx = Context::new(
-                    client,
-                    m,
-                    "img:1".into(),
-                    PodMonitorCrd::fixed(false),
-                    partitions,
-                    "operator-0".into(),
-                );
+                let mut ctx = context(client, m, partitions, false);
                 ctx.error_events = sent;
                 Arc::new(ctx)
             })
@@ -724,42 +725,35 @@ mod autoscaling {
 
     /// 24 partitions sharing `arrival` and `lag`; `p` slots each `busy`, processing `processed`.
     fn window(p: i32, arrival: f64, lag: f64, processed: f64, busy: f64) -> Observation {
-        Observation {
-            arrival_rate: arrival,
-            recent_arrival_rate: arrival,
-            processing_rate: processed,
-            partitions: (0..24)
-                .map(|i| {
-                    (
-                        format!("in/{i}"),
-                        PartitionObservation {
-                            lag: lag / 24.0,
-                            arrival_rate: arrival / 24.0,
-                        },
-                    )
-                })
-                .collect(),
-            slot_rates: (0..p)
-                .map(|j| {
-                    (
-                        format!("p-0/{j}"),
-                        SlotObservation {
-                            busy,
-                            backpressure: 0.0,
-                            processing_rate: processed / f64::from(p),
-                        },
-                    )
-                })
-                .collect::<BTreeMap<_, _>>(),
-            busy_max: busy,
-            busy_mean: busy,
-            backpressure_max: 0.0,
-            backpressure_mean: 0.0,
-            paused: BTreeSet::new(),
-            slots: p,
-            window_seconds: 300.0,
-            newest_age_seconds: 10.0,
-        }
+        let partitions = (0..24)
+            .map(|i| {
+                let share = PartitionObservation {
+                    lag: lag / 24.0,
+                    arrival_rate: arrival / 24.0,
+                };
+                (format!("in/{i}"), share)
+            })
+            .collect();
+        let slots = (0..p)
+            .map(|j| {
+                let slot = SlotObservation {
+                    busy,
+                    backpressure: 0.0,
+                    processing_rate: processed / f64::from(p),
+                };
+                (format!("p-0/{j}"), slot)
+            })
+            .collect::<BTreeMap<_, _>>();
+        Observation::new(
+            arrival,
+            arrival,
+            processed,
+            partitions,
+            slots,
+            BTreeSet::new(),
+            300.0,
+            10.0,
+        )
     }
 
     const NOW: f64 = 1_800_000_000.0;
@@ -782,14 +776,7 @@ mod autoscaling {
         let (result, calls, _) = Scenario::new(pd)
             .partitions(Ok(24))
             .run_on(move |client, partitions, crd| {
-                let mut ctx = Context::new(
-                    client,
-                    m,
-                    "img:1".into(),
-                    PodMonitorCrd::fixed(crd),
-                    partitions,
-                    "operator-0".into(),
-                );
+                let mut ctx = context(client, m, partitions, crd);
                 ctx.metrics_sources = sources;
                 ctx.clock = Arc::new(move || now);
                 Arc::new(ctx)

@@ -329,3 +329,17 @@ pub fn logged_pauses(dir: &std::path::Path) -> Vec<i64> {
     }
     pauses
 }
+
+/// The pauses of every moved partition (see [`logged_pauses`]), printed with their mean and max.
+pub fn report_pauses(dir: &Path) -> Vec<i64> {
+    let pauses = logged_pauses(dir);
+    if !pauses.is_empty() {
+        let max = pauses.iter().max().copied().unwrap_or(0);
+        let mean = pauses.iter().sum::<i64>() as f64 / pauses.len() as f64;
+        eprintln!(
+            "moved partitions: {}; pause per moved partition: mean {mean:.0} ms, max {max} ms ({pauses:?})",
+            pauses.len()
+        );
+    }
+    pauses
+}

@@ -63,6 +63,40 @@ pub struct SlotObservation {
 }
 
 impl Observation {
+    /// An observation from its parts; the slot count and the busy and backpressured shares
+    /// (max and mean) come from `slot_rates`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        arrival_rate: f64,
+        recent_arrival_rate: f64,
+        processing_rate: f64,
+        partitions: BTreeMap<PartitionId, PartitionObservation>,
+        slot_rates: BTreeMap<String, SlotObservation>,
+        paused: BTreeSet<PartitionId>,
+        window_seconds: f64,
+        newest_age_seconds: f64,
+    ) -> Self {
+        let busy: Vec<f64> = slot_rates.values().map(|s| s.busy).collect();
+        let backpressure: Vec<f64> = slot_rates.values().map(|s| s.backpressure).collect();
+        let max = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+        Self {
+            arrival_rate,
+            recent_arrival_rate,
+            processing_rate,
+            partitions,
+            busy_max: max(&busy),
+            busy_mean: mean(&busy),
+            backpressure_max: max(&backpressure),
+            backpressure_mean: mean(&backpressure),
+            slots: i32::try_from(slot_rates.len()).unwrap_or(i32::MAX),
+            slot_rates,
+            paused,
+            window_seconds,
+            newest_age_seconds,
+        }
+    }
+
     /// Total lag in records (paused partitions excluded).
     pub fn lag(&self) -> f64 {
         self.partitions.values().map(|p| p.lag).sum()
@@ -268,8 +302,6 @@ pub fn observe(
             },
         );
     }
-    let mut busy = Vec::new();
-    let mut backpressure = Vec::new();
     let mut slot_rates = BTreeMap::new();
     for (slot, end) in &last.slots {
         let Some(start) = first.slots.get(slot) else {
@@ -283,8 +315,6 @@ pub fn observe(
         if b < 0.0 || p < 0.0 {
             return Err(Unknown::Reset(format!("counters of slot {slot}")));
         }
-        busy.push((b / dt).clamp(0.0, 1.0));
-        backpressure.push((p / dt).clamp(0.0, 1.0));
         slot_rates.insert(
             slot.clone(),
             SlotObservation {
@@ -294,30 +324,23 @@ pub fn observe(
             },
         );
     }
-    let slots = i32::try_from(busy.len()).unwrap_or(i32::MAX);
-    if slots < expect.slots {
-        return Err(Unknown::Partial(format!(
-            "{slots} of {} slots reported over the whole window",
-            expect.slots
-        )));
-    }
-    let max = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
-    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
-    Ok(Observation {
-        arrival_rate: arrival,
-        recent_arrival_rate: recent_arrival,
-        processing_rate: processed,
+    let observation = Observation::new(
+        arrival,
+        recent_arrival,
+        processed,
         partitions,
         slot_rates,
-        busy_max: max(&busy),
-        busy_mean: mean(&busy),
-        backpressure_max: max(&backpressure),
-        backpressure_mean: mean(&backpressure),
-        paused: last.paused.clone(),
-        slots,
-        window_seconds: dt,
-        newest_age_seconds: age,
-    })
+        last.paused.clone(),
+        dt,
+        age,
+    );
+    if observation.slots < expect.slots {
+        return Err(Unknown::Partial(format!(
+            "{} of {} slots reported over the whole window",
+            observation.slots, expect.slots
+        )));
+    }
+    Ok(observation)
 }
 
 /// When a rescale that started at `since` settled: the first sample after it in which every slot

@@ -705,21 +705,16 @@ mod tests {
                 )
             })
             .collect();
-        Observation {
-            arrival_rate: arrival,
-            recent_arrival_rate: arrival,
-            processing_rate: processed,
+        Observation::new(
+            arrival,
+            arrival,
+            processed,
             partitions,
             slot_rates,
-            busy_max: busy,
-            busy_mean: busy,
-            backpressure_max: 0.0,
-            backpressure_mean: 0.0,
-            paused: BTreeSet::new(),
-            slots: p,
-            window_seconds: 300.0,
-            newest_age_seconds: 15.0,
-        }
+            BTreeSet::new(),
+            300.0,
+            15.0,
+        )
     }
 
     fn ctx(now: f64, parallelism: i32) -> Context {

@@ -523,32 +523,16 @@ impl Prometheus {
                 },
             );
         }
-        let busy: Vec<f64> = slot_rates.values().map(|s| s.busy).collect();
-        let backpressure: Vec<f64> = slot_rates.values().map(|s| s.backpressure).collect();
-        let slots = i32::try_from(busy.len()).unwrap_or(i32::MAX);
-        if slots < query.expect.slots {
+        let observation = Observation::new(
+            arrival, recent, processing, partitions, slot_rates, paused, window, age,
+        );
+        if observation.slots < query.expect.slots {
             return Err(Unknown::Partial(format!(
-                "{slots} of {} slots reported",
-                query.expect.slots
+                "{} of {} slots reported",
+                observation.slots, query.expect.slots
             )));
         }
-        let max = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
-        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
-        Ok(Observation {
-            arrival_rate: arrival,
-            recent_arrival_rate: recent,
-            processing_rate: processing,
-            partitions,
-            slot_rates,
-            busy_max: max(&busy),
-            busy_mean: mean(&busy),
-            backpressure_max: max(&backpressure),
-            backpressure_mean: mean(&backpressure),
-            paused,
-            slots,
-            window_seconds: window,
-            newest_age_seconds: age,
-        })
+        Ok(observation)
     }
 }
 
