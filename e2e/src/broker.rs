@@ -92,6 +92,13 @@ impl Tansu {
     }
 }
 
+impl Tansu {
+    /// The broker's process id (benchmarks read its CPU time).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
 impl Broker {
     /// Creates topics with the admin API.
     pub fn create_topics(&self, topics: &[(&str, i32)]) {

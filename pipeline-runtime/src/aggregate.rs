@@ -56,6 +56,11 @@ struct Column {
 }
 
 impl AggregatePlan {
+    /// The fields the aggregates read.
+    pub fn fields(&self) -> impl Iterator<Item = &FieldPath> {
+        self.columns.iter().filter_map(|c| c.field.as_ref())
+    }
+
     /// Compiles the spec's aggregates (already validated).
     pub fn new(specs: &[AggregateSpec]) -> Self {
         let columns = specs

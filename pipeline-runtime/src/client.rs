@@ -108,7 +108,10 @@ pub fn producer_config(
         .set("compression.type", compression)
         .set("partitioner", "murmur2_random")
         .set("message.timeout.ms", MESSAGE_TIMEOUT_MS.to_string())
-        .set("queue.buffering.max.kbytes", "131072");
+        .set("queue.buffering.max.kbytes", "131072")
+        // Only failures need a delivery report (they stop offsets from passing a lost record);
+        // a report per record would pile up between polls and block the slot on a full queue.
+        .set("delivery.report.only.error", "true");
     if let Some(id) = transactional_id {
         let interval_ms = spec
             .checkpoint
@@ -165,6 +168,13 @@ mod tests {
         assert_eq!(c.get("group.instance.id"), None, "dynamic membership");
         assert_eq!(c.get("auto.offset.reset"), Some("earliest"));
         assert_eq!(c.get("fetch.max.bytes"), Some("1048576"));
+    }
+
+    #[test]
+    fn producers_report_only_failed_deliveries() {
+        let s = spec("  kafka: {bootstrapServers: 'k:9092'}\n  sink: {kafka: {topic: out}}\n");
+        let p = producer_config(&s, "k:9092", "p", None);
+        assert_eq!(p.get("delivery.report.only.error"), Some("true"));
     }
 
     #[test]

@@ -49,6 +49,8 @@ pub enum DecoderConfigError {
 pub enum Decoder {
     /// JSON objects.
     Json,
+    /// JSON objects, of which only these top-level fields are needed (the plan reads no other).
+    JsonFields(Fields),
     /// Raw bytes, exposed as `{"value": "<text>"}`.
     Raw,
     /// Plain Avro datums written with one known schema.
@@ -75,11 +77,21 @@ impl Decoder {
         })
     }
 
+    /// Keeps only `fields` of JSON records when the plan names them (`None`: every field is
+    /// needed). Other formats decode whole records.
+    pub fn keeping(self, fields: Option<&std::collections::BTreeSet<String>>) -> Self {
+        match (self, fields) {
+            (Self::Json, Some(fields)) => Self::JsonFields(fields.iter().cloned().collect()),
+            (decoder, _) => decoder,
+        }
+    }
+
     /// Decodes one value.
     pub fn decode(&mut self, payload: Option<&[u8]>) -> Result<Value, DecodeError> {
         let bytes = payload.ok_or(DecodeError::Empty)?;
         match self {
             Self::Json => decode_json(bytes),
+            Self::JsonFields(fields) => decode_json_fields(bytes, fields),
             Self::Raw => {
                 let mut map = serde_json::Map::with_capacity(1);
                 map.insert(
@@ -95,6 +107,78 @@ impl Decoder {
                 decode_avro(&schema, datum)
             }
         }
+    }
+}
+
+/// Parses a JSON object, keeping only the top-level `fields` (the others are checked for syntax
+/// and skipped without building values). A malformed record fails exactly as with
+/// [`decode_json`].
+pub fn decode_json_fields(bytes: &[u8], fields: &Fields) -> Result<Value, DecodeError> {
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let value = serde::de::DeserializeSeed::deserialize(KeepFields(fields), &mut deserializer)
+        .and_then(|v| deserializer.end().map(|()| v));
+    match value {
+        Ok(Some(map)) => Ok(Value::Object(map)),
+        Ok(None) => decode_json(bytes),
+        Err(e) => Err(DecodeError::Json(e.to_string())),
+    }
+}
+
+/// Top-level field names a decoder keeps.
+pub type Fields = std::collections::HashSet<String>;
+
+/// Reads an object keeping `fields`; anything but an object is `None` (the caller reports it).
+struct KeepFields<'f>(&'f Fields);
+
+impl<'de> serde::de::DeserializeSeed<'de> for KeepFields<'_> {
+    type Value = Option<serde_json::Map<String, Value>>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for KeepFields<'_> {
+    type Value = Option<serde_json::Map<String, Value>>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut out = serde_json::Map::with_capacity(self.0.len());
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            if self.0.contains(key.as_ref()) {
+                out.insert(key.into_owned(), map.next_value::<Value>()?);
+            } else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+        }
+        Ok(Some(out))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(None)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
     }
 }
 
@@ -167,6 +251,51 @@ mod tests {
         SourceFormat {
             kind,
             schema: schema.map(str::to_owned),
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn decoding_only_some_fields_equals_decoding_all_then_dropping_the_rest(
+            text in proptest::string::string_regex(r#"\{("[a-d]":(-?[0-9]{1,4}(\.[0-9]{1,3})?|"[a-z\\"]{0,4}"|\[1,\{"x":2\}\]|\{"y":[0-9]\}|null|true),?){0,5}\}|\[1\]|"s"|[{}\[\]":,0-9a]{0,12}"#).unwrap(),
+            keep in proptest::collection::hash_set("[a-e]", 0..4),
+        ) {
+            let fields: Fields = keep.into_iter().collect();
+            let whole = decode_json(text.as_bytes());
+            let some = decode_json_fields(text.as_bytes(), &fields);
+            match (whole, some) {
+                (Ok(Value::Object(mut all)), Ok(Value::Object(kept))) => {
+                    all.retain(|k, _| fields.contains(k));
+                    proptest::prop_assert_eq!(all, kept);
+                }
+                (Err(_), Err(_)) => {}
+                (whole, some) => proptest::prop_assert!(false, "{text}: {whole:?} vs {some:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_decoder_keeping_some_fields_still_rejects_malformed_records_and_non_objects() {
+        let fields: std::collections::BTreeSet<String> = ["a".to_owned()].into();
+        let mut d = Decoder::new(&format(FormatKind::Json, None), None)
+            .unwrap()
+            .keeping(Some(&fields));
+        assert_eq!(
+            d.decode(Some(br#"{"a": 1, "b": {"deep": [1, 2]}}"#))
+                .unwrap(),
+            serde_json::json!({"a": 1})
+        );
+        assert!(matches!(
+            d.decode(Some(br#"{"a": 1, "b": }"#)),
+            Err(DecodeError::Json(_))
+        ));
+        assert!(matches!(
+            d.decode(Some(br#"{"a": 1} trailing"#)),
+            Err(DecodeError::Json(_))
+        ));
+        match d.decode(Some(b"[1, 2]")) {
+            Err(DecodeError::Json(e)) => assert!(e.contains("expected an object, found an array")),
+            other => panic!("{other:?}"),
         }
     }
 

@@ -23,6 +23,14 @@ impl FieldPath {
         &self.text
     }
 
+    /// The first segment: the top-level field a decoder must keep for this path.
+    pub fn root(&self) -> &str {
+        self.segments
+            .first()
+            .map(String::as_str)
+            .unwrap_or_default()
+    }
+
     /// The last segment: the name a copied field gets in an output record.
     pub fn leaf(&self) -> &str {
         self.segments.last().map(String::as_str).unwrap_or_default()

@@ -47,6 +47,37 @@ impl Filter {
     }
 }
 
+/// The top-level fields of `record` that `expression` reads (`record.a`, `record.b.c`,
+/// `has(record.d)`), so a decoder may skip the others; `None` when the expression uses `record`
+/// in a way this cannot tell (indexing, passing it whole), and every field must be kept.
+/// An over-estimate (a name inside a string literal) only keeps a field needlessly.
+pub fn record_fields(expression: &str) -> Option<std::collections::BTreeSet<String>> {
+    let bytes = expression.as_bytes();
+    let word = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+    let mut fields = std::collections::BTreeSet::new();
+    let mut from = 0;
+    while let Some(at) = expression[from..].find("record").map(|i| i + from) {
+        let end = at + "record".len();
+        from = end;
+        let standalone = (at == 0 || !(word(bytes[at - 1]) || bytes[at - 1] == b'.'))
+            && (end == bytes.len() || !word(bytes[end]));
+        if !standalone {
+            continue;
+        }
+        let rest = &expression[end..];
+        let name: String = rest
+            .strip_prefix('.')?
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        if name.is_empty() {
+            return None;
+        }
+        fields.insert(name);
+    }
+    Some(fields)
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -83,6 +114,20 @@ mod tests {
             f.matches(&json!({"temperature": 1})),
             Err(FilterError::NotBoolean(_))
         ));
+    }
+
+    #[test]
+    fn the_fields_an_expression_reads_are_found_or_all_are_kept() {
+        let fields = |e: &str| record_fields(e).map(|f| f.into_iter().collect::<Vec<_>>());
+        assert_eq!(
+            fields(
+                r#"record.temperature > -50.0 && record.site.name == "north" && has(record.vip)"#
+            ),
+            Some(vec!["site".into(), "temperature".into(), "vip".into()])
+        );
+        assert_eq!(fields("my_record.x > 1 && 1 < 2"), Some(vec![]));
+        assert_eq!(fields(r#"record["temperature"] > 1.0"#), None);
+        assert_eq!(fields("size(record) > 2"), None);
     }
 
     #[test]

@@ -58,6 +58,10 @@ pub struct Plan {
     pub dead_letter_topic: Option<String>,
     /// Partition count of each source topic (spec order).
     pub source_partitions: Vec<usize>,
+    /// The top-level fields of a JSON source record that any stage reads (filter, key, event
+    /// time, aggregates, projection); `None` when every field is needed. The decoder skips the
+    /// others.
+    pub decode_fields: Option<std::collections::BTreeSet<String>>,
     /// A checksum of the settings that shape stored state (window, aggregates, key, event
     /// time, stages): a snapshot is only restored into a pipeline with the same fingerprint.
     pub state_fingerprint: u32,
@@ -140,7 +144,38 @@ impl Plan {
             dead_letter_topic: spec.dead_letter.as_ref().map(|t| t.topic.clone()),
             source_partitions,
             state_fingerprint: state_fingerprint(spec, group),
+            decode_fields: None,
         }
+        .with_decode_fields()
+    }
+
+    /// Works out [`Self::decode_fields`].
+    fn with_decode_fields(mut self) -> Self {
+        let filter = match &self.filter {
+            Some(expression) => crate::filter::record_fields(expression),
+            None => Some(std::collections::BTreeSet::new()),
+        };
+        let stages: Option<Vec<&FieldPath>> = match (&self.window, &self.select) {
+            (Some(window), _) => {
+                let mut paths: Vec<&FieldPath> = self.key_by.iter().collect();
+                if let EventTime::Field { path, .. } = &self.event_time {
+                    paths.push(path);
+                }
+                paths.extend(window.aggregates.fields());
+                Some(paths)
+            }
+            (None, Some(select)) => Some(select.iter().collect()),
+            // Stateless without a projection forwards the record's own bytes.
+            (None, None) => Some(Vec::new()),
+        };
+        self.decode_fields = match (self.format.kind, filter, stages) {
+            (FormatKind::Json, Some(mut fields), Some(paths)) => {
+                fields.extend(paths.iter().map(|p| p.root().to_owned()));
+                Some(fields)
+            }
+            _ => None,
+        };
+        self
     }
 
     /// Source partitions in all: the upstream partitions of the repartition topic.
@@ -215,5 +250,57 @@ impl Plan {
             fields.extend(w.aggregates.names().map(str::to_owned));
         }
         fields
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(spec: &str) -> Plan {
+        plan_from("json", spec)
+    }
+
+    fn plan_from(format: &str, spec: &str) -> Plan {
+        let text = format!(
+            "apiVersion: sluice.dev/v1alpha1\nkind: PipelineDeployment\nmetadata: {{name: p}}\nspec:\n  kafka: {{bootstrapServers: 'k:9092'}}\n  source: {{topic: in, format: {{type: {format}}}}}\n  sink: {{kafka: {{topic: out}}}}\n{spec}"
+        );
+        let spec = pipeline_crds::manifest::from_yaml(&text, "t").unwrap().spec;
+        Plan::new(&spec, "g", vec![4])
+    }
+
+    fn fields(p: &Plan) -> Option<Vec<&str>> {
+        p.decode_fields
+            .as_ref()
+            .map(|f| f.iter().map(String::as_str).collect())
+    }
+
+    #[test]
+    fn the_decoder_keeps_exactly_the_fields_some_stage_reads() {
+        let windowed = plan(
+            "  transform: {filter: 'record.status == \"ok\"', keyBy: site.id, timestamp: {field: ts}}\n  window: {tumbling: {size: 1m}}\n  aggregates: [{name: n, function: count}, {name: t, function: max, field: temperature}]\n",
+        );
+        assert_eq!(
+            fields(&windowed),
+            Some(vec!["site", "status", "temperature", "ts"])
+        );
+        let projected =
+            plan("  transform: {filter: 'record.amount > 1.0', select: [order_id, customer.id]}\n");
+        assert_eq!(
+            fields(&projected),
+            Some(vec!["amount", "customer", "order_id"])
+        );
+        // Forwarding the record's own bytes needs only what the filter reads.
+        assert_eq!(
+            fields(&plan("  transform: {filter: 'record.a > 1'}\n")),
+            Some(vec!["a"])
+        );
+        // A filter that uses the record whole, or a non-JSON source: every field.
+        assert_eq!(
+            fields(&plan("  transform: {filter: 'size(record) > 1'}\n")),
+            None
+        );
+        let raw = plan_from("raw", "");
+        assert_eq!(fields(&raw), None);
     }
 }

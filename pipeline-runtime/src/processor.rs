@@ -249,7 +249,8 @@ pub struct Processor {
 impl Processor {
     /// A processor for `plan`.
     pub fn new(plan: Arc<Plan>) -> Result<Self, ProcessorError> {
-        let decoder = Decoder::new(&plan.format, plan.schema_registry_url.as_deref())?;
+        let decoder = Decoder::new(&plan.format, plan.schema_registry_url.as_deref())?
+            .keeping(plan.decode_fields.as_ref());
         let filter = plan.filter.as_deref().map(Filter::compile).transpose()?;
         let encoding = match (&plan.window, plan.output_format, &plan.schema_registry_url) {
             (Some(window), OutputFormat::Avro, Some(url)) => {

@@ -1,0 +1,462 @@
+//! Backlog benchmark (seed 003's method): preload N records into a broker, start the release
+//! `pipeline-runtime run` with K slots on the backlog, wait until it has consumed all N (and, for
+//! windowed jobs, emitted every window), and report records per CPU-second of the runtime process
+//! only (user + sys from /proc, split into slot threads, librdkafka threads and the rest), wall
+//! throughput, resident memory, and the broker's CPU separately.
+//!
+//! ```text
+//! cargo bench -p pipeline-runtime --bench backlog                  # every job, 1 and 2 slots
+//! SLUICE_BENCH_RECORDS=5000000 SLUICE_BENCH_JOBS=iot-windowed SLUICE_BENCH_SLOTS=1,2,4 \
+//!   cargo bench -p pipeline-runtime --bench backlog
+//! SLUICE_BENCH_BROKER=mock ...   # librdkafka's mock cluster in this process instead of tansu
+//! ```
+//!
+//! Jobs: `passthrough` (raw bytes in, the same bytes out: the librdkafka floor), `stateless`
+//! (JSON, a CEL filter and a projection), `iot-windowed` (source keyed by device, 1-minute tumbling
+//! window, count/avg/min/max), `iot-windowed-cel` (the same behind a two-clause CEL filter),
+//! `iot-repartitioned` (the same, re-keyed through the repartition topic). The records are ≈240-byte
+//! JSON sensor readings of 100,000 devices, generated with the same bytes on every run.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use pipeline_e2e::{
+    broker::{Rng, Tansu, metric_sum},
+    process::{free_port, runtime_binary},
+};
+use rdkafka::{
+    ClientConfig,
+    mocking::MockCluster,
+    producer::{BaseProducer, BaseRecord, Producer},
+};
+
+const PARTITIONS: i32 = 4;
+const DEVICES: u64 = 100_000;
+const SOURCE: &str = "readings";
+
+struct Job {
+    name: &'static str,
+    /// The `spec:` lines after kafka/source.
+    spec: &'static str,
+    raw: bool,
+    windowed: bool,
+}
+
+const JOBS: &[Job] = &[
+    Job {
+        name: "passthrough",
+        spec: "  sink: {kafka: {topic: out}}\n",
+        raw: true,
+        windowed: false,
+    },
+    Job {
+        name: "stateless",
+        spec: "  transform:\n    filter: 'record.temperature > -50.0 && record.status == \"ok\"'\n    select: [device_id, ts, temperature, humidity]\n  sink: {kafka: {topic: out}}\n",
+        raw: false,
+        windowed: false,
+    },
+    Job {
+        name: "iot-windowed",
+        spec: "  transform: {keyBy: device_id, sourceKeyed: true, timestamp: {field: ts}, watermark: {maxOutOfOrderness: 5s}}\n  window: {tumbling: {size: 1m}}\n  aggregates:\n    - {name: readings, function: count}\n    - {name: avg_temperature, function: avg, field: temperature}\n    - {name: min_temperature, function: min, field: temperature}\n    - {name: max_temperature, function: max, field: temperature}\n  sink: {kafka: {topic: out}}\n",
+        raw: false,
+        windowed: true,
+    },
+    Job {
+        name: "iot-windowed-cel",
+        spec: "  transform: {filter: 'record.temperature > -50.0 && record.status == \"ok\"', keyBy: device_id, sourceKeyed: true, timestamp: {field: ts}, watermark: {maxOutOfOrderness: 5s}}\n  window: {tumbling: {size: 1m}}\n  aggregates:\n    - {name: readings, function: count}\n    - {name: avg_temperature, function: avg, field: temperature}\n    - {name: min_temperature, function: min, field: temperature}\n    - {name: max_temperature, function: max, field: temperature}\n  sink: {kafka: {topic: out}}\n",
+        raw: false,
+        windowed: true,
+    },
+    Job {
+        name: "iot-repartitioned",
+        spec: "  transform: {keyBy: device_id, repartition: always, timestamp: {field: ts}, watermark: {maxOutOfOrderness: 5s}}\n  window: {tumbling: {size: 1m}}\n  aggregates:\n    - {name: readings, function: count}\n    - {name: avg_temperature, function: avg, field: temperature}\n    - {name: min_temperature, function: min, field: temperature}\n    - {name: max_temperature, function: max, field: temperature}\n  sink: {kafka: {topic: out}}\n",
+        raw: false,
+        windowed: true,
+    },
+];
+
+/// One reading: ≈240 bytes of JSON. Event time advances 1 ms per record (5M records ≈ 83
+/// minutes), so 1-minute windows keep closing.
+fn reading(i: u64, rng: &mut Rng) -> (String, String) {
+    let device = rng.below(DEVICES);
+    let key = format!("device-{device:06}");
+    let value = format!(
+        r#"{{"device_id":"{key}","ts":{},"temperature":{:.2},"humidity":{:.1},"pressure":{:.1},"battery":{:.3},"latency_ms":{},"firmware":"v2.{}.{}","status":"{}","location":{{"lat":{:.5},"lon":{:.5}}}}}"#,
+        1_700_000_000_000u64 + i,
+        rng.below(6_000) as f64 / 100.0 - 10.0,
+        rng.below(1_000) as f64 / 10.0,
+        950.0 + rng.below(1_000) as f64 / 10.0,
+        rng.below(1_000) as f64 / 1_000.0,
+        rng.below(500),
+        rng.below(10),
+        rng.below(10),
+        if rng.below(50) == 0 { "degraded" } else { "ok" },
+        40.0 + rng.below(1_000_000) as f64 / 100_000.0,
+        -3.0 + rng.below(1_000_000) as f64 / 100_000.0,
+    );
+    (key, value)
+}
+
+/// Produces the data set; returns the (device, minute) windows it holds and the bytes.
+fn preload(bootstrap: &str, records: u64) -> (usize, u64) {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "20")
+        .set("batch.size", "1000000")
+        .set("compression.type", "lz4")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()
+        .expect("a producer");
+    let mut rng = Rng::new(42);
+    let mut windows = std::collections::HashSet::new();
+    let mut bytes = 0;
+    for i in 0..records {
+        let (key, value) = reading(i, &mut rng);
+        bytes += value.len() as u64;
+        windows.insert((key.clone(), (1_700_000_000_000u64 + i) / 60_000));
+        let partition = i32::try_from(partition_of(&key)).unwrap_or(0);
+        let mut record = BaseRecord::to(SOURCE)
+            .partition(partition)
+            .key(key.as_str())
+            .payload(value.as_str());
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    producer.poll(Duration::from_millis(1));
+                    record = back;
+                }
+            }
+        }
+        if i % 10_000 == 0 {
+            producer.poll(Duration::ZERO);
+        }
+    }
+    // A far-future record per partition closes every window.
+    for partition in 0..PARTITIONS {
+        let value = format!(
+            r#"{{"device_id":"closing-{partition}","ts":{},"temperature":1.0,"status":"ok"}}"#,
+            4_000_000_000_000u64
+        );
+        let key = format!("closing-{partition}");
+        producer
+            .send(
+                BaseRecord::to(SOURCE)
+                    .partition(partition)
+                    .key(key.as_str())
+                    .payload(value.as_str()),
+            )
+            .expect("queue has room after the data");
+    }
+    producer.flush(Duration::from_secs(300)).expect("flushed");
+    (windows.len(), bytes)
+}
+
+fn partition_of(key: &str) -> u64 {
+    key.bytes()
+        .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)))
+        % PARTITIONS as u64
+}
+
+/// CPU seconds of a process, by thread group: slot threads, librdkafka threads, the rest.
+#[derive(Clone, Copy, Debug, Default)]
+struct Cpu {
+    slots: f64,
+    librdkafka: f64,
+    other: f64,
+}
+
+impl Cpu {
+    fn total(self) -> f64 {
+        self.slots + self.librdkafka + self.other
+    }
+}
+
+fn ticks_per_second() -> f64 {
+    100.0
+}
+
+fn stat_cpu(stat: &str) -> Option<(String, f64)> {
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let comm = stat[open + 1..close].to_string();
+    let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((comm, (utime + stime) / ticks_per_second()))
+}
+
+fn process_cpu(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| stat_cpu(&s))
+        .map_or(0.0, |(_, cpu)| cpu)
+}
+
+/// Per-thread CPU, summed by group. Threads that ended are counted in the process total only;
+/// they land in `other`.
+fn thread_cpu(pid: u32) -> Cpu {
+    let mut cpu = Cpu::default();
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for task in tasks.flatten() {
+            let Some((comm, seconds)) = std::fs::read_to_string(task.path().join("stat"))
+                .ok()
+                .and_then(|s| stat_cpu(&s))
+            else {
+                continue;
+            };
+            if comm.starts_with("sluice-slot") {
+                cpu.slots += seconds;
+            } else if comm.starts_with("rdk:") {
+                cpu.librdkafka += seconds;
+            } else {
+                cpu.other += seconds;
+            }
+        }
+    }
+    let total = process_cpu(pid);
+    cpu.other += (total - cpu.total()).max(0.0);
+    cpu
+}
+
+fn rss_mb(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn metrics(port: u16) -> String {
+    ureq::get(&format!("http://127.0.0.1:{port}/metrics"))
+        .call()
+        .ok()
+        .and_then(|mut r| r.body_mut().read_to_string().ok())
+        .unwrap_or_default()
+}
+
+struct Result {
+    job: &'static str,
+    slots: usize,
+    records: u64,
+    wall: f64,
+    cpu: Cpu,
+    rss: f64,
+    broker_cpu: Option<f64>,
+}
+
+fn manifest(dir: &Path, job: &Job, group: &str) -> PathBuf {
+    let path = dir.join(format!("{group}.yaml"));
+    let format = if job.raw { "raw" } else { "json" };
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: sluice.dev/v1alpha1\nkind: PipelineDeployment\nmetadata: {{name: {group}, namespace: bench}}\nspec:\n  kafka: {{bootstrapServers: 'replaced:9092'}}\n  source: {{topic: {SOURCE}, startingOffsets: earliest, format: {{type: {format}}}}}\n{}",
+            job.spec
+        ),
+    )
+    .expect("writing the manifest");
+    path
+}
+
+fn run(
+    bootstrap: &str,
+    dir: &Path,
+    job: &Job,
+    slots: usize,
+    records: u64,
+    windows: usize,
+    broker_pid: Option<u32>,
+) -> Result {
+    let group = format!("{}-{slots}", job.name);
+    let manifest = manifest(dir, job, &group);
+    let port = free_port();
+    let log = std::fs::File::create(dir.join(format!("{group}.log"))).expect("log file");
+    let broker_before = broker_pid.map(process_cpu);
+    let mut child: Child = Command::new(runtime_binary())
+        .args(["run", "-f"])
+        .arg(&manifest)
+        .args([
+            "--bootstrap-servers",
+            bootstrap,
+            "--pod",
+            &format!("{group}-0"),
+        ])
+        .args([
+            "--slots",
+            &slots.to_string(),
+            "--metrics-port",
+            &port.to_string(),
+        ])
+        .env("SLUICE_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start pipeline-runtime");
+    let pid = child.id();
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(1_800);
+    let total = records + u64::try_from(PARTITIONS).unwrap_or(0);
+    let mut first_record: Option<Instant> = None;
+    let cpu = loop {
+        std::thread::sleep(Duration::from_millis(100));
+        let text = metrics(port);
+        let consumed = metric_sum(&text, "pipeline_records_in_total");
+        if consumed > 0.0 && first_record.is_none() {
+            first_record = Some(Instant::now());
+        }
+        let done = consumed >= total as f64
+            && (!job.windowed || metric_sum(&text, "pipeline_records_out_total") >= windows as f64);
+        let cpu = thread_cpu(pid);
+        if done {
+            break cpu;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{group}: {consumed} of {total} records after 30 minutes (log in {})",
+            dir.display()
+        );
+        assert!(
+            child.try_wait().ok().flatten().is_none(),
+            "{group}: the runtime exited (log in {})",
+            dir.display()
+        );
+    };
+    let wall = first_record.map_or(0.0, |f| f.elapsed().as_secs_f64());
+    let rss = rss_mb(pid);
+    let broker_cpu = broker_pid
+        .zip(broker_before)
+        .map(|(p, b)| process_cpu(p) - b);
+    let _ = child.kill();
+    let _ = child.wait();
+    Result {
+        job: job.name,
+        slots,
+        records,
+        wall,
+        cpu,
+        rss,
+        broker_cpu,
+    }
+}
+
+fn env_list(name: &str) -> Option<Vec<String>> {
+    std::env::var(name)
+        .ok()
+        .map(|v| v.split(',').map(str::trim).map(String::from).collect())
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; nothing else is taken from the command line.
+    let records: u64 = std::env::var("SLUICE_BENCH_RECORDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let slots: Vec<usize> = env_list("SLUICE_BENCH_SLOTS")
+        .map(|v| v.iter().filter_map(|s| s.parse().ok()).collect())
+        .unwrap_or_else(|| vec![1, 2]);
+    let jobs: Vec<&Job> = match env_list("SLUICE_BENCH_JOBS") {
+        Some(names) => JOBS
+            .iter()
+            .filter(|j| names.iter().any(|n| n == j.name))
+            .collect(),
+        None => JOBS.iter().collect(),
+    };
+    let dir = std::env::temp_dir().join(format!("sluice-bench-backlog-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    let mock;
+    let tansu;
+    let (bootstrap, broker_pid, broker_name) =
+        if std::env::var("SLUICE_BENCH_BROKER").as_deref() == Ok("mock") {
+            mock = MockCluster::new(1).expect("a mock cluster");
+            mock.create_topic(SOURCE, PARTITIONS, 1).expect("topic");
+            mock.create_topic("out", PARTITIONS, 1).expect("topic");
+            (
+                mock.bootstrap_servers(),
+                None,
+                "librdkafka mock cluster (in the bench process)",
+            )
+        } else {
+            tansu = Tansu::start().expect("tansu (unset SLUICE_SKIP_BROKER_TESTS)");
+            tansu.create_topics(&[(SOURCE, PARTITIONS), ("out", PARTITIONS)]);
+            let pid = tansu.pid();
+            (
+                tansu.bootstrap.clone(),
+                Some(pid),
+                "tansu 0.6 (memory storage)",
+            )
+        };
+    let started = Instant::now();
+    let (windows, bytes) = preload(&bootstrap, records);
+    eprintln!(
+        "preloaded {records} records ({:.0} bytes each, {windows} windows) in {:.1} s to {broker_name}",
+        bytes as f64 / records as f64,
+        started.elapsed().as_secs_f64()
+    );
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!(
+        "machine: {cores} cores; broker: {broker_name}; runtime: {}",
+        runtime_binary().display()
+    );
+    println!(
+        "{:<18} {:>5} {:>9} {:>7} {:>10} {:>8} {:>8} {:>8} {:>8} {:>12} {:>8} {:>8}",
+        "job",
+        "slots",
+        "records",
+        "wall s",
+        "rec/s",
+        "cpu s",
+        "slots s",
+        "rdk s",
+        "other s",
+        "rec/cpu-s",
+        "rss MB",
+        "broker s"
+    );
+    let mut by_job: BTreeMap<&str, Vec<Result>> = BTreeMap::new();
+    for job in &jobs {
+        for &k in &slots {
+            let r = run(&bootstrap, &dir, job, k, records, windows, broker_pid);
+            println!(
+                "{:<18} {:>5} {:>9} {:>7.1} {:>10.0} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>12.0} {:>8.0} {:>8}",
+                r.job,
+                r.slots,
+                r.records,
+                r.wall,
+                r.records as f64 / r.wall.max(1e-9),
+                r.cpu.total(),
+                r.cpu.slots,
+                r.cpu.librdkafka,
+                r.cpu.other,
+                r.records as f64 / r.cpu.total().max(1e-9),
+                r.rss,
+                r.broker_cpu.map_or("-".to_string(), |c| format!("{c:.1}"))
+            );
+            by_job.entry(job.name).or_default().push(r);
+        }
+    }
+    if let Some(floor) = by_job.get("passthrough").and_then(|r| r.first()) {
+        let floor = floor.records as f64 / floor.cpu.total().max(1e-9);
+        println!(
+            "\nratios to the pass-through floor ({floor:.0} records per CPU-second), first slot count:"
+        );
+        for (job, results) in &by_job {
+            if let Some(r) = results.first() {
+                let rate = r.records as f64 / r.cpu.total().max(1e-9);
+                println!(
+                    "  {job:<18} {:.2}× the floor's CPU per record",
+                    floor / rate
+                );
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
