@@ -148,7 +148,8 @@ pub fn status_of(
     }
 }
 
-/// Whether an evaluation is due: none yet, or the last one at least `interval` ago.
+/// Whether an evaluation is due: none yet, or the last one at least `interval` ago (half a second
+/// early counts: the requeue after `interval` must not miss by a rounding).
 pub fn due(spec: &AutoscalerSpec, status: Option<&AutoscalerStatus>, now: f64) -> bool {
     status
         .and_then(|s| s.last_evaluation_time.as_ref())
