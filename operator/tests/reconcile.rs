@@ -283,6 +283,13 @@ fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
         .unwrap()
 }
 
+/// The `scale.json` the runtime ConfigMap was applied with.
+fn scale_json(calls: &[Call]) -> &str {
+    by_path(calls, Method::PATCH, &format!("{NS}/configmaps/p-pipeline"))["data"]["scale.json"]
+        .as_str()
+        .expect("a scale file in the ConfigMap")
+}
+
 fn env_of(sts: &Value) -> &Vec<Value> {
     sts["spec"]["template"]["spec"]["containers"][0]["env"]
         .as_array()
@@ -326,15 +333,7 @@ async fn a_new_pipeline_gets_its_children_applied_in_order_a_status_and_a_deploy
         env_of(sts)
             .contains(&json!({"name": "SLUICE_SCALE_FILE", "value": "/etc/sluice/scale.json"}))
     );
-    let config = by_path(
-        &calls,
-        Method::PATCH,
-        &format!("{NS}/configmaps/p-pipeline"),
-    );
-    assert_eq!(
-        config["data"]["scale.json"],
-        r#"{"parallelism":6,"replicas":2}"#
-    );
+    assert_eq!(scale_json(&calls), r#"{"parallelism":6,"replicas":2}"#);
     let status = &by_path(&calls, Method::PATCH, STATUS_PATH)["status"];
     assert_eq!(status["observedGeneration"], 2);
     assert_eq!(
@@ -363,15 +362,7 @@ async fn an_update_of_parallelism_rescales_through_the_scale_file_without_rollin
     let (_, calls, _) = Scenario::new(running).run().await;
     let sts = by_path(&calls, Method::PATCH, &format!("{STS}/p"));
     assert_eq!(sts["spec"]["replicas"], 2);
-    let config = by_path(
-        &calls,
-        Method::PATCH,
-        &format!("{NS}/configmaps/p-pipeline"),
-    );
-    assert_eq!(
-        config["data"]["scale.json"],
-        r#"{"parallelism":8,"replicas":2}"#
-    );
+    assert_eq!(scale_json(&calls), r#"{"parallelism":8,"replicas":2}"#);
     // Same config hash and env: a fixed pipeline's pods are re-sized (CPU follows the fullest
     // pod's slots, 4 now, 2 before), nothing else of the template changes. (Under the
     // autoscaler pods are sized for full pods and the template does not change at all.)
@@ -803,8 +794,7 @@ mod autoscaling {
     }
 
     fn scale_file(calls: &[Call]) -> Value {
-        let config = by_path(calls, Method::PATCH, &format!("{NS}/configmaps/p-pipeline"));
-        serde_json::from_str(config["data"]["scale.json"].as_str().unwrap()).unwrap()
+        serde_json::from_str(scale_json(calls)).unwrap()
     }
 
     fn autoscaler_status(calls: &[Call]) -> Value {
