@@ -1,15 +1,16 @@
-//! The Sluice operator: turns each PipelineDeployment into right-sized runtime pods.
+//! The Sluice operator: turns each PipelineDeployment into right-sized runtime pods (or, in local
+//! mode, runtime processes on this machine).
 
 pub mod autoscale;
-pub mod build;
+pub mod backend;
 pub mod controller;
+pub mod desired;
 pub mod events;
 pub mod http;
 pub mod kafka;
 pub mod leader;
 pub mod metrics;
-pub mod prune;
-pub mod rbac;
+pub mod reconcile;
 pub mod render;
 pub mod sizing;
 pub mod status;

@@ -189,7 +189,7 @@ fn main() -> anyhow::Result<ExitCode> {
                     }
                 }
             };
-            let environment = pipeline_operator::build::Environment {
+            let environment = pipeline_operator::backend::kube::children::Environment {
                 default_image: image,
                 pod_monitor_crd: pod_monitor,
             };
@@ -207,7 +207,9 @@ fn main() -> anyhow::Result<ExitCode> {
         Command::Rbac { name } => {
             print!(
                 "{}",
-                serde_yaml::to_string(&pipeline_operator::rbac::cluster_role(&name))?
+                serde_yaml::to_string(&pipeline_operator::backend::kube::rbac::cluster_role(
+                    &name
+                ))?
             );
             Ok(ExitCode::SUCCESS)
         }

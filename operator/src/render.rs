@@ -4,7 +4,8 @@
 use pipeline_crds::{FieldError, PipelineDeployment};
 
 use crate::{
-    build::{BuildError, Environment, build},
+    backend::kube::children::{Environment, build},
+    desired::{BuildError, desired},
     sizing::{SizingError, size},
 };
 
@@ -45,7 +46,7 @@ pub fn render(
         .get_or_insert_with(|| "default".into());
     pd.metadata.uid.get_or_insert_with(|| UNSTORED_UID.into());
     let sizing = size(&pd.spec, partitions, decision)?;
-    let children = build(&pd, &sizing, environment)?;
+    let children = build(&pd, &desired(&pd, &sizing)?, environment)?;
     let mut documents = vec![
         typed("v1", "ConfigMap", &children.config_map),
         typed("v1", "Service", &children.headless_service),

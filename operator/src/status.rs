@@ -7,7 +7,7 @@ use pipeline_crds::{
     status::{AutoscalerStatus, Phase},
 };
 
-use crate::{build::selector_labels, sizing::Sizing};
+use crate::{backend::kube::names::selector_labels, sizing::Sizing};
 
 /// `Ready=False` reason: the spec cannot run.
 pub const INVALID_SPEC: &str = "InvalidSpec";

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use pipeline_operator::{build::Environment, render::render};
+use pipeline_operator::{backend::kube::children::Environment, render::render};
 
 fn check(example: &str, partitions: i32, pod_monitor: bool) {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));

@@ -16,7 +16,7 @@ use kube::{
     api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams},
 };
 
-use crate::build::child_selector;
+use super::names::child_selector;
 
 /// The Prometheus Operator's PodMonitor.
 pub fn pod_monitor_resource() -> ApiResource {

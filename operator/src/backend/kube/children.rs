@@ -1,0 +1,238 @@
+//! Build (pure): every Kubernetes object the operator wants for one PipelineDeployment, from the
+//! resource and its desired deployment. No cluster access; `pipeline-operator render` prints the
+//! result.
+
+use k8s_openapi::{
+    api::{
+        apps::v1::StatefulSet,
+        core::v1::{ConfigMap, Service},
+        policy::v1::PodDisruptionBudget,
+    },
+    apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference},
+};
+use pipeline_crds::PipelineDeployment;
+use serde_json::Value;
+
+use super::{
+    configmap::config_map,
+    names::{config_map_name, headless_service_name, metrics_service_name, object_labels},
+    pdb::pod_disruption_budget,
+    podmonitor::pod_monitor,
+    services::{headless_service, metrics_service},
+    statefulset::stateful_set,
+};
+use crate::desired::{BuildError, Desired};
+
+/// What the operator knows beyond the resource.
+#[derive(Clone, Debug)]
+pub struct Environment {
+    /// Runtime image when `spec.image` is absent.
+    pub default_image: String,
+    /// Whether the `monitoring.coreos.com/v1` PodMonitor kind exists in the cluster.
+    pub pod_monitor_crd: bool,
+}
+
+/// Every child object, in apply order.
+#[derive(Clone, Debug)]
+pub struct Children {
+    /// The runtime config (the manifest the runtime executes).
+    pub config_map: ConfigMap,
+    /// Headless Service giving the pods stable names.
+    pub headless_service: Service,
+    /// Service in front of the pods' metrics port.
+    pub metrics_service: Service,
+    /// The runtime pods.
+    pub stateful_set: StatefulSet,
+    /// At most one pod down at a time by voluntary disruption; none while suspended (no pods).
+    pub pod_disruption_budget: Option<PodDisruptionBudget>,
+    /// A Prometheus Operator PodMonitor, when that CRD exists (else scrape annotations).
+    pub pod_monitor: Option<Value>,
+}
+
+impl Children {
+    /// `(kind, name)` of every child, in apply order.
+    pub fn wanted(&self) -> Vec<(&'static str, String)> {
+        let name = |m: &ObjectMeta| m.name.clone().unwrap_or_default();
+        let mut wanted = vec![
+            ("ConfigMap", name(&self.config_map.metadata)),
+            ("Service", name(&self.headless_service.metadata)),
+            ("Service", name(&self.metrics_service.metadata)),
+            ("StatefulSet", name(&self.stateful_set.metadata)),
+        ];
+        if let Some(pdb) = &self.pod_disruption_budget {
+            wanted.push(("PodDisruptionBudget", name(&pdb.metadata)));
+        }
+        if let Some(monitor) = &self.pod_monitor {
+            let name = monitor["metadata"]["name"].as_str().unwrap_or_default();
+            wanted.push(("PodMonitor", name.to_owned()));
+        }
+        wanted
+    }
+}
+
+/// Builds every child of `pd` for `desired`.
+pub fn build(
+    pd: &PipelineDeployment,
+    desired: &Desired,
+    environment: &Environment,
+) -> Result<Children, BuildError> {
+    let name = desired.name.clone();
+    let uid = pd.metadata.uid.clone().ok_or(BuildError::Metadata("uid"))?;
+    let owner = OwnerReference {
+        api_version: "sluice.dev/v1alpha1".into(),
+        kind: "PipelineDeployment".into(),
+        name: name.clone(),
+        uid,
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    };
+    let meta = |object_name: String| ObjectMeta {
+        name: Some(object_name),
+        namespace: Some(desired.namespace.clone()),
+        labels: Some(object_labels(&name)),
+        owner_references: Some(vec![owner.clone()]),
+        ..ObjectMeta::default()
+    };
+    let running = desired.replicas > 0;
+    Ok(Children {
+        config_map: config_map(desired, meta(config_map_name(&name))),
+        headless_service: headless_service(&name, meta(headless_service_name(&name))),
+        metrics_service: metrics_service(&name, meta(metrics_service_name(&name))),
+        stateful_set: stateful_set(pd, desired, environment, meta(name.clone())),
+        pod_disruption_budget: running.then(|| pod_disruption_budget(&name, meta(name.clone()))),
+        pod_monitor: environment
+            .pod_monitor_crd
+            .then(|| pod_monitor(&name, &meta(name.clone()))),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use pipeline_crds::manifest::from_yaml;
+
+    use super::super::names::child_selector;
+    use super::*;
+    use crate::{desired::desired, sizing::size};
+    use k8s_openapi::api::core::v1::PodSpec;
+    use pipeline_crds::contract::{annotations, env};
+
+    fn pd(extra: &str) -> PipelineDeployment {
+        let mut pd = from_yaml(
+            &format!("apiVersion: sluice.dev/v1alpha1\nkind: PipelineDeployment\nmetadata: {{name: p, namespace: ns}}\nspec:\n  kafka: {{bootstrapServers: 'k:9092'}}\n  source: {{topic: in}}\n  sink: {{kafka: {{topic: out}}}}\n{extra}"),
+            "t",
+        )
+        .unwrap();
+        pd.metadata.uid = Some("u-1".into());
+        pd
+    }
+
+    fn children(pd: &PipelineDeployment, pod_monitor: bool) -> Children {
+        let sizing = size(&pd.spec, 8, None).unwrap();
+        let environment = Environment {
+            default_image: "img:1".into(),
+            pod_monitor_crd: pod_monitor,
+        };
+        build(pd, &desired(pd, &sizing).unwrap(), &environment).unwrap()
+    }
+
+    fn pod(c: &Children) -> PodSpec {
+        c.stateful_set.spec.clone().unwrap().template.spec.unwrap()
+    }
+
+    #[test]
+    fn every_child_is_owned_by_the_pipeline_as_its_controller() {
+        let c = children(&pd(""), true);
+        let metas = [
+            &c.config_map.metadata,
+            &c.headless_service.metadata,
+            &c.metrics_service.metadata,
+            &c.stateful_set.metadata,
+            &c.pod_disruption_budget.as_ref().unwrap().metadata,
+        ];
+        for meta in metas {
+            let owner = &meta.owner_references.as_ref().unwrap()[0];
+            assert_eq!((owner.uid.as_str(), owner.controller), ("u-1", Some(true)));
+            assert_eq!(meta.namespace.as_deref(), Some("ns"));
+            // Pruning finds children by these labels.
+            for pair in child_selector("p").split(',') {
+                let (k, v) = pair.split_once('=').unwrap();
+                assert_eq!(meta.labels.as_ref().unwrap()[k], v);
+            }
+        }
+        let monitor = c.pod_monitor.unwrap();
+        assert_eq!(monitor["metadata"]["ownerReferences"][0]["uid"], "u-1");
+    }
+
+    #[test]
+    fn the_runtime_container_is_locked_down_and_gets_credentials_only_by_secret_reference() {
+        let c = children(
+            &pd("  checkpoint: {storage: {s3: {bucket: b, credentialsSecret: {name: s3}}}}\n"),
+            false,
+        );
+        let spec = pod(&c);
+        let container = &spec.containers[0];
+        let sc = container.security_context.as_ref().unwrap();
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(
+            sc.capabilities.as_ref().unwrap().drop,
+            Some(vec!["ALL".into()])
+        );
+        assert_eq!(spec.security_context.unwrap().run_as_non_root, Some(true));
+        let env = container.env.as_ref().unwrap();
+        let key = env
+            .iter()
+            .find(|e| e.name == env::S3_ACCESS_KEY_ID)
+            .unwrap();
+        assert!(key.value.is_none());
+        assert_eq!(
+            key.value_from
+                .as_ref()
+                .unwrap()
+                .secret_key_ref
+                .as_ref()
+                .unwrap()
+                .name,
+            "s3"
+        );
+        // No CPU limit: a CFS quota would throttle busy slots.
+        let resources = container.resources.as_ref().unwrap();
+        assert!(!resources.limits.as_ref().unwrap().contains_key("cpu"));
+    }
+
+    #[test]
+    fn a_changed_spec_changes_the_config_hash_and_suspend_scales_to_zero() {
+        let hash = |c: &Children| {
+            c.stateful_set
+                .spec
+                .clone()
+                .unwrap()
+                .template
+                .metadata
+                .unwrap()
+                .annotations
+                .unwrap()[annotations::CONFIG_HASH]
+                .clone()
+        };
+        let a = children(&pd(""), false);
+        let b = children(&pd("  transform: {filter: 'record.x > 1'}\n"), false);
+        assert_ne!(hash(&a), hash(&b));
+        assert_eq!(hash(&a), hash(&children(&pd(""), false)));
+        let suspended = children(&pd("  suspend: true\n"), false);
+        assert_eq!(suspended.stateful_set.spec.unwrap().replicas, Some(0));
+        assert!(
+            suspended.pod_disruption_budget.is_none(),
+            "no budget for no pods"
+        );
+        let annotations = a
+            .stateful_set
+            .spec
+            .unwrap()
+            .template
+            .metadata
+            .unwrap()
+            .annotations
+            .unwrap();
+        assert_eq!(annotations["prometheus.io/scrape"], "true");
+    }
+}

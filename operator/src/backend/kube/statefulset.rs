@@ -1,0 +1,304 @@
+//! The runtime pods: a StatefulSet whose pod template carries the runtime container, its
+//! environment, volumes, probes and the locked-down security context.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    api::{
+        apps::v1::{StatefulSet, StatefulSetSpec},
+        core::v1::{
+            Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
+            EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector,
+            PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+            ResourceRequirements, SeccompProfile, SecretKeySelector, SecretVolumeSource,
+            SecurityContext, Volume, VolumeMount,
+        },
+    },
+    apimachinery::pkg::{
+        api::resource::Quantity,
+        apis::meta::v1::{LabelSelector, ObjectMeta},
+        util::intstr::IntOrString,
+    },
+};
+use pipeline_crds::{
+    PipelineDeployment,
+    contract::{annotations, env, paths, ports},
+};
+
+use super::{
+    children::Environment,
+    names::{config_map_name, headless_service_name, object_labels, selector_labels},
+};
+use crate::desired::Desired;
+
+/// The StatefulSet of `pd`'s pods, with `metadata`.
+pub fn stateful_set(
+    pd: &PipelineDeployment,
+    desired: &Desired,
+    environment: &Environment,
+    metadata: ObjectMeta,
+) -> StatefulSet {
+    let name = &desired.name;
+    StatefulSet {
+        metadata,
+        spec: Some(StatefulSetSpec {
+            replicas: Some(desired.replicas),
+            service_name: Some(headless_service_name(name)),
+            pod_management_policy: Some("Parallel".into()),
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(name)),
+                ..LabelSelector::default()
+            },
+            template: pod_template(pd, desired, environment),
+            ..StatefulSetSpec::default()
+        }),
+        ..StatefulSet::default()
+    }
+}
+
+fn env_value(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..EnvVar::default()
+    }
+}
+
+fn env_field(name: &str, path: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.into(),
+                ..ObjectFieldSelector::default()
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}
+
+fn env_secret(name: &str, secret: &str, key: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.into(),
+                key: key.into(),
+                optional: Some(false),
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}
+
+fn pod_template(
+    pd: &PipelineDeployment,
+    desired: &Desired,
+    environment: &Environment,
+) -> PodTemplateSpec {
+    let name = desired.name.as_str();
+    let config_hash = desired.config_hash.as_str();
+    let sizing = &desired.resources;
+    let spec = &pd.spec;
+    let overrides = spec.pod_template.clone().unwrap_or_default();
+    let mut env = vec![
+        env_value(env::CONFIG, paths::CONFIG_PATH),
+        env_value(env::PIPELINE, name),
+        env_field(env::NAMESPACE, "metadata.namespace"),
+        env_field(env::POD_NAME, "metadata.name"),
+        env_value(env::SCALE_FILE, paths::SCALE_PATH),
+        env_value(env::METRICS_PORT, ports::RUNTIME_METRICS.to_string()),
+        env_value(env::LOG_FORMAT, "json"),
+    ];
+    if let Some(sasl) = &spec.kafka.sasl {
+        let secret = &sasl.credentials_secret;
+        env.push(env_secret(
+            env::KAFKA_SASL_USERNAME,
+            &secret.name,
+            &secret.username_key,
+        ));
+        env.push(env_secret(
+            env::KAFKA_SASL_PASSWORD,
+            &secret.name,
+            &secret.password_key,
+        ));
+    }
+    let storage = spec.checkpoint.as_ref().map(|c| &c.storage);
+    if let Some(secret) = storage
+        .and_then(|s| s.s3.as_ref())
+        .and_then(|s3| s3.credentials_secret.as_ref())
+    {
+        env.push(env_secret(
+            env::S3_ACCESS_KEY_ID,
+            &secret.name,
+            &secret.username_key,
+        ));
+        env.push(env_secret(
+            env::S3_SECRET_ACCESS_KEY,
+            &secret.name,
+            &secret.password_key,
+        ));
+    }
+    let mut mounts = vec![
+        VolumeMount {
+            name: "config".into(),
+            mount_path: paths::CONFIG_DIR.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        },
+        VolumeMount {
+            name: "scratch".into(),
+            mount_path: paths::SCRATCH_DIR.into(),
+            ..VolumeMount::default()
+        },
+    ];
+    let mut volumes = vec![
+        Volume {
+            name: "config".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: config_map_name(name),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+        Volume {
+            name: "scratch".into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Volume::default()
+        },
+    ];
+    if let Some(ca) = spec.kafka.tls.as_ref().and_then(|t| t.ca_secret.as_ref()) {
+        mounts.push(VolumeMount {
+            name: "kafka-ca".into(),
+            mount_path: paths::KAFKA_CA_DIR.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+        volumes.push(Volume {
+            name: "kafka-ca".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(ca.name.clone()),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+    }
+    if let Some(volume) = storage.and_then(|s| s.volume.as_ref()) {
+        mounts.push(VolumeMount {
+            name: "checkpoints".into(),
+            mount_path: paths::CHECKPOINT_VOLUME_DIR.into(),
+            ..VolumeMount::default()
+        });
+        volumes.push(Volume {
+            name: "checkpoints".into(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: volume.claim_name.clone(),
+                read_only: Some(false),
+            }),
+            ..Volume::default()
+        });
+    }
+    let cpu = Quantity(format!("{}m", sizing.cpu_request_millis));
+    let memory = Quantity(if sizing.memory_bytes % (1 << 20) == 0 {
+        format!("{}Mi", sizing.memory_bytes >> 20)
+    } else {
+        sizing.memory_bytes.to_string()
+    });
+    let mut limits = BTreeMap::from([("memory".to_owned(), memory.clone())]);
+    if let Some(limit) = sizing.cpu_limit_millis {
+        limits.insert("cpu".into(), Quantity(format!("{limit}m")));
+    }
+    let probe = |path: &str, period: i32| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String(ports::RUNTIME_METRICS_NAME.into()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(3),
+        ..Probe::default()
+    };
+    let container = Container {
+        name: "runtime".into(),
+        image: Some(
+            spec.image
+                .clone()
+                .unwrap_or_else(|| environment.default_image.clone()),
+        ),
+        args: Some(vec!["run".into()]),
+        env: Some(env),
+        ports: Some(vec![ContainerPort {
+            name: Some(ports::RUNTIME_METRICS_NAME.into()),
+            container_port: i32::from(ports::RUNTIME_METRICS),
+            ..ContainerPort::default()
+        }]),
+        resources: Some(ResourceRequirements {
+            requests: Some(BTreeMap::from([
+                ("cpu".to_owned(), cpu),
+                ("memory".to_owned(), memory),
+            ])),
+            limits: Some(limits),
+            ..ResourceRequirements::default()
+        }),
+        liveness_probe: Some(probe("/healthz", 10)),
+        readiness_probe: Some(probe("/readyz", 5)),
+        volume_mounts: Some(mounts),
+        security_context: Some(SecurityContext {
+            run_as_non_root: Some(true),
+            read_only_root_filesystem: Some(true),
+            allow_privilege_escalation: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Capabilities::default()
+            }),
+            ..SecurityContext::default()
+        }),
+        ..Container::default()
+    };
+    let mut annotations = overrides.annotations.clone();
+    annotations.insert(annotations::CONFIG_HASH.into(), config_hash.into());
+    if !environment.pod_monitor_crd {
+        annotations.insert("prometheus.io/scrape".into(), "true".into());
+        annotations.insert(
+            "prometheus.io/port".into(),
+            ports::RUNTIME_METRICS.to_string(),
+        );
+        annotations.insert("prometheus.io/path".into(), "/metrics".into());
+    }
+    let mut pod_labels = overrides.labels.clone();
+    pod_labels.extend(object_labels(name));
+    PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(pod_labels),
+            annotations: Some(annotations),
+            ..ObjectMeta::default()
+        }),
+        spec: Some(PodSpec {
+            containers: vec![container],
+            volumes: Some(volumes),
+            termination_grace_period_seconds: Some(desired.grace_seconds),
+            security_context: Some(PodSecurityContext {
+                run_as_non_root: Some(true),
+                run_as_user: Some(65_532),
+                run_as_group: Some(65_532),
+                fs_group: Some(65_532),
+                seccomp_profile: Some(SeccompProfile {
+                    type_: "RuntimeDefault".into(),
+                    ..SeccompProfile::default()
+                }),
+                ..PodSecurityContext::default()
+            }),
+            service_account_name: overrides.service_account_name.clone(),
+            node_selector: (!overrides.node_selector.is_empty())
+                .then(|| overrides.node_selector.clone()),
+            tolerations: (!overrides.tolerations.is_empty()).then(|| overrides.tolerations.clone()),
+            affinity: overrides.affinity.clone(),
+            priority_class_name: overrides.priority_class_name.clone(),
+            image_pull_secrets: (!overrides.image_pull_secrets.is_empty())
+                .then(|| overrides.image_pull_secrets.clone()),
+            ..PodSpec::default()
+        }),
+    }
+}

@@ -1,0 +1,56 @@
+//! Backends: what turns a desired deployment into running runtime processes. Validate, sizing,
+//! the autoscaler and status are shared ([`crate::reconcile`]); a backend does the side effects:
+//! [`kube`] applies Kubernetes objects, [`local`] runs `pipeline-runtime` processes on this
+//! machine.
+
+pub mod kube;
+pub mod local;
+
+use futures::future::BoxFuture;
+use pipeline_crds::{PipelineDeployment, PipelineDeploymentStatus};
+
+use crate::{desired::Desired, kafka::KafkaAccess};
+
+/// What a backend found after applying.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Pods (processes) that are ready.
+    pub ready_pods: i32,
+}
+
+/// Why a backend could not do its part.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// A Kubernetes API call failed.
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] ::kube::Error),
+    /// The objects cannot be built.
+    #[error(transparent)]
+    Build(#[from] crate::desired::BuildError),
+    /// Local processes or files.
+    #[error("{0}")]
+    Local(String),
+}
+
+/// One way of running pipelines.
+pub trait Backend: Send + Sync {
+    /// How to reach `pd`'s Kafka cluster, credentials included, or why that cannot be known.
+    fn kafka_access<'a>(
+        &'a self,
+        pd: &'a PipelineDeployment,
+    ) -> BoxFuture<'a, Result<KafkaAccess, String>>;
+
+    /// Makes `desired` run: creates, changes and removes what differs, in a fixed order.
+    fn apply<'a>(
+        &'a self,
+        pd: &'a PipelineDeployment,
+        desired: &'a Desired,
+    ) -> BoxFuture<'a, Result<Applied, BackendError>>;
+
+    /// Records `status` as `pd`'s status and announces what changed.
+    fn report<'a>(
+        &'a self,
+        pd: &'a PipelineDeployment,
+        status: &'a PipelineDeploymentStatus,
+    ) -> BoxFuture<'a, Result<(), BackendError>>;
+}

@@ -1,0 +1,223 @@
+//! One reconcile of one pipeline, whatever runs it: validate (pure) → Kafka access → partitions
+//! (Kafka) → autoscaler → sizing → desired deployment (pure) → the backend applies it → status
+//! (pure) → the backend reports it. docs/operator.md walks through it.
+
+use std::{sync::Arc, time::Duration};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
+use pipeline_crds::{PipelineDeployment, PipelineDeploymentStatus, status::AutoscalerStatus};
+use tracing::{info, warn};
+
+use crate::{
+    autoscale::{
+        self,
+        source::{Sources, Target},
+    },
+    backend::{Backend, BackendError},
+    desired::{BuildError, desired},
+    kafka::PartitionSource,
+    metrics::OperatorMetrics,
+    sizing::{SizingError, size},
+    status::{Outcome, status},
+};
+
+/// Why a reconcile failed (it is retried with backoff).
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// The backend failed.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    /// Sizing failed.
+    #[error(transparent)]
+    Sizing(#[from] SizingError),
+    /// Building the desired deployment failed.
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    /// The partition lookup's thread failed.
+    #[error("the partition lookup failed: {0}")]
+    Lookup(String),
+}
+
+impl From<kube::Error> for ReconcileError {
+    fn from(error: kube::Error) -> Self {
+        Self::Backend(error.into())
+    }
+}
+
+/// What a reconcile reads besides the pipeline and its backend.
+pub struct Inputs<'a> {
+    /// The partition lookup.
+    pub partitions: &'a Arc<dyn PartitionSource>,
+    /// The operator's metrics.
+    pub metrics: &'a OperatorMetrics,
+    /// The autoscaler's metrics sources.
+    pub metrics_sources: &'a dyn Sources,
+    /// Seconds since the Unix epoch.
+    pub now: f64,
+}
+
+/// What a reconcile did.
+#[derive(Clone, Debug)]
+pub struct Reconciled {
+    /// When to look again: `None` = on the next change only.
+    pub requeue: Option<Duration>,
+    /// The outcome, as a metrics label.
+    pub label: &'static str,
+    /// The status reported (none while the pipeline is being deleted).
+    pub status: Option<PipelineDeploymentStatus>,
+}
+
+async fn report(
+    backend: &dyn Backend,
+    pd: &PipelineDeployment,
+    outcome: &Outcome,
+) -> Result<PipelineDeploymentStatus, BackendError> {
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let after = status(pd, outcome, &now);
+    backend.report(pd, &after).await?;
+    Ok(after)
+}
+
+/// Reconciles `pd` once through `backend`.
+pub async fn reconcile_pipeline(
+    inputs: Inputs<'_>,
+    backend: &dyn Backend,
+    pd: &PipelineDeployment,
+) -> Result<Reconciled, ReconcileError> {
+    let name = pd.name_any();
+    let namespace = pd.namespace().unwrap_or_default();
+    let reconciled = |requeue, label, status| Reconciled {
+        requeue,
+        label,
+        status: Some(status),
+    };
+    if pd.metadata.deletion_timestamp.is_some() {
+        // Kubernetes' garbage collector deletes the children (owner references); applying them
+        // now would recreate what a foreground deletion is removing.
+        info!(%name, %namespace, "being deleted; nothing to apply");
+        return Ok(Reconciled {
+            requeue: None,
+            label: "deleting",
+            status: None,
+        });
+    }
+    let problems = pipeline_crds::support::problems(&pd.spec);
+    if !problems.is_empty() {
+        info!(%name, %namespace, problems = problems.len(), "invalid spec; waiting for a change");
+        let status = report(backend, pd, &Outcome::Invalid(problems)).await?;
+        return Ok(reconciled(None, "invalid", status));
+    }
+    let retry = Some(Duration::from_secs(30));
+    let access = match backend.kafka_access(pd).await {
+        Ok(access) => access,
+        Err(error) => {
+            warn!(%name, %namespace, %error, "Kafka credentials unavailable");
+            let status = report(backend, pd, &Outcome::CredentialsUnavailable(error)).await?;
+            return Ok(reconciled(retry, "credentials_unavailable", status));
+        }
+    };
+    let source = inputs.partitions.clone();
+    let partitions = tokio::task::spawn_blocking(move || source.partitions(&access))
+        .await
+        .map_err(|e| ReconcileError::Lookup(e.to_string()))?;
+    let partitions = match partitions {
+        Ok(p) => p,
+        Err(error) => {
+            warn!(%name, %namespace, %error, "source partitions unknown");
+            let status = report(backend, pd, &Outcome::KafkaUnreachable(error)).await?;
+            return Ok(reconciled(retry, "kafka_unreachable", status));
+        }
+    };
+    let autoscaler = autoscale_once(&inputs, pd, partitions).await;
+    let decision = autoscale::decided(&pd.spec, autoscaler.as_ref());
+    let sizing = size(&pd.spec, partitions, decision)?;
+    let desired = desired(pd, &sizing)?;
+    let applied = backend.apply(pd, &desired).await?;
+    let requeue = autoscale::enabled(&pd.spec).map_or(Duration::from_secs(60), |a| {
+        a.interval
+            .get()
+            .clamp(Duration::from_secs(1), Duration::from_secs(60))
+    });
+    let outcome = Outcome::Applied {
+        sizing,
+        partitions,
+        ready_replicas: applied.ready_pods,
+        autoscaler: autoscaler.map(Box::new),
+    };
+    let status = report(backend, pd, &outcome).await?;
+    Ok(reconciled(Some(requeue), "applied", status))
+}
+
+/// The autoscaler's status after this reconcile: a new evaluation when one is due for a running
+/// pipeline, the previous one otherwise, none when the autoscaler is off.
+async fn autoscale_once(
+    inputs: &Inputs<'_>,
+    pd: &PipelineDeployment,
+    partitions: i32,
+) -> Option<AutoscalerStatus> {
+    let name = pd.name_any();
+    let namespace = pd.namespace().unwrap_or_default();
+    let Some(spec) = autoscale::enabled(&pd.spec) else {
+        inputs.metrics.forget_autoscaler(&namespace, &name);
+        return None;
+    };
+    let previous = pd.status.as_ref().and_then(|s| s.autoscaler.as_ref());
+    let running = pd
+        .status
+        .as_ref()
+        .and_then(|s| s.parallelism)
+        .filter(|p| *p > 0);
+    let now = inputs.now;
+    let Some(parallelism) = running.filter(|_| !pd.spec.suspend) else {
+        return previous.cloned();
+    };
+    // A hand-made change of spec.parallelism (kubectl scale) is taken at once: the evaluation
+    // starts afresh from it, so the old decision cannot come back.
+    let scaled_by_hand = previous.is_some_and(|p| p.spec_parallelism != pd.spec.parallelism);
+    if !scaled_by_hand && !autoscale::due(spec, previous, now) {
+        return previous.cloned();
+    }
+    let target = Target {
+        namespace: namespace.clone(),
+        name: name.clone(),
+    };
+    let policy_ctx = autoscale::policy::Context {
+        now,
+        parallelism,
+        partitions,
+        generation: pd.metadata.generation.unwrap_or_default(),
+    };
+    let status = match inputs.metrics_sources.source(&spec.metrics) {
+        Ok(source) => {
+            autoscale::evaluate(
+                source.as_ref(),
+                &target,
+                &pd.spec,
+                spec,
+                previous,
+                policy_ctx,
+            )
+            .await
+        }
+        Err(error) => {
+            let unknown = autoscale::observation::Unknown::Missing(error.to_string());
+            let state = previous.map(autoscale::state_of).unwrap_or_default();
+            let e = autoscale::policy::decide(
+                &autoscale::policy::Settings::from_spec(spec),
+                &state,
+                policy_ctx,
+                autoscale::policy::Input {
+                    observation: Err(unknown),
+                    stable_at: None,
+                },
+            );
+            autoscale::status_of(&e, None, now, parallelism, pd.spec.parallelism)
+        }
+    };
+    info!(%name, %namespace, result = status.result.as_deref().unwrap_or(""), reason = status.reason.as_deref().unwrap_or(""), "autoscaler evaluated");
+    inputs
+        .metrics
+        .autoscaled(&namespace, &name, &status, parallelism);
+    Some(status)
+}
