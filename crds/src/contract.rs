@@ -16,6 +16,9 @@ pub mod env {
     /// Path of the scale file ([`super::Scale`]), watched by the runtime: when set, it decides
     /// the slot count.
     pub const SCALE_FILE: &str = "SLUICE_SCALE_FILE";
+    /// Extra busy time per record (a duration such as `2ms`): a stand-in for a heavier
+    /// per-record workload, for demos and autoscaling tests only.
+    pub const SIMULATED_RECORD_COST: &str = "SLUICE_SIMULATED_RECORD_COST";
     /// Name of the PipelineDeployment.
     pub const PIPELINE: &str = "SLUICE_PIPELINE";
     /// Namespace of the PipelineDeployment.

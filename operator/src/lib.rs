@@ -4,11 +4,13 @@
 pub mod autoscale;
 pub mod backend;
 pub mod controller;
+pub mod demo;
 pub mod desired;
 pub mod events;
 pub mod http;
 pub mod kafka;
 pub mod leader;
+pub mod local;
 pub mod metrics;
 pub mod reconcile;
 pub mod render;

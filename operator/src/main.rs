@@ -41,6 +41,23 @@ enum Command {
     },
     /// Print the PipelineDeployment CustomResourceDefinition as YAML (`kubectl apply -f -`).
     Crd,
+    /// Run a PipelineDeployment on this machine without Kubernetes: the same sizing, autoscaler
+    /// and in-place rescaling as in the cluster, with `pipeline-runtime` processes as pods. Shows
+    /// a live status line; Ctrl-C stops every process with a final checkpoint.
+    Local(LocalArgs),
+    /// The autoscaling demo: an embedded Kafka, a load generator whose rate steps above one
+    /// slot's capacity and falls again, and the IoT pipeline in local mode with the autoscaler on.
+    /// Ends with a summary, a chart, and a check of every window against a reference computation
+    /// (exit 0 only when all match).
+    Demo(DemoArgs),
+    /// Run the stream runtime's own command line (`pipeline-operator runtime run -f ...` is
+    /// `pipeline-runtime run -f ...`); local mode starts its processes this way.
+    #[command(disable_help_flag = true)]
+    Runtime {
+        /// Arguments of `pipeline-runtime`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
     /// Run the autoscaler simulator: every load profile under Sluice's policy, a KEDA-style one
     /// and a busy-time-only one, and print the comparison (docs/autoscaler.md explains it).
     Simulate {
@@ -93,6 +110,113 @@ enum Command {
     },
 }
 
+#[derive(clap::Args)]
+struct LocalArgs {
+    /// The PipelineDeployment manifest.
+    #[arg(short = 'f', long = "file")]
+    file: PathBuf,
+    /// Kafka brokers (overrides spec.kafka.bootstrapServers).
+    #[arg(long)]
+    bootstrap_servers: Option<String>,
+    /// Read the autoscaler's metrics from this Prometheus (it should scrape the targets file);
+    /// without it, the operator scrapes the processes itself.
+    #[arg(long)]
+    prometheus: Option<String>,
+    /// Working directory: config, scale file, logs, checkpoints, targets, status.json.
+    /// Default: .sluice/<namespace>/<name>.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// A `pipeline-runtime` binary to run. Default: this executable's `runtime` command.
+    #[arg(long)]
+    runtime: Option<PathBuf>,
+    /// Where to write Prometheus file-based service discovery targets. Default:
+    /// <dir>/targets.json.
+    #[arg(long)]
+    targets_file: Option<PathBuf>,
+    /// Extra environment of the runtime processes, NAME=VALUE (repeatable).
+    #[arg(long = "env", value_parser = parse_env)]
+    env: Vec<(String, String)>,
+}
+
+#[derive(clap::Args)]
+struct DemoArgs {
+    /// How long the load runs (the steps scale to fit).
+    #[arg(long, default_value = "2m", value_parser = parse_duration)]
+    duration: std::time::Duration,
+    /// Peak input rate, records per second (the low steps are a fifth of it).
+    #[arg(long, default_value_t = 2_500.0)]
+    rate: f64,
+    /// Partitions of the source topic.
+    #[arg(long, default_value_t = 12, value_parser = clap::value_parser!(i32).range(1..=256))]
+    partitions: i32,
+    /// Capacity of one slot, records per second (the demo gives each record this much
+    /// simulated work, so scaling is visible with little CPU).
+    #[arg(long, default_value_t = 1_000.0)]
+    slot_capacity: f64,
+    /// Where to write the chart and the run's files. Default: .sluice/demo.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+fn parse_env(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("{text:?} is not NAME=VALUE"))
+}
+
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    text.parse::<pipeline_crds::Duration>()
+        .map(|d| d.get())
+        .map_err(|e| e.to_string())
+}
+
+/// The command that starts a runtime process: `--runtime`, else this executable's `runtime`.
+fn runtime_command(runtime: Option<PathBuf>) -> anyhow::Result<Vec<std::ffi::OsString>> {
+    Ok(match runtime {
+        Some(path) => vec![path.into_os_string()],
+        None => vec![
+            std::env::current_exe()
+                .context("finding this executable")?
+                .into_os_string(),
+            "runtime".into(),
+        ],
+    })
+}
+
+/// Local mode and the demo keep the terminal for their status line: the operator's own log goes
+/// to `<dir>/operator.log`.
+fn file_logs(dir: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join("operator.log");
+    let file =
+        std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    tracing_subscriber::fmt()
+        .with_writer(std::sync::Mutex::new(file))
+        .with_ansi(false)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    Ok(())
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn interrupted() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = term => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+}
+
 /// The runtime image matching this operator's version.
 const DEFAULT_RUNTIME_IMAGE: &str = concat!(
     "ghcr.io/sluice-dev/pipeline-runtime:",
@@ -101,6 +225,62 @@ const DEFAULT_RUNTIME_IMAGE: &str = concat!(
 
 fn main() -> anyhow::Result<ExitCode> {
     match Cli::parse().command {
+        Command::Runtime { args } => {
+            pipeline_runtime::cli::main_from(std::iter::once("pipeline-runtime".into()).chain(args))
+        }
+        Command::Local(args) => {
+            let pd = match pipeline_crds::manifest::from_file(&args.file) {
+                Ok(pd) => pd,
+                Err(error) => {
+                    eprintln!("local mode: {error}");
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            let dir = args.dir.unwrap_or_else(|| {
+                PathBuf::from(".sluice")
+                    .join(pd.metadata.namespace.as_deref().unwrap_or("default"))
+                    .join(pd.metadata.name.as_deref().unwrap_or("pipeline"))
+            });
+            file_logs(&dir)?;
+            let options = pipeline_operator::local::LocalOptions {
+                file: args.file,
+                bootstrap_servers: args.bootstrap_servers,
+                prometheus: args.prometheus,
+                dir,
+                runtime: runtime_command(args.runtime)?,
+                targets_file: args.targets_file,
+                env: args.env,
+            };
+            let runtime = tokio::runtime::Runtime::new()?;
+            match runtime.block_on(pipeline_operator::local::run(&options, interrupted())) {
+                Ok(()) => Ok(ExitCode::SUCCESS),
+                Err(error) => {
+                    eprintln!("local mode: {error}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+        Command::Demo(args) => {
+            let dir = args.dir.unwrap_or_else(|| PathBuf::from(".sluice/demo"));
+            file_logs(&dir)?;
+            let options = pipeline_operator::demo::DemoOptions {
+                duration: args.duration,
+                peak_rate: args.rate,
+                partitions: args.partitions,
+                slot_capacity: args.slot_capacity,
+                dir,
+                runtime: runtime_command(None)?,
+            };
+            let runtime = tokio::runtime::Runtime::new()?;
+            match runtime.block_on(pipeline_operator::demo::run(&options, interrupted())) {
+                Ok(report) if report.exact() => Ok(ExitCode::SUCCESS),
+                Ok(_) => Ok(ExitCode::FAILURE),
+                Err(error) => {
+                    eprintln!("demo: {error}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
         Command::Run {
             image,
             instance,

@@ -213,6 +213,7 @@ pub fn run(options: &DemoOptions) -> anyhow::Result<DemoReport> {
         scale_file: None,
         metrics_addr: options.metrics_addr,
         commit_interval: Duration::from_secs(1),
+        simulated_record_cost: None,
     })?;
 
     let reader: BaseConsumer = ClientConfig::new()

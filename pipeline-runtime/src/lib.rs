@@ -3,6 +3,7 @@
 
 pub mod aggregate;
 pub mod checkpoint;
+pub mod cli;
 pub mod client;
 pub mod decode;
 pub mod event_time;
@@ -10,6 +11,7 @@ pub mod failpoint;
 pub mod field;
 pub mod filter;
 pub mod http;
+pub mod loadgen;
 pub mod metrics;
 pub mod output;
 pub mod plan;

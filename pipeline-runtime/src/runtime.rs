@@ -48,6 +48,8 @@ pub struct RuntimeOptions {
     pub metrics_addr: Option<SocketAddr>,
     /// Time between offset commits.
     pub commit_interval: Duration,
+    /// Extra busy time per record (a stand-in for heavier work; demos and tests only).
+    pub simulated_record_cost: Option<Duration>,
 }
 
 /// Why the runtime refuses to start.
@@ -197,6 +199,7 @@ fn supervise(
             labels: slot_labels(&options, index),
             commit_interval: options.commit_interval,
             metrics: metrics.clone(),
+            simulated_record_cost: options.simulated_record_cost,
         };
         let own_stop = Arc::new(AtomicBool::new(false));
         let (health, slot_stop) = (health.clone(), own_stop.clone());

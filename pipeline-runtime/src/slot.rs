@@ -92,6 +92,8 @@ pub struct SlotConfig {
     pub commit_interval: Duration,
     /// Process-wide metrics.
     pub metrics: Arc<Metrics>,
+    /// Extra busy time per record (a stand-in for heavier work; demos and tests only).
+    pub simulated_record_cost: Option<Duration>,
 }
 
 struct Core {
@@ -162,7 +164,9 @@ impl ClientContext for SlotContext {
                     (false, true) => p.lo_offset,
                     (false, false) => end,
                 };
-                if *partition >= 0 && end >= 0 {
+                // Only partitions being fetched: librdkafka keeps the last figures of partitions
+                // this slot no longer owns.
+                if *partition >= 0 && end >= 0 && p.fetch_state == "active" {
                     ends.insert((topic.clone(), *partition), (end, start));
                 }
             }
@@ -181,6 +185,15 @@ impl ConsumerContext for SlotContext {
         let Rebalance::Revoke(revoked) = rebalance else {
             return;
         };
+        // A revoked partition's end offset goes stale; should it come back, only fresh
+        // statistics may report it again (else its next owner reports a jump that reads as
+        // arrivals to the autoscaler).
+        {
+            let mut ends = self.end_offsets.lock().expect("not poisoned");
+            for e in revoked.elements() {
+                ends.remove(&(e.topic().to_owned(), e.partition()));
+            }
+        }
         if self.checkpoints() {
             self.hand_over(consumer, revoked);
             return;
@@ -512,6 +525,10 @@ pub fn run(config: &SlotConfig, stop: &Arc<AtomicBool>) -> Result<(), SlotError>
     let mut reported = Counts::default();
     let mut last_tick = Instant::now();
     let mut last_commit = Instant::now();
+    // Simulated work owed, slept off in steps of at least a millisecond (sleeping per record
+    // would cost more than the records).
+    // Oversleeping is credited to later records, so the capacity is 1/cost.
+    let mut owed = 0.0_f64;
     while !is_stopped() {
         let poll_start = Instant::now();
         let polled = consumer.poll(Duration::from_millis(100));
@@ -583,6 +600,14 @@ pub fn run(config: &SlotConfig, stop: &Arc<AtomicBool>) -> Result<(), SlotError>
                 observe_emits(config, &latency, emits);
                 sink.send_all(&plan, emits, &mut clock.backpressured, &is_stopped)?;
                 drop(guard);
+                if let Some(cost) = config.simulated_record_cost {
+                    owed += cost.as_secs_f64();
+                    if owed >= 0.001 {
+                        let slept = Instant::now();
+                        std::thread::sleep(Duration::from_secs_f64(owed));
+                        owed -= slept.elapsed().as_secs_f64();
+                    }
+                }
                 clock.busy += processing_start.elapsed();
             }
         }
@@ -791,7 +816,13 @@ fn publish(
         keys += key_count;
         let name = config.plan.topic_name(topic);
         let p = Metrics::partition_labels(labels, name, partition);
-        if let Some((end, start)) = ends.get(&(name.to_owned(), partition)) {
+        // An end offset behind the position is stale (librdkafka reports a re-assigned
+        // partition's last figures until its first fetch answers): it is left out, else the
+        // jump to the real end would read as arrivals to the autoscaler.
+        let known = ends
+            .get(&(name.to_owned(), partition))
+            .filter(|(end, _)| position < 0 || *end >= position);
+        if let Some((end, start)) = known {
             // Caught up = everything up to the end has been processed (not merely committed:
             // windowed slots commit behind their open windows on purpose; not merely fetched:
             // prefetched records are still to be processed). Before the first record, the start

@@ -49,6 +49,7 @@ fn stateless_pipeline_forwards_filtered_projections_keeps_keys_and_dead_letters_
         scale_file: None,
         metrics_addr: None,
         commit_interval: Duration::from_secs(1),
+        simulated_record_cost: None,
     })
     .unwrap();
     let want = expected.len();

@@ -25,6 +25,7 @@ fn start(name: &str, pod: &str, yaml: &str, slots: usize) -> Runtime {
         scale_file: None,
         metrics_addr: None,
         commit_interval: Duration::from_secs(1),
+        simulated_record_cost: None,
     })
     .unwrap()
 }

@@ -141,6 +141,7 @@ spec:
         scale_file: None,
         metrics_addr: None,
         commit_interval: Duration::from_secs(1),
+        simulated_record_cost: None,
     })
     .unwrap();
     // Checkpoints fail while the blocker is there: their transactions abort, the slot restarts.

@@ -1,0 +1,297 @@
+//! The `pipeline-runtime` command line: `run`, `validate`, `demo`. `pipeline-runtime` is this
+//! module's `main`; `pipeline-operator runtime ...` runs the same commands from the operator's
+//! binary, so that local mode needs one executable. Like a `main`, it reports with `anyhow`.
+
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    path::PathBuf,
+    process::ExitCode,
+    time::Duration,
+};
+
+use crate::{
+    demo::{self, DemoOptions},
+    runtime::{Runtime, RuntimeOptions},
+};
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use pipeline_crds::contract::{env, paths, ports};
+use tracing::info;
+
+/// The Sluice stream runtime: source → filter → keyBy → window → aggregate → sink, on Kafka.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Log line format.
+    #[arg(long, env = env::LOG_FORMAT, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a pipeline until SIGTERM/SIGINT (then flush, commit, leave the group).
+    Run(RunArgs),
+    /// Check a manifest as the runtime would at start, without connecting to Kafka.
+    Validate {
+        /// The PipelineDeployment manifest.
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+    },
+    /// Run the IoT example on an embedded Kafka cluster and check its output against an offline
+    /// computation.
+    Demo {
+        /// Sensor readings to generate.
+        #[arg(long, default_value_t = 200_000)]
+        records: usize,
+        /// Slots.
+        #[arg(long, default_value_t = 4)]
+        slots: usize,
+        /// Source partitions.
+        #[arg(long, default_value_t = 8)]
+        partitions: i32,
+        /// Serve /metrics on this port while running.
+        #[arg(long)]
+        metrics_port: Option<u16>,
+    },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// The PipelineDeployment manifest (in a pod: the mounted ConfigMap).
+    #[arg(short = 'f', long = "file", env = env::CONFIG, default_value = paths::CONFIG_PATH)]
+    file: PathBuf,
+    /// Task slots in this process. Default: derived from --parallelism, --replicas and the
+    /// pod's ordinal (as the operator sets them), else the manifest's resources.slotsPerPod.
+    #[arg(long, env = env::SLOTS)]
+    slots: Option<usize>,
+    /// Slots of the whole pipeline (set by the operator).
+    #[arg(long, env = env::PARALLELISM)]
+    parallelism: Option<i32>,
+    /// Pods of the pipeline (set by the operator).
+    #[arg(long, env = env::REPLICAS)]
+    replicas: Option<i32>,
+    /// Scale file to follow (JSON: {"parallelism": N, "replicas": M} or {"slots": N}; in a pod,
+    /// the ConfigMap's scale.json). It decides the slot count, above --slots, and is watched:
+    /// a change starts or stops slots without restarting the process.
+    #[arg(long, env = env::SCALE_FILE)]
+    scale_file: Option<PathBuf>,
+    /// Port of /metrics, /healthz, /readyz (0 = any free port).
+    #[arg(long, env = env::METRICS_PORT, default_value_t = ports::RUNTIME_METRICS)]
+    metrics_port: u16,
+    /// Override the manifest's spec.kafka.bootstrapServers.
+    #[arg(long)]
+    bootstrap_servers: Option<String>,
+    /// Pod name for metrics and client ids. Default: the host name.
+    #[arg(long, env = env::POD_NAME)]
+    pod: Option<String>,
+    /// Time between offset commits.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    commit_interval: Duration,
+    /// Extra time each record takes in its slot, spent sleeping and counted as busy time: it
+    /// stands for a heavier per-record workload (an enrichment call, a model) so that a slot's
+    /// capacity is small and autoscaling can be shown and tested with little CPU. Used by
+    /// `pipeline-operator demo` and the autoscaling tests; leave it unset in production.
+    /// Written as a number with `us`, `ms` or `s`, e.g. `1500us` or `2.5ms`.
+    #[arg(long, env = env::SIMULATED_RECORD_COST, value_parser = parse_cost)]
+    simulated_record_cost: Option<Duration>,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    text.parse::<pipeline_crds::Duration>()
+        .map(|d| d.get())
+        .map_err(|e| e.to_string())
+}
+
+fn parse_cost(text: &str) -> Result<Duration, String> {
+    let (number, scale) = if let Some(n) = text.strip_suffix("us") {
+        (n, 1e-6)
+    } else if let Some(n) = text.strip_suffix("ms") {
+        (n, 1e-3)
+    } else if let Some(n) = text.strip_suffix('s') {
+        (n, 1.0)
+    } else {
+        return Err(format!("{text:?}: give a unit, us, ms or s (e.g. 1500us)"));
+    };
+    match number.parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.0..=60.0 / scale).contains(&v) => {
+            Ok(Duration::from_secs_f64(v * scale))
+        }
+        _ => Err(format!("{text:?} is not a duration of at most a minute")),
+    }
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env(env::LOG)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+/// Runs the command line `args` (the first is the program name).
+pub fn main_from<I, T>(args: I) -> anyhow::Result<ExitCode>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = Cli::parse_from(args);
+    init_logs(cli.log_format);
+    match cli.command {
+        Command::Validate { file } => {
+            let pd = pipeline_crds::manifest::from_file(&file)?;
+            let problems = pipeline_crds::support::problems(&pd.spec);
+            if problems.is_empty() {
+                println!("{}: valid", file.display());
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!("{}:", file.display());
+                for p in problems {
+                    eprintln!("  - {p}");
+                }
+                Ok(ExitCode::FAILURE)
+            }
+        }
+        Command::Run(args) => run(args),
+        Command::Demo {
+            records,
+            slots,
+            partitions,
+            metrics_port,
+        } => {
+            let options = DemoOptions {
+                records,
+                slots,
+                partitions,
+                metrics_addr: metrics_port.map(|p| SocketAddr::from((Ipv4Addr::LOCALHOST, p))),
+                ..DemoOptions::default()
+            };
+            println!(
+                "Sluice demo: {} sensor readings from {} devices on {} partitions, {} slots, embedded Kafka.",
+                options.records, options.devices, options.partitions, options.slots
+            );
+            let report = demo::run(&options)?;
+            println!("sample output records:");
+            for line in &report.sample {
+                println!("  {line}");
+            }
+            println!(
+                "{} windows emitted; {} malformed readings dead-lettered ({} expected); {} filtered by the CEL filter",
+                report.windows, report.dead_letters, report.malformed, report.filtered_expected
+            );
+            println!(
+                "processed {} readings in {:.2} s using {:.2} CPU-s: {:.0} records per CPU-second",
+                report.produced,
+                report.seconds,
+                report.cpu_seconds,
+                report.produced as f64 / report.cpu_seconds.max(0.001)
+            );
+            if report.mismatches.is_empty() {
+                println!("every window matches the offline reference computation");
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!(
+                    "{} windows differ from the reference:",
+                    report.mismatches.len()
+                );
+                for m in report.mismatches.iter().take(10) {
+                    eprintln!("  {m}");
+                }
+                Ok(ExitCode::FAILURE)
+            }
+        }
+    }
+}
+
+fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let mut pd = pipeline_crds::manifest::from_file(&args.file)?;
+    if let Some(servers) = args.bootstrap_servers {
+        pd.spec.kafka.bootstrap_servers = servers;
+    }
+    let name = pd
+        .metadata
+        .name
+        .clone()
+        .context("the manifest has no metadata.name")?;
+    let namespace = pd
+        .metadata
+        .namespace
+        .clone()
+        .or_else(|| std::env::var(env::NAMESPACE).ok())
+        .unwrap_or_else(|| "default".to_owned());
+    let pod = args.pod.unwrap_or_else(|| {
+        std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "local".to_owned())
+    });
+    let derived = match (args.parallelism, args.replicas) {
+        (Some(parallelism), Some(replicas)) => {
+            let ordinal = pipeline_crds::contract::pod_ordinal(&pod)
+                .with_context(|| format!("pod name {pod:?} ends in no ordinal"))?;
+            Some(pipeline_crds::contract::slots_of_pod(
+                parallelism,
+                replicas,
+                ordinal,
+            ))
+        }
+        _ => None,
+    };
+    let from_file = match &args.scale_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the scale file {}", path.display()))?;
+            let scale: pipeline_crds::contract::Scale = serde_json::from_str(&text)
+                .with_context(|| format!("the scale file {} is not valid", path.display()))?;
+            let slots = scale
+                .slots_of(pipeline_crds::contract::pod_ordinal(&pod))
+                .map_err(|reason| anyhow::anyhow!("the scale file {}: {reason}", path.display()))?;
+            Some(usize::try_from(slots).unwrap_or(0))
+        }
+        None => None,
+    };
+    let slots = from_file
+        .or(args.slots)
+        .or_else(|| derived.and_then(|s| usize::try_from(s).ok()))
+        .unwrap_or_else(|| usize::try_from(pd.spec.resources.slots_per_pod).unwrap_or(1));
+    if slots == 0 && args.scale_file.is_none() {
+        bail!("no slots for this pod (--slots, or --parallelism/--replicas and the pod ordinal)");
+    }
+    let runtime = Runtime::start(RuntimeOptions {
+        name: name.clone(),
+        namespace,
+        pod,
+        spec: pd.spec,
+        slots,
+        scale_file: args.scale_file,
+        metrics_addr: Some(SocketAddr::from((Ipv4Addr::UNSPECIFIED, args.metrics_port))),
+        commit_interval: args.commit_interval,
+        simulated_record_cost: args.simulated_record_cost,
+    })?;
+    info!(pipeline = %name, slots, "runtime started");
+    let signals = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    signals.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM: stopping"),
+            _ = tokio::signal::ctrl_c() => info!("SIGINT: stopping"),
+        }
+        Ok::<(), std::io::Error>(())
+    })?;
+    runtime.stop();
+    runtime.join();
+    Ok(ExitCode::SUCCESS)
+}
