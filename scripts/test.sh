@@ -34,14 +34,14 @@ cargo fmt --all -- --check
 log "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-# The end-to-end tests start the runtime binary as separate processes (and kill them).
-log "cargo build -p pipeline-runtime --bins"
-cargo build -p pipeline-runtime --bins --locked
+# The end-to-end tests start the runtime, the operator (local mode) and loadgen as separate
+# processes (and kill them).
+log "cargo build -p pipeline-runtime -p pipeline-operator --bins"
+cargo build -p pipeline-runtime -p pipeline-operator --bins --locked
 
 log "cargo test"
 cargo test --workspace --locked
 
 # Every object the operator renders, against the Kubernetes API schemas (pip kubernetes-validate).
 log "scripts/validate-manifests.sh"
-cargo build -p pipeline-operator --bins --locked
 bash scripts/validate-manifests.sh target/debug/pipeline-operator

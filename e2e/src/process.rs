@@ -10,21 +10,27 @@ use std::{
 };
 
 /// The `pipeline-runtime` binary: `SLUICE_RUNTIME_BIN` when set (to measure a release build),
-/// else the one of this build, next to the test binary's `deps/` folder (cargo builds it for the
-/// runtime's own integration tests; `scripts/test.sh` builds it first).
+/// else the one of this build ([`workspace_binary`]).
 pub fn runtime_binary() -> PathBuf {
     if let Some(path) = std::env::var_os("SLUICE_RUNTIME_BIN") {
         return PathBuf::from(path);
     }
+    workspace_binary("pipeline-runtime")
+}
+
+/// A binary of this workspace built with the same profile as the test (`pipeline-runtime`,
+/// `pipeline-operator`, `loadgen`), next to the test binary's `deps/` folder; `scripts/test.sh`
+/// builds them before the tests.
+pub fn workspace_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     let profile_dir = exe
         .parent()
         .and_then(Path::parent)
         .expect("test binary lives in target/<profile>/deps");
-    let binary = profile_dir.join("pipeline-runtime");
+    let binary = profile_dir.join(name);
     assert!(
         binary.exists(),
-        "{} is missing: run `cargo build -p pipeline-runtime` first (scripts/test.sh does)",
+        "{} is missing: run `cargo build -p pipeline-runtime -p pipeline-operator --bins` first (scripts/test.sh does)",
         binary.display()
     );
     binary

@@ -75,6 +75,11 @@ impl Prometheus {
         })
     }
 
+    /// The file-based service discovery file it reads (JSON target groups).
+    pub fn targets_file(&self) -> &Path {
+        &self.targets
+    }
+
     /// Replaces the scraped targets (picked up within a second or two).
     pub fn set_targets(&self, targets: &[String]) {
         write_targets(&self.targets, targets);
