@@ -165,6 +165,8 @@ pub struct Tick {
     pub decision: Option<(String, String)>,
     /// A new evaluation happened in this tick.
     pub evaluated: bool,
+    /// Whether the autoscaler is on.
+    pub autoscaled: bool,
     /// What happened (processes, Events).
     pub happenings: Vec<Happening>,
 }
@@ -253,6 +255,7 @@ impl LocalRun {
             decision: autoscaler
                 .and_then(|a| Some((a.result.clone()?, a.reason.clone().unwrap_or_default()))),
             evaluated,
+            autoscaled: crate::autoscale::enabled(&self.pd.spec).is_some(),
             happenings: self.backend.take_happenings(),
             ..Tick::default()
         };
@@ -316,7 +319,8 @@ fn figure(value: Option<f64>) -> String {
         None => "-".into(),
         Some(v) if v >= 1e6 => format!("{:.2}M", v / 1e6),
         Some(v) if v >= 1e4 => format!("{:.0}k", v / 1e3),
-        Some(v) => format!("{v:.0}"),
+        // `+ 0.0` turns -0 into 0.
+        Some(v) => format!("{:.0}", v + 0.0),
     }
 }
 
