@@ -27,9 +27,10 @@ use std::{
 };
 
 use pipeline_e2e::{
-    broker::{Rng, Tansu, metric_sum},
+    broker::{Tansu, metric_sum},
     process::{free_port, runtime_binary},
 };
+use pipeline_runtime::loadgen::{Generator, Shape, Workload};
 use rdkafka::{
     ClientConfig,
     mocking::MockCluster,
@@ -94,29 +95,6 @@ fn event_ms(i: u64) -> u64 {
     1_700_000_000_000 + i / 50
 }
 
-/// One reading: ≈240 bytes of JSON.
-fn reading(i: u64, rng: &mut Rng) -> (String, String) {
-    let device = rng.below(DEVICES);
-    let key = format!("device-{device:06}");
-    let value = format!(
-        r#"{{"device_id":"{key}","ts":{},"temperature":{:.2},"humidity":{:.1},"pressure":{:.1},"battery":{:.3},"latency_ms":{},"firmware":"v2.{}.{}","site":"plant-{:02}-line-{}","status":"{}","location":{{"lat":{:.5},"lon":{:.5}}}}}"#,
-        event_ms(i),
-        rng.below(6_000) as f64 / 100.0 - 10.0,
-        rng.below(1_000) as f64 / 10.0,
-        950.0 + rng.below(1_000) as f64 / 10.0,
-        rng.below(1_000) as f64 / 1_000.0,
-        rng.below(500),
-        rng.below(10),
-        rng.below(10),
-        rng.below(40),
-        rng.below(8),
-        if rng.below(50) == 0 { "degraded" } else { "ok" },
-        40.0 + rng.below(1_000_000) as f64 / 100_000.0,
-        -3.0 + rng.below(1_000_000) as f64 / 100_000.0,
-    );
-    (key, value)
-}
-
 /// The (device, minute) windows of the data set: all, and those of the `ok` readings.
 #[derive(Clone, Copy)]
 struct Windows {
@@ -134,12 +112,25 @@ fn preload(bootstrap: &str, records: u64) -> (Windows, u64) {
         .set("queue.buffering.max.messages", "1000000")
         .create()
         .expect("a producer");
-    let mut rng = Rng::new(42);
+    // The load generator's IoT readings (≈240 bytes of JSON), 100,000 devices.
+    let mut generator = Generator::new(
+        Workload::IotJson,
+        Shape {
+            keys: DEVICES,
+            ..Shape::default()
+        },
+        42,
+        None,
+    );
     let mut windows = std::collections::HashSet::new();
     let mut ok_windows = std::collections::HashSet::new();
     let mut bytes = 0;
     for i in 0..records {
-        let (key, value) = reading(i, &mut rng);
+        let generated = generator.next(i64::try_from(event_ms(i)).unwrap_or(i64::MAX));
+        let (key, value) = (
+            generated.key,
+            String::from_utf8(generated.value).expect("JSON readings are UTF-8"),
+        );
         bytes += value.len() as u64;
         let window = (key.clone(), event_ms(i) / 60_000);
         if value.contains(r#""status":"ok""#) {

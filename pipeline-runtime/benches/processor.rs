@@ -9,11 +9,12 @@
 use std::{hint::black_box, sync::Arc, time::Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use pipeline_e2e::broker::Rng;
+
 use pipeline_runtime::{
     decode::decode_json,
     field::{FieldPath, key_text},
     filter::Filter,
+    loadgen::{Generator, Shape, Workload},
     output::window_record,
     plan::Plan,
     processor::{InRecord, Processor},
@@ -23,28 +24,15 @@ use pipeline_runtime::{
 const BATCH: usize = 10_000;
 const DEVICES: u64 = 100_000;
 
-/// ≈240-byte readings, event time advancing 1 ms per record.
+/// The load generator's ≈240-byte readings, event time advancing 1 ms per record.
 fn readings(n: usize) -> Vec<Vec<u8>> {
-    let mut rng = Rng::new(7);
+    let shape = Shape {
+        keys: DEVICES,
+        ..Shape::default()
+    };
+    let mut generator = Generator::new(Workload::IotJson, shape, 7, None);
     (0..n)
-        .map(|i| {
-            let device = rng.below(DEVICES);
-            format!(
-                r#"{{"device_id":"device-{device:06}","ts":{},"temperature":{:.2},"humidity":{:.1},"pressure":{:.1},"battery":{:.3},"latency_ms":{},"firmware":"v2.{}.{}","status":"{}","location":{{"lat":{:.5},"lon":{:.5}}}}}"#,
-                1_700_000_000_000u64 + i as u64,
-                rng.below(6_000) as f64 / 100.0 - 10.0,
-                rng.below(1_000) as f64 / 10.0,
-                950.0 + rng.below(1_000) as f64 / 10.0,
-                rng.below(1_000) as f64 / 1_000.0,
-                rng.below(500),
-                rng.below(10),
-                rng.below(10),
-                if rng.below(50) == 0 { "degraded" } else { "ok" },
-                40.0 + rng.below(1_000_000) as f64 / 100_000.0,
-                -3.0 + rng.below(1_000_000) as f64 / 100_000.0,
-            )
-            .into_bytes()
-        })
+        .map(|i| generator.next(1_700_000_000_000 + i as i64).value)
         .collect()
 }
 

@@ -515,3 +515,128 @@ impl Backend for LocalBackend {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use pipeline_crds::contract::Scale;
+    use serde_json::Value;
+
+    use super::*;
+    use crate::desired::PodResources;
+
+    fn desired(parallelism: i32, replicas: i32, hash: &str) -> Desired {
+        Desired {
+            name: "p".into(),
+            namespace: "ns".into(),
+            config: format!("config {hash}"),
+            config_hash: hash.into(),
+            scale: Scale::pipeline(parallelism, replicas),
+            replicas,
+            resources: PodResources {
+                cpu_request_millis: 500,
+                cpu_limit_millis: None,
+                memory_bytes: 1 << 28,
+            },
+            grace_seconds: 5,
+            env: BTreeMap::new(),
+        }
+    }
+
+    /// A backend whose "runtime" is a shell script (`run` becomes `$0`).
+    fn backend(dir: &Path, script: &str) -> LocalBackend {
+        LocalBackend::new(LocalSettings {
+            dir: dir.to_owned(),
+            runtime: vec!["sh".into(), "-c".into(), script.into()],
+            targets_file: dir.join("targets.json"),
+            env: vec![],
+        })
+        .unwrap()
+    }
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("sluice-local-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn processes_follow_the_pod_count_and_the_scale_file_carries_the_slots() {
+        let dir = scratch("pods");
+        let b = backend(&dir, "exec sleep 30");
+        b.apply_now(&desired(3, 2, "a")).unwrap();
+        let pods: Vec<String> = b.processes().into_iter().map(|p| p.0).collect();
+        assert_eq!(pods, ["p-0", "p-1"]);
+        let scale: Scale =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("scale.json")).unwrap())
+                .unwrap();
+        assert_eq!(
+            (scale.slots_of(Some(0)), scale.slots_of(Some(1))),
+            (Ok(2), Ok(1))
+        );
+        let targets: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("targets.json")).unwrap())
+                .unwrap();
+        assert_eq!(targets.as_array().unwrap().len(), 2);
+        let first = b.processes()[0].1;
+        // 3 → 2 slots on 1 pod: pod 1 stops, pod 0 keeps running (its slots change in place).
+        b.apply_now(&desired(2, 1, "a")).unwrap();
+        assert_eq!(b.processes().len(), 1);
+        assert_eq!(b.processes()[0].1, first, "pod 0 was not restarted");
+        let happened: Vec<String> = b.take_happenings().into_iter().map(|h| h.reason).collect();
+        assert!(
+            happened.contains(&"ProcessStopping".to_owned()),
+            "{happened:?}"
+        );
+        // A new config replaces the process.
+        b.apply_now(&desired(2, 1, "b")).unwrap();
+        std::thread::sleep(Duration::from_millis(1_200));
+        b.supervise(Some(&desired(2, 1, "b")));
+        assert_ne!(b.processes()[0].1, first, "a new config restarts pod 0");
+        b.shutdown(Duration::from_secs(5));
+        assert!(b.processes().is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_process_that_dies_is_restarted_after_a_growing_backoff() {
+        let dir = scratch("dies");
+        let b = backend(&dir, "exit 3");
+        let d = desired(1, 1, "a");
+        b.apply_now(&d).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        b.supervise(Some(&d));
+        let happened = b.take_happenings();
+        let exited = happened
+            .iter()
+            .find(|h| h.reason == "ProcessExited")
+            .expect("the exit is reported");
+        assert!(
+            exited.note.contains("exit status: 3") && exited.note.contains("restarting in 1s"),
+            "{}",
+            exited.note
+        );
+        // Not before the backoff, then again, with a longer wait after the second exit.
+        b.supervise(Some(&d));
+        assert!(
+            b.take_happenings()
+                .iter()
+                .all(|h| h.reason != "ProcessRestarted")
+        );
+        std::thread::sleep(Duration::from_millis(1_100));
+        b.supervise(Some(&d));
+        assert!(
+            b.take_happenings()
+                .iter()
+                .any(|h| h.reason == "ProcessRestarted")
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        b.supervise(Some(&d));
+        let again = b.take_happenings();
+        assert!(
+            again.iter().any(|h| h.note.contains("restarting in 2s")),
+            "{again:?}"
+        );
+        b.shutdown(Duration::from_secs(1));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
