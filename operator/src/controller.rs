@@ -165,7 +165,7 @@ pub enum RunError {
 }
 
 /// Resolves on SIGTERM or Ctrl-C.
-async fn signal() {
+pub async fn signal() {
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut s) => {

@@ -201,22 +201,6 @@ fn file_logs(dir: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Resolves on SIGTERM or Ctrl-C.
-async fn interrupted() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        () = term => {},
-        _ = tokio::signal::ctrl_c() => {},
-    }
-}
-
 /// The runtime image matching this operator's version.
 const DEFAULT_RUNTIME_IMAGE: &str = concat!(
     "ghcr.io/sluice-dev/pipeline-runtime:",
@@ -252,7 +236,10 @@ fn main() -> anyhow::Result<ExitCode> {
                 env: args.env,
             };
             let runtime = tokio::runtime::Runtime::new()?;
-            match runtime.block_on(pipeline_operator::local::run(&options, interrupted())) {
+            match runtime.block_on(pipeline_operator::local::run(
+                &options,
+                pipeline_operator::controller::signal(),
+            )) {
                 Ok(()) => Ok(ExitCode::SUCCESS),
                 Err(error) => {
                     eprintln!("local mode: {error}");
@@ -272,7 +259,10 @@ fn main() -> anyhow::Result<ExitCode> {
                 runtime: runtime_command(None)?,
             };
             let runtime = tokio::runtime::Runtime::new()?;
-            match runtime.block_on(pipeline_operator::demo::run(&options, interrupted())) {
+            match runtime.block_on(pipeline_operator::demo::run(
+                &options,
+                pipeline_operator::controller::signal(),
+            )) {
                 Ok(report) if report.exact() => Ok(ExitCode::SUCCESS),
                 Ok(_) => Ok(ExitCode::FAILURE),
                 Err(error) => {

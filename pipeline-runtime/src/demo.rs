@@ -158,6 +158,14 @@ pub fn reference(readings: &[Reading], window_ms: i64) -> BTreeMap<(String, i64)
     out
 }
 
+/// The (key, window start) of a JSON window result whose key field is `key_field`.
+pub fn window_key(value: &Value, key_field: &str) -> (String, i64) {
+    (
+        value[key_field].as_str().unwrap_or_default().to_owned(),
+        value["window_start"].as_i64().unwrap_or_default(),
+    )
+}
+
 /// Runs the demo.
 pub fn run(options: &DemoOptions) -> anyhow::Result<DemoReport> {
     let cluster = MockCluster::new(1)?;
@@ -239,11 +247,7 @@ pub fn run(options: &DemoOptions) -> anyhow::Result<DemoReport> {
         else {
             continue;
         };
-        let key = (
-            value["device_id"].as_str().unwrap_or_default().to_owned(),
-            value["window_start"].as_i64().unwrap_or_default(),
-        );
-        results.insert(key, value);
+        results.insert(window_key(&value, "device_id"), value);
     }
     let seconds = started.elapsed().as_secs_f64();
     let cpu_seconds = process_cpu_seconds() - cpu_before;

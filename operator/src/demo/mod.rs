@@ -279,10 +279,7 @@ fn read_output(
                 else {
                     continue;
                 };
-                let key = (
-                    value["device_id"].as_str().unwrap_or_default().to_owned(),
-                    value["window_start"].as_i64().unwrap_or_default(),
-                );
+                let key = pipeline_runtime::demo::window_key(&value, "device_id");
                 if let Some(before) = out.windows.get(&key)
                     && *before != value
                 {
@@ -341,6 +338,15 @@ fn print_tick(tty: bool, t: f64, target: f64, tick: &Tick) {
     } else if tick.evaluated {
         eprintln!("{line}");
     }
+}
+
+/// The parallelism the autoscaler decided last.
+fn decided(run: &LocalRun) -> Option<i32> {
+    run.pd
+        .status
+        .as_ref()
+        .and_then(|s| s.autoscaler.as_ref())
+        .and_then(|a| a.decided_parallelism)
 }
 
 /// Runs the demo until done or `stop`.
@@ -450,13 +456,7 @@ pub async fn run(
             && let Some((result, reason)) = &tick.decision
             && (result == "ScaleUp" || result == "ScaleDown")
         {
-            let to = run
-                .pd
-                .status
-                .as_ref()
-                .and_then(|s| s.autoscaler.as_ref())
-                .and_then(|a| a.decided_parallelism)
-                .unwrap_or(tick.parallelism);
+            let to = decided(&run).unwrap_or(tick.parallelism);
             if tty {
                 eprint!("\r\x1b[K");
             }
@@ -473,13 +473,7 @@ pub async fn run(
             });
         }
         if tick.parallelism > 0 {
-            last_parallelism = run
-                .pd
-                .status
-                .as_ref()
-                .and_then(|s| s.autoscaler.as_ref())
-                .and_then(|a| a.decided_parallelism)
-                .unwrap_or(tick.parallelism);
+            last_parallelism = decided(&run).unwrap_or(tick.parallelism);
         }
         report.points.push(Point {
             t,
