@@ -16,6 +16,6 @@ pub fn crd() -> CustomResourceDefinition {
 
 /// The CRD as the YAML document checked in at `crds/pipelinedeployment.yaml`.
 pub fn crd_yaml() -> String {
-    let body = serde_yaml::to_string(&crd()).expect("a CRD always serializes");
+    let body = serde_norway::to_string(&crd()).expect("a CRD always serializes");
     format!("{CRD_YAML_HEADER}{body}")
 }

@@ -23,7 +23,7 @@ pub enum ManifestError {
         /// The file name, or `<input>`.
         origin: String,
         /// The serde error, with line and column.
-        source: serde_yaml::Error,
+        source: serde_norway::Error,
     },
     /// The document is some other kind of object.
     #[error(
@@ -57,7 +57,7 @@ pub fn from_yaml(text: &str, origin: &str) -> Result<PipelineDeployment, Manifes
         origin: origin.to_owned(),
         source,
     };
-    let meta: TypeMeta = serde_yaml::from_str(text).map_err(parse)?;
+    let meta: TypeMeta = serde_norway::from_str(text).map_err(parse)?;
     let expected_api = PipelineDeployment::api_version(&()).into_owned();
     let expected_kind = PipelineDeployment::kind(&()).into_owned();
     if meta.api_version != expected_api || meta.kind != expected_kind {
@@ -69,7 +69,7 @@ pub fn from_yaml(text: &str, origin: &str) -> Result<PipelineDeployment, Manifes
             expected_kind,
         });
     }
-    serde_yaml::from_str(text).map_err(parse)
+    serde_norway::from_str(text).map_err(parse)
 }
 
 /// Reads and parses a manifest file.

@@ -87,7 +87,7 @@ pub fn runtime_config(pd: &PipelineDeployment, name: &str, namespace: &str) -> S
         "metadata": {"name": name, "namespace": namespace},
         "spec": spec,
     });
-    serde_yaml::to_string(&manifest).expect("a spec serializes")
+    serde_norway::to_string(&manifest).expect("a spec serializes")
 }
 
 /// The desired deployment of `pd`, sized by `sizing`.

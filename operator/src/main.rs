@@ -377,7 +377,7 @@ fn main() -> anyhow::Result<ExitCode> {
         Command::Rbac { name } => {
             print!(
                 "{}",
-                serde_yaml::to_string(&pipeline_operator::backend::kube::rbac::cluster_role(
+                serde_norway::to_string(&pipeline_operator::backend::kube::rbac::cluster_role(
                     &name
                 ))?
             );

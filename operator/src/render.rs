@@ -62,7 +62,7 @@ pub fn render(
     documents.extend(children.pod_monitor);
     Ok(documents
         .iter()
-        .map(|d| serde_yaml::to_string(d).expect("objects serialize"))
+        .map(|d| serde_norway::to_string(d).expect("objects serialize"))
         .collect::<Vec<_>>()
         .join("---\n"))
 }

@@ -412,7 +412,7 @@ mod tests {
     use super::*;
 
     fn plan(yaml: &str) -> AggregatePlan {
-        let specs: Vec<AggregateSpec> = serde_yaml::from_str(yaml).unwrap();
+        let specs: Vec<AggregateSpec> = serde_norway::from_str(yaml).unwrap();
         AggregatePlan::new(&specs)
     }
 

@@ -184,7 +184,7 @@ mod avro_tests {
 
     #[test]
     fn avro_window_records_decode_with_the_derived_schema() {
-        let specs: Vec<AggregateSpec> = serde_yaml::from_str(
+        let specs: Vec<AggregateSpec> = serde_norway::from_str(
             "[{name: n, function: count}, {name: avg_t, function: avg, field: t}, {name: lo, function: min, field: t}]",
         )
         .unwrap();

@@ -583,7 +583,7 @@ mod tests {
     use super::*;
 
     fn plan() -> Arc<AggregatePlan> {
-        let specs: Vec<AggregateSpec> = serde_yaml::from_str(
+        let specs: Vec<AggregateSpec> = serde_norway::from_str(
             "[{name: n, function: count}, {name: s, function: sum, field: v}]",
         )
         .unwrap();

@@ -28,7 +28,7 @@ pub fn yaml_files(dir: &Path) -> Vec<PathBuf> {
 /// The problems each layer finds in a manifest, as `schema <path>`, `cel <path>`,
 /// `validate <path>` strings (paths dotted, list indices in brackets).
 pub fn problems(manifest: &str) -> Vec<String> {
-    let value: serde_json::Value = serde_yaml::from_str(manifest).expect("manifest is YAML");
+    let value: serde_json::Value = serde_norway::from_str(manifest).expect("manifest is YAML");
     let mut found = schema_problems(&value);
     // The CEL rules and validate() run on the typed object, as the API server runs CEL on the
     // defaulted object. A manifest that does not even deserialize is reported as a schema problem.
