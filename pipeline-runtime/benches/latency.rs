@@ -16,6 +16,7 @@
 //! ```text
 //! cargo bench -p pipeline-runtime --bench latency
 //! SLUICE_BENCH_SECONDS=30 SLUICE_BENCH_SHARES=0.5 cargo bench -p pipeline-runtime --bench latency
+//! SLUICE_BENCH_FETCH_WAIT_MS=10 ...   # the runtime consumer's fetch.wait.max.ms (default 500)
 //! ```
 
 use std::{
@@ -96,7 +97,8 @@ fn start_runtime(
     std::fs::write(
         &manifest,
         format!(
-            "apiVersion: sluice.dev/v1alpha1\nkind: PipelineDeployment\nmetadata: {{name: {name}, namespace: bench}}\nspec:\n  kafka: {{bootstrapServers: 'replaced:9092'}}\n  source: {{topic: {input}, startingOffsets: earliest}}\n{}",
+            "apiVersion: sluice.dev/v1alpha1\nkind: PipelineDeployment\nmetadata: {{name: {name}, namespace: bench}}\nspec:\n  kafka: {{bootstrapServers: 'replaced:9092'{}}}\n  source: {{topic: {input}, startingOffsets: earliest}}\n{}",
+            fetch_wait_ms().map_or_else(String::new, |ms| format!(", properties: {{fetch.wait.max.ms: '{ms}'}}")),
             job.spec.replace("OUT", output)
         ),
     )
@@ -121,6 +123,15 @@ fn start_runtime(
         .spawn()
         .expect("start pipeline-runtime");
     (child, port)
+}
+
+/// `SLUICE_BENCH_FETCH_WAIT_MS`: the runtime consumer's `fetch.wait.max.ms` (librdkafka's
+/// default is 500). Neither tansu nor the mock cluster answers a waiting fetch when data arrives,
+/// so on them every fetch that finds nothing new waits this long.
+fn fetch_wait_ms() -> Option<u64> {
+    std::env::var("SLUICE_BENCH_FETCH_WAIT_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
 }
 
 fn records_in(port: u16) -> f64 {
