@@ -10,6 +10,7 @@
 //!   cargo bench -p pipeline-runtime --bench backlog
 //! SLUICE_BENCH_BROKER=mock ...   # librdkafka's mock cluster (3 brokers) in this process, not tansu
 //! SLUICE_BENCH_PARTITIONS=16 ... # source partitions (default 4): at least the largest slot count
+//! SLUICE_BENCH_WRITE_JSONL=/tmp/readings.jsonl ...  # only write the data set as JSON lines
 //! ```
 //!
 //! Jobs: `passthrough` (JSON in, the same bytes out after a syntax check: the runtime's floor on
@@ -93,6 +94,29 @@ const JOBS: &[Job] = &[
 /// devices sends a reading every 2 s (30 per 1-minute window) and 5M readings span 100 s.
 fn event_ms(i: u64) -> u64 {
     1_700_000_000_000 + i / 50
+}
+
+/// The data set as JSON lines (the same bytes the backlog preloads), for engines that read
+/// files: `scripts/flink-bench.py` runs Apache Flink on it.
+fn write_jsonl(path: &Path, records: u64) {
+    use std::io::Write;
+    let mut generator = Generator::new(
+        Workload::IotJson,
+        Shape {
+            keys: DEVICES,
+            ..Shape::default()
+        },
+        42,
+        None,
+    );
+    let file = std::fs::File::create(path).expect("creating the JSON lines file");
+    let mut out = std::io::BufWriter::new(file);
+    for i in 0..records {
+        let generated = generator.next(i64::try_from(event_ms(i)).unwrap_or(i64::MAX));
+        out.write_all(&generated.value).expect("writing a line");
+        out.write_all(b"\n").expect("writing a line");
+    }
+    out.flush().expect("flushing the file");
 }
 
 /// The (device, minute) windows of the data set: all, and those of the `ok` readings.
@@ -413,6 +437,11 @@ fn main() {
             .collect(),
         None => JOBS.iter().collect(),
     };
+    if let Ok(path) = std::env::var("SLUICE_BENCH_WRITE_JSONL") {
+        write_jsonl(Path::new(&path), records);
+        eprintln!("wrote {records} readings to {path}");
+        return;
+    }
     let dir = std::env::temp_dir().join(format!("sluice-bench-backlog-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("scratch dir");
     let mock;
