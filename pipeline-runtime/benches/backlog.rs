@@ -96,11 +96,10 @@ fn event_ms(i: u64) -> u64 {
     1_700_000_000_000 + i / 50
 }
 
-/// The data set as JSON lines (the same bytes the backlog preloads), for engines that read
-/// files: `scripts/flink-bench.py` runs Apache Flink on it.
-fn write_jsonl(path: &Path, records: u64) {
-    use std::io::Write;
-    let mut generator = Generator::new(
+/// The load generator's IoT readings (≈240 bytes of JSON) of 100,000 devices, the same bytes on
+/// every run.
+fn readings() -> Generator {
+    Generator::new(
         Workload::IotJson,
         Shape {
             keys: DEVICES,
@@ -108,7 +107,14 @@ fn write_jsonl(path: &Path, records: u64) {
         },
         42,
         None,
-    );
+    )
+}
+
+/// The data set as JSON lines (the same bytes the backlog preloads), for engines that read
+/// files: `scripts/flink-bench.py` runs Apache Flink on it.
+fn write_jsonl(path: &Path, records: u64) {
+    use std::io::Write;
+    let mut generator = readings();
     let file = std::fs::File::create(path).expect("creating the JSON lines file");
     let mut out = std::io::BufWriter::new(file);
     for i in 0..records {
@@ -136,16 +142,7 @@ fn preload(bootstrap: &str, records: u64) -> (Windows, u64) {
         .set("queue.buffering.max.messages", "1000000")
         .create()
         .expect("a producer");
-    // The load generator's IoT readings (≈240 bytes of JSON), 100,000 devices.
-    let mut generator = Generator::new(
-        Workload::IotJson,
-        Shape {
-            keys: DEVICES,
-            ..Shape::default()
-        },
-        42,
-        None,
-    );
+    let mut generator = readings();
     let mut windows = std::collections::HashSet::new();
     let mut ok_windows = std::collections::HashSet::new();
     let mut bytes = 0;
