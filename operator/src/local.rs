@@ -18,7 +18,7 @@ use pipeline_crds::{
 
 use crate::{
     autoscale::{
-        observation::Sample,
+        observation::{Expectation, Sample, observe},
         source::{SharedSources, scrape_all},
     },
     backend::{
@@ -181,13 +181,12 @@ pub struct LocalRun {
     partitions: Arc<dyn PartitionSource>,
     metrics: OperatorMetrics,
     /// Recent samples (about five seconds), the oldest first: rates are taken over that span.
-    recent: std::collections::VecDeque<Sample>,
+    recent: Vec<Sample>,
     last_evaluation: Option<String>,
 }
 
-fn rate(now: f64, before: f64, seconds: f64) -> f64 {
-    ((now - before) / seconds).max(0.0)
-}
+/// Seconds of samples the status line's rates span.
+const RATE_SPAN: f64 = 5.5;
 
 impl LocalRun {
     /// Starts nothing yet: the first [`Self::step`] starts the processes.
@@ -207,7 +206,7 @@ impl LocalRun {
             backend,
             partitions: Arc::new(KafkaPartitions::default()),
             metrics: OperatorMetrics::default(),
-            recent: std::collections::VecDeque::new(),
+            recent: Vec::new(),
             last_evaluation: None,
         })
     }
@@ -266,49 +265,28 @@ impl LocalRun {
                     .map(|p| (p.end_offset - p.position).max(0.0))
                     .sum(),
             );
-            while self.recent.front().is_some_and(|s| now.at - s.at > 5.5) {
-                self.recent.pop_front();
-            }
-            if let Some(before) = self.recent.front() {
-                let seconds = (now.at - before.at).max(1e-3);
-                let sum =
-                    |s: &Sample, f: fn(&crate::autoscale::observation::PartitionSample) -> f64| {
-                        s.partitions.values().map(f).sum::<f64>()
-                    };
-                if now.partitions.len() == before.partitions.len() {
-                    tick.arrival_rate = Some(rate(
-                        sum(now, |p| p.end_offset),
-                        sum(before, |p| p.end_offset),
-                        seconds,
-                    ));
-                    tick.processing_rate = Some(rate(
-                        sum(now, |p| p.position),
-                        sum(before, |p| p.position),
-                        seconds,
-                    ));
-                }
-                let shares: Vec<(f64, f64)> = now
-                    .slots
-                    .iter()
-                    .filter_map(|(slot, s)| {
-                        let b = before.slots.get(slot)?;
-                        Some((
-                            rate(s.busy_seconds, b.busy_seconds, seconds).min(1.0),
-                            rate(s.backpressured_seconds, b.backpressured_seconds, seconds)
-                                .min(1.0),
-                        ))
-                    })
-                    .collect();
-                if !shares.is_empty() {
-                    let n = shares.len() as f64;
-                    tick.busy = Some(shares.iter().map(|s| s.0).sum::<f64>() / n);
-                    tick.backpressure = Some(shares.iter().map(|s| s.1).sum::<f64>() / n);
-                }
-            }
         }
         match sample {
-            Some(s) => self.recent.push_back(s),
+            Some(s) => self.recent.push(s),
             None => self.recent.clear(),
+        }
+        // Rates and shares over the last five seconds, as the autoscaler computes them over its
+        // window (a partial, reset or too short span shows as "-").
+        if let Some(last) = self.recent.last() {
+            let (at, reported) = (last.at, last.reported());
+            self.recent.retain(|s| at - s.at <= RATE_SPAN);
+            let expect = Expectation {
+                partitions: reported,
+                slots: 0,
+                min_window: 0.5,
+                max_age: f64::INFINITY,
+            };
+            if let Ok(o) = observe(&self.recent, at - RATE_SPAN, at, expect) {
+                tick.arrival_rate = Some(o.arrival_rate);
+                tick.processing_rate = Some(o.processing_rate);
+                tick.busy = (o.slots > 0).then_some(o.busy_mean);
+                tick.backpressure = (o.slots > 0).then_some(o.backpressure_mean);
+            }
         }
         tick
     }

@@ -122,10 +122,6 @@ fn write_atomically(path: &Path, text: &str) -> Result<(), BackendError> {
         .map_err(|e| BackendError::Local(format!("writing {}: {e}", path.display())))
 }
 
-fn wall_clock() -> f64 {
-    crate::controller::wall_clock()
-}
-
 /// Sends SIGTERM (the runtime then stops its slots, takes a final checkpoint and leaves the
 /// group).
 fn terminate(child: &Child) {
@@ -152,11 +148,6 @@ impl LocalBackend {
     /// The processes' metrics URLs (shared, kept current).
     pub fn endpoints(&self) -> LocalEndpoints {
         self.endpoints.clone()
-    }
-
-    /// The status last reported.
-    pub fn status(&self) -> Option<PipelineDeploymentStatus> {
-        self.state.lock().expect("not poisoned").status.clone()
     }
 
     /// What happened since the last call.
@@ -189,7 +180,7 @@ impl LocalBackend {
     fn happen(state: &mut State, reason: &str, note: String) {
         info!(reason, %note, "local mode");
         state.happenings.push(Happening {
-            at: wall_clock(),
+            at: crate::controller::wall_clock(),
             reason: reason.into(),
             note,
         });
@@ -236,9 +227,9 @@ impl LocalBackend {
         })
     }
 
-    /// Restarts processes that died (after their backoff) and reaps stopped ones. Called by
-    /// [`Backend::apply`] and between reconciles.
-    pub fn supervise(&self, desired: Option<&Desired>) {
+    /// Starts processes that are due (new ones, and those that died, after their backoff), and
+    /// reaps stopped ones. [`Backend::apply`] calls it on every reconcile.
+    pub fn supervise(&self, desired: &Desired) {
         let mut state = self.state.lock().expect("not poisoned");
         let now = Instant::now();
         state.stopping.retain_mut(|s| match s.child.try_wait() {
@@ -251,7 +242,7 @@ impl LocalBackend {
             }
             Ok(None) => true,
         });
-        let mut died = Vec::new();
+        let mut happened: Vec<(&str, String)> = Vec::new();
         for process in state.processes.values_mut() {
             if let Some(child) = &mut process.child
                 && let Ok(Some(exit)) = child.try_wait()
@@ -266,24 +257,17 @@ impl LocalBackend {
                     .min(BACKOFF.1);
                 process.failures += 1;
                 process.retry_at = Some(now + wait);
-                died.push((process.pod.clone(), exit.to_string(), wait));
+                let pod = &process.pod;
+                happened.push((
+                    "ProcessExited",
+                    format!(
+                        "{pod} exited ({exit}); restarting in {}s (log: logs/{pod}.log)",
+                        wait.as_secs()
+                    ),
+                ));
             }
         }
-        for (pod, exit, wait) in died {
-            Self::happen(
-                &mut state,
-                "ProcessExited",
-                format!(
-                    "{pod} exited ({exit}); restarting in {}s (log: logs/{pod}.log)",
-                    wait.as_secs()
-                ),
-            );
-        }
-        let Some(desired) = desired else { return };
-        let mut started = Vec::new();
-        let ordinals: Vec<i32> = state.processes.keys().copied().collect();
-        for ordinal in ordinals {
-            let process = state.processes.get_mut(&ordinal).expect("listed");
+        for process in state.processes.values_mut() {
             let due = process.child.is_none() && process.retry_at.is_none_or(|at| now >= at);
             if !due {
                 continue;
@@ -295,29 +279,23 @@ impl LocalBackend {
                     process.starts += 1;
                     process.retry_at = None;
                     process.config_hash.clone_from(&desired.config_hash);
-                    started.push((process.pod.clone(), process.port, process.starts));
+                    let reason = if process.starts > 1 {
+                        "ProcessRestarted"
+                    } else {
+                        "ProcessStarted"
+                    };
+                    let note =
+                        format!("{} with metrics on 127.0.0.1:{}", process.pod, process.port);
+                    happened.push((reason, note));
                 }
                 Err(error) => {
                     process.retry_at = Some(now + BACKOFF.1);
-                    started.push((format!("{}: {error}", process.pod), 0, 0));
+                    happened.push(("ProcessFailed", format!("{}: {error}", process.pod)));
                 }
             }
         }
-        for (pod, port, starts) in started {
-            if port == 0 {
-                Self::happen(&mut state, "ProcessFailed", pod);
-            } else {
-                let reason = if starts > 1 {
-                    "ProcessRestarted"
-                } else {
-                    "ProcessStarted"
-                };
-                Self::happen(
-                    &mut state,
-                    reason,
-                    format!("{pod} with metrics on 127.0.0.1:{port}"),
-                );
-            }
+        for (reason, note) in happened {
+            Self::happen(&mut state, reason, note);
         }
         self.publish_targets(&state, &desired.name, &desired.namespace);
     }
@@ -410,17 +388,18 @@ impl LocalBackend {
                 }
             }
         }
-        self.supervise(Some(desired));
-        let urls = self.endpoints.urls();
-        let ready = urls
+        self.supervise(desired);
+        let agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_millis(300)))
+            .build()
+            .new_agent();
+        let ready = self
+            .endpoints
+            .urls()
             .iter()
             .filter(|url| {
-                let readyz = url.replace("/metrics", "/readyz");
-                ureq::Agent::config_builder()
-                    .timeout_global(Some(Duration::from_millis(300)))
-                    .build()
-                    .new_agent()
-                    .get(&readyz)
+                agent
+                    .get(&url.replace("/metrics", "/readyz"))
                     .call()
                     .is_ok_and(|r| r.status() == 200)
             })
@@ -590,7 +569,7 @@ mod tests {
         // A new config replaces the process.
         b.apply_now(&desired(2, 1, "b")).unwrap();
         std::thread::sleep(Duration::from_millis(1_200));
-        b.supervise(Some(&desired(2, 1, "b")));
+        b.supervise(&desired(2, 1, "b"));
         assert_ne!(b.processes()[0].1, first, "a new config restarts pod 0");
         b.shutdown(Duration::from_secs(5));
         assert!(b.processes().is_empty());
@@ -604,7 +583,7 @@ mod tests {
         let d = desired(1, 1, "a");
         b.apply_now(&d).unwrap();
         std::thread::sleep(Duration::from_millis(300));
-        b.supervise(Some(&d));
+        b.supervise(&d);
         let happened = b.take_happenings();
         let exited = happened
             .iter()
@@ -616,21 +595,21 @@ mod tests {
             exited.note
         );
         // Not before the backoff, then again, with a longer wait after the second exit.
-        b.supervise(Some(&d));
+        b.supervise(&d);
         assert!(
             b.take_happenings()
                 .iter()
                 .all(|h| h.reason != "ProcessRestarted")
         );
         std::thread::sleep(Duration::from_millis(1_100));
-        b.supervise(Some(&d));
+        b.supervise(&d);
         assert!(
             b.take_happenings()
                 .iter()
                 .any(|h| h.reason == "ProcessRestarted")
         );
         std::thread::sleep(Duration::from_millis(300));
-        b.supervise(Some(&d));
+        b.supervise(&d);
         let again = b.take_happenings();
         assert!(
             again.iter().any(|h| h.note.contains("restarting in 2s")),
