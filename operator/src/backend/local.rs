@@ -81,7 +81,10 @@ struct State {
     stopping: Vec<Stopping>,
     status: Option<PipelineDeploymentStatus>,
     happenings: Vec<Happening>,
+    /// What the config, scale and targets files hold: each is rewritten only when it changes.
+    config_hash: Option<String>,
     scale: Option<String>,
+    targets: Option<String>,
 }
 
 /// The processes' `/metrics` URLs, for the autoscaler's direct scrape.
@@ -297,10 +300,10 @@ impl LocalBackend {
         for (reason, note) in happened {
             Self::happen(&mut state, reason, note);
         }
-        self.publish_targets(&state, &desired.name, &desired.namespace);
+        self.publish_targets(&mut state, &desired.name, &desired.namespace);
     }
 
-    fn publish_targets(&self, state: &State, name: &str, namespace: &str) {
+    fn publish_targets(&self, state: &mut State, name: &str, namespace: &str) {
         let running: Vec<&Process> = state.processes.values().collect();
         let urls = running
             .iter()
@@ -317,17 +320,24 @@ impl LocalBackend {
             })
             .collect();
         let text = serde_json::to_string_pretty(&targets).expect("targets serialize");
-        if let Err(error) = write_atomically(&self.settings.targets_file, &text) {
-            warn!(%error, "cannot write the service discovery targets");
+        if state.targets.as_ref() == Some(&text) {
+            return;
+        }
+        match write_atomically(&self.settings.targets_file, &text) {
+            Ok(()) => state.targets = Some(text),
+            Err(error) => warn!(%error, "cannot write the service discovery targets"),
         }
     }
 
     fn apply_now(&self, desired: &Desired) -> Result<Applied, BackendError> {
-        write_atomically(&self.config_path(), &desired.config)?;
         let scale = serde_json::to_string(&desired.scale).expect("a scale serializes");
         let grace = Duration::from_secs(u64::try_from(desired.grace_seconds).unwrap_or(60));
         {
             let mut state = self.state.lock().expect("not poisoned");
+            if state.config_hash.as_ref() != Some(&desired.config_hash) {
+                write_atomically(&self.config_path(), &desired.config)?;
+                state.config_hash = Some(desired.config_hash.clone());
+            }
             if state.scale.as_deref() != Some(scale.as_str()) {
                 write_atomically(&self.scale_path(), &scale)?;
                 if let Some(before) = &state.scale {
