@@ -270,8 +270,17 @@ impl LocalBackend {
                 ));
             }
         }
-        for process in state.processes.values_mut() {
-            let due = process.child.is_none() && process.retry_at.is_none_or(|at| now >= at);
+        let State {
+            processes,
+            stopping,
+            ..
+        } = &mut *state;
+        for process in processes.values_mut() {
+            // A pod whose previous process is still stopping waits for it (same port, and its
+            // final checkpoint comes first).
+            let stopping = stopping.iter().any(|s| s.pod == process.pod);
+            let due =
+                process.child.is_none() && !stopping && process.retry_at.is_none_or(|at| now >= at);
             if !due {
                 continue;
             }
@@ -377,7 +386,6 @@ impl LocalBackend {
                 if !removed {
                     // Started again with the new config once the old one has stopped.
                     process.config_hash.clone_from(&desired.config_hash);
-                    process.retry_at = Some(Instant::now() + Duration::from_secs(1));
                     state.processes.insert(ordinal, process);
                 }
             }
