@@ -28,6 +28,11 @@ pub struct PodTemplateOverrides {
     /// Service account of the pods (on EKS, the one annotated for IRSA to reach S3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_account_name: Option<String>,
+    /// Mount the service account's Kubernetes API token into the pods. The runtime never calls
+    /// the Kubernetes API, so this defaults to `false`; IRSA and EKS Pod Identity inject their
+    /// own token and do not need it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub automount_service_account_token: Option<bool>,
     /// Priority class of the pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority_class_name: Option<String>,

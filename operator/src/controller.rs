@@ -61,6 +61,7 @@ impl Context {
         pod_monitor_crd: PodMonitorCrd,
         partitions: Arc<dyn PartitionSource>,
         instance: String,
+        install: crate::install::Install,
     ) -> Self {
         let endpoints = PodEndpoints::new(client.clone());
         Self {
@@ -69,6 +70,7 @@ impl Context {
                 default_image,
                 pod_monitor_crd,
                 instance,
+                install,
             },
             metrics,
             partitions,
@@ -94,6 +96,7 @@ pub async fn reconcile(
         metrics_sources: ctx.metrics_sources.as_ref(),
         now: (ctx.clock)(),
     };
+    let pd = Arc::new(ctx.kube.install.with_defaults(&pd));
     let result = reconcile_pipeline(inputs, &ctx.kube, &pd).await;
     let label = match &result {
         Ok(reconciled) => reconciled.label,
@@ -151,6 +154,10 @@ pub struct Settings {
     pub instance: String,
     /// Leader election; `None` = reconcile at once (a single replica, or local development).
     pub lease: Option<crate::leader::LeaseSettings>,
+    /// Namespaces to watch; empty = every namespace.
+    pub namespaces: Vec<String>,
+    /// Installation-wide defaults and allowed images.
+    pub install: crate::install::Install,
 }
 
 /// Why `run` ended other than by a signal.
@@ -162,6 +169,18 @@ pub enum RunError {
     /// Another replica took the Lease; this one stopped reconciling.
     #[error("lost the leader lease")]
     LeadershipLost,
+}
+
+/// The API of `K` in `namespace`, or in every namespace.
+fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
 }
 
 /// Resolves on SIGTERM or Ctrl-C.
@@ -240,28 +259,40 @@ pub async fn run(
         PodMonitorCrd::detect(),
         partitions,
         settings.instance,
+        settings.install,
     ));
-    info!("operator reconciling");
     // Children carry the managed-by label: watch only those, not every ConfigMap in the cluster.
     let children =
         watcher::Config::default().labels(&crate::backend::kube::names::managed_selector());
-    Controller::new(
-        Api::<PipelineDeployment>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .owns(Api::<StatefulSet>::all(client.clone()), children.clone())
-    .owns(Api::<ConfigMap>::all(client.clone()), children.clone())
-    .owns(Api::<Service>::all(client.clone()), children.clone())
-    .owns(Api::<PodDisruptionBudget>::all(client), children)
-    .graceful_shutdown_on(shutdown)
-    .run(reconcile, error_policy, ctx)
-    .for_each(|result| async move {
-        match result {
-            Ok((object, _)) => tracing::debug!(name = %object.name, "reconciled"),
-            Err(error) => warn!(%error, "reconcile error"),
-        }
-    })
-    .await;
+    let shutdown = shutdown.shared();
+    // One controller for the whole cluster, or one per watched namespace (with namespaced Roles,
+    // a cluster-wide list would be forbidden).
+    let scopes: Vec<Option<String>> = if settings.namespaces.is_empty() {
+        vec![None]
+    } else {
+        settings.namespaces.iter().cloned().map(Some).collect()
+    };
+    info!(namespaces = ?settings.namespaces, "operator reconciling");
+    let controllers = scopes.into_iter().map(|namespace| {
+        let ns = namespace.as_deref();
+        Controller::new(
+            scoped::<PipelineDeployment>(&client, ns),
+            watcher::Config::default(),
+        )
+        .owns(scoped::<StatefulSet>(&client, ns), children.clone())
+        .owns(scoped::<ConfigMap>(&client, ns), children.clone())
+        .owns(scoped::<Service>(&client, ns), children.clone())
+        .owns(scoped::<PodDisruptionBudget>(&client, ns), children.clone())
+        .graceful_shutdown_on(shutdown.clone())
+        .run(reconcile, error_policy, ctx.clone())
+        .for_each(|result| async move {
+            match result {
+                Ok((object, _)) => tracing::debug!(name = %object.name, "reconciled"),
+                Err(error) => warn!(%error, "reconcile error"),
+            }
+        })
+    });
+    futures::future::join_all(controllers).await;
     metrics.set_leader(false);
     if let Some(election) = election {
         election.leave().await;

@@ -8,6 +8,7 @@ pub mod demo;
 pub mod desired;
 pub mod events;
 pub mod http;
+pub mod install;
 pub mod kafka;
 pub mod leader;
 pub mod local;

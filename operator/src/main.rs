@@ -38,6 +38,31 @@ enum Command {
         /// standby).
         #[arg(long, default_value_t = 15)]
         lease_duration_seconds: u64,
+        /// Watch only these namespaces (comma-separated or repeated); the operator then needs
+        /// only Roles in them. Default: every namespace.
+        #[arg(long, env = "SLUICE_WATCH_NAMESPACES", value_delimiter = ',')]
+        watch_namespaces: Vec<String>,
+        /// Prometheus URL for autoscalers whose `spec.autoscaler.metrics` names no source.
+        #[arg(long, env = "SLUICE_DEFAULT_PROMETHEUS_URL")]
+        default_prometheus_url: Option<String>,
+        /// S3 bucket for the checkpoints of pipelines without `spec.checkpoint` (prefix
+        /// `<namespace>/<name>`; credentials from the pods' identity, e.g. IRSA).
+        #[arg(long, env = "SLUICE_DEFAULT_CHECKPOINT_BUCKET")]
+        default_checkpoint_bucket: Option<String>,
+        /// Region of the default checkpoint bucket.
+        #[arg(long, env = "SLUICE_DEFAULT_CHECKPOINT_REGION")]
+        default_checkpoint_region: Option<String>,
+        /// Endpoint of the default checkpoint bucket (S3-compatible stores).
+        #[arg(long, env = "SLUICE_DEFAULT_CHECKPOINT_ENDPOINT")]
+        default_checkpoint_endpoint: Option<String>,
+        /// Runtime images pipelines may use: repositories (any tag or digest) or registry
+        /// prefixes ending in `/` (comma-separated or repeated). Default: any image.
+        #[arg(
+            long = "allowed-image",
+            env = "SLUICE_ALLOWED_IMAGES",
+            value_delimiter = ','
+        )]
+        allowed_images: Vec<String>,
     },
     /// Print the PipelineDeployment CustomResourceDefinition as YAML (`kubectl apply -f -`).
     Crd,
@@ -79,11 +104,23 @@ enum Command {
         #[arg(short = 'f', long = "file", required = true)]
         files: Vec<PathBuf>,
     },
-    /// Print the operator's ClusterRole (every permission it needs, each with its reason).
+    /// Print the operator's ClusterRole and leader-election Role (every permission it needs;
+    /// operator/src/backend/kube/rbac.rs gives each one's reason), or write the Helm chart's rule
+    /// files.
     Rbac {
-        /// ClusterRole name.
+        /// ClusterRole and Role name.
         #[arg(long, default_value = "sluice-operator")]
         name: String,
+        /// Namespace of the leader-election Role (the operator's own).
+        #[arg(long, default_value = "sluice-system")]
+        namespace: String,
+        /// Name of the leader-election Lease.
+        #[arg(long, default_value = "sluice-operator")]
+        lease_name: String,
+        /// Write the chart's rule files (namespaced.yaml, cluster.yaml, leader-election.yaml)
+        /// into this directory instead (helm/sluice-operator/files/rbac).
+        #[arg(long)]
+        chart_files: Option<PathBuf>,
     },
     /// Print, as YAML, every object the operator would create for a PipelineDeployment (dry run,
     /// no cluster needed). The partition count comes from Kafka (the manifest's brokers, without
@@ -278,6 +315,12 @@ fn main() -> anyhow::Result<ExitCode> {
             lease_name,
             lease_namespace,
             lease_duration_seconds,
+            watch_namespaces,
+            default_prometheus_url,
+            default_checkpoint_bucket,
+            default_checkpoint_region,
+            default_checkpoint_endpoint,
+            allowed_images,
         } => {
             let instance = instance
                 .or_else(|| std::env::var("HOSTNAME").ok())
@@ -292,6 +335,28 @@ fn main() -> anyhow::Result<ExitCode> {
                     grace_seconds: (lease_duration_seconds / 3).max(1),
                 }),
                 instance,
+                namespaces: watch_namespaces
+                    .into_iter()
+                    .map(|n| n.trim().to_owned())
+                    .filter(|n| !n.is_empty())
+                    .collect(),
+                install: pipeline_operator::install::Install {
+                    default_prometheus_url: default_prometheus_url.filter(|u| !u.is_empty()),
+                    default_checkpoint: default_checkpoint_bucket.filter(|b| !b.is_empty()).map(
+                        |bucket| pipeline_crds::checkpoint::S3Storage {
+                            bucket,
+                            prefix: None,
+                            region: default_checkpoint_region.filter(|r| !r.is_empty()),
+                            endpoint: default_checkpoint_endpoint.filter(|e| !e.is_empty()),
+                            credentials_secret: None,
+                        },
+                    ),
+                    allowed_images: allowed_images
+                        .into_iter()
+                        .map(|i| i.trim().to_owned())
+                        .filter(|i| !i.is_empty())
+                        .collect(),
+                },
             };
             tracing_subscriber::fmt()
                 .json()
@@ -374,12 +439,27 @@ fn main() -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        Command::Rbac { name } => {
+        Command::Rbac {
+            name,
+            namespace,
+            lease_name,
+            chart_files,
+        } => {
+            use pipeline_operator::backend::kube::rbac;
+            if let Some(dir) = chart_files {
+                std::fs::create_dir_all(&dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+                for (file, text) in rbac::chart_files() {
+                    let path = dir.join(file);
+                    std::fs::write(&path, text)
+                        .with_context(|| format!("writing {}", path.display()))?;
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
             print!(
-                "{}",
-                serde_norway::to_string(&pipeline_operator::backend::kube::rbac::cluster_role(
-                    &name
-                ))?
+                "{}---\n{}",
+                serde_norway::to_string(&rbac::cluster_role(&name))?,
+                serde_norway::to_string(&rbac::lease_role(&name, &namespace, &lease_name))?
             );
             Ok(ExitCode::SUCCESS)
         }

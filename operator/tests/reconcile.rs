@@ -13,6 +13,7 @@ use kube::{Client, client::Body, runtime::controller::Action};
 use pipeline_crds::{PipelineDeployment, manifest::from_yaml};
 use pipeline_operator::{
     controller::{Context, PodMonitorCrd, reconcile},
+    install::Install,
     kafka::{KafkaAccess, PartitionSource},
     metrics::OperatorMetrics,
 };
@@ -80,6 +81,51 @@ struct Cluster {
     failing: Vec<String>,
 }
 
+/// `(api group, resource[/subresource], verb, name)` of a request, as RBAC sees it.
+fn authorization(
+    method: &Method,
+    path: &str,
+    query: &str,
+) -> (String, String, String, Option<String>) {
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let (group, rest) = match segments.first() {
+        Some(&"api") => (String::new(), &segments[2..]),
+        _ => (segments[1].to_owned(), &segments[3..]),
+    };
+    let rest = if rest.first() == Some(&"namespaces") && rest.len() >= 3 {
+        &rest[2..]
+    } else {
+        rest
+    };
+    let name = rest.get(1).map(|n| (*n).to_owned());
+    let resource = match rest.get(2) {
+        Some(sub) => format!("{}/{sub}", rest[0]),
+        None => rest[0].to_owned(),
+    };
+    let verb = match *method {
+        Method::GET if name.is_none() && query.contains("watch=true") => "watch",
+        Method::GET if name.is_none() => "list",
+        Method::GET => "get",
+        Method::POST => "create",
+        Method::PATCH => "patch",
+        Method::PUT => "update",
+        Method::DELETE => "delete",
+        _ => "other",
+    };
+    (group, resource, verb.to_owned(), name)
+}
+
+/// Whether the operator's RBAC rules (the chart's Roles) allow the request.
+fn permitted(method: &Method, path: &str, query: &str) -> bool {
+    use pipeline_operator::backend::kube::rbac;
+    let (group, resource, verb, name) = authorization(method, path, query);
+    let rules: Vec<rbac::Rule> = rbac::namespaced()
+        .into_iter()
+        .chain(rbac::cluster())
+        .collect();
+    rbac::allows(&rules, &group, &resource, &verb, name.as_deref())
+}
+
 fn status_body(code: u16, reason: &str) -> Value {
     json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
            "message": reason, "reason": reason, "code": code})
@@ -94,6 +140,7 @@ async fn serve(mut handle: Handle, pd: PipelineDeployment, cluster: Cluster) -> 
         let bytes = request.into_body().collect_bytes().await.unwrap();
         let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         let (code, answer) = match method.clone() {
+            _ if !permitted(&method, &path, &query) => (403, status_body(403, "Forbidden")),
             Method::PATCH if cluster.failing.contains(&path) => {
                 (500, status_body(500, "InternalError"))
             }
@@ -145,6 +192,7 @@ fn context(
     metrics: Arc<OperatorMetrics>,
     partitions: Arc<Partitions>,
     pod_monitor_crd: bool,
+    install: Install,
 ) -> Context {
     Context::new(
         client,
@@ -153,6 +201,7 @@ fn context(
         PodMonitorCrd::fixed(pod_monitor_crd),
         partitions,
         "operator-0".into(),
+        install,
     )
 }
 
@@ -161,6 +210,7 @@ struct Scenario {
     partitions: Result<i32, String>,
     cluster: Cluster,
     pod_monitor_crd: bool,
+    install: Install,
 }
 
 impl Scenario {
@@ -170,7 +220,13 @@ impl Scenario {
             partitions: Ok(8),
             cluster: Cluster::default(),
             pod_monitor_crd: false,
+            install: Install::default(),
         }
+    }
+
+    fn install(mut self, install: Install) -> Self {
+        self.install = install;
+        self
     }
 
     fn partitions(mut self, p: Result<i32, String>) -> Self {
@@ -182,7 +238,7 @@ impl Scenario {
     /// lookup was asked with.
     async fn run_on(
         self,
-        ctx_of: impl FnOnce(Client, Arc<Partitions>, bool) -> Arc<Context>,
+        ctx_of: impl FnOnce(Client, Arc<Partitions>, bool, Install) -> Arc<Context>,
     ) -> (Result<Action, String>, Vec<Call>, Vec<KafkaAccess>) {
         let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let partitions = Arc::new(Partitions {
@@ -193,6 +249,7 @@ impl Scenario {
             Client::new(service, "ns"),
             partitions.clone(),
             self.pod_monitor_crd,
+            self.install,
         );
         let server = tokio::spawn(serve(handle, self.pd.clone(), self.cluster));
         let result =
@@ -204,6 +261,14 @@ impl Scenario {
             .await
             .expect("every client dropped")
             .unwrap();
+        for call in &calls {
+            assert!(
+                permitted(&call.method, &call.path, &call.query),
+                "the operator's RBAC rules do not allow {} ({:?})",
+                call.line(),
+                authorization(&call.method, &call.path, &call.query)
+            );
+        }
         let asked = partitions.asked.lock().unwrap().clone();
         (result, calls, asked)
     }
@@ -212,7 +277,9 @@ impl Scenario {
         let metrics = Arc::new(OperatorMetrics::default());
         let m = metrics.clone();
         let out = self
-            .run_on(|client, partitions, crd| Arc::new(context(client, m, partitions, crd)))
+            .run_on(|client, partitions, crd, install| {
+                Arc::new(context(client, m, partitions, crd, install))
+            })
             .await;
         assert!(
             metrics
@@ -440,6 +507,58 @@ async fn an_invalid_spec_gets_a_condition_with_the_field_path_one_event_and_no_r
 }
 
 #[tokio::test]
+async fn the_installation_fills_in_checkpoint_storage_and_prometheus_and_refuses_images_it_does_not_allow()
+ {
+    let install = Install {
+        default_prometheus_url: Some("http://prometheus.monitoring:9090".into()),
+        default_checkpoint: Some(
+            serde_json::from_value(json!({"bucket": "sluice-checkpoints", "region": "eu-west-1"}))
+                .unwrap(),
+        ),
+        allowed_images: vec!["img".into()],
+    };
+    let pd = pipeline("  autoscaler: {enabled: true, recommendOnly: false}\n");
+    let (action, calls, _) = Scenario::new(pd).install(install.clone()).run().await;
+    assert!(action.is_ok(), "{action:?}");
+    let config = by_path(
+        &calls,
+        Method::PATCH,
+        &format!("{NS}/configmaps/p-pipeline"),
+    )["data"]["pipeline.yaml"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(config.contains("sluice-checkpoints"), "{config}");
+    assert!(config.contains("eu-west-1"), "{config}");
+
+    let mut foreign = pipeline("");
+    foreign.spec.image = Some("attacker.io/miner:1".into());
+    let (action, calls, _) = Scenario::new(foreign).install(install).run().await;
+    assert_eq!(action, Ok(Action::await_change()));
+    let ready = condition(&calls[0].body["status"], "Ready");
+    assert_eq!(ready["reason"], json!("InvalidSpec"));
+    assert!(ready["message"].as_str().unwrap().contains("spec.image"));
+    assert!(
+        !calls.iter().any(|c| c.path.starts_with(STS)),
+        "no pods with a refused image"
+    );
+}
+
+#[tokio::test]
+async fn checkpoints_on_a_local_directory_are_refused_in_the_cluster() {
+    let pd = pipeline("  checkpoint: {storage: {local: {path: /tmp/x}}}\n");
+    let (action, calls, _) = Scenario::new(pd).run().await;
+    assert_eq!(action, Ok(Action::await_change()));
+    let ready = condition(&calls[0].body["status"], "Ready");
+    assert!(
+        ready["message"]
+            .as_str()
+            .unwrap()
+            .contains("spec.checkpoint.storage.local")
+    );
+}
+
+#[tokio::test]
 async fn unreachable_kafka_is_a_condition_an_event_and_a_retry_not_a_crash() {
     let (action, calls, _) = Scenario::new(pipeline(""))
         .partitions(Err("broker k:9092 unreachable".into()))
@@ -635,8 +754,8 @@ async fn a_failed_apply_is_an_error_to_retry_with_one_warning_event_per_interval
         }
         let (m, sent) = (metrics.clone(), sent.clone());
         let (result, calls, _) = scenario
-            .run_on(move |client, partitions, _| {
-                let mut ctx = context(client, m, partitions, false);
+            .run_on(move |client, partitions, _, install| {
+                let mut ctx = context(client, m, partitions, false, install);
                 ctx.error_events = sent;
                 Arc::new(ctx)
             })
@@ -766,8 +885,8 @@ mod autoscaling {
         let m = metrics.clone();
         let (result, calls, _) = Scenario::new(pd)
             .partitions(Ok(24))
-            .run_on(move |client, partitions, crd| {
-                let mut ctx = context(client, m, partitions, crd);
+            .run_on(move |client, partitions, crd, install| {
+                let mut ctx = context(client, m, partitions, crd, install);
                 ctx.metrics_sources = sources;
                 ctx.clock = Arc::new(move || now);
                 Arc::new(ctx)

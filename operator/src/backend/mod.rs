@@ -47,6 +47,12 @@ pub trait Backend: Send + Sync {
         desired: &'a Desired,
     ) -> BoxFuture<'a, Result<Applied, BackendError>>;
 
+    /// What this backend cannot run of a spec that is otherwise valid (each with its field
+    /// path); reported like any invalid spec.
+    fn problems(&self, _pd: &PipelineDeployment) -> Vec<pipeline_crds::validate::FieldError> {
+        Vec::new()
+    }
+
     /// Records `status` as `pd`'s status and announces what changed.
     fn report<'a>(
         &'a self,

@@ -163,6 +163,8 @@ pub struct KubeBackend {
     pub pod_monitor_crd: PodMonitorCrd,
     /// This operator replica (its pod name), for Events.
     pub instance: String,
+    /// Installation-wide defaults and allowed images.
+    pub install: crate::install::Install,
 }
 
 impl KubeBackend {
@@ -255,6 +257,33 @@ impl Backend for KubeBackend {
         desired: &'a Desired,
     ) -> BoxFuture<'a, Result<Applied, BackendError>> {
         Box::pin(self.apply_children(pd, desired))
+    }
+
+    fn problems(&self, pd: &PipelineDeployment) -> Vec<pipeline_crds::validate::FieldError> {
+        use pipeline_crds::validate::FieldError;
+        let mut problems = Vec::new();
+        let image = pd.spec.image.as_deref().unwrap_or(&self.default_image);
+        if !self.install.image_allowed(image) {
+            problems.push(FieldError {
+                path: "spec.image".into(),
+                message: format!(
+                    "{image} is not among the runtime images this installation allows ({})",
+                    self.install.allowed_images.join(", ")
+                ),
+            });
+        }
+        if pd
+            .spec
+            .checkpoint
+            .as_ref()
+            .is_some_and(|c| c.storage.local.is_some())
+        {
+            problems.push(FieldError {
+                path: "spec.checkpoint.storage.local".into(),
+                message: "a local directory is for local mode only; runtime pods have a read-only root file system and no shared disk (use s3 or volume)".into(),
+            });
+        }
+        problems
     }
 
     fn report<'a>(

@@ -6,7 +6,8 @@ use serde_json::{Value, json};
 
 use super::names::selector_labels;
 
-/// The PodMonitor scraping pipeline `name`'s pods.
+/// The PodMonitor scraping pipeline `name`'s pods. `honorLabels` keeps the runtime's own
+/// `namespace`/`pod`/`pipeline` labels instead of renaming them `exported_*`.
 pub fn pod_monitor(name: &str, metadata: &ObjectMeta) -> Value {
     let metadata = serde_json::to_value(metadata).expect("metadata serializes");
     json!({
@@ -15,7 +16,7 @@ pub fn pod_monitor(name: &str, metadata: &ObjectMeta) -> Value {
         "metadata": metadata,
         "spec": {
             "selector": {"matchLabels": selector_labels(name)},
-            "podMetricsEndpoints": [{"port": ports::RUNTIME_METRICS_NAME, "path": "/metrics", "interval": "15s"}],
+            "podMetricsEndpoints": [{"port": ports::RUNTIME_METRICS_NAME, "path": "/metrics", "interval": "15s", "honorLabels": true}],
         },
     })
 }

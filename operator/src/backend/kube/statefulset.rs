@@ -291,6 +291,9 @@ fn pod_template(
                 ..PodSecurityContext::default()
             }),
             service_account_name: overrides.service_account_name.clone(),
+            automount_service_account_token: Some(
+                overrides.automount_service_account_token.unwrap_or(false),
+            ),
             node_selector: (!overrides.node_selector.is_empty())
                 .then(|| overrides.node_selector.clone()),
             tolerations: (!overrides.tolerations.is_empty()).then(|| overrides.tolerations.clone()),

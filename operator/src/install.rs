@@ -1,0 +1,147 @@
+//! What one installation sets for all of its pipelines: the operator's `--default-*` and
+//! `--allowed-image` flags, which the Helm chart fills from its values. Defaults fill what a
+//! PipelineDeployment leaves out (never override what it sets); the checks refuse, as an invalid
+//! spec, what this cluster must not run.
+
+use pipeline_crds::{
+    PipelineDeployment,
+    autoscaler::PrometheusSource,
+    checkpoint::{CheckpointSpec, CheckpointStorage, S3Storage},
+};
+
+/// Installation-wide defaults and limits.
+#[derive(Clone, Debug, Default)]
+pub struct Install {
+    /// The autoscaler's Prometheus when `spec.autoscaler.metrics` names no source.
+    pub default_prometheus_url: Option<String>,
+    /// Checkpoint storage for pipelines without `spec.checkpoint` (prefix `<namespace>/<name>`).
+    pub default_checkpoint: Option<S3Storage>,
+    /// Runtime images pipelines may use, as repositories (`ghcr.io/sluice-dev/pipeline-runtime`,
+    /// any tag or digest) or prefixes ending in `/` (`123456789012.dkr.ecr.eu-west-1.amazonaws.com/`).
+    /// Empty = any image.
+    pub allowed_images: Vec<String>,
+}
+
+impl Install {
+    /// `pd` with this installation's defaults filled in.
+    pub fn with_defaults(&self, pd: &PipelineDeployment) -> PipelineDeployment {
+        let mut pd = pd.clone();
+        if let (Some(url), Some(autoscaler)) =
+            (&self.default_prometheus_url, pd.spec.autoscaler.as_mut())
+        {
+            let metrics = &mut autoscaler.metrics;
+            if metrics.prometheus.is_none() && metrics.direct.is_none() {
+                metrics.prometheus = Some(PrometheusSource { url: url.clone() });
+            }
+        }
+        if let (Some(s3), None) = (&self.default_checkpoint, &pd.spec.checkpoint) {
+            let yaml = "{storage: {local: {path: x}}}";
+            let mut checkpoint: CheckpointSpec =
+                serde_norway::from_str(yaml).expect("the default checkpoint spec parses");
+            checkpoint.storage = CheckpointStorage {
+                s3: Some(s3.clone()),
+                volume: None,
+                local: None,
+            };
+            pd.spec.checkpoint = Some(checkpoint);
+        }
+        pd
+    }
+
+    /// Whether `image` is one this installation allows.
+    pub fn image_allowed(&self, image: &str) -> bool {
+        self.allowed_images.is_empty()
+            || self.allowed_images.iter().any(|allowed| {
+                if allowed.ends_with('/') {
+                    image.starts_with(allowed.as_str())
+                } else {
+                    image == allowed
+                        || image
+                            .strip_prefix(allowed.as_str())
+                            .is_some_and(|rest| rest.starts_with(':') || rest.starts_with('@'))
+                }
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pipeline_crds::manifest::from_yaml;
+
+    fn pd(extra: &str) -> PipelineDeployment {
+        from_yaml(
+            &format!(
+                "apiVersion: sluice.dev/v1alpha1
+kind: PipelineDeployment
+metadata: {{name: p, namespace: ns}}
+spec:
+  kafka: {{bootstrapServers: 'k:9092'}}
+  source: {{topic: in}}
+  sink: {{kafka: {{topic: out}}}}
+{extra}"
+            ),
+            "test",
+        )
+        .unwrap()
+    }
+
+    fn install() -> Install {
+        Install {
+            default_prometheus_url: Some("http://prometheus:9090".into()),
+            default_checkpoint: Some(S3Storage {
+                bucket: "checkpoints".into(),
+                prefix: None,
+                region: Some("eu-west-1".into()),
+                endpoint: None,
+                credentials_secret: None,
+            }),
+            allowed_images: vec![
+                "ghcr.io/sluice-dev/pipeline-runtime".into(),
+                "123.dkr.ecr.eu-west-1.amazonaws.com/".into(),
+            ],
+        }
+    }
+
+    #[test]
+    fn defaults_fill_only_what_the_pipeline_leaves_out() {
+        let filled = install().with_defaults(&pd("  autoscaler: {enabled: true}"));
+        let autoscaler = filled.spec.autoscaler.unwrap();
+        assert_eq!(
+            autoscaler.metrics.prometheus.unwrap().url,
+            "http://prometheus:9090"
+        );
+        let checkpoint = filled.spec.checkpoint.unwrap();
+        assert_eq!(checkpoint.storage.s3.unwrap().bucket, "checkpoints");
+
+        let own = pd("  autoscaler: {enabled: true, metrics: {direct: {}}}
+  checkpoint: {storage: {volume: {claimName: efs}}}");
+        let kept = install().with_defaults(&own);
+        assert_eq!(kept.spec, own.spec, "what the pipeline sets wins");
+        assert!(
+            install().with_defaults(&pd("")).spec.autoscaler.is_none(),
+            "no autoscaler is switched on by a default"
+        );
+    }
+
+    #[test]
+    fn allowed_images_match_whole_repositories_or_registry_prefixes() {
+        let install = install();
+        for ok in [
+            "ghcr.io/sluice-dev/pipeline-runtime",
+            "ghcr.io/sluice-dev/pipeline-runtime:0.1.0",
+            "ghcr.io/sluice-dev/pipeline-runtime@sha256:abc",
+            "123.dkr.ecr.eu-west-1.amazonaws.com/team/runtime:1",
+        ] {
+            assert!(install.image_allowed(ok), "{ok}");
+        }
+        for refused in [
+            "ghcr.io/sluice-dev/pipeline-runtime-evil:1",
+            "ghcr.io/attacker/pipeline-runtime:1",
+            "123.dkr.ecr.eu-west-1.amazonaws.com.evil.io/x",
+        ] {
+            assert!(!install.image_allowed(refused), "{refused}");
+        }
+        assert!(Install::default().image_allowed("anything:1"));
+    }
+}
