@@ -42,6 +42,8 @@ cargo build -p pipeline-runtime -p pipeline-operator --bins --locked
 log "cargo test"
 cargo test --workspace --locked
 
-# Every object the operator renders, against the Kubernetes API schemas (pip kubernetes-validate).
-log "scripts/validate-manifests.sh"
-bash scripts/validate-manifests.sh target/debug/pipeline-operator
+# The Helm chart (real Helm engine, pip helm-python-sdk), manifests/install.yaml drift, and every
+# object Sluice ships or renders against the Kubernetes API schemas (pip kubernetes-validate)
+# and the restricted Pod Security Standard.
+log "scripts/check-manifests.py"
+python3 scripts/check-manifests.py --operator target/debug/pipeline-operator

@@ -1,22 +1,27 @@
-//! The checked-in CRD YAML must be exactly what the Rust types generate.
-//! Regenerate with `cargo run -p pipeline-operator -- crd > crds/pipelinedeployment.yaml`
-//! (or run this test with `SLUICE_BLESS=1`).
+//! The checked-in CRD YAML (and the Helm chart's copy) must be exactly what the Rust types
+//! generate. Regenerate with `cargo run -p pipeline-operator -- crd > crds/pipelinedeployment.yaml`
+//! and copy it to `helm/sluice-operator/crds/` (or run this test with `SLUICE_BLESS=1`).
 
 mod common;
 
 #[test]
-fn checked_in_crd_yaml_matches_the_rust_types() {
-    let path = common::repo_root().join("crds/pipelinedeployment.yaml");
+fn checked_in_crd_yaml_and_the_charts_copy_match_the_rust_types() {
     let generated = pipeline_crds::crd_yaml();
-    if std::env::var_os("SLUICE_BLESS").is_some() {
-        std::fs::write(&path, &generated).unwrap();
+    for file in [
+        "crds/pipelinedeployment.yaml",
+        "helm/sluice-operator/crds/pipelinedeployment.yaml",
+    ] {
+        let path = common::repo_root().join(file);
+        if std::env::var_os("SLUICE_BLESS").is_some() {
+            std::fs::write(&path, &generated).unwrap();
+        }
+        let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            checked_in == generated,
+            "{} is stale: run `cargo run -p pipeline-operator -- crd > {file}`",
+            path.display()
+        );
     }
-    let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
-    assert!(
-        checked_in == generated,
-        "{} is stale: run `cargo run -p pipeline-operator -- crd > crds/pipelinedeployment.yaml`",
-        path.display()
-    );
 }
 
 #[test]

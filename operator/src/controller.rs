@@ -103,6 +103,13 @@ pub async fn reconcile(
         Err(_) => "error",
     };
     ctx.metrics.reconciled(label, started.elapsed());
+    if let Ok(reconciled) = &result {
+        let (namespace, name) = (pd.namespace().unwrap_or_default(), pd.name_any());
+        match &reconciled.status {
+            Some(status) => ctx.metrics.pipeline_status(&namespace, &name, status),
+            None => ctx.metrics.forget_pipeline(&namespace, &name),
+        }
+    }
     match &result {
         Err(error) => announce_failure(&ctx, &pd, error).await,
         // A later failure is news again; and the map does not keep pipelines that are gone.
@@ -156,6 +163,9 @@ pub struct Settings {
     pub lease: Option<crate::leader::LeaseSettings>,
     /// Namespaces to watch; empty = every namespace.
     pub namespaces: Vec<String>,
+    /// Create a PodMonitor per pipeline where the Prometheus Operator's CRD exists (else scrape
+    /// annotations only, e.g. when one PodMonitor of the Helm chart covers every pipeline).
+    pub pod_monitors: bool,
     /// Installation-wide defaults and allowed images.
     pub install: crate::install::Install,
 }
@@ -256,7 +266,11 @@ pub async fn run(
         client.clone(),
         metrics.clone(),
         settings.default_image,
-        PodMonitorCrd::detect(),
+        if settings.pod_monitors {
+            PodMonitorCrd::detect()
+        } else {
+            PodMonitorCrd::fixed(false)
+        },
         partitions,
         settings.instance,
         settings.install,

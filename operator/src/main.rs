@@ -63,6 +63,11 @@ enum Command {
             value_delimiter = ','
         )]
         allowed_images: Vec<String>,
+        /// Create a PodMonitor per pipeline where the Prometheus Operator is installed (`auto`),
+        /// or never (`never`: scrape annotations only, e.g. under the chart's PodMonitor for
+        /// every pipeline).
+        #[arg(long, env = "SLUICE_POD_MONITORS", default_value = "auto", value_parser = ["auto", "never"])]
+        pod_monitors: String,
     },
     /// Print the PipelineDeployment CustomResourceDefinition as YAML (`kubectl apply -f -`).
     Crd,
@@ -321,6 +326,7 @@ fn main() -> anyhow::Result<ExitCode> {
             default_checkpoint_region,
             default_checkpoint_endpoint,
             allowed_images,
+            pod_monitors,
         } => {
             let instance = instance
                 .or_else(|| std::env::var("HOSTNAME").ok())
@@ -335,6 +341,7 @@ fn main() -> anyhow::Result<ExitCode> {
                     grace_seconds: (lease_duration_seconds / 3).max(1),
                 }),
                 instance,
+                pod_monitors: pod_monitors == "auto",
                 namespaces: watch_namespaces
                     .into_iter()
                     .map(|n| n.trim().to_owned())

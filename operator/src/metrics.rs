@@ -56,6 +56,8 @@ pub struct OperatorMetrics {
     required_rate: Family<PipelineLabels, FloatGauge>,
     capacity_per_slot: Family<PipelineLabels, FloatGauge>,
     decisions: Family<DecisionLabels, Counter>,
+    ready: Family<PipelineLabels, Gauge>,
+    at_max: Family<PipelineLabels, Gauge>,
 }
 
 impl Default for OperatorMetrics {
@@ -110,8 +112,22 @@ impl Default for OperatorMetrics {
             "Autoscaler evaluations by direction and reason",
             decisions.clone(),
         );
+        let ready = Family::<PipelineLabels, Gauge>::default();
+        registry.register(
+            "sluice_pipeline_ready",
+            "1 while the pipeline's Ready condition is True, else 0",
+            ready.clone(),
+        );
+        let at_max = Family::<PipelineLabels, Gauge>::default();
+        registry.register(
+            "sluice_autoscaler_at_max",
+            "1 while the autoscaler wants more slots than the pipeline's bounds or partitions allow",
+            at_max.clone(),
+        );
         Self {
             registry,
+            ready,
+            at_max,
             reconciles,
             duration,
             leader,
@@ -179,6 +195,40 @@ impl OperatorMetrics {
             .inc();
     }
 
+    /// Records `namespace/pipeline`'s reported status (Ready, autoscaler at its maximum).
+    pub fn pipeline_status(
+        &self,
+        namespace: &str,
+        pipeline: &str,
+        status: &pipeline_crds::PipelineDeploymentStatus,
+    ) {
+        let labels = PipelineLabels {
+            namespace: namespace.into(),
+            pipeline: pipeline.into(),
+        };
+        let ready = status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True");
+        self.ready.get_or_create(&labels).set(i64::from(ready));
+        let at_max = status
+            .autoscaler
+            .as_ref()
+            .is_some_and(|a| a.vetoes.iter().any(|v| v == "AtMax" || v == "PartitionCap"));
+        self.at_max.get_or_create(&labels).set(i64::from(at_max));
+    }
+
+    /// Forgets a deleted pipeline's status gauges.
+    pub fn forget_pipeline(&self, namespace: &str, pipeline: &str) {
+        let labels = PipelineLabels {
+            namespace: namespace.into(),
+            pipeline: pipeline.into(),
+        };
+        self.ready.remove(&labels);
+        self.at_max.remove(&labels);
+        self.forget_autoscaler(namespace, pipeline);
+    }
+
     /// Forgets a pipeline's autoscaler gauges (it was deleted or its autoscaler turned off).
     pub fn forget_autoscaler(&self, namespace: &str, pipeline: &str) {
         let labels = PipelineLabels {
@@ -220,6 +270,30 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("sluice_operator_leader 1"), "{text}");
+    }
+
+    #[test]
+    fn readiness_and_autoscaler_at_max_are_gauges_per_pipeline_until_it_is_deleted() {
+        let m = OperatorMetrics::default();
+        let status: pipeline_crds::PipelineDeploymentStatus =
+            serde_json::from_value(serde_json::json!({
+                "conditions": [{"type": "Ready", "status": "False", "reason": "Starting",
+                    "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}],
+                "autoscaler": {"vetoes": ["AtMax"]},
+            }))
+            .unwrap();
+        m.pipeline_status("ns", "iot", &status);
+        let text = m.encode();
+        assert!(
+            text.contains("sluice_pipeline_ready{namespace=\"ns\",pipeline=\"iot\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("sluice_autoscaler_at_max{namespace=\"ns\",pipeline=\"iot\"} 1"),
+            "{text}"
+        );
+        m.forget_pipeline("ns", "iot");
+        assert!(!m.encode().contains("sluice_pipeline_ready{"));
     }
 
     #[test]
