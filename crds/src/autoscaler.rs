@@ -149,7 +149,7 @@ pub struct MetricsSource {
 #[serde(rename_all = "camelCase")]
 pub struct PrometheusSource {
     /// Base URL, e.g. `http://prometheus.monitoring:9090`.
-    #[schemars(length(min = 1))]
+    #[schemars(length(max = 2048, min = 1))]
     pub url: String,
 }
 

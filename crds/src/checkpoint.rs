@@ -68,16 +68,19 @@ pub struct CheckpointStorage {
 #[serde(rename_all = "camelCase")]
 pub struct S3Storage {
     /// Bucket name.
-    #[schemars(length(min = 3))]
+    #[schemars(length(max = 63, min = 3))]
     pub bucket: String,
     /// Key prefix under which this pipeline's snapshots live. Defaults to `<namespace>/<name>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
     pub prefix: Option<String>,
     /// AWS region. Absent = the pod's environment (`AWS_REGION`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
     pub region: Option<String>,
     /// Custom endpoint for S3-compatible stores such as MinIO.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
     pub endpoint: Option<String>,
     /// Secret with `username` = access key id and `password` = secret access key. Absent = the
     /// pod's identity (IRSA on EKS) or the default credential chain.
@@ -90,7 +93,7 @@ pub struct S3Storage {
 #[serde(rename_all = "camelCase")]
 pub struct VolumeStorage {
     /// Name of an existing ReadWriteMany PersistentVolumeClaim in the pipeline's namespace.
-    #[schemars(length(min = 1))]
+    #[schemars(length(max = 253, min = 1))]
     pub claim_name: String,
 }
 
@@ -99,6 +102,6 @@ pub struct VolumeStorage {
 #[serde(rename_all = "camelCase")]
 pub struct LocalStorage {
     /// Absolute or working-directory-relative path.
-    #[schemars(length(min = 1))]
+    #[schemars(length(max = 4096, min = 1))]
     pub path: String,
 }

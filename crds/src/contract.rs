@@ -73,6 +73,11 @@ pub mod ports {
 
 /// Label keys on every object the operator creates.
 pub mod labels {
+    /// On a Secret: `"true"` lets the pipelines of its namespace use it (SASL credentials, CA
+    /// bundle, S3 credentials). The operator refuses to read or mount any other Secret, so that
+    /// permission to create a PipelineDeployment is not permission to ship every Secret of the
+    /// namespace to a broker of one's choosing.
+    pub const SECRET_FOR_PIPELINES: &str = "sluice.dev/pipeline-credentials";
     /// `sluice-runtime`.
     pub const NAME: &str = "app.kubernetes.io/name";
     /// The PipelineDeployment's name.

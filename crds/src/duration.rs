@@ -156,6 +156,7 @@ impl JsonSchema for Duration {
         json_schema!({
             "type": "string",
             "pattern": DURATION_PATTERN,
+            "maxLength": 32,
         })
     }
 }

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 #[x_kube(validation = Rule::new("!has(self.sasl) || self.securityProtocol == 'SASL_PLAINTEXT' || self.securityProtocol == 'SASL_SSL'").message("sasl requires securityProtocol SASL_PLAINTEXT or SASL_SSL"))]
 pub struct KafkaSpec {
     /// Comma-separated `host:port` list of Kafka brokers, e.g. `kafka.kafka:9092`.
-    #[schemars(length(min = 1))]
+    #[schemars(length(max = 4096, min = 1))]
     pub bootstrap_servers: String,
 
     /// Protocol used to talk to the brokers. Defaults to `PLAINTEXT`.
@@ -30,12 +30,14 @@ pub struct KafkaSpec {
     /// URL of a Confluent-compatible Schema Registry, used by the `avro` format when no inline
     /// schema is given and to register the schema of Avro outputs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
     pub schema_registry_url: Option<String>,
 
     /// Extra librdkafka client properties applied to every consumer and producer, e.g.
     /// `fetch.max.bytes` or `client.rack`. Properties the runtime owns (group, offsets,
     /// transactions, credentials) are rejected.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 64))]
     pub properties: BTreeMap<String, String>,
 }
 
@@ -57,6 +59,23 @@ impl KafkaSpec {
             );
         }
         properties
+    }
+}
+
+/// `url` with the password of its user information (`https://user:password@host`) replaced by
+/// `***`, for logs, errors and status messages.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            format!("{scheme}://{user}:***@{host}{path}")
+        }
+        None => url.to_owned(),
     }
 }
 
@@ -130,13 +149,15 @@ impl SaslMechanism {
 #[serde(rename_all = "camelCase")]
 pub struct CredentialsSecretRef {
     /// Name of the Secret, in the pipeline's namespace.
-    #[schemars(length(min = 1))]
+    #[schemars(length(max = 253, min = 1))]
     pub name: String,
     /// Key of the username in the Secret. Defaults to `username`.
     #[serde(default = "default_username_key")]
+    #[schemars(length(max = 253))]
     pub username_key: String,
     /// Key of the password in the Secret. Defaults to `password`.
     #[serde(default = "default_password_key")]
+    #[schemars(length(max = 253))]
     pub password_key: String,
 }
 
@@ -162,13 +183,33 @@ pub struct TlsSpec {
 #[serde(rename_all = "camelCase")]
 pub struct SecretKeyRef {
     /// Name of the Secret, in the pipeline's namespace.
-    #[schemars(length(min = 1))]
+    #[schemars(length(max = 253, min = 1))]
     pub name: String,
     /// Key within the Secret. Defaults to `ca.crt`.
     #[serde(default = "default_ca_key")]
+    #[schemars(length(max = 253))]
     pub key: String,
 }
 
 fn default_ca_key() -> String {
     "ca.crt".to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn passwords_in_urls_are_redacted_and_everything_else_kept() {
+        assert_eq!(
+            redact_url("https://svc:s3cr3t@registry.example.com:8081/subjects/x"),
+            "https://svc:***@registry.example.com:8081/subjects/x"
+        );
+        assert_eq!(
+            redact_url("http://registry:8081/a@b"),
+            "http://registry:8081/a@b"
+        );
+        assert_eq!(redact_url("http://token@h/"), "http://token:***@h/");
+        assert_eq!(redact_url("not a url"), "not a url");
+    }
 }

@@ -95,6 +95,7 @@ pub struct PipelineDeploymentSpec {
     /// the key field, `window_start` and `window_end` (epoch milliseconds).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    #[schemars(length(max = 64))]
     pub aggregates: Vec<AggregateSpec>,
 
     /// Where output records go.
@@ -139,6 +140,7 @@ pub struct PipelineDeploymentSpec {
 
     /// Runtime container image. Defaults to the image matching the operator's version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512))]
     pub image: Option<String>,
 
     /// Scale to zero pods and keep checkpoints and committed offsets.

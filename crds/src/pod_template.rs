@@ -12,21 +12,26 @@ use serde::{Deserialize, Serialize};
 pub struct PodTemplateOverrides {
     /// Extra pod annotations (e.g. for a service mesh or a log shipper).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 64))]
     pub annotations: BTreeMap<String, String>,
     /// Extra pod labels. The operator's own labels win on conflict.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 64))]
     pub labels: BTreeMap<String, String>,
     /// Node selector, e.g. `{karpenter.sh/capacity-type: on-demand}`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 64))]
     pub node_selector: BTreeMap<String, String>,
     /// Tolerations.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
     pub tolerations: Vec<Toleration>,
     /// Affinity and anti-affinity rules.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub affinity: Option<Affinity>,
     /// Service account of the pods (on EKS, the one annotated for IRSA to reach S3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
     pub service_account_name: Option<String>,
     /// Mount the service account's Kubernetes API token into the pods. The runtime never calls
     /// the Kubernetes API, so this defaults to `false`; IRSA and EKS Pod Identity inject their
@@ -35,8 +40,10 @@ pub struct PodTemplateOverrides {
     pub automount_service_account_token: Option<bool>,
     /// Priority class of the pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
     pub priority_class_name: Option<String>,
     /// Secrets used to pull the runtime image.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
     pub image_pull_secrets: Vec<LocalObjectReference>,
 }

@@ -25,7 +25,7 @@ pub struct SinkSpec {
 pub struct KafkaSink {
     /// The output topic. Windowed outputs are keyed by (key, window start), so a compacted topic
     /// holds exactly one record per window.
-    #[schemars(length(min = 1))]
+    #[schemars(length(max = 249, min = 1))]
     pub topic: String,
 
     /// Encoding of output values. Defaults to `json`.
@@ -101,13 +101,14 @@ impl Compression {
 #[serde(rename_all = "camelCase")]
 pub struct ClickHouseSink {
     /// HTTP(S) endpoint, e.g. `http://clickhouse.analytics:8123`.
-    #[schemars(length(min = 1))]
+    #[schemars(length(max = 2048, min = 1))]
     pub url: String,
     /// Database name. Defaults to `default`.
     #[serde(default = "default_database")]
+    #[schemars(length(max = 253))]
     pub database: String,
     /// Table name.
-    #[schemars(length(min = 1))]
+    #[schemars(length(max = 253, min = 1))]
     pub table: String,
     /// Secret with the ClickHouse username and password.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -123,6 +124,6 @@ fn default_database() -> String {
 #[serde(rename_all = "camelCase")]
 pub struct TopicRef {
     /// Topic name.
-    #[schemars(length(min = 1))]
+    #[schemars(length(max = 249, min = 1))]
     pub topic: String,
 }

@@ -11,17 +11,18 @@ use serde::{Deserialize, Serialize};
 pub struct SourceSpec {
     /// The topic to read. Use `topics` to read several topics with the same format.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1))]
+    #[schemars(length(max = 249, min = 1))]
     pub topic: Option<String>,
 
     /// Several topics to read as one stream. Their partition counts are added up for sizing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1))]
+    #[schemars(length(max = 64, min = 1), inner(length(max = 249)))]
     pub topics: Option<Vec<String>>,
 
     /// Consumer group id. Defaults to `sluice.<namespace>.<name>`. Offsets committed under this
     /// group are where a restarted or rescaled pipeline resumes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 249))]
     pub consumer_group: Option<String>,
 
     /// Where to start when the group has no committed offset for a partition. Defaults to
@@ -69,6 +70,7 @@ pub struct SourceFormat {
     /// Inline Avro writer schema (JSON). When set, values are plain Avro datums; when absent, values
     /// carry the Confluent wire header and schemas are fetched from `kafka.schemaRegistryUrl`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 65536))]
     pub schema: Option<String>,
 }
 

@@ -14,18 +14,19 @@ pub struct TransformSpec {
     /// `record.temperature > -50.0 && record.site == "north"`). Records for which it is false are
     /// counted as filtered; records for which it fails to evaluate go to the dead-letter topic.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
     pub filter: Option<String>,
 
     /// Fields to keep in each output record of a stateless pipeline (dotted paths such as
     /// `user.id`). Absent = the whole record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1))]
+    #[schemars(length(max = 256, min = 1), inner(length(max = 253)))]
     pub select: Option<Vec<String>>,
 
     /// Dotted path of the field that keys the stream (e.g. `device_id`). Windows and aggregates are
     /// computed per key; the key field is copied into every windowed output record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1))]
+    #[schemars(length(max = 253, min = 1))]
     pub key_by: Option<String>,
 
     /// Where each record's event time comes from. Absent = the Kafka record timestamp.
@@ -60,6 +61,7 @@ pub struct TimestampSpec {
 
     /// Dotted path of the event-time field, for `source: field`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
     pub field: Option<String>,
 
     /// Encoding of the event-time field: `epochMillis` (default), `epochSeconds` or `rfc3339`.

@@ -76,6 +76,55 @@ pub const RESERVED_KAFKA_PROPERTIES: &[&str] = &[
     "ssl.keystore.password",
 ];
 
+/// Whether a librdkafka property carries credentials or key material, which belong in Secrets
+/// (`spec.kafka.sasl.credentialsSecret`, `spec.kafka.tls`), never in the resource: every
+/// `sasl.*` property, private keys, certificates, key stores and anything named like a password
+/// or a secret.
+pub fn carries_credentials(key: &str) -> bool {
+    let key = key.to_ascii_lowercase().replace('_', ".");
+    key.starts_with("sasl.")
+        || key.starts_with("ssl.key")
+        || key.starts_with("ssl.certificate")
+        || key.starts_with("ssl.keystore")
+        || key.starts_with("ssl.engine")
+        || key.contains("password")
+        || key.contains("secret")
+}
+
+/// Longest `metadata.name`: the StatefulSet's pods get a `controller-revision-hash` label of
+/// the name plus 11 characters, which must fit in 63.
+pub const MAX_NAME_LENGTH: usize = 52;
+
+/// Problems with a PipelineDeployment's `metadata.name`: it names Services (a DNS-1035 label)
+/// and labels, with suffixes.
+pub fn name_problems(name: &str) -> Vec<FieldError> {
+    let dns_1035 = name.len() <= 63
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && !name.ends_with('-')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    let mut problems = Vec::new();
+    if !dns_1035 {
+        problems.push(FieldError {
+            path: "metadata.name".into(),
+            message: format!(
+                "{name:?} must be a DNS-1035 label (lower-case letters, digits and '-', starting with a letter): it names the pipeline's Services"
+            ),
+        });
+    }
+    if name.len() > MAX_NAME_LENGTH {
+        problems.push(FieldError {
+            path: "metadata.name".into(),
+            message: format!(
+                "is {} characters; at most {MAX_NAME_LENGTH} leave room for the suffixes of the pipeline's objects and labels",
+                name.len()
+            ),
+        });
+    }
+    problems
+}
+
 /// Shortest checkpoint interval accepted.
 pub const MIN_CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -192,7 +241,22 @@ fn kafka(c: &mut Collector, spec: &PipelineDeploymentSpec) {
                 format!("spec.kafka.properties[{key}]"),
                 "is set by the runtime and cannot be overridden (use the dedicated spec fields)",
             );
+        } else if carries_credentials(key) {
+            c.error(
+                format!("spec.kafka.properties[{key}]"),
+                "carries credentials or key material, which must not sit in the resource: use spec.kafka.sasl.credentialsSecret or spec.kafka.tls",
+            );
         }
+    }
+    if k.sasl
+        .as_ref()
+        .is_some_and(|s| s.mechanism == crate::kafka::SaslMechanism::Plain)
+        && k.security_protocol == SecurityProtocol::SaslPlaintext
+    {
+        c.error(
+            "spec.kafka.securityProtocol",
+            "SASL PLAIN over SASL_PLAINTEXT sends the password unencrypted: use SASL_SSL (or a SCRAM mechanism)",
+        );
     }
 }
 
@@ -659,6 +723,42 @@ mod tests {
             "apiVersion: sluice.dev/v1alpha1\nkind: PipelineDeployment\nmetadata: {{name: t}}\nspec:\n  kafka: {{bootstrapServers: 'a:9092,b:9092'}}\n  source: {{topic: in}}\n  sink: {{kafka: {{topic: out}}}}\n{extra}"
         );
         from_yaml(&text, "test").unwrap().spec
+    }
+
+    #[test]
+    fn credentials_in_kafka_properties_and_plain_passwords_in_clear_are_refused() {
+        let kafka = |yaml: &str| {
+            let mut s = spec("");
+            s.kafka = serde_norway::from_str(yaml).unwrap();
+            s
+        };
+        let s = kafka(
+            "{bootstrapServers: 'a:9092', securityProtocol: SASL_PLAINTEXT, sasl: {mechanism: PLAIN, credentialsSecret: {name: kafka}}, properties: {ssl.key.pem: x, sasl.oauthbearer.client.secret: y, ssl_keystore_location: z, fetch.max.bytes: '1048576', client.rack: use1-az1}}",
+        );
+        let errors = validate(&s).unwrap_err();
+        for path in [
+            "spec.kafka.properties[ssl.key.pem]",
+            "spec.kafka.properties[sasl.oauthbearer.client.secret]",
+            "spec.kafka.properties[ssl_keystore_location]",
+            "spec.kafka.securityProtocol",
+        ] {
+            assert!(errors.has_path(path), "missing {path} in {errors}");
+        }
+        assert_eq!(errors.0.len(), 4, "{errors}");
+        let scram = kafka(
+            "{bootstrapServers: 'a:9092', securityProtocol: SASL_PLAINTEXT, sasl: {mechanism: SCRAM-SHA-512, credentialsSecret: {name: kafka}}}",
+        );
+        assert_eq!(validate(&scram), Ok(()));
+    }
+
+    #[test]
+    fn names_must_be_dns_labels_short_enough_for_every_child() {
+        assert!(name_problems("iot-sensors").is_empty());
+        assert!(name_problems(&"a".repeat(MAX_NAME_LENGTH)).is_empty());
+        assert_eq!(name_problems(&"a".repeat(MAX_NAME_LENGTH + 1)).len(), 1);
+        for bad in ["Iot", "1iot", "iot_sensors", "iot.sensors", "iot-"] {
+            assert_eq!(name_problems(bad).len(), 1, "{bad}");
+        }
     }
 
     #[test]

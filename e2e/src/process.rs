@@ -18,19 +18,25 @@ pub fn runtime_binary() -> PathBuf {
     workspace_binary("pipeline-runtime")
 }
 
-/// A binary of this workspace built with the same profile as the test (`pipeline-runtime`,
-/// `pipeline-operator`, `loadgen`), next to the test binary's `deps/` folder; `scripts/test.sh`
-/// builds them before the tests.
+/// A binary of this workspace (`pipeline-runtime`, `pipeline-operator`, `loadgen`): from
+/// `SLUICE_BIN_DIR` when set (`scripts/test.sh` points it at the release binaries that
+/// `scripts/build-binaries.sh` builds, as the images do), else built with the same profile as the
+/// test, next to the test binary's `deps/` folder.
 pub fn workspace_binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test binary lives in target/<profile>/deps");
-    let binary = profile_dir.join(name);
+    let dir = match std::env::var_os("SLUICE_BIN_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            let exe = std::env::current_exe().expect("test binary path");
+            exe.parent()
+                .and_then(Path::parent)
+                .expect("test binary lives in target/<profile>/deps")
+                .to_owned()
+        }
+    };
+    let binary = dir.join(name);
     assert!(
         binary.exists(),
-        "{} is missing: run `cargo build -p pipeline-runtime -p pipeline-operator --bins` first (scripts/test.sh does)",
+        "{} is missing: run `cargo build -p pipeline-runtime -p pipeline-operator --bins` (or scripts/build-binaries.sh with SLUICE_BIN_DIR=target/release) first",
         binary.display()
     );
     binary

@@ -16,13 +16,32 @@ use rdkafka::{ClientConfig, consumer::BaseConsumer, consumer::Consumer};
 const TIMEOUT: Duration = Duration::from_secs(5);
 const TTL: Duration = Duration::from_secs(60);
 
-/// How to reach a pipeline's Kafka cluster and which topics to look up.
-#[derive(Clone, Debug, PartialEq)]
+/// How to reach a pipeline's Kafka cluster and which topics to look up. Its `Debug` output
+/// redacts credentials.
+#[derive(Clone, PartialEq)]
 pub struct KafkaAccess {
     /// librdkafka client properties (bootstrap servers, security, credentials, extra properties).
     pub properties: BTreeMap<String, String>,
     /// The source topics.
     pub topics: Vec<String>,
+}
+
+impl std::fmt::Debug for KafkaAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown: BTreeMap<&str, &str> = self
+            .properties
+            .iter()
+            .map(|(k, v)| {
+                let secret = k == "sasl.username"
+                    || pipeline_crds::validate::carries_credentials(k) && k != "sasl.mechanism";
+                (k.as_str(), if secret { "***" } else { v.as_str() })
+            })
+            .collect();
+        f.debug_struct("KafkaAccess")
+            .field("properties", &shown)
+            .field("topics", &self.topics)
+            .finish()
+    }
 }
 
 impl KafkaAccess {
@@ -82,6 +101,19 @@ pub enum CredentialsError {
         /// The spec field naming it.
         field: &'static str,
     },
+    /// The Secret is not marked for pipelines.
+    #[error(
+        "Secret {namespace}/{name} (from {field}) is not marked for Sluice pipelines: label it {}=true to let the pipelines of {namespace} use it",
+        pipeline_crds::contract::labels::SECRET_FOR_PIPELINES
+    )]
+    NotMarked {
+        /// Namespace.
+        namespace: String,
+        /// Secret name.
+        name: String,
+        /// The spec field naming it.
+        field: &'static str,
+    },
     /// The value is not UTF-8.
     #[error("Secret {namespace}/{name} key {key:?} is not UTF-8 text")]
     NotText {
@@ -112,12 +144,12 @@ struct Secrets {
 }
 
 impl Secrets {
-    async fn value(
+    /// The Secret `name`, read once, if it is marked for pipelines.
+    async fn marked(
         &mut self,
         name: &str,
-        key: &str,
         field: &'static str,
-    ) -> Result<String, CredentialsError> {
+    ) -> Result<&Secret, CredentialsError> {
         let namespace = self.namespace.clone();
         if !self.read.contains_key(name) {
             let secret = self
@@ -137,6 +169,30 @@ impl Secrets {
             self.read.insert(name.to_owned(), secret);
         }
         let secret = &self.read[name];
+        let marked = secret
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(pipeline_crds::contract::labels::SECRET_FOR_PIPELINES))
+            .is_some_and(|v| v == "true");
+        if !marked {
+            return Err(CredentialsError::NotMarked {
+                namespace,
+                name: name.into(),
+                field,
+            });
+        }
+        Ok(secret)
+    }
+
+    async fn value(
+        &mut self,
+        name: &str,
+        key: &str,
+        field: &'static str,
+    ) -> Result<String, CredentialsError> {
+        let namespace = self.namespace.clone();
+        let secret = self.marked(name, field).await?;
         let bytes = secret
             .data
             .as_ref()
@@ -164,7 +220,9 @@ impl Secrets {
 }
 
 /// Reads the SASL credentials and the CA bundle the spec refers to (one GET per Secret, never
-/// a list) and returns the pipeline's Kafka access.
+/// a list) and returns the pipeline's Kafka access. Every Secret the pods would mount (those two
+/// and the S3 checkpoint credentials) must carry the label
+/// [`pipeline_crds::contract::labels::SECRET_FOR_PIPELINES`].
 pub async fn access(
     client: &Client,
     namespace: &str,
@@ -193,6 +251,16 @@ pub async fn access(
         ),
         None => None,
     };
+    let s3_credentials = spec
+        .checkpoint
+        .as_ref()
+        .and_then(|c| c.storage.s3.as_ref())
+        .and_then(|s3| s3.credentials_secret.as_ref());
+    if let Some(s) = s3_credentials {
+        secrets
+            .marked(&s.name, "spec.checkpoint.storage.s3.credentialsSecret")
+            .await?;
+    }
     Ok(KafkaAccess::new(spec, credentials, ca))
 }
 
@@ -282,6 +350,23 @@ mod tests {
         )
         .unwrap()
         .spec
+    }
+
+    #[test]
+    fn debug_output_of_an_access_redacts_the_credentials() {
+        let s = spec(
+            "{bootstrapServers: 'k:9096', securityProtocol: SASL_SSL, sasl: {mechanism: SCRAM-SHA-512, credentialsSecret: {name: u}}}",
+        );
+        let access = KafkaAccess::new(&s, Some(("alice".into(), "s3cr3t".into())), None);
+        let shown = format!("{access:?}");
+        assert!(
+            !shown.contains("s3cr3t") && !shown.contains("alice"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("SCRAM-SHA-512") && shown.contains("k:9096"),
+            "{shown}"
+        );
     }
 
     #[test]

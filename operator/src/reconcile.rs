@@ -102,7 +102,8 @@ pub async fn reconcile_pipeline(
             status: None,
         });
     }
-    let mut problems = pipeline_crds::support::problems(&pd.spec);
+    let mut problems = pipeline_crds::validate::name_problems(&name);
+    problems.extend(pipeline_crds::support::problems(&pd.spec));
     problems.extend(backend.problems(pd));
     if !problems.is_empty() {
         info!(%name, %namespace, problems = problems.len(), "invalid spec; waiting for a change");

@@ -35,7 +35,13 @@ pub enum Limit {
     Partitions,
     /// Lowered to the smallest parallelism with the same most partitions per slot.
     EvenSpread,
+    /// No parallelism was set and the partitions are more than [`DEFAULT_PARALLELISM_CAP`].
+    DefaultCap,
 }
+
+/// The most slots a pipeline gets when neither `spec.parallelism` nor the autoscaler sets a
+/// number (a topic with 1,000 partitions must not start 1,000 slots by default).
+pub const DEFAULT_PARALLELISM_CAP: i32 = 32;
 
 impl Limit {
     /// For conditions and events.
@@ -46,6 +52,9 @@ impl Limit {
             Self::Partitions => "lowered to the source partition count",
             Self::EvenSpread => {
                 "lowered to the smallest parallelism with the same most partitions per slot"
+            }
+            Self::DefaultCap => {
+                "no parallelism is set: at most 32 slots by default (set spec.parallelism or enable the autoscaler for more)"
             }
         }
     }
@@ -131,8 +140,17 @@ pub fn size(
     let bounds = spec.autoscaler.as_ref();
     let min = bounds.and_then(|a| a.min_parallelism).unwrap_or(1).max(1);
     let max = bounds.and_then(|a| a.max_parallelism);
-    let wanted = decision.or(spec.parallelism).unwrap_or(partitions);
-    let (parallelism, limits) = parallelism(wanted, min, max, partitions);
+    let (wanted, capped) = match decision.or(spec.parallelism) {
+        Some(wanted) => (wanted, false),
+        None => (
+            partitions.min(DEFAULT_PARALLELISM_CAP),
+            partitions > DEFAULT_PARALLELISM_CAP,
+        ),
+    };
+    let (parallelism, mut limits) = parallelism(wanted, min, max, partitions);
+    if capped {
+        limits.insert(0, Limit::DefaultCap);
+    }
     let resources = &spec.resources;
     let replicas = ceil_div(parallelism, resources.slots_per_pod.max(1));
     let max_slots_per_pod = slots_of_pod(parallelism, replicas, 0);
@@ -193,6 +211,27 @@ mod tests {
         )
         .unwrap()
         .spec
+    }
+
+    #[test]
+    fn without_a_parallelism_a_large_topic_gets_at_most_the_default_cap_of_slots() {
+        let spec = from_yaml(
+            "apiVersion: sluice.dev/v1alpha1\nkind: PipelineDeployment\nmetadata: {name: p}\nspec:\n  kafka: {bootstrapServers: 'k:9092'}\n  source: {topic: in}\n  sink: {kafka: {topic: out}}\n",
+            "t",
+        )
+        .unwrap()
+        .spec;
+        let s = size(&spec, 1000, None).unwrap();
+        assert!(
+            s.parallelism <= DEFAULT_PARALLELISM_CAP,
+            "{}",
+            s.parallelism
+        );
+        assert_eq!(s.limits[0], Limit::DefaultCap);
+        assert_eq!(size(&spec, 12, None).unwrap().parallelism, 12);
+        let mut explicit = spec.clone();
+        explicit.parallelism = Some(100);
+        assert_eq!(size(&explicit, 1000, None).unwrap().parallelism, 100);
     }
 
     #[test]

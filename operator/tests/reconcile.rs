@@ -576,7 +576,7 @@ async fn unreachable_kafka_is_a_condition_an_event_and_a_retry_not_a_crash() {
 }
 
 #[tokio::test]
-async fn sasl_credentials_are_read_from_the_secret_for_the_partition_lookup() {
+async fn sasl_credentials_are_read_from_a_secret_marked_for_pipelines_for_the_partition_lookup() {
     let sasl = "  kafka: {bootstrapServers: 'k:9096', securityProtocol: SASL_SSL, sasl: {mechanism: SCRAM-SHA-512, credentialsSecret: {name: kafka-user, passwordKey: pw}}}\n";
     let mut pd = pipeline("");
     pd.spec.kafka = pipeline_crds::manifest::from_yaml(
@@ -586,11 +586,15 @@ async fn sasl_credentials_are_read_from_the_secret_for_the_partition_lookup() {
     .unwrap()
     .spec
     .kafka;
+    let secret = |labels: Value| {
+        json!({"apiVersion": "v1", "kind": "Secret",
+               "metadata": {"name": "kafka-user", "namespace": "ns", "labels": labels},
+               "data": {"username": "YWxpY2U=", "pw": "czNjcjN0"}})
+    };
     let mut scenario = Scenario::new(pd.clone());
     scenario.cluster.secrets.insert(
         "kafka-user".into(),
-        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "kafka-user", "namespace": "ns"},
-               "data": {"username": "YWxpY2U=", "pw": "czNjcjN0"}}),
+        secret(json!({"sluice.dev/pipeline-credentials": "true"})),
     );
     let (_, calls, asked) = scenario.run().await;
     assert_eq!(
@@ -617,7 +621,7 @@ async fn sasl_credentials_are_read_from_the_secret_for_the_partition_lookup() {
     assert!(sts.to_string().contains("kafka-user"));
 
     // Without the Secret: a condition naming it, an event, no children, a retry.
-    let (action, missing, asked) = Scenario::new(pd).run().await;
+    let (action, missing, asked) = Scenario::new(pd.clone()).run().await;
     assert!(asked.is_empty());
     assert_eq!(action, Ok(Action::requeue(Duration::from_secs(30))));
     assert_eq!(
@@ -634,6 +638,29 @@ async fn sasl_credentials_are_read_from_the_secret_for_the_partition_lookup() {
         ready["message"].as_str().unwrap().contains(
             "Secret ns/kafka-user (from spec.kafka.sasl.credentialsSecret) does not exist"
         ),
+        "{ready}"
+    );
+
+    // A Secret the namespace has not marked for pipelines is neither used nor mounted.
+    let mut unmarked = Scenario::new(pd);
+    unmarked
+        .cluster
+        .secrets
+        .insert("kafka-user".into(), secret(json!({"team": "payments"})));
+    let (action, calls, asked) = unmarked.run().await;
+    assert!(asked.is_empty(), "no credentials go to any broker");
+    assert_eq!(action, Ok(Action::requeue(Duration::from_secs(30))));
+    assert!(
+        !calls.iter().any(|c| c.path.starts_with(STS)),
+        "no pods mount it"
+    );
+    let ready = condition(&calls[1].body["status"], "Ready");
+    assert_eq!(ready["reason"], "CredentialsUnavailable");
+    assert!(
+        ready["message"]
+            .as_str()
+            .unwrap()
+            .contains("label it sluice.dev/pipeline-credentials=true"),
         "{ready}"
     );
 }

@@ -10,6 +10,8 @@ use crate::decode::DecodeError;
 /// A Confluent Schema Registry client with a schema cache (schemas by id never change).
 pub struct SchemaRegistry {
     base_url: String,
+    /// `base_url` with its password redacted, for errors (they reach logs and dead letters).
+    shown_url: String,
     agent: ureq::Agent,
     cache: HashMap<u32, Arc<Schema>>,
 }
@@ -24,9 +26,16 @@ impl SchemaRegistry {
             .new_agent();
         Self {
             base_url: base_url.trim_end_matches('/').to_owned(),
+            shown_url: pipeline_crds::kafka::redact_url(base_url.trim_end_matches('/')),
             agent,
             cache: HashMap::new(),
         }
+    }
+
+    /// `error` about a request to `url` under `base_url`, with the password redacted.
+    fn shown(&self, method: &str, path: &str, error: impl std::fmt::Display) -> String {
+        let text = error.to_string().replace(&self.base_url, &self.shown_url);
+        format!("{method} {}{path}: {text}", self.shown_url)
     }
 
     /// The writer schema with this id, fetched once.
@@ -34,12 +43,13 @@ impl SchemaRegistry {
         if let Some(schema) = self.cache.get(&id) {
             return Ok(schema.clone());
         }
-        let url = format!("{}/schemas/ids/{id}", self.base_url);
+        let path = format!("/schemas/ids/{id}");
+        let url = format!("{}{path}", self.base_url);
         let mut response = self
             .agent
             .get(&url)
             .call()
-            .map_err(|e| DecodeError::RegistryUnavailable(format!("GET {url}: {e}")))?;
+            .map_err(|e| DecodeError::RegistryUnavailable(self.shown("GET", &path, e)))?;
         let status = response.status().as_u16();
         match status {
             200 => {}
@@ -49,8 +59,10 @@ impl SchemaRegistry {
                 )));
             }
             _ => {
-                return Err(DecodeError::RegistryUnavailable(format!(
-                    "GET {url}: HTTP {status}"
+                return Err(DecodeError::RegistryUnavailable(self.shown(
+                    "GET",
+                    &path,
+                    format!("HTTP {status}"),
                 )));
             }
         }
@@ -61,7 +73,7 @@ impl SchemaRegistry {
         let body: SchemaResponse = response
             .body_mut()
             .read_json()
-            .map_err(|e| DecodeError::RegistryUnavailable(format!("GET {url}: {e}")))?;
+            .map_err(|e| DecodeError::RegistryUnavailable(self.shown("GET", &path, e)))?;
         let schema = Schema::parse_str(&body.schema)
             .map_err(|e| DecodeError::Wire(format!("schema id {id} does not parse: {e}")))?;
         let schema = Arc::new(schema);
@@ -71,18 +83,23 @@ impl SchemaRegistry {
 
     /// Registers `schema` under `subject` (or finds it registered) and returns its id.
     pub fn register(&mut self, subject: &str, schema: &Schema) -> Result<u32, RegistryError> {
-        let url = format!("{}/subjects/{subject}/versions", self.base_url);
+        let path = format!("/subjects/{subject}/versions");
+        let url = format!("{}{path}", self.base_url);
         let body = serde_json::json!({ "schema": schema.canonical_form() });
         let mut response = self
             .agent
             .post(&url)
             .header("Content-Type", "application/vnd.schemaregistry.v1+json")
             .send_json(&body)
-            .map_err(|e| RegistryError(format!("POST {url}: {e}")))?;
+            .map_err(|e| RegistryError(self.shown("POST", &path, e)))?;
         let status = response.status().as_u16();
         if status != 200 {
             let text = response.body_mut().read_to_string().unwrap_or_default();
-            return Err(RegistryError(format!("POST {url}: HTTP {status} {text}")));
+            return Err(RegistryError(self.shown(
+                "POST",
+                &path,
+                format!("HTTP {status} {text}"),
+            )));
         }
         #[derive(serde::Deserialize)]
         struct Registered {
@@ -91,7 +108,7 @@ impl SchemaRegistry {
         let registered: Registered = response
             .body_mut()
             .read_json()
-            .map_err(|e| RegistryError(format!("POST {url}: {e}")))?;
+            .map_err(|e| RegistryError(self.shown("POST", &path, e)))?;
         Ok(registered.id)
     }
 }
