@@ -19,7 +19,7 @@ WORKDIR /src
 COPY . .
 RUN bash scripts/build-binaries.sh \
     && mkdir -p /out \
-    && cp target/release/pipeline-operator target/release/pipeline-runtime /out/ \
+    && cp target/release/pipeline-operator target/release/pipeline-runtime target/release/loadgen /out/ \
     && cp /usr/lib/*-linux-gnu/libz.so.1 /out/
 
 # distroless/cc has glibc, libgcc, libstdc++, OpenSSL and CA certificates; zlib is copied in.
@@ -41,6 +41,8 @@ FROM base AS runtime
 LABEL org.opencontainers.image.title="pipeline-runtime" \
       org.opencontainers.image.description="Sluice stream runtime: runs a PipelineDeployment's slots (Kafka in, windows, Kafka out)"
 COPY --from=build /out/pipeline-runtime /usr/local/bin/pipeline-runtime
+# The load generator, for load tests in the cluster (e2e/cluster/run.sh runs it as a Job).
+COPY --from=build /out/loadgen /usr/local/bin/loadgen
 EXPOSE 9249
 ENTRYPOINT ["/usr/local/bin/pipeline-runtime"]
 CMD ["run"]

@@ -42,8 +42,42 @@ pub struct PodTemplateOverrides {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 253))]
     pub priority_class_name: Option<String>,
+    /// Extra environment variables of the runtime container, as plain values (Secrets are
+    /// referenced through the spec's own fields only), e.g. `RUST_BACKTRACE`, `AWS_REGION`,
+    /// proxies, or `SLUICE_LOG`. Names the operator sets itself are refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub env: Vec<EnvVarSpec>,
     /// Secrets used to pull the runtime image.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
     pub image_pull_secrets: Vec<LocalObjectReference>,
+}
+
+/// One environment variable with a plain value.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvVarSpec {
+    /// Variable name.
+    #[schemars(
+        regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]*$"),
+        length(min = 1, max = 253)
+    )]
+    pub name: String,
+    /// Value.
+    #[serde(default)]
+    #[schemars(length(max = 4096))]
+    pub value: String,
+}
+
+/// Environment variables of the runtime a pipeline may set through `podTemplate.env`; every
+/// other `SLUICE_*` variable, and the S3 credentials, are the operator's.
+pub const USER_SETTABLE_SLUICE_ENV: &[&str] = &["SLUICE_LOG", "SLUICE_SIMULATED_RECORD_COST"];
+
+/// Whether a pipeline may set the environment variable `name`.
+pub fn user_may_set_env(name: &str) -> bool {
+    if USER_SETTABLE_SLUICE_ENV.contains(&name) {
+        return true;
+    }
+    !name.starts_with("SLUICE_") && name != "AWS_ACCESS_KEY_ID" && name != "AWS_SECRET_ACCESS_KEY"
 }

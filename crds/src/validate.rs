@@ -150,6 +150,7 @@ pub fn validate(spec: &PipelineDeploymentSpec) -> Result<(), ValidationErrors> {
     let mut c = Collector(Vec::new());
     kafka(&mut c, spec);
     source(&mut c, spec);
+    pod_template(&mut c, spec);
     transform(&mut c, spec);
     window(&mut c, spec);
     aggregates(&mut c, spec);
@@ -257,6 +258,27 @@ fn kafka(c: &mut Collector, spec: &PipelineDeploymentSpec) {
             "spec.kafka.securityProtocol",
             "SASL PLAIN over SASL_PLAINTEXT sends the password unencrypted: use SASL_SSL (or a SCRAM mechanism)",
         );
+    }
+}
+
+fn pod_template(c: &mut Collector, spec: &PipelineDeploymentSpec) {
+    let Some(template) = &spec.pod_template else {
+        return;
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, e) in template.env.iter().enumerate() {
+        if !crate::pod_template::user_may_set_env(&e.name) {
+            c.error(
+                format!("spec.podTemplate.env[{i}].name"),
+                format!("{} is set by the operator", e.name),
+            );
+        }
+        if !seen.insert(e.name.as_str()) {
+            c.error(
+                format!("spec.podTemplate.env[{i}].name"),
+                format!("{} is set twice", e.name),
+            );
+        }
     }
 }
 
@@ -749,6 +771,22 @@ mod tests {
             "{bootstrapServers: 'a:9092', securityProtocol: SASL_PLAINTEXT, sasl: {mechanism: SCRAM-SHA-512, credentialsSecret: {name: kafka}}}",
         );
         assert_eq!(validate(&scram), Ok(()));
+    }
+
+    #[test]
+    fn pod_env_may_not_set_what_the_operator_sets() {
+        let s = spec(
+            "  podTemplate:\n    env: [{name: RUST_BACKTRACE, value: '1'}, {name: SLUICE_LOG, value: debug}, {name: SLUICE_CONFIG, value: /x}, {name: AWS_SECRET_ACCESS_KEY, value: k}, {name: RUST_BACKTRACE, value: '0'}]\n",
+        );
+        let errors = validate(&s).unwrap_err();
+        for path in [
+            "spec.podTemplate.env[2].name",
+            "spec.podTemplate.env[3].name",
+            "spec.podTemplate.env[4].name",
+        ] {
+            assert!(errors.has_path(path), "missing {path} in {errors}");
+        }
+        assert_eq!(errors.0.len(), 3, "{errors}");
     }
 
     #[test]

@@ -7,11 +7,14 @@ use common::{problems, repo_root, yaml_files};
 
 #[test]
 fn every_example_manifest_passes_schema_cel_and_validate() {
-    let files = yaml_files(&repo_root().join("manifests/examples"));
+    let mut files = yaml_files(&repo_root().join("manifests/examples"));
     assert!(
         files.len() >= 2,
         "expected the example manifests, found {files:?}"
     );
+    // The dev setup's pipeline, and the demo's.
+    files.push(repo_root().join("manifests/dev/iot-autoscaling.yaml"));
+    files.push(repo_root().join("operator/demo/iot-autoscaling.yaml"));
     for file in files {
         let text = std::fs::read_to_string(&file).unwrap();
         let found = problems(&text);

@@ -80,6 +80,20 @@ enum Command {
     /// Ends with a summary, a chart, and a check of every window against a reference computation
     /// (exit 0 only when all match).
     Demo(DemoArgs),
+    /// Check the demo pipeline's output on an existing Kafka (e.g. the cluster end-to-end test,
+    /// e2e/cluster/): every window of the input topic, computed here, must be in the output
+    /// with the same values. Exits 0 only when all match.
+    DemoCheck {
+        /// Kafka brokers.
+        #[arg(long)]
+        bootstrap_servers: String,
+        /// Partitions of the input topic.
+        #[arg(long, default_value_t = 12)]
+        partitions: i32,
+        /// How long to wait for the last windows.
+        #[arg(long, default_value = "2m", value_parser = parse_duration)]
+        timeout: std::time::Duration,
+    },
     /// Run the stream runtime's own command line (`pipeline-operator runtime run -f ...` is
     /// `pipeline-runtime run -f ...`); local mode starts its processes this way.
     #[command(disable_help_flag = true)]
@@ -313,6 +327,34 @@ fn main() -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        Command::DemoCheck {
+            bootstrap_servers,
+            partitions,
+            timeout,
+        } => match pipeline_operator::demo::check(&bootstrap_servers, partitions, timeout) {
+            Ok(check) => {
+                println!(
+                    "{} input records, {} windows expected, {} mismatches",
+                    check.input_records,
+                    check.expected_windows,
+                    check.mismatches.len()
+                );
+                for m in check.mismatches.iter().take(20) {
+                    println!("  {m}");
+                }
+                Ok(
+                    if check.mismatches.is_empty() && check.expected_windows > 0 {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    },
+                )
+            }
+            Err(error) => {
+                eprintln!("demo-check: {error}");
+                Ok(ExitCode::FAILURE)
+            }
+        },
         Command::Run {
             image,
             instance,

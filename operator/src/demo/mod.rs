@@ -62,7 +62,7 @@ pub struct DemoOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
     /// The embedded Kafka cluster.
-    #[error("embedded Kafka: {0}")]
+    #[error("Kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
     /// Local mode.
     #[error(transparent)]
@@ -319,6 +319,58 @@ fn compare(expected: &Reference, got: &BTreeMap<(String, i64), Value>) -> Vec<St
         }
     }
     mismatches
+}
+
+/// What [`check`] found.
+#[derive(Clone, Debug)]
+pub struct Check {
+    /// Records in the input topic.
+    pub input_records: usize,
+    /// Windows the reference expects.
+    pub expected_windows: usize,
+    /// Windows that differ from the reference, are missing, or were written twice with
+    /// different values (must be empty).
+    pub mismatches: Vec<String>,
+}
+
+/// Checks the output of the demo pipeline (`operator/demo/iot-autoscaling.yaml`, e.g. run in a
+/// cluster with `manifests/dev/`) on the Kafka at `bootstrap`: every window of the input topic,
+/// computed here, must be in the output topic with the same values. Waits up to `timeout` for
+/// the last windows.
+pub fn check(bootstrap: &str, partitions: i32, timeout: Duration) -> Result<Check, DemoError> {
+    let values = read_all(bootstrap, INPUT, partitions)?;
+    let (expected, _) = reference(&values);
+    let output = Arc::new(Mutex::new(Output::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (bootstrap, output, stop) = (bootstrap.to_owned(), output.clone(), stop.clone());
+        std::thread::spawn(move || read_output(bootstrap, output, stop))
+    };
+    let deadline = Instant::now() + timeout;
+    loop {
+        let complete = {
+            let out = output.lock().expect("not poisoned");
+            expected.keys().all(|k| out.windows.contains_key(k))
+        };
+        if complete || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // Repeats still in flight are part of what is checked.
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::Relaxed);
+    reader
+        .join()
+        .map_err(|_| DemoError::Io("the output reader panicked".into()))??;
+    let out = std::mem::take(&mut *output.lock().expect("not poisoned"));
+    let mut mismatches = compare(&expected, &out.windows);
+    mismatches.extend(out.repeats_differing);
+    Ok(Check {
+        input_records: values.len(),
+        expected_windows: expected.len(),
+        mismatches,
+    })
 }
 
 fn print_tick(tty: bool, t: f64, target: f64, tick: &Tick) {

@@ -17,7 +17,7 @@ use pipeline_runtime::loadgen::{self, Counters, LoadOptions, Profile, Shape, Wor
 
 /// Load generator for Sluice pipelines and benchmarks.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version)]
 struct Args {
     /// Broker list.
     #[arg(long, short = 'b')]

@@ -141,6 +141,13 @@ fn pod_template(
             &secret.password_key,
         ));
     }
+    env.extend(
+        overrides
+            .env
+            .iter()
+            .filter(|e| pipeline_crds::pod_template::user_may_set_env(&e.name))
+            .map(|e| env_value(&e.name, e.value.clone())),
+    );
     let mut mounts = vec![
         VolumeMount {
             name: "config".into(),
