@@ -115,6 +115,10 @@ fn authorization(
     (group, resource, verb.to_owned(), name)
 }
 
+/// Every `(group, resource, verb)` any scenario of this binary requested.
+static REQUESTED: Mutex<std::collections::BTreeSet<(String, String, String)>> =
+    Mutex::new(std::collections::BTreeSet::new());
+
 /// Whether the operator's RBAC rules (the chart's Roles) allow the request.
 fn permitted(method: &Method, path: &str, query: &str) -> bool {
     use pipeline_operator::backend::kube::rbac;
@@ -139,6 +143,8 @@ async fn serve(mut handle: Handle, pd: PipelineDeployment, cluster: Cluster) -> 
         let query = request.uri().query().unwrap_or_default().to_owned();
         let bytes = request.into_body().collect_bytes().await.unwrap();
         let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        let (group, resource, verb, _) = authorization(&method, &path, &query);
+        REQUESTED.lock().unwrap().insert((group, resource, verb));
         let (code, answer) = match method.clone() {
             _ if !permitted(&method, &path, &query) => (403, status_body(403, "Forbidden")),
             Method::PATCH if cluster.failing.contains(&path) => {
@@ -708,6 +714,104 @@ async fn suspend_scales_to_zero_deletes_the_disruption_budget_and_announces_it()
         "Suspended"
     );
     assert_eq!(events(&calls)[0].1, "Suspended");
+}
+
+#[tokio::test]
+async fn every_verb_of_the_rbac_rules_is_one_the_operator_uses() {
+    use pipeline_operator::{
+        autoscale::source::{Endpoints, Target},
+        backend::kube::rbac,
+        controller::PodEndpoints,
+    };
+    // What exercises each rule: a new pipeline where the PodMonitor CRD is looked up, a suspend
+    // (prune deletes), SASL credentials (a Secret), and the direct scrape's pod list.
+    let (_, first, _) = Scenario::new(pipeline(""))
+        .run_on(|client, partitions, _, install| {
+            let metrics = Arc::new(OperatorMetrics::default());
+            let mut ctx = context(client.clone(), metrics, partitions, true, install);
+            ctx.kube.pod_monitor_crd = PodMonitorCrd::detect();
+            Arc::new(ctx)
+        })
+        .await;
+    // Children an earlier version named differently, of every kind: pruned.
+    let mut renamed = Scenario::new(pipeline(""));
+    renamed.pod_monitor_crd = true;
+    for (path, api_version, kind) in [
+        (format!("{NS}/configmaps"), "v1", "ConfigMap"),
+        (format!("{NS}/services"), "v1", "Service"),
+        (STS.to_owned(), "apps/v1", "StatefulSet"),
+        (PDBS.to_owned(), "policy/v1", "PodDisruptionBudget"),
+        (
+            "/apis/monitoring.coreos.com/v1/namespaces/ns/podmonitors".to_owned(),
+            "monitoring.coreos.com/v1",
+            "PodMonitor",
+        ),
+    ] {
+        renamed.cluster.lists.insert(
+            path,
+            vec![json!({"apiVersion": api_version, "kind": kind, "metadata": {
+                "name": "old", "namespace": "ns",
+                "ownerReferences": [{"apiVersion": "sluice.dev/v1alpha1", "kind": "PipelineDeployment",
+                    "name": "p", "uid": "uid-1", "controller": true}]}})],
+        );
+    }
+    let (_, calls, _) = renamed.run().await;
+    assert_eq!(
+        calls.iter().filter(|c| c.method == Method::DELETE).count(),
+        5,
+        "{:?}",
+        lines(&calls)
+    );
+    let _ = Scenario::new(after(pipeline("  suspend: true\n"), &first))
+        .run()
+        .await;
+    let sasl = "{bootstrapServers: 'k:9096', securityProtocol: SASL_SSL, sasl: {mechanism: SCRAM-SHA-512, credentialsSecret: {name: u}}}";
+    let mut pd = pipeline("");
+    pd.spec.kafka = serde_json::from_value(
+        serde_json::to_value(serde_norway::from_str::<Value>(sasl).unwrap()).unwrap(),
+    )
+    .unwrap();
+    let _ = Scenario::new(pd).run().await;
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let server = tokio::spawn(serve(handle, pipeline(""), Cluster::default()));
+    let target = Target {
+        namespace: "ns".into(),
+        name: "p".into(),
+    };
+    PodEndpoints::new(Client::new(service, "ns"))
+        .endpoints(&target)
+        .await
+        .unwrap();
+    server.await.unwrap();
+
+    let requested = REQUESTED.lock().unwrap().clone();
+    let used = |group: &str, resource: &str, verb: &str| {
+        requested.contains(&(group.to_owned(), resource.to_owned(), verb.to_owned()))
+    };
+    let mut unused = Vec::new();
+    for rule in rbac::namespaced().iter().chain(rbac::cluster().iter()) {
+        for resource in &rule.resources {
+            for verb in &rule.verbs {
+                let group = rule.api_group.as_str();
+                let why_unseen = match *verb {
+                    // Server-side apply of an object that does not exist is authorized as create.
+                    "create" if used(group, resource, "patch") => true,
+                    // The controller's watches (list, then watch) run outside reconcile.
+                    "list" | "watch"
+                        if resource == "pipelinedeployments"
+                            || rbac::WATCHED_CHILDREN.contains(&resource.as_str()) =>
+                    {
+                        true
+                    }
+                    _ => used(group, resource, verb),
+                };
+                if !why_unseen {
+                    unused.push(format!("{verb} {group}/{resource}"));
+                }
+            }
+        }
+    }
+    assert!(unused.is_empty(), "rules no request needs: {unused:?}");
 }
 
 #[tokio::test]
