@@ -55,6 +55,8 @@ pub mod paths {
     pub const SCALE_PATH: &str = "/etc/sluice/scale.json";
     /// Directory the Kafka CA Secret is mounted at.
     pub const KAFKA_CA_DIR: &str = "/etc/sluice/kafka-ca";
+    /// Directory the Kafka client certificate Secret (`tls.crt`, `tls.key`) is mounted at.
+    pub const KAFKA_CLIENT_CERT_DIR: &str = "/etc/sluice/kafka-client";
     /// Mount point of a `checkpoint.storage.volume` claim.
     pub const CHECKPOINT_VOLUME_DIR: &str = "/var/lib/sluice/checkpoints";
     /// Writable scratch directory (the root file system is read-only).

@@ -169,14 +169,33 @@ fn default_password_key() -> String {
     "password".to_owned()
 }
 
-/// TLS trust settings.
+/// TLS settings: whom to trust, and the client certificate for mutual TLS.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TlsSpec {
     /// Secret holding a PEM CA bundle to verify the brokers with. Absent = the system roots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_secret: Option<SecretKeyRef>,
+    /// Secret holding the client certificate and its private key for mutual TLS, PEM, under
+    /// `tls.crt` and `tls.key` (a `kubernetes.io/tls` Secret, e.g. from cert-manager). Keys and
+    /// certificates never go in `kafka.properties`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificate_secret: Option<ClientCertificateSecretRef>,
 }
+
+/// A `kubernetes.io/tls` Secret.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientCertificateSecretRef {
+    /// Name of the Secret, in the pipeline's namespace.
+    #[schemars(length(max = 253, min = 1))]
+    pub name: String,
+}
+
+/// Keys of a `kubernetes.io/tls` Secret.
+pub const TLS_CERTIFICATE_KEY: &str = "tls.crt";
+/// The private key's key in a `kubernetes.io/tls` Secret.
+pub const TLS_PRIVATE_KEY_KEY: &str = "tls.key";
 
 /// One key of a Secret.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -52,6 +52,16 @@ impl KafkaAccess {
         credentials: Option<(String, String)>,
         ca: Option<String>,
     ) -> Self {
+        Self::with_client_certificate(spec, credentials, ca, None)
+    }
+
+    /// [`Self::new`] with a PEM client certificate and key for mutual TLS.
+    pub fn with_client_certificate(
+        spec: &PipelineDeploymentSpec,
+        credentials: Option<(String, String)>,
+        ca: Option<String>,
+        client_certificate: Option<(String, String)>,
+    ) -> Self {
         let mut properties = spec.kafka.client_properties();
         properties.insert(
             "bootstrap.servers".into(),
@@ -63,6 +73,10 @@ impl KafkaAccess {
         }
         if let Some(pem) = ca {
             properties.insert("ssl.ca.pem".into(), pem);
+        }
+        if let Some((certificate, key)) = client_certificate {
+            properties.insert("ssl.certificate.pem".into(), certificate);
+            properties.insert("ssl.key.pem".into(), key);
         }
         Self {
             properties,
@@ -251,6 +265,21 @@ pub async fn access(
         ),
         None => None,
     };
+    let client_certificate = match spec
+        .kafka
+        .tls
+        .as_ref()
+        .and_then(|t| t.client_certificate_secret.as_ref())
+    {
+        Some(s) => {
+            use pipeline_crds::kafka::{TLS_CERTIFICATE_KEY, TLS_PRIVATE_KEY_KEY};
+            let field = "spec.kafka.tls.clientCertificateSecret";
+            let certificate = secrets.value(&s.name, TLS_CERTIFICATE_KEY, field).await?;
+            let key = secrets.value(&s.name, TLS_PRIVATE_KEY_KEY, field).await?;
+            Some((certificate, key))
+        }
+        None => None,
+    };
     let s3_credentials = spec
         .checkpoint
         .as_ref()
@@ -261,7 +290,12 @@ pub async fn access(
             .marked(&s.name, "spec.checkpoint.storage.s3.credentialsSecret")
             .await?;
     }
-    Ok(KafkaAccess::new(spec, credentials, ca))
+    Ok(KafkaAccess::with_client_certificate(
+        spec,
+        credentials,
+        ca,
+        client_certificate,
+    ))
 }
 
 /// How the source topics' partition count is found. Called on a blocking thread.

@@ -672,6 +672,43 @@ async fn sasl_credentials_are_read_from_a_secret_marked_for_pipelines_for_the_pa
 }
 
 #[tokio::test]
+async fn a_client_certificate_for_mutual_tls_is_read_for_the_lookup_and_mounted_in_the_pods() {
+    let mut pd = pipeline("");
+    pd.spec.kafka = serde_json::from_value(json!({"bootstrapServers": "k:9093",
+        "securityProtocol": "SSL", "tls": {"clientCertificateSecret": {"name": "client"}}}))
+    .unwrap();
+    let mut scenario = Scenario::new(pd);
+    scenario.cluster.secrets.insert(
+        "client".into(),
+        json!({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+               "metadata": {"name": "client", "namespace": "ns",
+                            "labels": {"sluice.dev/pipeline-credentials": "true"}},
+               "data": {"tls.crt": "Q0VSVA==", "tls.key": "S0VZ"}}),
+    );
+    let (_, calls, asked) = scenario.run().await;
+    let p = &asked[0].properties;
+    assert_eq!(
+        (p["ssl.certificate.pem"].as_str(), p["ssl.key.pem"].as_str()),
+        ("CERT", "KEY")
+    );
+    let sts = by_path(&calls, Method::PATCH, &format!("{STS}/p"));
+    let text = sts.to_string();
+    assert!(
+        !text.contains("KEY") && !text.contains("S0VZ"),
+        "by reference only"
+    );
+    let volumes = sts["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .unwrap();
+    assert!(
+        volumes
+            .iter()
+            .any(|v| v["secret"]["secretName"] == "client"),
+        "{volumes:?}"
+    );
+}
+
+#[tokio::test]
 async fn suspend_scales_to_zero_deletes_the_disruption_budget_and_announces_it() {
     let (_, first, _) = Scenario::new(pipeline("")).run().await;
     let pdb = by_path(&first, Method::PATCH, &format!("{PDBS}/p")).clone();

@@ -39,6 +39,20 @@ pub fn base_config(
             format!("{}/{}", paths::KAFKA_CA_DIR, ca.key),
         );
     }
+    if spec
+        .kafka
+        .tls
+        .as_ref()
+        .is_some_and(|t| t.client_certificate_secret.is_some())
+    {
+        use pipeline_crds::kafka::{TLS_CERTIFICATE_KEY, TLS_PRIVATE_KEY_KEY};
+        let dir = paths::KAFKA_CLIENT_CERT_DIR;
+        config.set(
+            "ssl.certificate.location",
+            format!("{dir}/{TLS_CERTIFICATE_KEY}"),
+        );
+        config.set("ssl.key.location", format!("{dir}/{TLS_PRIVATE_KEY_KEY}"));
+    }
     // Last, so the user's properties win where the runtime only sets a default (client.id, the
     // CA path); the ones it owns are refused by validate().
     for (key, value) in spec.kafka.client_properties() {
@@ -187,6 +201,22 @@ mod tests {
         assert_eq!(p.get("batch.size"), Some("1048576"));
         assert_eq!(p.get("compression.type"), Some("zstd"));
         assert_eq!(p.get("enable.idempotence"), Some("true"));
+    }
+
+    #[test]
+    fn a_client_certificate_secret_becomes_the_mounted_certificate_and_key() {
+        let s = spec(
+            "  kafka:\n    bootstrapServers: 'k:9093'\n    securityProtocol: SSL\n    tls: {clientCertificateSecret: {name: client}}\n  sink: {kafka: {topic: out}}\n",
+        );
+        let c = base_config(&s, "k:9093", "c");
+        assert_eq!(
+            c.get("ssl.certificate.location"),
+            Some("/etc/sluice/kafka-client/tls.crt")
+        );
+        assert_eq!(
+            c.get("ssl.key.location"),
+            Some("/etc/sluice/kafka-client/tls.key")
+        );
     }
 
     #[test]

@@ -192,6 +192,28 @@ fn pod_template(
             ..Volume::default()
         });
     }
+    let client_certificate = spec
+        .kafka
+        .tls
+        .as_ref()
+        .and_then(|t| t.client_certificate_secret.as_ref());
+    if let Some(secret) = client_certificate {
+        mounts.push(VolumeMount {
+            name: "kafka-client-certificate".into(),
+            mount_path: paths::KAFKA_CLIENT_CERT_DIR.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+        volumes.push(Volume {
+            name: "kafka-client-certificate".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.name.clone()),
+                default_mode: Some(0o400),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+    }
     if let Some(volume) = storage.and_then(|s| s.volume.as_ref()) {
         mounts.push(VolumeMount {
             name: "checkpoints".into(),
