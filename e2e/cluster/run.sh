@@ -59,12 +59,14 @@ log "the pipeline"
 kubectl apply -f manifests/dev/iot-autoscaling.yaml
 kubectl -n "$ns" wait pd/iot-sensors --for=condition=Ready --timeout=300s
 
-log "load: 3,000/s for 1 min, 15,000/s for 4 min, 3,000/s for 3 min (one slot handles about 5,000/s)"
-kubectl -n "$ns" delete job loadgen --ignore-not-found
-kubectl -n "$ns" apply -f - <<YAML
+# A one-pod Job NAME running IMAGE with the JSON array ARGS as its command line (restricted pod).
+job() {
+  local name="$1" image="$2" command="$3"
+  kubectl -n "$ns" delete job "$name" --ignore-not-found
+  kubectl -n "$ns" apply -f - <<YAML
 apiVersion: batch/v1
 kind: Job
-metadata: {name: loadgen, namespace: $ns}
+metadata: {name: $name, namespace: $ns}
 spec:
   backoffLimit: 0
   template:
@@ -73,15 +75,17 @@ spec:
       automountServiceAccountToken: false
       securityContext: {runAsNonRoot: true, runAsUser: 65532, seccompProfile: {type: RuntimeDefault}}
       containers:
-        - name: loadgen
-          image: ghcr.io/sluice-dev/pipeline-runtime:$tag
-          command: [/usr/local/bin/loadgen]
-          args: [--bootstrap-servers, kafka.$ns.svc:9092, --topic, iot-sensor-data, --keys, "1000",
-                 --profile, "steps:3000@60s,15000@240s,3000@180s", --out-of-order, "0.05",
-                 --malformed, "0.001", --close-after, 30s, --quiet]
-          resources: {requests: {cpu: 500m, memory: 128Mi}, limits: {memory: 256Mi}}
+        - name: $name
+          image: $image
+          command: $command
+          resources: {requests: {cpu: 250m, memory: 128Mi}, limits: {memory: 512Mi}}
           securityContext: {allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: {drop: [ALL]}}
 YAML
+}
+
+log "load: 3,000/s for 1 min, 15,000/s for 4 min, 3,000/s for 3 min (one slot handles about 5,000/s)"
+job loadgen "ghcr.io/sluice-dev/pipeline-runtime:$tag" \
+  "[/usr/local/bin/loadgen, --bootstrap-servers, kafka.$ns.svc:9092, --topic, iot-sensor-data, --keys, '1000', --profile, 'steps:3000@60s,15000@240s,3000@180s', --out-of-order, '0.05', --malformed, '0.001', --close-after, 30s, --quiet]"
 
 parallelism() { kubectl -n "$ns" get pd iot-sensors -o jsonpath='{.status.parallelism}'; }
 log "waiting for a scale-up"
@@ -105,25 +109,8 @@ done
 [ "$(parallelism)" -lt "$peak" ] || fail "the pipeline did not scale down after the load fell"
 
 log "output check (demo-check)"
-kubectl -n "$ns" delete job demo-check --ignore-not-found
-kubectl -n "$ns" apply -f - <<YAML
-apiVersion: batch/v1
-kind: Job
-metadata: {name: demo-check, namespace: $ns}
-spec:
-  backoffLimit: 0
-  template:
-    spec:
-      restartPolicy: Never
-      automountServiceAccountToken: false
-      securityContext: {runAsNonRoot: true, runAsUser: 65532, seccompProfile: {type: RuntimeDefault}}
-      containers:
-        - name: check
-          image: ghcr.io/sluice-dev/pipeline-operator:$tag
-          args: [demo-check, --bootstrap-servers, kafka.$ns.svc:9092, --partitions, "12", --timeout, 3m]
-          resources: {requests: {cpu: 250m, memory: 256Mi}, limits: {memory: 512Mi}}
-          securityContext: {allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: {drop: [ALL]}}
-YAML
+job demo-check "ghcr.io/sluice-dev/pipeline-operator:$tag" \
+  "[/usr/local/bin/pipeline-operator, demo-check, --bootstrap-servers, kafka.$ns.svc:9092, --partitions, '12', --timeout, 3m]"
 if kubectl -n "$ns" wait job/demo-check --for=condition=complete --timeout=300s; then
   kubectl -n "$ns" logs job/demo-check
 else
