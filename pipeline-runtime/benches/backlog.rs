@@ -17,8 +17,10 @@
 //! this machine, consume + produce), `stateless`
 //! (JSON, a CEL filter and a projection), `iot-windowed` (source keyed by device, 1-minute tumbling
 //! window, count/avg/min/max), `iot-windowed-cel` (the same behind a two-clause CEL filter),
-//! `iot-repartitioned` (the same, re-keyed through the repartition topic). The records are ≈240-byte
-//! JSON sensor readings of 100,000 devices, generated with the same bytes on every run.
+//! `iot-repartitioned` (the same, re-keyed through the repartition topic), `iot-windowed-avro`
+//! (`iot-windowed` on the same readings as plain Avro datums with an inline schema, preloaded into
+//! a second topic only when that job runs). The records are ≈240-byte JSON sensor readings of
+//! 100,000 devices, generated with the same bytes on every run.
 
 use std::{
     collections::BTreeMap,
@@ -47,9 +49,13 @@ fn partitions() -> i32 {
 }
 const DEVICES: u64 = 100_000;
 const SOURCE: &str = "readings";
+/// The same readings as plain Avro datums (`iot-windowed-avro`).
+const AVRO_SOURCE: &str = "readings-avro";
 
 struct Job {
     name: &'static str,
+    /// Reads the Avro copy of the readings.
+    avro: bool,
     /// Whether the job drops the `degraded` readings (its windows are those of the others).
     filtered: bool,
     /// The `spec:` lines after kafka/source.
@@ -60,32 +66,44 @@ struct Job {
 const JOBS: &[Job] = &[
     Job {
         name: "passthrough",
+        avro: false,
         filtered: false,
         spec: "  sink: {kafka: {topic: out}}\n",
         windowed: false,
     },
     Job {
         name: "stateless",
+        avro: false,
         filtered: false,
         spec: "  transform:\n    filter: 'record.temperature > -50.0 && record.status == \"ok\"'\n    select: [device_id, ts, temperature, humidity]\n  sink: {kafka: {topic: out}}\n",
         windowed: false,
     },
     Job {
         name: "iot-windowed",
+        avro: false,
         filtered: false,
         spec: "  transform: {keyBy: device_id, sourceKeyed: true, timestamp: {field: ts}, watermark: {maxOutOfOrderness: 5s}}\n  window: {tumbling: {size: 1m}}\n  aggregates:\n    - {name: readings, function: count}\n    - {name: avg_temperature, function: avg, field: temperature}\n    - {name: min_temperature, function: min, field: temperature}\n    - {name: max_temperature, function: max, field: temperature}\n  sink: {kafka: {topic: out}}\n",
         windowed: true,
     },
     Job {
         name: "iot-windowed-cel",
+        avro: false,
         filtered: true,
         spec: "  transform: {filter: 'record.temperature > -50.0 && record.status == \"ok\"', keyBy: device_id, sourceKeyed: true, timestamp: {field: ts}, watermark: {maxOutOfOrderness: 5s}}\n  window: {tumbling: {size: 1m}}\n  aggregates:\n    - {name: readings, function: count}\n    - {name: avg_temperature, function: avg, field: temperature}\n    - {name: min_temperature, function: min, field: temperature}\n    - {name: max_temperature, function: max, field: temperature}\n  sink: {kafka: {topic: out}}\n",
         windowed: true,
     },
     Job {
         name: "iot-repartitioned",
+        avro: false,
         filtered: false,
         spec: "  transform: {keyBy: device_id, repartition: always, timestamp: {field: ts}, watermark: {maxOutOfOrderness: 5s}}\n  window: {tumbling: {size: 1m}}\n  aggregates:\n    - {name: readings, function: count}\n    - {name: avg_temperature, function: avg, field: temperature}\n    - {name: min_temperature, function: min, field: temperature}\n    - {name: max_temperature, function: max, field: temperature}\n  sink: {kafka: {topic: out}}\n",
+        windowed: true,
+    },
+    Job {
+        name: "iot-windowed-avro",
+        avro: true,
+        filtered: false,
+        spec: "  transform: {keyBy: device_id, sourceKeyed: true, timestamp: {field: ts}, watermark: {maxOutOfOrderness: 5s}}\n  window: {tumbling: {size: 1m}}\n  aggregates:\n    - {name: readings, function: count}\n    - {name: avg_temperature, function: avg, field: temperature}\n    - {name: min_temperature, function: min, field: temperature}\n    - {name: max_temperature, function: max, field: temperature}\n  sink: {kafka: {topic: out}}\n",
         windowed: true,
     },
 ];
@@ -99,15 +117,71 @@ fn event_ms(i: u64) -> u64 {
 /// The load generator's IoT readings (≈240 bytes of JSON) of 100,000 devices, the same bytes on
 /// every run.
 fn readings() -> Generator {
+    readings_as(false)
+}
+
+/// The same readings (the same draws, so the same keys, times and values), as JSON or as Avro
+/// in the Confluent wire format with schema id 1 (the preload strips the 5-byte header).
+fn readings_as(avro: bool) -> Generator {
     Generator::new(
-        Workload::IotJson,
+        if avro {
+            Workload::IotAvro
+        } else {
+            Workload::IotJson
+        },
         Shape {
             keys: DEVICES,
             ..Shape::default()
         },
         42,
-        None,
+        avro.then_some(1),
     )
+}
+
+/// Preloads the readings as plain Avro datums into [`AVRO_SOURCE`], with a closing record per
+/// partition; returns the bytes written.
+fn preload_avro(bootstrap: &str, records: u64) -> u64 {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "20")
+        .set("batch.size", "1000000")
+        .set("compression.type", "lz4")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()
+        .expect("a producer");
+    let mut generator = readings_as(true);
+    let mut bytes = 0;
+    let mut send = |key: &str, datum: &[u8], partition: i32| {
+        let mut record = BaseRecord::to(AVRO_SOURCE)
+            .partition(partition)
+            .key(key)
+            .payload(datum);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    producer.poll(Duration::from_millis(1));
+                    record = back;
+                }
+            }
+        }
+    };
+    for i in 0..records {
+        let generated = generator.next(i64::try_from(event_ms(i)).unwrap_or(i64::MAX));
+        let datum = &generated.value[5..];
+        bytes += datum.len() as u64;
+        let partition = i32::try_from(partition_of(&generated.key)).unwrap_or(0);
+        send(&generated.key, datum, partition);
+        if i % 10_000 == 0 {
+            producer.poll(Duration::ZERO);
+        }
+    }
+    for partition in 0..partitions() {
+        let closing = generator.closing(partition, 4_000_000_000_000);
+        send(&closing.key, &closing.value[5..], partition);
+    }
+    producer.flush(Duration::from_secs(300)).expect("flushed");
+    bytes
 }
 
 /// The data set as JSON lines (the same bytes the backlog preloads), for engines that read
@@ -302,7 +376,16 @@ fn manifest(dir: &Path, job: &Job, group: &str) -> PathBuf {
     std::fs::write(
         &path,
         format!(
-            "apiVersion: sluice.dev/v1alpha1\nkind: PipelineDeployment\nmetadata: {{name: {group}, namespace: bench}}\nspec:\n  kafka: {{bootstrapServers: 'replaced:9092'}}\n  source: {{topic: {SOURCE}, startingOffsets: earliest}}\n{}",
+            "apiVersion: sluice.dev/v1alpha1\nkind: PipelineDeployment\nmetadata: {{name: {group}, namespace: bench}}\nspec:\n  kafka: {{bootstrapServers: 'replaced:9092'}}\n  source: {{topic: {}, startingOffsets: earliest{}}}\n{}",
+            if job.avro { AVRO_SOURCE } else { SOURCE },
+            if job.avro {
+                format!(
+                    ", format: {{type: avro, schema: '{}'}}",
+                    pipeline_runtime::loadgen::workload::IOT_AVRO_SCHEMA.replace('\n', " ")
+                )
+            } else {
+                String::new()
+            },
             job.spec
         ),
     )
@@ -448,6 +531,8 @@ fn main() {
     {
         mock = MockCluster::new(3).expect("a mock cluster");
         mock.create_topic(SOURCE, partitions(), 1).expect("topic");
+        mock.create_topic(AVRO_SOURCE, partitions(), 1)
+            .expect("topic");
         mock.create_topic("out", partitions(), 1).expect("topic");
         (
             mock.bootstrap_servers(),
@@ -456,7 +541,11 @@ fn main() {
         )
     } else {
         tansu = Tansu::start().expect("tansu (unset SLUICE_SKIP_BROKER_TESTS)");
-        tansu.create_topics(&[(SOURCE, partitions()), ("out", partitions())]);
+        tansu.create_topics(&[
+            (SOURCE, partitions()),
+            (AVRO_SOURCE, partitions()),
+            ("out", partitions()),
+        ]);
         let pid = tansu.pid();
         (
             tansu.bootstrap.clone(),
@@ -472,6 +561,15 @@ fn main() {
         windows.all,
         started.elapsed().as_secs_f64()
     );
+    if jobs.iter().any(|j| j.avro) {
+        let started = Instant::now();
+        let bytes = preload_avro(&bootstrap, records);
+        eprintln!(
+            "preloaded {records} Avro records ({:.0} bytes each) in {:.1} s",
+            bytes as f64 / records as f64,
+            started.elapsed().as_secs_f64()
+        );
+    }
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!(
         "machine: {cores} cores; broker: {broker_name}; runtime: {}",
