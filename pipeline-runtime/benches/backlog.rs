@@ -151,7 +151,7 @@ fn preload_avro(bootstrap: &str, records: u64) -> u64 {
         .expect("a producer");
     let mut generator = readings_as(true);
     let mut bytes = 0;
-    let mut send = |key: &str, datum: &[u8], partition: i32| {
+    let send = |key: &str, datum: &[u8], partition: i32| {
         let mut record = BaseRecord::to(AVRO_SOURCE)
             .partition(partition)
             .key(key)
