@@ -38,6 +38,17 @@ pub struct CheckpointSpec {
     pub retain: i32,
 }
 
+impl CheckpointSpec {
+    /// Checkpoints to `storage` with the default interval and retention.
+    pub fn with_storage(storage: CheckpointStorage) -> Self {
+        Self {
+            interval: default_interval(),
+            storage,
+            retain: default_retain(),
+        }
+    }
+}
+
 fn default_interval() -> Duration {
     Duration::from_secs(10)
 }

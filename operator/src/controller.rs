@@ -293,16 +293,27 @@ pub async fn run(
             scoped::<PipelineDeployment>(&client, ns),
             watcher::Config::default(),
         )
+        // The kinds watched here are rbac::WATCHED_CHILDREN (their `watch` permission).
         .owns(scoped::<StatefulSet>(&client, ns), children.clone())
         .owns(scoped::<ConfigMap>(&client, ns), children.clone())
         .owns(scoped::<Service>(&client, ns), children.clone())
         .owns(scoped::<PodDisruptionBudget>(&client, ns), children.clone())
         .graceful_shutdown_on(shutdown.clone())
         .run(reconcile, error_policy, ctx.clone())
-        .for_each(|result| async move {
-            match result {
-                Ok((object, _)) => tracing::debug!(name = %object.name, "reconciled"),
-                Err(error) => warn!(%error, "reconcile error"),
+        .for_each(|result| {
+            let metrics = metrics.clone();
+            async move {
+                match result {
+                    Ok((object, _)) => tracing::debug!(name = %object.name, "reconciled"),
+                    // Deleted (no finalizer, so reconcile never sees it go): its gauges go too,
+                    // or a pipeline deleted while not Ready would alert for ever.
+                    Err(kube::runtime::controller::Error::ObjectNotFound(object)) => {
+                        let namespace = object.namespace.clone().unwrap_or_default();
+                        metrics.forget_pipeline(&namespace, &object.name);
+                        tracing::debug!(name = %object.name, %namespace, "deleted");
+                    }
+                    Err(error) => warn!(%error, "reconcile error"),
+                }
             }
         })
     });

@@ -35,15 +35,11 @@ impl Install {
             }
         }
         if let (Some(s3), None) = (&self.default_checkpoint, &pd.spec.checkpoint) {
-            let yaml = "{storage: {local: {path: x}}}";
-            let mut checkpoint: CheckpointSpec =
-                serde_norway::from_str(yaml).expect("the default checkpoint spec parses");
-            checkpoint.storage = CheckpointStorage {
+            pd.spec.checkpoint = Some(CheckpointSpec::with_storage(CheckpointStorage {
                 s3: Some(s3.clone()),
                 volume: None,
                 local: None,
-            };
-            pd.spec.checkpoint = Some(checkpoint);
+            }));
         }
         pd
     }

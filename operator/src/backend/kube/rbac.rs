@@ -73,7 +73,8 @@ impl Rule {
     }
 }
 
-/// Kinds the controller watches besides PipelineDeployments (its `owns`), by plural.
+/// Kinds the controller watches besides PipelineDeployments (its `owns` in `controller::run`;
+/// keep the two in step), by plural.
 pub const WATCHED_CHILDREN: &[&str] = &[
     "configmaps",
     "services",
