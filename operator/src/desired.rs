@@ -104,10 +104,16 @@ pub fn desired(pd: &PipelineDeployment, sizing: &Sizing) -> Result<Desired, Buil
         .ok_or(BuildError::Metadata("namespace"))?;
     let config = runtime_config(pd, &name, &namespace);
     let config_hash = format!("{:08x}", crc32fast::hash(config.as_bytes()));
-    let env = BTreeMap::from([
-        (env::PIPELINE.to_owned(), name.clone()),
-        (env::NAMESPACE.to_owned(), namespace.clone()),
-    ]);
+    let mut env: BTreeMap<String, String> = pd
+        .spec
+        .pod_template
+        .iter()
+        .flat_map(|t| &t.env)
+        .filter(|e| pipeline_crds::pod_template::user_may_set_env(&e.name))
+        .map(|e| (e.name.clone(), e.value.clone()))
+        .collect();
+    env.insert(env::PIPELINE.to_owned(), name.clone());
+    env.insert(env::NAMESPACE.to_owned(), namespace.clone());
     Ok(Desired {
         config,
         config_hash,
@@ -138,6 +144,16 @@ mod tests {
             "t",
         )
         .unwrap()
+    }
+
+    #[test]
+    fn pod_template_env_reaches_every_backend_but_never_overrides_the_operators_own() {
+        let p = pd(
+            "  podTemplate:\n    env: [{name: SLUICE_SIMULATED_RECORD_COST, value: 200us}, {name: SLUICE_PIPELINE, value: other}]\n",
+        );
+        let d = desired(&p, &size(&p.spec, 4, None).unwrap()).unwrap();
+        assert_eq!(d.env["SLUICE_SIMULATED_RECORD_COST"], "200us");
+        assert_eq!(d.env["SLUICE_PIPELINE"], "p");
     }
 
     #[test]

@@ -141,12 +141,14 @@ fn pod_template(
             &secret.password_key,
         ));
     }
+    // The rest of the desired deployment's environment (`podTemplate.env`); the pipeline and
+    // namespace are set above (the namespace from the pod's own metadata).
     env.extend(
-        overrides
+        desired
             .env
             .iter()
-            .filter(|e| pipeline_crds::pod_template::user_may_set_env(&e.name))
-            .map(|e| env_value(&e.name, e.value.clone())),
+            .filter(|(name, _)| *name != env::PIPELINE && *name != env::NAMESPACE)
+            .map(|(name, value)| env_value(name, value.clone())),
     );
     let mut mounts = vec![
         VolumeMount {
