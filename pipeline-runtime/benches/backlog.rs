@@ -138,33 +138,43 @@ fn readings_as(avro: bool) -> Generator {
     )
 }
 
-/// Preloads the readings as plain Avro datums into [`AVRO_SOURCE`], with a closing record per
-/// partition; returns the bytes written.
-fn preload_avro(bootstrap: &str, records: u64) -> u64 {
-    let producer: BaseProducer = ClientConfig::new()
+/// The producer of the preloads: large lz4 batches, a deep queue.
+fn preload_producer(bootstrap: &str) -> BaseProducer {
+    ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("linger.ms", "20")
         .set("batch.size", "1000000")
         .set("compression.type", "lz4")
         .set("queue.buffering.max.messages", "1000000")
         .create()
-        .expect("a producer");
+        .expect("a producer")
+}
+
+/// Sends `record`, serving delivery reports while the queue is full.
+fn send_waiting(producer: &BaseProducer, mut record: BaseRecord<'_, str, [u8]>) {
+    loop {
+        match producer.send(record) {
+            Ok(()) => return,
+            Err((_, back)) => {
+                producer.poll(Duration::from_millis(1));
+                record = back;
+            }
+        }
+    }
+}
+
+/// Preloads the readings as plain Avro datums into [`AVRO_SOURCE`], with a closing record per
+/// partition; returns the bytes written.
+fn preload_avro(bootstrap: &str, records: u64) -> u64 {
+    let producer = preload_producer(bootstrap);
     let mut generator = readings_as(true);
     let mut bytes = 0;
     let send = |key: &str, datum: &[u8], partition: i32| {
-        let mut record = BaseRecord::to(AVRO_SOURCE)
+        let record = BaseRecord::to(AVRO_SOURCE)
             .partition(partition)
             .key(key)
             .payload(datum);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((_, back)) => {
-                    producer.poll(Duration::from_millis(1));
-                    record = back;
-                }
-            }
-        }
+        send_waiting(&producer, record);
     };
     for i in 0..records {
         let generated = generator.next(i64::try_from(event_ms(i)).unwrap_or(i64::MAX));
@@ -208,14 +218,7 @@ struct Windows {
 
 /// Produces the data set; returns its windows and bytes.
 fn preload(bootstrap: &str, records: u64) -> (Windows, u64) {
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("linger.ms", "20")
-        .set("batch.size", "1000000")
-        .set("compression.type", "lz4")
-        .set("queue.buffering.max.messages", "1000000")
-        .create()
-        .expect("a producer");
+    let producer = preload_producer(bootstrap);
     let mut generator = readings();
     let mut windows = std::collections::HashSet::new();
     let mut ok_windows = std::collections::HashSet::new();
@@ -233,19 +236,11 @@ fn preload(bootstrap: &str, records: u64) -> (Windows, u64) {
         }
         windows.insert(window);
         let partition = i32::try_from(partition_of(&key)).unwrap_or(0);
-        let mut record = BaseRecord::to(SOURCE)
+        let record = BaseRecord::to(SOURCE)
             .partition(partition)
             .key(key.as_str())
-            .payload(value.as_str());
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((_, back)) => {
-                    producer.poll(Duration::from_millis(1));
-                    record = back;
-                }
-            }
-        }
+            .payload(value.as_bytes());
+        send_waiting(&producer, record);
         if i % 10_000 == 0 {
             producer.poll(Duration::ZERO);
         }
