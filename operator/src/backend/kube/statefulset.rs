@@ -178,43 +178,35 @@ fn pod_template(
             ..Volume::default()
         },
     ];
-    if let Some(ca) = spec.kafka.tls.as_ref().and_then(|t| t.ca_secret.as_ref()) {
+    // A Secret mounted read-only at `path` as volume `volume`.
+    let mut mount_secret = |volume: &str, secret: &str, path: &str, mode: Option<i32>| {
         mounts.push(VolumeMount {
-            name: "kafka-ca".into(),
-            mount_path: paths::KAFKA_CA_DIR.into(),
+            name: volume.into(),
+            mount_path: path.into(),
             read_only: Some(true),
             ..VolumeMount::default()
         });
         volumes.push(Volume {
-            name: "kafka-ca".into(),
+            name: volume.into(),
             secret: Some(SecretVolumeSource {
-                secret_name: Some(ca.name.clone()),
+                secret_name: Some(secret.into()),
+                default_mode: mode,
                 ..SecretVolumeSource::default()
             }),
             ..Volume::default()
         });
+    };
+    let tls = spec.kafka.tls.as_ref();
+    if let Some(ca) = tls.and_then(|t| t.ca_secret.as_ref()) {
+        mount_secret("kafka-ca", &ca.name, paths::KAFKA_CA_DIR, None);
     }
-    let client_certificate = spec
-        .kafka
-        .tls
-        .as_ref()
-        .and_then(|t| t.client_certificate_secret.as_ref());
-    if let Some(secret) = client_certificate {
-        mounts.push(VolumeMount {
-            name: "kafka-client-certificate".into(),
-            mount_path: paths::KAFKA_CLIENT_CERT_DIR.into(),
-            read_only: Some(true),
-            ..VolumeMount::default()
-        });
-        volumes.push(Volume {
-            name: "kafka-client-certificate".into(),
-            secret: Some(SecretVolumeSource {
-                secret_name: Some(secret.name.clone()),
-                default_mode: Some(0o400),
-                ..SecretVolumeSource::default()
-            }),
-            ..Volume::default()
-        });
+    if let Some(secret) = tls.and_then(|t| t.client_certificate_secret.as_ref()) {
+        mount_secret(
+            "kafka-client-certificate",
+            &secret.name,
+            paths::KAFKA_CLIENT_CERT_DIR,
+            Some(0o400),
+        );
     }
     if let Some(volume) = storage.and_then(|s| s.volume.as_ref()) {
         mounts.push(VolumeMount {
