@@ -7,7 +7,12 @@
 //!
 //! Each step adds or removes one group member: on tansu 0.6, two members leaving the group at the
 //! same moment (both pods shrinking at once) once left a partition assigned to no one (1 of 4
-//! runs; see FACTS.md), which real Kafka does not do.
+//! runs; see FACTS.md), which real Kafka does not do. Even one member at a time, tansu's group
+//! coordinator once handed a partition to a new member without revoking it from its owner and then
+//! left two partitions owned by no slot, with no rebalance after (a CI run on 2026-11-30). When
+//! the pipeline has not settled because partitions are owned by no slot, the scenario runs once
+//! more on a fresh broker; anything else (a stopped slot still reporting, a wrong window, a slot
+//! restart) fails at once.
 
 mod common;
 
@@ -43,18 +48,36 @@ fn log_count(dir: &Path, pod: &str, needle: &str) -> usize {
         .count()
 }
 
+/// The pipeline never settled because partitions were owned by no slot: tansu's group defect.
+struct Unowned {
+    reported: usize,
+}
+
 #[test]
 fn rescaling_in_place_through_the_scale_file_restarts_no_process_and_keeps_every_window_exact() {
-    let Some(tansu) = Tansu::start() else {
-        return;
-    };
     let seed = seed();
+    for attempt in 1..=2 {
+        let Some(tansu) = Tansu::start() else {
+            return;
+        };
+        match rescale_in_place(&tansu, seed.wrapping_add(attempt - 1)) {
+            Ok(()) => return,
+            Err(Unowned { reported }) => eprintln!(
+                "attempt {attempt}: only {reported} of {PARTITIONS} partitions owned by a slot after \
+                 the last rescale, and no rebalance followed (tansu's group coordinator; FACTS.md)"
+            ),
+        }
+    }
+    panic!("the rescaled pipeline never settled with every partition owned, in two attempts");
+}
+
+fn rescale_in_place(tansu: &Tansu, seed: u64) -> Result<(), Unowned> {
     tansu.create_topics(&[("readings", PARTITIONS), ("out", 3)]);
     let data = Dataset::generate(200_000, 400, PARTITIONS, 5, seed);
     let dir = scratch("inplace");
     let scale = dir.join("scale.json");
     write_scale(&scale, 2);
-    let launch = launch(&tansu, &dir, "inplace", "at-least-once", "readings", "out");
+    let launch = launch(tansu, &dir, "inplace", "at-least-once", "readings", "out");
     let file = scale.to_str().unwrap();
     let mut processes = vec![
         launch.start_with_env("inplace-0", &[("SLUICE_SCALE_FILE", file)]),
@@ -103,7 +126,22 @@ fn rescaling_in_place_through_the_scale_file_restarts_no_process_and_keeps_every
         }
         std::thread::sleep(Duration::from_secs(1));
     }
-    let at = settled.expect("the rescaled pipeline settled: 2 slots and 6 partitions reporting");
+    let Some(at) = settled else {
+        let last = samples.last().expect("at least one sample");
+        let reported = last.reported();
+        assert!(
+            reported < expect.partitions,
+            "every partition is owned but the pipeline did not settle on {} slots: {:?} (logs in {})",
+            expect.slots,
+            last.slots.keys().collect::<Vec<_>>(),
+            dir.display()
+        );
+        let _ = producer.join();
+        for p in &mut processes {
+            p.terminate(Duration::from_secs(10));
+        }
+        return Err(Unowned { reported });
+    };
     let window = observe(&samples, at, started.elapsed().as_secs_f64(), expect)
         .expect("a window after the rescale settled");
     assert_eq!((window.slots, window.partitions.len()), (2, 6));
@@ -116,7 +154,7 @@ fn rescaling_in_place_through_the_scale_file_restarts_no_process_and_keeps_every
         .iter()
         .map(|t| metric_sum(t, "pipeline_slot_restarts_total"))
         .sum();
-    let (comparison, _) = finish(&tansu, "out", producer, &mut processes, Vec::new(), &data);
+    let (comparison, _) = finish(tansu, "out", producer, &mut processes, Vec::new(), &data);
     let pauses = common::report_pauses(&dir);
     assert!(
         comparison.exact(),
@@ -140,4 +178,5 @@ fn rescaling_in_place_through_the_scale_file_restarts_no_process_and_keeps_every
     );
     assert!(!pauses.is_empty(), "no partition moved with its state");
     common::cleanup(&dir);
+    Ok(())
 }
