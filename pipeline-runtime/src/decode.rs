@@ -124,8 +124,8 @@ pub fn decode_json_fields(bytes: &[u8], fields: &Fields) -> Result<Value, Decode
     }
 }
 
-/// Top-level field names a decoder keeps.
-pub type Fields = std::collections::HashSet<String>;
+/// Top-level field names a decoder keeps (looked up for every field of every record: foldhash).
+pub type Fields = std::collections::HashSet<String, foldhash::fast::RandomState>;
 
 /// Reads an object keeping `fields`; anything but an object is `None` (the caller reports it).
 struct KeepFields<'f>(&'f Fields);

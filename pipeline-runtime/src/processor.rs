@@ -239,7 +239,8 @@ pub struct Processor {
     plan: Arc<Plan>,
     decoder: Decoder,
     filter: Option<Filter>,
-    partitions: HashMap<(TopicIndex, i32), PartitionState>,
+    /// Looked up per record: foldhash, not SipHash.
+    partitions: HashMap<(TopicIndex, i32), PartitionState, foldhash::fast::RandomState>,
     results: Vec<WindowResult>,
     encoding: WindowEncoding,
     /// Counts since the slot started.
@@ -269,7 +270,7 @@ impl Processor {
             plan,
             decoder,
             filter,
-            partitions: HashMap::new(),
+            partitions: HashMap::default(),
             results: Vec::new(),
             counts: Counts::default(),
         })
