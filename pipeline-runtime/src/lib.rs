@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod output;
 pub mod plan;
 pub mod processor;
+pub mod projection;
 pub mod runtime;
 pub mod schema_registry;
 pub mod sink;

@@ -16,6 +16,7 @@ use crate::{
     filter::{Filter, FilterError},
     output::{WindowEncoding, window_avro, window_record, window_schema},
     plan::{Plan, TopicIndex},
+    projection::Projection,
     schema_registry::{RegistryError, SchemaRegistry},
     watermark::{IDLE_MARKER, NO_WATERMARK, UpstreamWatermarks, Watermark},
     window::{Added, PartitionWindows, RestoreError, WindowResult},
@@ -243,6 +244,8 @@ pub struct Processor {
     partitions: HashMap<(TopicIndex, i32), PartitionState, foldhash::fast::RandomState>,
     results: Vec<WindowResult>,
     encoding: WindowEncoding,
+    /// How `transform.select` is written (stateless pipelines with a projection).
+    projection: Option<Projection>,
     /// Counts since the slot started.
     pub counts: Counts,
 }
@@ -265,8 +268,10 @@ impl Processor {
             }
             _ => WindowEncoding::Json,
         };
+        let projection = plan.select.as_deref().map(Projection::new);
         Ok(Self {
             encoding,
+            projection,
             plan,
             decoder,
             filter,
@@ -519,12 +524,12 @@ impl Processor {
         let value = match (&self.plan.select, rec.payload) {
             (None, Some(bytes)) if self.plan.source_is_json() => bytes.to_vec(),
             (None, _) => serde_json::to_vec(record).expect("JSON values serialize"),
-            (Some(paths), _) => {
-                let mut projected = serde_json::Map::new();
-                for path in paths {
-                    path.copy_into(record, &mut projected);
+            (Some(_), _) => {
+                let mut value = Vec::with_capacity(rec.payload.map_or(64, <[u8]>::len));
+                if let Some(projection) = &self.projection {
+                    projection.write(record, &mut value);
                 }
-                serde_json::to_vec(&projected).expect("JSON values serialize")
+                value
             }
         };
         self.counts.records_out += 1;
