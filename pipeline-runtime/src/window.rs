@@ -107,8 +107,26 @@ struct Session {
 
 #[derive(Debug)]
 struct KeyEntry {
-    value: Value,
+    /// The key as it appeared in the record; `None` when that is the JSON string equal to the
+    /// key's text (the usual case: the text is not stored twice).
+    value: Option<Value>,
     live: u32,
+}
+
+impl KeyEntry {
+    fn new(key: &str, value: &Value) -> Self {
+        let value = match value {
+            Value::String(s) if s == key => None,
+            other => Some(other.clone()),
+        };
+        Self { value, live: 0 }
+    }
+
+    fn value(&self, key: &str) -> Value {
+        self.value
+            .clone()
+            .unwrap_or_else(|| Value::String(key.to_owned()))
+    }
 }
 
 /// A map keyed by record keys: foldhash, seeded per process (SipHash, the standard one, was 7%
@@ -122,8 +140,12 @@ pub struct PartitionWindows {
     lateness: i64,
     plan: Arc<AggregatePlan>,
     keys: FastMap<Arc<str>, KeyEntry>,
-    panes: FastMap<(Arc<str>, i64), Pane>,
+    /// Tumbling and sliding windows: panes by start, then by key. A window fires for every key
+    /// with a pane in it when the watermark passes its end, and a pane start's keys are dropped
+    /// together past their lateness, so no timer is kept per key.
+    panes: BTreeMap<i64, FastMap<Arc<str>, Pane>>,
     sessions: FastMap<Arc<str>, Vec<Session>>,
+    /// Session windows' timers (each session has its own bounds).
     fire: BTreeSet<Timer>,
     cleanup: BTreeSet<Timer>,
     first_offsets: BTreeMap<i64, u32>,
@@ -138,7 +160,7 @@ impl PartitionWindows {
             lateness: allowed_lateness_ms,
             plan,
             keys: FastMap::default(),
-            panes: FastMap::default(),
+            panes: BTreeMap::new(),
             sessions: FastMap::default(),
             fire: BTreeSet::new(),
             cleanup: BTreeSet::new(),
@@ -185,7 +207,81 @@ impl PartitionWindows {
         if watermark <= self.watermark {
             return;
         }
+        let before = self.watermark;
         self.watermark = watermark;
+        match self.assigner {
+            Assigner::Sliding { size, slide } => {
+                self.advance_panes(before, watermark, size, slide, out);
+            }
+            Assigner::Session { .. } => self.advance_sessions(watermark, out),
+        }
+    }
+
+    /// Fires every window whose last millisecond is in `(before, watermark]`, for each key with
+    /// a pane in it, in (end, key) order; then drops the pane starts past their lateness.
+    fn advance_panes(
+        &mut self,
+        before: i64,
+        watermark: i64,
+        size: i64,
+        slide: i64,
+        out: &mut Vec<WindowResult>,
+    ) {
+        // Pane starts are multiples of the slide, and so are window ends. Walk the ends in
+        // (before + 1, watermark + 1], skipping stretches without panes.
+        if let Some(&first) = self.panes.keys().next() {
+            let low = before.saturating_add(2).max(first.saturating_add(slide));
+            let high = watermark.saturating_add(1);
+            let mut end = low.div_euclid(slide).saturating_mul(slide);
+            if end < low {
+                end = end.saturating_add(slide);
+            }
+            let mut keys: Vec<Arc<str>> = Vec::new();
+            while end <= high {
+                let start = end.saturating_sub(size);
+                if self.panes.range(start..end).next().is_none() {
+                    // The next window holding a pane ends one slide after that pane's start.
+                    match self.panes.range(end..).next() {
+                        Some((&next, _)) if next <= high => {
+                            let jump = next.saturating_add(slide).max(end.saturating_add(slide));
+                            if jump <= end {
+                                break;
+                            }
+                            end = jump;
+                            continue;
+                        }
+                        _ => break,
+                    }
+                }
+                keys.clear();
+                for (_, panes) in self.panes.range(start..end) {
+                    keys.extend(panes.keys().cloned());
+                }
+                keys.sort_unstable();
+                keys.dedup();
+                for key in &keys {
+                    if let Some(result) = self.result(key, start, end) {
+                        out.push(result);
+                    }
+                }
+                let Some(next) = end.checked_add(slide) else {
+                    break;
+                };
+                end = next;
+            }
+        }
+        while let Some((&start, _)) = self.panes.first_key_value() {
+            if (start.saturating_add(size) - 1).saturating_add(self.lateness) > watermark {
+                break;
+            }
+            let (_, panes) = self.panes.pop_first().expect("checked");
+            for (key, pane) in panes {
+                self.release(&key, pane.first_offset);
+            }
+        }
+    }
+
+    fn advance_sessions(&mut self, watermark: i64, out: &mut Vec<WindowResult>) {
         while self.fire.first().is_some_and(|t| t.at <= watermark) {
             let timer = self.fire.pop_first().expect("checked");
             if let Some(result) = self.result(&timer.key, timer.start, timer.end) {
@@ -194,28 +290,19 @@ impl PartitionWindows {
         }
         while self.cleanup.first().is_some_and(|t| t.at <= watermark) {
             let timer = self.cleanup.pop_first().expect("checked");
-            match self.assigner {
-                Assigner::Sliding { .. } => {
-                    if let Some(pane) = self.panes.remove(&(timer.key.clone(), timer.start)) {
-                        self.release(&timer.key, pane.first_offset);
-                    }
+            let sessions = self.sessions.get_mut(&timer.key);
+            let found = sessions.and_then(|list| {
+                let i = list
+                    .iter()
+                    .position(|s| s.start == timer.start && s.end == timer.end)?;
+                let removed = list.remove(i);
+                Some((removed.first_offset, list.is_empty()))
+            });
+            if let Some((first_offset, now_empty)) = found {
+                if now_empty {
+                    self.sessions.remove(&timer.key);
                 }
-                Assigner::Session { .. } => {
-                    let sessions = self.sessions.get_mut(&timer.key);
-                    let found = sessions.and_then(|list| {
-                        let i = list
-                            .iter()
-                            .position(|s| s.start == timer.start && s.end == timer.end)?;
-                        let removed = list.remove(i);
-                        Some((removed.first_offset, list.is_empty()))
-                    });
-                    if let Some((first_offset, now_empty)) = found {
-                        if now_empty {
-                            self.sessions.remove(&timer.key);
-                        }
-                        self.release(&timer.key, first_offset);
-                    }
-                }
+                self.release(&timer.key, first_offset);
             }
         }
     }
@@ -242,40 +329,21 @@ impl PartitionWindows {
                 lateness_ms: wm - (last_end - 1),
             };
         }
-        let pane_key = (key.clone(), pane_start);
-        if !self.panes.contains_key(&pane_key) {
-            self.retain(key, key_value, offset);
-            let mut end = pane_start + slide;
-            while end <= last_end {
-                if end - 1 > wm {
-                    self.fire.insert(Timer {
-                        at: end - 1,
-                        key: key.clone(),
-                        start: end - size,
-                        end,
-                    });
-                }
-                end += slide;
-            }
-            self.cleanup.insert(Timer {
-                at: (last_end - 1).saturating_add(self.lateness),
-                key: key.clone(),
-                start: pane_start,
-                end: pane_start + slide,
-            });
-            self.panes.insert(
-                pane_key.clone(),
+        let panes = self.panes.entry(pane_start).or_default();
+        if let Some(pane) = panes.get_mut(key) {
+            pane.acc.add(inputs);
+        } else {
+            let mut acc = self.plan.empty();
+            acc.add(inputs);
+            panes.insert(
+                key.clone(),
                 Pane {
-                    acc: self.plan.empty(),
+                    acc,
                     first_offset: offset,
                 },
             );
+            self.retain(key, key_value, offset);
         }
-        self.panes
-            .get_mut(&pane_key)
-            .expect("inserted above")
-            .acc
-            .add(inputs);
         // Windows that already fired but are within their lateness fire again, updated.
         let mut end = pane_start + slide;
         while end <= last_end {
@@ -364,6 +432,42 @@ impl PartitionWindows {
         Added::OnTime
     }
 
+    /// The timers the panes stand for (the stored form of earlier versions kept them): a fire
+    /// timer per key and window not fired yet, a cleanup timer per pane.
+    fn pane_timers(&self) -> (BTreeSet<Timer>, BTreeSet<Timer>) {
+        let (mut fire, mut cleanup) = (BTreeSet::new(), BTreeSet::new());
+        let Assigner::Sliding { size, slide } = self.assigner else {
+            return (fire, cleanup);
+        };
+        for (&start, panes) in &self.panes {
+            let last_end = start.saturating_add(size);
+            for key in panes.keys() {
+                let mut end = start.saturating_add(slide);
+                while end <= last_end {
+                    if end - 1 > self.watermark {
+                        fire.insert(Timer {
+                            at: end - 1,
+                            key: key.clone(),
+                            start: end.saturating_sub(size),
+                            end,
+                        });
+                    }
+                    let Some(next) = end.checked_add(slide) else {
+                        break;
+                    };
+                    end = next;
+                }
+                cleanup.insert(Timer {
+                    at: (last_end - 1).saturating_add(self.lateness),
+                    key: key.clone(),
+                    start,
+                    end: start.saturating_add(slide),
+                });
+            }
+        }
+        (fire, cleanup)
+    }
+
     fn session_first_offset(&self, key: &Arc<str>, start: i64) -> i64 {
         self.sessions
             .get(key)
@@ -380,10 +484,7 @@ impl PartitionWindows {
         *self.first_offsets.entry(first_offset).or_insert(0) += 1;
         self.keys
             .entry(key.clone())
-            .or_insert_with(|| KeyEntry {
-                value: key_value.clone(),
-                live: 0,
-            })
+            .or_insert_with(|| KeyEntry::new(key, key_value))
             .live += 1;
     }
 
@@ -409,7 +510,7 @@ impl PartitionWindows {
                 let mut acc: Option<Accumulators> = None;
                 let mut pane = start;
                 while pane < end {
-                    if let Some(p) = self.panes.get(&(key.clone(), pane)) {
+                    if let Some(p) = self.panes.get(&pane).and_then(|panes| panes.get(key)) {
                         match &mut acc {
                             None => acc = Some(p.acc.clone()),
                             Some(a) => a.merge(&p.acc),
@@ -429,7 +530,7 @@ impl PartitionWindows {
         };
         Some(WindowResult {
             key: key.clone(),
-            key_value: self.keys.get(key)?.value.clone(),
+            key_value: self.keys.get(key)?.value(key),
             start,
             end,
             values: self.plan.results(&acc),
@@ -486,12 +587,13 @@ impl PartitionWindows {
         let keys = self
             .keys
             .iter()
-            .map(|(k, e)| (id(k), e.value.to_string(), e.live))
+            .map(|(k, e)| (id(k), e.value(k).to_string(), e.live))
             .collect();
         let panes = self
             .panes
             .iter()
-            .map(|((k, start), p)| (id(k), *start, p.first_offset, p.acc.clone()))
+            .flat_map(|(start, panes)| panes.iter().map(move |(k, p)| (*start, k, p)))
+            .map(|(start, k, p)| (id(k), start, p.first_offset, p.acc.clone()))
             .collect();
         let sessions = self
             .sessions
@@ -504,8 +606,10 @@ impl PartitionWindows {
                 .map(|t| (t.at, id(&t.key), t.start, t.end))
                 .collect()
         };
-        let fire = timers(&self.fire);
-        let cleanup = timers(&self.cleanup);
+        // Panes keep no timers; the stored form lists the ones they stand for, as sessions do.
+        let (pane_fire, pane_cleanup) = self.pane_timers();
+        let fire = timers(&self.fire.iter().chain(&pane_fire).cloned().collect());
+        let cleanup = timers(&self.cleanup.iter().chain(&pane_cleanup).cloned().collect());
         WindowsState {
             watermark: self.watermark,
             key_texts,
@@ -535,15 +639,20 @@ impl PartitionWindows {
         let mut w = Self::new(assigner, allowed_lateness_ms, plan);
         w.watermark = state.watermark;
         for (id, json, live) in state.keys {
-            let value = serde_json::from_str(&json)?;
-            w.keys.insert(key(id)?, KeyEntry { value, live });
+            let value: Value = serde_json::from_str(&json)?;
+            let key = key(id)?;
+            let mut entry = KeyEntry::new(&key, &value);
+            entry.live = live;
+            w.keys.insert(key, entry);
         }
         for (id, start, first_offset, acc) in state.panes {
             if !w.plan.fits(&acc) {
                 return Err(RestoreError::Mismatch);
             }
             w.panes
-                .insert((key(id)?, start), Pane { acc, first_offset });
+                .entry(start)
+                .or_default()
+                .insert(key(id)?, Pane { acc, first_offset });
         }
         for (id, start, end, first_offset, acc) in state.sessions {
             if !w.plan.fits(&acc) {
@@ -561,7 +670,12 @@ impl PartitionWindows {
                 },
             );
         }
-        for (target, timers) in [(&mut w.fire, state.fire), (&mut w.cleanup, state.cleanup)] {
+        // Panes' timers follow from the panes and the watermark; only sessions keep theirs.
+        let (fire, cleanup) = match assigner {
+            Assigner::Sliding { .. } => (Vec::new(), Vec::new()),
+            Assigner::Session { .. } => (state.fire, state.cleanup),
+        };
+        for (target, timers) in [(&mut w.fire, fire), (&mut w.cleanup, cleanup)] {
             for (at, id, start, end) in timers {
                 target.insert(Timer {
                     at,
@@ -640,6 +754,65 @@ mod tests {
             );
         }
         (last, late, emitted)
+    }
+
+    /// Every result in emission order, with the state stored (postcard, as checkpoints do) and
+    /// restored before record `restore_at`.
+    fn emitted_with_restore(
+        assigner: Assigner,
+        lateness: i64,
+        ooo: i64,
+        records: &[(&str, i64, i64)],
+        restore_at: Option<usize>,
+    ) -> Vec<WindowResult> {
+        let p = plan();
+        let mut w = PartitionWindows::new(assigner, lateness, p.clone());
+        let mut out = Vec::new();
+        let mut max = i64::MIN;
+        for (offset, (key, ts, v)) in records.iter().enumerate() {
+            if restore_at == Some(offset) {
+                let bytes = postcard::to_stdvec(&w.to_state()).unwrap();
+                let state: WindowsState = postcard::from_bytes(&bytes).unwrap();
+                let min_open = w.min_open_offset();
+                w = PartitionWindows::from_state(assigner, lateness, p.clone(), state).unwrap();
+                assert_eq!(w.min_open_offset(), min_open);
+            }
+            let record = json!({"v": v});
+            let inputs = p.inputs(&record).unwrap();
+            let key: Arc<str> = Arc::from(*key);
+            w.add(
+                &key,
+                &json!(key.as_ref()),
+                *ts,
+                &inputs,
+                offset as i64,
+                &mut out,
+            );
+            max = max.max(*ts);
+            w.advance(max - ooo - 1, &mut out);
+        }
+        w.advance(i64::MAX - 1, &mut out);
+        out
+    }
+
+    #[test]
+    fn a_key_that_is_not_a_string_keeps_its_json_value_through_a_restore() {
+        let t = Assigner::Sliding {
+            size: 10,
+            slide: 10,
+        };
+        let p = plan();
+        let mut w = PartitionWindows::new(t, 0, p.clone());
+        let record = json!({"v": 1});
+        let inputs = p.inputs(&record).unwrap();
+        let mut out = Vec::new();
+        w.add(&Arc::from("7"), &json!(7), 1, &inputs, 0, &mut out);
+        w.add(&Arc::from("s"), &json!("s"), 2, &inputs, 1, &mut out);
+        let state = w.to_state();
+        let mut w = PartitionWindows::from_state(t, 0, p, state).unwrap();
+        w.advance(100, &mut out);
+        let values: Vec<Value> = out.iter().map(|r| r.key_value.clone()).collect();
+        assert_eq!(values, vec![json!(7), json!("s")]);
     }
 
     #[test]
@@ -841,6 +1014,26 @@ mod tests {
         }
 
         /// In-order input with no out-of-orderness: each window fires exactly once.
+        #[test]
+        fn a_restore_at_any_record_changes_no_result(
+            records in records_strategy(),
+            size_panes in 1i64..5,
+            slide in 1i64..40,
+            gap in 1i64..60,
+            lateness in 0i64..30,
+            at in any::<prop::sample::Index>(),
+        ) {
+            let at = at.index(records.len().max(1));
+            for assigner in [
+                Assigner::Sliding { size: slide * size_panes, slide },
+                Assigner::Session { gap },
+            ] {
+                let straight = emitted_with_restore(assigner, lateness, 20, &records, None);
+                let restored = emitted_with_restore(assigner, lateness, 20, &records, Some(at));
+                prop_assert_eq!(straight, restored, "{:?}", assigner);
+            }
+        }
+
         #[test]
         fn in_order_input_fires_each_window_once(mut records in records_strategy(), slide in 1i64..40) {
             records.sort_by_key(|r| r.1);
