@@ -19,8 +19,10 @@
 //! window, count/avg/min/max), `iot-windowed-cel` (the same behind a two-clause CEL filter),
 //! `iot-repartitioned` (the same, re-keyed through the repartition topic), `iot-windowed-avro`
 //! (`iot-windowed` on the same readings as plain Avro datums with an inline schema, preloaded into
-//! a second topic only when that job runs). The records are ≈240-byte JSON sensor readings of
-//! 100,000 devices, generated with the same bytes on every run.
+//! a second topic only when that job runs), `clickstream-sessions` (the seed-001 job's shape:
+//! click events of 200,000 users keyed by user, heartbeats filtered out, 10-second session
+//! windows, count and sum; preloaded into a third topic only when it runs). The readings are
+//! ≈240-byte JSON sensor readings of 100,000 devices, generated with the same bytes on every run.
 
 use std::{
     collections::BTreeMap,
@@ -51,11 +53,19 @@ const DEVICES: u64 = 100_000;
 const SOURCE: &str = "readings";
 /// The same readings as plain Avro datums (`iot-windowed-avro`).
 const AVRO_SOURCE: &str = "readings-avro";
+/// Click events of [`USERS`] users (`clickstream-sessions`), at the readings' event-time rate.
+const CLICKS_SOURCE: &str = "clicks";
+const USERS: u64 = 200_000;
+/// The session job's gap: a user's events arrive every 4 s on average, so a session holds about
+/// a dozen of them.
+const SESSION_GAP_MS: u64 = 10_000;
 
 struct Job {
     name: &'static str,
     /// Reads the Avro copy of the readings.
     avro: bool,
+    /// Reads the click events ([`CLICKS_SOURCE`]) instead of the readings.
+    clicks: bool,
     /// Whether the job drops the `degraded` readings (its windows are those of the others).
     filtered: bool,
     /// The `spec:` lines after kafka/source.
@@ -67,6 +77,7 @@ const JOBS: &[Job] = &[
     Job {
         name: "passthrough",
         avro: false,
+        clicks: false,
         filtered: false,
         spec: "  sink: {kafka: {topic: out}}\n",
         windowed: false,
@@ -74,6 +85,7 @@ const JOBS: &[Job] = &[
     Job {
         name: "stateless",
         avro: false,
+        clicks: false,
         filtered: false,
         spec: "  transform:\n    filter: 'record.temperature > -50.0 && record.status == \"ok\"'\n    select: [device_id, ts, temperature, humidity]\n  sink: {kafka: {topic: out}}\n",
         windowed: false,
@@ -81,6 +93,7 @@ const JOBS: &[Job] = &[
     Job {
         name: "iot-windowed",
         avro: false,
+        clicks: false,
         filtered: false,
         spec: "  transform: {keyBy: device_id, sourceKeyed: true, timestamp: {field: ts}, watermark: {maxOutOfOrderness: 5s}}\n  window: {tumbling: {size: 1m}}\n  aggregates:\n    - {name: readings, function: count}\n    - {name: avg_temperature, function: avg, field: temperature}\n    - {name: min_temperature, function: min, field: temperature}\n    - {name: max_temperature, function: max, field: temperature}\n  sink: {kafka: {topic: out}}\n",
         windowed: true,
@@ -88,6 +101,7 @@ const JOBS: &[Job] = &[
     Job {
         name: "iot-windowed-cel",
         avro: false,
+        clicks: false,
         filtered: true,
         spec: "  transform: {filter: 'record.temperature > -50.0 && record.status == \"ok\"', keyBy: device_id, sourceKeyed: true, timestamp: {field: ts}, watermark: {maxOutOfOrderness: 5s}}\n  window: {tumbling: {size: 1m}}\n  aggregates:\n    - {name: readings, function: count}\n    - {name: avg_temperature, function: avg, field: temperature}\n    - {name: min_temperature, function: min, field: temperature}\n    - {name: max_temperature, function: max, field: temperature}\n  sink: {kafka: {topic: out}}\n",
         windowed: true,
@@ -95,6 +109,7 @@ const JOBS: &[Job] = &[
     Job {
         name: "iot-repartitioned",
         avro: false,
+        clicks: false,
         filtered: false,
         spec: "  transform: {keyBy: device_id, repartition: always, timestamp: {field: ts}, watermark: {maxOutOfOrderness: 5s}}\n  window: {tumbling: {size: 1m}}\n  aggregates:\n    - {name: readings, function: count}\n    - {name: avg_temperature, function: avg, field: temperature}\n    - {name: min_temperature, function: min, field: temperature}\n    - {name: max_temperature, function: max, field: temperature}\n  sink: {kafka: {topic: out}}\n",
         windowed: true,
@@ -102,8 +117,17 @@ const JOBS: &[Job] = &[
     Job {
         name: "iot-windowed-avro",
         avro: true,
+        clicks: false,
         filtered: false,
         spec: "  transform: {keyBy: device_id, sourceKeyed: true, timestamp: {field: ts}, watermark: {maxOutOfOrderness: 5s}}\n  window: {tumbling: {size: 1m}}\n  aggregates:\n    - {name: readings, function: count}\n    - {name: avg_temperature, function: avg, field: temperature}\n    - {name: min_temperature, function: min, field: temperature}\n    - {name: max_temperature, function: max, field: temperature}\n  sink: {kafka: {topic: out}}\n",
+        windowed: true,
+    },
+    Job {
+        name: "clickstream-sessions",
+        avro: false,
+        clicks: true,
+        filtered: false,
+        spec: "  transform: {filter: 'record.event_type != \"heartbeat\"', keyBy: user_id, sourceKeyed: true, timestamp: {field: event_time}, watermark: {maxOutOfOrderness: 5s}}\n  window: {session: {gap: 10s}}\n  aggregates:\n    - {name: clicks, function: count}\n    - {name: revenue, function: sum, field: price}\n  sink: {kafka: {topic: out}}\n",
         windowed: true,
     },
 ];
@@ -192,6 +216,57 @@ fn preload_avro(bootstrap: &str, records: u64) -> u64 {
     }
     producer.flush(Duration::from_secs(300)).expect("flushed");
     bytes
+}
+
+/// Preloads click events into [`CLICKS_SOURCE`], with a closing record per partition; returns
+/// the sessions the job emits (gap [`SESSION_GAP_MS`], heartbeats filtered out, sessions that
+/// touch merge) and the bytes written.
+fn preload_clicks(bootstrap: &str, records: u64) -> (usize, u64) {
+    let producer = preload_producer(bootstrap);
+    let mut generator = Generator::new(
+        Workload::ClicksJson,
+        Shape {
+            keys: USERS,
+            ..Shape::default()
+        },
+        43,
+        None,
+    );
+    let mut last: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+    let (mut sessions, mut bytes) = (0, 0);
+    let send = |key: &str, value: &[u8], partition: i32| {
+        let record = BaseRecord::to(CLICKS_SOURCE)
+            .partition(partition)
+            .key(key)
+            .payload(value);
+        send_waiting(&producer, record);
+    };
+    for i in 0..records {
+        let ts = event_ms(i);
+        let generated = generator.next(i64::try_from(ts).unwrap_or(i64::MAX));
+        bytes += generated.value.len() as u64;
+        let heartbeat = generated
+            .value
+            .windows(24)
+            .any(|w| w == br#""event_type":"heartbeat""#);
+        if !heartbeat {
+            let previous = last.insert(generated.key.clone(), ts);
+            if previous.is_none_or(|p| ts - p > SESSION_GAP_MS) {
+                sessions += 1;
+            }
+        }
+        let partition = i32::try_from(partition_of(&generated.key)).unwrap_or(0);
+        send(&generated.key, &generated.value, partition);
+        if i % 10_000 == 0 {
+            producer.poll(Duration::ZERO);
+        }
+    }
+    for partition in 0..partitions() {
+        let closing = generator.closing(partition, 4_000_000_000_000);
+        send(&closing.key, &closing.value, partition);
+    }
+    producer.flush(Duration::from_secs(300)).expect("flushed");
+    (sessions, bytes)
 }
 
 /// The data set as JSON lines (the same bytes the backlog preloads), for engines that read
@@ -372,7 +447,11 @@ fn manifest(dir: &Path, job: &Job, group: &str) -> PathBuf {
         &path,
         format!(
             "apiVersion: sluice.dev/v1alpha1\nkind: PipelineDeployment\nmetadata: {{name: {group}, namespace: bench}}\nspec:\n  kafka: {{bootstrapServers: 'replaced:9092'}}\n  source: {{topic: {}, startingOffsets: earliest{}}}\n{}",
-            if job.avro { AVRO_SOURCE } else { SOURCE },
+            match (job.avro, job.clicks) {
+                (true, _) => AVRO_SOURCE,
+                (_, true) => CLICKS_SOURCE,
+                _ => SOURCE,
+            },
             if job.avro {
                 format!(
                     ", format: {{type: avro, schema: '{}'}}",
@@ -394,14 +473,9 @@ fn run(
     job: &Job,
     slots: usize,
     records: u64,
-    windows: Windows,
+    windows: usize,
     broker_pid: Option<u32>,
 ) -> Result {
-    let windows = if job.filtered {
-        windows.ok
-    } else {
-        windows.all
-    };
     let group = format!("{}-{slots}", job.name);
     let manifest = manifest(dir, job, &group);
     let port = free_port();
@@ -528,6 +602,8 @@ fn main() {
         mock.create_topic(SOURCE, partitions(), 1).expect("topic");
         mock.create_topic(AVRO_SOURCE, partitions(), 1)
             .expect("topic");
+        mock.create_topic(CLICKS_SOURCE, partitions(), 1)
+            .expect("topic");
         mock.create_topic("out", partitions(), 1).expect("topic");
         (
             mock.bootstrap_servers(),
@@ -539,6 +615,7 @@ fn main() {
         tansu.create_topics(&[
             (SOURCE, partitions()),
             (AVRO_SOURCE, partitions()),
+            (CLICKS_SOURCE, partitions()),
             ("out", partitions()),
         ]);
         let pid = tansu.pid();
@@ -561,6 +638,17 @@ fn main() {
         let bytes = preload_avro(&bootstrap, records);
         eprintln!(
             "preloaded {records} Avro records ({:.0} bytes each) in {:.1} s",
+            bytes as f64 / records as f64,
+            started.elapsed().as_secs_f64()
+        );
+    }
+    let mut sessions = 0;
+    if jobs.iter().any(|j| j.clicks) {
+        let started = Instant::now();
+        let (count, bytes) = preload_clicks(&bootstrap, records);
+        sessions = count;
+        eprintln!(
+            "preloaded {records} click events ({:.0} bytes each, {sessions} sessions) in {:.1} s",
             bytes as f64 / records as f64,
             started.elapsed().as_secs_f64()
         );
@@ -588,7 +676,12 @@ fn main() {
     let mut by_job: BTreeMap<&str, Vec<Result>> = BTreeMap::new();
     for job in &jobs {
         for &k in &slots {
-            let r = run(&bootstrap, &dir, job, k, records, windows, broker_pid);
+            let expected = match (job.clicks, job.filtered) {
+                (true, _) => sessions,
+                (false, true) => windows.ok,
+                (false, false) => windows.all,
+            };
+            let r = run(&bootstrap, &dir, job, k, records, expected, broker_pid);
             println!(
                 "{:<18} {:>5} {:>9} {:>7.1} {:>10.0} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>12.0} {:>8.0} {:>8}",
                 r.job,
