@@ -149,6 +149,20 @@ impl Plan {
         .with_decode_fields()
     }
 
+    /// The top-level fields stage two of a repartitioning pipeline reads from the records of the
+    /// repartition topic (its key and its aggregates' inputs; event time comes in the record's
+    /// timestamp). Empty without a window.
+    pub fn repartitioned_fields(&self) -> std::collections::BTreeSet<String> {
+        let Some(window) = &self.window else {
+            return std::collections::BTreeSet::new();
+        };
+        self.key_by
+            .iter()
+            .chain(window.aggregates.fields())
+            .map(|p| p.root().to_owned())
+            .collect()
+    }
+
     /// Works out [`Self::decode_fields`].
     fn with_decode_fields(mut self) -> Self {
         let filter = match &self.filter {

@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::{
     checkpoint::snapshot::{ClockState, PartitionSnapshot},
-    decode::{DecodeError, Decoder, DecoderConfigError},
+    decode::{DecodeError, Decoder, DecoderConfigError, Fields, decode_json_fields},
     field::key_text,
     filter::{Filter, FilterError},
     output::{WindowEncoding, window_avro, window_record, window_schema},
@@ -246,6 +246,9 @@ pub struct Processor {
     encoding: WindowEncoding,
     /// How `transform.select` is written (stateless pipelines with a projection).
     projection: Option<Projection>,
+    /// The fields stage two decodes from repartition-topic records (they carry the whole source
+    /// record, for the late-data and dead-letter topics; stage two reads a few fields of it).
+    repartitioned_fields: Fields,
     /// Counts since the slot started.
     pub counts: Counts,
 }
@@ -269,9 +272,11 @@ impl Processor {
             _ => WindowEncoding::Json,
         };
         let projection = plan.select.as_deref().map(Projection::new);
+        let repartitioned_fields = plan.repartitioned_fields().into_iter().collect();
         Ok(Self {
             encoding,
             projection,
+            repartitioned_fields,
             plan,
             decoder,
             filter,
@@ -418,7 +423,7 @@ impl Processor {
         let parsed = rec
             .payload
             .ok_or(DecodeError::Empty)
-            .and_then(crate::decode::decode_json);
+            .and_then(|bytes| decode_json_fields(bytes, &self.repartitioned_fields));
         let record = match parsed {
             Ok(r) => r,
             Err(e) => {
