@@ -4,7 +4,7 @@
 //!
 //! State is owned per (topic, partition), so a partition's state can be handed over on its own.
 
-use std::{collections::HashMap, sync::Arc, time::Instant};
+use std::{borrow::Cow, collections::HashMap, sync::Arc, time::Instant};
 
 use pipeline_crds::sink::OutputFormat;
 use serde_json::Value;
@@ -390,7 +390,7 @@ impl Processor {
             });
             return Ok(());
         }
-        self.window_add(rec, &record, key, &key_value, ts, now, out);
+        self.window_add(rec, &record, &key, key_value, ts, now, out);
         Ok(())
     }
 
@@ -440,12 +440,17 @@ impl Processor {
             );
             return;
         };
-        self.window_add(rec, &record, key, &key_value, ts, now, out);
+        self.window_add(rec, &record, &key, key_value, ts, now, out);
     }
 
-    fn key_of(&self, record: &Value) -> Option<(Arc<str>, Value)> {
+    /// The record's key as text (borrowed when it is a string) and as its JSON value.
+    fn key_of<'r>(&self, record: &'r Value) -> Option<(Cow<'r, str>, &'r Value)> {
         let value = self.plan.key_by.as_ref()?.get(record)?;
-        Some((Arc::from(key_text(value)), value.clone()))
+        let text = match value {
+            Value::String(s) => Cow::Borrowed(s.as_str()),
+            other => Cow::Owned(key_text(other)),
+        };
+        Some((text, value))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -453,7 +458,7 @@ impl Processor {
         &mut self,
         rec: &InRecord<'_>,
         record: &Value,
-        key: Arc<str>,
+        key: &str,
         key_value: &Value,
         ts: i64,
         now: Instant,
@@ -477,7 +482,7 @@ impl Processor {
             .windows
             .as_mut()
             .expect("windowed plan has window state");
-        let added = windows.add(&key, key_value, ts, &inputs, rec.offset, &mut results);
+        let added = windows.add(key, key_value, ts, &inputs, rec.offset, &mut results);
         windows.advance(watermark, &mut results);
         match added {
             Added::OnTime => self.counts.windowed += 1,

@@ -184,13 +184,19 @@ impl PartitionWindows {
     /// already fired and are updated by it are pushed to `out` again.
     pub fn add(
         &mut self,
-        key: &Arc<str>,
+        key: &str,
         key_value: &Value,
         ts: i64,
         inputs: &Inputs<'_>,
         offset: i64,
         out: &mut Vec<WindowResult>,
     ) -> Added {
+        // Interned: a key that holds state is allocated once, whatever its record count.
+        let key = match self.keys.get_key_value(key) {
+            Some((interned, _)) => interned.clone(),
+            None => Arc::from(key),
+        };
+        let key = &key;
         match self.assigner {
             Assigner::Sliding { size, slide } => {
                 self.add_to_pane(key, key_value, ts, inputs, offset, size, slide, out)
