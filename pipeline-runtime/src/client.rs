@@ -9,21 +9,25 @@ use std::env;
 
 use pipeline_crds::{
     PipelineDeploymentSpec,
+    checkpoint::DeliveryGuarantee,
     contract::{env as env_names, paths},
     source::StartingOffsets,
 };
 use rdkafka::ClientConfig;
 
-/// Settings common to consumers and producers: brokers, security, user properties.
-pub fn base_config(
-    spec: &PipelineDeploymentSpec,
-    bootstrap_servers: &str,
-    client_id: &str,
-) -> ClientConfig {
-    let mut config = ClientConfig::new();
+/// Sets `client.id` unless the user's properties already did.
+pub fn with_client_id(mut config: ClientConfig, client_id: &str) -> ClientConfig {
+    if config.get("client.id").is_none() {
+        config.set("client.id", client_id);
+    }
     config
-        .set("bootstrap.servers", bootstrap_servers)
-        .set("client.id", client_id);
+}
+
+/// Settings common to consumers and producers: brokers, security, user properties. No
+/// `client.id`: each client adds its own ([`with_client_id`]).
+pub fn base_config(spec: &PipelineDeploymentSpec, bootstrap_servers: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", bootstrap_servers);
     if spec.kafka.sasl.is_some() {
         // Credentials come from the Secret through the environment, never from the spec.
         if let Ok(user) = env::var(env_names::KAFKA_SASL_USERNAME) {
@@ -53,8 +57,9 @@ pub fn base_config(
         );
         config.set("ssl.key.location", format!("{dir}/{TLS_PRIVATE_KEY_KEY}"));
     }
-    // Last, so the user's properties win where the runtime only sets a default (client.id, the
-    // CA path); the ones it owns are refused by validate().
+    // Last, so the user's properties win where the runtime only sets a default (the CA path;
+    // client.id, added later only where they set none); the ones it owns are refused by
+    // validate().
     for (key, value) in spec.kafka.client_properties() {
         config.set(key, value);
     }
@@ -66,10 +71,9 @@ pub fn base_config(
 pub fn consumer_config(
     spec: &PipelineDeploymentSpec,
     bootstrap_servers: &str,
-    client_id: &str,
     group: &str,
 ) -> ClientConfig {
-    let mut config = base_config(spec, bootstrap_servers, client_id);
+    let mut config = base_config(spec, bootstrap_servers);
     config
         .set("group.id", group)
         .set("enable.auto.commit", "false")
@@ -95,17 +99,11 @@ const MESSAGE_TIMEOUT_MS: u64 = 120_000;
 
 /// A slot's producer: idempotent, `acks=all`, batching and compression from the sink spec
 /// (defaults from the seeds: linger 5 ms, 256 KiB batches, lz4), and the Java client's murmur2
-/// partitioner so keys land where Kafka Streams and Flink would put them. With a
-/// `transactional_id` (exactly-once delivery) the producer is transactional, and a transaction
-/// may stay open for three checkpoint intervals (at least the delivery timeout, two minutes)
-/// before the broker aborts it.
-pub fn producer_config(
-    spec: &PipelineDeploymentSpec,
-    bootstrap_servers: &str,
-    client_id: &str,
-    transactional_id: Option<&str>,
-) -> ClientConfig {
-    let mut config = base_config(spec, bootstrap_servers, client_id);
+/// partitioner so keys land where Kafka Streams and Flink would put them. With exactly-once
+/// delivery a transaction may stay open for three checkpoint intervals (at least the delivery
+/// timeout, two minutes) before the broker aborts it; each slot adds its `transactional.id`.
+pub fn producer_config(spec: &PipelineDeploymentSpec, bootstrap_servers: &str) -> ClientConfig {
+    let mut config = base_config(spec, bootstrap_servers);
     let (linger_ms, batch_bytes, compression) =
         spec.sink.kafka.as_ref().map_or((5, 262_144, "lz4"), |k| {
             (
@@ -126,12 +124,12 @@ pub fn producer_config(
         // Only failures need a delivery report (they stop offsets from passing a lost record);
         // a report per record would pile up between polls and block the slot on a full queue.
         .set("delivery.report.only.error", "true");
-    if let Some(id) = transactional_id {
+    if spec.delivery == DeliveryGuarantee::ExactlyOnce {
         let interval_ms = spec
             .checkpoint
             .as_ref()
             .map_or(10_000, |c| c.interval.as_millis());
-        config.set("transactional.id", id).set(
+        config.set(
             "transaction.timeout.ms",
             (interval_ms * 3).max(MESSAGE_TIMEOUT_MS).to_string(),
         );
@@ -155,17 +153,31 @@ mod tests {
     }
 
     #[test]
-    fn exactly_once_producers_are_transactional_with_a_timeout_beyond_the_checkpoint_interval() {
+    fn exactly_once_producers_get_a_transaction_timeout_beyond_the_checkpoint_interval() {
         let s = spec(
             "  kafka: {bootstrapServers: 'k:9092'}\n  sink: {kafka: {topic: out}}\n  delivery: exactly-once\n  checkpoint: {interval: 30s, storage: {local: {path: /tmp/cp}}}\n",
         );
-        let p = producer_config(&s, "k:9092", "c", Some("g-pod-0-0"));
-        assert_eq!(p.get("transactional.id"), Some("g-pod-0-0"));
+        let p = producer_config(&s, "k:9092");
         assert_eq!(p.get("transaction.timeout.ms"), Some("120000"));
+        assert_eq!(p.get("transactional.id"), None, "each slot adds its own");
+        let at_least_once =
+            spec("  kafka: {bootstrapServers: 'k:9092'}\n  sink: {kafka: {topic: out}}\n");
         assert_eq!(
-            producer_config(&s, "k:9092", "c", None).get("transactional.id"),
+            producer_config(&at_least_once, "k:9092").get("transaction.timeout.ms"),
             None
         );
+    }
+
+    #[test]
+    fn a_client_id_from_the_users_properties_is_kept() {
+        let s = spec(
+            "  kafka: {bootstrapServers: 'k:9092', properties: {client.id: mine}}\n  sink: {kafka: {topic: out}}\n",
+        );
+        let c = with_client_id(consumer_config(&s, "k:9092", "g"), "sluice-p-0-0");
+        assert_eq!(c.get("client.id"), Some("mine"));
+        let s = spec("  kafka: {bootstrapServers: 'k:9092'}\n  sink: {kafka: {topic: out}}\n");
+        let c = with_client_id(consumer_config(&s, "k:9092", "g"), "sluice-p-0-0");
+        assert_eq!(c.get("client.id"), Some("sluice-p-0-0"));
     }
 
     #[test]
@@ -173,7 +185,7 @@ mod tests {
         let s = spec(
             "  kafka: {bootstrapServers: 'k:9092', properties: {fetch.max.bytes: '1048576'}}\n  sink: {kafka: {topic: out}}\n",
         );
-        let c = consumer_config(&s, "k:9092", "c", "g");
+        let c = consumer_config(&s, "k:9092", "g");
         assert_eq!(c.get("enable.auto.commit"), Some("false"));
         assert_eq!(
             c.get("partition.assignment.strategy"),
@@ -187,7 +199,7 @@ mod tests {
     #[test]
     fn producers_report_only_failed_deliveries() {
         let s = spec("  kafka: {bootstrapServers: 'k:9092'}\n  sink: {kafka: {topic: out}}\n");
-        let p = producer_config(&s, "k:9092", "p", None);
+        let p = producer_config(&s, "k:9092");
         assert_eq!(p.get("delivery.report.only.error"), Some("true"));
     }
 
@@ -196,7 +208,7 @@ mod tests {
         let s = spec(
             "  kafka: {bootstrapServers: 'k:9092'}\n  sink: {kafka: {topic: out, linger: 10ms, batchBytes: 1048576, compression: zstd}}\n",
         );
-        let p = producer_config(&s, "k:9092", "p", None);
+        let p = producer_config(&s, "k:9092");
         assert_eq!(p.get("linger.ms"), Some("10"));
         assert_eq!(p.get("batch.size"), Some("1048576"));
         assert_eq!(p.get("compression.type"), Some("zstd"));
@@ -208,7 +220,7 @@ mod tests {
         let s = spec(
             "  kafka:\n    bootstrapServers: 'k:9093'\n    securityProtocol: SSL\n    tls: {clientCertificateSecret: {name: client}}\n  sink: {kafka: {topic: out}}\n",
         );
-        let c = base_config(&s, "k:9093", "c");
+        let c = base_config(&s, "k:9093");
         assert_eq!(
             c.get("ssl.certificate.location"),
             Some("/etc/sluice/kafka-client/tls.crt")
@@ -224,7 +236,7 @@ mod tests {
         let s = spec(
             "  kafka:\n    bootstrapServers: 'k:9092'\n    securityProtocol: SASL_SSL\n    sasl: {mechanism: SCRAM-SHA-512, credentialsSecret: {name: s}}\n    tls: {caSecret: {name: ca}}\n  sink: {kafka: {topic: out}}\n",
         );
-        let c = base_config(&s, "k:9092", "c");
+        let c = base_config(&s, "k:9092");
         assert_eq!(c.get("security.protocol"), Some("sasl_ssl"));
         assert_eq!(c.get("sasl.mechanism"), Some("SCRAM-SHA-512"));
         assert_eq!(

@@ -4,11 +4,14 @@
 use std::{sync::Arc, time::Duration};
 
 use pipeline_crds::{
-    PipelineDeploymentSpec, contract,
+    PipelineDeploymentSpec,
+    checkpoint::{CheckpointSpec, DeliveryGuarantee},
+    contract,
     sink::OutputFormat,
-    source::{FormatKind, SourceFormat},
+    source::{FormatKind, SourceFormat, StartingOffsets},
     transform::RepartitionPolicy,
 };
+use rdkafka::ClientConfig;
 
 use crate::{aggregate::AggregatePlan, event_time::EventTime, field::FieldPath, window::Assigner};
 
@@ -23,9 +26,50 @@ pub struct WindowStage {
     pub aggregates: Arc<AggregatePlan>,
 }
 
-/// Everything a slot needs to process records.
+/// A librdkafka client configuration settled from the spec (brokers, security, the user's
+/// properties, the runtime's own settings), to which a slot adds only its `client.id` (and its
+/// `transactional.id`). Its `Debug` names the keys, not the values: they may hold credentials.
+#[derive(Clone)]
+pub struct KafkaClient(ClientConfig);
+
+impl KafkaClient {
+    /// The configuration for one client: `client_id` unless the user's properties set one.
+    pub fn for_client(&self, client_id: &str) -> ClientConfig {
+        crate::client::with_client_id(self.0.clone(), client_id)
+    }
+
+    /// One setting, as the slot's client will have it.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key)
+    }
+}
+
+impl std::fmt::Debug for KafkaClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let map = self.0.config_map();
+        let mut keys: Vec<&str> = map.keys().copied().collect();
+        keys.sort_unstable();
+        f.debug_tuple("KafkaClient").field(&keys).finish()
+    }
+}
+
+/// Everything a slot needs: what to do with each record, how to reach Kafka, what delivery
+/// guarantee to give and where to checkpoint. Compiled once from the spec; the slot reads nothing
+/// else of it.
 #[derive(Clone, Debug)]
 pub struct Plan {
+    /// The consumer group of the pipeline's slots.
+    pub group: String,
+    /// The slots' consumers (group, assignment strategy, offsets, isolation).
+    pub consumer: KafkaClient,
+    /// The slots' producers (idempotence, batching, compression; transactions when exactly-once).
+    pub producer: KafkaClient,
+    /// The delivery guarantee.
+    pub delivery: DeliveryGuarantee,
+    /// Where a partition without a committed offset starts.
+    pub starting_offsets: StartingOffsets,
+    /// Checkpoints (snapshots of window state and, exactly-once, transactions).
+    pub checkpoint: Option<CheckpointSpec>,
     /// The source topics, in spec order.
     pub source_topics: Vec<String>,
     /// The internal topic records are re-keyed through, when repartitioning.
@@ -94,8 +138,17 @@ impl Plan {
         repartition.then(|| format!("{group}-repartition"))
     }
 
-    /// Compiles a validated spec. `group` names the internal repartition topic;
-    /// `source_partitions` are the partition counts of the source topics, in spec order.
+    /// Brokers other than the spec's (the runtime's `--bootstrap-servers`).
+    pub fn with_bootstrap_servers(mut self, servers: &str) -> Self {
+        for client in [&mut self.consumer, &mut self.producer] {
+            client.0.set("bootstrap.servers", servers);
+        }
+        self
+    }
+
+    /// Compiles a validated spec. `group` is the consumer group (it also names the internal
+    /// repartition topic); `source_partitions` are the partition counts of the source topics, in
+    /// spec order.
     pub fn new(spec: &PipelineDeploymentSpec, group: &str, source_partitions: Vec<usize>) -> Self {
         let window = spec.window.as_ref().and_then(|w| {
             Some(WindowStage {
@@ -104,7 +157,14 @@ impl Plan {
                 aggregates: Arc::new(AggregatePlan::new(&spec.aggregates)),
             })
         });
+        let bootstrap = spec.kafka.bootstrap_servers.as_str();
         Self {
+            group: group.to_owned(),
+            consumer: KafkaClient(crate::client::consumer_config(spec, bootstrap, group)),
+            producer: KafkaClient(crate::client::producer_config(spec, bootstrap)),
+            delivery: spec.delivery,
+            starting_offsets: spec.source.starting_offsets,
+            checkpoint: spec.checkpoint.clone(),
             source_topics: spec
                 .source
                 .topic_names()
@@ -287,6 +347,29 @@ mod tests {
         p.decode_fields
             .as_ref()
             .map(|f| f.iter().map(String::as_str).collect())
+    }
+
+    #[test]
+    fn the_plan_carries_the_clients_the_guarantee_and_the_checkpoints_and_hides_client_values() {
+        let text = "apiVersion: sluice.dev/v1alpha1\nkind: PipelineDeployment\nmetadata: {name: p}\nspec:\n  kafka: {bootstrapServers: 'k:9092', properties: {ssl.key.password: hunter2}}\n  source: {topic: in, startingOffsets: latest}\n  sink: {kafka: {topic: out}}\n  delivery: exactly-once\n  checkpoint: {interval: 20s, storage: {local: {path: /tmp/cp}}}\n";
+        let spec = pipeline_crds::manifest::from_yaml(text, "t").unwrap().spec;
+        let p = Plan::new(&spec, "g", vec![4]).with_bootstrap_servers("other:9092");
+        assert_eq!(p.delivery, DeliveryGuarantee::ExactlyOnce);
+        assert_eq!(p.starting_offsets, StartingOffsets::Latest);
+        assert_eq!(
+            p.checkpoint.as_ref().map(|c| c.interval.as_millis()),
+            Some(20_000)
+        );
+        assert_eq!(p.consumer.get("group.id"), Some("g"));
+        assert_eq!(p.consumer.get("auto.offset.reset"), Some("latest"));
+        assert_eq!(p.consumer.get("bootstrap.servers"), Some("other:9092"));
+        assert_eq!(p.producer.get("bootstrap.servers"), Some("other:9092"));
+        assert_eq!(p.producer.get("transaction.timeout.ms"), Some("120000"));
+        let consumer = p.consumer.for_client("sluice-p-pod-0");
+        assert_eq!(consumer.get("client.id"), Some("sluice-p-pod-0"));
+        let printed = format!("{p:?}");
+        assert!(printed.contains("ssl.key.password"), "{printed}");
+        assert!(!printed.contains("hunter2"), "{printed}");
     }
 
     #[test]

@@ -188,14 +188,11 @@ fn supervise(
     let Some(partitions) = prepare_topics(&options.spec, &bootstrap, &group, &stop) else {
         return;
     };
-    let plan = Arc::new(Plan::new(&options.spec, &group, partitions));
-    let spec = Arc::new(options.spec.clone());
+    let plan =
+        Arc::new(Plan::new(&options.spec, &group, partitions).with_bootstrap_servers(&bootstrap));
     let start = |index: usize| -> (Arc<AtomicBool>, JoinHandle<()>) {
         let config = SlotConfig {
-            spec: spec.clone(),
             plan: plan.clone(),
-            bootstrap_servers: bootstrap.clone(),
-            group: group.clone(),
             labels: slot_labels(&options, index),
             commit_interval: options.commit_interval,
             metrics: metrics.clone(),
@@ -366,7 +363,7 @@ fn try_prepare_topics(
     group: &str,
 ) -> Result<Vec<usize>, String> {
     let admin: AdminClient<DefaultClientContext> =
-        client::base_config(spec, bootstrap, "sluice-admin")
+        client::with_client_id(client::base_config(spec, bootstrap), "sluice-admin")
             .create()
             .map_err(|e| format!("cannot create admin client: {e}"))?;
     let metadata = admin

@@ -16,10 +16,7 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use pipeline_crds::{
-    PipelineDeploymentSpec, checkpoint::DeliveryGuarantee, contract::headers,
-    source::StartingOffsets,
-};
+use pipeline_crds::{checkpoint::DeliveryGuarantee, contract::headers, source::StartingOffsets};
 use prometheus_client::metrics::histogram::Histogram;
 use rdkafka::{
     ClientContext, Message, Offset, TopicPartitionList,
@@ -36,7 +33,6 @@ use crate::{
         CheckpointError, Checkpointer,
         store::{CheckpointStore, StoreError},
     },
-    client,
     metrics::{Metrics, SlotLabels},
     plan::{Plan, TopicIndex},
     processor::{Counts, Emit, InRecord, Processor, ProcessorError},
@@ -84,14 +80,9 @@ impl SlotError {
 
 /// What a slot needs to run.
 pub struct SlotConfig {
-    /// The spec (Kafka settings).
-    pub spec: Arc<PipelineDeploymentSpec>,
-    /// The compiled plan.
+    /// The compiled plan: what to do with records, how to reach Kafka, the delivery guarantee and
+    /// checkpoints. The slot reads nothing of the spec besides.
     pub plan: Arc<Plan>,
-    /// Broker list.
-    pub bootstrap_servers: String,
-    /// Consumer group.
-    pub group: String,
     /// Metric labels; `slot` is the slot index.
     pub labels: SlotLabels,
     /// Time between offset commits.
@@ -452,21 +443,20 @@ pub fn run(config: &SlotConfig, stop: &Arc<AtomicBool>) -> Result<(), SlotError>
         "sluice-{}-{}-{}",
         config.labels.pipeline, config.labels.pod, config.labels.slot
     );
-    let transactional = config.spec.delivery == DeliveryGuarantee::ExactlyOnce;
+    let transactional = plan.delivery == DeliveryGuarantee::ExactlyOnce;
     // One transactional id per pod and slot: a restarted slot (or a zombie's replacement) fences
     // the previous producer of the same slot.
     let transactional_id = transactional.then(|| {
         format!(
             "{}-{}-{}",
-            config.group, config.labels.pod, config.labels.slot
+            plan.group, config.labels.pod, config.labels.slot
         )
     });
-    let sink = Arc::new(Sink::new(&client::producer_config(
-        &config.spec,
-        &config.bootstrap_servers,
-        &client_id,
-        transactional_id.as_deref(),
-    ))?);
+    let mut producer = plan.producer.for_client(&client_id);
+    if let Some(id) = &transactional_id {
+        producer.set("transactional.id", id);
+    }
+    let sink = Arc::new(Sink::new(&producer)?);
     if transactional {
         sink.init_transactions(Duration::from_secs(60))?;
         info!(slot = %config.labels.slot, transactional_id = ?transactional_id, "exactly-once: transactional producer ready");
@@ -477,7 +467,7 @@ pub fn run(config: &SlotConfig, stop: &Arc<AtomicBool>) -> Result<(), SlotError>
         committed: HashMap::new(),
         awaiting_first: HashSet::new(),
     }));
-    let checkpointer = match (&config.spec.checkpoint, &plan.window) {
+    let checkpointer = match (&plan.checkpoint, &plan.window) {
         (Some(settings), Some(_)) => {
             let writer = format!(
                 "{}-{}-{}",
@@ -486,7 +476,7 @@ pub fn run(config: &SlotConfig, stop: &Arc<AtomicBool>) -> Result<(), SlotError>
                 wall_clock_ms()
             );
             let prefix = format!("{}/{}", config.labels.namespace, config.labels.pipeline);
-            let store = CheckpointStore::new(&settings.storage, &prefix, &config.group, &writer)?;
+            let store = CheckpointStore::new(&settings.storage, &prefix, &plan.group, &writer)?;
             info!(slot = %config.labels.slot, location = store.location(), "checkpoints enabled");
             Some(Checkpointer::new(
                 store,
@@ -496,10 +486,7 @@ pub fn run(config: &SlotConfig, stop: &Arc<AtomicBool>) -> Result<(), SlotError>
         }
         _ => None,
     };
-    let interval = match (
-        &config.spec.checkpoint,
-        checkpointer.is_some() || transactional,
-    ) {
+    let interval = match (&plan.checkpoint, checkpointer.is_some() || transactional) {
         (Some(settings), true) => settings.interval.get(),
         _ => config.commit_interval,
     };
@@ -515,18 +502,15 @@ pub fn run(config: &SlotConfig, stop: &Arc<AtomicBool>) -> Result<(), SlotError>
         metrics: config.metrics.clone(),
         labels: config.labels.clone(),
         end_offsets: Mutex::new(HashMap::new()),
-        reset_to_earliest: config.spec.source.starting_offsets == StartingOffsets::Earliest,
+        reset_to_earliest: plan.starting_offsets == StartingOffsets::Earliest,
         stop: stop.clone(),
     };
-    let consumer: BaseConsumer<SlotContext> = client::consumer_config(
-        &config.spec,
-        &config.bootstrap_servers,
-        &client_id,
-        &config.group,
-    )
-    .create_with_context(context)?;
+    let consumer: BaseConsumer<SlotContext> = plan
+        .consumer
+        .for_client(&client_id)
+        .create_with_context(context)?;
     consumer.subscribe(&plan.subscribed_topics())?;
-    info!(slot = %config.labels.slot, group = %config.group, topics = ?plan.subscribed_topics(), "slot started");
+    info!(slot = %config.labels.slot, group = %plan.group, topics = ?plan.subscribed_topics(), "slot started");
 
     let latency = config
         .metrics
