@@ -1,0 +1,442 @@
+//! One task slot: a thread with its own consumer-group member and producer, owning the state of
+//! the partitions Kafka assigns to it (shared-nothing, like a Kafka Streams stream thread).
+//!
+//! The loop (here): poll a batch of records → process them → send what they emit. Every 100 ms
+//! idle partitions advance their watermarks and the metrics are published ([`report`]); every
+//! commit interval the producer is flushed and the committable offsets (which never pass a record
+//! still held in an open window) are committed, or a checkpoint is taken ([`commit`]). On
+//! revocation the revoked partitions are flushed and committed before they are released, and
+//! assigned ones are restored before reading starts ([`context`]). The slot's only input is the
+//! execution plan ([`crate::plan::Plan`]).
+
+mod commit;
+mod context;
+mod report;
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use pipeline_crds::{checkpoint::DeliveryGuarantee, contract::headers, source::StartingOffsets};
+use rdkafka::{
+    Message, TopicPartitionList,
+    consumer::{BaseConsumer, CommitMode, Consumer},
+    error::KafkaError,
+    message::{BorrowedMessage, Headers},
+};
+use tracing::{debug, info, warn};
+
+use crate::{
+    checkpoint::{
+        Checkpointer,
+        store::{CheckpointStore, StoreError},
+    },
+    metrics::{Metrics, SlotLabels},
+    plan::{Plan, TopicIndex},
+    processor::{Counts, Emit, InRecord, Processor, ProcessorError},
+    sink::{Sink, SinkError},
+};
+
+use commit::{checkpoint, commit};
+use context::SlotContext;
+use report::{observe_emits, publish};
+
+/// How often idle watermarks and metrics are refreshed.
+const TICK: Duration = Duration::from_millis(100);
+
+/// The most records one turn of the slot loop polls before processing them. Per turn, not per
+/// record, the loop reads the clocks, takes the state lock and hands emits to the sink: on
+/// this project's 2-core machine clock reads alone were a tenth of the slot thread's CPU when
+/// done per record.
+const BATCH: usize = 512;
+
+/// Why a slot stopped before it was asked to.
+#[derive(Debug, thiserror::Error)]
+pub enum SlotError {
+    /// Building the processor failed (bad filter or schema): not retryable.
+    #[error(transparent)]
+    Processor(#[from] ProcessorError),
+    /// Consumer creation, subscription or commit failed.
+    #[error("kafka consumer: {0}")]
+    Consumer(#[from] KafkaError),
+    /// The sink failed.
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    /// The checkpoint store cannot be opened or failed while restoring.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Restoring assigned partitions failed for a reason that may pass (Kafka or storage).
+    #[error("restoring assigned partitions: {0}")]
+    Restore(String),
+}
+
+impl SlotError {
+    /// Whether restarting the slot can help.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Processor(e) => e.is_transient(),
+            _ => true,
+        }
+    }
+}
+
+/// What a slot needs to run.
+pub struct SlotConfig {
+    /// The compiled plan: what to do with records, how to reach Kafka, the delivery guarantee and
+    /// checkpoints. The slot reads nothing of the spec besides.
+    pub plan: Arc<Plan>,
+    /// Metric labels; `slot` is the slot index.
+    pub labels: SlotLabels,
+    /// Time between offset commits.
+    pub commit_interval: Duration,
+    /// Process-wide metrics.
+    pub metrics: Arc<Metrics>,
+    /// Extra busy time per record (a stand-in for heavier work; demos and tests only).
+    pub simulated_record_cost: Option<Duration>,
+}
+
+pub(super) struct Core {
+    pub(super) processor: Processor,
+    pub(super) emits: Vec<Emit>,
+    pub(super) committed: HashMap<(usize, i32), i64>,
+    /// Restored partitions whose first record has not arrived yet: when it does, its offset is
+    /// checked against where the restored state resumes. Empty almost always, so the per-record
+    /// check is one `is_empty`.
+    pub(super) awaiting_first: HashSet<(TopicIndex, i32)>,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn wall_clock_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Runs one slot until `stop` is set (then flushes, commits and leaves the group) or an error.
+pub fn run(config: &SlotConfig, stop: &Arc<AtomicBool>) -> Result<(), SlotError> {
+    let plan = config.plan.clone();
+    let client_id = format!(
+        "sluice-{}-{}-{}",
+        config.labels.pipeline, config.labels.pod, config.labels.slot
+    );
+    let transactional = plan.delivery == DeliveryGuarantee::ExactlyOnce;
+    // One transactional id per pod and slot: a restarted slot (or a zombie's replacement) fences
+    // the previous producer of the same slot.
+    let transactional_id = transactional.then(|| {
+        format!(
+            "{}-{}-{}",
+            plan.group, config.labels.pod, config.labels.slot
+        )
+    });
+    let mut producer = plan.producer.for_client(&client_id);
+    if let Some(id) = &transactional_id {
+        producer.set("transactional.id", id);
+    }
+    let sink = Arc::new(Sink::new(&producer)?);
+    if transactional {
+        sink.init_transactions(Duration::from_secs(60))?;
+        info!(slot = %config.labels.slot, transactional_id = ?transactional_id, "exactly-once: transactional producer ready");
+    }
+    let core = Arc::new(Mutex::new(Core {
+        processor: Processor::new(plan.clone())?,
+        emits: Vec::new(),
+        committed: HashMap::new(),
+        awaiting_first: HashSet::new(),
+    }));
+    let checkpointer = match (&plan.checkpoint, &plan.window) {
+        (Some(settings), Some(_)) => {
+            let writer = format!(
+                "{}-{}-{}",
+                config.labels.pod,
+                config.labels.slot,
+                wall_clock_ms()
+            );
+            let prefix = format!("{}/{}", config.labels.namespace, config.labels.pipeline);
+            let store = CheckpointStore::new(&settings.storage, &prefix, &plan.group, &writer)?;
+            info!(slot = %config.labels.slot, location = store.location(), "checkpoints enabled");
+            Some(Checkpointer::new(
+                store,
+                plan.state_fingerprint,
+                usize::try_from(settings.retain).unwrap_or(1),
+            ))
+        }
+        _ => None,
+    };
+    let interval = match (&plan.checkpoint, checkpointer.is_some() || transactional) {
+        (Some(settings), true) => settings.interval.get(),
+        _ => config.commit_interval,
+    };
+    let context = SlotContext {
+        checkpointer,
+        transactional,
+        failure: Mutex::new(None),
+        paused: Mutex::new(TopicPartitionList::new()),
+        revocations: AtomicU64::new(0),
+        plan: plan.clone(),
+        core: core.clone(),
+        sink: sink.clone(),
+        metrics: config.metrics.clone(),
+        labels: config.labels.clone(),
+        end_offsets: Mutex::new(HashMap::new()),
+        reset_to_earliest: plan.starting_offsets == StartingOffsets::Earliest,
+        stop: stop.clone(),
+    };
+    let consumer: BaseConsumer<SlotContext> = plan
+        .consumer
+        .for_client(&client_id)
+        .create_with_context(context)?;
+    consumer.subscribe(&plan.subscribed_topics())?;
+    info!(slot = %config.labels.slot, group = %plan.group, topics = ?plan.subscribed_topics(), "slot started");
+
+    let latency = config
+        .metrics
+        .output_latency
+        .get_or_create(&config.labels)
+        .clone();
+    let is_stopped = || stop.load(Ordering::Relaxed);
+    let mut clock = SlotClock::default();
+    let mut reported = Counts::default();
+    let mut last_tick = Instant::now();
+    let mut last_commit = Instant::now();
+    // Simulated work owed, slept off in steps of at least a millisecond (sleeping per record
+    // would cost more than the records).
+    // Oversleeping is credited to later records, so the capacity is 1/cost.
+    let mut owed = 0.0_f64;
+    // Records polled together and processed under one lock, one clock reading and one send.
+    let mut batch: Vec<BorrowedMessage<'_>> = Vec::with_capacity(BATCH);
+    while !is_stopped() {
+        let poll_start = Instant::now();
+        let revocations = consumer.context().revocations.load(Ordering::Relaxed);
+        match consumer.poll(Duration::from_millis(100)) {
+            None => {}
+            Some(Ok(message)) => batch.push(message),
+            Some(Err(e)) => poll_failed(config, &e),
+        }
+        // Drain what librdkafka already holds, without waiting. A poll that serves a rebalance
+        // or a commit returns nothing, so a rebalance always ends the batch.
+        while !batch.is_empty() && batch.len() < BATCH {
+            match consumer.poll(Duration::ZERO) {
+                Some(Ok(message)) => batch.push(message),
+                Some(Err(e)) => {
+                    poll_failed(config, &e);
+                    break;
+                }
+                None => break,
+            }
+        }
+        let processing_start = Instant::now();
+        if let Some(reason) = consumer
+            .context()
+            .failure
+            .lock()
+            .expect("not poisoned")
+            .take()
+        {
+            return Err(SlotError::Restore(reason));
+        }
+        clock.idle += processing_start - poll_start;
+        if consumer.context().revocations.load(Ordering::Relaxed) != revocations {
+            // Records of partitions revoked while the batch was drained belong to their next
+            // owner, which resumes where this slot's state stopped.
+            let assignment = consumer.assignment().unwrap_or_default();
+            batch.retain(|m| {
+                assignment
+                    .find_partition(m.topic(), m.partition())
+                    .is_some()
+            });
+        }
+        if !batch.is_empty() {
+            let wall_ms = wall_clock_ms();
+            let mut guard = lock(&core);
+            let Core {
+                processor,
+                emits,
+                awaiting_first,
+                ..
+            } = &mut *guard;
+            for message in batch.drain(..) {
+                let Some(topic) = plan.topic_index(message.topic()) else {
+                    continue;
+                };
+                let (upstream, marker) = if plan.is_repartition_topic(topic) {
+                    read_internal_headers(&message)
+                } else {
+                    (None, None)
+                };
+                let rec = InRecord {
+                    topic,
+                    partition: message.partition(),
+                    offset: message.offset(),
+                    key: message.key(),
+                    payload: message.payload(),
+                    timestamp_ms: message.timestamp().to_millis(),
+                    upstream,
+                    marker,
+                };
+                if !awaiting_first.is_empty() && awaiting_first.remove(&(topic, rec.partition)) {
+                    let resume = processor.next_offset(topic, rec.partition);
+                    if resume.is_some_and(|r| r != rec.offset) {
+                        warn!(slot = %config.labels.slot, topic = message.topic(), partition = rec.partition, offset = rec.offset, ?resume, "first record after assignment is not where the restored state resumes");
+                    } else {
+                        debug!(slot = %config.labels.slot, topic = message.topic(), partition = rec.partition, offset = rec.offset, "first record after assignment");
+                    }
+                }
+                let mut backoff = Duration::from_millis(200);
+                while let Err(e) = processor.process(&rec, processing_start, wall_ms, emits) {
+                    warn!(slot = %config.labels.slot, error = %e, "transient failure, retrying the record");
+                    std::thread::sleep(backoff);
+                    clock.backpressured += backoff;
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    if is_stopped() {
+                        return Ok(());
+                    }
+                }
+                if let Some(cost) = config.simulated_record_cost {
+                    owed += cost.as_secs_f64();
+                }
+            }
+            observe_emits(config, &latency, emits);
+            sink.send_all(&plan, emits, &mut clock.backpressured, &is_stopped)?;
+            drop(guard);
+            if owed >= 0.001 {
+                let slept = Instant::now();
+                std::thread::sleep(Duration::from_secs_f64(owed));
+                owed -= slept.elapsed().as_secs_f64();
+            }
+            clock.busy += processing_start.elapsed();
+        }
+        if last_tick.elapsed() >= TICK {
+            last_tick = Instant::now();
+            let mut guard = lock(&core);
+            let Core {
+                processor, emits, ..
+            } = &mut *guard;
+            processor.on_tick(Instant::now(), emits);
+            observe_emits(config, &latency, emits);
+            sink.send_all(&plan, emits, &mut clock.backpressured, &is_stopped)?;
+            sink.poll();
+            publish(config, &consumer, processor, &mut reported, &mut clock);
+            drop(guard);
+            if let Some(failure) = sink.failure() {
+                return Err(SlotError::Sink(SinkError::Delivery(failure)));
+            }
+        }
+        if last_commit.elapsed() >= interval {
+            last_commit = Instant::now();
+            if consumer.context().checkpoints() {
+                checkpoint(
+                    consumer.context(),
+                    &consumer,
+                    None,
+                    &mut clock.backpressured,
+                    &is_stopped,
+                )?;
+                continue;
+            }
+            commit(
+                &consumer,
+                &core,
+                &sink,
+                &plan,
+                &mut clock,
+                CommitMode::Async,
+                &is_stopped,
+            )?;
+        }
+    }
+    // Stopping: everything processed so far is flushed and committed; unsubscribing revokes the
+    // partitions (committing them again) and leaves the group at once.
+    // A commit refused now (a rebalance under way as other slots leave) is repeated by the
+    // revocation that unsubscribing triggers; either way the next owner resumes at or before it.
+    let never = || false;
+    let finished = match consumer.context().checkpoints() {
+        true => checkpoint(
+            consumer.context(),
+            &consumer,
+            None,
+            &mut clock.backpressured,
+            &never,
+        ),
+        false => commit(
+            &consumer,
+            &core,
+            &sink,
+            &plan,
+            &mut clock,
+            CommitMode::Sync,
+            &never,
+        ),
+    };
+    if let Err(e) = finished {
+        warn!(slot = %config.labels.slot, error = %e, "final commit failed");
+    }
+    consumer.unsubscribe();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline && consumer.assignment().is_ok_and(|a| a.count() > 0) {
+        let _ = consumer.poll(Duration::from_millis(50));
+    }
+    let mut guard = lock(&core);
+    publish(
+        config,
+        &consumer,
+        &mut guard.processor,
+        &mut reported,
+        &mut clock,
+    );
+    info!(slot = %config.labels.slot, "slot stopped");
+    Ok(())
+}
+
+/// An upstream partition id with an offset or a watermark.
+type Upstream = (u32, i64);
+
+/// The upstream headers of a repartition-topic record: (partition, offset) on data records,
+/// (partition, watermark) on watermark markers.
+fn read_internal_headers(message: &impl Message) -> (Option<Upstream>, Option<Upstream>) {
+    let Some(headers) = message.headers() else {
+        return (None, None);
+    };
+    let (mut partition, mut offset, mut watermark) = (None, None, None);
+    for header in headers.iter() {
+        let number = || std::str::from_utf8(header.value?).ok()?.parse::<i64>().ok();
+        match header.key {
+            h if h == headers::UPSTREAM_PARTITION => {
+                partition = number().and_then(|n| u32::try_from(n).ok())
+            }
+            h if h == headers::UPSTREAM_OFFSET => offset = number(),
+            h if h == headers::WATERMARK => watermark = number(),
+            _ => {}
+        }
+    }
+    match (partition, offset, watermark) {
+        (Some(p), _, Some(w)) => (None, Some((p, w))),
+        (Some(p), Some(o), None) => (Some((p, o)), None),
+        _ => (None, None),
+    }
+}
+
+/// A failed poll: counted and logged; the loop goes on (librdkafka retries by itself).
+fn poll_failed(config: &SlotConfig, error: &KafkaError) {
+    config
+        .metrics
+        .kafka_errors
+        .get_or_create(&config.labels)
+        .inc();
+    warn!(slot = %config.labels.slot, %error, "poll failed");
+}
+
+pub(super) fn lock(core: &Mutex<Core>) -> MutexGuard<'_, Core> {
+    core.lock().expect("slot state lock is never poisoned")
+}
+
+#[derive(Default)]
+pub(super) struct SlotClock {
+    pub(super) busy: Duration,
+    pub(super) idle: Duration,
+    pub(super) backpressured: Duration,
+}
