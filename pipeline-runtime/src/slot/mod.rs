@@ -2,11 +2,11 @@
 //! the partitions Kafka assigns to it (shared-nothing, like a Kafka Streams stream thread).
 //!
 //! The loop (here): poll a batch of records → process them → send what they emit. Every 100 ms
-//! idle partitions advance their watermarks and the metrics are published ([`report`]); every
+//! idle partitions advance their watermarks and the metrics are published (`report`); every
 //! commit interval the producer is flushed and the committable offsets (which never pass a record
-//! still held in an open window) are committed, or a checkpoint is taken ([`commit`]). On
+//! still held in an open window) are committed, or a checkpoint is taken (`commit`). On
 //! revocation the revoked partitions are flushed and committed before they are released, and
-//! assigned ones are restored before reading starts ([`context`]). The slot's only input is the
+//! assigned ones are restored before reading starts (`context`). The slot's only input is the
 //! execution plan ([`crate::plan::Plan`]).
 
 mod commit;
