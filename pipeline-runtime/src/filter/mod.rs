@@ -20,7 +20,7 @@ pub enum FilterError {
 mod native;
 
 /// A compiled filter with its evaluation context (one per slot): common shapes run natively
-/// ([`native`]), the rest, and every record the native form cannot decide, in the interpreter.
+/// (`native`), the rest, and every record the native form cannot decide, in the interpreter.
 pub struct Filter {
     program: Program,
     native: Option<native::Native>,
