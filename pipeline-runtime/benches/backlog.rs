@@ -187,6 +187,15 @@ fn send_waiting(producer: &BaseProducer, mut record: BaseRecord<'_, str, [u8]>) 
     }
 }
 
+/// Sends one keyed record to `partition` of `topic`, waiting while the queue is full.
+fn send_to(producer: &BaseProducer, topic: &str, key: &str, value: &[u8], partition: i32) {
+    let record = BaseRecord::to(topic)
+        .partition(partition)
+        .key(key)
+        .payload(value);
+    send_waiting(producer, record);
+}
+
 /// Preloads the readings as plain Avro datums into [`AVRO_SOURCE`], with a closing record per
 /// partition; returns the bytes written.
 fn preload_avro(bootstrap: &str, records: u64) -> u64 {
@@ -194,11 +203,7 @@ fn preload_avro(bootstrap: &str, records: u64) -> u64 {
     let mut generator = readings_as(true);
     let mut bytes = 0;
     let send = |key: &str, datum: &[u8], partition: i32| {
-        let record = BaseRecord::to(AVRO_SOURCE)
-            .partition(partition)
-            .key(key)
-            .payload(datum);
-        send_waiting(&producer, record);
+        send_to(&producer, AVRO_SOURCE, key, datum, partition);
     };
     for i in 0..records {
         let generated = generator.next(i64::try_from(event_ms(i)).unwrap_or(i64::MAX));
@@ -235,11 +240,7 @@ fn preload_clicks(bootstrap: &str, records: u64) -> (usize, u64) {
     let mut last: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
     let (mut sessions, mut bytes) = (0, 0);
     let send = |key: &str, value: &[u8], partition: i32| {
-        let record = BaseRecord::to(CLICKS_SOURCE)
-            .partition(partition)
-            .key(key)
-            .payload(value);
-        send_waiting(&producer, record);
+        send_to(&producer, CLICKS_SOURCE, key, value, partition);
     };
     for i in 0..records {
         let ts = event_ms(i);

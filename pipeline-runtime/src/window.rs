@@ -785,15 +785,7 @@ mod tests {
             }
             let record = json!({"v": v});
             let inputs = p.inputs(&record).unwrap();
-            let key: Arc<str> = Arc::from(*key);
-            w.add(
-                &key,
-                &json!(key.as_ref()),
-                *ts,
-                &inputs,
-                offset as i64,
-                &mut out,
-            );
+            w.add(key, &json!(key), *ts, &inputs, offset as i64, &mut out);
             max = max.max(*ts);
             w.advance(max - ooo - 1, &mut out);
         }
@@ -801,14 +793,20 @@ mod tests {
         out
     }
 
-    #[test]
-    fn a_key_that_is_not_a_string_keeps_its_json_value_through_a_restore() {
+    /// Tumbling 10 ms windows, no lateness, the test plan.
+    fn tumbling_ten() -> (Assigner, Arc<AggregatePlan>, PartitionWindows) {
         let t = Assigner::Sliding {
             size: 10,
             slide: 10,
         };
         let p = plan();
-        let mut w = PartitionWindows::new(t, 0, p.clone());
+        let w = PartitionWindows::new(t, 0, p.clone());
+        (t, p, w)
+    }
+
+    #[test]
+    fn a_key_that_is_not_a_string_keeps_its_json_value_through_a_restore() {
+        let (t, p, mut w) = tumbling_ten();
         let record = json!({"v": 1});
         let inputs = p.inputs(&record).unwrap();
         let mut out = Vec::new();
@@ -823,12 +821,7 @@ mod tests {
 
     #[test]
     fn tumbling_windows_fire_when_the_watermark_passes_their_end() {
-        let t = Assigner::Sliding {
-            size: 10,
-            slide: 10,
-        };
-        let p = plan();
-        let mut w = PartitionWindows::new(t, 0, p.clone());
+        let (_, p, mut w) = tumbling_ten();
         let mut out = Vec::new();
         let key: Arc<str> = Arc::from("a");
         let rec = json!({"v": 1});
@@ -912,12 +905,7 @@ mod tests {
 
     #[test]
     fn min_open_offset_follows_the_oldest_open_window() {
-        let t = Assigner::Sliding {
-            size: 10,
-            slide: 10,
-        };
-        let p = plan();
-        let mut w = PartitionWindows::new(t, 0, p.clone());
+        let (_, p, mut w) = tumbling_ten();
         let rec = json!({"v": 1});
         let inputs = p.inputs(&rec).unwrap();
         let mut out = Vec::new();
