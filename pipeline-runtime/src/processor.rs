@@ -244,7 +244,7 @@ pub struct Processor {
     partitions: HashMap<(TopicIndex, i32), PartitionState, foldhash::fast::RandomState>,
     results: Vec<WindowResult>,
     encoding: WindowEncoding,
-    /// How `transform.select` is written (stateless pipelines with a projection).
+    /// How `transform.select` is written (`None`: no `select`).
     projection: Option<Projection>,
     /// The fields stage two decodes from repartition-topic records (they carry the whole source
     /// record, for the late-data and dead-letter topics; stage two reads a few fields of it).
@@ -531,16 +531,14 @@ impl Processor {
         wall_ms: i64,
         out: &mut Vec<Emit>,
     ) {
-        let value = match (&self.plan.select, rec.payload) {
-            (None, Some(bytes)) if self.plan.source_is_json() => bytes.to_vec(),
-            (None, _) => serde_json::to_vec(record).expect("JSON values serialize"),
-            (Some(_), _) => {
+        let value = match (&self.projection, rec.payload) {
+            (Some(projection), _) => {
                 let mut value = Vec::with_capacity(rec.payload.map_or(64, <[u8]>::len));
-                if let Some(projection) = &self.projection {
-                    projection.write(record, &mut value);
-                }
+                projection.write(record, &mut value);
                 value
             }
+            (None, Some(bytes)) if self.plan.source_is_json() => bytes.to_vec(),
+            (None, _) => serde_json::to_vec(record).expect("JSON values serialize"),
         };
         self.counts.records_out += 1;
         out.push(Emit::Output {
