@@ -208,7 +208,12 @@ pub fn run(config: &SlotConfig, stop: &Arc<AtomicBool>) -> Result<(), SlotError>
     // Oversleeping is credited to later records, so the capacity is 1/cost.
     let mut owed = 0.0_f64;
     // Records polled together and processed under one lock, one clock reading and one send.
-    let mut batch: Vec<BorrowedMessage<'_>> = Vec::with_capacity(BATCH);
+    // With simulated work (demos, tests) a batch holds at most 10 ms of it, so the slot still
+    // polls, serves callbacks and publishes its metrics as often as it did record by record.
+    let batch_limit = config.simulated_record_cost.map_or(BATCH, |cost| {
+        ((0.010 / cost.as_secs_f64().max(1e-9)) as usize).clamp(1, BATCH)
+    });
+    let mut batch: Vec<BorrowedMessage<'_>> = Vec::with_capacity(batch_limit);
     while !is_stopped() {
         let poll_start = Instant::now();
         let revocations = consumer.context().revocations.load(Ordering::Relaxed);
@@ -219,7 +224,7 @@ pub fn run(config: &SlotConfig, stop: &Arc<AtomicBool>) -> Result<(), SlotError>
         }
         // Drain what librdkafka already holds, without waiting. A poll that serves a rebalance
         // or a commit returns nothing, so a rebalance always ends the batch.
-        while !batch.is_empty() && batch.len() < BATCH {
+        while !batch.is_empty() && batch.len() < batch_limit {
             match consumer.poll(Duration::ZERO) {
                 Some(Ok(message)) => batch.push(message),
                 Some(Err(e)) => {
