@@ -236,6 +236,30 @@ pub mod output {
     pub const WINDOW_START: &str = "window_start";
     /// Window end, epoch milliseconds, exclusive.
     pub const WINDOW_END: &str = "window_end";
+
+    /// The name a field gets in Avro output: letters, digits and `_`, not starting with a digit
+    /// (every other character becomes `_`). Two output fields must not share it.
+    pub fn avro_field_name(text: &str) -> String {
+        let mut name: String = text
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        if name.is_empty() || name.starts_with(|c: char| c.is_ascii_digit()) {
+            name.insert(0, '_');
+        }
+        name
+    }
+
+    /// Whether `name` is a legal Avro field name as it is.
+    pub fn is_avro_field_name(name: &str) -> bool {
+        avro_field_name(name) == name
+    }
 }
 
 /// The content of the scale file (the `scale` key of the runtime ConfigMap, JSON): the

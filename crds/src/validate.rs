@@ -473,11 +473,24 @@ fn aggregates(c: &mut Collector, spec: &PipelineDeploymentSpec) {
     if spec.window.is_none() && !spec.aggregates.is_empty() {
         c.error("spec.aggregates", "aggregates need a window");
     }
+    // The key's output field is the last segment of its path; in Avro output every field name is
+    // sanitised, so two names that sanitise alike would collide in the derived schema.
     let key_name = spec
         .transform
         .key_by
         .as_deref()
-        .map(|k| k.rsplit('.').next().unwrap_or(k));
+        .map_or("key", |k| k.rsplit('.').next().unwrap_or(k));
+    let key_avro = output::avro_field_name(key_name);
+    if spec.window.is_some()
+        && [output::WINDOW_START, output::WINDOW_END]
+            .iter()
+            .any(|w| *w == key_name || *w == key_avro)
+    {
+        c.error(
+            "spec.transform.keyBy",
+            format!("the key's output field {key_name:?} collides with the window bounds (window_start, window_end); key by a field with another name"),
+        );
+    }
     let mut names = BTreeSet::new();
     for (i, agg) in spec.aggregates.iter().enumerate() {
         let path = format!("spec.aggregates[{i}]");
@@ -487,9 +500,15 @@ fn aggregates(c: &mut Collector, spec: &PipelineDeploymentSpec) {
                 format!("{:?} is used twice", agg.name),
             );
         }
+        c.check(
+            agg.name.len() <= 128 && !agg.name.is_empty() && output::is_avro_field_name(&agg.name),
+            &format!("{path}.name"),
+            "must be 1 to 128 letters, digits or _, not starting with a digit",
+        );
         if agg.name == output::WINDOW_START
             || agg.name == output::WINDOW_END
-            || Some(agg.name.as_str()) == key_name
+            || agg.name == key_name
+            || agg.name == key_avro
         {
             c.error(
                 format!("{path}.name"),
@@ -797,6 +816,35 @@ mod tests {
         for bad in ["Iot", "1iot", "iot_sensors", "iot.sensors", "iot-"] {
             assert_eq!(name_problems(bad).len(), 1, "{bad}");
         }
+    }
+
+    #[test]
+    fn output_field_names_that_collide_once_sanitised_for_avro_are_refused() {
+        let windowed = |key: &str, aggs: &str| {
+            spec(&format!(
+                "  transform: {{keyBy: {key}, timestamp: {{field: ts}}}}\n  window: {{tumbling: {{size: 1m}}}}\n  aggregates: {aggs}\n"
+            ))
+        };
+        // A key whose Avro name is an aggregate's name.
+        let errors = validate(&windowed(
+            "device-id",
+            "[{name: device_id, function: count}]",
+        ))
+        .unwrap_err();
+        assert!(errors.has_path("spec.aggregates[0].name"), "{errors}");
+        // A key named like a window bound, raw or once sanitised.
+        for key in ["window_start", "meta.window-end"] {
+            let errors = validate(&windowed(key, "[{name: n, function: count}]")).unwrap_err();
+            assert!(errors.has_path("spec.transform.keyBy"), "{key}: {errors}");
+        }
+        // An aggregate name that is not a field name (the CRD schema's pattern, also off-cluster).
+        let errors =
+            validate(&windowed("d", "[{name: avg-t, function: avg, field: t}]")).unwrap_err();
+        assert!(errors.has_path("spec.aggregates[0].name"), "{errors}");
+        assert_eq!(
+            validate(&windowed("device-id", "[{name: n, function: count}]")),
+            Ok(())
+        );
     }
 
     #[test]

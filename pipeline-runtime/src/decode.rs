@@ -45,6 +45,24 @@ pub enum DecoderConfigError {
     NoRegistry,
 }
 
+/// The most an Avro datum may make the decoder allocate at once (a string, bytes, or an array's or
+/// map's item count). apache-avro allocates what a datum claims, up to 512 MiB by default, so a
+/// 10-byte record could claim a huge string; Kafka's default largest record is 1 MB, and an array
+/// reserves about 64 bytes per claimed item, so 4 MiB bounds one record's decode to a few hundred
+/// MB in the worst case and refuses such records as malformed (dead-lettered).
+pub const AVRO_MAX_ALLOCATION_BYTES: usize = 4 << 20;
+
+/// Sets [`AVRO_MAX_ALLOCATION_BYTES`] for the process (apache-avro keeps the first value set).
+fn limit_avro_allocations() {
+    let limit = apache_avro::max_allocation_bytes(AVRO_MAX_ALLOCATION_BYTES);
+    if limit != AVRO_MAX_ALLOCATION_BYTES {
+        tracing::warn!(
+            limit,
+            "apache-avro's allocation limit was set elsewhere in this process first"
+        );
+    }
+}
+
 /// A record decoder for one slot (it caches registry schemas).
 pub enum Decoder {
     /// JSON objects.
@@ -65,6 +83,9 @@ impl Decoder {
         format: &SourceFormat,
         registry_url: Option<&str>,
     ) -> Result<Self, DecoderConfigError> {
+        if format.kind == FormatKind::Avro {
+            limit_avro_allocations();
+        }
         Ok(match (format.kind, &format.schema) {
             (FormatKind::Json, _) => Self::Json,
             (FormatKind::Raw, _) => Self::Raw,
@@ -245,6 +266,32 @@ mod tests {
         record.put("temperature", 21.5);
         record.put("ts", 1_700_000_000_000_i64);
         apache_avro::to_avro_datum(&schema, record).unwrap()
+    }
+
+    #[test]
+    fn an_avro_datum_claiming_a_huge_string_is_refused_without_allocating_it() {
+        let mut decoder = Decoder::new(&format(FormatKind::Avro, Some(SCHEMA)), None).unwrap();
+        // device_id claims 256 MiB (zig-zag varint of 2^28; under apache-avro's default limit, so
+        // without ours it would be allocated), then 3 bytes follow.
+        let mut datum = vec![0x80, 0x80, 0x80, 0x80, 0x02];
+        datum.extend_from_slice(b"abc");
+        match decoder.decode(Some(&datum)) {
+            Err(DecodeError::Avro(text)) => assert!(text.contains("alloc"), "{text}"),
+            other => panic!("expected an Avro decode error, got {other:?}"),
+        }
+        // An array of nulls claiming 2^25 items (about 2 GB of values, none in the datum) is
+        // refused the same way.
+        let nulls = r#"{"type":"record","name":"N","fields":[{"name":"a","type":{"type":"array","items":"null"}}]}"#;
+        let mut decoder = Decoder::new(&format(FormatKind::Avro, Some(nulls)), None).unwrap();
+        let datum = [0x80, 0x80, 0x80, 0x20, 0x00];
+        assert!(matches!(
+            decoder.decode(Some(&datum)),
+            Err(DecodeError::Avro(_))
+        ));
+        assert_eq!(
+            apache_avro::max_allocation_bytes(1),
+            AVRO_MAX_ALLOCATION_BYTES
+        );
     }
 
     fn format(kind: FormatKind, schema: Option<&str>) -> SourceFormat {

@@ -7,7 +7,7 @@
 use apache_avro::{Schema, types::Value as AvroValue};
 use pipeline_crds::{
     aggregate::AggregateFunction,
-    contract::output::{WINDOW_END, WINDOW_START},
+    contract::output::{WINDOW_END, WINDOW_START, avro_field_name},
 };
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::Value;
@@ -55,6 +55,20 @@ pub fn window_record(key_field: &str, result: &WindowResult) -> (Vec<u8>, Vec<u8
     (key, value)
 }
 
+/// Why window results cannot be written in Avro.
+#[derive(Debug, thiserror::Error)]
+pub enum OutputError {
+    /// The schema derived from the spec does not parse (two fields alike once sanitised).
+    #[error("the Avro schema derived for the window results is invalid: {0}")]
+    Schema(apache_avro::Error),
+    /// A result does not fit the schema.
+    #[error("a window result does not fit its Avro schema: {0}")]
+    Encode(apache_avro::Error),
+    /// The schema is not a record.
+    #[error("the Avro schema of the window results is not a record")]
+    NotARecord,
+}
+
 /// How window results are written.
 pub enum WindowEncoding {
     /// JSON objects.
@@ -68,29 +82,12 @@ pub enum WindowEncoding {
     },
 }
 
-/// An Avro field name from any text: letters, digits and `_`, not starting with a digit.
-fn avro_name(text: &str) -> String {
-    let mut name: String = text
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    if name.is_empty() || name.starts_with(|c: char| c.is_ascii_digit()) {
-        name.insert(0, '_');
-    }
-    name
-}
-
 /// The Avro schema of a pipeline's window results: the key as a string, `window_start` and
 /// `window_end` as longs, counts as longs and every other aggregate as an optional double.
-pub fn window_schema(key_field: &str, aggregates: &AggregatePlan) -> Schema {
+/// Fails when two output fields share a name once sanitised (validation refuses such specs).
+pub fn window_schema(key_field: &str, aggregates: &AggregatePlan) -> Result<Schema, OutputError> {
     let mut fields = vec![
-        serde_json::json!({"name": avro_name(key_field), "type": "string"}),
+        serde_json::json!({"name": avro_field_name(key_field), "type": "string"}),
         serde_json::json!({"name": WINDOW_START, "type": "long"}),
         serde_json::json!({"name": WINDOW_END, "type": "long"}),
     ];
@@ -109,13 +106,17 @@ pub fn window_schema(key_field: &str, aggregates: &AggregatePlan) -> Schema {
         "namespace": "dev.sluice",
         "fields": fields,
     });
-    Schema::parse(&schema).expect("the derived schema is valid Avro")
+    Schema::parse(&schema).map_err(OutputError::Schema)
 }
 
 /// The Avro datum of a window result, in the Confluent wire format.
-pub fn window_avro(schema: &Schema, id: u32, result: &WindowResult) -> Vec<u8> {
+pub fn window_avro(
+    schema: &Schema,
+    id: u32,
+    result: &WindowResult,
+) -> Result<Vec<u8>, OutputError> {
     let Schema::Record(record) = schema else {
-        unreachable!("window_schema builds a record")
+        return Err(OutputError::NotARecord);
     };
     let mut values = Vec::with_capacity(record.fields.len());
     values.push((
@@ -139,9 +140,9 @@ pub fn window_avro(schema: &Schema, id: u32, result: &WindowResult) -> Vec<u8> {
     bytes.extend_from_slice(&id.to_be_bytes());
     bytes.extend(
         apache_avro::to_avro_datum(schema, AvroValue::Record(values))
-            .expect("values follow the derived schema"),
+            .map_err(OutputError::Encode)?,
     );
-    bytes
+    Ok(bytes)
 }
 
 #[cfg(test)]
@@ -189,7 +190,7 @@ mod avro_tests {
         )
         .unwrap();
         let plan = AggregatePlan::new(&specs);
-        let schema = window_schema("device-id", &plan);
+        let schema = window_schema("device-id", &plan).unwrap();
         let result = WindowResult {
             key: Arc::from("d-1"),
             key_value: json!("d-1"),
@@ -201,7 +202,7 @@ mod avro_tests {
                 ("lo".into(), Value::Null),
             ],
         };
-        let bytes = window_avro(&schema, 42, &result);
+        let bytes = window_avro(&schema, 42, &result).unwrap();
         assert_eq!(&bytes[..5], &[0, 0, 0, 0, 42]);
         let decoded = apache_avro::from_avro_datum(&schema, &mut &bytes[5..], None).unwrap();
         let decoded = Value::try_from(decoded).unwrap();

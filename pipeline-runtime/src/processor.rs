@@ -14,7 +14,7 @@ use crate::{
     decode::{DecodeError, Decoder, DecoderConfigError, Fields, decode_json_fields},
     field::key_text,
     filter::{Filter, FilterError},
-    output::{WindowEncoding, window_avro, window_record, window_schema},
+    output::{OutputError, WindowEncoding, window_avro, window_record, window_schema},
     plan::{Plan, TopicIndex},
     projection::Projection,
     schema_registry::{RegistryError, SchemaRegistry},
@@ -67,6 +67,8 @@ pub enum FailedStage {
     Timestamp,
     /// An aggregate input had the wrong type.
     Aggregate,
+    /// A window result could not be written in the output format.
+    Encode,
 }
 
 impl FailedStage {
@@ -78,6 +80,7 @@ impl FailedStage {
             Self::Key => "key",
             Self::Timestamp => "timestamp",
             Self::Aggregate => "aggregate",
+            Self::Encode => "encode",
         }
     }
 }
@@ -124,8 +127,8 @@ pub enum Emit {
         stage: FailedStage,
         /// Error text.
         error: String,
-        /// Origin.
-        source: SourceRef,
+        /// Origin (`None` for a window result that could not be encoded: it has no one source).
+        source: Option<SourceRef>,
     },
     /// A record later than the allowed lateness.
     Late {
@@ -226,6 +229,9 @@ pub enum ProcessorError {
     /// The output schema could not be registered (retryable).
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    /// The output schema cannot be derived.
+    #[error(transparent)]
+    Output(#[from] OutputError),
 }
 
 impl ProcessorError {
@@ -261,7 +267,7 @@ impl Processor {
         let filter = plan.filter.as_deref().map(Filter::compile).transpose()?;
         let encoding = match (&plan.window, plan.output_format, &plan.schema_registry_url) {
             (Some(window), OutputFormat::Avro, Some(url)) => {
-                let schema = window_schema(plan.key_field(), &window.aggregates);
+                let schema = window_schema(plan.key_field(), &window.aggregates)?;
                 let subject = format!("{}-value", plan.sink_topic);
                 let id = SchemaRegistry::new(url).register(&subject, &schema)?;
                 WindowEncoding::Avro {
@@ -513,7 +519,21 @@ impl Processor {
             let (key, json) = window_record(key_field, &result);
             let value = match &self.encoding {
                 WindowEncoding::Json => json,
-                WindowEncoding::Avro { schema, id } => window_avro(schema, *id, &result),
+                WindowEncoding::Avro { schema, id } => match window_avro(schema, *id, &result) {
+                    Ok(bytes) => bytes,
+                    Err(e) => {
+                        // Dead-lettered in JSON, so the result is not lost.
+                        self.counts.dead_letter += 1;
+                        out.push(Emit::DeadLetter {
+                            key: Some(key),
+                            value: Some(json),
+                            stage: FailedStage::Encode,
+                            error: e.to_string(),
+                            source: None,
+                        });
+                        continue;
+                    }
+                },
             };
             self.counts.records_out += 1;
             out.push(Emit::Output {
@@ -561,7 +581,7 @@ impl Processor {
             value: rec.payload.map(<[u8]>::to_vec),
             stage,
             error,
-            source: source_ref(rec),
+            source: Some(source_ref(rec)),
         });
     }
 
@@ -1054,7 +1074,8 @@ mod tests {
         };
         assert_eq!(&value[..5], &[0, 0, 0, 0, 7]);
         let schema =
-            crate::output::window_schema("dev", &p.plan().window.as_ref().unwrap().aggregates);
+            crate::output::window_schema("dev", &p.plan().window.as_ref().unwrap().aggregates)
+                .unwrap();
         let decoded = apache_avro::from_avro_datum(&schema, &mut &value[5..], None).unwrap();
         assert_eq!(
             Value::try_from(decoded).unwrap(),

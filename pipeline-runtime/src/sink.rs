@@ -194,9 +194,12 @@ impl Sink {
                     let Some(topic) = plan.dead_letter_topic.as_deref() else {
                         continue;
                     };
-                    let h = source_headers(plan, source.topic, source.partition, source.offset)
-                        .insert(header(headers::ERROR, error))
-                        .insert(header(headers::STAGE, stage.as_str()));
+                    let h = match source {
+                        Some(s) => source_headers(plan, s.topic, s.partition, s.offset),
+                        None => OwnedHeaders::new(),
+                    }
+                    .insert(header(headers::ERROR, error))
+                    .insert(header(headers::STAGE, stage.as_str()));
                     self.send(side_record(topic, key, value, h), blocked, stop)?;
                 }
                 Emit::Late {
