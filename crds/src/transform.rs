@@ -67,6 +67,23 @@ pub struct TimestampSpec {
     /// Encoding of the event-time field: `epochMillis` (default), `epochSeconds` or `rfc3339`.
     #[serde(default)]
     pub format: TimestampFormat,
+
+    /// Records whose event time is more than this ahead of the runtime's wall clock go to the
+    /// dead-letter topic instead of the windows (one far-future record would otherwise move the
+    /// watermark past every open window of its partition). Defaults to `1h`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ahead_of_wall_clock: Option<Duration>,
+
+    /// Records whose event time is more than this ahead of their partition's watermark go to the
+    /// dead-letter topic. Unset by default: a partition quiet for days legitimately jumps ahead,
+    /// but a replay of old data is not protected by the wall-clock bound alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ahead_of_watermark: Option<Duration>,
+}
+
+impl TimestampSpec {
+    /// The default of `maxAheadOfWallClock`.
+    pub const DEFAULT_MAX_AHEAD_OF_WALL_CLOCK: Duration = Duration::from_secs(3600);
 }
 
 /// Where event time is read from.

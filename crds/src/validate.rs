@@ -414,7 +414,24 @@ fn transform(c: &mut Collector, spec: &PipelineDeploymentSpec) {
             ),
             (_, None) => {}
         }
+        for (name, bound) in [
+            ("maxAheadOfWallClock", ts.max_ahead_of_wall_clock),
+            ("maxAheadOfWatermark", ts.max_ahead_of_watermark),
+        ] {
+            if let Some(bound) = bound {
+                c.check(
+                    !bound.is_zero() && bound <= MAX_EVENT_TIME_SPAN,
+                    &format!("spec.transform.timestamp.{name}"),
+                    &format!("must be greater than 0s and at most {MAX_EVENT_TIME_SPAN}"),
+                );
+            }
+        }
     }
+    c.check(
+        t.watermark.max_out_of_orderness <= MAX_EVENT_TIME_SPAN,
+        "spec.transform.watermark.maxOutOfOrderness",
+        &format!("must be at most {MAX_EVENT_TIME_SPAN}"),
+    );
     if let Some(idle) = t.watermark.idle_timeout {
         c.check(
             !idle.is_zero(),
@@ -424,8 +441,37 @@ fn transform(c: &mut Collector, spec: &PipelineDeploymentSpec) {
     }
 }
 
+/// The longest window size, slide, gap, lateness or event-time bound: a year and a day. Event times
+/// are years 1 to 9999 in milliseconds, so window arithmetic stays far inside `i64`.
+pub const MAX_EVENT_TIME_SPAN: Duration = Duration::from_secs(366 * 24 * 3600);
+
 fn window(c: &mut Collector, spec: &PipelineDeploymentSpec) {
     let Some(w) = &spec.window else { return };
+    let spans = [
+        (
+            "spec.window.tumbling.size",
+            w.tumbling.as_ref().map(|t| t.size),
+        ),
+        (
+            "spec.window.sliding.size",
+            w.sliding.as_ref().map(|s| s.size),
+        ),
+        (
+            "spec.window.sliding.slide",
+            w.sliding.as_ref().map(|s| s.slide),
+        ),
+        ("spec.window.session.gap", w.session.as_ref().map(|s| s.gap)),
+        ("spec.window.allowedLateness", Some(w.allowed_lateness)),
+    ];
+    for (path, span) in spans {
+        if let Some(span) = span {
+            c.check(
+                span <= MAX_EVENT_TIME_SPAN,
+                path,
+                &format!("must be at most {MAX_EVENT_TIME_SPAN}"),
+            );
+        }
+    }
     match w.kind() {
         None => c.error(
             "spec.window",

@@ -24,6 +24,88 @@ pub enum TimestampError {
     /// The Kafka record has no timestamp.
     #[error("record has no Kafka timestamp")]
     NoKafkaTimestamp,
+    /// Outside years 1 to 9999.
+    #[error("event time {ts} ms is outside years 1 to 9999")]
+    OutOfRange {
+        /// The event time.
+        ts: i64,
+    },
+    /// Too far ahead of the wall clock or of the partition's watermark.
+    #[error(
+        "event time {ts} ms is {ahead_ms} ms ahead of the {reference} (bound spec.transform.timestamp.{setting}: {bound_ms} ms)"
+    )]
+    TooFarAhead {
+        /// The event time.
+        ts: i64,
+        /// By how much.
+        ahead_ms: i64,
+        /// `wall clock` or `watermark`.
+        reference: &'static str,
+        /// The setting that bounds it.
+        setting: &'static str,
+        /// Its value.
+        bound_ms: i64,
+    },
+}
+
+/// The earliest event time accepted: 0001-01-01T00:00:00Z.
+pub const MIN_EVENT_TIME_MS: i64 = -62_135_596_800_000;
+/// The latest event time accepted: 9999-12-31T23:59:59.999Z.
+pub const MAX_EVENT_TIME_MS: i64 = 253_402_300_799_999;
+
+/// How far ahead event times may be, compiled from the spec.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EventTimeBounds {
+    /// Ahead of the wall clock, ms.
+    pub ahead_of_wall_clock_ms: i64,
+    /// Ahead of the partition's watermark, ms (`None`: unbounded).
+    pub ahead_of_watermark_ms: Option<i64>,
+}
+
+impl EventTimeBounds {
+    /// From the spec (absent: the defaults).
+    pub fn new(spec: Option<&TimestampSpec>) -> Self {
+        let ms = |d: pipeline_crds::Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        Self {
+            ahead_of_wall_clock_ms: ms(spec
+                .and_then(|s| s.max_ahead_of_wall_clock)
+                .unwrap_or(TimestampSpec::DEFAULT_MAX_AHEAD_OF_WALL_CLOCK)),
+            ahead_of_watermark_ms: spec.and_then(|s| s.max_ahead_of_watermark).map(ms),
+        }
+    }
+
+    /// Whether `ts` may enter the windows, given the wall clock and the partition's watermark
+    /// (`NO_WATERMARK` before its first record).
+    pub fn check(&self, ts: i64, wall_ms: i64, watermark: i64) -> Result<(), TimestampError> {
+        if !(MIN_EVENT_TIME_MS..=MAX_EVENT_TIME_MS).contains(&ts) {
+            return Err(TimestampError::OutOfRange { ts });
+        }
+        let ahead = ts.saturating_sub(wall_ms);
+        if ahead > self.ahead_of_wall_clock_ms {
+            return Err(TimestampError::TooFarAhead {
+                ts,
+                ahead_ms: ahead,
+                reference: "wall clock",
+                setting: "maxAheadOfWallClock",
+                bound_ms: self.ahead_of_wall_clock_ms,
+            });
+        }
+        if let Some(bound) = self.ahead_of_watermark_ms
+            && watermark != crate::watermark::NO_WATERMARK
+        {
+            let ahead = ts.saturating_sub(watermark);
+            if ahead > bound {
+                return Err(TimestampError::TooFarAhead {
+                    ts,
+                    ahead_ms: ahead,
+                    reference: "watermark",
+                    setting: "maxAheadOfWatermark",
+                    bound_ms: bound,
+                });
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Where event time comes from, compiled.
@@ -55,6 +137,16 @@ impl EventTime {
                 (TimestampSource::ProcessingTime, _) => Self::ProcessingTime,
                 _ => Self::Kafka,
             },
+        }
+    }
+
+    /// Where event time comes from, for error messages: `timestamp field ts`, `the Kafka
+    /// timestamp` or `processing time`.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Field { path, .. } => format!("timestamp field {}", path.as_str()),
+            Self::Kafka => "the Kafka timestamp".to_owned(),
+            Self::ProcessingTime => "processing time".to_owned(),
         }
     }
 
@@ -102,6 +194,48 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::watermark::NO_WATERMARK;
+
+    #[test]
+    fn event_times_too_far_ahead_or_outside_the_calendar_are_refused() {
+        let bounds = EventTimeBounds::new(None);
+        let now = 1_800_000_000_000;
+        assert_eq!(bounds.check(now + 3_600_000, now, NO_WATERMARK), Ok(()));
+        assert!(matches!(
+            bounds.check(now + 3_600_001, now, NO_WATERMARK),
+            Err(TimestampError::TooFarAhead {
+                reference: "wall clock",
+                ..
+            })
+        ));
+        // Far in the past is only late, not invalid; before year 1 or after 9999 is.
+        assert_eq!(bounds.check(0, now, NO_WATERMARK), Ok(()));
+        for ts in [
+            i64::MIN,
+            MIN_EVENT_TIME_MS - 1,
+            MAX_EVENT_TIME_MS + 1,
+            i64::MAX,
+        ] {
+            assert_eq!(
+                bounds.check(ts, i64::MAX, NO_WATERMARK),
+                Err(TimestampError::OutOfRange { ts })
+            );
+        }
+        let spec: TimestampSpec = serde_json::from_value(
+            json!({"field": "ts", "maxAheadOfWatermark": "1m", "maxAheadOfWallClock": "10s"}),
+        )
+        .unwrap();
+        let bounds = EventTimeBounds::new(Some(&spec));
+        assert_eq!(bounds.check(now + 10_000, now, NO_WATERMARK), Ok(()));
+        assert!(bounds.check(now + 10_001, now, NO_WATERMARK).is_err());
+        // A backlog an hour old: the wall clock does not catch a jump, the watermark does.
+        let watermark = now - 3_600_000;
+        assert_eq!(bounds.check(watermark + 60_000, now, watermark), Ok(()));
+        let err = bounds
+            .check(watermark + 60_001, now, watermark)
+            .unwrap_err();
+        assert!(err.to_string().contains("maxAheadOfWatermark"), "{err}");
+    }
 
     fn field(format: TimestampFormat) -> EventTime {
         EventTime::Field {

@@ -13,7 +13,12 @@ use pipeline_crds::{
 };
 use rdkafka::ClientConfig;
 
-use crate::{aggregate::AggregatePlan, event_time::EventTime, field::FieldPath, window::Assigner};
+use crate::{
+    aggregate::AggregatePlan,
+    event_time::{EventTime, EventTimeBounds},
+    field::FieldPath,
+    window::Assigner,
+};
 
 /// The windowed stage's settings.
 #[derive(Clone, Debug)]
@@ -86,6 +91,8 @@ pub struct Plan {
     pub key_by: Option<FieldPath>,
     /// Event time.
     pub event_time: EventTime,
+    /// How far ahead event times may be.
+    pub event_time_bounds: EventTimeBounds,
     /// Watermark bound in ms.
     pub out_of_orderness_ms: i64,
     /// Idleness timeout.
@@ -182,6 +189,7 @@ impl Plan {
                 .map(|s| s.iter().map(|p| FieldPath::parse(p)).collect()),
             key_by: spec.transform.key_by.as_deref().map(FieldPath::parse),
             event_time: EventTime::new(spec.transform.timestamp.as_ref()),
+            event_time_bounds: EventTimeBounds::new(spec.transform.timestamp.as_ref()),
             out_of_orderness_ms: i64::try_from(
                 spec.transform.watermark.max_out_of_orderness.as_millis(),
             )

@@ -367,6 +367,13 @@ impl Processor {
             );
             return Ok(());
         };
+        let watermark = match self.partitions.get(&(rec.topic, rec.partition)) {
+            Some(PartitionState {
+                clock: EventClock::Local(w),
+                ..
+            }) => w.current(),
+            _ => NO_WATERMARK,
+        };
         let ts = match self
             .plan
             .event_time
@@ -378,6 +385,11 @@ impl Processor {
                 return Ok(());
             }
         };
+        if let Err(e) = self.plan.event_time_bounds.check(ts, wall_ms, watermark) {
+            let error = format!("{}: {e}", self.plan.event_time.describe());
+            self.dead_letter(rec, FailedStage::Timestamp, error, out);
+            return Ok(());
+        }
         if self.plan.repartition_topic.is_some() {
             let value = match rec.payload {
                 Some(bytes) if self.plan.source_is_json() => bytes.to_vec(),
@@ -1123,6 +1135,70 @@ mod tests {
                 FailedStage::Aggregate
             ]
         );
+    }
+
+    #[test]
+    fn wrongly_typed_or_out_of_range_event_times_and_inputs_are_dead_lettered_naming_the_field() {
+        let mut p = processor(WINDOWED);
+        let errors: Vec<String> = [
+            r#"{"dev":"a","ts":1,"v":"21.5"}"#,
+            r#"{"dev":"a","ts":"1","v":1}"#,
+            r#"{"dev":"a","ts":1e30,"v":1}"#,
+            r#"{"dev":"a","ts":-99999999999999999,"v":1}"#,
+        ]
+        .iter()
+        .enumerate()
+        .map(
+            |(i, v)| match &feed(&mut p, 0, 0, i as i64, v.as_bytes(), 0)[..] {
+                [Emit::DeadLetter { error, .. }] => error.clone(),
+                other => panic!("{v}: {other:?}"),
+            },
+        )
+        .collect();
+        assert!(
+            errors[0].contains("field v") && errors[0].contains("a string"),
+            "{}",
+            errors[0]
+        );
+        for error in &errors[1..] {
+            assert!(error.contains("field ts"), "{error}");
+        }
+        assert_eq!(p.counts.dead_letter, 4);
+    }
+
+    #[test]
+    fn a_far_future_event_time_is_dead_lettered_and_closes_no_window() {
+        let mut p = processor(WINDOWED);
+        let mut out = Vec::new();
+        let now = 1_800_000_000_000_i64;
+        let mut send = |offset: i64, ts: i64, out: &mut Vec<Emit>| {
+            let value = format!(r#"{{"dev":"a","ts":{ts},"v":1}}"#);
+            let rec = InRecord {
+                topic: 0,
+                partition: 0,
+                offset,
+                key: None,
+                payload: Some(value.as_bytes()),
+                timestamp_ms: Some(ts),
+                upstream: None,
+                marker: None,
+            };
+            p.process(&rec, Instant::now(), now, out).unwrap();
+        };
+        send(0, now - 5_000, &mut out);
+        // Year 2100: past the default hour ahead of the wall clock.
+        send(1, 4_102_444_800_000, &mut out);
+        match &out[..] {
+            [Emit::DeadLetter { stage, error, .. }] => {
+                assert_eq!(*stage, FailedStage::Timestamp);
+                assert!(error.contains("maxAheadOfWallClock"), "{error}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // The open window was not closed by it: nothing fires until event time passes it.
+        out.clear();
+        send(2, now - 4_000, &mut out);
+        assert!(out.is_empty(), "{out:?}");
     }
 
     #[test]

@@ -326,13 +326,15 @@ impl PartitionWindows {
         out: &mut Vec<WindowResult>,
     ) -> Added {
         let wm = self.watermark;
+        // Event times are bounded (years 1 to 9999) and so are sizes, but the arithmetic
+        // saturates anyway: state restored or read from the internal topic is not re-checked.
         let pane_start = ts.div_euclid(slide) * slide;
-        let last_end = pane_start + size;
+        let last_end = pane_start.saturating_add(size);
         if self.past_lateness(last_end, wm) {
             return Added::Late {
                 start: pane_start,
                 end: last_end,
-                lateness_ms: wm - (last_end - 1),
+                lateness_ms: wm.saturating_sub(last_end - 1),
             };
         }
         let panes = self.panes.entry(pane_start).or_default();
@@ -351,15 +353,18 @@ impl PartitionWindows {
             self.retain(key, key_value, offset);
         }
         // Windows that already fired but are within their lateness fire again, updated.
-        let mut end = pane_start + slide;
+        let mut end = pane_start.saturating_add(slide);
         while end <= last_end {
             if end - 1 <= wm
                 && !self.past_lateness(end, wm)
-                && let Some(result) = self.result(key, end - size, end)
+                && let Some(result) = self.result(key, end.saturating_sub(size), end)
             {
                 out.push(result);
             }
-            end += slide;
+            let Some(next) = end.checked_add(slide) else {
+                break;
+            };
+            end = next;
         }
         Added::OnTime
     }
@@ -381,7 +386,7 @@ impl PartitionWindows {
             return Added::Late {
                 start: ts,
                 end,
-                lateness_ms: wm - (end - 1),
+                lateness_ms: wm.saturating_sub(end - 1),
             };
         }
         let mut acc = self.plan.empty();
