@@ -19,10 +19,11 @@ pub struct SourceSpec {
     #[schemars(length(max = 64, min = 1), inner(length(max = 249)))]
     pub topics: Option<Vec<String>>,
 
-    /// Consumer group id. Defaults to `sluice.<namespace>.<name>`. Offsets committed under this
-    /// group are where a restarted or rescaled pipeline resumes.
+    /// Consumer group id: letters, digits, `.`, `_` and `-` (it also names the checkpoint
+    /// directory). Defaults to `sluice.<namespace>.<name>`. Offsets committed under this group
+    /// are where a restarted or rescaled pipeline resumes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 249))]
+    #[schemars(length(min = 1, max = 249), regex(pattern = r"^[A-Za-z0-9._-]+$"))]
     pub consumer_group: Option<String>,
 
     /// Where to start when the group has no committed offset for a partition. Defaults to

@@ -314,10 +314,12 @@ fn source(c: &mut Collector, spec: &PipelineDeploymentSpec) {
         }
     }
     if let Some(group) = &s.consumer_group {
+        // The group names the checkpoint directory too, so it keeps to the characters of topic
+        // names, which every object store and file system takes as they are.
         c.check(
-            !group.trim().is_empty(),
+            is_valid_topic_name(group),
             "spec.source.consumerGroup",
-            "must not be empty",
+            "must be 1 to 249 letters, digits, '.', '_' or '-'",
         );
     }
     match (s.format.kind, &s.format.schema) {
@@ -891,6 +893,22 @@ mod tests {
             validate(&windowed("device-id", "[{name: n, function: count}]")),
             Ok(())
         );
+    }
+
+    #[test]
+    fn consumer_groups_keep_to_the_characters_a_checkpoint_path_takes_as_is() {
+        for bad in ["g%1", "a/b", "x y", "", "q?"] {
+            let mut s = spec("");
+            s.source.consumer_group = Some(bad.to_owned());
+            let errors = validate(&s).unwrap_err();
+            assert!(
+                errors.has_path("spec.source.consumerGroup"),
+                "{bad}: {errors}"
+            );
+        }
+        let mut s = spec("");
+        s.source.consumer_group = Some("sluice.prod.iot_v2-a".to_owned());
+        assert_eq!(validate(&s), Ok(()));
     }
 
     #[test]

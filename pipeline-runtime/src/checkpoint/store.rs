@@ -48,8 +48,11 @@ pub struct SnapshotFile {
     pub written_ms: i64,
     /// Who wrote it.
     pub writer: String,
-    /// Its full path in the store.
+    /// Its full path in the store, for messages.
     pub path: String,
+    /// Its location as the store listed it (not parsed again from `path`: that would
+    /// percent-encode an already encoded name a second time).
+    pub location: Path,
 }
 
 impl SnapshotFile {
@@ -68,6 +71,7 @@ impl SnapshotFile {
             written_ms,
             writer,
             path: path.to_string(),
+            location: path.clone(),
         })
     }
 }
@@ -166,6 +170,7 @@ impl CheckpointStore {
             written_ms,
             writer: self.writer.clone(),
             path: path.to_string(),
+            location: path,
         })
     }
 
@@ -191,22 +196,21 @@ impl CheckpointStore {
 
     /// Reads a snapshot file.
     pub fn get(&self, file: &SnapshotFile) -> Result<Vec<u8>, StoreError> {
-        let path = Path::from(file.path.as_str());
+        let path = &file.location;
         let io_error = |source| StoreError::Io {
             op: "read",
             path: file.path.clone(),
             source,
         };
         self.io.block_on(async {
-            let got = self.store.get(&path).await.map_err(io_error)?;
+            let got = self.store.get(path).await.map_err(io_error)?;
             got.bytes().await.map(|b| b.to_vec()).map_err(io_error)
         })
     }
 
     /// Deletes a snapshot file (a file already gone is fine).
     pub fn delete(&self, file: &SnapshotFile) -> Result<(), StoreError> {
-        let path = Path::from(file.path.as_str());
-        match self.io.block_on(self.store.delete(&path)) {
+        match self.io.block_on(self.store.delete(&file.location)) {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(source) => Err(StoreError::Io {
                 op: "delete",
@@ -284,6 +288,30 @@ mod tests {
         assert_eq!(a.list("in", 3).unwrap().len(), 2);
         assert!(a.list("in", 9).unwrap().is_empty());
         assert!(a.location().starts_with("file:///") && a.location().ends_with("/g"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn groups_and_prefixes_with_reserved_characters_restore_and_prune() {
+        let dir = std::env::temp_dir().join(format!("sluice-store-odd-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        for (i, group) in ["g%1", "g#2", "g?3", "g*4", "g~5", "g 6", "g%25"]
+            .into_iter()
+            .enumerate()
+        {
+            let store = CheckpointStore::new(&local(&dir), "ns/p", group, "w%1").unwrap();
+            store.put("in", 0, 10, 1_000, vec![i as u8]).unwrap();
+            store.put("in", 0, 20, 2_000, vec![i as u8, 1]).unwrap();
+            let files = store.list("in", 0).unwrap();
+            assert_eq!(files.len(), 2, "{group}");
+            assert_eq!(store.get(&files[0]).unwrap(), [i as u8, 1], "{group}");
+            store.delete(&files[1]).unwrap();
+            assert_eq!(
+                store.list("in", 0).unwrap().len(),
+                1,
+                "{group}: pruning deleted nothing"
+            );
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
