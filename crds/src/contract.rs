@@ -147,6 +147,10 @@ pub mod metrics {
     pub const STATE_KEYS: &str = "pipeline_state_keys";
     /// Source partitions assigned to a slot (gauge).
     pub const ASSIGNED_PARTITIONS: &str = "pipeline_assigned_partitions";
+    /// 1 for each topic that keeps the pipeline from starting: missing, or a repartition topic
+    /// whose partition count does not fit (gauge; labels topic, role). Nothing is consumed
+    /// meanwhile.
+    pub const TOPICS_MISSING: &str = "pipeline_topics_missing";
     /// Consumer-group rebalances seen by a slot (counter).
     pub const REBALANCES_TOTAL: &str = "pipeline_rebalances_total";
     /// Records accepted into windows (counter). For windowed pipelines the identity is

@@ -39,6 +39,28 @@ pub struct KafkaSpec {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(extend("maxProperties" = 64))]
     pub properties: BTreeMap<String, String>,
+
+    /// Create the topics the pipeline writes to (sink, dead-letter, late data) when they are
+    /// missing. Without it a pipeline whose output topic is missing does not start: it reports the
+    /// topic (log, `/readyz`, `pipeline_topics_missing`) and checks again, consuming nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub create_topics: Option<CreateTopics>,
+}
+
+/// How missing output topics are created.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateTopics {
+    /// Partitions of each created topic. Defaults to the source topics' largest partition count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub partitions: Option<i32>,
+
+    /// Replication factor of each created topic, and of the internal repartition topic. Defaults
+    /// to the broker's `default.replication.factor` (1 on a single-broker cluster).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 32))]
+    pub replication_factor: Option<i32>,
 }
 
 impl KafkaSpec {

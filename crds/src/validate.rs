@@ -187,6 +187,22 @@ pub fn is_valid_field_path(path: &str) -> bool {
 
 fn kafka(c: &mut Collector, spec: &PipelineDeploymentSpec) {
     let k = &spec.kafka;
+    if let Some(create) = &k.create_topics {
+        if let Some(p) = create.partitions {
+            c.check(
+                (1..=10_000).contains(&p),
+                "spec.kafka.createTopics.partitions",
+                "must be 1 to 10000",
+            );
+        }
+        if let Some(r) = create.replication_factor {
+            c.check(
+                (1..=32).contains(&r),
+                "spec.kafka.createTopics.replicationFactor",
+                "must be 1 to 32",
+            );
+        }
+    }
     let servers: Vec<&str> = k.bootstrap_servers.split(',').map(str::trim).collect();
     if k.bootstrap_servers.trim().is_empty() {
         c.error("spec.kafka.bootstrapServers", "must not be empty");

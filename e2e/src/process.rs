@@ -159,6 +159,19 @@ impl RuntimeProcess {
     }
 }
 
+/// `GET url`: the status and body, whatever the status (`None` when nothing answers).
+pub fn http_get(url: &str) -> Option<(u16, String)> {
+    let mut response = ureq::get(url)
+        .config()
+        .http_status_as_error(false)
+        .build()
+        .call()
+        .ok()?;
+    let status = response.status().as_u16();
+    let body = response.body_mut().read_to_string().ok()?;
+    Some((status, body))
+}
+
 impl Drop for RuntimeProcess {
     fn drop(&mut self) {
         self.kill();

@@ -54,7 +54,7 @@ pub const AVRO_MAX_ALLOCATION_BYTES: usize = 4 << 20;
 
 /// Sets [`AVRO_MAX_ALLOCATION_BYTES`] for the process (apache-avro keeps the first value set).
 fn limit_avro_allocations() {
-    let limit = apache_avro::max_allocation_bytes(AVRO_MAX_ALLOCATION_BYTES);
+    let limit = apache_avro::util::max_allocation_bytes(AVRO_MAX_ALLOCATION_BYTES);
     if limit != AVRO_MAX_ALLOCATION_BYTES {
         tracing::warn!(
             limit,
@@ -289,7 +289,7 @@ mod tests {
             Err(DecodeError::Avro(_))
         ));
         assert_eq!(
-            apache_avro::max_allocation_bytes(1),
+            apache_avro::util::max_allocation_bytes(1),
             AVRO_MAX_ALLOCATION_BYTES
         );
     }

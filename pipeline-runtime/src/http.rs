@@ -18,6 +18,8 @@ pub struct Health {
     slots: AtomicUsize,
     running: AtomicUsize,
     stopping: AtomicBool,
+    /// Why no slot can start yet (Kafka unreachable, topics missing), for `/readyz`.
+    blocked: std::sync::Mutex<Option<String>>,
 }
 
 impl Health {
@@ -27,7 +29,21 @@ impl Health {
             slots: AtomicUsize::new(slots),
             running: AtomicUsize::new(0),
             stopping: AtomicBool::new(false),
+            blocked: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Why no slot can start yet; `None` once they can.
+    pub fn set_blocked(&self, reason: Option<String>) {
+        *self.blocked.lock().unwrap_or_else(|p| p.into_inner()) = reason;
+    }
+
+    /// The reason set by [`Health::set_blocked`].
+    pub fn blocked(&self) -> Option<String> {
+        self.blocked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The slot count changed in place.
@@ -89,9 +105,14 @@ async fn metrics_text(State(state): State<Arc<AppState>>) -> impl IntoResponse {
 
 async fn ready(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     if state.health.is_ready() {
-        (StatusCode::OK, "ready")
+        (StatusCode::OK, "ready".to_owned())
+    } else if let Some(reason) = state.health.blocked() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {reason}"),
+        )
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready".to_owned())
     }
 }
 

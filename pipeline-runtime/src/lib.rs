@@ -21,6 +21,7 @@ pub mod runtime;
 pub mod schema_registry;
 pub mod sink;
 pub mod slot;
+pub mod topics;
 pub mod watermark;
 pub mod window;
 

@@ -77,6 +77,21 @@ pub struct ReasonLabels {
 }
 
 type Seconds = Counter<f64, AtomicU64>;
+/// Labels of a topic that keeps the pipeline from starting.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TopicLabels {
+    /// PipelineDeployment name.
+    pub pipeline: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// Pod.
+    pub pod: String,
+    /// The topic.
+    pub topic: String,
+    /// `source`, `sink`, `dead-letter`, `late-data` or `repartition`.
+    pub role: String,
+}
+
 type FloatGauge = Gauge<f64, AtomicU64>;
 
 fn latency_histogram() -> Histogram {
@@ -136,6 +151,8 @@ pub struct Metrics {
     pub restore_failures: Family<ResultLabels, Counter>,
     /// Pause per moved partition.
     pub partition_pause: Family<SlotLabels, Histogram, fn() -> Histogram>,
+    /// Topics that keep the pipeline from starting.
+    pub topics_missing: Family<TopicLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -179,6 +196,7 @@ impl Metrics {
             restore_duration: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
             restore_failures: Family::default(),
             partition_pause: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            topics_missing: Family::default(),
             registry: Registry::default(),
         };
         macro_rules! register {
@@ -186,6 +204,11 @@ impl Metrics {
                 registry.register(registration_name($name), $help, $family.clone())
             };
         }
+        register!(
+            names::TOPICS_MISSING,
+            "1 for each topic that keeps the pipeline from starting (missing, or not fitting)",
+            m.topics_missing
+        );
         register!(
             names::RECORDS_IN_TOTAL,
             "Records read from the source topics",

@@ -13,19 +13,14 @@ use std::{
 };
 
 use pipeline_crds::{FieldError, PipelineDeploymentSpec, ValidationErrors, support::unsupported};
-use rdkafka::{
-    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
-    client::DefaultClientContext,
-    error::RDKafkaErrorCode,
-};
 use tracing::{error, info, warn};
 
 use crate::{
-    client,
     http::{self, Health},
-    metrics::{Metrics, SlotLabels},
+    metrics::{Metrics, SlotLabels, TopicLabels},
     plan::Plan,
     slot::{self, SlotConfig},
+    topics::{self, TopicsError},
 };
 
 /// What to run.
@@ -185,7 +180,7 @@ fn supervise(
     stop: Arc<AtomicBool>,
 ) {
     let bootstrap = options.spec.kafka.bootstrap_servers.clone();
-    let Some(partitions) = prepare_topics(&options.spec, &bootstrap, &group, &stop) else {
+    let Some(partitions) = prepare_topics(&options, &group, &metrics, &health, &stop) else {
         return;
     };
     let plan =
@@ -334,86 +329,60 @@ fn run_slot_with_restarts(config: &SlotConfig, health: &Health, stop: &Arc<Atomi
     }
 }
 
-/// Waits until the source topics exist, creates the repartition topic when needed, and returns
-/// the source topics' partition counts. `None` when stopped first.
+/// Waits until the topics are ready (see [`topics`]) and returns the source topics' partition
+/// counts; `None` when stopped first. While Kafka is unreachable it retries quietly; while topics
+/// are missing or do not fit it says which, in the log, on `/readyz` and in
+/// `pipeline_topics_missing`, and checks again, consuming nothing.
 fn prepare_topics(
-    spec: &PipelineDeploymentSpec,
-    bootstrap: &str,
+    options: &RuntimeOptions,
     group: &str,
+    metrics: &Metrics,
+    health: &Health,
     stop: &AtomicBool,
 ) -> Option<Vec<usize>> {
+    let bootstrap = options.spec.kafka.bootstrap_servers.as_str();
     let mut backoff = Duration::from_secs(1);
+    let mut reported = None;
     loop {
-        match try_prepare_topics(spec, bootstrap, group) {
-            Ok(partitions) => return Some(partitions),
-            Err(reason) => {
+        let result = topics::prepare(&options.spec, bootstrap, group);
+        metrics.topics_missing.clear();
+        match result {
+            Ok(partitions) => {
+                health.set_blocked(None);
+                return Some(partitions);
+            }
+            Err(e @ TopicsError::Unreachable { .. }) => {
+                let reason = e.to_string();
                 warn!(%reason, ?backoff, "waiting for Kafka");
-                if crate::sleep_unless_stopped(backoff, stop) {
-                    return None;
+                health.set_blocked(Some(reason));
+            }
+            Err(TopicsError::Problems(problems)) => {
+                for problem in &problems {
+                    metrics
+                        .topics_missing
+                        .get_or_create(&TopicLabels {
+                            pipeline: options.name.clone(),
+                            namespace: options.namespace.clone(),
+                            pod: options.pod.clone(),
+                            topic: problem.topic.clone(),
+                            role: problem.role.to_owned(),
+                        })
+                        .set(1);
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(30));
+                let reason = TopicsError::Problems(problems).to_string();
+                // Said at error level when it changes, then quietly on each check.
+                if reported.as_ref() != Some(&reason) {
+                    error!(%reason, "the pipeline cannot start: it consumes nothing until this is fixed");
+                } else {
+                    info!(%reason, ?backoff, "still waiting for the topics");
+                }
+                health.set_blocked(Some(reason.clone()));
+                reported = Some(reason);
             }
         }
-    }
-}
-
-fn try_prepare_topics(
-    spec: &PipelineDeploymentSpec,
-    bootstrap: &str,
-    group: &str,
-) -> Result<Vec<usize>, String> {
-    let admin: AdminClient<DefaultClientContext> =
-        client::with_client_id(client::base_config(spec, bootstrap), "sluice-admin")
-            .create()
-            .map_err(|e| format!("cannot create admin client: {e}"))?;
-    let metadata = admin
-        .inner()
-        .fetch_metadata(None, Duration::from_secs(10))
-        .map_err(|e| format!("cannot read metadata from {bootstrap}: {e}"))?;
-    let partitions = |name: &str| {
-        metadata
-            .topics()
-            .iter()
-            .find(|t| t.name() == name && t.error().is_none())
-            .map(|t| t.partitions().len())
-    };
-    let counts = spec
-        .source
-        .topic_names()
-        .into_iter()
-        .map(|topic| {
-            partitions(topic).ok_or_else(|| format!("source topic {topic} does not exist"))
-        })
-        .collect::<Result<Vec<usize>, String>>()?;
-    let Some(internal) = Plan::repartition_topic_name(spec, group) else {
-        return Ok(counts);
-    };
-    let internal = internal.as_str();
-    if partitions(internal).is_some() {
-        return Ok(counts);
-    }
-    let count = i32::try_from(counts.iter().copied().max().unwrap_or(1)).unwrap_or(i32::MAX);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    for replication in [-1, 1] {
-        let topic = NewTopic::new(internal, count, TopicReplication::Fixed(replication));
-        let results = rt
-            .block_on(admin.create_topics([&topic], &options))
-            .map_err(|e| format!("cannot create {internal}: {e}"))?;
-        match results.into_iter().next() {
-            Some(Ok(_)) | Some(Err((_, RDKafkaErrorCode::TopicAlreadyExists))) => {
-                info!(topic = %internal, partitions = count, "created the repartition topic");
-                return Ok(counts);
-            }
-            Some(Err((_, code))) if replication == -1 => {
-                warn!(%code, "broker refused the default replication factor; retrying with 1");
-            }
-            Some(Err((_, code))) => return Err(format!("cannot create {internal}: {code}")),
-            None => return Err(format!("cannot create {internal}: no result")),
+        if crate::sleep_unless_stopped(backoff, stop) {
+            return None;
         }
+        backoff = (backoff * 2).min(Duration::from_secs(30));
     }
-    Err(format!("cannot create {internal}"))
 }

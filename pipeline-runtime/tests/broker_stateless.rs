@@ -9,6 +9,76 @@ use serde_json::{Value, json};
 use support::{Rng, Tansu, metric_sum, spec};
 
 #[test]
+fn a_missing_sink_topic_is_named_and_nothing_is_consumed_until_it_exists() {
+    let Some(broker) = Tansu::start() else { return };
+    broker.create_topics(&[("events", 2), ("events-dlq", 1)]);
+    let records: Vec<_> = (0..200)
+        .map(|i| {
+            (
+                i % 2,
+                Some(format!("k{i}").into_bytes()),
+                json!({"i": i}).to_string().into_bytes(),
+            )
+        })
+        .collect();
+    broker.produce("events", &records);
+    let manifest = format!(
+        "apiVersion: sluice.dev/v1alpha1\nkind: PipelineDeployment\nmetadata: {{name: events}}\nspec:\n  kafka: {{bootstrapServers: '{}'}}\n  source: {{topic: events}}\n  sink: {{kafka: {{topic: events-out}}}}\n  deadLetter: {{topic: events-dlq}}\n",
+        broker.bootstrap
+    );
+    let runtime = Runtime::start(RuntimeOptions {
+        name: "events".into(),
+        namespace: "test".into(),
+        pod: "pod-a".into(),
+        spec: spec(&manifest),
+        slots: 1,
+        scale_file: None,
+        metrics_addr: Some("127.0.0.1:0".parse().unwrap()),
+        commit_interval: Duration::from_secs(1),
+        simulated_record_cost: None,
+    })
+    .unwrap();
+    let addr = runtime.metrics_addr().unwrap();
+    let ready = || pipeline_e2e::process::http_get(&format!("http://{addr}/readyz"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let (status, body) = loop {
+        let answer = ready();
+        if let Some((503, body)) = &answer
+            && body.contains("does not exist")
+        {
+            break answer.unwrap();
+        }
+        assert!(std::time::Instant::now() < deadline, "{answer:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(status, 503);
+    assert!(
+        body.contains(
+            "sink topic events-out does not exist: create it, or set spec.kafka.createTopics"
+        ),
+        "{body}"
+    );
+    // It waits without consuming, however long it is left.
+    std::thread::sleep(Duration::from_secs(3));
+    let text = runtime.metrics().encode();
+    assert_eq!(metric_sum(&text, "pipeline_records_in_total"), 0.0);
+    assert!(
+        text.contains(r#"pipeline_topics_missing{pipeline="events",namespace="test",pod="pod-a",topic="events-out",role="sink"} 1"#),
+        "{text}"
+    );
+    assert!(!runtime.is_ready());
+    // Created, the pipeline starts by itself and delivers everything once.
+    broker.create_topics(&[("events-out", 2)]);
+    let out = broker.consume("events-out", Duration::from_secs(90), |o| o.len() >= 200);
+    assert_eq!(out.len(), 200);
+    let text = runtime.metrics().encode();
+    assert_eq!(metric_sum(&text, "pipeline_topics_missing"), 0.0);
+    assert_eq!(metric_sum(&text, "pipeline_records_in_total"), 200.0);
+    runtime.stop();
+    runtime.join();
+}
+
+#[test]
 fn stateless_pipeline_forwards_filtered_projections_keeps_keys_and_dead_letters_bad_records() {
     let Some(broker) = Tansu::start() else { return };
     broker.create_topics(&[("orders", 4), ("big-orders", 2), ("orders-dlq", 1)]);
