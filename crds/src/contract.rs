@@ -166,6 +166,9 @@ pub mod metrics {
     pub const KAFKA_ERRORS_TOTAL: &str = "pipeline_kafka_errors_total";
     /// Slot restarts after an error (counter).
     pub const SLOT_RESTARTS_TOTAL: &str = "pipeline_slot_restarts_total";
+    /// Panics contained in a slot (counter): a bug. The slot restarts, and the record it had in
+    /// hand goes to the dead-letter topic at stage `panic`.
+    pub const SLOT_PANICS_TOTAL: &str = "pipeline_slot_panics_total";
     /// Duration of a checkpoint (histogram).
     pub const CHECKPOINT_DURATION_SECONDS: &str = "pipeline_checkpoint_duration_seconds";
     /// Bytes written by the last checkpoint (gauge).

@@ -219,3 +219,71 @@ fn a_corrupt_snapshot_falls_back_to_the_one_before_and_a_missing_one_pauses_only
     assert!(log.contains("partition paused"), "{log}");
     common::cleanup(&dir);
 }
+
+#[test]
+fn a_record_that_makes_a_slot_panic_is_dead_lettered_and_the_process_keeps_running() {
+    let Some(tansu) = Tansu::start() else { return };
+    tansu.create_topics(&[("events", 2), ("events-out", 2), ("events-dlq", 1)]);
+    let dir = scratch("panic");
+    let manifest = dir.join("pipeline.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: sluice.dev/v1alpha1\nkind: PipelineDeployment\nmetadata: {name: panics, namespace: e2e}\nspec:\n  kafka: {bootstrapServers: 'replaced:9092'}\n  source: {topic: events}\n  sink: {kafka: {topic: events-out}}\n  deadLetter: {topic: events-dlq}\n",
+    )
+    .unwrap();
+    // Record 37 makes the slot panic (a stand-in for a bug), on every replay.
+    let records: Vec<_> = (0..100)
+        .map(|i| {
+            let marker = if i == 37 { "PANIC-HERE" } else { "fine" };
+            let value = format!(r#"{{"i":{i},"note":"{marker}"}}"#);
+            (
+                i % 2,
+                Some(format!("k{i}").into_bytes()),
+                value.into_bytes(),
+            )
+        })
+        .collect();
+    produce_one_per_batch(&tansu.bootstrap, "events", &records);
+    let launch = pipeline_e2e::process::Launch {
+        manifest,
+        bootstrap: tansu.bootstrap.clone(),
+        slots: 1,
+        log_dir: dir.clone(),
+    };
+    let mut process = launch.start_with_env(
+        "panics-0",
+        &[("SLUICE_FAILPOINT", "panic-on-record:PANIC-HERE")],
+    );
+    let dlq = tansu.consume("events-dlq", Duration::from_secs(90), |o| !o.is_empty());
+    assert_eq!(dlq.len(), 1, "the record that panicked, once");
+    assert_eq!(dlq[0].headers["sluice.stage"], "panic");
+    assert!(
+        dlq[0].headers["sluice.error"].contains("failpoint panic-on-record reached"),
+        "{:?}",
+        dlq[0].headers
+    );
+    assert!(String::from_utf8_lossy(dlq[0].value.as_deref().unwrap()).contains(r#""i":37"#));
+    // Every other record is delivered (at least once: the restart replays from the last commit).
+    let out = tansu.consume("events-out", Duration::from_secs(90), |o| {
+        o.iter()
+            .filter_map(|r| r.key.clone())
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+            >= 99
+    });
+    let keys: std::collections::BTreeSet<_> = out.iter().filter_map(|r| r.key.clone()).collect();
+    assert_eq!(keys.len(), 99);
+    assert!(!keys.contains(b"k37".as_slice()));
+    assert!(process.is_running(), "a panic must not end the process");
+    let metrics = process.metrics().unwrap();
+    assert_eq!(metric_sum(&metrics, "pipeline_slot_panics_total"), 1.0);
+    // The restarted slot is ready again.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let ready = format!("http://127.0.0.1:{}/readyz", process.metrics_port);
+    while pipeline_e2e::process::http_get(&ready).map(|(s, _)| s) != Some(200) {
+        assert!(Instant::now() < deadline, "not ready again after the panic");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    process.terminate(Duration::from_secs(20));
+    common::cleanup(&dir);
+}

@@ -139,6 +139,23 @@ fn init_logs(format: LogFormat) {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
     }
+    // Panics are logged like everything else (one JSON line in pods), with where they happened;
+    // slots contain them and restart (see `runtime`).
+    std::panic::set_hook(Box::new(|info| {
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let thread = std::thread::current();
+        let backtrace = std::backtrace::Backtrace::capture();
+        tracing::error!(
+            thread = thread.name().unwrap_or("unnamed"),
+            %location,
+            backtrace = %backtrace,
+            "panic: {}",
+            crate::slot::panic_message(info.payload())
+        );
+    }));
 }
 
 /// Runs the command line `args` (the first is the program name).

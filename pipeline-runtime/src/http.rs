@@ -6,11 +6,12 @@ use std::{
         Arc,
         atomic::{AtomicBool, AtomicUsize, Ordering},
     },
+    time::Duration,
 };
 
 use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
 
-use crate::metrics::Metrics;
+use crate::{metrics::Metrics, slot::SlotWatch};
 
 /// Liveness and readiness of the slots.
 #[derive(Debug)]
@@ -20,7 +21,14 @@ pub struct Health {
     stopping: AtomicBool,
     /// Why no slot can start yet (Kafka unreachable, topics missing), for `/readyz`.
     blocked: std::sync::Mutex<Option<String>>,
+    /// Each slot's progress, by slot index, for `/healthz`.
+    watches: std::sync::Mutex<Vec<Arc<SlotWatch>>>,
 }
+
+/// A slot whose loop has not gone round for this long is stuck: `/healthz` fails, so Kubernetes
+/// restarts the pod. Longer than librdkafka's `max.poll.interval.ms` (5 minutes), after which the
+/// group has already moved the slot's partitions away.
+pub const STUCK_AFTER: Duration = Duration::from_secs(600);
 
 impl Health {
     /// For a process with `slots` slots.
@@ -30,7 +38,32 @@ impl Health {
             running: AtomicUsize::new(0),
             stopping: AtomicBool::new(false),
             blocked: std::sync::Mutex::new(None),
+            watches: std::sync::Mutex::new(Vec::new()),
         }
+    }
+
+    /// The progress record of slot `index` (kept across the slot's restarts).
+    pub fn watch(&self, index: usize) -> Arc<SlotWatch> {
+        let mut watches = self.watches.lock().unwrap_or_else(|p| p.into_inner());
+        while watches.len() <= index {
+            watches.push(Arc::default());
+        }
+        watches[index].clone()
+    }
+
+    /// Slots that run but whose loop has not gone round within [`STUCK_AFTER`] of `now_ms`, with
+    /// how long, in seconds.
+    pub fn stuck_slots(&self, now_ms: i64) -> Vec<(usize, i64)> {
+        let limit = i64::try_from(STUCK_AFTER.as_millis()).unwrap_or(i64::MAX);
+        let watches = self.watches.lock().unwrap_or_else(|p| p.into_inner());
+        watches
+            .iter()
+            .enumerate()
+            .filter_map(|(i, w)| {
+                let beat = w.heartbeat_ms();
+                (beat > 0 && now_ms - beat > limit).then_some((i, (now_ms - beat) / 1000))
+            })
+            .collect()
     }
 
     /// Why no slot can start yet; `None` once they can.
@@ -87,7 +120,7 @@ pub async fn serve(
     let state = Arc::new(AppState { metrics, health });
     let app = Router::new()
         .route("/metrics", get(metrics_text))
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(alive))
         .route("/readyz", get(ready))
         .with_state(state);
     axum::serve(listener, app).await
@@ -101,6 +134,19 @@ async fn metrics_text(State(state): State<Arc<AppState>>) -> impl IntoResponse {
         )],
         state.metrics.encode(),
     )
+}
+
+async fn alive(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    let stuck = state.health.stuck_slots(crate::slot::wall_clock_ms());
+    if stuck.is_empty() {
+        (StatusCode::OK, "ok".to_owned())
+    } else {
+        let slots: Vec<String> = stuck
+            .iter()
+            .map(|(slot, secs)| format!("slot {slot} made no progress for {secs} s"))
+            .collect();
+        (StatusCode::SERVICE_UNAVAILABLE, slots.join("; "))
+    }
 }
 
 async fn ready(State(state): State<Arc<AppState>>) -> impl IntoResponse {

@@ -139,6 +139,8 @@ pub struct Metrics {
     pub kafka_errors: Family<SlotLabels, Counter>,
     /// Slot restarts.
     pub slot_restarts: Family<SlotLabels, Counter>,
+    /// Panics contained in a slot.
+    pub slot_panics: Family<SlotLabels, Counter>,
     /// Checkpoint duration (flush, write, commit).
     pub checkpoint_duration: Family<SlotLabels, Histogram, fn() -> Histogram>,
     /// Bytes written by the last checkpoint.
@@ -188,6 +190,7 @@ impl Metrics {
             sink_errors: Family::default(),
             kafka_errors: Family::default(),
             slot_restarts: Family::default(),
+            slot_panics: Family::default(),
             checkpoint_duration: Family::new_with_constructor(
                 latency_histogram as fn() -> Histogram,
             ),
@@ -314,6 +317,11 @@ impl Metrics {
             names::SLOT_RESTARTS_TOTAL,
             "Slot restarts after an error",
             m.slot_restarts
+        );
+        register!(
+            names::SLOT_PANICS_TOTAL,
+            "Panics contained in a slot (each also restarts it)",
+            m.slot_panics
         );
         register!(
             names::CHECKPOINT_DURATION_SECONDS,

@@ -69,6 +69,8 @@ pub enum FailedStage {
     Aggregate,
     /// A window result could not be written in the output format.
     Encode,
+    /// Processing the record made the slot panic (a bug); its replay is dead-lettered.
+    Panic,
 }
 
 impl FailedStage {
@@ -81,6 +83,7 @@ impl FailedStage {
             Self::Timestamp => "timestamp",
             Self::Aggregate => "aggregate",
             Self::Encode => "encode",
+            Self::Panic => "panic",
         }
     }
 }
@@ -595,6 +598,21 @@ impl Processor {
             error,
             source: Some(source_ref(rec)),
         });
+    }
+
+    /// Dead-letters a record without processing it (one that made the slot panic before), and
+    /// moves its partition past it.
+    pub fn dead_letter_unprocessed(
+        &mut self,
+        rec: &InRecord<'_>,
+        stage: FailedStage,
+        error: String,
+        out: &mut Vec<Emit>,
+    ) {
+        self.counts.records_in += 1;
+        self.dead_letter(rec, stage, error, out);
+        self.state(rec.topic, rec.partition, Instant::now())
+            .next_offset = Some(rec.offset + 1);
     }
 
     fn state(&mut self, topic: TopicIndex, partition: i32, now: Instant) -> &mut PartitionState {

@@ -19,7 +19,7 @@ use crate::{
     http::{self, Health},
     metrics::{Metrics, SlotLabels, TopicLabels},
     plan::Plan,
-    slot::{self, SlotConfig},
+    slot::{self, Quarantine, SlotConfig, SlotError},
     topics::{self, TopicsError},
 };
 
@@ -185,6 +185,7 @@ fn supervise(
     };
     let plan =
         Arc::new(Plan::new(&options.spec, &group, partitions).with_bootstrap_servers(&bootstrap));
+    let quarantine = Arc::new(Quarantine::default());
     let start = |index: usize| -> (Arc<AtomicBool>, JoinHandle<()>) {
         let config = SlotConfig {
             plan: plan.clone(),
@@ -192,6 +193,8 @@ fn supervise(
             commit_interval: options.commit_interval,
             metrics: metrics.clone(),
             simulated_record_cost: options.simulated_record_cost,
+            watch: health.watch(index),
+            quarantine: quarantine.clone(),
         };
         let own_stop = Arc::new(AtomicBool::new(false));
         let (health, slot_stop) = (health.clone(), own_stop.clone());
@@ -301,12 +304,44 @@ impl ScaleWatch {
     }
 }
 
+/// A slot that ran this long before failing starts its next backoff from the beginning.
+const HEALTHY_RUN: Duration = Duration::from_secs(60);
+
+/// Runs a slot, restarting it with backoff (1 s doubling to 60 s, reset after a healthy run)
+/// when it fails or panics. A panic is contained here: counted, logged, and the record the slot
+/// had in hand is quarantined so that the restarted slot dead-letters it instead of panicking on
+/// it again.
 fn run_slot_with_restarts(config: &SlotConfig, health: &Health, stop: &Arc<AtomicBool>) {
     let mut backoff = Duration::from_secs(1);
     loop {
         health.slot_up();
-        let result = slot::run(config, stop);
+        let started = std::time::Instant::now();
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            slot::run(config, stop)
+        }))
+        .unwrap_or_else(|payload| {
+            let message = slot::panic_message(payload.as_ref());
+            config
+                .metrics
+                .slot_panics
+                .get_or_create(&config.labels)
+                .inc();
+            let record = config.watch.in_hand();
+            if let Some(record) = record {
+                config.quarantine.add(record, message.clone());
+            }
+            let record = record.map(|(topic, partition, offset)| {
+                format!("{}/{partition}@{offset}", config.plan.topic_name(topic))
+            });
+            error!(slot = %config.labels.slot, panic = %message, record = ?record, "slot panicked; it restarts, and the record it had in hand goes to the dead-letter topic");
+            Err(SlotError::Panic(message))
+        });
+        config.watch.stopped();
+        config.watch.idle();
         health.slot_down();
+        if started.elapsed() >= HEALTHY_RUN {
+            backoff = Duration::from_secs(1);
+        }
         match result {
             Ok(()) => return,
             Err(e) if !e.is_retryable() => {

@@ -6,7 +6,7 @@
 use std::{
     collections::HashMap,
     sync::{
-        Arc, Mutex,
+        Arc, Mutex, PoisonError,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
@@ -79,7 +79,13 @@ impl ClientContext for SlotContext {
     }
 
     fn stats(&self, statistics: Statistics) {
-        let mut ends = self.end_offsets.lock().expect("not poisoned");
+        if std::thread::panicking() {
+            return;
+        }
+        let mut ends = self
+            .end_offsets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         for (topic, t) in &statistics.topics {
             for (partition, p) in &t.partitions {
                 let end = if p.ls_offset >= 0 {
@@ -104,6 +110,13 @@ impl ClientContext for SlotContext {
 
 impl ConsumerContext for SlotContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        // Closing the consumer while a panic unwinds the slot revokes its partitions: nothing is
+        // committed or checkpointed then (the state may be half-updated, its lock poisoned); the
+        // next owner resumes from the last commit. A second panic here would abort the process.
+        if std::thread::panicking() {
+            warn!(slot = %self.labels.slot, "partitions handed over uncommitted after a panic");
+            return;
+        }
         self.metrics.rebalances.get_or_create(&self.labels).inc();
         if !matches!(rebalance, Rebalance::Assign(_)) {
             self.revocations.fetch_add(1, Ordering::Relaxed);
@@ -120,7 +133,10 @@ impl ConsumerContext for SlotContext {
         // statistics may report it again (else its next owner reports a jump that reads as
         // arrivals to the autoscaler).
         {
-            let mut ends = self.end_offsets.lock().expect("not poisoned");
+            let mut ends = self
+                .end_offsets
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             for e in revoked.elements() {
                 ends.remove(&(e.topic().to_owned(), e.partition()));
             }
@@ -131,7 +147,7 @@ impl ConsumerContext for SlotContext {
         }
         // Hand over cleanly: everything emitted so far is flushed, then each revoked partition's
         // committable offset is committed before Kafka gives the partition to another slot.
-        let mut core = self.core.lock().expect("not poisoned");
+        let mut core = self.core.lock().unwrap_or_else(PoisonError::into_inner);
         let mut blocked = Duration::ZERO;
         let stop = || self.stop.load(Ordering::Relaxed);
         let flushed = self
@@ -181,10 +197,15 @@ impl ConsumerContext for SlotContext {
     }
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if std::thread::panicking() {
+            return;
+        }
         if let Rebalance::Assign(assigned) = rebalance {
             if self.checkpointer.is_some() {
                 // State was restored before the assignment took effect; pause what has none.
-                let paused = std::mem::take(&mut *self.paused.lock().expect("not poisoned"));
+                let paused = std::mem::take(
+                    &mut *self.paused.lock().unwrap_or_else(PoisonError::into_inner),
+                );
                 if paused.count() > 0
                     && let Err(e) = consumer.pause(&paused)
                 {
@@ -201,7 +222,7 @@ impl ConsumerContext for SlotContext {
                         .set(1);
                 }
             } else {
-                let mut core = self.core.lock().expect("not poisoned");
+                let mut core = self.core.lock().unwrap_or_else(PoisonError::into_inner);
                 for element in assigned.elements() {
                     if let Some(topic) = self.plan.topic_index(element.topic()) {
                         core.processor
@@ -244,7 +265,7 @@ impl SlotContext {
                 self.fail(format!("checkpoint at revocation failed: {e}"));
             }
         }
-        let mut core = self.core.lock().expect("not poisoned");
+        let mut core = self.core.lock().unwrap_or_else(PoisonError::into_inner);
         for &(topic, partition) in &partitions {
             core.processor.release(topic, partition);
             self.metrics.forget_partition(&Metrics::partition_labels(
@@ -277,7 +298,7 @@ impl SlotContext {
             }
         };
         let mut paused = TopicPartitionList::new();
-        let mut core = self.core.lock().expect("not poisoned");
+        let mut core = self.core.lock().unwrap_or_else(PoisonError::into_inner);
         for mut element in assigned.elements() {
             let (name, partition) = (element.topic().to_owned(), element.partition());
             let Some(topic) = self.plan.topic_index(&name) else {
@@ -348,11 +369,11 @@ impl SlotContext {
                 }
             }
         }
-        *self.paused.lock().expect("not poisoned") = paused;
+        *self.paused.lock().unwrap_or_else(PoisonError::into_inner) = paused;
     }
 
     fn fail(&self, reason: String) {
         error!(slot = %self.labels.slot, %reason, "slot restarts");
-        *self.failure.lock().expect("not poisoned") = Some(reason);
+        *self.failure.lock().unwrap_or_else(PoisonError::into_inner) = Some(reason);
     }
 }

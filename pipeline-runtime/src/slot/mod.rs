@@ -11,6 +11,7 @@
 
 mod commit;
 mod context;
+mod quarantine;
 mod report;
 
 use std::{
@@ -38,9 +39,11 @@ use crate::{
     },
     metrics::{Metrics, SlotLabels},
     plan::{Plan, TopicIndex},
-    processor::{Counts, Emit, InRecord, Processor, ProcessorError},
+    processor::{Counts, Emit, FailedStage, InRecord, Processor, ProcessorError},
     sink::{Sink, SinkError},
 };
+
+pub use quarantine::{Quarantine, SlotWatch, panic_message};
 
 use commit::{checkpoint, commit};
 use context::SlotContext;
@@ -73,6 +76,9 @@ pub enum SlotError {
     /// Restoring assigned partitions failed for a reason that may pass (Kafka or storage).
     #[error("restoring assigned partitions: {0}")]
     Restore(String),
+    /// The slot thread panicked (a bug): contained, and the slot restarted.
+    #[error("the slot panicked: {0}")]
+    Panic(String),
 }
 
 impl SlotError {
@@ -98,6 +104,10 @@ pub struct SlotConfig {
     pub metrics: Arc<Metrics>,
     /// Extra busy time per record (a stand-in for heavier work; demos and tests only).
     pub simulated_record_cost: Option<Duration>,
+    /// This slot's progress, for the supervisor that contains its panics and for `/healthz`.
+    pub watch: Arc<SlotWatch>,
+    /// Records that made a slot of this process panic: dead-lettered instead of processed.
+    pub quarantine: Arc<Quarantine>,
 }
 
 pub(super) struct Core {
@@ -215,6 +225,7 @@ pub fn run(config: &SlotConfig, stop: &Arc<AtomicBool>) -> Result<(), SlotError>
     });
     let mut batch: Vec<BorrowedMessage<'_>> = Vec::with_capacity(batch_limit);
     while !is_stopped() {
+        config.watch.beat(wall_clock_ms());
         let poll_start = Instant::now();
         let revocations = consumer.context().revocations.load(Ordering::Relaxed);
         match consumer.poll(Duration::from_millis(100)) {
@@ -291,6 +302,18 @@ pub fn run(config: &SlotConfig, stop: &Arc<AtomicBool>) -> Result<(), SlotError>
                         debug!(slot = %config.labels.slot, topic = message.topic(), partition = rec.partition, offset = rec.offset, "first record after assignment");
                     }
                 }
+                if let Some(panic) = config.quarantine.take(topic, rec.partition, rec.offset) {
+                    warn!(slot = %config.labels.slot, topic = message.topic(), partition = rec.partition, offset = rec.offset, "dead-lettering the record a slot panicked on");
+                    processor.dead_letter_unprocessed(
+                        &rec,
+                        FailedStage::Panic,
+                        format!("the slot panicked processing this record: {panic}"),
+                        emits,
+                    );
+                    continue;
+                }
+                config.watch.processing(topic, rec.partition, rec.offset);
+                crate::failpoint::panic_on_record(rec.payload);
                 let mut backoff = Duration::from_millis(200);
                 while let Err(e) = processor.process(&rec, processing_start, wall_ms, emits) {
                     warn!(slot = %config.labels.slot, error = %e, "transient failure, retrying the record");
@@ -305,6 +328,7 @@ pub fn run(config: &SlotConfig, stop: &Arc<AtomicBool>) -> Result<(), SlotError>
                     owed += cost.as_secs_f64();
                 }
             }
+            config.watch.idle();
             observe_emits(config, &latency, emits);
             sink.send_all(&plan, emits, &mut clock.backpressured, &is_stopped)?;
             drop(guard);

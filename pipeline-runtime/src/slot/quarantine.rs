@@ -1,0 +1,146 @@
+//! Containing panics: what a slot is doing, for the supervisor that catches its panic, and the
+//! records that made a slot panic, which its restart dead-letters instead of processing again
+//! (else one record would crash the slot on every replay).
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Mutex,
+        atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicUsize, Ordering},
+    },
+};
+
+use crate::plan::TopicIndex;
+
+/// No record in hand.
+const NONE: usize = usize::MAX;
+
+/// One slot's progress, written by the slot thread and read by the supervisor and `/healthz`.
+#[derive(Debug)]
+pub struct SlotWatch {
+    topic: AtomicUsize,
+    partition: AtomicI32,
+    offset: AtomicI64,
+    /// When the slot loop last went round (ms since the epoch; 0 = not running).
+    heartbeat_ms: AtomicI64,
+}
+
+impl Default for SlotWatch {
+    fn default() -> Self {
+        Self {
+            topic: AtomicUsize::new(NONE),
+            partition: AtomicI32::new(0),
+            offset: AtomicI64::new(0),
+            heartbeat_ms: AtomicI64::new(0),
+        }
+    }
+}
+
+impl SlotWatch {
+    /// The slot starts processing this record.
+    pub fn processing(&self, topic: TopicIndex, partition: i32, offset: i64) {
+        self.partition.store(partition, Ordering::Relaxed);
+        self.offset.store(offset, Ordering::Relaxed);
+        self.topic.store(topic, Ordering::Release);
+    }
+
+    /// The slot holds no record (between batches).
+    pub fn idle(&self) {
+        self.topic.store(NONE, Ordering::Release);
+    }
+
+    /// The record in hand, if any (read after the slot thread ended).
+    pub fn in_hand(&self) -> Option<(TopicIndex, i32, i64)> {
+        let topic = self.topic.swap(NONE, Ordering::Acquire);
+        (topic != NONE).then(|| {
+            (
+                topic,
+                self.partition.load(Ordering::Relaxed),
+                self.offset.load(Ordering::Relaxed),
+            )
+        })
+    }
+
+    /// The slot loop is alive at `now_ms`.
+    pub fn beat(&self, now_ms: i64) {
+        self.heartbeat_ms.store(now_ms, Ordering::Relaxed);
+    }
+
+    /// The slot stopped (a stopped slot is not stuck).
+    pub fn stopped(&self) {
+        self.heartbeat_ms.store(0, Ordering::Relaxed);
+    }
+
+    /// The last heartbeat (0 = not running).
+    pub fn heartbeat_ms(&self) -> i64 {
+        self.heartbeat_ms.load(Ordering::Relaxed)
+    }
+}
+
+/// Records that made a slot panic, with the panic message, shared by the process's slots (a
+/// partition may move to another slot before the record is seen again).
+#[derive(Debug, Default)]
+pub struct Quarantine {
+    any: AtomicBool,
+    records: Mutex<HashMap<(TopicIndex, i32, i64), String>>,
+}
+
+impl Quarantine {
+    /// Puts a record in quarantine.
+    pub fn add(&self, record: (TopicIndex, i32, i64), panic: String) {
+        self.records
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(record, panic);
+        self.any.store(true, Ordering::Release);
+    }
+
+    /// The panic message if this record is in quarantine (taking it out). One atomic load per
+    /// record while the quarantine is empty, which is always but after a panic.
+    pub fn take(&self, topic: TopicIndex, partition: i32, offset: i64) -> Option<String> {
+        if !self.any.load(Ordering::Acquire) {
+            return None;
+        }
+        let mut records = self.records.lock().unwrap_or_else(|p| p.into_inner());
+        let found = records.remove(&(topic, partition, offset));
+        if records.is_empty() {
+            self.any.store(false, Ordering::Release);
+        }
+        found
+    }
+}
+
+/// The text of a panic payload.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_quarantined_record_is_handed_out_once_and_the_watch_forgets_what_it_reported() {
+        let q = Quarantine::default();
+        assert_eq!(q.take(0, 1, 5), None);
+        q.add((0, 1, 5), "boom".into());
+        assert_eq!(q.take(0, 1, 4), None);
+        assert_eq!(q.take(0, 1, 5).as_deref(), Some("boom"));
+        assert_eq!(q.take(0, 1, 5), None);
+
+        let w = SlotWatch::default();
+        assert_eq!(w.in_hand(), None);
+        w.processing(1, 2, 3);
+        assert_eq!(w.in_hand(), Some((1, 2, 3)));
+        assert_eq!(w.in_hand(), None);
+        w.processing(1, 2, 4);
+        w.idle();
+        assert_eq!(w.in_hand(), None);
+        let payload: Box<dyn std::any::Any + Send> = Box::new(format!("index {}", 7));
+        assert_eq!(panic_message(payload.as_ref()), "index 7");
+    }
+}
