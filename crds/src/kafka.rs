@@ -6,6 +6,14 @@ use kube::KubeSchema;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+/// The consumers' `session.timeout.ms` unless `properties` sets it: a dead slot's partitions move
+/// after 10 s instead of librdkafka's 45 s.
+pub const DEFAULT_SESSION_TIMEOUT_MS: u64 = 10_000;
+/// The consumers' `heartbeat.interval.ms` unless `properties` sets it.
+pub const DEFAULT_HEARTBEAT_INTERVAL_MS: u64 = 1_000;
+/// librdkafka's `max.poll.interval.ms` default.
+pub const DEFAULT_MAX_POLL_INTERVAL_MS: u64 = 300_000;
+
 /// Connection settings shared by the source, the sink and the side topics.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]

@@ -265,6 +265,51 @@ fn kafka(c: &mut Collector, spec: &PipelineDeploymentSpec) {
             );
         }
     }
+    // The consumers' timeouts, as librdkafka will get them: it refuses to create a consumer
+    // whose poll interval is shorter than its session timeout, and a heartbeat must fit in the
+    // session several times.
+    let number = |key: &str, default: u64| match k.properties.get(key) {
+        None => Some(default),
+        Some(v) => v.trim().parse::<u64>().ok(),
+    };
+    let session = number(
+        "session.timeout.ms",
+        crate::kafka::DEFAULT_SESSION_TIMEOUT_MS,
+    );
+    let heartbeat = number(
+        "heartbeat.interval.ms",
+        crate::kafka::DEFAULT_HEARTBEAT_INTERVAL_MS,
+    );
+    let poll = number(
+        "max.poll.interval.ms",
+        crate::kafka::DEFAULT_MAX_POLL_INTERVAL_MS,
+    );
+    for (key, value) in [
+        ("session.timeout.ms", session),
+        ("heartbeat.interval.ms", heartbeat),
+        ("max.poll.interval.ms", poll),
+    ] {
+        if value.is_none_or(|v| v == 0) {
+            c.error(
+                format!("spec.kafka.properties[{key}]"),
+                "must be a positive whole number of milliseconds",
+            );
+        }
+    }
+    if let (Some(session), Some(heartbeat), Some(poll)) = (session, heartbeat, poll) {
+        if poll < session {
+            c.error(
+                "spec.kafka.properties[max.poll.interval.ms]",
+                format!("must be at least session.timeout.ms ({session} ms)"),
+            );
+        }
+        if heartbeat >= session {
+            c.error(
+                "spec.kafka.properties[heartbeat.interval.ms]",
+                format!("must be below session.timeout.ms ({session} ms)"),
+            );
+        }
+    }
     if k.sasl
         .as_ref()
         .is_some_and(|s| s.mechanism == crate::kafka::SaslMechanism::Plain)
@@ -458,6 +503,10 @@ fn transform(c: &mut Collector, spec: &PipelineDeploymentSpec) {
         );
     }
 }
+
+/// The longest checkpoint interval with exactly-once delivery: three intervals (the transaction
+/// timeout the runtime asks for) fit in the brokers' default `transaction.max.timeout.ms`.
+pub const MAX_EXACTLY_ONCE_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(300);
 
 /// The longest window size, slide, gap, lateness or event-time bound: a year and a day. Event times
 /// are years 1 to 9999 in milliseconds, so window arithmetic stays far inside `i64`.
@@ -672,6 +721,13 @@ fn delivery_and_checkpoint(c: &mut Collector, spec: &PipelineDeploymentSpec) {
         "spec.checkpoint.interval",
         "must be at least 100ms",
     );
+    if spec.delivery == DeliveryGuarantee::ExactlyOnce {
+        c.check(
+            cp.interval <= MAX_EXACTLY_ONCE_CHECKPOINT_INTERVAL,
+            "spec.checkpoint.interval",
+            "must be at most 5m with exactly-once delivery: a transaction stays open for up to three intervals, and Kafka brokers refuse transactions longer than their transaction.max.timeout.ms (15 minutes by default)",
+        );
+    }
     let st = &cp.storage;
     let set = [st.s3.is_some(), st.volume.is_some(), st.local.is_some()];
     if set.iter().filter(|x| **x).count() != 1 {
@@ -925,6 +981,41 @@ mod tests {
         let mut s = spec("");
         s.source.consumer_group = Some("sluice.prod.iot_v2-a".to_owned());
         assert_eq!(validate(&s), Ok(()));
+    }
+
+    #[test]
+    fn consumer_timeouts_librdkafka_would_refuse_and_long_exactly_once_intervals_are_refused() {
+        let with = |props: &str| {
+            let mut s = spec("");
+            s.kafka.properties = serde_json::from_str(props).unwrap();
+            validate(&s)
+        };
+        assert_eq!(
+            with(
+                r#"{"session.timeout.ms": "3000", "heartbeat.interval.ms": "500", "max.poll.interval.ms": "3000"}"#
+            ),
+            Ok(())
+        );
+        // The runtime's 10 s session with a shorter poll interval: librdkafka refuses it.
+        let errors = with(r#"{"max.poll.interval.ms": "3000"}"#).unwrap_err();
+        assert!(
+            errors.has_path("spec.kafka.properties[max.poll.interval.ms]"),
+            "{errors}"
+        );
+        let errors = with(r#"{"session.timeout.ms": "500"}"#).unwrap_err();
+        assert!(
+            errors.has_path("spec.kafka.properties[heartbeat.interval.ms]"),
+            "{errors}"
+        );
+        assert!(with(r#"{"session.timeout.ms": "soon"}"#).is_err());
+        let eos = |interval: &str| {
+            spec(&format!(
+                "  delivery: exactly-once\n  checkpoint: {{interval: {interval}, storage: {{local: {{path: /tmp/x}}}}}}\n"
+            ))
+        };
+        assert_eq!(validate(&eos("5m")), Ok(()));
+        let errors = validate(&eos("6m")).unwrap_err();
+        assert!(errors.has_path("spec.checkpoint.interval"), "{errors}");
     }
 
     #[test]

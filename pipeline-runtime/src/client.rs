@@ -11,6 +11,7 @@ use pipeline_crds::{
     PipelineDeploymentSpec,
     checkpoint::DeliveryGuarantee,
     contract::{env as env_names, paths},
+    kafka::{DEFAULT_HEARTBEAT_INTERVAL_MS, DEFAULT_SESSION_TIMEOUT_MS},
     source::StartingOffsets,
 };
 use rdkafka::ClientConfig;
@@ -87,15 +88,27 @@ pub fn consumer_config(
                 StartingOffsets::Latest => "latest",
             },
         )
-        .set("session.timeout.ms", "10000")
-        .set("heartbeat.interval.ms", "1000")
         .set("statistics.interval.ms", "1000")
         .set("enable.partition.eof", "false");
+    // Defaults only: the user's own values (validated) win.
+    let user = &spec.kafka.properties;
+    for (key, default) in [
+        ("session.timeout.ms", DEFAULT_SESSION_TIMEOUT_MS),
+        ("heartbeat.interval.ms", DEFAULT_HEARTBEAT_INTERVAL_MS),
+    ] {
+        if !user.contains_key(key) {
+            config.set(key, default.to_string());
+        }
+    }
     config
 }
 
 /// How long a record may wait for delivery; a transaction must be allowed at least as long.
 const MESSAGE_TIMEOUT_MS: u64 = 120_000;
+
+/// Kafka brokers' default `transaction.max.timeout.ms`: a longer transaction timeout makes
+/// `InitProducerId` fail.
+const MAX_TRANSACTION_TIMEOUT_MS: u64 = 900_000;
 
 /// A slot's producer: idempotent, `acks=all`, batching and compression from the sink spec
 /// (defaults from the seeds: linger 5 ms, 256 KiB batches, lz4), and the Java client's murmur2
@@ -129,9 +142,13 @@ pub fn producer_config(spec: &PipelineDeploymentSpec, bootstrap_servers: &str) -
             .checkpoint
             .as_ref()
             .map_or(10_000, |c| c.interval.as_millis());
+        // Validation keeps the interval to 5 minutes, so this stays within the brokers' default
+        // transaction.max.timeout.ms (15 minutes); the cap holds it there regardless.
         config.set(
             "transaction.timeout.ms",
-            (interval_ms * 3).max(MESSAGE_TIMEOUT_MS).to_string(),
+            (interval_ms * 3)
+                .clamp(MESSAGE_TIMEOUT_MS, MAX_TRANSACTION_TIMEOUT_MS)
+                .to_string(),
         );
     }
     config

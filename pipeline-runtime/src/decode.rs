@@ -440,6 +440,64 @@ mod tests {
         assert_eq!(d.decode(Some(&wire)).unwrap()["temperature"], 21.5);
     }
 
+    /// A loopback registry answering each request with the next status of `statuses` (and an
+    /// empty JSON body), then closing; returns its URL and the requests it saw.
+    fn scripted_registry(statuses: Vec<u16>) -> (String, std::thread::JoinHandle<Vec<String>>) {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let server = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            for status in statuses {
+                let (mut conn, _) = listener.accept().unwrap();
+                let mut buf = [0u8; 1024];
+                let n = conn.read(&mut buf).unwrap();
+                seen.push(
+                    String::from_utf8_lossy(&buf[..n])
+                        .lines()
+                        .next()
+                        .unwrap_or("")
+                        .to_owned(),
+                );
+                write!(
+                    conn,
+                    "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"
+                )
+                .unwrap();
+            }
+            seen
+        });
+        (url, server)
+    }
+
+    #[test]
+    fn registry_4xx_answers_are_the_records_fault_and_cached_while_5xx_408_and_429_are_transient() {
+        let (url, server) = scripted_registry(vec![503, 429, 408, 404, 403]);
+        let mut d = Decoder::new(&format(FormatKind::Avro, None), Some(&url)).unwrap();
+        let record = |id: u8| vec![0, 0, 0, 0, id, 2];
+        for _ in 0..3 {
+            let err = d.decode(Some(&record(7))).unwrap_err();
+            assert!(err.is_transient(), "{err}");
+        }
+        // 404: unknown id, for good; asked once however many records carry it.
+        for _ in 0..3 {
+            let err = d.decode(Some(&record(7))).unwrap_err();
+            assert!(
+                !err.is_transient() && err.to_string().contains("unknown"),
+                "{err}"
+            );
+        }
+        let err = d.decode(Some(&record(9))).unwrap_err();
+        assert!(
+            !err.is_transient() && err.to_string().contains("HTTP 403"),
+            "{err}"
+        );
+        assert!(!d.decode(Some(&record(9))).unwrap_err().is_transient());
+        let seen = server.join().unwrap();
+        assert_eq!(seen.len(), 5, "{seen:?}");
+        assert!(seen[4].starts_with("GET /schemas/ids/9 "), "{seen:?}");
+    }
+
     #[test]
     fn an_unreachable_registry_is_transient() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

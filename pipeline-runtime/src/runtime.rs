@@ -346,6 +346,7 @@ fn run_slot_with_restarts(config: &SlotConfig, health: &Health, stop: &Arc<Atomi
             Ok(()) => return,
             Err(e) if !e.is_retryable() => {
                 error!(slot = %config.labels.slot, error = %e, "slot cannot run");
+                health.set_blocked(Some(format!("slot {} cannot run: {e}", config.labels.slot)));
                 return;
             }
             Err(e) => {

@@ -13,7 +13,9 @@ pub struct SchemaRegistry {
     /// `base_url` with its password redacted, for errors (they reach logs and dead letters).
     shown_url: String,
     agent: ureq::Agent,
-    cache: HashMap<u32, Arc<Schema>>,
+    /// Schemas by id, and ids the registry refused for good (unknown, unparsable): those are
+    /// not asked for again, so a topic full of records with an unknown id costs one request.
+    cache: HashMap<u32, Result<Arc<Schema>, String>>,
 }
 
 impl SchemaRegistry {
@@ -38,47 +40,48 @@ impl SchemaRegistry {
         format!("{method} {}{path}: {text}", self.shown_url)
     }
 
-    /// The writer schema with this id, fetched once.
+    /// The writer schema with this id, fetched once. A 4xx answer (but 408 and 429) or a schema
+    /// that does not parse is the record's fault, for good (cached, dead-lettered); no answer, a
+    /// 5xx, 408 or 429 is the registry's, for now ([`DecodeError::RegistryUnavailable`]).
     pub fn schema(&mut self, id: u32) -> Result<Arc<Schema>, DecodeError> {
-        if let Some(schema) = self.cache.get(&id) {
-            return Ok(schema.clone());
+        if let Some(cached) = self.cache.get(&id) {
+            return cached.clone().map_err(DecodeError::Wire);
         }
         let path = format!("/schemas/ids/{id}");
         let url = format!("{}{path}", self.base_url);
-        let mut response = self
-            .agent
-            .get(&url)
-            .call()
-            .map_err(|e| DecodeError::RegistryUnavailable(self.shown("GET", &path, e)))?;
+        let unavailable = |e: &dyn std::fmt::Display| {
+            DecodeError::RegistryUnavailable(self.shown("GET", &path, e))
+        };
+        let mut response = self.agent.get(&url).call().map_err(|e| unavailable(&e))?;
         let status = response.status().as_u16();
-        match status {
-            200 => {}
-            404 => {
-                return Err(DecodeError::Wire(format!(
-                    "schema id {id} is unknown to the registry"
-                )));
+        let refused = match status {
+            200 => None,
+            404 => Some(format!("schema id {id} is unknown to the registry")),
+            408 | 429 => return Err(unavailable(&format!("HTTP {status}"))),
+            400..=499 => Some(format!(
+                "the registry refuses schema id {id}: {}",
+                self.shown("GET", &path, format!("HTTP {status}"))
+            )),
+            _ => return Err(unavailable(&format!("HTTP {status}"))),
+        };
+        let result = match refused {
+            Some(reason) => Err(reason),
+            None => {
+                #[derive(serde::Deserialize)]
+                struct SchemaResponse {
+                    schema: String,
+                }
+                let body: SchemaResponse = response
+                    .body_mut()
+                    .read_json()
+                    .map_err(|e| unavailable(&e))?;
+                Schema::parse_str(&body.schema)
+                    .map(Arc::new)
+                    .map_err(|e| format!("schema id {id} does not parse: {e}"))
             }
-            _ => {
-                return Err(DecodeError::RegistryUnavailable(self.shown(
-                    "GET",
-                    &path,
-                    format!("HTTP {status}"),
-                )));
-            }
-        }
-        #[derive(serde::Deserialize)]
-        struct SchemaResponse {
-            schema: String,
-        }
-        let body: SchemaResponse = response
-            .body_mut()
-            .read_json()
-            .map_err(|e| DecodeError::RegistryUnavailable(self.shown("GET", &path, e)))?;
-        let schema = Schema::parse_str(&body.schema)
-            .map_err(|e| DecodeError::Wire(format!("schema id {id} does not parse: {e}")))?;
-        let schema = Arc::new(schema);
-        self.cache.insert(id, schema.clone());
-        Ok(schema)
+        };
+        self.cache.insert(id, result.clone());
+        result.map_err(DecodeError::Wire)
     }
 
     /// Registers `schema` under `subject` (or finds it registered) and returns its id.

@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, time::Duration};
 
 use pipeline_runtime::runtime::{Runtime, RuntimeOptions};
 use serde_json::{Value, json};
-use support::{Rng, Tansu, metric_sum, spec};
+use support::{Rng, Tansu, metric_sum, produce_one_per_batch, spec};
 
 #[test]
 fn a_missing_sink_topic_is_named_and_nothing_is_consumed_until_it_exists() {
@@ -151,6 +151,108 @@ fn stateless_pipeline_forwards_filtered_projections_keeps_keys_and_dead_letters_
         + metric_sum(&text, "pipeline_records_dead_letter_total");
     assert_eq!(input, records.len() as f64);
     assert_eq!(input, identity, "in = out + filtered + dead-letter");
+    runtime.stop();
+    runtime.join();
+}
+
+/// A Schema Registry on loopback that answers 503 for its first `down` and then the reading
+/// schema; returns its URL and the number of requests it answered.
+fn flaky_registry(
+    down: Duration,
+    schema: &'static str,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::{
+        io::{Read, Write},
+        sync::atomic::Ordering,
+    };
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = served.clone();
+    let up_at = std::time::Instant::now() + down;
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut buf = [0u8; 2048];
+            let _ = conn.read(&mut buf);
+            count.fetch_add(1, Ordering::SeqCst);
+            let (status, body) = if std::time::Instant::now() < up_at {
+                ("503 Service Unavailable", "{}".to_owned())
+            } else {
+                ("200 OK", json!({ "schema": schema }).to_string())
+            };
+            let _ = write!(
+                conn,
+                "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (url, served)
+}
+
+#[test]
+fn an_unavailable_schema_registry_holds_the_partitions_keeps_the_slot_in_its_group_and_every_record_passes_once_it_answers()
+ {
+    const SCHEMA: &str =
+        r#"{"type":"record","name":"Reading","fields":[{"name":"id","type":"long"}]}"#;
+    let Some(broker) = Tansu::start() else { return };
+    broker.create_topics(&[("avro-in", 2), ("avro-out", 2)]);
+    // Down for longer than max.poll.interval.ms: a slot that waited for it without polling would
+    // be evicted from its group and rebalanced.
+    let (registry, served) = flaky_registry(Duration::from_secs(8), SCHEMA);
+    let schema = apache_avro::Schema::parse_str(SCHEMA).unwrap();
+    let records: Vec<_> = (0..200_i64)
+        .map(|i| {
+            let mut value = vec![0, 0, 0, 0, 1];
+            let mut record = apache_avro::types::Record::new(&schema).unwrap();
+            record.put("id", i);
+            value.extend(apache_avro::to_avro_datum(&schema, record).unwrap());
+            ((i % 2) as i32, Some(format!("k{i}").into_bytes()), value)
+        })
+        .collect();
+    // One record per batch: the held partitions are read again from the failed record, and
+    // tansu 0.6 skips the rest of a batch fetched from its middle (see FACTS).
+    produce_one_per_batch(&broker.bootstrap, "avro-in", &records);
+    let manifest = format!(
+        "apiVersion: sluice.dev/v1alpha1\nkind: PipelineDeployment\nmetadata: {{name: avro}}\nspec:\n  kafka: {{bootstrapServers: '{}', schemaRegistryUrl: '{registry}', properties: {{max.poll.interval.ms: '3000', session.timeout.ms: '3000', heartbeat.interval.ms: '500'}}}}\n  source: {{topic: avro-in, format: {{type: avro}}}}\n  sink: {{kafka: {{topic: avro-out}}}}\n",
+        broker.bootstrap
+    );
+    let runtime = Runtime::start(RuntimeOptions {
+        name: "avro".into(),
+        namespace: "test".into(),
+        pod: "pod-a".into(),
+        spec: spec(&manifest),
+        slots: 1,
+        scale_file: None,
+        metrics_addr: None,
+        commit_interval: Duration::from_secs(1),
+        simulated_record_cost: None,
+    })
+    .unwrap();
+    let out = broker.consume("avro-out", Duration::from_secs(60), |o| o.len() >= 200);
+    std::thread::sleep(Duration::from_secs(1));
+    let ids: std::collections::BTreeSet<i64> = out
+        .iter()
+        .map(|r| {
+            serde_json::from_slice::<Value>(r.value.as_deref().unwrap()).unwrap()["id"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(out.len(), 200, "each record once");
+    assert_eq!(ids, (0..200).collect());
+    // Several failed answers with growing waits, then one schema fetch, cached.
+    let asked = served.load(std::sync::atomic::Ordering::SeqCst);
+    assert!((5..=30).contains(&asked), "{asked} registry requests");
+    let text = runtime.metrics().encode();
+    assert_eq!(metric_sum(&text, "pipeline_records_dead_letter_total"), 0.0);
+    assert_eq!(metric_sum(&text, "pipeline_slot_restarts_total"), 0.0);
+    assert_eq!(
+        metric_sum(&text, "pipeline_rebalances_total"),
+        1.0,
+        "only the first assignment: the slot kept its partitions"
+    );
     runtime.stop();
     runtime.join();
 }

@@ -355,7 +355,7 @@ impl SlotContext {
                 }
                 Err(CheckpointError::Store(e)) => {
                     drop(core);
-                    self.fail(e.to_string());
+                    self.fail(format!("restoring assigned partitions: {e}"));
                     return;
                 }
                 Err(e) => {
@@ -372,7 +372,7 @@ impl SlotContext {
         *self.paused.lock().unwrap_or_else(PoisonError::into_inner) = paused;
     }
 
-    fn fail(&self, reason: String) {
+    pub(super) fn fail(&self, reason: String) {
         error!(slot = %self.labels.slot, %reason, "slot restarts");
         *self.failure.lock().unwrap_or_else(PoisonError::into_inner) = Some(reason);
     }

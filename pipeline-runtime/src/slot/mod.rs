@@ -13,6 +13,7 @@ mod commit;
 mod context;
 mod quarantine;
 mod report;
+mod retry;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -48,6 +49,7 @@ pub use quarantine::{Quarantine, SlotWatch, panic_message};
 use commit::{checkpoint, commit};
 use context::SlotContext;
 use report::{observe_emits, publish};
+use retry::{Retries, Verdict};
 
 /// How often idle watermarks and metrics are refreshed.
 const TICK: Duration = Duration::from_millis(100);
@@ -73,8 +75,9 @@ pub enum SlotError {
     /// The checkpoint store cannot be opened or failed while restoring.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// Restoring assigned partitions failed for a reason that may pass (Kafka or storage).
-    #[error("restoring assigned partitions: {0}")]
+    /// A rebalance callback or a partition hold failed for a reason that may pass (Kafka or
+    /// storage): restoring or handing over partitions, pausing or rewinding one.
+    #[error("{0}")]
     Restore(String),
     /// The slot thread panicked (a bug): contained, and the slot restarted.
     #[error("the slot panicked: {0}")]
@@ -86,6 +89,10 @@ impl SlotError {
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::Processor(e) => e.is_transient(),
+            // A configuration librdkafka refuses stays refused.
+            Self::Consumer(KafkaError::ClientCreation(_)) | Self::Sink(SinkError::Create(_)) => {
+                false
+            }
             _ => true,
         }
     }
@@ -224,8 +231,12 @@ pub fn run(config: &SlotConfig, stop: &Arc<AtomicBool>) -> Result<(), SlotError>
         ((0.010 / cost.as_secs_f64().max(1e-9)) as usize).clamp(1, BATCH)
     });
     let mut batch: Vec<BorrowedMessage<'_>> = Vec::with_capacity(batch_limit);
+    let mut retries = Retries::default();
     while !is_stopped() {
         config.watch.beat(wall_clock_ms());
+        if !retries.is_empty() {
+            resume_due(config, &consumer, &plan, &mut retries);
+        }
         let poll_start = Instant::now();
         let revocations = consumer.context().revocations.load(Ordering::Relaxed);
         match consumer.poll(Duration::from_millis(100)) {
@@ -265,6 +276,11 @@ pub fn run(config: &SlotConfig, stop: &Arc<AtomicBool>) -> Result<(), SlotError>
                     .find_partition(m.topic(), m.partition())
                     .is_some()
             });
+            retries.retain(|topic, partition| {
+                assignment
+                    .find_partition(plan.topic_name(topic), partition)
+                    .is_some()
+            });
         }
         if !batch.is_empty() {
             let wall_ms = wall_clock_ms();
@@ -302,6 +318,10 @@ pub fn run(config: &SlotConfig, stop: &Arc<AtomicBool>) -> Result<(), SlotError>
                         debug!(slot = %config.labels.slot, topic = message.topic(), partition = rec.partition, offset = rec.offset, "first record after assignment");
                     }
                 }
+                if !retries.is_empty() && retries.is_paused(topic, rec.partition) {
+                    // Read again from the record that failed, after its backoff.
+                    continue;
+                }
                 if let Some(panic) = config.quarantine.take(topic, rec.partition, rec.offset) {
                     warn!(slot = %config.labels.slot, topic = message.topic(), partition = rec.partition, offset = rec.offset, "dead-lettering the record a slot panicked on");
                     processor.dead_letter_unprocessed(
@@ -314,14 +334,34 @@ pub fn run(config: &SlotConfig, stop: &Arc<AtomicBool>) -> Result<(), SlotError>
                 }
                 config.watch.processing(topic, rec.partition, rec.offset);
                 crate::failpoint::panic_on_record(rec.payload);
-                let mut backoff = Duration::from_millis(200);
-                while let Err(e) = processor.process(&rec, processing_start, wall_ms, emits) {
-                    warn!(slot = %config.labels.slot, error = %e, "transient failure, retrying the record");
-                    std::thread::sleep(backoff);
-                    clock.backpressured += backoff;
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
-                    if is_stopped() {
-                        return Ok(());
+                match processor.process(&rec, processing_start, wall_ms, emits) {
+                    Ok(()) if retries.is_empty() => {}
+                    Ok(()) => retries.passed(topic, rec.partition, rec.offset),
+                    Err(e) => {
+                        match retries.failed(topic, rec.partition, rec.offset, processing_start) {
+                            Verdict::Retry(wait) => {
+                                warn!(slot = %config.labels.slot, topic = message.topic(), partition = rec.partition, offset = rec.offset, error = %e, ?wait, "transient failure: the partition is paused and read again from this record after the wait");
+                                hold(
+                                    config,
+                                    &consumer,
+                                    message.topic(),
+                                    rec.partition,
+                                    rec.offset,
+                                );
+                            }
+                            Verdict::GiveUp { attempts, waited } => {
+                                warn!(slot = %config.labels.slot, topic = message.topic(), partition = rec.partition, offset = rec.offset, error = %e, attempts, "transient failure did not pass: dead-lettering the record");
+                                processor.dead_letter_unprocessed(
+                                    &rec,
+                                    FailedStage::Decode,
+                                    format!(
+                                        "{e} (gave up after {attempts} tries over {} s)",
+                                        waited.as_secs()
+                                    ),
+                                    emits,
+                                );
+                            }
+                        }
                     }
                 }
                 if let Some(cost) = config.simulated_record_cost {
@@ -446,6 +486,53 @@ fn read_internal_headers(message: &impl Message) -> (Option<Upstream>, Option<Up
         (Some(p), _, Some(w)) => (None, Some((p, w))),
         (Some(p), Some(o), None) => (Some((p, o)), None),
         _ => (None, None),
+    }
+}
+
+/// Pauses a partition and moves its position back to `offset`, so the record there is read again
+/// once the partition is resumed (records already fetched after it are dropped by librdkafka).
+fn hold(
+    config: &SlotConfig,
+    consumer: &BaseConsumer<SlotContext>,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+) {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(topic, partition);
+    let paused = consumer.pause(&tpl);
+    let seeked = consumer.seek(
+        topic,
+        partition,
+        rdkafka::Offset::Offset(offset),
+        Duration::from_secs(5),
+    );
+    if let Err(e) = paused.and(seeked) {
+        // The record cannot be offered again in place: restart the slot from its commits.
+        consumer
+            .context()
+            .fail(format!("holding {topic}/{partition} at {offset}: {e}"));
+        warn!(slot = %config.labels.slot, topic, partition, error = %e, "could not pause and rewind the partition");
+    }
+}
+
+/// Resumes the held partitions whose backoff is over.
+fn resume_due(
+    config: &SlotConfig,
+    consumer: &BaseConsumer<SlotContext>,
+    plan: &Plan,
+    retries: &mut Retries,
+) {
+    let due = retries.due(Instant::now());
+    if due.is_empty() {
+        return;
+    }
+    let mut tpl = TopicPartitionList::new();
+    for (topic, partition) in due {
+        tpl.add_partition(plan.topic_name(topic), partition);
+    }
+    if let Err(e) = consumer.resume(&tpl) {
+        warn!(slot = %config.labels.slot, error = %e, "could not resume held partitions");
     }
 }
 
