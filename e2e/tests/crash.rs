@@ -7,11 +7,13 @@ mod common;
 use common::{PARTITIONS, crash_scenario};
 use pipeline_e2e::broker::Tansu;
 
+#[cfg_attr(
+    sluice_skip_broker_tests,
+    ignore = "needs the tansu broker and Prometheus (SLUICE_SKIP_BROKER_TESTS)"
+)]
 #[test]
 fn killing_runtime_processes_at_random_moments_loses_and_changes_no_window() {
-    let Some(tansu) = Tansu::start() else {
-        return;
-    };
+    let tansu = Tansu::start();
     tansu.create_topics(&[("readings", PARTITIONS), ("out", 3)]);
     let outcome = crash_scenario(&tansu, "crash", "at-least-once", "readings", "out");
     assert!(

@@ -1,5 +1,6 @@
-//! Opt-in: the crash test in exactly-once mode against a real Kafka (or MSK), which has the full
-//! transactional path that no broker installable here has. Set `E2E_KAFKA_BOOTSTRAP=host:port`
+//! Opt-in (ignored unless run with `--ignored`): the crash test in exactly-once mode against a
+//! real Kafka (or MSK), which has the full transactional path that no broker installable here
+//! has. Set `E2E_KAFKA_BOOTSTRAP=host:port`
 //! (topics are created with unique names; the broker must allow it). Read with
 //! `read_committed` and without de-duplication, the output must equal the offline reference
 //! exactly: no window missing, none twice.
@@ -10,11 +11,10 @@ use common::{PARTITIONS, crash_scenario};
 use pipeline_e2e::broker::Broker;
 
 #[test]
+#[ignore = "needs a real Kafka: set E2E_KAFKA_BOOTSTRAP=host:port and run with --ignored"]
 fn exactly_once_output_under_crashes_has_every_window_exactly_once_on_real_kafka() {
-    let Ok(bootstrap) = std::env::var("E2E_KAFKA_BOOTSTRAP") else {
-        eprintln!("E2E_KAFKA_BOOTSTRAP is not set: skipping the exactly-once test against Kafka");
-        return;
-    };
+    let bootstrap = std::env::var("E2E_KAFKA_BOOTSTRAP")
+        .expect("E2E_KAFKA_BOOTSTRAP=host:port names the Kafka to test against");
     let broker = Broker { bootstrap };
     let run = std::process::id();
     let (input, output) = (

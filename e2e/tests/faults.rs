@@ -76,11 +76,13 @@ fn start_owning_every_partition(
     panic!("{pod} never owned every partition");
 }
 
+#[cfg_attr(
+    sluice_skip_broker_tests,
+    ignore = "needs the tansu broker and Prometheus (SLUICE_SKIP_BROKER_TESTS)"
+)]
 #[test]
 fn a_crash_between_snapshot_write_and_offset_commit_resumes_from_the_previous_checkpoint() {
-    let Some(tansu) = Tansu::start() else {
-        return;
-    };
+    let tansu = Tansu::start();
     let seed = seed();
     tansu.create_topics(&[("readings", PARTITIONS), ("out", 1)]);
     let data = Dataset::generate(30_000, 60, PARTITIONS, 5, seed);
@@ -126,11 +128,13 @@ fn a_crash_between_snapshot_write_and_offset_commit_resumes_from_the_previous_ch
     common::cleanup(&dir);
 }
 
+#[cfg_attr(
+    sluice_skip_broker_tests,
+    ignore = "needs the tansu broker and Prometheus (SLUICE_SKIP_BROKER_TESTS)"
+)]
 #[test]
 fn a_corrupt_snapshot_falls_back_to_the_one_before_and_a_missing_one_pauses_only_its_partition() {
-    let Some(tansu) = Tansu::start() else {
-        return;
-    };
+    let tansu = Tansu::start();
     let seed = seed();
     tansu.create_topics(&[("readings", PARTITIONS), ("out", 1)]);
     let data = Dataset::generate(30_000, 60, PARTITIONS, 5, seed);
@@ -220,9 +224,13 @@ fn a_corrupt_snapshot_falls_back_to_the_one_before_and_a_missing_one_pauses_only
     common::cleanup(&dir);
 }
 
+#[cfg_attr(
+    sluice_skip_broker_tests,
+    ignore = "needs the tansu broker and Prometheus (SLUICE_SKIP_BROKER_TESTS)"
+)]
 #[test]
 fn a_record_that_makes_a_slot_panic_is_dead_lettered_and_the_process_keeps_running() {
-    let Some(tansu) = Tansu::start() else { return };
+    let tansu = Tansu::start();
     tansu.create_topics(&[("events", 2), ("events-out", 2), ("events-dlq", 1)]);
     let dir = scratch("panic");
     let manifest = dir.join("pipeline.yaml");

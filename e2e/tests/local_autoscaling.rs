@@ -277,16 +277,16 @@ fn check_output(tansu: &Tansu, total: usize) {
     eprintln!("{} windows exact", expected.len());
 }
 
+#[cfg_attr(
+    sluice_skip_broker_tests,
+    ignore = "needs the tansu broker and Prometheus (SLUICE_SKIP_BROKER_TESTS)"
+)]
 #[test]
 fn a_load_step_scales_up_promptly_drains_scales_down_and_keeps_the_output_exact() {
-    let Some(tansu) = Tansu::start() else {
-        return;
-    };
+    let tansu = Tansu::start();
     tansu.create_topics(&[("readings", 6), ("out", 3)]);
     let dir = scratch("local-autoscaling");
-    let Some(prometheus) = Prometheus::start(&dir.join("prometheus"), &[]) else {
-        return;
-    };
+    let prometheus = Prometheus::start(&dir.join("prometheus"), &[]);
     let manifest = manifest(&dir, 1, "10s");
     let mut local = local_mode(&dir, &manifest, &tansu, &prometheus);
     // One slot does 500/s: 150/s is 30% of it, 800/s needs 3 slots at the 70% target.
@@ -367,16 +367,16 @@ fn a_load_step_scales_up_promptly_drains_scales_down_and_keeps_the_output_exact(
     cleanup(&dir);
 }
 
+#[cfg_attr(
+    sluice_skip_broker_tests,
+    ignore = "needs the tansu broker and Prometheus (SLUICE_SKIP_BROKER_TESTS)"
+)]
 #[test]
 fn with_prometheus_gone_the_autoscaler_holds_and_never_scales_down() {
-    let Some(tansu) = Tansu::start() else {
-        return;
-    };
+    let tansu = Tansu::start();
     tansu.create_topics(&[("readings", 6), ("out", 3)]);
     let dir = scratch("local-outage");
-    let Some(prometheus) = Prometheus::start(&dir.join("prometheus"), &[]) else {
-        return;
-    };
+    let prometheus = Prometheus::start(&dir.join("prometheus"), &[]);
     // Two slots for a load one slot carries at 30%: a scale-down waits for its 15 s delay.
     let manifest = manifest(&dir, 2, "15s");
     let mut local = local_mode(&dir, &manifest, &tansu, &prometheus);

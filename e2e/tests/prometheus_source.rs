@@ -82,14 +82,16 @@ fn now() -> f64 {
         .as_secs_f64()
 }
 
+#[cfg_attr(
+    sluice_skip_broker_tests,
+    ignore = "needs the tansu broker and Prometheus (SLUICE_SKIP_BROKER_TESTS)"
+)]
 #[test]
 fn the_prometheus_source_reads_rates_lag_and_shares_over_the_window_and_unknown_when_absent() {
     let dir = std::env::temp_dir().join(format!("sluice-e2e-prometheus-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let runtime = stand_in_runtime();
-    let Some(prometheus) = Prometheus::start(&dir, &[runtime]) else {
-        return;
-    };
+    let prometheus = Prometheus::start(&dir, &[runtime]);
     let source = Source::new(&prometheus.url, 1.0).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

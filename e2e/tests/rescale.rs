@@ -11,11 +11,13 @@ use std::time::Duration;
 use common::{PARTITIONS, finish, launch, scratch, seed, stream};
 use pipeline_e2e::{broker::Tansu, dataset::Dataset};
 
+#[cfg_attr(
+    sluice_skip_broker_tests,
+    ignore = "needs the tansu broker and Prometheus (SLUICE_SKIP_BROKER_TESTS)"
+)]
 #[test]
 fn scaling_from_one_to_three_to_two_to_four_processes_mid_stream_keeps_every_window_exact() {
-    let Some(tansu) = Tansu::start() else {
-        return;
-    };
+    let tansu = Tansu::start();
     let seed = seed();
     tansu.create_topics(&[("readings", PARTITIONS), ("out", 3)]);
     let data = Dataset::generate(200_000, 400, PARTITIONS, 5, seed);

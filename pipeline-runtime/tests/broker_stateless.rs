@@ -8,9 +8,13 @@ use pipeline_runtime::runtime::{Runtime, RuntimeOptions};
 use serde_json::{Value, json};
 use support::{Rng, Tansu, metric_sum, produce_one_per_batch, spec};
 
+#[cfg_attr(
+    sluice_skip_broker_tests,
+    ignore = "needs the tansu broker and Prometheus (SLUICE_SKIP_BROKER_TESTS)"
+)]
 #[test]
 fn a_missing_sink_topic_is_named_and_nothing_is_consumed_until_it_exists() {
-    let Some(broker) = Tansu::start() else { return };
+    let broker = Tansu::start();
     broker.create_topics(&[("events", 2), ("events-dlq", 1)]);
     let records: Vec<_> = (0..200)
         .map(|i| {
@@ -78,9 +82,13 @@ fn a_missing_sink_topic_is_named_and_nothing_is_consumed_until_it_exists() {
     runtime.join();
 }
 
+#[cfg_attr(
+    sluice_skip_broker_tests,
+    ignore = "needs the tansu broker and Prometheus (SLUICE_SKIP_BROKER_TESTS)"
+)]
 #[test]
 fn stateless_pipeline_forwards_filtered_projections_keeps_keys_and_dead_letters_bad_records() {
-    let Some(broker) = Tansu::start() else { return };
+    let broker = Tansu::start();
     broker.create_topics(&[("orders", 4), ("big-orders", 2), ("orders-dlq", 1)]);
     let mut rng = Rng::new(3);
     let mut records = Vec::new();
@@ -191,12 +199,16 @@ fn flaky_registry(
     (url, served)
 }
 
+#[cfg_attr(
+    sluice_skip_broker_tests,
+    ignore = "needs the tansu broker and Prometheus (SLUICE_SKIP_BROKER_TESTS)"
+)]
 #[test]
 fn an_unavailable_schema_registry_holds_the_partitions_keeps_the_slot_in_its_group_and_every_record_passes_once_it_answers()
  {
     const SCHEMA: &str =
         r#"{"type":"record","name":"Reading","fields":[{"name":"id","type":"long"}]}"#;
-    let Some(broker) = Tansu::start() else { return };
+    let broker = Tansu::start();
     broker.create_topics(&[("avro-in", 2), ("avro-out", 2)]);
     // Down for longer than max.poll.interval.ms: a slot that waited for it without polling would
     // be evicted from its group and rebalanced.

@@ -80,9 +80,13 @@ fn check_outputs(
     }
 }
 
+#[cfg_attr(
+    sluice_skip_broker_tests,
+    ignore = "needs the tansu broker and Prometheus (SLUICE_SKIP_BROKER_TESTS)"
+)]
 #[test]
 fn tumbling_windows_with_repartitioning_on_three_slots_equal_the_offline_reference() {
-    let Some(broker) = Tansu::start() else { return };
+    let broker = Tansu::start();
     let partitions = 6;
     broker.create_topics(&[
         ("readings", partitions),
@@ -210,9 +214,13 @@ fn tumbling_windows_with_repartitioning_on_three_slots_equal_the_offline_referen
     a.join();
 }
 
+#[cfg_attr(
+    sluice_skip_broker_tests,
+    ignore = "needs the tansu broker and Prometheus (SLUICE_SKIP_BROKER_TESTS)"
+)]
 #[test]
 fn session_windows_on_a_keyed_topic_without_repartitioning_equal_the_offline_reference() {
-    let Some(broker) = Tansu::start() else { return };
+    let broker = Tansu::start();
     let partitions = 4;
     broker.create_topics(&[("clicks", partitions), ("sessions", 2)]);
 
