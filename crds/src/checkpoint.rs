@@ -36,6 +36,14 @@ pub struct CheckpointSpec {
     #[serde(default = "default_retain")]
     #[schemars(range(min = 1, max = 100))]
     pub retain: i32,
+
+    /// Consecutive failed checkpoints a slot tolerates (storage unreachable, a commit refused)
+    /// while it keeps processing from the last good one; one more restarts the slot from that
+    /// checkpoint (Flink's `tolerable-failed-checkpoints`). With exactly-once delivery any failure
+    /// aborts the transaction and restarts the slot. Defaults to 3.
+    #[serde(default = "default_tolerable_failures")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub tolerable_failures: i32,
 }
 
 impl CheckpointSpec {
@@ -45,6 +53,7 @@ impl CheckpointSpec {
             interval: default_interval(),
             storage,
             retain: default_retain(),
+            tolerable_failures: default_tolerable_failures(),
         }
     }
 }
@@ -54,6 +63,10 @@ fn default_interval() -> Duration {
 }
 
 fn default_retain() -> i32 {
+    3
+}
+
+fn default_tolerable_failures() -> i32 {
     3
 }
 

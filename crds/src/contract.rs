@@ -175,6 +175,9 @@ pub mod metrics {
     pub const CHECKPOINT_BYTES: &str = "pipeline_checkpoint_bytes";
     /// Checkpoints by result (counter; label result = success | failure).
     pub const CHECKPOINTS_TOTAL: &str = "pipeline_checkpoints_total";
+    /// Checkpoints failed in a row, per slot (gauge; 0 after a success). Past
+    /// `checkpoint.tolerableFailures` the slot restarts from its last good checkpoint.
+    pub const CHECKPOINT_FAILURES_IN_A_ROW: &str = "pipeline_checkpoint_failures_in_a_row";
     /// Duration of restoring a partition's state (histogram).
     pub const RESTORE_DURATION_SECONDS: &str = "pipeline_restore_duration_seconds";
     /// Restores that failed: no readable snapshot for the committed offset (counter; the

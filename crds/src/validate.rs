@@ -721,6 +721,11 @@ fn delivery_and_checkpoint(c: &mut Collector, spec: &PipelineDeploymentSpec) {
         "spec.checkpoint.interval",
         "must be at least 100ms",
     );
+    c.check(
+        (0..=1000).contains(&cp.tolerable_failures),
+        "spec.checkpoint.tolerableFailures",
+        "must be 0 to 1000",
+    );
     if spec.delivery == DeliveryGuarantee::ExactlyOnce {
         c.check(
             cp.interval <= MAX_EXACTLY_ONCE_CHECKPOINT_INTERVAL,

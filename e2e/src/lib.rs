@@ -6,3 +6,4 @@ pub mod broker;
 pub mod dataset;
 pub mod process;
 pub mod prometheus;
+pub mod s3;

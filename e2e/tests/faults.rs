@@ -56,8 +56,17 @@ fn start_owning_every_partition(
     launch: &pipeline_e2e::process::Launch,
     pod: &str,
 ) -> RuntimeProcess {
+    start_owning_every_partition_with(launch, pod, &[])
+}
+
+/// [`start_owning_every_partition`] with extra environment variables.
+fn start_owning_every_partition_with(
+    launch: &pipeline_e2e::process::Launch,
+    pod: &str,
+    env: &[(&str, &str)],
+) -> RuntimeProcess {
     for attempt in 1..=3 {
-        let mut p = launch.start(pod);
+        let mut p = launch.start_with_env(pod, env);
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             let owned = p
@@ -293,5 +302,137 @@ fn a_record_that_makes_a_slot_panic_is_dead_lettered_and_the_process_keeps_runni
         std::thread::sleep(Duration::from_millis(200));
     }
     process.terminate(Duration::from_secs(20));
+    common::cleanup(&dir);
+}
+
+/// The sum of `name`'s series whose labels include `label` (e.g. `result="success"`).
+fn metric_with(text: &str, name: &str, label: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Waits up to 60 s until `check` holds for the process's metrics.
+fn wait_for_metrics(process: &RuntimeProcess, what: &str, check: impl Fn(&str) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if process.metrics().is_some_and(|t| check(&t)) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[cfg_attr(
+    sluice_skip_broker_tests,
+    ignore = "needs the tansu broker and moto_server (SLUICE_SKIP_BROKER_TESTS)"
+)]
+#[test]
+fn s3_checkpoints_go_on_through_a_store_outage_prune_and_restore_exactly_after_a_crash() {
+    use pipeline_e2e::s3::{MotoS3, Proxy};
+    let tansu = Tansu::start();
+    let seed = seed();
+    tansu.create_topics(&[("readings", PARTITIONS), ("out", 1)]);
+    let data = Dataset::generate(30_000, 60, PARTITIONS, 5, seed);
+    let dir = scratch("s3");
+    let s3 = MotoS3::start();
+    s3.create_bucket("sluice-checkpoints");
+    let proxy = Proxy::start(s3.port);
+    let launch = launch(&tansu, &dir, "s3ckpt", "at-least-once", "readings", "out");
+    // The test pipeline, with its snapshots on S3 (plain http: a test server) behind the proxy.
+    let manifest = std::fs::read_to_string(&launch.manifest).unwrap();
+    let local = manifest
+        .lines()
+        .find(|l| l.contains("storage:"))
+        .unwrap()
+        .to_owned();
+    let manifest = manifest.replace(
+        &local,
+        &format!(
+            "    tolerableFailures: 1000\n    storage: {{s3: {{bucket: sluice-checkpoints, region: us-east-1, endpoint: 'http://127.0.0.1:{}'}}}}",
+            proxy.port
+        ),
+    );
+    std::fs::write(&launch.manifest, manifest).unwrap();
+    let credentials = [
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("AWS_DEFAULT_REGION", "us-east-1"),
+    ];
+    let thirds: Vec<_> = data.records.chunks(10_000).collect();
+    produce_one_per_batch(&tansu.bootstrap, "readings", thirds[0]);
+    let mut p = launch.start_with_env("s3ckpt-0", &credentials);
+    wait_for_metrics(&p, "checkpoints on S3", |t| {
+        metric_sum(t, "pipeline_partition_position") >= 10_000.0
+            && metric_with(t, "pipeline_checkpoints_total", "result=\"success\"") >= 2.0
+    });
+    let prefix = "e2e/s3ckpt/sluice.e2e.s3ckpt/readings/";
+    assert!(
+        s3.keys("sluice-checkpoints", prefix)
+            .iter()
+            .any(|k| k.ends_with(".snap")),
+        "snapshots on S3"
+    );
+
+    // The store goes away: the slot goes on processing, and its checkpoints fail.
+    proxy.set_up(false);
+    let outage = Instant::now();
+    produce_one_per_batch(&tansu.bootstrap, "readings", thirds[1]);
+    wait_for_metrics(&p, "processing through the outage", |t| {
+        metric_sum(t, "pipeline_partition_position") >= 20_000.0
+            && metric_sum(t, "pipeline_checkpoint_failures_in_a_row") >= 1.0
+    });
+    assert!(
+        outage.elapsed() < Duration::from_secs(50),
+        "the outage held processing up for {:?}",
+        outage.elapsed()
+    );
+    assert!(p.is_running());
+    assert_eq!(
+        metric_sum(&p.metrics().unwrap(), "pipeline_slot_restarts_total"),
+        0.0
+    );
+    // Back: checkpoints succeed again, and old snapshots are pruned.
+    proxy.set_up(true);
+    wait_for_metrics(&p, "a checkpoint after the outage", |t| {
+        metric_sum(t, "pipeline_checkpoint_failures_in_a_row") == 0.0
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    for partition in 0..PARTITIONS {
+        let snapshots = s3
+            .keys("sluice-checkpoints", &format!("{prefix}{partition}/"))
+            .len();
+        // retain 3 committed ones, plus at most one written but not committed yet.
+        assert!(
+            (1..=4).contains(&snapshots),
+            "partition {partition}: {snapshots} snapshots"
+        );
+    }
+
+    // A crash: the next process restores every partition from S3 and the output is exact.
+    p.kill();
+    let p = start_owning_every_partition_with(&launch, "s3ckpt-1", &credentials);
+    produce_one_per_batch(&tansu.bootstrap, "readings", thirds[2]);
+    produce_one_per_batch(
+        &tansu.bootstrap,
+        "readings",
+        &data.closing_records(PARTITIONS),
+    );
+    let (comparison, _) = await_output(&tansu, "out", &data.reference(), Duration::from_secs(120));
+    let restored = metric_with(
+        &p.metrics().unwrap_or_default(),
+        "pipeline_restore_duration_seconds_count",
+        "",
+    );
+    drop(p);
+    assert!(
+        comparison.exact(),
+        "logs in {}:\n{}",
+        dir.display(),
+        comparison.problems.join("\n")
+    );
+    assert!(restored >= 1.0, "partitions restored from S3");
     common::cleanup(&dir);
 }

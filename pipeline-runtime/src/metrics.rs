@@ -147,6 +147,8 @@ pub struct Metrics {
     pub checkpoint_bytes: Family<SlotLabels, Gauge>,
     /// Checkpoints by result.
     pub checkpoints: Family<ResultLabels, Counter>,
+    /// Checkpoints failed in a row, per slot.
+    pub checkpoint_failures_in_a_row: Family<SlotLabels, Gauge>,
     /// Restore duration per partition.
     pub restore_duration: Family<SlotLabels, Histogram, fn() -> Histogram>,
     /// Failed restores by reason.
@@ -196,6 +198,7 @@ impl Metrics {
             ),
             checkpoint_bytes: Family::default(),
             checkpoints: Family::default(),
+            checkpoint_failures_in_a_row: Family::default(),
             restore_duration: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
             restore_failures: Family::default(),
             partition_pause: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
@@ -332,6 +335,11 @@ impl Metrics {
             names::CHECKPOINT_BYTES,
             "Snapshot bytes written by the slot's last checkpoint",
             m.checkpoint_bytes
+        );
+        register!(
+            names::CHECKPOINT_FAILURES_IN_A_ROW,
+            "Checkpoints failed in a row (checkpoint.tolerableFailures more restart the slot)",
+            m.checkpoint_failures_in_a_row
         );
         register!(
             names::CHECKPOINTS_TOTAL,

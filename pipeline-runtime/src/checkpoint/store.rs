@@ -10,10 +10,12 @@
 //! The slot threads are synchronous; each store owns a current-thread Tokio runtime and blocks on
 //! it, so object-store I/O happens on the slot's own thread.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use object_store::{
-    ObjectStore, ObjectStoreExt, PutPayload, aws::AmazonS3Builder, local::LocalFileSystem,
+    BackoffConfig, ClientConfigKey, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig,
+    aws::{AmazonS3Builder, AmazonS3ConfigKey},
+    local::LocalFileSystem,
     path::Path,
 };
 use pipeline_crds::{
@@ -243,7 +245,27 @@ fn s3_store(s3: &S3Storage) -> Result<impl ObjectStore, StoreError> {
             .with_endpoint(endpoint)
             .with_allow_http(endpoint.starts_with("http://"));
     }
+    // Bounded: a store that does not answer fails a checkpoint within about 20 s (the slot goes
+    // on processing, see `checkpoint.tolerableFailures`) instead of holding the slot for the
+    // library's default of minutes of retries, past the group's max.poll.interval.
+    let retry = RetryConfig {
+        backoff: BackoffConfig {
+            init_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(2),
+            base: 2.0,
+        },
+        max_retries: 3,
+        retry_timeout: Duration::from_secs(15),
+    };
+    // Set key by key: `with_client_options` would replace the options set so far (allow_http,
+    // and those read from the environment).
     builder
+        .with_retry(retry)
+        .with_config(
+            AmazonS3ConfigKey::Client(ClientConfigKey::ConnectTimeout),
+            "2s",
+        )
+        .with_config(AmazonS3ConfigKey::Client(ClientConfigKey::Timeout), "10s")
         .build()
         .map_err(|e| StoreError::Config(format!("S3 bucket {}: {e}", s3.bucket)))
 }

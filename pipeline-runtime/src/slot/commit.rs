@@ -2,7 +2,7 @@
 //! checkpoint (snapshots of window state, offsets, and in exactly-once mode the transaction).
 
 use std::{
-    sync::Mutex,
+    sync::{Mutex, atomic::Ordering},
     time::{Duration, Instant},
 };
 
@@ -96,8 +96,11 @@ pub(super) fn checkpoint(
                     stored.push((topic, partition, snapshot.next_offset, progress));
                 }
                 Err(e) => {
-                    warn!(slot = %ctx.labels.slot, topic = name, partition, error = %e, "snapshot not written; the partition keeps its previous checkpoint");
+                    warn!(slot = %ctx.labels.slot, topic = name, partition, error = %e, "snapshot not written; the slot's partitions keep their previous checkpoint");
                     failed = Some(e.to_string());
+                    // The store is likely down for the other partitions too: one bounded wait
+                    // per checkpoint, not one per partition.
+                    break;
                 }
             }
         }
@@ -176,6 +179,32 @@ pub(super) fn checkpoint(
         "failure"
     } else {
         "success"
+    };
+    let in_a_row = match &failed {
+        Some(_) => ctx.failed_checkpoints.fetch_add(1, Ordering::Relaxed) + 1,
+        None => {
+            ctx.failed_checkpoints.store(0, Ordering::Relaxed);
+            0
+        }
+    };
+    m.checkpoint_failures_in_a_row
+        .get_or_create(&ctx.labels)
+        .set(i64::try_from(in_a_row).unwrap_or(i64::MAX));
+    let tolerated = ctx
+        .plan
+        .checkpoint
+        .as_ref()
+        .map_or(0, |c| u64::try_from(c.tolerable_failures).unwrap_or(0));
+    let result = match (result, &failed) {
+        (Ok(()), Some(reason)) if in_a_row > tolerated => Err(SlotError::Restore(format!(
+            "{in_a_row} checkpoints failed in a row, more than checkpoint.tolerableFailures \
+             ({tolerated}): restarting from the last good one; last failure: {reason}"
+        ))),
+        (Ok(()), Some(_)) => {
+            warn!(slot = %ctx.labels.slot, in_a_row, tolerated, "checkpoint failed; processing goes on from the last good one");
+            Ok(())
+        }
+        (result, _) => result,
     };
     m.checkpoints
         .get_or_create(&Metrics::result_labels(&ctx.labels, outcome))

@@ -57,6 +57,8 @@ pub(super) struct SlotContext {
     /// Revocations (and losses) so far: the loop drops polled records of partitions revoked
     /// before it processed them.
     pub(super) revocations: AtomicU64,
+    /// Checkpoints failed in a row (see `checkpoint.tolerableFailures`).
+    pub(super) failed_checkpoints: AtomicU64,
 }
 
 impl ClientContext for SlotContext {

@@ -194,6 +194,7 @@ pub fn run(config: &SlotConfig, stop: &Arc<AtomicBool>) -> Result<(), SlotError>
         failure: Mutex::new(None),
         paused: Mutex::new(TopicPartitionList::new()),
         revocations: AtomicU64::new(0),
+        failed_checkpoints: AtomicU64::new(0),
         plan: plan.clone(),
         core: core.clone(),
         sink: sink.clone(),
