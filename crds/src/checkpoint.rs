@@ -44,6 +44,28 @@ pub struct CheckpointSpec {
     #[serde(default = "default_tolerable_failures")]
     #[schemars(range(min = 0, max = 1000))]
     pub tolerable_failures: i32,
+
+    /// What a slot does with a partition whose committed offset has no state it can restore
+    /// because the pipeline changed: its window, aggregates, key or event time changed (the
+    /// snapshot's fingerprint differs), or checkpoints were just turned on for a pipeline that
+    /// already committed offsets. `fail` (default) pauses the partition, reports it
+    /// (`pipeline_partition_paused`, `/readyz`, the `PartitionsPaused` condition) and waits for
+    /// someone to decide; `reset` starts it with empty state from the committed offset (windows
+    /// open at that moment lose what came before it), counted in
+    /// `pipeline_state_resets_total`. Corrupt snapshots are never reset.
+    #[serde(default)]
+    pub on_incompatible_state: IncompatibleStatePolicy,
+}
+
+/// What to do with state that does not fit the changed pipeline (see `onIncompatibleState`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum IncompatibleStatePolicy {
+    /// Pause the partition and report it.
+    #[default]
+    Fail,
+    /// Start the partition with empty state from its committed offset.
+    Reset,
 }
 
 impl CheckpointSpec {
@@ -54,6 +76,7 @@ impl CheckpointSpec {
             storage,
             retain: default_retain(),
             tolerable_failures: default_tolerable_failures(),
+            on_incompatible_state: IncompatibleStatePolicy::default(),
         }
     }
 }

@@ -183,6 +183,9 @@ pub mod metrics {
     /// Restores that failed: no readable snapshot for the committed offset (counter; the
     /// partition is paused). Label reason = missing | unreadable | storage | mismatch.
     pub const RESTORE_FAILURES_TOTAL: &str = "pipeline_restore_failures_total";
+    /// Partitions started with empty state under `checkpoint.onIncompatibleState: reset`
+    /// (counter; label result = missing | incompatible | mismatch).
+    pub const STATE_RESETS_TOTAL: &str = "pipeline_state_resets_total";
     /// Per moved partition: from the snapshot its previous owner wrote (at revocation, or the
     /// last periodic one after a crash) to its state restored by the new owner (histogram).
     pub const PARTITION_PAUSE_SECONDS: &str = "pipeline_partition_pause_seconds";

@@ -436,3 +436,72 @@ fn s3_checkpoints_go_on_through_a_store_outage_prune_and_restore_exactly_after_a
     assert!(restored >= 1.0, "partitions restored from S3");
     common::cleanup(&dir);
 }
+
+#[cfg_attr(
+    sluice_skip_broker_tests,
+    ignore = "needs the tansu broker (SLUICE_SKIP_BROKER_TESTS)"
+)]
+#[test]
+fn a_changed_window_pauses_partitions_and_says_so_unless_on_incompatible_state_is_reset() {
+    let tansu = Tansu::start();
+    let seed = seed();
+    tansu.create_topics(&[("readings", PARTITIONS), ("out", 1)]);
+    let data = Dataset::generate(12_000, 60, PARTITIONS, 5, seed);
+    let dir = scratch("incompatible");
+    let launch = launch(&tansu, &dir, "changed", "at-least-once", "readings", "out");
+    let (first, rest) = data.records.split_at(6_000);
+    produce_one_per_batch(&tansu.bootstrap, "readings", first);
+    let mut p = start_owning_every_partition(&launch, "changed-0");
+    wait_until_read(&p, first.len());
+    std::thread::sleep(Duration::from_secs(3)); // a checkpoint or two
+    p.terminate(Duration::from_secs(30));
+
+    // The window changes: every snapshot's fingerprint differs from the pipeline's.
+    let original = std::fs::read_to_string(&launch.manifest).unwrap();
+    let changed = original.replace("tumbling: {size: 10s}", "tumbling: {size: 20s}");
+    assert_ne!(changed, original);
+    std::fs::write(&launch.manifest, &changed).unwrap();
+    let p = start_owning_every_partition(&launch, "changed-1");
+    let ready = format!("http://127.0.0.1:{}/readyz", p.metrics_port);
+    wait_for_metrics(&p, "paused partitions", |t| {
+        metric_sum(t, "pipeline_partition_paused") == f64::from(PARTITIONS)
+    });
+    let (status, body) = pipeline_e2e::process::http_get(&ready).unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("partitions paused because their state cannot be restored")
+            && body.contains("readings/0"),
+        "{body}"
+    );
+    drop(p);
+
+    // With reset, the partitions start empty from their committed offsets and run.
+    let reset = changed.replace(
+        "    retain: 3\n",
+        "    retain: 3\n    onIncompatibleState: reset\n",
+    );
+    assert_ne!(reset, changed);
+    std::fs::write(&launch.manifest, &reset).unwrap();
+    let p = start_owning_every_partition(&launch, "changed-2");
+    wait_for_metrics(&p, "state resets", |t| {
+        metric_sum(t, "pipeline_state_resets_total") == f64::from(PARTITIONS)
+            && metric_sum(t, "pipeline_partition_paused") == 0.0
+    });
+    produce_one_per_batch(&tansu.bootstrap, "readings", rest);
+    wait_until_read(&p, data.records.len());
+    let ready = format!("http://127.0.0.1:{}/readyz", p.metrics_port);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let answer = pipeline_e2e::process::http_get(&ready);
+        if answer.as_ref().is_some_and(|(s, _)| *s == 200) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not ready after the reset: {answer:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(p);
+    common::cleanup(&dir);
+}

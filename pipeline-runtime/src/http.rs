@@ -103,6 +103,20 @@ impl Health {
     pub fn is_ready(&self) -> bool {
         !self.stopping.load(Ordering::SeqCst)
             && self.running.load(Ordering::SeqCst) == self.slots.load(Ordering::SeqCst)
+            && self.paused_reason().is_none()
+    }
+
+    /// Why partitions wait (their state cannot be restored), if any do.
+    pub fn paused_reason(&self) -> Option<String> {
+        let watches = self.watches.lock().unwrap_or_else(|p| p.into_inner());
+        let paused: Vec<String> = watches.iter().flat_map(|w| w.paused()).collect();
+        (!paused.is_empty()).then(|| {
+            format!(
+                "partitions paused because their state cannot be restored \
+                 (checkpoint.onIncompatibleState: fail): {}",
+                paused.join(", ")
+            )
+        })
     }
 }
 
@@ -152,7 +166,11 @@ async fn alive(State(state): State<Arc<AppState>>) -> impl IntoResponse {
 async fn ready(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     if state.health.is_ready() {
         (StatusCode::OK, "ready".to_owned())
-    } else if let Some(reason) = state.health.blocked() {
+    } else if let Some(reason) = state
+        .health
+        .blocked()
+        .or_else(|| state.health.paused_reason())
+    {
         (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("not ready: {reason}"),

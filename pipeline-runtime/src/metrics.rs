@@ -153,6 +153,8 @@ pub struct Metrics {
     pub restore_duration: Family<SlotLabels, Histogram, fn() -> Histogram>,
     /// Failed restores by reason.
     pub restore_failures: Family<ResultLabels, Counter>,
+    /// Partitions started with empty state (`onIncompatibleState: reset`), by reason.
+    pub state_resets: Family<ResultLabels, Counter>,
     /// Pause per moved partition.
     pub partition_pause: Family<SlotLabels, Histogram, fn() -> Histogram>,
     /// Topics that keep the pipeline from starting.
@@ -201,6 +203,7 @@ impl Metrics {
             checkpoint_failures_in_a_row: Family::default(),
             restore_duration: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
             restore_failures: Family::default(),
+            state_resets: Family::default(),
             partition_pause: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
             topics_missing: Family::default(),
             registry: Registry::default(),
@@ -340,6 +343,11 @@ impl Metrics {
             names::CHECKPOINT_FAILURES_IN_A_ROW,
             "Checkpoints failed in a row (checkpoint.tolerableFailures more restart the slot)",
             m.checkpoint_failures_in_a_row
+        );
+        register!(
+            names::STATE_RESETS_TOTAL,
+            "Partitions started with empty state (checkpoint.onIncompatibleState: reset)",
+            m.state_resets
         );
         register!(
             names::CHECKPOINTS_TOTAL,

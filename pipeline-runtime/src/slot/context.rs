@@ -22,7 +22,7 @@ use rdkafka::{
 use tracing::{debug, error, info, warn};
 
 use crate::{
-    checkpoint::{CheckpointError, Checkpointer},
+    checkpoint::{CheckpointError, Checkpointer, snapshot::SnapshotError},
     metrics::{Metrics, SlotLabels},
     plan::{Plan, TopicIndex},
     sink::Sink,
@@ -59,6 +59,8 @@ pub(super) struct SlotContext {
     pub(super) revocations: AtomicU64,
     /// Checkpoints failed in a row (see `checkpoint.tolerableFailures`).
     pub(super) failed_checkpoints: AtomicU64,
+    /// The slot's progress and paused partitions, for the health endpoints.
+    pub(super) watch: Arc<super::SlotWatch>,
 }
 
 impl ClientContext for SlotContext {
@@ -141,6 +143,7 @@ impl ConsumerContext for SlotContext {
                 .unwrap_or_else(PoisonError::into_inner);
             for e in revoked.elements() {
                 ends.remove(&(e.topic().to_owned(), e.partition()));
+                self.watch.set_paused(e.topic(), e.partition(), false);
             }
         }
         if self.checkpoints() {
@@ -214,6 +217,8 @@ impl ConsumerContext for SlotContext {
                     self.fail(format!("pausing partitions without state: {e}"));
                 }
                 for element in paused.elements() {
+                    self.watch
+                        .set_paused(element.topic(), element.partition(), true);
                     self.metrics
                         .paused
                         .get_or_create(&Metrics::partition_labels(
@@ -300,6 +305,9 @@ impl SlotContext {
             }
         };
         let mut paused = TopicPartitionList::new();
+        let reset = self.plan.checkpoint.as_ref().is_some_and(|c| {
+            c.on_incompatible_state == pipeline_crds::checkpoint::IncompatibleStatePolicy::Reset
+        });
         let mut core = self.core.lock().unwrap_or_else(PoisonError::into_inner);
         for mut element in assigned.elements() {
             let (name, partition) = (element.topic().to_owned(), element.partition());
@@ -334,9 +342,13 @@ impl SlotContext {
                             .restore(topic, partition, restored.snapshot, Instant::now())
                     {
                         failure("mismatch");
-                        error!(slot = %self.labels.slot, path = %restored.file.path, error = %e, "snapshot does not fit this pipeline; partition paused");
                         core.processor.release(topic, partition);
-                        let _ = paused.add_partition(&name, partition);
+                        if reset {
+                            self.reset_state(&mut core, topic, &name, partition, "mismatch", &e);
+                        } else {
+                            error!(slot = %self.labels.slot, path = %restored.file.path, error = %e, "snapshot does not fit this pipeline; partition paused");
+                            let _ = paused.add_partition(&name, partition);
+                        }
                         continue;
                     }
                     if let Err(e) = element.set_offset(Offset::Offset(resume)) {
@@ -361,17 +373,45 @@ impl SlotContext {
                     return;
                 }
                 Err(e) => {
-                    failure(match e {
-                        CheckpointError::Missing { .. } => "missing",
-                        _ => "unreadable",
-                    });
-                    error!(slot = %self.labels.slot, topic = name, partition, error = %e, "partition paused: its state cannot be restored");
+                    let (reason, incompatible) = match &e {
+                        CheckpointError::Missing { .. } => ("missing", true),
+                        CheckpointError::Unreadable {
+                            source: SnapshotError::Fingerprint { .. },
+                            ..
+                        } => ("incompatible", true),
+                        _ => ("unreadable", false),
+                    };
+                    failure(reason);
                     core.processor.release(topic, partition);
-                    let _ = paused.add_partition(&name, partition);
+                    if reset && incompatible {
+                        self.reset_state(&mut core, topic, &name, partition, reason, &e);
+                    } else {
+                        error!(slot = %self.labels.slot, topic = name, partition, error = %e, "partition paused: its state cannot be restored");
+                        let _ = paused.add_partition(&name, partition);
+                    }
                 }
             }
         }
         *self.paused.lock().unwrap_or_else(PoisonError::into_inner) = paused;
+    }
+
+    /// `onIncompatibleState: reset`: the partition starts with empty state from its committed
+    /// offset (its assignment keeps that offset).
+    fn reset_state(
+        &self,
+        core: &mut Core,
+        topic: TopicIndex,
+        name: &str,
+        partition: i32,
+        reason: &str,
+        error: &dyn std::fmt::Display,
+    ) {
+        core.processor.assign(topic, partition, Instant::now());
+        self.metrics
+            .state_resets
+            .get_or_create(&Metrics::result_labels(&self.labels, reason))
+            .inc();
+        warn!(slot = %self.labels.slot, topic = name, partition, %error, "state reset (checkpoint.onIncompatibleState: reset): the partition starts empty from its committed offset");
     }
 
     pub(super) fn fail(&self, reason: String) {

@@ -195,6 +195,7 @@ pub fn run(config: &SlotConfig, stop: &Arc<AtomicBool>) -> Result<(), SlotError>
         paused: Mutex::new(TopicPartitionList::new()),
         revocations: AtomicU64::new(0),
         failed_checkpoints: AtomicU64::new(0),
+        watch: config.watch.clone(),
         plan: plan.clone(),
         core: core.clone(),
         sink: sink.clone(),

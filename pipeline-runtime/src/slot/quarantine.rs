@@ -1,6 +1,7 @@
-//! Containing panics: what a slot is doing, for the supervisor that catches its panic, and the
-//! records that made a slot panic, which its restart dead-letters instead of processing again
-//! (else one record would crash the slot on every replay).
+//! What a slot is doing, for the supervisor that contains its panics and for the health
+//! endpoints (progress, partitions paused for lost state), and the records that made a slot
+//! panic, which its restart dead-letters instead of processing again (else one record would
+//! crash the slot on every replay).
 
 use std::{
     collections::HashMap,
@@ -23,6 +24,8 @@ pub struct SlotWatch {
     offset: AtomicI64,
     /// When the slot loop last went round (ms since the epoch; 0 = not running).
     heartbeat_ms: AtomicI64,
+    /// Partitions paused because their state cannot be restored, as `topic/partition`.
+    paused: Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl Default for SlotWatch {
@@ -32,6 +35,7 @@ impl Default for SlotWatch {
             partition: AtomicI32::new(0),
             offset: AtomicI64::new(0),
             heartbeat_ms: AtomicI64::new(0),
+            paused: Mutex::new(std::collections::BTreeSet::new()),
         }
     }
 }
@@ -66,9 +70,34 @@ impl SlotWatch {
         self.heartbeat_ms.store(now_ms, Ordering::Relaxed);
     }
 
-    /// The slot stopped (a stopped slot is not stuck).
+    /// The slot stopped (a stopped slot is not stuck, and pauses nothing).
     pub fn stopped(&self) {
         self.heartbeat_ms.store(0, Ordering::Relaxed);
+        self.paused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
+    /// A partition was paused (`true`) because its state cannot be restored, or left (`false`).
+    pub fn set_paused(&self, topic: &str, partition: i32, paused: bool) {
+        let mut set = self.paused.lock().unwrap_or_else(|p| p.into_inner());
+        let name = format!("{topic}/{partition}");
+        if paused {
+            set.insert(name);
+        } else {
+            set.remove(&name);
+        }
+    }
+
+    /// The partitions paused for lost or incompatible state.
+    pub fn paused(&self) -> Vec<String> {
+        self.paused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect()
     }
 
     /// The last heartbeat (0 = not running).
