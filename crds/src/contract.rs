@@ -181,7 +181,7 @@ pub mod metrics {
     /// Duration of restoring a partition's state (histogram).
     pub const RESTORE_DURATION_SECONDS: &str = "pipeline_restore_duration_seconds";
     /// Restores that failed: no readable snapshot for the committed offset (counter; the
-    /// partition is paused). Label reason = missing | unreadable | storage | mismatch.
+    /// partition is paused). Label result = missing | incompatible | unreadable | mismatch.
     pub const RESTORE_FAILURES_TOTAL: &str = "pipeline_restore_failures_total";
     /// Partitions started with empty state under `checkpoint.onIncompatibleState: reset`
     /// (counter; label result = missing | incompatible | mismatch).

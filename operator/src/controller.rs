@@ -4,9 +4,12 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    panic::AssertUnwindSafe,
+    sync::{Arc, Mutex, PoisonError},
     time::{Duration, Instant},
 };
+
+use futures::FutureExt;
 
 use k8s_openapi::api::{
     apps::v1::StatefulSet,
@@ -15,7 +18,7 @@ use k8s_openapi::api::{
 };
 use kube::{Api, Client, ResourceExt, runtime::controller::Action};
 use pipeline_crds::PipelineDeployment;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::{
     autoscale::source::{SharedSources, Sources},
@@ -39,6 +42,8 @@ pub struct Context {
     pub partitions: Arc<dyn PartitionSource>,
     /// When each object (by uid) last got a `ReconcileFailed` Event.
     pub error_events: Arc<Mutex<HashMap<String, Instant>>>,
+    /// Reconciles failed in a row, per object (by uid): the retry backoff grows with them.
+    pub failures: Arc<Mutex<HashMap<String, u32>>>,
     /// The autoscaler's metrics sources (direct scrape of the pods, or Prometheus).
     pub metrics_sources: Arc<dyn Sources>,
     /// Seconds since the Unix epoch (a fixed clock in tests).
@@ -75,13 +80,14 @@ impl Context {
             metrics,
             partitions,
             error_events: Arc::default(),
+            failures: Arc::default(),
             metrics_sources: Arc::new(SharedSources::new(Box::new(endpoints))),
             clock: Arc::new(wall_clock),
         }
     }
 }
 
-/// At most one `ReconcileFailed` Event per object in this interval (retries come every 15 s).
+/// At most one `ReconcileFailed` Event per object in this interval (retries back off from 5 s).
 pub const ERROR_EVENT_INTERVAL: Duration = Duration::from_secs(300);
 
 /// Reconciles one PipelineDeployment, counted and timed in the operator's metrics.
@@ -97,9 +103,23 @@ pub async fn reconcile(
         now: (ctx.clock)(),
     };
     let pd = Arc::new(ctx.kube.install.with_defaults(&pd));
-    let result = reconcile_pipeline(inputs, &ctx.kube, &pd).await;
+    // A panic (a bug) fails this object's reconcile, counted and retried with backoff, instead of
+    // taking down the operator and with it every other pipeline's reconciles.
+    let result = AssertUnwindSafe(reconcile_pipeline(inputs, &ctx.kube, &pd))
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|payload| {
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".to_owned());
+            error!(name = %pd.name_any(), panic = %message, "reconcile panicked");
+            Err(ReconcileError::Panicked(message))
+        });
     let label = match &result {
         Ok(reconciled) => reconciled.label,
+        Err(ReconcileError::Panicked(_)) => "panic",
         Err(_) => "error",
     };
     ctx.metrics.reconciled(label, started.elapsed());
@@ -115,7 +135,14 @@ pub async fn reconcile(
         // A later failure is news again; and the map does not keep pipelines that are gone.
         Ok(_) => {
             let uid = pd.uid().unwrap_or_default();
-            ctx.error_events.lock().expect("not poisoned").remove(&uid);
+            ctx.error_events
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&uid);
+            ctx.failures
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&uid);
         }
     }
     result.map(|r| r.requeue.map_or_else(Action::await_change, Action::requeue))
@@ -125,7 +152,10 @@ pub async fn reconcile(
 async fn announce_failure(ctx: &Context, pd: &PipelineDeployment, error: &ReconcileError) {
     let uid = pd.uid().unwrap_or_default();
     {
-        let mut sent = ctx.error_events.lock().expect("not poisoned");
+        let mut sent = ctx
+            .error_events
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if sent
             .get(&uid)
             .is_some_and(|at| at.elapsed() < ERROR_EVENT_INTERVAL)
@@ -143,14 +173,29 @@ async fn announce_failure(ctx: &Context, pd: &PipelineDeployment, error: &Reconc
     events::publish(&ctx.kube.client, &ctx.kube.instance, pd, &[announcement]).await;
 }
 
-/// Retry after a failed reconcile.
+/// Retry after a failed reconcile, per object with exponential backoff: one failing pipeline
+/// (a Secret missing, a broker down) is retried less and less often while the others go on.
 pub fn error_policy(
     pd: Arc<PipelineDeployment>,
     error: &ReconcileError,
-    _ctx: Arc<Context>,
+    ctx: Arc<Context>,
 ) -> Action {
-    warn!(name = %pd.name_any(), %error, "reconcile failed; retrying");
-    Action::requeue(Duration::from_secs(15))
+    let failures = {
+        let mut failures = ctx.failures.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = failures.entry(pd.uid().unwrap_or_default()).or_insert(0);
+        *n = n.saturating_add(1);
+        *n
+    };
+    let retry = retry_after(failures);
+    warn!(name = %pd.name_any(), %error, failures, ?retry, "reconcile failed; retrying");
+    Action::requeue(retry)
+}
+
+/// The wait before retrying a reconcile that failed `failures` times in a row: 5 s, doubling,
+/// at most 5 minutes.
+pub fn retry_after(failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(6);
+    (Duration::from_secs(5) * 2u32.pow(doublings)).min(Duration::from_secs(300))
 }
 
 /// How `run` behaves.

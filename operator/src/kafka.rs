@@ -24,6 +24,10 @@ pub struct KafkaAccess {
     pub properties: BTreeMap<String, String>,
     /// The source topics.
     pub topics: Vec<String>,
+    /// The namespace whose Secrets the credentials came from (empty off-cluster): part of the
+    /// partition cache's key, with the properties, so one tenant's lookup never answers
+    /// another's.
+    pub namespace: String,
 }
 
 impl std::fmt::Debug for KafkaAccess {
@@ -86,7 +90,17 @@ impl KafkaAccess {
                 .into_iter()
                 .map(str::to_owned)
                 .collect(),
+            namespace: String::new(),
         }
+    }
+
+    /// The cache key of this access: its namespace and a hash of every property (credentials
+    /// included, never stored as such).
+    fn cache_scope(&self) -> (String, u64) {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        self.properties.hash(&mut hasher);
+        (self.namespace.clone(), hasher.finish())
     }
 }
 
@@ -290,12 +304,10 @@ pub async fn access(
             .marked(&s.name, "spec.checkpoint.storage.s3.credentialsSecret")
             .await?;
     }
-    Ok(KafkaAccess::with_client_certificate(
-        spec,
-        credentials,
-        ca,
-        client_certificate,
-    ))
+    let mut access =
+        KafkaAccess::with_client_certificate(spec, credentials, ca, client_certificate);
+    access.namespace = namespace.to_owned();
+    Ok(access)
 }
 
 /// How the source topics' partition count is found. Called on a blocking thread.
@@ -307,7 +319,8 @@ pub trait PartitionSource: Send + Sync {
 /// Reads partition counts with a metadata request per topic, remembered for [`TTL`].
 #[derive(Default)]
 pub struct KafkaPartitions {
-    cache: Mutex<HashMap<(String, String), (i32, Instant)>>,
+    /// By (namespace, hash of the client properties with credentials, topic).
+    cache: Mutex<HashMap<(String, u64, String), (i32, Instant)>>,
 }
 
 impl KafkaPartitions {
@@ -319,13 +332,13 @@ impl KafkaPartitions {
         topic: &str,
         consumer: &mut Option<BaseConsumer>,
     ) -> Result<i32, String> {
-        let bootstrap = access
-            .properties
-            .get("bootstrap.servers")
-            .cloned()
-            .unwrap_or_default();
-        let key = (bootstrap, topic.to_owned());
-        if let Some((count, at)) = self.cache.lock().expect("not poisoned").get(&key)
+        let (namespace, scope) = access.cache_scope();
+        let key = (namespace, scope, topic.to_owned());
+        if let Some((count, at)) = self
+            .cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&key)
             && at.elapsed() < TTL
         {
             return Ok(*count);
@@ -355,7 +368,7 @@ impl KafkaPartitions {
         }
         self.cache
             .lock()
-            .expect("not poisoned")
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(key, (count, Instant::now()));
         Ok(count)
     }
@@ -429,5 +442,22 @@ mod tests {
             .partitions(&KafkaAccess::new(&s, None, None))
             .unwrap_err();
         assert!(error.contains("metadata of a"), "{error}");
+    }
+
+    #[test]
+    fn the_partition_cache_is_scoped_by_namespace_and_credentials() {
+        let s = spec(
+            "{bootstrapServers: 'k:9092', securityProtocol: SASL_SSL, sasl: {mechanism: SCRAM-SHA-512, credentialsSecret: {name: kafka}}}",
+        );
+        let alice = KafkaAccess::new(&s, Some(("alice".into(), "a".into())), None);
+        let bob = KafkaAccess::new(&s, Some(("bob".into(), "b".into())), None);
+        assert_ne!(alice.cache_scope(), bob.cache_scope());
+        let mut elsewhere = alice.clone();
+        elsewhere.namespace = "team-b".into();
+        assert_ne!(alice.cache_scope(), elsewhere.cache_scope());
+        assert_eq!(
+            alice.cache_scope(),
+            KafkaAccess::new(&s, Some(("alice".into(), "a".into())), None).cache_scope()
+        );
     }
 }

@@ -123,6 +123,7 @@ pub fn check_topics(pd: &PipelineDeployment) -> Result<i32, LocalError> {
         let one = crate::kafka::KafkaAccess {
             properties: outputs.properties.clone(),
             topics: vec![topic.clone()],
+            namespace: outputs.namespace.clone(),
         };
         lookup.partitions(&one).map_err(|e| {
             LocalError::Kafka(format!(

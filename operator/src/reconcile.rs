@@ -37,6 +37,9 @@ pub enum ReconcileError {
     /// The partition lookup's thread failed.
     #[error("the partition lookup failed: {0}")]
     Lookup(String),
+    /// Reconciling panicked (a bug); contained and counted.
+    #[error("reconcile panicked: {0}")]
+    Panicked(String),
 }
 
 impl From<kube::Error> for ReconcileError {

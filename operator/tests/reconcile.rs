@@ -1038,6 +1038,49 @@ mod autoscaling {
 
     const AUTOSCALED: &str = "  parallelism: 2\n  autoscaler: {enabled: true}\n";
 
+    /// A metrics source with a bug.
+    struct Panicking;
+
+    impl Sources for Panicking {
+        fn source(
+            &self,
+            _: &pipeline_crds::autoscaler::MetricsSource,
+        ) -> Result<Arc<dyn MetricsSource>, PrometheusUrlError> {
+            panic!("a bug in a metrics source")
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panic_in_reconcile_fails_only_that_reconcile_is_counted_and_backs_off() {
+        let pd = running(AUTOSCALED).await;
+        let metrics = Arc::new(OperatorMetrics::default());
+        let m = metrics.clone();
+        let (result, _, _) = Scenario::new(pd)
+            .partitions(Ok(24))
+            .run_on(move |client, partitions, crd, install| {
+                let mut ctx = context(client, m, partitions, crd, install);
+                ctx.metrics_sources = Arc::new(Panicking);
+                ctx.clock = Arc::new(|| NOW);
+                Arc::new(ctx)
+            })
+            .await;
+        let error = result.unwrap_err();
+        assert!(
+            error.contains("reconcile panicked: a bug in a metrics source"),
+            "{error}"
+        );
+        let text = metrics.encode();
+        assert!(
+            text.contains("sluice_operator_reconciles_total{result=\"panic\"} 1"),
+            "{text}"
+        );
+        // Retries back off per object: 5 s, doubling, at most 5 minutes.
+        let waits: Vec<u64> = (1..=9)
+            .map(|n| pipeline_operator::controller::retry_after(n).as_secs())
+            .collect();
+        assert_eq!(waits, [5, 10, 20, 40, 80, 160, 300, 300, 300]);
+    }
+
     /// Reconciles `pd` once at `now` with the autoscaler reading `input`.
     async fn autoscale(
         pd: PipelineDeployment,
