@@ -178,6 +178,32 @@ impl Drop for Tansu {
     }
 }
 
+/// The offsets `group` committed on partitions `0..partitions` of `topic` (`-1`: none), read
+/// without joining the group.
+pub fn committed_offsets(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> Vec<i64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("a consumer");
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let committed = consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .expect("committed offsets");
+    (0..partitions)
+        .map(
+            |p| match committed.find_partition(topic, p).map(|e| e.offset()) {
+                Some(rdkafka::Offset::Offset(o)) => o,
+                _ => -1,
+            },
+        )
+        .collect()
+}
+
 /// Produces `(partition, key, value)` records to `bootstrap` and waits for every
 /// acknowledgement (usable from any thread).
 pub fn produce(bootstrap: &str, topic: &str, records: &[Outgoing]) {

@@ -105,20 +105,52 @@ fn a_crash_between_snapshot_write_and_offset_commit_resumes_from_the_previous_ch
         "out",
     );
     let (first, rest) = data.records.split_at(15_000);
-    produce_one_per_batch(&tansu.bootstrap, "readings", first);
+    // Spread over a few seconds, so several checkpoints find changed state.
+    let producer = common::stream(
+        &tansu.bootstrap,
+        "readings",
+        first.to_vec(),
+        8,
+        Duration::from_millis(700),
+    );
+    // The third checkpoint crashes between its snapshots and its commit: two were committed.
     let mut p = launch.start_with_env(
         "failpoint-0",
-        &[("SLUICE_FAILPOINT", "checkpoint-before-commit")],
+        &[("SLUICE_FAILPOINT", "checkpoint-before-commit:3")],
     );
     assert!(
         p.wait_for_exit(Duration::from_secs(60)),
         "the failpoint was never reached"
     );
+    producer.join().unwrap();
+    let committed = pipeline_e2e::broker::committed_offsets(
+        &tansu.bootstrap,
+        "sluice.e2e.failpoint",
+        "readings",
+        PARTITIONS,
+    );
+    assert!(
+        committed.iter().any(|&o| o > 0),
+        "earlier checkpoints committed: {committed:?}"
+    );
+    // Snapshots past a partition's committed offset: written by the crashed checkpoint.
     let orphans: usize = (0..PARTITIONS)
-        .map(|part| snapshots(&dir, "failpoint", part).len())
+        .map(|part| {
+            let committed = committed[part as usize];
+            snapshots(&dir, "failpoint", part)
+                .iter()
+                .filter(|f| {
+                    let name = f.file_name().unwrap().to_string_lossy().into_owned();
+                    name[..20].parse::<i64>().unwrap() > committed
+                })
+                .count()
+        })
         .sum();
-    assert!(orphans > 0, "snapshots were written before the crash");
-    // Nothing was committed: the restart reads from the start and ignores the orphans.
+    assert!(
+        orphans > 0,
+        "the crashed checkpoint wrote snapshots past the commits"
+    );
+    // The restart resumes each partition from its committed checkpoint and ignores the orphans.
     let p = start_owning_every_partition(&launch, "failpoint-0");
     produce_one_per_batch(&tansu.bootstrap, "readings", rest);
     produce_one_per_batch(
@@ -127,12 +159,19 @@ fn a_crash_between_snapshot_write_and_offset_commit_resumes_from_the_previous_ch
         &data.closing_records(PARTITIONS),
     );
     let (comparison, _) = await_output(&tansu, "out", &data.reference(), Duration::from_secs(120));
+    let restored = p.metrics().map_or(0.0, |t| {
+        metric_sum(&t, "pipeline_restore_duration_seconds_count")
+    });
     drop(p);
     assert!(
         comparison.exact(),
         "logs in {}:\n{}",
         dir.display(),
         comparison.problems.join("\n")
+    );
+    assert!(
+        restored >= 1.0,
+        "partitions resumed from their committed snapshots"
     );
     common::cleanup(&dir);
 }

@@ -12,12 +12,15 @@ use axum::{Router, extract::State, http::StatusCode, routing::get};
 
 use crate::metrics::OperatorMetrics;
 
-/// Shared with the controller: ready once it watches.
+/// Shared with the controller: ready once it has joined the leader election (at once without
+/// one). A standby is ready too: it serves its endpoints and waits for the lease, so a rolling
+/// update of the operator is not held up by replicas that will never lead. Readiness does not
+/// wait for the watches' first lists.
 #[derive(Default)]
 pub struct Readiness(AtomicBool);
 
 impl Readiness {
-    /// The controller watches its resources.
+    /// The operator has joined the election (or runs without one).
     pub fn set_ready(&self) {
         self.0.store(true, Ordering::SeqCst);
     }
@@ -73,7 +76,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn readyz_answers_503_until_the_controller_watches_and_metrics_are_served() {
+    async fn readyz_answers_503_until_the_operator_joined_the_election_and_metrics_are_served() {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()

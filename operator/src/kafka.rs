@@ -316,11 +316,13 @@ pub trait PartitionSource: Send + Sync {
     fn partitions(&self, access: &KafkaAccess) -> Result<i32, String>;
 }
 
+/// (namespace, hash of the client properties with credentials, topic).
+type CacheKey = (String, u64, String);
+
 /// Reads partition counts with a metadata request per topic, remembered for [`TTL`].
 #[derive(Default)]
 pub struct KafkaPartitions {
-    /// By (namespace, hash of the client properties with credentials, topic).
-    cache: Mutex<HashMap<(String, u64, String), (i32, Instant)>>,
+    cache: Mutex<HashMap<CacheKey, (i32, Instant)>>,
 }
 
 impl KafkaPartitions {
@@ -438,10 +440,17 @@ mod tests {
     #[test]
     fn an_unreachable_broker_is_an_error_within_the_timeout_not_a_hang() {
         let s = spec("{bootstrapServers: '127.0.0.1:1'}");
+        let started = Instant::now();
         let error = KafkaPartitions::default()
             .partitions(&KafkaAccess::new(&s, None, None))
             .unwrap_err();
+        let took = started.elapsed();
         assert!(error.contains("metadata of a"), "{error}");
+        // One metadata request's timeout (the first topic fails the lookup), plus slack.
+        assert!(
+            took < TIMEOUT + Duration::from_secs(3),
+            "the lookup took {took:?} (timeout {TIMEOUT:?})"
+        );
     }
 
     #[test]

@@ -30,10 +30,22 @@ pub fn panic_on_record(payload: Option<&[u8]>) {
 /// Between writing a checkpoint's snapshots and committing its offsets.
 pub const CHECKPOINT_BEFORE_COMMIT: &str = "checkpoint-before-commit";
 
-/// Aborts the process when `SLUICE_FAILPOINT` names `point`.
+/// Aborts the process when `SLUICE_FAILPOINT` names `point`: at once for `<point>`, or the
+/// `n`-th time it is reached for `<point>:<n>` (so a test can crash after earlier checkpoints
+/// committed).
 pub fn crash_if(point: &str) {
-    if active() == Some(point) {
-        eprintln!("failpoint {point} reached: aborting");
+    static HITS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let Some(active) = active() else { return };
+    let (name, nth) = match active.rsplit_once(':') {
+        Some((name, n)) if n.parse::<u64>().is_ok() => (name, n.parse::<u64>().unwrap_or(1)),
+        _ => (active, 1),
+    };
+    if name != point {
+        return;
+    }
+    let hit = HITS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+    if hit >= nth {
+        eprintln!("failpoint {point} reached (time {hit}): aborting");
         std::process::abort();
     }
 }

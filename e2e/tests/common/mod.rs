@@ -120,7 +120,11 @@ pub fn stream(
     })
 }
 
-/// Reads `topic` until every reference window is there (or `timeout`), then compares.
+/// How long the output is read on after every expected window arrived.
+const READ_ON_AFTER_COMPLETE: Duration = Duration::from_secs(3);
+
+/// Reads `topic` until every reference window is there (or `timeout`) and for
+/// [`READ_ON_AFTER_COMPLETE`] more, then compares.
 pub fn await_output(
     broker: &Broker,
     topic: &str,
@@ -129,6 +133,7 @@ pub fn await_output(
 ) -> (Comparison, Vec<Consumed>) {
     let mut seen = HashSet::new();
     let mut read = 0;
+    let mut complete_at: Option<Instant> = None;
     let started = Instant::now();
     let outputs = broker.consume(topic, timeout, |out: &[Consumed]| {
         for record in &out[read..] {
@@ -147,10 +152,11 @@ pub fn await_output(
             }
         }
         read = out.len();
+        // Once every window is there, read on for a while: repeats that come later (a replay
+        // after the last expected window) are part of what is checked.
         seen.len() >= reference.len()
+            && complete_at.get_or_insert_with(Instant::now).elapsed() >= READ_ON_AFTER_COMPLETE
     });
-    // A moment more: repeats still in flight are part of what is checked.
-    std::thread::sleep(Duration::from_millis(500));
     eprintln!(
         "read {} output records in {:.1} s",
         outputs.len(),
