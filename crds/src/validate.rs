@@ -166,6 +166,100 @@ pub fn validate(spec: &PipelineDeploymentSpec) -> Result<(), ValidationErrors> {
     }
 }
 
+/// The longest filter expression, in bytes (as the CRD schema's `maxLength`).
+pub const MAX_FILTER_LENGTH: usize = 4096;
+/// The deepest nesting of parentheses, brackets and braces in a filter.
+pub const MAX_FILTER_NESTING: usize = 32;
+/// The deepest nesting of list macros (`all`, `exists`, `exists_one`, `map`, `filter`): each level
+/// multiplies the work per record by a list's length.
+pub const MAX_FILTER_MACRO_NESTING: usize = 2;
+
+/// Bounds on a CEL filter that keep its parsing and its cost per record bounded: length, nesting,
+/// and nested list macros. Pure text scanning (string literals skipped), so it runs before the
+/// parser, which recurses once per nesting level.
+pub fn cel_bounds(expression: &str) -> Result<(), String> {
+    if expression.len() > MAX_FILTER_LENGTH {
+        return Err(format!(
+            "is {} bytes long, at most {MAX_FILTER_LENGTH}",
+            expression.len()
+        ));
+    }
+    const MACROS: [&str; 5] = ["all", "exists", "exists_one", "map", "filter"];
+    let bytes = expression.as_bytes();
+    // One frame per open bracket: whether it opened a macro's arguments.
+    let mut frames: Vec<bool> = Vec::new();
+    let mut macros = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            quote @ (b'"' | b'\'') => {
+                i += 1;
+                while i < bytes.len() && bytes[i] != quote {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+            }
+            open @ (b'(' | b'[' | b'{') => {
+                let name_end = i;
+                let mut name_start = i;
+                while name_start > 0
+                    && (bytes[name_start - 1].is_ascii_alphanumeric()
+                        || bytes[name_start - 1] == b'_')
+                {
+                    name_start -= 1;
+                }
+                let is_macro = open == b'('
+                    && name_start > 0
+                    && bytes[name_start - 1] == b'.'
+                    && MACROS.contains(&&expression[name_start..name_end]);
+                frames.push(is_macro);
+                if is_macro {
+                    macros += 1;
+                    if macros > MAX_FILTER_MACRO_NESTING {
+                        return Err(format!(
+                            "nests list macros (all, exists, exists_one, map, filter) more than {MAX_FILTER_MACRO_NESTING} deep: its cost per record would grow as a list's length to that power"
+                        ));
+                    }
+                }
+                if frames.len() > MAX_FILTER_NESTING {
+                    return Err(format!(
+                        "nests parentheses, brackets or braces more than {MAX_FILTER_NESTING} deep"
+                    ));
+                }
+            }
+            b')' | b']' | b'}' => {
+                if frames.pop() == Some(true) {
+                    macros -= 1;
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    Ok(())
+}
+
+/// The stack a CEL expression is parsed on. The parser recurses deeply for each nesting level
+/// (a debug build overflowed a 2 MiB thread stack at 13 nested parentheses), so parsing never
+/// runs on a caller's stack (a Tokio worker of the operator, a test thread): a thread with this
+/// much (reserved, not committed) parses it. The runtime runs its slots on such stacks too.
+pub const CEL_PARSER_STACK: usize = 64 << 20;
+
+/// Whether `expression` compiles, parsed on a thread with [`CEL_PARSER_STACK`].
+pub fn cel_compiles(expression: &str) -> Result<(), String> {
+    let expression = expression.to_owned();
+    std::thread::Builder::new()
+        .name("cel-parse".into())
+        .stack_size(CEL_PARSER_STACK)
+        .spawn(move || {
+            cel::Program::compile(&expression)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+        .map_err(|e| format!("cannot start a thread to parse it: {e}"))?
+        .join()
+        .unwrap_or_else(|_| Err("the CEL parser failed on it".to_owned()))
+}
+
 /// Kafka's legal topic names: 1 to 249 of `[A-Za-z0-9._-]`, not `.` or `..`.
 pub fn is_valid_topic_name(name: &str) -> bool {
     !name.is_empty()
@@ -411,7 +505,10 @@ fn transform(c: &mut Collector, spec: &PipelineDeploymentSpec) {
     if let Some(filter) = &t.filter {
         if filter.trim().is_empty() {
             c.error("spec.transform.filter", "must not be empty");
-        } else if let Err(e) = cel::Program::compile(filter) {
+        } else if let Err(problem) = cel_bounds(filter) {
+            // Checked before parsing: the parser recurses once per nesting level.
+            c.error("spec.transform.filter", problem);
+        } else if let Err(e) = cel_compiles(filter) {
             c.error(
                 "spec.transform.filter",
                 format!("is not a valid CEL expression: {e}"),
@@ -1021,6 +1118,50 @@ mod tests {
         assert_eq!(validate(&eos("5m")), Ok(()));
         let errors = validate(&eos("6m")).unwrap_err();
         assert!(errors.has_path("spec.checkpoint.interval"), "{errors}");
+    }
+
+    #[test]
+    fn filters_too_long_too_deep_or_with_nested_list_macros_are_refused_before_parsing() {
+        let filter = |f: &str| {
+            let mut s = spec("");
+            s.transform.filter = Some(f.to_owned());
+            validate(&s)
+        };
+        assert_eq!(
+            filter("record.a > 1 && record.tags.exists(t, t == 'x')"),
+            Ok(())
+        );
+        assert_eq!(
+            filter("record.a.all(x, record.b.exists(y, y == x))"),
+            Ok(()),
+            "two levels"
+        );
+        // Deep enough to overflow a recursive parser's stack: refused by the scan first.
+        let deep = format!("{}true{}", "(".repeat(100_000), ")".repeat(100_000));
+        let errors = filter(&deep).unwrap_err();
+        assert!(errors.has_path("spec.transform.filter"), "{errors}");
+        let nested = format!("{}true{}", "(".repeat(33), ")".repeat(33));
+        assert!(filter(&nested).unwrap_err().to_string().contains("32 deep"));
+        assert_eq!(
+            filter(&format!("{}true{}", "(".repeat(32), ")".repeat(32))),
+            Ok(())
+        );
+        let cubic = "record.a.all(x, record.a.all(y, record.a.exists(z, x + y == z)))";
+        assert!(
+            filter(cubic)
+                .unwrap_err()
+                .to_string()
+                .contains("list macros")
+        );
+        // Inside string literals nothing counts.
+        assert_eq!(filter(r#"record.s == "((((.all(.map(.filter(""#), Ok(()));
+        let long = format!("record.s == '{}'", "x".repeat(MAX_FILTER_LENGTH));
+        assert!(
+            filter(&long)
+                .unwrap_err()
+                .to_string()
+                .contains("at most 4096")
+        );
     }
 
     #[test]

@@ -200,6 +200,8 @@ fn supervise(
         let (health, slot_stop) = (health.clone(), own_stop.clone());
         let handle = std::thread::Builder::new()
             .name(format!("sluice-slot-{index}"))
+            // The CEL filter is compiled and evaluated here; its parser recurses deeply.
+            .stack_size(pipeline_crds::validate::CEL_PARSER_STACK)
             .spawn(move || run_slot_with_restarts(&config, &health, &slot_stop))
             .expect("spawning a thread");
         (own_stop, handle)
