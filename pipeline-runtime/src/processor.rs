@@ -1412,6 +1412,65 @@ mod checkpoint_tests {
         }
     }
 
+    /// Snapshot files written by earlier builds must restore, and continue to the same results,
+    /// in this one: a dependency upgrade (postcard, the HyperLogLog or DDSketch crates) or a
+    /// change of the plan's fingerprint that changed the stored layout fails here. The files are
+    /// checked in under `tests/fixtures/snapshots/v<format version>/`; `SLUICE_BLESS=1` writes
+    /// the current version's (never rewrite an older version's).
+    #[test]
+    fn checked_in_snapshots_of_every_format_version_restore_and_continue_identically() {
+        let root =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/snapshots");
+        let data = records(3_000);
+        let split = 1_500;
+        let windows = [
+            ("tumbling", "tumbling: {size: 10s}"),
+            ("sliding", "sliding: {size: 6s, slide: 2s}"),
+            ("session", "session: {gap: 700ms}"),
+        ];
+        if std::env::var_os("SLUICE_BLESS").is_some() {
+            let dir = root.join(format!("v{}", snapshot::FORMAT_VERSION));
+            std::fs::create_dir_all(&dir).unwrap();
+            for (name, window) in windows {
+                let plan = plan(window);
+                let mut before = Processor::new(plan.clone()).unwrap();
+                run(&mut before, &data[..split]);
+                for (_, partition, snap, _) in before.changed_snapshots(None) {
+                    let bytes = snapshot::encode(&snap, plan.state_fingerprint);
+                    std::fs::write(dir.join(format!("{name}-p{partition}.snap")), bytes).unwrap();
+                }
+            }
+        }
+        let mut checked = 0;
+        for version in std::fs::read_dir(&root).expect("checked-in snapshot fixtures") {
+            let version = version.unwrap().path();
+            for (name, window) in windows {
+                let plan = plan(window);
+                let mut uninterrupted = Processor::new(plan.clone()).unwrap();
+                run(&mut uninterrupted, &data[..split]);
+                let expected = run(&mut uninterrupted, &data[split..]);
+                let mut restored = Processor::new(plan.clone()).unwrap();
+                for partition in 0..2 {
+                    let file = version.join(format!("{name}-p{partition}.snap"));
+                    let bytes = std::fs::read(&file).unwrap();
+                    let snap = snapshot::decode(&bytes, plan.state_fingerprint)
+                        .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+                    restored
+                        .restore(0, partition, snap, Instant::now())
+                        .unwrap();
+                    checked += 1;
+                }
+                assert_eq!(
+                    run(&mut restored, &data[split..]),
+                    expected,
+                    "{} {name}",
+                    version.display()
+                );
+            }
+        }
+        assert!(checked >= 6, "fixtures found: {checked}");
+    }
+
     #[test]
     fn only_partitions_whose_state_moved_are_snapshotted_again() {
         let plan = plan("tumbling: {size: 10s}");
