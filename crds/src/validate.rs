@@ -226,11 +226,7 @@ pub fn cel_bounds(expression: &str) -> Result<(), String> {
                     ));
                 }
             }
-            b')' | b']' | b'}' => {
-                if frames.pop() == Some(true) {
-                    macros -= 1;
-                }
-            }
+            b')' | b']' | b'}' if frames.pop() == Some(true) => macros -= 1,
             _ => {}
         }
         i += 1;
@@ -1162,6 +1158,31 @@ mod tests {
                 .to_string()
                 .contains("at most 4096")
         );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+        /// Any filter text, key, names and durations: validation answers, never panics (the CEL
+        /// parser included).
+        #[test]
+        fn validation_of_any_filter_key_names_and_windows_never_panics(
+            filter in "[a-z.()\\[\\]{}'\" &|!=<>+*0-9,_-]{0,80}",
+            key in "[a-zA-Z0-9._%-]{0,20}",
+            name in "[a-zA-Z0-9_ -]{0,12}",
+            size in 0u64..10_000_000_000_000,
+            group in "[ -~]{0,20}",
+        ) {
+            let mut s = spec(
+                "  window: {tumbling: {size: 1m}}\n  aggregates: [{name: n, function: count}]\n",
+            );
+            s.transform.filter = Some(filter);
+            s.transform.key_by = Some(key);
+            s.aggregates[0].name = name;
+            s.window.as_mut().unwrap().tumbling.as_mut().unwrap().size =
+                crate::Duration::from_millis(size);
+            s.source.consumer_group = Some(group);
+            let _ = validate(&s);
+        }
     }
 
     #[test]

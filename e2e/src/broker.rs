@@ -29,6 +29,7 @@ pub struct Broker {
 pub struct Tansu {
     child: Child,
     broker: Broker,
+    launch: TansuLaunch,
     _serial: std::sync::MutexGuard<'static, ()>,
 }
 
@@ -50,6 +51,27 @@ impl Tansu {
     /// Broker tests of one binary run one at a time: on a 2-core machine two brokers and two
     /// runtimes starve each other's group heartbeats.
     pub fn start() -> Self {
+        Self::start_with("memory://tansu/", &[])
+    }
+
+    /// Starts tansu storing its log in the S3 bucket `tansu` of `s3` (created here), so it
+    /// survives its own restart ([`Tansu::restart`]): a broker outage, not a data loss.
+    pub fn start_durable(s3: &crate::s3::MotoS3) -> Self {
+        s3.create_bucket("tansu");
+        let endpoint = s3.url.clone();
+        Self::start_with(
+            "s3://tansu/",
+            &[
+                ("AWS_ACCESS_KEY_ID", "test"),
+                ("AWS_SECRET_ACCESS_KEY", "test"),
+                ("AWS_DEFAULT_REGION", "us-east-1"),
+                ("AWS_ENDPOINT", &endpoint),
+                ("AWS_ALLOW_HTTP", "true"),
+            ],
+        )
+    }
+
+    fn start_with(storage: &str, env: &[(&str, &str)]) -> Self {
         let serial = SERIAL
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -58,7 +80,48 @@ impl Tansu {
             .local_addr()
             .unwrap()
             .port();
-        let url = format!("tcp://127.0.0.1:{port}");
+        let launch = TansuLaunch {
+            port,
+            storage: storage.to_owned(),
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        };
+        let child = launch.spawn();
+        Self {
+            child,
+            broker: Broker {
+                bootstrap: format!("127.0.0.1:{port}"),
+            },
+            launch,
+            _serial: serial,
+        }
+    }
+
+    /// Kills the broker (SIGKILL): clients see it gone.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the broker again on the same port and storage.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.child = self.launch.spawn();
+    }
+}
+
+/// How a tansu process is started (again).
+struct TansuLaunch {
+    port: u16,
+    storage: String,
+    env: Vec<(String, String)>,
+}
+
+impl TansuLaunch {
+    fn spawn(&self) -> Child {
+        let url = format!("tcp://127.0.0.1:{}", self.port);
         let child = Command::new("tansu")
             .args([
                 "broker",
@@ -67,13 +130,14 @@ impl Tansu {
                 "--advertised-listener-url",
                 &url,
                 "--storage-engine",
-                "memory://tansu/",
+                &self.storage,
             ])
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("the tansu broker is not installed: run `bash scripts/test.sh`, or `cargo install --locked tansu --version 0.6.0 --features dynostore`");
-        let bootstrap = format!("127.0.0.1:{port}");
+        let bootstrap = format!("127.0.0.1:{}", self.port);
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(&bootstrap).is_err() {
             assert!(
@@ -82,11 +146,7 @@ impl Tansu {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-        Self {
-            child,
-            broker: Broker { bootstrap },
-            _serial: serial,
-        }
+        child
     }
 }
 

@@ -544,3 +544,74 @@ fn a_changed_window_pauses_partitions_and_says_so_unless_on_incompatible_state_i
     drop(p);
     common::cleanup(&dir);
 }
+
+#[cfg_attr(
+    sluice_skip_broker_tests,
+    ignore = "needs the tansu broker and moto_server (SLUICE_SKIP_BROKER_TESTS)"
+)]
+#[test]
+fn a_broker_outage_mid_stream_reads_not_ready_loses_nothing_and_recovers_by_itself() {
+    use pipeline_e2e::s3::MotoS3;
+    let s3 = MotoS3::start();
+    // tansu keeps its log on S3, so it comes back with it after being killed.
+    let mut tansu = Tansu::start_durable(&s3);
+    let seed = seed();
+    tansu.create_topics(&[("readings", PARTITIONS), ("out", 1)]);
+    // Few records: each is a record batch of its own, an object on S3 for this tansu.
+    let data = Dataset::generate(1_200, 24, PARTITIONS, 25, seed);
+    let dir = scratch("outage");
+    let launch = launch(&tansu, &dir, "outage", "at-least-once", "readings", "out");
+    let (first, rest) = data.records.split_at(600);
+    produce_one_per_batch(&tansu.bootstrap, "readings", first);
+    let mut p = start_owning_every_partition(&launch, "outage-0");
+    wait_until_read(&p, first.len());
+    let ready = format!("http://127.0.0.1:{}/readyz", p.metrics_port);
+
+    tansu.kill();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let answer = pipeline_e2e::process::http_get(&ready);
+        if let Some((503, body)) = &answer
+            && body.contains("no Kafka broker reachable")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still ready with the broker down: {answer:?}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(p.is_running(), "the process outlives the outage");
+
+    tansu.restart();
+    produce_one_per_batch(&tansu.bootstrap, "readings", rest);
+    produce_one_per_batch(
+        &tansu.bootstrap,
+        "readings",
+        &data.closing_records(PARTITIONS),
+    );
+    let (comparison, _) = await_output(&tansu, "out", &data.reference(), Duration::from_secs(180));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while pipeline_e2e::process::http_get(&ready).map(|(s, _)| s) != Some(200) {
+        assert!(
+            Instant::now() < deadline,
+            "not ready again after the outage"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let restarts = p
+        .metrics()
+        .map_or(0.0, |t| metric_sum(&t, "pipeline_slot_restarts_total"));
+    eprintln!("slot restarts through the outage: {restarts}");
+    assert!(p.is_running());
+    drop(p);
+    assert!(
+        comparison.exact(),
+        "logs in {}:\n{}",
+        dir.display(),
+        comparison.problems.join("\n")
+    );
+    common::cleanup(&dir);
+}

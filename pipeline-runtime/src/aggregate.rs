@@ -95,14 +95,15 @@ impl AggregatePlan {
         )
     }
 
-    /// Whether restored accumulators have one accumulator of the right kind per aggregate.
+    /// Whether restored accumulators have one accumulator of the right kind per aggregate, each
+    /// fit for use (see `Accumulator::fit_for_use`).
     pub fn fits(&self, acc: &Accumulators) -> bool {
         acc.0.len() == self.columns.len()
             && self
                 .columns
                 .iter()
                 .zip(&acc.0)
-                .all(|(c, a)| a.function() == c.function)
+                .all(|(c, a)| a.function() == c.function && a.fit_for_use())
     }
 
     /// Reads the inputs of every aggregate from `record`, failing before any state changes.
@@ -383,6 +384,36 @@ impl Accumulator {
             },
             (Self::Percentile(sketch), Input::Number(x)) => sketch.add(x.as_f64().unwrap_or(0.0)),
             _ => {}
+        }
+    }
+
+    /// Whether a restored accumulator is fit for use: sketches with the plan's precision, hasher
+    /// and configuration, whose internals survive the operations windows will apply (adding,
+    /// merging both ways with a wide-ranged sketch, reading a quantile). The sketch crates do not
+    /// check what they deserialize, and a damaged sketch panics inside them later; tried here
+    /// once, at restore, under `catch_unwind`, so a damaged snapshot is refused instead.
+    fn fit_for_use(&self) -> bool {
+        match self {
+            Self::CountDistinct(b) => {
+                let mut fresh: HyperLogLogPlus<String, StableHasher> =
+                    HyperLogLogPlus::new(HLL_PRECISION, StableHasher)
+                        .expect("precision 14 is valid");
+                fresh.merge(b).is_ok()
+            }
+            Self::Percentile(b) => std::panic::catch_unwind(|| {
+                let mut wide = DDSketch::new(SketchConfig::defaults());
+                for x in [-1e12, -1.0, 1e-12, 0.5, 3.0, 1e12] {
+                    wide.add(x);
+                }
+                let mut restored = (**b).clone();
+                let merged = DDSketch::new(SketchConfig::defaults()).merge(b).is_ok()
+                    && restored.merge(&wide).is_ok();
+                let mut used = (**b).clone();
+                used.add(42.0);
+                merged && used.quantile(0.5).is_ok() && restored.quantile(0.9).is_ok()
+            })
+            .unwrap_or(false),
+            _ => true,
         }
     }
 

@@ -294,6 +294,38 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        /// Hostile bytes (arbitrary, or a valid datum with bytes changed) are an error or a
+        /// record, never a panic, an abort or an unbounded allocation, in every format.
+        #[test]
+        fn any_bytes_decode_to_a_record_or_an_error_never_a_panic(
+            bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..300),
+            edits in proptest::collection::vec((0..64usize, proptest::num::u8::ANY), 0..4),
+        ) {
+            let nested = r#"{"type":"record","name":"R","fields":[
+                {"name":"a","type":{"type":"array","items":["null","long","string"]}},
+                {"name":"m","type":{"type":"map","values":"double"}},
+                {"name":"e","type":{"type":"enum","name":"E","symbols":["X","Y"]}},
+                {"name":"f","type":{"type":"fixed","name":"F","size":4}}]}"#;
+            let mut valid = avro_datum();
+            for &(at, byte) in &edits {
+                let len = valid.len();
+                valid[at % len] = byte;
+            }
+            let fields: Fields = ["device_id".to_owned(), "ts".to_owned()].into_iter().collect();
+            for payload in [&bytes, &valid] {
+                let _ = Decoder::new(&format(FormatKind::Json, None), None).unwrap().decode(Some(payload));
+                let _ = decode_json_fields(payload, &fields);
+                let _ = Decoder::new(&format(FormatKind::Raw, None), None).unwrap().decode(Some(payload));
+                for schema in [SCHEMA, nested] {
+                    let _ = Decoder::new(&format(FormatKind::Avro, Some(schema)), None)
+                        .unwrap()
+                        .decode(Some(payload));
+                }
+            }
+        }
+    }
+
     fn format(kind: FormatKind, schema: Option<&str>) -> SourceFormat {
         SourceFormat {
             kind,

@@ -104,6 +104,24 @@ impl Health {
         !self.stopping.load(Ordering::SeqCst)
             && self.running.load(Ordering::SeqCst) == self.slots.load(Ordering::SeqCst)
             && self.paused_reason().is_none()
+            && self.kafka_reason().is_none()
+    }
+
+    /// Why slots cannot work: cut off from every Kafka broker.
+    pub fn kafka_reason(&self) -> Option<String> {
+        let watches = self.watches.lock().unwrap_or_else(|p| p.into_inner());
+        let cut_off: Vec<String> = watches
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| w.cut_off_from_kafka())
+            .map(|(i, _)| i.to_string())
+            .collect();
+        (!cut_off.is_empty()).then(|| {
+            format!(
+                "no Kafka broker reachable for 5 s (slots {})",
+                cut_off.join(", ")
+            )
+        })
     }
 
     /// Why partitions wait (their state cannot be restored), if any do.
@@ -169,6 +187,7 @@ async fn ready(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     } else if let Some(reason) = state
         .health
         .blocked()
+        .or_else(|| state.health.kafka_reason())
         .or_else(|| state.health.paused_reason())
     {
         (

@@ -1471,6 +1471,51 @@ mod checkpoint_tests {
         assert!(checked >= 6, "fixtures found: {checked}");
     }
 
+    /// A snapshot body damaged in ways its checksum cannot see (written by a buggy build, or
+    /// crafted) is refused or restored, never a panic; restored state then processes records
+    /// without panicking either.
+    fn resealed(mut bytes: Vec<u8>) -> Vec<u8> {
+        let crc = crc32fast::hash(&bytes[20..]);
+        bytes[14..18].copy_from_slice(&crc.to_le_bytes());
+        bytes
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        #[test]
+        fn damaged_snapshot_bodies_are_refused_or_restored_never_a_panic(
+            window in 0..3usize,
+            edits in proptest::collection::vec((0..8_000usize, proptest::num::u8::ANY), 1..6),
+            cut in proptest::option::of(20..8_000usize),
+        ) {
+            let window = ["tumbling: {size: 10s}", "sliding: {size: 6s, slide: 2s}", "session: {gap: 700ms}"][window];
+            let plan = plan(window);
+            let data = records(600);
+            let mut before = Processor::new(plan.clone()).unwrap();
+            run(&mut before, &data[..300]);
+            for (_, partition, snap, _) in before.changed_snapshots(None) {
+                let mut bytes = snapshot::encode(&snap, plan.state_fingerprint);
+                for &(at, byte) in &edits {
+                    let len = bytes.len();
+                    bytes[20 + at % (len - 20)] = byte;
+                }
+                if let Some(cut) = cut {
+                    bytes.truncate(cut.max(20).min(bytes.len()));
+                }
+                let bytes = resealed(bytes);
+                if let Ok(snap) = snapshot::decode(&bytes, plan.state_fingerprint) {
+                    let mut after = Processor::new(plan.clone()).unwrap();
+                    if after.restore(0, partition, snap, Instant::now()).is_ok() {
+                        let rest: Vec<_> = data[300..].iter().filter(|r| r.0 == partition).cloned().collect();
+                        run(&mut after, &rest);
+                        let mut out = Vec::new();
+                        after.on_tick(Instant::now(), &mut out);
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn only_partitions_whose_state_moved_are_snapshotted_again() {
         let plan = plan("tumbling: {size: 10s}");

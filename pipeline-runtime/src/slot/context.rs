@@ -86,6 +86,12 @@ impl ClientContext for SlotContext {
         if std::thread::panicking() {
             return;
         }
+        self.watch.brokers_seen(
+            statistics
+                .brokers
+                .values()
+                .any(|b| b.state == "UP" && b.source != "internal"),
+        );
         let mut ends = self
             .end_offsets
             .lock()

@@ -26,6 +26,8 @@ pub struct SlotWatch {
     heartbeat_ms: AtomicI64,
     /// Partitions paused because their state cannot be restored, as `topic/partition`.
     paused: Mutex<std::collections::BTreeSet<String>>,
+    /// Statistics reports in a row (one a second) in which the slot's consumer had no broker up.
+    brokers_down_reports: AtomicI64,
 }
 
 impl Default for SlotWatch {
@@ -36,9 +38,14 @@ impl Default for SlotWatch {
             offset: AtomicI64::new(0),
             heartbeat_ms: AtomicI64::new(0),
             paused: Mutex::new(std::collections::BTreeSet::new()),
+            brokers_down_reports: AtomicI64::new(0),
         }
     }
 }
+
+/// Statistics reports in a row without a broker up before a slot counts as cut off from Kafka
+/// (reconnects make single reports flap).
+const BROKERS_DOWN_AFTER_REPORTS: i64 = 5;
 
 impl SlotWatch {
     /// The slot starts processing this record.
@@ -73,6 +80,7 @@ impl SlotWatch {
     /// The slot stopped (a stopped slot is not stuck, and pauses nothing).
     pub fn stopped(&self) {
         self.heartbeat_ms.store(0, Ordering::Relaxed);
+        self.brokers_down_reports.store(0, Ordering::Relaxed);
         self.paused
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -88,6 +96,21 @@ impl SlotWatch {
         } else {
             set.remove(&name);
         }
+    }
+
+    /// A statistics report: whether any broker connection of the slot's consumer was up.
+    pub fn brokers_seen(&self, any_up: bool) {
+        if any_up {
+            self.brokers_down_reports.store(0, Ordering::Relaxed);
+        } else {
+            self.brokers_down_reports.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the slot has had no broker up for [`BROKERS_DOWN_AFTER_REPORTS`] reports.
+    pub fn cut_off_from_kafka(&self) -> bool {
+        self.heartbeat_ms() > 0
+            && self.brokers_down_reports.load(Ordering::Relaxed) >= BROKERS_DOWN_AFTER_REPORTS
     }
 
     /// The partitions paused for lost or incompatible state.
