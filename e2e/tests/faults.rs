@@ -28,6 +28,27 @@ fn snapshots(dir: &Path, name: &str, partition: i32) -> Vec<PathBuf> {
     files
 }
 
+/// Waits up to `timeout` until the process's `/readyz` answers `status` with a body containing
+/// `says`; the body.
+fn wait_for_readyz(process: &RuntimeProcess, status: u16, says: &str, timeout: Duration) -> String {
+    let url = format!("http://127.0.0.1:{}/readyz", process.metrics_port);
+    let deadline = Instant::now() + timeout;
+    loop {
+        let answer = pipeline_e2e::process::http_get(&url);
+        if let Some((got, body)) = &answer
+            && *got == status
+            && body.contains(says)
+        {
+            return body.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/readyz never answered {status} with {says:?}: {answer:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Waits until the process has read `records` records in all.
 fn wait_until_read(process: &RuntimeProcess, records: usize) {
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -163,12 +184,7 @@ fn a_crash_between_snapshot_write_and_offset_commit_resumes_from_the_previous_ch
         metric_sum(&t, "pipeline_restore_duration_seconds_count")
     });
     drop(p);
-    assert!(
-        comparison.exact(),
-        "logs in {}:\n{}",
-        dir.display(),
-        comparison.problems.join("\n")
-    );
+    common::assert_exact(&comparison, &dir);
     assert!(
         restored >= 1.0,
         "partitions resumed from their committed snapshots"
@@ -334,12 +350,7 @@ fn a_record_that_makes_a_slot_panic_is_dead_lettered_and_the_process_keeps_runni
     let metrics = process.metrics().unwrap();
     assert_eq!(metric_sum(&metrics, "pipeline_slot_panics_total"), 1.0);
     // The restarted slot is ready again.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let ready = format!("http://127.0.0.1:{}/readyz", process.metrics_port);
-    while pipeline_e2e::process::http_get(&ready).map(|(s, _)| s) != Some(200) {
-        assert!(Instant::now() < deadline, "not ready again after the panic");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_for_readyz(&process, 200, "ready", Duration::from_secs(30));
     process.terminate(Duration::from_secs(20));
     common::cleanup(&dir);
 }
@@ -466,12 +477,7 @@ fn s3_checkpoints_go_on_through_a_store_outage_prune_and_restore_exactly_after_a
         "",
     );
     drop(p);
-    assert!(
-        comparison.exact(),
-        "logs in {}:\n{}",
-        dir.display(),
-        comparison.problems.join("\n")
-    );
+    common::assert_exact(&comparison, &dir);
     assert!(restored >= 1.0, "partitions restored from S3");
     common::cleanup(&dir);
 }
@@ -501,17 +507,16 @@ fn a_changed_window_pauses_partitions_and_says_so_unless_on_incompatible_state_i
     assert_ne!(changed, original);
     std::fs::write(&launch.manifest, &changed).unwrap();
     let p = start_owning_every_partition(&launch, "changed-1");
-    let ready = format!("http://127.0.0.1:{}/readyz", p.metrics_port);
     wait_for_metrics(&p, "paused partitions", |t| {
         metric_sum(t, "pipeline_partition_paused") == f64::from(PARTITIONS)
     });
-    let (status, body) = pipeline_e2e::process::http_get(&ready).unwrap();
-    assert_eq!(status, 503, "{body}");
-    assert!(
-        body.contains("partitions paused because their state cannot be restored")
-            && body.contains("readings/0"),
-        "{body}"
+    let body = wait_for_readyz(
+        &p,
+        503,
+        "partitions paused because their state cannot be restored",
+        Duration::from_secs(10),
     );
+    assert!(body.contains("readings/0"), "{body}");
     drop(p);
 
     // With reset, the partitions start empty from their committed offsets and run.
@@ -528,19 +533,7 @@ fn a_changed_window_pauses_partitions_and_says_so_unless_on_incompatible_state_i
     });
     produce_one_per_batch(&tansu.bootstrap, "readings", rest);
     wait_until_read(&p, data.records.len());
-    let ready = format!("http://127.0.0.1:{}/readyz", p.metrics_port);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let answer = pipeline_e2e::process::http_get(&ready);
-        if answer.as_ref().is_some_and(|(s, _)| *s == 200) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not ready after the reset: {answer:?}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_for_readyz(&p, 200, "ready", Duration::from_secs(30));
     drop(p);
     common::cleanup(&dir);
 }
@@ -565,23 +558,14 @@ fn a_broker_outage_mid_stream_reads_not_ready_loses_nothing_and_recovers_by_itse
     produce_one_per_batch(&tansu.bootstrap, "readings", first);
     let mut p = start_owning_every_partition(&launch, "outage-0");
     wait_until_read(&p, first.len());
-    let ready = format!("http://127.0.0.1:{}/readyz", p.metrics_port);
 
     tansu.kill();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let answer = pipeline_e2e::process::http_get(&ready);
-        if let Some((503, body)) = &answer
-            && body.contains("no Kafka broker reachable")
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "still ready with the broker down: {answer:?}"
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    wait_for_readyz(
+        &p,
+        503,
+        "no Kafka broker reachable",
+        Duration::from_secs(60),
+    );
     std::thread::sleep(Duration::from_secs(5));
     assert!(p.is_running(), "the process outlives the outage");
 
@@ -593,25 +577,13 @@ fn a_broker_outage_mid_stream_reads_not_ready_loses_nothing_and_recovers_by_itse
         &data.closing_records(PARTITIONS),
     );
     let (comparison, _) = await_output(&tansu, "out", &data.reference(), Duration::from_secs(180));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while pipeline_e2e::process::http_get(&ready).map(|(s, _)| s) != Some(200) {
-        assert!(
-            Instant::now() < deadline,
-            "not ready again after the outage"
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    wait_for_readyz(&p, 200, "ready", Duration::from_secs(60));
     let restarts = p
         .metrics()
         .map_or(0.0, |t| metric_sum(&t, "pipeline_slot_restarts_total"));
     eprintln!("slot restarts through the outage: {restarts}");
     assert!(p.is_running());
     drop(p);
-    assert!(
-        comparison.exact(),
-        "logs in {}:\n{}",
-        dir.display(),
-        comparison.problems.join("\n")
-    );
+    common::assert_exact(&comparison, &dir);
     common::cleanup(&dir);
 }

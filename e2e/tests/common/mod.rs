@@ -42,6 +42,16 @@ pub fn scratch(name: &str) -> PathBuf {
     dir
 }
 
+/// Asserts the output equals the reference, naming the directory with the logs.
+pub fn assert_exact(comparison: &Comparison, dir: &Path) {
+    assert!(
+        comparison.exact(),
+        "output differs from the reference (logs in {}):\n{}",
+        dir.display(),
+        comparison.problems.join("\n")
+    );
+}
+
 /// Removes a test's scratch directory, unless `SLUICE_E2E_KEEP` is set (to read the logs).
 pub fn cleanup(dir: &Path) {
     if std::env::var_os("SLUICE_E2E_KEEP").is_none() {
