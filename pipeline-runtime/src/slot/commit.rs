@@ -87,6 +87,7 @@ pub(super) fn checkpoint(
     let mut stored = Vec::new();
     let mut bytes = 0;
     let mut failed = None;
+    let mut skipped = false;
     if let Some(checkpointer) = &ctx.checkpointer {
         for (topic, partition, snapshot, progress) in processor.changed_snapshots(only) {
             let name = ctx.plan.topic_name(topic);
@@ -162,6 +163,14 @@ pub(super) fn checkpoint(
             }
             Ok(())
         }
+        // A commit refused because the group is rebalancing is no failure of the checkpoint: the
+        // revocation that follows checkpoints the partitions that move, and the next checkpoint
+        // commits the rest. Counting it would restart slots in the middle of rebalances.
+        Err(e) if !ctx.transactional && refused_by_a_rebalance(&e) => {
+            debug!(slot = %ctx.labels.slot, error = %e, "checkpoint commit refused during a rebalance; the next one commits");
+            skipped = true;
+            Ok(())
+        }
         // At least once, a failed commit leaves the previous checkpoint current; the snapshots
         // just written stay as orphans until the next checkpoint prunes them.
         Err(e) if !ctx.transactional => {
@@ -175,14 +184,15 @@ pub(super) fn checkpoint(
         }
     };
     let m = &ctx.metrics;
-    let outcome = if failed.is_some() {
-        "failure"
-    } else {
-        "success"
+    let outcome = match (&failed, skipped) {
+        (Some(_), _) => "failure",
+        (None, true) => "skipped",
+        (None, false) => "success",
     };
-    let in_a_row = match &failed {
-        Some(_) => ctx.failed_checkpoints.fetch_add(1, Ordering::Relaxed) + 1,
-        None => {
+    let in_a_row = match (&failed, skipped) {
+        (Some(_), _) => ctx.failed_checkpoints.fetch_add(1, Ordering::Relaxed) + 1,
+        (None, true) => ctx.failed_checkpoints.load(Ordering::Relaxed),
+        (None, false) => {
             ctx.failed_checkpoints.store(0, Ordering::Relaxed);
             0
         }
@@ -217,4 +227,18 @@ pub(super) fn checkpoint(
         .set(i64::try_from(bytes).unwrap_or(i64::MAX));
     debug!(slot = %ctx.labels.slot, partitions = stored.len(), bytes, ?flushed, ?written, elapsed = ?started.elapsed(), "checkpoint");
     result
+}
+
+/// Whether Kafka refused a commit because the consumer group is rebalancing (the generation moved
+/// on, or a rebalance is under way), which the revocation and the next checkpoint take care of.
+fn refused_by_a_rebalance(error: &SlotError) -> bool {
+    use rdkafka::{error::KafkaError, types::RDKafkaErrorCode};
+    matches!(
+        error,
+        SlotError::Consumer(KafkaError::ConsumerCommit(
+            RDKafkaErrorCode::IllegalGeneration
+                | RDKafkaErrorCode::RebalanceInProgress
+                | RDKafkaErrorCode::UnknownMemberId
+        ))
+    )
 }
