@@ -178,6 +178,8 @@ pub mod metrics {
     /// Checkpoints failed in a row, per slot (gauge; 0 after a success). Past
     /// `checkpoint.tolerableFailures` the slot restarts from its last good checkpoint.
     pub const CHECKPOINT_FAILURES_IN_A_ROW: &str = "pipeline_checkpoint_failures_in_a_row";
+    /// Gauge per slot: 1 while a checkpoint's snapshots are being stored (the slot processes on).
+    pub const CHECKPOINT_IN_PROGRESS: &str = "pipeline_checkpoint_in_progress";
     /// Duration of restoring a partition's state (histogram).
     pub const RESTORE_DURATION_SECONDS: &str = "pipeline_restore_duration_seconds";
     /// Restores that failed: no readable snapshot for the committed offset (counter; the

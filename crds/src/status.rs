@@ -223,6 +223,11 @@ pub struct AutoscalerInputs {
     /// Partitions paused after a failed restore (`topic/partition`), excluded from lag.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub paused_partitions: Vec<String>,
+    /// Slots whose recent checkpoints failed (`pod/slot: N in a row`). They process on from
+    /// their last good checkpoint, so a restart replays more; past
+    /// `checkpoint.tolerableFailures` the slot restarts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failing_checkpoints: Vec<String>,
     /// Seconds of data the window covered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window_seconds: Option<f64>,

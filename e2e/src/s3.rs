@@ -1,6 +1,6 @@
 //! An S3-compatible server for tests (`moto_server` from `pip install 'moto[server]'`, which
-//! `scripts/test.sh` installs), and a TCP proxy in front of it that a test can take down and bring
-//! back (moto keeps its objects in memory: restarting it would lose them, so an outage is made
+//! `scripts/test.sh` installs), and a TCP proxy in front of it that a test can take down, hang and
+//! bring back (moto keeps its objects in memory: restarting it would lose them, so an outage is made
 //! between the client and the server).
 
 use std::{
@@ -9,7 +9,7 @@ use std::{
     process::{Child, Command, Stdio},
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicU8, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -79,12 +79,24 @@ impl Drop for MotoS3 {
     }
 }
 
-/// A TCP proxy on a free loopback port to `127.0.0.1:target`. While down it resets every
-/// connection, new and open.
+/// What the proxy does with connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Link {
+    /// Forwards both ways.
+    Up = 0,
+    /// Resets every connection, new and open: a server that is gone.
+    Down = 1,
+    /// Accepts and reads, never answers: a server (or network) that hangs, the case client
+    /// timeouts exist for.
+    Hung = 2,
+}
+
+/// A TCP proxy on a free loopback port to `127.0.0.1:target`, whose link a test sets.
 pub struct Proxy {
     /// The port clients connect to.
     pub port: u16,
-    up: Arc<AtomicBool>,
+    link: Arc<AtomicU8>,
 }
 
 impl Proxy {
@@ -92,47 +104,59 @@ impl Proxy {
     pub fn start(target: u16) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").expect("a loopback port");
         let port = listener.local_addr().expect("bound").port();
-        let up = Arc::new(AtomicBool::new(true));
-        let accepting = up.clone();
+        let link = Arc::new(AtomicU8::new(Link::Up as u8));
+        let state = link.clone();
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { continue };
-                if !accepting.load(Ordering::SeqCst) {
-                    let _ = client.shutdown(Shutdown::Both);
-                    continue;
+                match state.load(Ordering::SeqCst) {
+                    l if l == Link::Down as u8 => {
+                        let _ = client.shutdown(Shutdown::Both);
+                        continue;
+                    }
+                    l if l == Link::Hung as u8 => {
+                        let state = state.clone();
+                        std::thread::spawn(move || swallow(client, &state));
+                        continue;
+                    }
+                    _ => {}
                 }
                 let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
                     continue;
                 };
-                for (from, to) in [
-                    (client.try_clone(), server.try_clone()),
-                    (server.try_clone(), client.try_clone()),
+                for (from, to, from_client) in [
+                    (client.try_clone(), server.try_clone(), true),
+                    (server.try_clone(), client.try_clone(), false),
                 ] {
                     let (Ok(from), Ok(to)) = (from, to) else {
                         continue;
                     };
-                    let up = accepting.clone();
-                    std::thread::spawn(move || pipe(from, to, &up));
+                    let state = state.clone();
+                    std::thread::spawn(move || pipe(from, to, &state, from_client));
                 }
             }
         });
-        Self { port, up }
+        Self { port, link }
     }
 
     /// Takes the server away (`false`) or brings it back (`true`).
     pub fn set_up(&self, up: bool) {
-        self.up.store(up, Ordering::SeqCst);
+        self.set(if up { Link::Up } else { Link::Down });
+    }
+
+    /// Sets the link.
+    pub fn set(&self, link: Link) {
+        self.link.store(link as u8, Ordering::SeqCst);
     }
 }
 
-/// Copies `from` to `to` until either closes or the proxy goes down.
-fn pipe(mut from: TcpStream, mut to: TcpStream, up: &AtomicBool) {
+/// Copies `from` to `to` until either closes or the link leaves `Up`. When it hangs, the
+/// client's side is kept open and what it sends is read and dropped (`from_client`) until the
+/// link changes again; the server's side is closed.
+fn pipe(mut from: TcpStream, mut to: TcpStream, link: &AtomicU8, from_client: bool) {
     let _ = from.set_read_timeout(Some(Duration::from_millis(100)));
     let mut buf = [0u8; 16 * 1024];
-    loop {
-        if !up.load(Ordering::SeqCst) {
-            break;
-        }
+    while link.load(Ordering::SeqCst) == Link::Up as u8 {
         match from.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => {
@@ -148,6 +172,37 @@ fn pipe(mut from: TcpStream, mut to: TcpStream, up: &AtomicBool) {
             Err(_) => break,
         }
     }
+    if link.load(Ordering::SeqCst) == Link::Hung as u8 {
+        match from_client {
+            true => {
+                let _ = to.shutdown(Shutdown::Both);
+                swallow(from, link);
+            }
+            false => {
+                let _ = from.shutdown(Shutdown::Both);
+            }
+        }
+        return;
+    }
     let _ = from.shutdown(Shutdown::Both);
     let _ = to.shutdown(Shutdown::Both);
+}
+
+/// Reads and drops until the peer closes or the link is no longer hung, then closes.
+fn swallow(mut from: TcpStream, link: &AtomicU8) {
+    let _ = from.set_read_timeout(Some(Duration::from_millis(100)));
+    let mut buf = [0u8; 16 * 1024];
+    while link.load(Ordering::SeqCst) == Link::Hung as u8 {
+        match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break,
+        }
+    }
+    let _ = from.shutdown(Shutdown::Both);
 }

@@ -202,6 +202,9 @@ pub fn status(pd: &PipelineDeployment, outcome: &Outcome, now: &Time) -> Pipelin
             let paused: Vec<String> = inputs
                 .map(|i| i.paused_partitions.clone())
                 .unwrap_or_default();
+            let failing: Vec<String> = inputs
+                .map(|i| i.failing_checkpoints.clone())
+                .unwrap_or_default();
             s.conditions = vec![
                 c(
                     "Ready",
@@ -234,6 +237,23 @@ pub fn status(pd: &PipelineDeployment, outcome: &Outcome, now: &Time) -> Pipelin
                     },
                 ),
                 c(
+                    "CheckpointsFailing",
+                    !failing.is_empty(),
+                    if failing.is_empty() {
+                        "CheckpointsSucceeding"
+                    } else {
+                        "StoreOrCommitFailing"
+                    },
+                    if failing.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            "checkpoints failing (the slots process on from their last good checkpoint; see the runtime logs): {}",
+                            failing.join(", ")
+                        )
+                    },
+                ),
+                c(
                     "ScalingLimited",
                     limited,
                     match vetoes.first() {
@@ -259,6 +279,7 @@ mod tests {
 
     use super::*;
     use crate::sizing::size;
+    use pipeline_crds::status::AutoscalerInputs;
 
     fn ready(s: &PipelineDeploymentStatus) -> (&str, &Time) {
         let c = s.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
@@ -314,5 +335,48 @@ mod tests {
         let later = status(&pd, &running, &at(300));
         assert_eq!(ready(&later), ("True", &at(300)));
         assert_eq!(later.phase, Some(Phase::Running));
+    }
+
+    #[test]
+    fn failing_checkpoints_and_paused_partitions_seen_by_the_autoscaler_become_conditions() {
+        let pd = from_yaml(
+            "apiVersion: sluice.dev/v1alpha1\nkind: PipelineDeployment\nmetadata: {name: p, generation: 1}\nspec:\n  kafka: {bootstrapServers: 'k:9092'}\n  source: {topic: in}\n  sink: {kafka: {topic: out}}\n  parallelism: 2\n",
+            "t",
+        )
+        .unwrap();
+        let applied = |inputs: AutoscalerInputs| Outcome::Applied {
+            sizing: size(&pd.spec, 4, None).unwrap(),
+            partitions: 4,
+            ready_replicas: 1,
+            autoscaler: Some(Box::new(AutoscalerStatus {
+                inputs: Some(inputs),
+                ..AutoscalerStatus::default()
+            })),
+        };
+        let find = |s: &PipelineDeploymentStatus, t: &str| {
+            let c = s.conditions.iter().find(|c| c.type_ == t).unwrap();
+            (c.status.clone(), c.reason.clone(), c.message.clone())
+        };
+        let healthy = status(&pd, &applied(AutoscalerInputs::default()), &at(1));
+        assert_eq!(find(&healthy, "CheckpointsFailing").0, "False");
+        assert_eq!(find(&healthy, "PartitionsPaused").0, "False");
+        let failing = status(
+            &pd,
+            &applied(AutoscalerInputs {
+                failing_checkpoints: vec!["p-0/1: 2 in a row".into()],
+                paused_partitions: vec!["in/3".into()],
+                ..AutoscalerInputs::default()
+            }),
+            &at(2),
+        );
+        let (state, reason, message) = find(&failing, "CheckpointsFailing");
+        assert_eq!(
+            (state.as_str(), reason.as_str()),
+            ("True", "StoreOrCommitFailing")
+        );
+        assert!(message.contains("p-0/1: 2 in a row"), "{message}");
+        let (state, _, message) = find(&failing, "PartitionsPaused");
+        assert_eq!(state, "True");
+        assert!(message.contains("in/3"), "{message}");
     }
 }

@@ -149,6 +149,8 @@ pub struct Metrics {
     pub checkpoints: Family<ResultLabels, Counter>,
     /// Checkpoints failed in a row, per slot.
     pub checkpoint_failures_in_a_row: Family<SlotLabels, Gauge>,
+    /// 1 while a slot's checkpoint is being stored.
+    pub checkpoint_in_progress: Family<SlotLabels, Gauge>,
     /// Restore duration per partition.
     pub restore_duration: Family<SlotLabels, Histogram, fn() -> Histogram>,
     /// Failed restores by reason.
@@ -201,6 +203,7 @@ impl Metrics {
             checkpoint_bytes: Family::default(),
             checkpoints: Family::default(),
             checkpoint_failures_in_a_row: Family::default(),
+            checkpoint_in_progress: Family::default(),
             restore_duration: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
             restore_failures: Family::default(),
             state_resets: Family::default(),
@@ -331,7 +334,7 @@ impl Metrics {
         );
         register!(
             names::CHECKPOINT_DURATION_SECONDS,
-            "Duration of a checkpoint: flush, snapshot writes, offset commit",
+            "Duration of a checkpoint: flush, snapshot writes (off the slot thread), offset commit",
             m.checkpoint_duration
         );
         register!(
@@ -343,6 +346,11 @@ impl Metrics {
             names::CHECKPOINT_FAILURES_IN_A_ROW,
             "Checkpoints failed in a row (checkpoint.tolerableFailures more restart the slot)",
             m.checkpoint_failures_in_a_row
+        );
+        register!(
+            names::CHECKPOINT_IN_PROGRESS,
+            "1 while a checkpoint's snapshots are being stored; the slot processes on meanwhile",
+            m.checkpoint_in_progress
         );
         register!(
             names::STATE_RESETS_TOTAL,

@@ -312,7 +312,12 @@ impl Sink {
         let result = loop {
             match self.producer.flush(Duration::from_millis(500)) {
                 Ok(()) => break Ok(()),
-                Err(KafkaError::Flush(RDKafkaErrorCode::RequestTimedOut)) if !stop() => {}
+                // Not done within this wait (librdkafka says `OperationTimedOut`, "Local: Timed
+                // out"): wait again. Bounded: a record not delivered within `message.timeout.ms`
+                // (2 minutes) fails and leaves the queue, and `failure` reports it below.
+                Err(KafkaError::Flush(
+                    RDKafkaErrorCode::OperationTimedOut | RDKafkaErrorCode::RequestTimedOut,
+                )) if !stop() => {}
                 Err(_) if stop() => break Err(SinkError::Interrupted),
                 Err(e) => break Err(SinkError::Delivery(e.to_string())),
             }
@@ -354,4 +359,41 @@ fn side_record<'a>(
         r = r.payload(v.as_slice());
     }
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::{mocking::MockCluster, producer::Producer};
+
+    use super::*;
+
+    #[test]
+    fn a_flush_slower_than_one_wait_keeps_waiting_instead_of_failing_the_slot() {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("out", 1, 1).unwrap();
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", cluster.bootstrap_servers());
+        let sink = Sink::new(&config).unwrap();
+        // Connected first, so the slow round trips below are the produce requests'.
+        sink.producer
+            .send(BaseRecord::<[u8], [u8]>::to("out").payload(b"warm-up".as_slice()))
+            .unwrap();
+        sink.producer.flush(Duration::from_secs(10)).unwrap();
+        // Each wait inside `flush` is 500 ms; the broker now answers after 1.5 s.
+        cluster
+            .broker_round_trip_time(1, Duration::from_millis(1_500))
+            .unwrap();
+        let never = || false;
+        let mut blocked = Duration::ZERO;
+        sink.send(
+            BaseRecord::to("out").payload(b"slow".as_slice()),
+            &mut blocked,
+            &never,
+        )
+        .unwrap();
+        sink.flush(&mut blocked, &never).unwrap();
+        assert!(blocked >= Duration::from_millis(500), "{blocked:?}");
+        assert_eq!(sink.failure(), None);
+        assert_eq!(sink.producer.in_flight_count(), 0);
+    }
 }

@@ -111,6 +111,11 @@ pub fn status_of(
                 })
                 .unwrap_or_default(),
             paused_partitions: o.paused.iter().cloned().collect(),
+            failing_checkpoints: o
+                .failing_checkpoints
+                .iter()
+                .map(|(slot, n)| format!("{slot}: {n} in a row"))
+                .collect(),
             window_seconds: Some(o.window_seconds),
             parallelism: Some(parallelism),
         }

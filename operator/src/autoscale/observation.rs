@@ -34,6 +34,9 @@ pub struct Observation {
     pub backpressure_mean: f64,
     /// Partitions paused after a failed restore.
     pub paused: BTreeSet<PartitionId>,
+    /// Slots (`pod/slot`) whose last checkpoints failed, with how many in a row, at the end of
+    /// the window.
+    pub failing_checkpoints: BTreeMap<String, u64>,
     /// Slots that reported over the whole window.
     pub slots: i32,
     /// Seconds the window covers.
@@ -92,6 +95,7 @@ impl Observation {
             slots: i32::try_from(slot_rates.len()).unwrap_or(i32::MAX),
             slot_rates,
             paused,
+            failing_checkpoints: BTreeMap::new(),
             window_seconds,
             newest_age_seconds,
         }
@@ -172,6 +176,8 @@ pub struct Sample {
     pub slots: BTreeMap<String, SlotSample>,
     /// Partitions paused after a failed restore.
     pub paused: BTreeSet<PartitionId>,
+    /// By `pod/slot`: checkpoints failed in a row, where any did.
+    pub failing_checkpoints: BTreeMap<String, u64>,
 }
 
 impl Sample {
@@ -324,7 +330,7 @@ pub fn observe(
             },
         );
     }
-    let observation = Observation::new(
+    let mut observation = Observation::new(
         arrival,
         recent_arrival,
         processed,
@@ -334,6 +340,7 @@ pub fn observe(
         dt,
         age,
     );
+    observation.failing_checkpoints = last.failing_checkpoints.clone();
     if observation.slots < expect.slots {
         return Err(Unknown::Partial(format!(
             "{} of {} slots reported over the whole window",

@@ -240,6 +240,9 @@ pub fn add_exposition(
             names::PARTITION_PAUSED if value > 0.0 => {
                 sample.paused.insert(partition());
             }
+            names::CHECKPOINT_FAILURES_IN_A_ROW if value >= 1.0 => {
+                sample.failing_checkpoints.insert(slot(), value as u64);
+            }
             names::BUSY_SECONDS_TOTAL => {
                 sample.slots.entry(slot()).or_default().busy_seconds = value
             }
@@ -523,9 +526,21 @@ impl Prometheus {
                 },
             );
         }
-        let observation = Observation::new(
+        let mut observation = Observation::new(
             arrival, recent, processing, partitions, slot_rates, paused, window, age,
         );
+        observation.failing_checkpoints = self
+            .vector(
+                &format!(
+                    "max by (pod, slot) ({}{selector}) >= 1",
+                    names::CHECKPOINT_FAILURES_IN_A_ROW
+                ),
+                now,
+            )
+            .await?
+            .iter()
+            .map(|(m, v)| (slot_key(m), *v as u64))
+            .collect();
         if observation.slots < query.expect.slots {
             return Err(Unknown::Partial(format!(
                 "{} of {} slots reported",
@@ -636,6 +651,10 @@ pipeline_partition_position{pipeline=\"iot\",namespace=\"ns\",pod=\"iot-0\",slot
 pipeline_partition_position{pipeline=\"iot\",namespace=\"ns\",pod=\"iot-0\",slot=\"0\",topic=\"t\",partition=\"1\"} 500
 # TYPE pipeline_partition_paused gauge
 pipeline_partition_paused{pipeline=\"iot\",namespace=\"ns\",pod=\"iot-0\",slot=\"0\",topic=\"t\",partition=\"1\"} 1
+# TYPE pipeline_checkpoint_failures_in_a_row gauge
+pipeline_checkpoint_failures_in_a_row{pipeline=\"iot\",namespace=\"ns\",pod=\"iot-0\",slot=\"0\"} 2
+pipeline_checkpoint_failures_in_a_row{pipeline=\"iot\",namespace=\"ns\",pod=\"iot-1\",slot=\"0\"} 0
+pipeline_checkpoint_failures_in_a_row{pipeline=\"other\",namespace=\"ns\",pod=\"other-0\",slot=\"0\"} 5
 # EOF
 ";
 
@@ -651,6 +670,10 @@ pipeline_partition_paused{pipeline=\"iot\",namespace=\"ns\",pod=\"iot-0\",slot=\
         assert_eq!(s.partitions["t/0"].position, 900.0);
         assert_eq!(s.partitions["t/0"].slot, "iot-0/0");
         assert!(s.paused.contains("t/1"));
+        assert_eq!(
+            s.failing_checkpoints,
+            BTreeMap::from([("iot-0/0".to_owned(), 2)])
+        );
     }
 
     #[test]

@@ -1,5 +1,10 @@
 //! Committing what a slot has processed: offsets alone (at-least-once without checkpoints), or a
 //! checkpoint (snapshots of window state, offsets, and in exactly-once mode the transaction).
+//!
+//! A checkpoint is taken under the state lock (flush, snapshot), stored by the slot's uploader
+//! ([`super::upload`]), then finished on the slot thread (commit, prune, count). Periodic
+//! at-least-once checkpoints store asynchronously while the slot keeps processing; the ones at
+//! revocation, at stop and in exactly-once mode wait for the store.
 
 use std::{
     sync::{Mutex, atomic::Ordering},
@@ -19,6 +24,7 @@ use crate::{
 };
 
 use super::context::SlotContext;
+use super::upload::{Snapshot, Stored, Taken, Uploader};
 use super::{Core, SlotClock, SlotError, lock, wall_clock_ms};
 
 /// Flushes the producer and commits every partition's committable offset that moved.
@@ -59,9 +65,12 @@ pub(super) fn commit(
     Ok(())
 }
 
-/// A checkpoint: flush the producer, write a snapshot of every partition (of `only`, when
-/// given) whose state changed, commit those partitions' offsets, then prune old snapshots. A
-/// partition whose snapshot could not be written keeps its previous committed offset.
+/// A checkpoint, start to end on the calling thread: flush the producer, store a snapshot of
+/// every partition (of `only`, when given) whose state changed, commit those partitions' offsets,
+/// then prune old snapshots. A partition whose snapshot could not be written keeps its previous
+/// committed offset. Used at revocation and when stopping (the partitions must be handed over
+/// before the call returns) and in exactly-once mode; periodic at-least-once checkpoints store
+/// their snapshots on the uploader's thread instead ([`begin_checkpoint`]).
 ///
 /// Exactly-once: the offsets of every partition the slot reads are committed inside the
 /// producer's transaction, which commits the outputs since the last checkpoint with them. A
@@ -74,6 +83,100 @@ pub(super) fn checkpoint(
     backpressured: &mut Duration,
     stop: &dyn Fn() -> bool,
 ) -> Result<(), SlotError> {
+    let result = checkpoint_now(ctx, consumer, only, backpressured, stop);
+    // However it ended, no write or prune of this slot is left running when the caller hands
+    // partitions over: a late prune would delete what their next owner wrote.
+    if let Some(uploader) = &ctx.uploader {
+        uploader.wait();
+    }
+    result
+}
+
+fn checkpoint_now(
+    ctx: &SlotContext,
+    consumer: &BaseConsumer<SlotContext>,
+    only: Option<&[(TopicIndex, i32)]>,
+    backpressured: &mut Duration,
+    stop: &dyn Fn() -> bool,
+) -> Result<(), SlotError> {
+    // A checkpoint being stored is finished first: its prune must not run after this one's
+    // writes, and revoked partitions leave with everything committed that can be.
+    settle(ctx, consumer)?;
+    let taken = take(ctx, only, backpressured, stop)?;
+    let stored = match &ctx.uploader {
+        Some(uploader) => {
+            uploader.store(taken);
+            uploader
+                .wait()
+                .unwrap_or_else(|| Stored::failed("the snapshot uploader reported nothing".into()))
+        }
+        None => Stored {
+            started: taken.started,
+            partitions: Vec::new(),
+            bytes: 0,
+            failed: None,
+            positions: taken.positions,
+        },
+    };
+    finish(ctx, consumer, stored)
+}
+
+/// A periodic at-least-once checkpoint: flush and take the snapshots under the state lock, then
+/// hand them to the uploader's thread and return. The slot loop calls [`finish_stored`] each
+/// turn, which commits the offsets once the snapshots are stored. While a checkpoint is being
+/// stored no other begins (returns `false`).
+pub(super) fn begin_checkpoint(
+    ctx: &SlotContext,
+    uploader: &Uploader,
+    backpressured: &mut Duration,
+    stop: &dyn Fn() -> bool,
+) -> Result<bool, SlotError> {
+    if uploader.is_storing() {
+        return Ok(false);
+    }
+    let taken = take(ctx, None, backpressured, stop)?;
+    uploader.store(taken);
+    ctx.metrics
+        .checkpoint_in_progress
+        .get_or_create(&ctx.labels)
+        .set(1);
+    Ok(true)
+}
+
+/// Commits a checkpoint whose snapshots the uploader stored, if one is done; never blocks on the
+/// store.
+pub(super) fn finish_stored(
+    ctx: &SlotContext,
+    consumer: &BaseConsumer<SlotContext>,
+) -> Result<(), SlotError> {
+    match ctx.uploader.as_ref().and_then(Uploader::stored) {
+        Some(stored) => finish(ctx, consumer, stored),
+        None => Ok(()),
+    }
+}
+
+/// Waits for the checkpoint being stored, if any, and commits it.
+pub(super) fn settle(
+    ctx: &SlotContext,
+    consumer: &BaseConsumer<SlotContext>,
+) -> Result<(), SlotError> {
+    match ctx.uploader.as_ref().filter(|u| u.is_storing()) {
+        Some(uploader) => match uploader.wait() {
+            Some(stored) => finish(ctx, consumer, stored),
+            None => Ok(()),
+        },
+        None => Ok(()),
+    }
+}
+
+/// Under the state lock: everything emitted so far sent and acknowledged, then the snapshots of
+/// the partitions whose state changed (encoded later, off the lock).
+fn take(
+    ctx: &SlotContext,
+    only: Option<&[(TopicIndex, i32)]>,
+    backpressured: &mut Duration,
+    stop: &dyn Fn() -> bool,
+) -> Result<Taken, SlotError> {
     let started = Instant::now();
     let only = only.filter(|_| !ctx.transactional);
     let mut guard = lock(&ctx.core);
@@ -82,37 +185,55 @@ pub(super) fn checkpoint(
     } = &mut *guard;
     ctx.sink.send_all(&ctx.plan, emits, backpressured, stop)?;
     ctx.sink.flush(backpressured, stop)?;
-    let flushed = started.elapsed();
-    let written_ms = wall_clock_ms();
-    let mut stored = Vec::new();
-    let mut bytes = 0;
-    let mut failed = None;
+    let snapshots = match ctx.checkpointer {
+        Some(_) => processor
+            .changed_snapshots(only)
+            .into_iter()
+            .map(|(topic, partition, snapshot, progress)| Snapshot {
+                topic,
+                name: ctx.plan.topic_name(topic).to_owned(),
+                partition,
+                snapshot,
+                progress,
+            })
+            .collect(),
+        None => Vec::new(),
+    };
+    // Exactly once: every partition read so far, stored or not, since the transaction holds all
+    // their outputs.
+    let positions = match ctx.transactional {
+        true => processor.positions(),
+        false => Vec::new(),
+    };
+    Ok(Taken {
+        started,
+        written_ms: wall_clock_ms(),
+        snapshots,
+        positions,
+    })
+}
+
+/// After the snapshots were stored (or failed): commit the offsets (in the transaction, in
+/// exactly-once mode), mark the stored state checkpointed, prune, and count the outcome against
+/// `checkpoint.tolerableFailures`.
+fn finish(
+    ctx: &SlotContext,
+    consumer: &BaseConsumer<SlotContext>,
+    stored: Stored,
+) -> Result<(), SlotError> {
+    let Stored {
+        started,
+        partitions: stored,
+        bytes,
+        mut failed,
+        positions,
+    } = stored;
     let mut skipped = false;
-    if let Some(checkpointer) = &ctx.checkpointer {
-        for (topic, partition, snapshot, progress) in processor.changed_snapshots(only) {
-            let name = ctx.plan.topic_name(topic);
-            match checkpointer.write(name, partition, &snapshot, written_ms) {
-                Ok(written) => {
-                    bytes += written.bytes;
-                    stored.push((topic, partition, snapshot.next_offset, progress));
-                }
-                Err(e) => {
-                    warn!(slot = %ctx.labels.slot, topic = name, partition, error = %e, "snapshot not written; the slot's partitions keep their previous checkpoint");
-                    failed = Some(e.to_string());
-                    // The store is likely down for the other partitions too: one bounded wait
-                    // per checkpoint, not one per partition.
-                    break;
-                }
-            }
-        }
-    }
-    // At least once: the stored partitions. Exactly once: every partition read so far, stored or
-    // not, since the transaction holds all their outputs.
+    // At least once: the stored partitions. Exactly once: every partition read.
     let mut offsets = TopicPartitionList::new();
-    let positions = if ctx.transactional {
-        processor.positions()
-    } else {
-        stored.iter().map(|&(t, p, next, _)| (t, p, next)).collect()
+    let positions = match ctx.transactional {
+        true => positions,
+        false => stored.iter().map(|&(t, p, next, _)| (t, p, next)).collect(),
     };
     for (topic, partition, next) in positions {
         offsets.add_partition_offset(
@@ -121,7 +242,6 @@ pub(super) fn checkpoint(
             Offset::Offset(next),
         )?;
     }
-    drop(guard);
     let written = started.elapsed();
     if !stored.is_empty() {
         crate::failpoint::crash_if(crate::failpoint::CHECKPOINT_BEFORE_COMMIT);
@@ -152,14 +272,13 @@ pub(super) fn checkpoint(
                 guard.processor.checkpointed(topic, partition, progress);
             }
             drop(guard);
-            if let Some(checkpointer) = &ctx.checkpointer {
-                for &(topic, partition, offset, _) in &stored {
-                    if let Err(e) =
-                        checkpointer.prune(ctx.plan.topic_name(topic), partition, offset)
-                    {
-                        warn!(slot = %ctx.labels.slot, error = %e, "old snapshots not pruned");
-                    }
-                }
+            if let Some(uploader) = &ctx.uploader {
+                uploader.prune(
+                    stored
+                        .iter()
+                        .map(|&(t, p, offset, _)| (ctx.plan.topic_name(t).to_owned(), p, offset))
+                        .collect(),
+                );
             }
             Ok(())
         }
@@ -184,6 +303,7 @@ pub(super) fn checkpoint(
         }
     };
     let m = &ctx.metrics;
+    m.checkpoint_in_progress.get_or_create(&ctx.labels).set(0);
     let outcome = match (&failed, skipped) {
         (Some(_), _) => "failure",
         (None, true) => "skipped",
@@ -225,7 +345,7 @@ pub(super) fn checkpoint(
     m.checkpoint_bytes
         .get_or_create(&ctx.labels)
         .set(i64::try_from(bytes).unwrap_or(i64::MAX));
-    debug!(slot = %ctx.labels.slot, partitions = stored.len(), bytes, ?flushed, ?written, elapsed = ?started.elapsed(), "checkpoint");
+    debug!(slot = %ctx.labels.slot, partitions = stored.len(), bytes, ?written, elapsed = ?started.elapsed(), "checkpoint");
     result
 }
 

@@ -45,7 +45,9 @@ pub(super) struct SlotContext {
     pub(super) reset_to_earliest: bool,
     pub(super) stop: Arc<AtomicBool>,
     /// Snapshots of window state, when the pipeline is windowed and has `checkpoint`.
-    pub(super) checkpointer: Option<Checkpointer>,
+    pub(super) checkpointer: Option<Arc<Checkpointer>>,
+    /// Writes and prunes snapshots off the slot thread; present with `checkpointer`.
+    pub(super) uploader: Option<super::upload::Uploader>,
     /// Exactly-once delivery: outputs and offsets commit together in a Kafka transaction at
     /// each checkpoint.
     pub(super) transactional: bool,
@@ -131,7 +133,9 @@ impl ConsumerContext for SlotContext {
         if !matches!(rebalance, Rebalance::Assign(_)) {
             self.revocations.fetch_add(1, Ordering::Relaxed);
         }
-        if let (Rebalance::Assign(assigned), Some(checkpointer)) = (rebalance, &self.checkpointer) {
+        if let (Rebalance::Assign(assigned), Some(checkpointer)) =
+            (rebalance, self.checkpointer.as_deref())
+        {
             // Before the assignment takes effect: restore state and set where reading starts.
             self.restore(consumer, checkpointer, assigned);
             return;

@@ -14,6 +14,8 @@ mod context;
 mod quarantine;
 mod report;
 mod retry;
+mod upload;
+mod watch;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -44,9 +46,10 @@ use crate::{
     sink::{Sink, SinkError},
 };
 
-pub use quarantine::{Quarantine, SlotWatch, panic_message};
+pub use quarantine::{Quarantine, panic_message};
+pub use watch::SlotWatch;
 
-use commit::{checkpoint, commit};
+use commit::{begin_checkpoint, checkpoint, commit, finish_stored};
 use context::SlotContext;
 use report::{observe_emits, publish};
 use retry::{Retries, Verdict};
@@ -176,13 +179,21 @@ pub fn run(config: &SlotConfig, stop: &Arc<AtomicBool>) -> Result<(), SlotError>
             let prefix = format!("{}/{}", config.labels.namespace, config.labels.pipeline);
             let store = CheckpointStore::new(&settings.storage, &prefix, &plan.group, &writer)?;
             info!(slot = %config.labels.slot, location = store.location(), "checkpoints enabled");
-            Some(Checkpointer::new(
+            Some(Arc::new(Checkpointer::new(
                 store,
                 plan.state_fingerprint,
                 usize::try_from(settings.retain).unwrap_or(1),
-            ))
+            )))
         }
         _ => None,
+    };
+    let uploader = match &checkpointer {
+        Some(c) => Some(
+            upload::Uploader::start(c.clone(), config.labels.slot.clone()).map_err(|e| {
+                SlotError::Restore(format!("cannot start the snapshot uploader: {e}"))
+            })?,
+        ),
+        None => None,
     };
     let interval = match (&plan.checkpoint, checkpointer.is_some() || transactional) {
         (Some(settings), true) => settings.interval.get(),
@@ -190,6 +201,7 @@ pub fn run(config: &SlotConfig, stop: &Arc<AtomicBool>) -> Result<(), SlotError>
     };
     let context = SlotContext {
         checkpointer,
+        uploader,
         transactional,
         failure: Mutex::new(None),
         paused: Mutex::new(TopicPartitionList::new()),
@@ -397,9 +409,19 @@ pub fn run(config: &SlotConfig, stop: &Arc<AtomicBool>) -> Result<(), SlotError>
                 return Err(SlotError::Sink(SinkError::Delivery(failure)));
             }
         }
+        finish_stored(consumer.context(), &consumer)?;
         if last_commit.elapsed() >= interval {
+            let ctx = consumer.context();
+            if let (Some(uploader), false) = (&ctx.uploader, ctx.transactional) {
+                // Stored on the uploader's thread and committed by `finish_stored` once it is;
+                // due again each turn until the previous one is stored.
+                if begin_checkpoint(ctx, uploader, &mut clock.backpressured, &is_stopped)? {
+                    last_commit = Instant::now();
+                }
+                continue;
+            }
             last_commit = Instant::now();
-            if consumer.context().checkpoints() {
+            if ctx.checkpoints() {
                 checkpoint(
                     consumer.context(),
                     &consumer,

@@ -1,133 +1,15 @@
-//! What a slot is doing, for the supervisor that contains its panics and for the health
-//! endpoints (progress, partitions paused for lost state), and the records that made a slot
-//! panic, which its restart dead-letters instead of processing again (else one record would
-//! crash the slot on every replay).
+//! The records that made a slot panic, which its restart dead-letters instead of processing
+//! again (else one record would crash the slot on every replay).
 
 use std::{
     collections::HashMap,
     sync::{
         Mutex,
-        atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicUsize, Ordering},
+        atomic::{AtomicBool, Ordering},
     },
 };
 
 use crate::plan::TopicIndex;
-
-/// No record in hand.
-const NONE: usize = usize::MAX;
-
-/// One slot's progress, written by the slot thread and read by the supervisor and `/healthz`.
-#[derive(Debug)]
-pub struct SlotWatch {
-    topic: AtomicUsize,
-    partition: AtomicI32,
-    offset: AtomicI64,
-    /// When the slot loop last went round (ms since the epoch; 0 = not running).
-    heartbeat_ms: AtomicI64,
-    /// Partitions paused because their state cannot be restored, as `topic/partition`.
-    paused: Mutex<std::collections::BTreeSet<String>>,
-    /// Statistics reports in a row (one a second) in which the slot's consumer had no broker up.
-    brokers_down_reports: AtomicI64,
-}
-
-impl Default for SlotWatch {
-    fn default() -> Self {
-        Self {
-            topic: AtomicUsize::new(NONE),
-            partition: AtomicI32::new(0),
-            offset: AtomicI64::new(0),
-            heartbeat_ms: AtomicI64::new(0),
-            paused: Mutex::new(std::collections::BTreeSet::new()),
-            brokers_down_reports: AtomicI64::new(0),
-        }
-    }
-}
-
-/// Statistics reports in a row without a broker up before a slot counts as cut off from Kafka
-/// (reconnects make single reports flap).
-const BROKERS_DOWN_AFTER_REPORTS: i64 = 5;
-
-impl SlotWatch {
-    /// The slot starts processing this record.
-    pub fn processing(&self, topic: TopicIndex, partition: i32, offset: i64) {
-        self.partition.store(partition, Ordering::Relaxed);
-        self.offset.store(offset, Ordering::Relaxed);
-        self.topic.store(topic, Ordering::Release);
-    }
-
-    /// The slot holds no record (between batches).
-    pub fn idle(&self) {
-        self.topic.store(NONE, Ordering::Release);
-    }
-
-    /// The record in hand, if any (read after the slot thread ended).
-    pub fn in_hand(&self) -> Option<(TopicIndex, i32, i64)> {
-        let topic = self.topic.swap(NONE, Ordering::Acquire);
-        (topic != NONE).then(|| {
-            (
-                topic,
-                self.partition.load(Ordering::Relaxed),
-                self.offset.load(Ordering::Relaxed),
-            )
-        })
-    }
-
-    /// The slot loop is alive at `now_ms`.
-    pub fn beat(&self, now_ms: i64) {
-        self.heartbeat_ms.store(now_ms, Ordering::Relaxed);
-    }
-
-    /// The slot stopped (a stopped slot is not stuck, and pauses nothing).
-    pub fn stopped(&self) {
-        self.heartbeat_ms.store(0, Ordering::Relaxed);
-        self.brokers_down_reports.store(0, Ordering::Relaxed);
-        self.paused
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
-    }
-
-    /// A partition was paused (`true`) because its state cannot be restored, or left (`false`).
-    pub fn set_paused(&self, topic: &str, partition: i32, paused: bool) {
-        let mut set = self.paused.lock().unwrap_or_else(|p| p.into_inner());
-        let name = format!("{topic}/{partition}");
-        if paused {
-            set.insert(name);
-        } else {
-            set.remove(&name);
-        }
-    }
-
-    /// A statistics report: whether any broker connection of the slot's consumer was up.
-    pub fn brokers_seen(&self, any_up: bool) {
-        if any_up {
-            self.brokers_down_reports.store(0, Ordering::Relaxed);
-        } else {
-            self.brokers_down_reports.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    /// Whether the slot has had no broker up for [`BROKERS_DOWN_AFTER_REPORTS`] reports.
-    pub fn cut_off_from_kafka(&self) -> bool {
-        self.heartbeat_ms() > 0
-            && self.brokers_down_reports.load(Ordering::Relaxed) >= BROKERS_DOWN_AFTER_REPORTS
-    }
-
-    /// The partitions paused for lost or incompatible state.
-    pub fn paused(&self) -> Vec<String> {
-        self.paused
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .cloned()
-            .collect()
-    }
-
-    /// The last heartbeat (0 = not running).
-    pub fn heartbeat_ms(&self) -> i64 {
-        self.heartbeat_ms.load(Ordering::Relaxed)
-    }
-}
 
 /// Records that made a slot panic, with the panic message, shared by the process's slots (a
 /// partition may move to another slot before the record is seen again).
@@ -176,7 +58,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_quarantined_record_is_handed_out_once_and_the_watch_forgets_what_it_reported() {
+    fn a_quarantined_record_is_handed_out_once() {
         let q = Quarantine::default();
         assert_eq!(q.take(0, 1, 5), None);
         q.add((0, 1, 5), "boom".into());
@@ -184,14 +66,6 @@ mod tests {
         assert_eq!(q.take(0, 1, 5).as_deref(), Some("boom"));
         assert_eq!(q.take(0, 1, 5), None);
 
-        let w = SlotWatch::default();
-        assert_eq!(w.in_hand(), None);
-        w.processing(1, 2, 3);
-        assert_eq!(w.in_hand(), Some((1, 2, 3)));
-        assert_eq!(w.in_hand(), None);
-        w.processing(1, 2, 4);
-        w.idle();
-        assert_eq!(w.in_hand(), None);
         let payload: Box<dyn std::any::Any + Send> = Box::new(format!("index {}", 7));
         assert_eq!(panic_message(payload.as_ref()), "index 7");
     }
