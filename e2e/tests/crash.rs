@@ -16,12 +16,7 @@ fn killing_runtime_processes_at_random_moments_loses_and_changes_no_window() {
     let tansu = Tansu::start();
     tansu.create_topics(&[("readings", PARTITIONS), ("out", 3)]);
     let outcome = crash_scenario(&tansu, "crash", "at-least-once", "readings", "out");
-    assert!(
-        outcome.comparison.exact(),
-        "output differs from the reference (logs in {}):\n{}",
-        outcome.dir.display(),
-        outcome.comparison.problems.join("\n")
-    );
+    common::assert_exact(&outcome.comparison, &outcome.dir);
     assert!(outcome.figures.checkpoints > 0.0 && outcome.figures.restores > 0.0);
     assert_eq!(outcome.figures.restore_failures, 0.0);
     common::cleanup(&outcome.dir);
@@ -48,12 +43,7 @@ fn killing_processes_of_a_repartitioned_two_slot_pipeline_loses_and_changes_no_w
         "out",
         &shape,
     );
-    assert!(
-        outcome.comparison.exact(),
-        "output differs from the reference (logs in {}):\n{}",
-        outcome.dir.display(),
-        outcome.comparison.problems.join("\n")
-    );
+    common::assert_exact(&outcome.comparison, &outcome.dir);
     assert!(outcome.figures.checkpoints > 0.0 && outcome.figures.restores > 0.0);
     assert_eq!(outcome.figures.restore_failures, 0.0);
     common::cleanup(&outcome.dir);

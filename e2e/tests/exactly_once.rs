@@ -29,12 +29,7 @@ fn exactly_once_output_under_crashes_has_every_window_exactly_once_on_real_kafka
         &input,
         &output,
     );
-    assert!(
-        outcome.comparison.exact(),
-        "logs in {}:\n{}",
-        outcome.dir.display(),
-        outcome.comparison.problems.join("\n")
-    );
+    common::assert_exact(&outcome.comparison, &outcome.dir);
     assert_eq!(
         outcome.comparison.identical_repeats, 0,
         "a read_committed reader sees every window exactly once"

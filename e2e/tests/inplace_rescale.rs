@@ -158,12 +158,7 @@ fn rescale_in_place(tansu: &Tansu, seed: u64) -> Result<(), Unowned> {
         .sum();
     let (comparison, _) = finish(tansu, "out", producer, &mut processes, Vec::new(), &data);
     let pauses = common::report_pauses(&dir);
-    assert!(
-        comparison.exact(),
-        "output differs from the reference (logs in {}):\n{}",
-        dir.display(),
-        comparison.problems.join("\n")
-    );
+    common::assert_exact(&comparison, &dir);
     assert_eq!(
         restarts,
         0.0,

@@ -50,12 +50,7 @@ fn scaling_from_one_to_three_to_two_to_four_processes_mid_stream_keeps_every_win
     processes.push(launch.start("rescale-4"));
     let (comparison, _) = finish(&tansu, "out", producer, &mut processes, scraped, &data);
     let pauses = common::report_pauses(&dir);
-    assert!(
-        comparison.exact(),
-        "output differs from the reference (logs in {}):\n{}",
-        dir.display(),
-        comparison.problems.join("\n")
-    );
+    common::assert_exact(&comparison, &dir);
     assert!(!pauses.is_empty(), "no partition moved with its state");
     common::cleanup(&dir);
 }

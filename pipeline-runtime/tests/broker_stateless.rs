@@ -31,15 +31,8 @@ fn a_missing_sink_topic_is_named_and_nothing_is_consumed_until_it_exists() {
         broker.bootstrap
     );
     let runtime = Runtime::start(RuntimeOptions {
-        name: "events".into(),
-        namespace: "test".into(),
-        pod: "pod-a".into(),
-        spec: spec(&manifest),
-        slots: 1,
-        scale_file: None,
         metrics_addr: Some("127.0.0.1:0".parse().unwrap()),
-        commit_interval: Duration::from_secs(1),
-        simulated_record_cost: None,
+        ..support::options("events", "pod-a", spec(&manifest), 1)
     })
     .unwrap();
     let addr = runtime.metrics_addr().unwrap();
@@ -118,18 +111,7 @@ fn stateless_pipeline_forwards_filtered_projections_keeps_keys_and_dead_letters_
         "apiVersion: sluice.dev/v1alpha1\nkind: PipelineDeployment\nmetadata: {{name: orders}}\nspec:\n  kafka: {{bootstrapServers: '{}'}}\n  source: {{topic: orders}}\n  transform: {{filter: 'record.amount >= 1000', select: [order_id, amount, customer.id]}}\n  sink: {{kafka: {{topic: big-orders}}}}\n  deadLetter: {{topic: orders-dlq}}\n",
         broker.bootstrap
     );
-    let runtime = Runtime::start(RuntimeOptions {
-        name: "orders".into(),
-        namespace: "test".into(),
-        pod: "pod-a".into(),
-        spec: spec(&manifest),
-        slots: 2,
-        scale_file: None,
-        metrics_addr: None,
-        commit_interval: Duration::from_secs(1),
-        simulated_record_cost: None,
-    })
-    .unwrap();
+    let runtime = Runtime::start(support::options("orders", "pod-a", spec(&manifest), 2)).unwrap();
     let want = expected.len();
     let out = broker.consume("big-orders", Duration::from_secs(120), |o| o.len() >= want);
     let got: BTreeMap<String, Value> = out
@@ -230,18 +212,7 @@ fn an_unavailable_schema_registry_holds_the_partitions_keeps_the_slot_in_its_gro
         "apiVersion: sluice.dev/v1alpha1\nkind: PipelineDeployment\nmetadata: {{name: avro}}\nspec:\n  kafka: {{bootstrapServers: '{}', schemaRegistryUrl: '{registry}', properties: {{max.poll.interval.ms: '3000', session.timeout.ms: '3000', heartbeat.interval.ms: '500'}}}}\n  source: {{topic: avro-in, format: {{type: avro}}}}\n  sink: {{kafka: {{topic: avro-out}}}}\n",
         broker.bootstrap
     );
-    let runtime = Runtime::start(RuntimeOptions {
-        name: "avro".into(),
-        namespace: "test".into(),
-        pod: "pod-a".into(),
-        spec: spec(&manifest),
-        slots: 1,
-        scale_file: None,
-        metrics_addr: None,
-        commit_interval: Duration::from_secs(1),
-        simulated_record_cost: None,
-    })
-    .unwrap();
+    let runtime = Runtime::start(support::options("avro", "pod-a", spec(&manifest), 1)).unwrap();
     let out = broker.consume("avro-out", Duration::from_secs(60), |o| o.len() >= 200);
     std::thread::sleep(Duration::from_secs(1));
     let ids: std::collections::BTreeSet<i64> = out

@@ -8,26 +8,12 @@ use std::{
     time::Duration,
 };
 
-use pipeline_runtime::{
-    runtime::{Runtime, RuntimeOptions},
-    slot::wall_clock_ms,
-};
+use pipeline_runtime::{runtime::Runtime, slot::wall_clock_ms};
 use serde_json::{Value, json};
 use support::{Rng, Tansu, metric_sum, spec};
 
 fn start(name: &str, pod: &str, yaml: &str, slots: usize) -> Runtime {
-    Runtime::start(RuntimeOptions {
-        name: name.into(),
-        namespace: "test".into(),
-        pod: pod.into(),
-        spec: spec(yaml),
-        slots,
-        scale_file: None,
-        metrics_addr: None,
-        commit_interval: Duration::from_secs(1),
-        simulated_record_cost: None,
-    })
-    .unwrap()
+    Runtime::start(support::options(name, pod, spec(yaml), slots)).unwrap()
 }
 
 /// Exact aggregates of integer values: (count, sum, min, max).

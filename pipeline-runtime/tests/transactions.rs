@@ -7,12 +7,14 @@
 //! completes with exact results. Invisibility of aborted outputs and fencing are verified only
 //! against a real Kafka (`e2e/tests/exactly_once.rs`, opt-in): see docs/checkpoints.md.
 
+mod support;
+
 use std::{
     collections::BTreeMap,
     time::{Duration, Instant},
 };
 
-use pipeline_runtime::runtime::{Runtime, RuntimeOptions};
+use pipeline_runtime::runtime::Runtime;
 use rdkafka::{
     ClientConfig, Message, Offset, TopicPartitionList,
     consumer::{BaseConsumer, Consumer},
@@ -132,18 +134,7 @@ spec:
     }
     produce(&bootstrap, &records);
 
-    let runtime = Runtime::start(RuntimeOptions {
-        name: "eos".into(),
-        namespace: "test".into(),
-        pod: "eos-0".into(),
-        spec,
-        slots: 1,
-        scale_file: None,
-        metrics_addr: None,
-        commit_interval: Duration::from_secs(1),
-        simulated_record_cost: None,
-    })
-    .unwrap();
+    let runtime = Runtime::start(support::options("eos", "eos-0", spec, 1)).unwrap();
     // Checkpoints fail while the blocker is there: their transactions abort, the slot restarts.
     let deadline = Instant::now() + Duration::from_secs(60);
     let failures = "pipeline_checkpoints_total{pipeline=\"eos\",namespace=\"test\",pod=\"eos-0\",slot=\"0\",result=\"failure\"}";

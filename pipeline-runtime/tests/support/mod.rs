@@ -6,6 +6,27 @@ use std::time::{Duration, Instant};
 
 pub use pipeline_e2e::broker::*;
 
+/// The options tests start a runtime with: namespace `test`, no scale file, no metrics server,
+/// a 1 s commit interval and no simulated work. Override fields with `..options(..)`.
+pub fn options(
+    name: &str,
+    pod: &str,
+    spec: pipeline_crds::PipelineDeploymentSpec,
+    slots: usize,
+) -> pipeline_runtime::runtime::RuntimeOptions {
+    pipeline_runtime::runtime::RuntimeOptions {
+        name: name.into(),
+        namespace: "test".into(),
+        pod: pod.into(),
+        spec,
+        slots,
+        scale_file: None,
+        metrics_addr: None,
+        commit_interval: Duration::from_secs(1),
+        simulated_record_cost: None,
+    }
+}
+
 /// Parses a manifest written inline in a test.
 pub fn spec(yaml: &str) -> pipeline_crds::PipelineDeploymentSpec {
     pipeline_crds::manifest::from_yaml(yaml, "test manifest")
