@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+#[allow(unused_imports)] // the transactions test uses none of them
 pub use pipeline_e2e::broker::*;
 
 /// The options tests start a runtime with: namespace `test`, no scale file, no metrics server,
