@@ -15,9 +15,9 @@ use pipeline_runtime::{
     field::{FieldPath, key_text},
     filter::Filter,
     loadgen::{Generator, Shape, Workload},
-    output::window_record,
     plan::Plan,
     processor::{InRecord, Processor},
+    sink::encode::window_record,
     window::WindowResult,
 };
 

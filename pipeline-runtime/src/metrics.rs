@@ -417,6 +417,11 @@ impl Metrics {
 
     /// Counts one dead-lettered record.
     pub fn dead_lettered(&self, labels: &SlotLabels, stage: FailedStage) {
+        self.dead_lettered_n(labels, stage, 1);
+    }
+
+    /// Counts `n` dead letters of a slot at `stage`.
+    pub fn dead_lettered_n(&self, labels: &SlotLabels, stage: FailedStage, n: u64) {
         self.dead_letter
             .get_or_create(&ReasonLabels {
                 pipeline: labels.pipeline.clone(),
@@ -425,7 +430,7 @@ impl Metrics {
                 slot: labels.slot.clone(),
                 reason: stage.as_str().to_owned(),
             })
-            .inc();
+            .inc_by(n);
     }
 
     /// Labels of one partition of a slot.

@@ -6,7 +6,6 @@
 
 use std::{borrow::Cow, collections::HashMap, sync::Arc, time::Instant};
 
-use pipeline_crds::sink::OutputFormat;
 use serde_json::Value;
 
 use crate::{
@@ -14,10 +13,9 @@ use crate::{
     decode::{DecodeError, Decoder, DecoderConfigError, Fields, decode_json_fields},
     field::key_text,
     filter::{Filter, FilterError},
-    output::{OutputError, WindowEncoding, window_avro, window_record, window_schema},
     plan::{Plan, TopicIndex},
     projection::Projection,
-    schema_registry::{RegistryError, SchemaRegistry},
+    row::Row,
     watermark::{IDLE_MARKER, NO_WATERMARK, UpstreamWatermarks, Watermark},
     window::{Added, PartitionWindows, RestoreError, WindowResult},
 };
@@ -91,15 +89,8 @@ impl FailedStage {
 /// Something the slot must send.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Emit {
-    /// A record for the sink topic.
-    Output {
-        /// Kafka key.
-        key: Option<Vec<u8>>,
-        /// Value.
-        value: Vec<u8>,
-        /// Event time the output is about (record time, or window end), for latency.
-        event_ms: i64,
-    },
+    /// An output row, for the sink to encode and write.
+    Output(Row),
     /// A re-keyed record for the internal repartition topic.
     Repartition {
         /// The key text.
@@ -229,19 +220,6 @@ pub enum ProcessorError {
     /// The filter.
     #[error(transparent)]
     Filter(#[from] FilterError),
-    /// The output schema could not be registered (retryable).
-    #[error(transparent)]
-    Registry(#[from] RegistryError),
-    /// The output schema cannot be derived.
-    #[error(transparent)]
-    Output(#[from] OutputError),
-}
-
-impl ProcessorError {
-    /// Whether trying again later can succeed.
-    pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Registry(_))
-    }
 }
 
 /// The per-slot record processor and the state of the partitions the slot owns.
@@ -252,7 +230,6 @@ pub struct Processor {
     /// Looked up per record: foldhash, not SipHash.
     partitions: HashMap<(TopicIndex, i32), PartitionState, foldhash::fast::RandomState>,
     results: Vec<WindowResult>,
-    encoding: WindowEncoding,
     /// How `transform.select` is written (`None`: no `select`).
     projection: Option<Projection>,
     /// The fields stage two decodes from repartition-topic records (they carry the whole source
@@ -268,22 +245,9 @@ impl Processor {
         let decoder = Decoder::new(&plan.format, plan.schema_registry_url.as_deref())?
             .keeping(plan.decode_fields.as_ref());
         let filter = plan.filter.as_deref().map(Filter::compile).transpose()?;
-        let encoding = match (&plan.window, plan.output_format, &plan.schema_registry_url) {
-            (Some(window), OutputFormat::Avro, Some(url)) => {
-                let schema = window_schema(plan.key_field(), &window.aggregates)?;
-                let subject = format!("{}-value", plan.sink_topic);
-                let id = SchemaRegistry::new(url).register(&subject, &schema)?;
-                WindowEncoding::Avro {
-                    schema: Box::new(schema),
-                    id,
-                }
-            }
-            _ => WindowEncoding::Json,
-        };
         let projection = plan.select.as_deref().map(Projection::new);
         let repartitioned_fields = plan.repartitioned_fields().into_iter().collect();
         Ok(Self {
-            encoding,
             projection,
             repartitioned_fields,
             plan,
@@ -529,34 +493,8 @@ impl Processor {
     }
 
     fn emit_windows(&mut self, results: &mut Vec<WindowResult>, out: &mut Vec<Emit>) {
-        let key_field = self.plan.key_field();
-        for result in results.drain(..) {
-            let (key, json) = window_record(key_field, &result);
-            let value = match &self.encoding {
-                WindowEncoding::Json => json,
-                WindowEncoding::Avro { schema, id } => match window_avro(schema, *id, &result) {
-                    Ok(bytes) => bytes,
-                    Err(e) => {
-                        // Dead-lettered in JSON, so the result is not lost.
-                        self.counts.dead_letter += 1;
-                        out.push(Emit::DeadLetter {
-                            key: Some(key),
-                            value: Some(json),
-                            stage: FailedStage::Encode,
-                            error: e.to_string(),
-                            source: None,
-                        });
-                        continue;
-                    }
-                },
-            };
-            self.counts.records_out += 1;
-            out.push(Emit::Output {
-                key: Some(key),
-                value,
-                event_ms: result.end,
-            });
-        }
+        self.counts.records_out += results.len() as u64;
+        out.extend(results.drain(..).map(|r| Emit::Output(Row::Window(r))));
     }
 
     fn emit_stateless(
@@ -576,11 +514,11 @@ impl Processor {
             (None, _) => serde_json::to_vec(record).expect("JSON values serialize"),
         };
         self.counts.records_out += 1;
-        out.push(Emit::Output {
+        out.push(Emit::Output(Row::Record {
             key: rec.key.map(<[u8]>::to_vec),
-            value,
+            json: value,
             event_ms: rec.timestamp_ms.unwrap_or(wall_ms),
-        });
+        }));
     }
 
     fn dead_letter(
@@ -909,7 +847,10 @@ mod tests {
 
     fn json_of(e: &Emit) -> Value {
         match e {
-            Emit::Output { value, .. } | Emit::Repartition { value, .. } => {
+            Emit::Output(Row::Window(r)) => {
+                serde_json::from_slice(&crate::sink::encode::window_record("dev", r).1).unwrap()
+            }
+            Emit::Output(Row::Record { json: value, .. }) | Emit::Repartition { value, .. } => {
                 serde_json::from_slice(value).unwrap()
             }
             other => panic!("not an output: {other:?}"),
@@ -965,11 +906,11 @@ mod tests {
         let out = feed(&mut p, 0, 3, 7, raw, 5);
         assert_eq!(
             out,
-            vec![Emit::Output {
+            vec![Emit::Output(Row::Record {
                 key: Some(b"k".to_vec()),
-                value: raw.to_vec(),
+                json: raw.to_vec(),
                 event_ms: 5
-            }]
+            })]
         );
     }
 
@@ -1001,7 +942,7 @@ mod tests {
             ]
         );
         assert!(
-            matches!(&out[0], Emit::Output { key: Some(k), .. } if k == br#"{"dev":"a","window_start":0}"#)
+            matches!(&out[0], Emit::Output(Row::Window(r)) if crate::sink::encode::window_record("dev", r).0 == br#"{"dev":"a","window_start":0}"#)
         );
         // Offsets 0..=2 are in windows still within lateness: commit stays at 0.
         assert_eq!(p.committable_offset(0, 0), Some(0));
@@ -1056,76 +997,6 @@ mod tests {
         let mut p = processor("");
         p.assign(0, 5, Instant::now());
         assert_eq!(p.committable_offset(0, 5), None);
-    }
-
-    /// A registry on loopback that answers one registration with `id` and returns the request.
-    fn one_shot_registry(id: u32) -> (String, std::thread::JoinHandle<String>) {
-        use std::io::{Read, Write};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let server = std::thread::spawn(move || {
-            let (mut conn, _) = listener.accept().unwrap();
-            let mut request = Vec::new();
-            let mut buf = [0u8; 4096];
-            // Read headers and the JSON body (ends with the closing brace of the request).
-            while !request.ends_with(b"}") {
-                let n = conn.read(&mut buf).unwrap();
-                if n == 0 {
-                    break;
-                }
-                request.extend_from_slice(&buf[..n]);
-            }
-            let body = format!("{{\"id\":{id}}}");
-            write!(conn, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).unwrap();
-            String::from_utf8_lossy(&request).into_owned()
-        });
-        (url, server)
-    }
-
-    #[test]
-    fn avro_output_registers_the_derived_schema_and_writes_the_wire_format() {
-        let (url, server) = one_shot_registry(7);
-        let text = format!(
-            "apiVersion: sluice.dev/v1alpha1\nkind: PipelineDeployment\nmetadata: {{name: t}}\nspec:\n  kafka: {{bootstrapServers: 'k:9092', schemaRegistryUrl: '{url}'}}\n  source: {{topic: in}}\n  sink: {{kafka: {{topic: out, format: avro}}}}\n{WINDOWED}"
-        );
-        let spec = from_yaml(&text, "test").unwrap().spec;
-        assert!(pipeline_crds::support::problems(&spec).is_empty());
-        let mut p = Processor::new(Arc::new(Plan::new(&spec, "g", vec![1]))).unwrap();
-        let request = server.join().unwrap();
-        assert!(
-            request.starts_with("POST /subjects/out-value/versions "),
-            "{request}"
-        );
-        assert!(request.contains("WindowResult"), "{request}");
-        feed(&mut p, 0, 0, 0, br#"{"dev":"a","ts":1000,"v":5}"#, 0);
-        let out = feed(&mut p, 0, 0, 1, br#"{"dev":"a","ts":40000,"v":1}"#, 0);
-        let Emit::Output { value, .. } = &out[0] else {
-            panic!("{out:?}")
-        };
-        assert_eq!(&value[..5], &[0, 0, 0, 0, 7]);
-        let schema =
-            crate::output::window_schema("dev", &p.plan().window.as_ref().unwrap().aggregates)
-                .unwrap();
-        let decoded = apache_avro::from_avro_datum(&schema, &mut &value[5..], None).unwrap();
-        assert_eq!(
-            Value::try_from(decoded).unwrap(),
-            json!({"dev": "a", "window_start": 0, "window_end": 10_000, "n": 1, "total": 5.0})
-        );
-    }
-
-    #[test]
-    fn an_unreachable_registry_is_a_retryable_start_error() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        drop(listener);
-        let text = format!(
-            "apiVersion: sluice.dev/v1alpha1\nkind: PipelineDeployment\nmetadata: {{name: t}}\nspec:\n  kafka: {{bootstrapServers: 'k:9092', schemaRegistryUrl: '{url}'}}\n  source: {{topic: in}}\n  sink: {{kafka: {{topic: out, format: avro}}}}\n{WINDOWED}"
-        );
-        let spec = from_yaml(&text, "test").unwrap().spec;
-        let err = Processor::new(Arc::new(Plan::new(&spec, "g", vec![1])))
-            .err()
-            .unwrap();
-        assert!(err.is_transient(), "{err}");
     }
 
     #[test]

@@ -91,11 +91,11 @@ impl SlotError {
     /// Whether restarting the slot can help.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Self::Processor(e) => e.is_transient(),
+            // A filter or format that does not compile stays so.
+            Self::Processor(_) => false,
             // A configuration librdkafka refuses stays refused.
-            Self::Consumer(KafkaError::ClientCreation(_)) | Self::Sink(SinkError::Create(_)) => {
-                false
-            }
+            Self::Consumer(KafkaError::ClientCreation(_)) => false,
+            Self::Sink(e) => e.is_retryable(),
             _ => true,
         }
     }
@@ -157,7 +157,7 @@ pub fn run(config: &SlotConfig, stop: &Arc<AtomicBool>) -> Result<(), SlotError>
     if let Some(id) = &transactional_id {
         producer.set("transactional.id", id);
     }
-    let sink = Arc::new(Sink::new(&producer)?);
+    let sink = Arc::new(Sink::new(&producer, &plan)?);
     if transactional {
         sink.init_transactions(Duration::from_secs(60))?;
         info!(slot = %config.labels.slot, transactional_id = ?transactional_id, "exactly-once: transactional producer ready");

@@ -7,7 +7,7 @@ use tracing::warn;
 
 use crate::{
     metrics::Metrics,
-    processor::{Counts, Emit, Processor},
+    processor::{Counts, Emit, FailedStage, Processor},
 };
 
 use super::context::SlotContext;
@@ -18,8 +18,8 @@ use super::{SlotClock, SlotConfig, wall_clock_ms};
 pub(super) fn observe_emits(config: &SlotConfig, latency: &Histogram, emits: &[Emit]) {
     let wall = wall_clock_ms();
     for emit in emits {
-        if let Emit::Output { event_ms, .. } = emit {
-            latency.observe((wall - event_ms).max(0) as f64 / 1000.0);
+        if let Emit::Output(row) = emit {
+            latency.observe((wall - row.event_ms()).max(0) as f64 / 1000.0);
         }
         if let Emit::DeadLetter { stage, error, .. } = emit {
             config.metrics.dead_lettered(&config.labels, *stage);
@@ -42,6 +42,11 @@ pub(super) fn publish(
     let labels = &config.labels;
     m.add_counts(labels, reported, &processor.counts);
     *reported = processor.counts;
+    // Rows the sink could not encode went to the dead-letter topic (stage `encode`).
+    let rejected = consumer.context().sink.take_rejected();
+    if rejected > 0 {
+        m.dead_lettered_n(labels, FailedStage::Encode, rejected);
+    }
     m.busy
         .get_or_create(labels)
         .inc_by(clock.busy.saturating_sub(clock.backpressured).as_secs_f64());

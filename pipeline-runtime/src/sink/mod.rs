@@ -1,8 +1,16 @@
-//! A slot's producer: sends outputs, side outputs and repartitioned records, and accounts the time
-//! it is blocked as backpressure.
+//! Where a slot's emits go. Output rows go to the pipeline's sink behind [`RowSink`] (Kafka or
+//! ClickHouse), which encodes them for its destination; dead letters, late data and
+//! repartitioned records always go to Kafka through the slot's producer, which also carries the
+//! exactly-once transaction. Time blocked on either is accounted as backpressure.
+
+pub mod encode;
+pub mod kafka;
 
 use std::{
-    sync::Mutex,
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -15,7 +23,47 @@ use rdkafka::{
     producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext},
 };
 
-use crate::{plan::Plan, processor::Emit};
+use crate::{
+    plan::Plan,
+    processor::{Emit, FailedStage},
+    row::Row,
+    schema_registry::RegistryError,
+};
+
+/// The destination of a pipeline's output rows.
+///
+/// A sink may write each row at once or buffer; `flush` returns once every row sent so far is
+/// durable at the destination, and the slot commits offsets only after it returned (at-least-once;
+/// with ClickHouse's ReplacingMergeTree, effectively-once). A sink that cannot keep up blocks in
+/// `send` or `flush`, adding the wait to `blocked`: the slot's backpressure, which tells the
+/// autoscaler the pipeline is sink-bound.
+pub trait RowSink: Send {
+    /// Takes one row.
+    fn send(
+        &mut self,
+        row: Row,
+        blocked: &mut Duration,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<Sent, SinkError>;
+
+    /// Makes every row sent so far durable.
+    fn flush(&mut self, blocked: &mut Duration, stop: &dyn Fn() -> bool) -> Result<(), SinkError>;
+}
+
+/// What became of a row.
+pub enum Sent {
+    /// Written or buffered.
+    Accepted,
+    /// It cannot be encoded for the destination: dead-lettered as JSON (stage `encode`).
+    Rejected {
+        /// Its Kafka key.
+        key: Option<Vec<u8>>,
+        /// The row as JSON.
+        json: Vec<u8>,
+        /// Why.
+        error: String,
+    },
+}
 
 /// Why the sink cannot go on.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +85,12 @@ pub enum SinkError {
     /// Stopped while blocked.
     #[error("stopped while the producer queue was full")]
     Interrupted,
+    /// The output schema could not be registered (retryable).
+    #[error("output schema: {0}")]
+    Registry(#[from] RegistryError),
+    /// The output schema cannot be derived from the spec.
+    #[error(transparent)]
+    Schema(#[from] encode::OutputError),
     /// A Kafka transaction step failed; the transaction is aborted (or the producer fenced) and
     /// the slot restarts from its last committed checkpoint.
     #[error("transaction {step} failed: {source}")]
@@ -49,6 +103,12 @@ pub enum SinkError {
 }
 
 impl SinkError {
+    /// Whether restarting the slot can help: not for a configuration librdkafka refuses or a
+    /// schema the spec cannot give.
+    pub fn is_retryable(&self) -> bool {
+        !matches!(self, Self::Create(_) | Self::Schema(_))
+    }
+
     /// Whether a newer producer with the same transactional id (or a newer group generation)
     /// took over: this producer is a zombie and must not write again.
     pub fn is_fenced(&self) -> bool {
@@ -88,18 +148,33 @@ impl ProducerContext for DeliveryTracker {
     }
 }
 
-/// The producer of one slot.
+/// The sinks of one slot: its producer, and the sink of its output rows.
 pub struct Sink {
-    producer: BaseProducer<DeliveryTracker>,
+    producer: Arc<BaseProducer<DeliveryTracker>>,
+    rows: Mutex<Box<dyn RowSink>>,
+    /// Rows the sink could not encode, dead-lettered, not yet reported.
+    rejected: AtomicU64,
 }
 
 impl Sink {
-    /// Creates the producer.
-    pub fn new(config: &ClientConfig) -> Result<Self, SinkError> {
-        let producer = config
-            .create_with_context(DeliveryTracker::default())
-            .map_err(SinkError::Create)?;
-        Ok(Self { producer })
+    /// Creates the producer and the sink of `plan`'s rows.
+    pub fn new(config: &ClientConfig, plan: &Plan) -> Result<Self, SinkError> {
+        let producer: Arc<BaseProducer<DeliveryTracker>> = Arc::new(
+            config
+                .create_with_context(DeliveryTracker::default())
+                .map_err(SinkError::Create)?,
+        );
+        let rows: Box<dyn RowSink> = Box::new(kafka::KafkaRows::new(plan, producer.clone())?);
+        Ok(Self {
+            producer,
+            rows: Mutex::new(rows),
+            rejected: AtomicU64::new(0),
+        })
+    }
+
+    /// Rows dead-lettered because they could not be encoded, since the last call.
+    pub fn take_rejected(&self) -> u64 {
+        self.rejected.swap(0, Ordering::Relaxed)
     }
 
     /// The underlying producer.
@@ -133,13 +208,22 @@ impl Sink {
         stop: &dyn Fn() -> bool,
     ) -> Result<(), SinkError> {
         for emit in emits.drain(..) {
-            match &emit {
-                Emit::Output { key, value, .. } => {
-                    let mut r = BaseRecord::to(plan.sink_topic.as_str()).payload(value.as_slice());
-                    if let Some(k) = key {
-                        r = r.key(k.as_slice());
+            match emit {
+                Emit::Output(row) => {
+                    let sent = self
+                        .rows
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .send(row, blocked, stop)?;
+                    if let Sent::Rejected { key, json, error } = sent {
+                        self.rejected.fetch_add(1, Ordering::Relaxed);
+                        if let Some(topic) = plan.dead_letter_topic.as_deref() {
+                            let h = OwnedHeaders::new()
+                                .insert(header(headers::ERROR, &error))
+                                .insert(header(headers::STAGE, FailedStage::Encode.as_str()));
+                            self.send(side_record(topic, &key, &Some(json), h), blocked, stop)?;
+                        }
                     }
-                    self.send(r, blocked, stop)?;
                 }
                 Emit::Repartition {
                     key,
@@ -161,7 +245,7 @@ impl Sink {
                     let r = BaseRecord::to(topic)
                         .key(key.as_slice())
                         .payload(value.as_slice())
-                        .timestamp(*timestamp_ms)
+                        .timestamp(timestamp_ms)
                         .headers(h);
                     self.send(r, blocked, stop)?;
                 }
@@ -198,9 +282,9 @@ impl Sink {
                         Some(s) => source_headers(plan, s.topic, s.partition, s.offset),
                         None => OwnedHeaders::new(),
                     }
-                    .insert(header(headers::ERROR, error))
+                    .insert(header(headers::ERROR, &error))
                     .insert(header(headers::STAGE, stage.as_str()));
-                    self.send(side_record(topic, key, value, h), blocked, stop)?;
+                    self.send(side_record(topic, &key, &value, h), blocked, stop)?;
                 }
                 Emit::Late {
                     key,
@@ -218,39 +302,20 @@ impl Sink {
                             &format!("{}-{}", window.0, window.1),
                         ))
                         .insert(header(headers::LATENESS_MS, &lateness_ms.to_string()));
-                    self.send(side_record(topic, key, value, h), blocked, stop)?;
+                    self.send(side_record(topic, &key, &value, h), blocked, stop)?;
                 }
             }
         }
         Ok(())
     }
 
-    fn send<'a>(
+    fn send(
         &self,
-        mut record: BaseRecord<'a, [u8], [u8]>,
+        record: BaseRecord<'_, [u8], [u8]>,
         blocked: &mut Duration,
         stop: &dyn Fn() -> bool,
     ) -> Result<(), SinkError> {
-        loop {
-            match self.producer.send(record) {
-                Ok(()) => return Ok(()),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    let start = Instant::now();
-                    self.producer.poll(Duration::from_millis(10));
-                    *blocked += start.elapsed();
-                    if stop() {
-                        return Err(SinkError::Interrupted);
-                    }
-                    record = back;
-                }
-                Err((source, back)) => {
-                    return Err(SinkError::Produce {
-                        topic: back.topic.to_owned(),
-                        source,
-                    });
-                }
-            }
-        }
+        produce(&self.producer, record, blocked, stop)
     }
 
     /// Registers the transactional id (fencing any older producer with the same id) and begins
@@ -308,6 +373,10 @@ impl Sink {
     /// Waits until every queued record is acknowledged; the wait is added to `blocked`. Fails when
     /// a delivery failed, so offsets past a lost record are never committed.
     pub fn flush(&self, blocked: &mut Duration, stop: &dyn Fn() -> bool) -> Result<(), SinkError> {
+        self.rows
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .flush(blocked, stop)?;
         let start = Instant::now();
         let result = loop {
             match self.producer.flush(Duration::from_millis(500)) {
@@ -345,6 +414,35 @@ fn source_headers(plan: &Plan, topic: usize, partition: i32, offset: i64) -> Own
         .insert(header(headers::SOURCE_OFFSET, &offset.to_string()))
 }
 
+/// Queues a record, waiting (counted in `blocked`) while the producer's queue is full.
+fn produce(
+    producer: &BaseProducer<DeliveryTracker>,
+    mut record: BaseRecord<'_, [u8], [u8]>,
+    blocked: &mut Duration,
+    stop: &dyn Fn() -> bool,
+) -> Result<(), SinkError> {
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                let start = Instant::now();
+                producer.poll(Duration::from_millis(10));
+                *blocked += start.elapsed();
+                if stop() {
+                    return Err(SinkError::Interrupted);
+                }
+                record = back;
+            }
+            Err((source, back)) => {
+                return Err(SinkError::Produce {
+                    topic: back.topic.to_owned(),
+                    source,
+                });
+            }
+        }
+    }
+}
+
 fn side_record<'a>(
     topic: &'a str,
     key: &'a Option<Vec<u8>>,
@@ -373,7 +471,13 @@ mod tests {
         cluster.create_topic("out", 1, 1).unwrap();
         let mut config = ClientConfig::new();
         config.set("bootstrap.servers", cluster.bootstrap_servers());
-        let sink = Sink::new(&config).unwrap();
+        let spec = pipeline_crds::manifest::from_yaml(
+            "apiVersion: sluice.dev/v1alpha1\nkind: PipelineDeployment\nmetadata: {name: t}\nspec:\n  kafka: {bootstrapServers: 'k:9092'}\n  source: {topic: in}\n  sink: {kafka: {topic: out}}\n",
+            "test",
+        )
+        .unwrap()
+        .spec;
+        let sink = Sink::new(&config, &Plan::new(&spec, "g", vec![1])).unwrap();
         // Connected first, so the slow round trips below are the produce requests'.
         sink.producer
             .send(BaseRecord::<[u8], [u8]>::to("out").payload(b"warm-up".as_slice()))

@@ -1,4 +1,4 @@
-//! Encoding output records.
+//! Encoding output rows as JSON and Avro (the Kafka sink's formats; ClickHouse takes the JSON).
 //!
 //! A windowed output is a JSON object `{<key field>, window_start, window_end, <aggregates>…}`
 //! whose Kafka key is `{"<key field>":<key>,"window_start":<start>}`: one key per (key, window), so
@@ -12,7 +12,7 @@ use pipeline_crds::{
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::Value;
 
-use crate::{aggregate::AggregatePlan, window::WindowResult};
+use crate::{aggregate::AggregatePlan, row::Row, window::WindowResult};
 
 struct WindowValue<'a> {
     key_field: &'a str,
@@ -53,6 +53,18 @@ pub fn window_record(key_field: &str, result: &WindowResult) -> (Vec<u8>, Vec<u8
     let value =
         serde_json::to_vec(&WindowValue { key_field, result }).expect("JSON values serialize");
     (key, value)
+}
+
+/// The Kafka key and JSON value of a row: a window result's (key, window start) key and object,
+/// or a record's own key and object.
+pub fn row_json(key_field: &str, row: &Row) -> (Option<Vec<u8>>, Vec<u8>) {
+    match row {
+        Row::Window(result) => {
+            let (key, value) = window_record(key_field, result);
+            (Some(key), value)
+        }
+        Row::Record { key, json, .. } => (key.clone(), json.clone()),
+    }
 }
 
 /// Why window results cannot be written in Avro.
