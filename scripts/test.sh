@@ -9,7 +9,8 @@ log() { printf '\n== %s\n' "$*"; }
 # System libraries for librdkafka (built from source by rdkafka-sys), and Prometheus.
 missing=()
 # prometheus: the autoscaler's Prometheus metrics source is tested against a real server.
-for pkg in pkg-config libssl-dev zlib1g-dev make g++ prometheus; do
+# clickhouse-server: the ClickHouse sink is tested against a real server (Debian's 18.16).
+for pkg in pkg-config libssl-dev zlib1g-dev make g++ prometheus clickhouse-server; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if [ "${#missing[@]}" -gt 0 ]; then

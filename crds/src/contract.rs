@@ -35,6 +35,10 @@ pub mod env {
     pub const KAFKA_SASL_USERNAME: &str = "SLUICE_KAFKA_SASL_USERNAME";
     /// SASL password, from the Secret named in `spec.kafka.sasl.credentialsSecret`.
     pub const KAFKA_SASL_PASSWORD: &str = "SLUICE_KAFKA_SASL_PASSWORD";
+    /// ClickHouse user, from `spec.sink.clickhouse.credentialsSecret`.
+    pub const CLICKHOUSE_USER: &str = "SLUICE_CLICKHOUSE_USER";
+    /// ClickHouse password, from `spec.sink.clickhouse.credentialsSecret`.
+    pub const CLICKHOUSE_PASSWORD: &str = "SLUICE_CLICKHOUSE_PASSWORD";
     /// S3 access key id, from `spec.checkpoint.storage.s3.credentialsSecret`.
     pub const S3_ACCESS_KEY_ID: &str = "AWS_ACCESS_KEY_ID";
     /// S3 secret access key, from `spec.checkpoint.storage.s3.credentialsSecret`.
@@ -178,6 +182,16 @@ pub mod metrics {
     /// Checkpoints failed in a row, per slot (gauge; 0 after a success). Past
     /// `checkpoint.tolerableFailures` the slot restarts from its last good checkpoint.
     pub const CHECKPOINT_FAILURES_IN_A_ROW: &str = "pipeline_checkpoint_failures_in_a_row";
+    /// Rows a non-Kafka sink (ClickHouse) acknowledged (counter).
+    pub const SINK_ROWS_TOTAL: &str = "pipeline_sink_rows_total";
+    /// Bytes of those rows (counter).
+    pub const SINK_BYTES_TOTAL: &str = "pipeline_sink_bytes_total";
+    /// Duration of one successful insert (histogram).
+    pub const SINK_INSERT_DURATION_SECONDS: &str = "pipeline_sink_insert_duration_seconds";
+    /// Failed insert attempts, each retried with backoff (counter).
+    pub const SINK_INSERT_FAILURES_TOTAL: &str = "pipeline_sink_insert_failures_total";
+    /// Rows per insert (histogram).
+    pub const SINK_BATCH_ROWS: &str = "pipeline_sink_batch_rows";
     /// Gauge per slot: 1 while a checkpoint's snapshots are being stored (the slot processes on).
     pub const CHECKPOINT_IN_PROGRESS: &str = "pipeline_checkpoint_in_progress";
     /// Duration of restoring a partition's state (histogram).
@@ -251,6 +265,9 @@ pub mod output {
     pub const WINDOW_START: &str = "window_start";
     /// Window end, epoch milliseconds, exclusive.
     pub const WINDOW_END: &str = "window_end";
+    /// The ClickHouse sink's version column (UInt64): the `ReplacingMergeTree` keeps the row
+    /// with the highest one per key and window start.
+    pub const VERSION_COLUMN: &str = "_version";
 
     /// The name a field gets in Avro output: letters, digits and `_`, not starting with a digit
     /// (every other character becomes `_`). Two output fields must not share it.

@@ -96,7 +96,9 @@ impl Compression {
     }
 }
 
-/// A ClickHouse table reached over HTTP.
+/// A ClickHouse table reached over HTTP. Window results are effectively-once: each row carries a
+/// deterministic `_version`, the table is a `ReplacingMergeTree(_version)` ordered by the key and
+/// `window_start`, and a query with `FINAL` returns one exact row per window (docs/clickhouse.md).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ClickHouseSink {
@@ -113,6 +115,28 @@ pub struct ClickHouseSink {
     /// Secret with the ClickHouse username and password.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret: Option<CredentialsSecretRef>,
+    /// Create the table when it does not exist: a `ReplacingMergeTree(_version)` ordered by the
+    /// key and `window_start`, with one column per output field. Window results only. Without it
+    /// the table must exist, and the runtime refuses to start when its columns do not fit the
+    /// pipeline's output, naming each difference.
+    #[serde(default)]
+    pub create_table: bool,
+    /// Rows per insert: a batch is inserted once it holds this many rows, after `batchInterval`,
+    /// and at every checkpoint. Defaults to 10000.
+    #[serde(default = "default_batch_rows")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub batch_rows: i32,
+    /// Longest time a row waits in a batch before it is inserted. Defaults to `1s`.
+    #[serde(default = "default_batch_interval")]
+    pub batch_interval: Duration,
+}
+
+fn default_batch_rows() -> i32 {
+    10_000
+}
+
+fn default_batch_interval() -> Duration {
+    Duration::from_secs(1)
 }
 
 fn default_database() -> String {

@@ -22,12 +22,6 @@ pub fn unsupported(spec: &PipelineDeploymentSpec) -> Vec<FieldError> {
             message: format!("not supported yet: {what}"),
         });
     };
-    if spec.sink.clickhouse.is_some() {
-        not_yet(
-            "spec.sink.clickhouse",
-            "the ClickHouse sink (roadmap item 9)",
-        );
-    }
     if spec.window.is_none()
         && spec
             .sink
@@ -38,6 +32,12 @@ pub fn unsupported(spec: &PipelineDeploymentSpec) -> Vec<FieldError> {
         not_yet(
             "spec.sink.kafka.format",
             "Avro output of stateless pipelines (windowed pipelines write Avro)",
+        );
+    }
+    if spec.window.is_none() && spec.sink.clickhouse.is_some() {
+        not_yet(
+            "spec.sink.clickhouse",
+            "ClickHouse output of stateless pipelines (windowed pipelines write to ClickHouse)",
         );
     }
     found
@@ -79,6 +79,10 @@ mod tests {
         assert!(paths(&eos).is_empty());
         let ch = spec("  sink: {clickhouse: {url: 'http://ch:8123', table: t}}\n");
         assert!(problems(&ch)[0].message.starts_with("not supported yet"));
+        let windowed = spec(
+            "  sink: {clickhouse: {url: 'http://ch:8123', table: t}}\n  transform: {keyBy: k, timestamp: {field: ts}}\n  window: {tumbling: {size: 1m}}\n  aggregates: [{name: n, function: count}]\n",
+        );
+        assert!(problems(&windowed).is_empty(), "{:?}", problems(&windowed));
     }
 
     #[test]

@@ -772,6 +772,39 @@ fn sink(c: &mut Collector, spec: &PipelineDeploymentSpec) {
                 "spec.sink.clickhouse.url",
                 "must be an http:// or https:// URL",
             );
+            for (path, name) in [
+                ("spec.sink.clickhouse.database", &ch.database),
+                ("spec.sink.clickhouse.table", &ch.table),
+            ] {
+                c.check(
+                    is_clickhouse_identifier(name),
+                    path,
+                    "must be a ClickHouse identifier: a letter or _, then letters, digits or _",
+                );
+            }
+            c.check(
+                spec.delivery != crate::checkpoint::DeliveryGuarantee::ExactlyOnce,
+                "spec.delivery",
+                "exactly-once needs a Kafka sink (its transaction); a ClickHouse sink is \
+                 effectively-once with at-least-once delivery (versioned rows in a \
+                 ReplacingMergeTree, read with FINAL)",
+            );
+            c.check(
+                !ch.create_table || spec.window.is_some(),
+                "spec.sink.clickhouse.createTable",
+                "needs a window: only window results have a known set of columns",
+            );
+            let clashes = spec
+                .aggregates
+                .iter()
+                .map(|a| a.name.as_str())
+                .chain(spec.transform.key_by.as_deref())
+                .any(|n| n == crate::contract::output::VERSION_COLUMN);
+            c.check(
+                !clashes,
+                "spec.aggregates",
+                "`_version` is the ClickHouse sink's version column: name the key and aggregates otherwise",
+            );
         }
         _ => c.error("spec.sink", "set exactly one of kafka or clickhouse"),
     }
@@ -965,6 +998,14 @@ fn autoscaler(c: &mut Collector, spec: &PipelineDeploymentSpec) {
     }
 }
 
+fn is_clickhouse_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
 fn is_http_url(url: &str) -> bool {
     let rest = url
         .strip_prefix("http://")
@@ -1008,6 +1049,40 @@ mod tests {
             "{bootstrapServers: 'a:9092', securityProtocol: SASL_PLAINTEXT, sasl: {mechanism: SCRAM-SHA-512, credentialsSecret: {name: kafka}}}",
         );
         assert_eq!(validate(&scram), Ok(()));
+    }
+
+    #[test]
+    fn a_clickhouse_sink_needs_identifiers_at_least_once_a_window_to_create_and_no_version_clash() {
+        let ch = |sink: &str, extra: &str| {
+            let text = format!(
+                "apiVersion: sluice.dev/v1alpha1\nkind: PipelineDeployment\nmetadata: {{name: t}}\nspec:\n  kafka: {{bootstrapServers: 'a:9092'}}\n  source: {{topic: in}}\n  sink: {{clickhouse: {sink}}}\n{extra}"
+            );
+            from_yaml(&text, "test").unwrap().spec
+        };
+        let windowed = "  transform: {keyBy: page, timestamp: {field: ts}}\n  window: {tumbling: {size: 1m}}\n  aggregates: [{name: views, function: count}]\n";
+        assert_eq!(
+            validate(&ch(
+                "{url: 'http://ch:8123', table: views_1m, createTable: true}",
+                windowed
+            )),
+            Ok(())
+        );
+        let errors = validate(&ch(
+            "{url: 'http://ch:8123', database: 'a-b', table: 'x;drop', createTable: true}",
+            "  delivery: exactly-once\n  checkpoint: {storage: {local: {path: /tmp/c}}}\n",
+        ))
+        .unwrap_err();
+        for path in [
+            "spec.sink.clickhouse.database",
+            "spec.sink.clickhouse.table",
+            "spec.delivery",
+            "spec.sink.clickhouse.createTable",
+        ] {
+            assert!(errors.has_path(path), "missing {path} in {errors}");
+        }
+        let clash = windowed.replace("name: views", "name: _version");
+        let errors = validate(&ch("{url: 'http://ch:8123', table: t}", &clash)).unwrap_err();
+        assert!(errors.has_path("spec.aggregates"), "{errors}");
     }
 
     #[test]

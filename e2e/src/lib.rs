@@ -3,6 +3,7 @@
 //! against.
 
 pub mod broker;
+pub mod clickhouse;
 pub mod dataset;
 pub mod process;
 pub mod prometheus;

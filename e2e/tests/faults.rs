@@ -8,7 +8,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{PARTITIONS, await_output, launch, scratch, seed};
+use common::{
+    PARTITIONS, await_output, launch, scratch, seed, start_owning_every_partition,
+    start_owning_every_partition_with,
+};
 use pipeline_e2e::{
     broker::{Tansu, metric_sum, produce, produce_one_per_batch},
     dataset::{Dataset, compare},
@@ -65,45 +68,6 @@ fn wait_until_read(process: &RuntimeProcess, records: usize) {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-}
-
-/// Starts `pod` and waits until it owns every source partition, starting it again (up to three
-/// times) when it does not within 20 s. tansu 0.6 evicts a dead member only when some member
-/// joins or syncs, never on heartbeats: a process that joins right after a crash can be left with
-/// an empty assignment while the dead member keeps the partitions, for good (seen 2 runs in 10
-/// here; a real Kafka evicts the dead member after `session.timeout.ms` and rebalances). A new
-/// join evicts it. This file tests checkpoints, not the broker's group coordinator.
-fn start_owning_every_partition(
-    launch: &pipeline_e2e::process::Launch,
-    pod: &str,
-) -> RuntimeProcess {
-    start_owning_every_partition_with(launch, pod, &[])
-}
-
-/// [`start_owning_every_partition`] with extra environment variables.
-fn start_owning_every_partition_with(
-    launch: &pipeline_e2e::process::Launch,
-    pod: &str,
-    env: &[(&str, &str)],
-) -> RuntimeProcess {
-    for attempt in 1..=3 {
-        let mut p = launch.start_with_env(pod, env);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            let owned = p
-                .metrics()
-                .map_or(0.0, |t| metric_sum(&t, "pipeline_assigned_partitions"));
-            if owned as i32 == PARTITIONS {
-                return p;
-            }
-            std::thread::sleep(Duration::from_millis(250));
-        }
-        eprintln!(
-            "attempt {attempt}: {pod} does not own every partition after 20 s; starting it again"
-        );
-        p.terminate(Duration::from_secs(30));
-    }
-    panic!("{pod} never owned every partition");
 }
 
 #[cfg_attr(

@@ -39,3 +39,8 @@ fn iot_sensors_on_24_partitions_renders_as_checked_in() {
 fn clickstream_sessions_on_12_partitions_renders_as_checked_in() {
     check("clickstream-sessions", 12, false);
 }
+
+#[test]
+fn clickstream_into_clickhouse_on_12_partitions_renders_as_checked_in() {
+    check("clickstream-clickhouse", 12, false);
+}

@@ -17,7 +17,7 @@ use prometheus_client::{
 use crate::processor::{Counts, FailedStage};
 
 /// Labels of per-slot series.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SlotLabels {
     /// PipelineDeployment name.
     pub pipeline: String,
@@ -161,6 +161,20 @@ pub struct Metrics {
     pub partition_pause: Family<SlotLabels, Histogram, fn() -> Histogram>,
     /// Topics that keep the pipeline from starting.
     pub topics_missing: Family<TopicLabels, Gauge>,
+    /// Rows a non-Kafka sink (ClickHouse) wrote.
+    pub sink_rows: Family<SlotLabels, Counter>,
+    /// Bytes of the rows it wrote.
+    pub sink_bytes: Family<SlotLabels, Counter>,
+    /// Duration of one successful insert.
+    pub sink_insert_duration: Family<SlotLabels, Histogram, fn() -> Histogram>,
+    /// Failed insert attempts (each retried).
+    pub sink_insert_failures: Family<SlotLabels, Counter>,
+    /// Rows per insert.
+    pub sink_batch_rows: Family<SlotLabels, Histogram, fn() -> Histogram>,
+}
+
+fn batch_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(1.0, 4.0, 10))
 }
 
 impl Default for Metrics {
@@ -209,6 +223,13 @@ impl Metrics {
             state_resets: Family::default(),
             partition_pause: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
             topics_missing: Family::default(),
+            sink_rows: Family::default(),
+            sink_bytes: Family::default(),
+            sink_insert_duration: Family::new_with_constructor(
+                latency_histogram as fn() -> Histogram,
+            ),
+            sink_insert_failures: Family::default(),
+            sink_batch_rows: Family::new_with_constructor(batch_histogram as fn() -> Histogram),
             registry: Registry::default(),
         };
         macro_rules! register {
@@ -346,6 +367,31 @@ impl Metrics {
             names::CHECKPOINT_FAILURES_IN_A_ROW,
             "Checkpoints failed in a row (checkpoint.tolerableFailures more restart the slot)",
             m.checkpoint_failures_in_a_row
+        );
+        register!(
+            names::SINK_ROWS_TOTAL,
+            "Rows the sink (ClickHouse) acknowledged",
+            m.sink_rows
+        );
+        register!(
+            names::SINK_BYTES_TOTAL,
+            "Bytes of the rows the sink (ClickHouse) acknowledged",
+            m.sink_bytes
+        );
+        register!(
+            names::SINK_INSERT_DURATION_SECONDS,
+            "Duration of one successful insert into the sink (ClickHouse)",
+            m.sink_insert_duration
+        );
+        register!(
+            names::SINK_INSERT_FAILURES_TOTAL,
+            "Failed insert attempts into the sink (ClickHouse); each is retried with backoff",
+            m.sink_insert_failures
+        );
+        register!(
+            names::SINK_BATCH_ROWS,
+            "Rows per insert into the sink (ClickHouse)",
+            m.sink_batch_rows
         );
         register!(
             names::CHECKPOINT_IN_PROGRESS,

@@ -101,6 +101,8 @@ pub struct Plan {
     pub window: Option<WindowStage>,
     /// Output topic.
     pub sink_topic: String,
+    /// The ClickHouse sink, when output goes there instead of `sink_topic`.
+    pub clickhouse: Option<pipeline_crds::sink::ClickHouseSink>,
     /// Encoding of window results.
     pub output_format: OutputFormat,
     /// Late-data topic.
@@ -202,6 +204,7 @@ impl Plan {
                 .as_ref()
                 .map(|k| k.topic.clone())
                 .unwrap_or_default(),
+            clickhouse: spec.sink.clickhouse.clone(),
             output_format: spec
                 .sink
                 .kafka

@@ -211,6 +211,11 @@ impl PartitionState {
     }
 }
 
+/// The version of window results emitted while processing the record at `offset`.
+fn version_after(offset: i64) -> u64 {
+    u64::try_from(offset.saturating_add(1)).unwrap_or(0)
+}
+
 /// Why a slot cannot build its processor.
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessorError {
@@ -389,7 +394,7 @@ impl Processor {
                     windows.advance(combined, &mut results);
                 }
             }
-            self.emit_windows(&mut results, out);
+            self.emit_windows(&mut results, version_after(rec.offset), out);
             self.results = results;
             return;
         }
@@ -488,13 +493,17 @@ impl Processor {
                 }
             }
         }
-        self.emit_windows(&mut results, out);
+        self.emit_windows(&mut results, version_after(rec.offset), out);
         self.results = results;
     }
 
-    fn emit_windows(&mut self, results: &mut Vec<WindowResult>, out: &mut Vec<Emit>) {
+    fn emit_windows(&mut self, results: &mut Vec<WindowResult>, version: u64, out: &mut Vec<Emit>) {
         self.counts.records_out += results.len() as u64;
-        out.extend(results.drain(..).map(|r| Emit::Output(Row::Window(r))));
+        out.extend(
+            results
+                .drain(..)
+                .map(|result| Emit::Output(Row::Window { result, version })),
+        );
     }
 
     fn emit_stateless(
@@ -586,6 +595,7 @@ impl Processor {
     /// of a repartitioned pipeline) announces source watermarks that moved.
     pub fn on_tick(&mut self, now: Instant, out: &mut Vec<Emit>) {
         let mut results = std::mem::take(&mut self.results);
+        let mut ticked = Vec::new();
         let repartitioning = self.plan.repartition_topic.is_some();
         let mut keys: Vec<_> = self.partitions.keys().copied().collect();
         keys.sort_unstable();
@@ -603,6 +613,16 @@ impl Processor {
             if let Some(windows) = &mut state.windows {
                 windows.advance(watermark, &mut results);
             }
+            // Each partition's results carry its own version.
+            let version = state
+                .next_offset
+                .map_or(0, |n| u64::try_from(n).unwrap_or(0));
+            self.counts.records_out += results.len() as u64;
+            ticked.extend(
+                results
+                    .drain(..)
+                    .map(|result| Emit::Output(Row::Window { result, version })),
+            );
             if repartitioning {
                 // A caught-up, quiet partition that never had a record has no event time to
                 // announce: it announces idleness so it does not hold the others back.
@@ -625,7 +645,7 @@ impl Processor {
                 }
             }
         }
-        self.emit_windows(&mut results, out);
+        out.extend(ticked);
         self.results = results;
     }
 
@@ -847,8 +867,9 @@ mod tests {
 
     fn json_of(e: &Emit) -> Value {
         match e {
-            Emit::Output(Row::Window(r)) => {
-                serde_json::from_slice(&crate::sink::encode::window_record("dev", r).1).unwrap()
+            Emit::Output(Row::Window { result, .. }) => {
+                serde_json::from_slice(&crate::sink::encode::window_record("dev", result).1)
+                    .unwrap()
             }
             Emit::Output(Row::Record { json: value, .. }) | Emit::Repartition { value, .. } => {
                 serde_json::from_slice(value).unwrap()
@@ -942,7 +963,7 @@ mod tests {
             ]
         );
         assert!(
-            matches!(&out[0], Emit::Output(Row::Window(r)) if crate::sink::encode::window_record("dev", r).0 == br#"{"dev":"a","window_start":0}"#)
+            matches!(&out[0], Emit::Output(Row::Window { result, version: 4 }) if crate::sink::encode::window_record("dev", result).0 == br#"{"dev":"a","window_start":0}"#)
         );
         // Offsets 0..=2 are in windows still within lateness: commit stays at 0.
         assert_eq!(p.committable_offset(0, 0), Some(0));

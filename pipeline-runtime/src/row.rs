@@ -7,7 +7,15 @@ use crate::window::WindowResult;
 #[derive(Clone, Debug, PartialEq)]
 pub enum Row {
     /// A window result: the key, the window's bounds and the aggregates, typed.
-    Window(WindowResult),
+    Window {
+        /// The result.
+        result: WindowResult,
+        /// Grows with each emission of the same window and is the same when a replay emits it
+        /// again: the next offset of the partition the window lives in when it was emitted (an
+        /// emission is caused by a record, or by a tick after the last one read). A
+        /// ReplacingMergeTree keeps the row with the highest.
+        version: u64,
+    },
     /// A stateless pipeline's record: a JSON object (the projection of `transform.select`, or
     /// the record as read), kept as bytes because every destination takes JSON objects and
     /// re-encoding each record would cost the stateless path a third of its speed.
@@ -25,7 +33,7 @@ impl Row {
     /// The event time the row is about (the record's time, or the window's end), for latency.
     pub fn event_ms(&self) -> i64 {
         match self {
-            Self::Window(w) => w.end,
+            Self::Window { result, .. } => result.end,
             Self::Record { event_ms, .. } => *event_ms,
         }
     }

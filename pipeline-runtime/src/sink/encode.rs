@@ -59,7 +59,7 @@ pub fn window_record(key_field: &str, result: &WindowResult) -> (Vec<u8>, Vec<u8
 /// or a record's own key and object.
 pub fn row_json(key_field: &str, row: &Row) -> (Option<Vec<u8>>, Vec<u8>) {
     match row {
-        Row::Window(result) => {
+        Row::Window { result, .. } => {
             let (key, value) = window_record(key_field, result);
             (Some(key), value)
         }

@@ -61,7 +61,7 @@ impl KafkaRows {
     /// The bytes of a row: (key, value).
     fn encode(&self, row: &Row) -> Result<(Option<Vec<u8>>, Vec<u8>), OutputError> {
         match (&self.encoding, row) {
-            (Encoding::Avro { schema, id }, Row::Window(result)) => {
+            (Encoding::Avro { schema, id }, Row::Window { result, .. }) => {
                 let (key, _) = super::encode::window_record(&self.key_field, result);
                 Ok((Some(key), window_avro(schema, *id, result)?))
             }
@@ -174,7 +174,7 @@ mod tests {
             end: 10_000,
             values: vec![("n".into(), json!(1)), ("total".into(), json!(5))],
         };
-        let (key, value) = rows.encode(&Row::Window(result)).unwrap();
+        let (key, value) = rows.encode(&Row::Window { result, version: 1 }).unwrap();
         assert_eq!(key.unwrap(), br#"{"dev":"a","window_start":0}"#);
         assert_eq!(&value[..5], &[0, 0, 0, 0, 7]);
         let schema = window_schema("dev", &plan.window.as_ref().unwrap().aggregates).unwrap();

@@ -3,6 +3,7 @@
 //! repartitioned records always go to Kafka through the slot's producer, which also carries the
 //! exactly-once transaction. Time blocked on either is accounted as backpressure.
 
+pub mod clickhouse;
 pub mod encode;
 pub mod kafka;
 
@@ -88,6 +89,13 @@ pub enum SinkError {
     /// The output schema could not be registered (retryable).
     #[error("output schema: {0}")]
     Registry(#[from] RegistryError),
+    /// The ClickHouse table does not exist or does not fit the output: refused until the spec
+    /// or the table changes.
+    #[error("ClickHouse sink: {0}")]
+    Table(String),
+    /// ClickHouse cannot be reached or refused an insert (retried; then the slot restarts).
+    #[error("ClickHouse: {0}")]
+    ClickHouse(String),
     /// The output schema cannot be derived from the spec.
     #[error(transparent)]
     Schema(#[from] encode::OutputError),
@@ -106,7 +114,7 @@ impl SinkError {
     /// Whether restarting the slot can help: not for a configuration librdkafka refuses or a
     /// schema the spec cannot give.
     pub fn is_retryable(&self) -> bool {
-        !matches!(self, Self::Create(_) | Self::Schema(_))
+        !matches!(self, Self::Create(_) | Self::Schema(_) | Self::Table(_))
     }
 
     /// Whether a newer producer with the same transactional id (or a newer group generation)
@@ -157,14 +165,24 @@ pub struct Sink {
 }
 
 impl Sink {
-    /// Creates the producer and the sink of `plan`'s rows.
-    pub fn new(config: &ClientConfig, plan: &Plan) -> Result<Self, SinkError> {
+    /// Creates the producer and the sink of `plan`'s rows (its metrics under `labels`).
+    pub fn new(
+        config: &ClientConfig,
+        plan: &Plan,
+        metrics: Arc<crate::metrics::Metrics>,
+        labels: crate::metrics::SlotLabels,
+    ) -> Result<Self, SinkError> {
         let producer: Arc<BaseProducer<DeliveryTracker>> = Arc::new(
             config
                 .create_with_context(DeliveryTracker::default())
                 .map_err(SinkError::Create)?,
         );
-        let rows: Box<dyn RowSink> = Box::new(kafka::KafkaRows::new(plan, producer.clone())?);
+        let rows: Box<dyn RowSink> = match &plan.clickhouse {
+            Some(sink) => Box::new(clickhouse::ClickHouseRows::new(
+                plan, sink, metrics, labels,
+            )?),
+            None => Box::new(kafka::KafkaRows::new(plan, producer.clone())?),
+        };
         Ok(Self {
             producer,
             rows: Mutex::new(rows),
@@ -477,7 +495,13 @@ mod tests {
         )
         .unwrap()
         .spec;
-        let sink = Sink::new(&config, &Plan::new(&spec, "g", vec![1])).unwrap();
+        let sink = Sink::new(
+            &config,
+            &Plan::new(&spec, "g", vec![1]),
+            Arc::new(crate::metrics::Metrics::default()),
+            crate::metrics::SlotLabels::default(),
+        )
+        .unwrap();
         // Connected first, so the slow round trips below are the produce requests'.
         sink.producer
             .send(BaseRecord::<[u8], [u8]>::to("out").payload(b"warm-up".as_slice()))

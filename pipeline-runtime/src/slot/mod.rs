@@ -157,7 +157,12 @@ pub fn run(config: &SlotConfig, stop: &Arc<AtomicBool>) -> Result<(), SlotError>
     if let Some(id) = &transactional_id {
         producer.set("transactional.id", id);
     }
-    let sink = Arc::new(Sink::new(&producer, &plan)?);
+    let sink = Arc::new(Sink::new(
+        &producer,
+        &plan,
+        config.metrics.clone(),
+        config.labels.clone(),
+    )?);
     if transactional {
         sink.init_transactions(Duration::from_secs(60))?;
         info!(slot = %config.labels.slot, transactional_id = ?transactional_id, "exactly-once: transactional producer ready");

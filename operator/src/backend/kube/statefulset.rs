@@ -125,6 +125,23 @@ fn pod_template(
             &secret.password_key,
         ));
     }
+    if let Some(secret) = spec
+        .sink
+        .clickhouse
+        .as_ref()
+        .and_then(|c| c.credentials_secret.as_ref())
+    {
+        env.push(env_secret(
+            env::CLICKHOUSE_USER,
+            &secret.name,
+            &secret.username_key,
+        ));
+        env.push(env_secret(
+            env::CLICKHOUSE_PASSWORD,
+            &secret.name,
+            &secret.password_key,
+        ));
+    }
     let storage = spec.checkpoint.as_ref().map(|c| &c.storage);
     if let Some(secret) = storage
         .and_then(|s| s.s3.as_ref())

@@ -1,0 +1,208 @@
+//! The ClickHouse sink against a real ClickHouse server (Debian's 18.16) and the tansu broker:
+//! window results are exact per window under `FINAL` across a kill -9 and restart, a server that
+//! goes away mid-stream holds the pipeline back without losing anything, and a table that does
+//! not fit is refused with its differences.
+
+mod common;
+
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
+
+use common::{PARTITIONS, launch, scratch, seed, start_owning_every_partition};
+use pipeline_e2e::{
+    broker::{Consumed, Tansu, metric_sum, produce_one_per_batch},
+    clickhouse::ClickHouse,
+    dataset::{Dataset, compare},
+    process::Launch,
+};
+
+/// The test pipeline with its results in ClickHouse table `default.<table>`.
+fn launch_into_clickhouse(
+    tansu: &Tansu,
+    dir: &std::path::Path,
+    name: &str,
+    clickhouse: &ClickHouse,
+    table: &str,
+    create: bool,
+) -> Launch {
+    let launch = launch(tansu, dir, name, "at-least-once", "readings", "unused");
+    let manifest = std::fs::read_to_string(&launch.manifest).unwrap();
+    let manifest = manifest.replace(
+        "  sink: {kafka: {topic: unused}}",
+        &format!(
+            "  sink: {{clickhouse: {{url: '{}', table: {table}, createTable: {create}, batchRows: 500, batchInterval: 500ms}}}}",
+            clickhouse.url
+        ),
+    );
+    assert!(manifest.contains("clickhouse"), "{manifest}");
+    std::fs::write(&launch.manifest, manifest).unwrap();
+    launch
+}
+
+/// The table's rows under `FINAL`, as the output records the dataset comparison reads.
+fn final_rows(clickhouse: &ClickHouse, table: &str) -> Vec<Consumed> {
+    clickhouse
+        .query(&format!(
+            "SELECT dev, window_start, window_end, n, total, lo, hi FROM {table} FINAL FORMAT JSONEachRow"
+        ))
+        .lines()
+        .map(|line| {
+            // Sums, minimums and maximums are Float64 columns: whole numbers compare as integers.
+            let mut row: serde_json::Value = serde_json::from_str(line).unwrap();
+            for field in ["total", "lo", "hi"] {
+                if let Some(f) = row[field].as_f64() {
+                    row[field] = serde_json::json!(f as i64);
+                }
+            }
+            Consumed {
+                key: None,
+                value: Some(row.to_string().into_bytes()),
+                headers: BTreeMap::new(),
+            }
+        })
+        .collect()
+}
+
+/// Waits until the table holds `windows` windows under `FINAL`.
+fn wait_for_windows(clickhouse: &ClickHouse, table: &str, windows: usize, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let count: usize = clickhouse
+            .try_query(&format!("SELECT count() FROM {table} FINAL"))
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(0);
+        if count >= windows {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{count} of {windows} windows in ClickHouse"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[cfg_attr(
+    sluice_skip_broker_tests,
+    ignore = "needs the tansu broker and clickhouse-server (SLUICE_SKIP_BROKER_TESTS)"
+)]
+#[test]
+fn window_results_in_clickhouse_are_exact_under_final_across_a_kill_and_a_server_outage() {
+    let tansu = Tansu::start();
+    tansu.create_topics(&[("readings", PARTITIONS)]);
+    let mut clickhouse = ClickHouse::start();
+    let dir = scratch("clickhouse");
+    let data = Dataset::generate(30_000, 60, PARTITIONS, 5, seed());
+    let reference = data.reference();
+    let launch = launch_into_clickhouse(&tansu, &dir, "chexact", &clickhouse, "readings_1m", true);
+    let thirds: Vec<_> = data.records.chunks(10_000).collect();
+
+    // A first third, then kill -9 mid-stream: what was inserted but not committed is inserted
+    // again by the next process, with the same versions.
+    let mut p = start_owning_every_partition(&launch, "chexact-0");
+    produce_one_per_batch(&tansu.bootstrap, "readings", thirds[0]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while p
+        .metrics()
+        .map_or(0.0, |t| metric_sum(&t, "pipeline_sink_rows_total"))
+        < 1.0
+    {
+        assert!(Instant::now() < deadline, "no row reached ClickHouse");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    p.kill();
+    let p = start_owning_every_partition(&launch, "chexact-1");
+    produce_one_per_batch(&tansu.bootstrap, "readings", thirds[1]);
+
+    // ClickHouse goes away for a while: inserts fail and are retried (backpressure), nothing is
+    // committed past what it acknowledged, and the process keeps running.
+    clickhouse.stop();
+    std::thread::sleep(Duration::from_secs(5));
+    let failures = p.metrics().map_or(0.0, |t| {
+        metric_sum(&t, "pipeline_sink_insert_failures_total")
+    });
+    assert!(
+        failures >= 1.0,
+        "no insert failed while ClickHouse was down"
+    );
+    clickhouse.resume();
+    produce_one_per_batch(&tansu.bootstrap, "readings", thirds[2]);
+    produce_one_per_batch(
+        &tansu.bootstrap,
+        "readings",
+        &data.closing_records(PARTITIONS),
+    );
+    wait_for_windows(
+        &clickhouse,
+        "readings_1m",
+        reference.len(),
+        Duration::from_secs(120),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let rows = final_rows(&clickhouse, "readings_1m");
+    let restarts = p
+        .metrics()
+        .map_or(0.0, |t| metric_sum(&t, "pipeline_slot_restarts_total"));
+    drop(p);
+    let comparison = compare(&rows, &reference);
+    common::assert_exact(&comparison, &dir);
+    assert_eq!(comparison.windows, reference.len());
+    assert_eq!(restarts, 0.0, "the outage restarted the slot");
+    let stored: usize = clickhouse
+        .query("SELECT count() FROM readings_1m")
+        .trim()
+        .parse()
+        .unwrap();
+    eprintln!(
+        "{} windows exact under FINAL; {stored} rows stored before merges",
+        reference.len()
+    );
+    common::cleanup(&dir);
+}
+
+#[cfg_attr(
+    sluice_skip_broker_tests,
+    ignore = "needs the tansu broker and clickhouse-server (SLUICE_SKIP_BROKER_TESTS)"
+)]
+#[test]
+fn a_table_whose_columns_do_not_fit_is_refused_with_each_difference() {
+    let tansu = Tansu::start();
+    tansu.create_topics(&[("readings", PARTITIONS)]);
+    let clickhouse = ClickHouse::start();
+    clickhouse.query(
+        "CREATE TABLE misfit (dev String, window_start DateTime, n UInt64) ENGINE = MergeTree ORDER BY dev",
+    );
+    let dir = scratch("clickhouse-misfit");
+    let launch = launch_into_clickhouse(&tansu, &dir, "chmisfit", &clickhouse, "misfit", false);
+    let mut p = launch.start("chmisfit-0");
+    let url = format!("http://127.0.0.1:{}/readyz", p.metrics_port);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let body = loop {
+        if let Some((503, body)) = pipeline_e2e::process::http_get(&url)
+            && body.contains("does not fit")
+        {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "/readyz never named the misfit");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    for difference in [
+        "column `window_start` is DateTime",
+        "column `window_end` is missing",
+        "column `_version` is missing",
+        "engine is MergeTree",
+    ] {
+        assert!(body.contains(difference), "{difference} not in {body}");
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(p.is_running(), "a misfit table must not stop the process");
+    let restarts = p
+        .metrics()
+        .map_or(0.0, |t| metric_sum(&t, "pipeline_slot_restarts_total"));
+    assert_eq!(restarts, 0.0, "a misfit table is not retried in a loop");
+    drop(p);
+    common::cleanup(&dir);
+}

@@ -1,0 +1,477 @@
+//! The ClickHouse sink of window results, over ClickHouse's HTTP interface.
+//!
+//! Rows are buffered and inserted as `JSONEachRow` once a batch holds `batchRows` rows, after
+//! `batchInterval`, and at every checkpoint (`flush`), so the slot commits offsets only for rows
+//! ClickHouse acknowledged. Each row carries `_version`, the next offset of the window's partition
+//! when the window was emitted: it grows with each emission of a window (late data re-fires it)
+//! and is the same when a replay emits it again. In a `ReplacingMergeTree(_version)` ordered by
+//! the key and `window_start`, `SELECT … FINAL` therefore returns one exact row per window after
+//! any crash or rescale: effectively-once.
+//!
+//! At start the sink creates the table (`createTable: true`) or checks that its columns fit the
+//! output, refusing with every difference. An insert that fails is retried with backoff (the wait
+//! is backpressure, which keeps the autoscaler from scaling a sink-bound pipeline up) for up to
+//! two minutes, within the consumer's `max.poll.interval.ms`; then the slot restarts from its
+//! last checkpoint.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use base64::Engine;
+use pipeline_crds::{
+    aggregate::AggregateFunction,
+    contract::{
+        env as env_names,
+        output::{VERSION_COLUMN, WINDOW_END, WINDOW_START, avro_field_name},
+    },
+    sink::ClickHouseSink,
+};
+use serde::ser::{Serialize, SerializeMap, Serializer};
+use tracing::{info, warn};
+
+use crate::{
+    metrics::{Metrics, SlotLabels},
+    plan::Plan,
+    row::Row,
+    window::WindowResult,
+};
+
+use super::{RowSink, Sent, SinkError};
+
+/// How long inserts are retried before the slot gives up and restarts.
+const RETRY_FOR: Duration = Duration::from_secs(120);
+/// Longest wait between insert attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Sleeps for `duration` in short steps; true as soon as `stop` holds.
+fn sleep_unless(duration: Duration, stop: &dyn Fn() -> bool) -> bool {
+    let deadline = Instant::now() + duration;
+    while Instant::now() < deadline {
+        if stop() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50).min(deadline - Instant::now()));
+    }
+    stop()
+}
+
+/// A column the pipeline writes, with the ClickHouse types that can hold it.
+#[derive(Clone, Debug, PartialEq)]
+struct Column {
+    name: String,
+    /// The type `createTable` gives it.
+    create: &'static str,
+    /// Types an existing table may have.
+    accepts: &'static [&'static str],
+}
+
+const INTEGERS: &[&str] = &["Int64", "UInt64", "Nullable(Int64)", "Nullable(UInt64)"];
+const FLOATS: &[&str] = &["Float64", "Nullable(Float64)"];
+
+/// The columns of a pipeline's window results: key, bounds, one per aggregate, the version.
+fn columns(plan: &Plan) -> Vec<Column> {
+    let mut columns = vec![
+        Column {
+            name: avro_field_name(plan.key_field()),
+            create: "String",
+            accepts: &["String", "LowCardinality(String)"],
+        },
+        Column {
+            name: WINDOW_START.into(),
+            create: "Int64",
+            accepts: &["Int64", "UInt64"],
+        },
+        Column {
+            name: WINDOW_END.into(),
+            create: "Int64",
+            accepts: &["Int64", "UInt64"],
+        },
+    ];
+    if let Some(window) = &plan.window {
+        for (name, function) in window.aggregates.columns() {
+            let (create, accepts) = match function {
+                AggregateFunction::Count | AggregateFunction::CountDistinct => ("UInt64", INTEGERS),
+                _ => ("Nullable(Float64)", FLOATS),
+            };
+            columns.push(Column {
+                name: avro_field_name(name),
+                create,
+                accepts,
+            });
+        }
+    }
+    columns.push(Column {
+        name: VERSION_COLUMN.into(),
+        create: "UInt64",
+        accepts: &["UInt64"],
+    });
+    columns
+}
+
+/// The `CREATE TABLE` of `createTable: true`.
+fn create_statement(database: &str, table: &str, columns: &[Column]) -> String {
+    let defs: Vec<String> = columns
+        .iter()
+        .map(|c| format!("`{}` {}", c.name, c.create))
+        .collect();
+    format!(
+        "CREATE TABLE IF NOT EXISTS `{database}`.`{table}` ({}) ENGINE = ReplacingMergeTree(`{VERSION_COLUMN}`) ORDER BY (`{}`, `{WINDOW_START}`)",
+        defs.join(", "),
+        columns[0].name
+    )
+}
+
+/// Every way an existing table's columns (name, type) do not fit the pipeline's.
+fn differences(columns: &[Column], existing: &[(String, String)], engine: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for c in columns {
+        match existing.iter().find(|(name, _)| *name == c.name) {
+            None => found.push(format!(
+                "column `{}` is missing (want {})",
+                c.name, c.create
+            )),
+            Some((_, kind)) if !c.accepts.contains(&kind.as_str()) => found.push(format!(
+                "column `{}` is {kind}, want one of {}",
+                c.name,
+                c.accepts.join(", ")
+            )),
+            Some(_) => {}
+        }
+    }
+    if !engine.contains("ReplacingMergeTree") {
+        found.push(format!(
+            "engine is {engine}, want ReplacingMergeTree(`{VERSION_COLUMN}`) ordered by the key and `{WINDOW_START}` (replays would double-count)"
+        ));
+    }
+    found
+}
+
+/// One row as a `JSONEachRow` line.
+struct JsonRow<'a> {
+    columns: &'a [Column],
+    result: &'a WindowResult,
+    version: u64,
+}
+
+impl Serialize for JsonRow<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let r = self.result;
+        let mut map = serializer.serialize_map(Some(self.columns.len()))?;
+        map.serialize_entry(&self.columns[0].name, &*r.key)?;
+        map.serialize_entry(WINDOW_START, &r.start)?;
+        map.serialize_entry(WINDOW_END, &r.end)?;
+        for (column, (_, value)) in self.columns[3..].iter().zip(&r.values) {
+            map.serialize_entry(&column.name, value)?;
+        }
+        map.serialize_entry(VERSION_COLUMN, &self.version)?;
+        map.end()
+    }
+}
+
+/// Window results to a ClickHouse table.
+pub struct ClickHouseRows {
+    agent: ureq::Agent,
+    /// The HTTP endpoint, without a trailing `/`.
+    url: String,
+    authorization: Option<String>,
+    /// `` `db`.`table` ``.
+    table: String,
+    columns: Vec<Column>,
+    batch: Vec<u8>,
+    rows: usize,
+    oldest: Option<Instant>,
+    batch_rows: usize,
+    batch_interval: Duration,
+    metrics: Arc<Metrics>,
+    labels: SlotLabels,
+}
+
+impl ClickHouseRows {
+    /// Connects, then creates or checks the table. A table that does not fit is refused for good
+    /// ([`SinkError::Table`]); an unreachable server is retryable.
+    pub fn new(
+        plan: &Plan,
+        sink: &ClickHouseSink,
+        metrics: Arc<Metrics>,
+        labels: SlotLabels,
+    ) -> Result<Self, SinkError> {
+        // https:// with the system's trust store (the image's CA certificates, plus any mounted).
+        let tls = ureq::tls::TlsConfig::builder()
+            .root_certs(ureq::tls::RootCerts::PlatformVerifier)
+            .build();
+        let agent = ureq::Agent::config_builder()
+            .tls_config(tls)
+            .timeout_connect(Some(Duration::from_secs(5)))
+            .timeout_global(Some(Duration::from_secs(30)))
+            .http_status_as_error(false)
+            .build()
+            .new_agent();
+        let authorization = std::env::var(env_names::CLICKHOUSE_USER).ok().map(|user| {
+            let password = std::env::var(env_names::CLICKHOUSE_PASSWORD).unwrap_or_default();
+            let token =
+                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+            format!("Basic {token}")
+        });
+        let rows = Self {
+            agent,
+            url: sink.url.trim_end_matches('/').to_owned(),
+            authorization,
+            table: format!("`{}`.`{}`", sink.database, sink.table),
+            columns: columns(plan),
+            batch: Vec::with_capacity(1 << 20),
+            rows: 0,
+            oldest: None,
+            batch_rows: usize::try_from(sink.batch_rows).unwrap_or(1).max(1),
+            batch_interval: sink.batch_interval.get(),
+            metrics,
+            labels,
+        };
+        rows.prepare(sink)?;
+        Ok(rows)
+    }
+
+    /// Creates the table, or checks the existing one.
+    fn prepare(&self, sink: &ClickHouseSink) -> Result<(), SinkError> {
+        let exists = self.query(&format!("EXISTS TABLE {}", self.table), "")?;
+        if exists.trim() != "1" {
+            if !sink.create_table {
+                return Err(SinkError::Table(format!(
+                    "table {} does not exist at {}: create it (docs/clickhouse.md gives the statement) or set spec.sink.clickhouse.createTable",
+                    self.table, self.url
+                )));
+            }
+            let statement = create_statement(&sink.database, &sink.table, &self.columns);
+            self.query(&statement, "")?;
+            info!(slot = %self.labels.slot, table = %self.table, "created the ClickHouse table");
+            return Ok(());
+        }
+        let described = self.query(
+            &format!("DESCRIBE TABLE {} FORMAT JSONEachRow", self.table),
+            "",
+        )?;
+        let existing: Vec<(String, String)> = described
+            .lines()
+            .filter_map(|line| {
+                let v: serde_json::Value = serde_json::from_str(line).ok()?;
+                Some((
+                    v["name"].as_str()?.to_owned(),
+                    v["type"].as_str()?.to_owned(),
+                ))
+            })
+            .collect();
+        let engine = self
+            .query(
+                &format!(
+                    "SELECT engine FROM system.tables WHERE database = '{}' AND name = '{}'",
+                    sink.database, sink.table
+                ),
+                "",
+            )?
+            .trim()
+            .to_owned();
+        let found = differences(&self.columns, &existing, &engine);
+        if found.is_empty() {
+            Ok(())
+        } else {
+            Err(SinkError::Table(format!(
+                "table {} does not fit this pipeline's output: {}",
+                self.table,
+                found.join("; ")
+            )))
+        }
+    }
+
+    /// Runs one statement with `body`; the answer's text, or why it failed.
+    fn query(&self, statement: &str, body: &str) -> Result<String, SinkError> {
+        let mut request = self.agent.post(&self.url).query("query", statement);
+        if let Some(auth) = &self.authorization {
+            request = request.header("Authorization", auth);
+        }
+        let shown = statement.chars().take(80).collect::<String>();
+        let mut response = request
+            .send(body)
+            .map_err(|e| SinkError::ClickHouse(format!("{} ({shown}): {e}", self.url)))?;
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().unwrap_or_default();
+        match status {
+            200 => Ok(text),
+            _ => Err(SinkError::ClickHouse(format!(
+                "{} ({shown}): HTTP {status}: {}",
+                self.url,
+                text.trim().chars().take(500).collect::<String>()
+            ))),
+        }
+    }
+
+    /// Inserts the batch, retrying with backoff; the time spent is backpressure.
+    fn insert(&mut self, blocked: &mut Duration, stop: &dyn Fn() -> bool) -> Result<(), SinkError> {
+        if self.rows == 0 {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let body = std::str::from_utf8(&self.batch).expect("JSON is UTF-8");
+        let statement = format!("INSERT INTO {} FORMAT JSONEachRow", self.table);
+        let mut wait = Duration::from_millis(200);
+        let result = loop {
+            let attempt = Instant::now();
+            match self.query(&statement, body) {
+                Ok(_) => {
+                    self.metrics
+                        .sink_insert_duration
+                        .get_or_create(&self.labels)
+                        .observe(attempt.elapsed().as_secs_f64());
+                    break Ok(());
+                }
+                Err(e) => {
+                    self.metrics
+                        .sink_insert_failures
+                        .get_or_create(&self.labels)
+                        .inc();
+                    if started.elapsed() >= RETRY_FOR {
+                        break Err(SinkError::ClickHouse(format!(
+                            "inserts failed for {} s, restarting from the last checkpoint: {e}",
+                            RETRY_FOR.as_secs()
+                        )));
+                    }
+                    warn!(slot = %self.labels.slot, rows = self.rows, error = %e, ?wait, "ClickHouse insert failed; retrying");
+                    if sleep_unless(wait, stop) {
+                        break Err(SinkError::Interrupted);
+                    }
+                    wait = (wait * 2).min(MAX_BACKOFF);
+                }
+            }
+        };
+        *blocked += started.elapsed();
+        result?;
+        self.metrics
+            .sink_rows
+            .get_or_create(&self.labels)
+            .inc_by(self.rows as u64);
+        self.metrics
+            .sink_bytes
+            .get_or_create(&self.labels)
+            .inc_by(self.batch.len() as u64);
+        self.metrics
+            .sink_batch_rows
+            .get_or_create(&self.labels)
+            .observe(self.rows as f64);
+        self.batch.clear();
+        self.rows = 0;
+        self.oldest = None;
+        Ok(())
+    }
+}
+
+impl RowSink for ClickHouseRows {
+    fn send(
+        &mut self,
+        row: Row,
+        blocked: &mut Duration,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<Sent, SinkError> {
+        let Row::Window { result, version } = row else {
+            // Validation refuses stateless pipelines with a ClickHouse sink.
+            return Ok(Sent::Rejected {
+                key: None,
+                json: Vec::new(),
+                error: "the ClickHouse sink takes window results only".into(),
+            });
+        };
+        let line = JsonRow {
+            columns: &self.columns,
+            result: &result,
+            version,
+        };
+        serde_json::to_writer(&mut self.batch, &line).expect("JSON values serialize");
+        self.batch.push(b'\n');
+        self.rows += 1;
+        let oldest = *self.oldest.get_or_insert_with(Instant::now);
+        if self.rows >= self.batch_rows || oldest.elapsed() >= self.batch_interval {
+            self.insert(blocked, stop)?;
+        }
+        Ok(Sent::Accepted)
+    }
+
+    fn flush(&mut self, blocked: &mut Duration, stop: &dyn Fn() -> bool) -> Result<(), SinkError> {
+        self.insert(blocked, stop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use pipeline_crds::manifest::from_yaml;
+    use serde_json::json;
+
+    use super::*;
+
+    fn plan() -> Plan {
+        let spec = from_yaml(
+            "apiVersion: sluice.dev/v1alpha1\nkind: PipelineDeployment\nmetadata: {name: t}\nspec:\n  kafka: {bootstrapServers: 'k:9092'}\n  source: {topic: in}\n  sink: {clickhouse: {url: 'http://ch:8123', table: clicks}}\n  transform: {keyBy: user-id, timestamp: {field: ts}}\n  window: {tumbling: {size: 1m}}\n  aggregates: [{name: clicks, function: count}, {name: avg_ms, function: avg, field: ms}]\n",
+            "test",
+        )
+        .unwrap()
+        .spec;
+        Plan::new(&spec, "g", vec![1])
+    }
+
+    #[test]
+    fn the_created_table_replaces_by_version_per_key_and_window_start() {
+        let columns = columns(&plan());
+        assert_eq!(
+            create_statement("db", "clicks", &columns),
+            "CREATE TABLE IF NOT EXISTS `db`.`clicks` (`user_id` String, `window_start` Int64, `window_end` Int64, `clicks` UInt64, `avg_ms` Nullable(Float64), `_version` UInt64) ENGINE = ReplacingMergeTree(`_version`) ORDER BY (`user_id`, `window_start`)"
+        );
+    }
+
+    #[test]
+    fn rows_are_json_lines_with_the_sanitised_key_and_the_version() {
+        let columns = columns(&plan());
+        let result = WindowResult {
+            key: Arc::from("u-1"),
+            key_value: json!("u-1"),
+            start: 60_000,
+            end: 120_000,
+            values: vec![("clicks".into(), json!(3)), ("avg_ms".into(), json!(null))],
+        };
+        let line = serde_json::to_string(&JsonRow {
+            columns: &columns,
+            result: &result,
+            version: 42,
+        })
+        .unwrap();
+        assert_eq!(
+            line,
+            r#"{"user_id":"u-1","window_start":60000,"window_end":120000,"clicks":3,"avg_ms":null,"_version":42}"#
+        );
+    }
+
+    #[test]
+    fn a_table_that_does_not_fit_is_described_difference_by_difference() {
+        let columns = columns(&plan());
+        let existing = [
+            ("user_id".to_owned(), "String".to_owned()),
+            ("window_start".to_owned(), "DateTime".to_owned()),
+            ("window_end".to_owned(), "Int64".to_owned()),
+            ("clicks".to_owned(), "UInt64".to_owned()),
+        ];
+        let found = differences(&columns, &existing, "MergeTree");
+        assert_eq!(
+            found,
+            [
+                "column `window_start` is DateTime, want one of Int64, UInt64",
+                "column `avg_ms` is missing (want Nullable(Float64))",
+                "column `_version` is missing (want UInt64)",
+                "engine is MergeTree, want ReplacingMergeTree(`_version`) ordered by the key and `window_start` (replays would double-count)",
+            ]
+        );
+        let fits: Vec<(String, String)> = columns
+            .iter()
+            .map(|c| (c.name.clone(), c.create.to_owned()))
+            .collect();
+        assert!(differences(&columns, &fits, "ReplacingMergeTree").is_empty());
+    }
+}
