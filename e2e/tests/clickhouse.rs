@@ -1,5 +1,6 @@
 //! The ClickHouse sink against a real ClickHouse server (Debian's 18.16) and the tansu broker:
-//! window results are exact per window under `FINAL` across a kill -9 and restart, a server that
+//! window results are exact per window under `FINAL` across a crash that makes the next process
+//! insert windows again, a server that
 //! goes away mid-stream holds the pipeline back without losing anything, and a table that does
 //! not fit is refused with its differences.
 
@@ -10,7 +11,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{PARTITIONS, launch, scratch, seed, start_owning_every_partition};
+use common::{
+    PARTITIONS, launch, scratch, seed, start_owning_every_partition,
+    start_owning_every_partition_with, stream,
+};
 use pipeline_e2e::{
     broker::{Consumed, Tansu, metric_sum, produce_one_per_batch},
     clickhouse::ClickHouse,
@@ -90,7 +94,7 @@ fn wait_for_windows(clickhouse: &ClickHouse, table: &str, windows: usize, timeou
     ignore = "needs the tansu broker and clickhouse-server (SLUICE_SKIP_BROKER_TESTS)"
 )]
 #[test]
-fn window_results_in_clickhouse_are_exact_under_final_across_a_kill_and_a_server_outage() {
+fn window_results_in_clickhouse_are_exact_under_final_across_a_crash_replay_and_a_server_outage() {
     let tansu = Tansu::start();
     tansu.create_topics(&[("readings", PARTITIONS)]);
     let mut clickhouse = ClickHouse::start();
@@ -100,22 +104,58 @@ fn window_results_in_clickhouse_are_exact_under_final_across_a_kill_and_a_server
     let launch = launch_into_clickhouse(&tansu, &dir, "chexact", &clickhouse, "readings_1m", true);
     let thirds: Vec<_> = data.records.chunks(10_000).collect();
 
-    // A first third, then kill -9 mid-stream: what was inserted but not committed is inserted
-    // again by the next process, with the same versions.
-    let mut p = start_owning_every_partition(&launch, "chexact-0");
-    produce_one_per_batch(&tansu.bootstrap, "readings", thirds[0]);
+    // A first third, streamed; the process crashes on its second checkpoint after inserting the
+    // rows of that interval and before committing their offsets (the checkpoint-before-commit
+    // failpoint), so the next process emits and inserts those windows again.
+    let mut p = start_owning_every_partition_with(
+        &launch,
+        "chexact-0",
+        &[("SLUICE_FAILPOINT", "checkpoint-before-commit:2")],
+    );
+    // Merges stopped, so the duplicates stay visible to a plain count() (the table exists now).
+    clickhouse.query("SYSTEM STOP MERGES");
+    let producer = stream(
+        &tansu.bootstrap,
+        "readings",
+        thirds[0].to_vec(),
+        10,
+        Duration::from_millis(300),
+    );
     let deadline = Instant::now() + Duration::from_secs(60);
-    while p
-        .metrics()
-        .map_or(0.0, |t| metric_sum(&t, "pipeline_sink_rows_total"))
-        < 1.0
-    {
-        assert!(Instant::now() < deadline, "no row reached ClickHouse");
-        std::thread::sleep(Duration::from_millis(200));
+    while p.is_running() {
+        assert!(
+            Instant::now() < deadline,
+            "the failpoint never crashed the process"
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
-    p.kill();
+    producer.join().unwrap();
     let p = start_owning_every_partition(&launch, "chexact-1");
     produce_one_per_batch(&tansu.bootstrap, "readings", thirds[1]);
+    // The replayed windows were inserted a second time, with the same versions: more rows than
+    // windows, and FINAL keeps one per window.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let raw: usize = clickhouse
+            .query("SELECT count() FROM readings_1m")
+            .trim()
+            .parse()
+            .unwrap();
+        let last: usize = clickhouse
+            .query("SELECT count() FROM readings_1m FINAL")
+            .trim()
+            .parse()
+            .unwrap();
+        if raw > last {
+            eprintln!("{raw} rows stored for {last} windows: replayed windows inserted again");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no window was inserted twice ({raw} rows, {last} windows): the crash replayed nothing"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
 
     // ClickHouse goes away for a while: inserts fail and are retried (backpressure), nothing is
     // committed past what it acknowledged, and the process keeps running.
@@ -151,15 +191,7 @@ fn window_results_in_clickhouse_are_exact_under_final_across_a_kill_and_a_server
     common::assert_exact(&comparison, &dir);
     assert_eq!(comparison.windows, reference.len());
     assert_eq!(restarts, 0.0, "the outage restarted the slot");
-    let stored: usize = clickhouse
-        .query("SELECT count() FROM readings_1m")
-        .trim()
-        .parse()
-        .unwrap();
-    eprintln!(
-        "{} windows exact under FINAL; {stored} rows stored before merges",
-        reference.len()
-    );
+    eprintln!("{} windows exact under FINAL", reference.len());
     common::cleanup(&dir);
 }
 
