@@ -164,11 +164,7 @@ fn pipe(mut from: TcpStream, mut to: TcpStream, link: &AtomicU8, from_client: bo
                     break;
                 }
             }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
+            Err(e) if read_timed_out(&e) => {}
             Err(_) => break,
         }
     }
@@ -196,13 +192,17 @@ fn swallow(mut from: TcpStream, link: &AtomicU8) {
         match from.read(&mut buf) {
             Ok(0) => break,
             Ok(_) => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
+            Err(e) if read_timed_out(&e) => {}
             Err(_) => break,
         }
     }
     let _ = from.shutdown(Shutdown::Both);
+}
+
+/// Whether a read with a timeout ended for the timeout only (the connection is fine).
+fn read_timed_out(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    )
 }

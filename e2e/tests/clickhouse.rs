@@ -183,10 +183,16 @@ fn window_results_in_clickhouse_are_exact_under_final_across_a_crash_replay_and_
     );
     std::thread::sleep(Duration::from_secs(2));
     let rows = final_rows(&clickhouse, "readings_1m");
-    let restarts = p
-        .metrics()
-        .map_or(0.0, |t| metric_sum(&t, "pipeline_slot_restarts_total"));
+    let metrics = p.metrics().unwrap_or_default();
+    let restarts = metric_sum(&metrics, "pipeline_slot_restarts_total");
+    // The retries while ClickHouse was down were backpressure: what the autoscaler reads to
+    // tell a sink-bound pipeline from one that needs more slots.
+    let backpressured = metric_sum(&metrics, "pipeline_backpressured_seconds_total");
     drop(p);
+    assert!(
+        backpressured >= 1.0,
+        "{backpressured} s of backpressure through a 5 s outage"
+    );
     let comparison = compare(&rows, &reference);
     common::assert_exact(&comparison, &dir);
     assert_eq!(comparison.windows, reference.len());

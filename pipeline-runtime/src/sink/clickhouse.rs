@@ -46,6 +46,13 @@ const RETRY_FOR: Duration = Duration::from_secs(120);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Sleeps for `duration` in short steps; true as soon as `stop` holds.
+/// The `Authorization` header of HTTP basic authentication, as ClickHouse's HTTP interface takes
+/// it (the credentials Secret's user and password).
+fn basic_authorization(user: &str, password: &str) -> String {
+    let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    format!("Basic {token}")
+}
+
 fn sleep_unless(duration: Duration, stop: &dyn Fn() -> bool) -> bool {
     let deadline = Instant::now() + duration;
     while Instant::now() < deadline {
@@ -210,9 +217,7 @@ impl ClickHouseRows {
             .new_agent();
         let authorization = std::env::var(env_names::CLICKHOUSE_USER).ok().map(|user| {
             let password = std::env::var(env_names::CLICKHOUSE_PASSWORD).unwrap_or_default();
-            let token =
-                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-            format!("Basic {token}")
+            basic_authorization(&user, &password)
         });
         let rows = Self {
             agent,
@@ -397,6 +402,13 @@ impl RowSink for ClickHouseRows {
     fn flush(&mut self, blocked: &mut Duration, stop: &dyn Fn() -> bool) -> Result<(), SinkError> {
         self.insert(blocked, stop)
     }
+
+    fn tick(&mut self, blocked: &mut Duration, stop: &dyn Fn() -> bool) -> Result<(), SinkError> {
+        match self.oldest {
+            Some(oldest) if oldest.elapsed() >= self.batch_interval => self.insert(blocked, stop),
+            _ => Ok(()),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -446,6 +458,222 @@ mod tests {
         assert_eq!(
             line,
             r#"{"user_id":"u-1","window_start":60000,"window_end":120000,"clicks":3,"avg_ms":null,"_version":42}"#
+        );
+    }
+
+    /// A stand-in for ClickHouse's HTTP interface: answers each statement from `answer`
+    /// (status, body) and records every statement with its body.
+    struct Endpoint {
+        url: String,
+        seen: Arc<std::sync::Mutex<Vec<(String, String)>>>,
+    }
+
+    impl Endpoint {
+        fn start(answer: impl Fn(&str) -> (u16, &'static str) + Send + 'static) -> Self {
+            use std::io::{BufRead, BufReader, Read, Write};
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let url = format!("http://{}", listener.local_addr().unwrap());
+            let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let log = Arc::clone(&seen);
+            std::thread::spawn(move || {
+                for stream in listener.incoming() {
+                    let Ok(mut stream) = stream else { return };
+                    let mut reader = BufReader::new(stream.try_clone().unwrap());
+                    let mut request_line = String::new();
+                    reader.read_line(&mut request_line).unwrap();
+                    let mut length = 0;
+                    loop {
+                        let mut header = String::new();
+                        reader.read_line(&mut header).unwrap();
+                        if header.trim().is_empty() {
+                            break;
+                        }
+                        if let Some((name, value)) = header.split_once(':')
+                            && name.eq_ignore_ascii_case("content-length")
+                        {
+                            length = value.trim().parse().unwrap();
+                        }
+                    }
+                    let mut body = vec![0; length];
+                    reader.read_exact(&mut body).unwrap();
+                    let target = request_line.split(' ').nth(1).unwrap_or_default();
+                    let query = target.split_once("query=").map_or("", |(_, q)| q);
+                    let statement = percent_decoded(query.split('&').next().unwrap_or(""));
+                    let (status, text) = answer(&statement);
+                    log.lock()
+                        .unwrap()
+                        .push((statement, String::from_utf8(body).unwrap()));
+                    let _ = write!(
+                        stream,
+                        "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
+                        text.len()
+                    );
+                }
+            });
+            Self { url, seen }
+        }
+
+        fn inserts(&self) -> Vec<String> {
+            self.seen
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(statement, _)| statement.starts_with("INSERT"))
+                .map(|(_, body)| body.clone())
+                .collect()
+        }
+    }
+
+    fn percent_decoded(text: &str) -> String {
+        let bytes = text.as_bytes();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < bytes.len() {
+            match bytes[i] {
+                b'%' => {
+                    out.push(u8::from_str_radix(&text[i + 1..i + 3], 16).unwrap());
+                    i += 3;
+                }
+                b'+' => {
+                    out.push(b' ');
+                    i += 1;
+                }
+                b => {
+                    out.push(b);
+                    i += 1;
+                }
+            }
+        }
+        String::from_utf8(out).unwrap()
+    }
+
+    fn sink_to(url: &str, batch: &str) -> (Plan, ClickHouseSink) {
+        let spec = from_yaml(
+            &format!("apiVersion: sluice.dev/v1alpha1\nkind: PipelineDeployment\nmetadata: {{name: t}}\nspec:\n  kafka: {{bootstrapServers: 'k:9092'}}\n  source: {{topic: in}}\n  sink: {{clickhouse: {{url: '{url}', table: clicks, createTable: true, {batch}}}}}\n  transform: {{keyBy: user-id, timestamp: {{field: ts}}}}\n  window: {{tumbling: {{size: 1m}}}}\n  aggregates: [{{name: clicks, function: count}}]\n"),
+            "test",
+        )
+        .unwrap()
+        .spec;
+        let plan = Plan::new(&spec, "g", vec![1]);
+        let sink = plan.clickhouse.clone().unwrap();
+        (plan, sink)
+    }
+
+    fn window(key: &str, version: u64) -> Row {
+        Row::Window {
+            result: WindowResult {
+                key: Arc::from(key),
+                key_value: json!(key),
+                start: 0,
+                end: 60_000,
+                values: vec![("clicks".into(), json!(1))],
+            },
+            version,
+        }
+    }
+
+    #[test]
+    fn rows_are_inserted_when_the_batch_is_full_and_when_its_time_is_up() {
+        let endpoint = Endpoint::start(|statement| match statement {
+            s if s.starts_with("EXISTS") => (200, "0\n"),
+            _ => (200, ""),
+        });
+        let (plan, sink) = sink_to(&endpoint.url, "batchRows: 2, batchInterval: 300ms");
+        let mut rows = ClickHouseRows::new(
+            &plan,
+            &sink,
+            Arc::new(Metrics::new()),
+            SlotLabels::default(),
+        )
+        .unwrap();
+        assert!(
+            endpoint.seen.lock().unwrap()[1]
+                .0
+                .starts_with("CREATE TABLE IF NOT EXISTS"),
+            "{:?}",
+            endpoint.seen.lock().unwrap()
+        );
+        let (mut blocked, stop) = (Duration::ZERO, || false);
+        rows.send(window("a", 1), &mut blocked, &stop).unwrap();
+        rows.tick(&mut blocked, &stop).unwrap();
+        assert!(endpoint.inserts().is_empty(), "one row, batch not due yet");
+        rows.send(window("b", 2), &mut blocked, &stop).unwrap();
+        assert_eq!(endpoint.inserts().len(), 1, "batchRows reached");
+        assert_eq!(endpoint.inserts()[0].lines().count(), 2);
+        rows.send(window("c", 3), &mut blocked, &stop).unwrap();
+        std::thread::sleep(Duration::from_millis(350));
+        rows.tick(&mut blocked, &stop).unwrap();
+        let inserts = endpoint.inserts();
+        assert_eq!(inserts.len(), 2, "batchInterval passed: inserted on a tick");
+        assert!(inserts[1].contains(r#""user_id":"c""#), "{}", inserts[1]);
+        rows.flush(&mut blocked, &stop).unwrap();
+        assert_eq!(endpoint.inserts().len(), 2, "nothing left to flush");
+    }
+
+    #[test]
+    fn a_failed_insert_is_retried_and_the_wait_counts_as_backpressure() {
+        let failures = std::sync::atomic::AtomicU32::new(0);
+        let endpoint = Endpoint::start(move |statement| match statement {
+            s if s.starts_with("EXISTS") => (200, "0\n"),
+            s if s.starts_with("INSERT")
+                && failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < 2 =>
+            {
+                (503, "Code: 252, Too many parts")
+            }
+            _ => (200, ""),
+        });
+        let (plan, sink) = sink_to(&endpoint.url, "batchRows: 100");
+        let metrics = Arc::new(Metrics::new());
+        let mut rows =
+            ClickHouseRows::new(&plan, &sink, Arc::clone(&metrics), SlotLabels::default()).unwrap();
+        let (mut blocked, stop) = (Duration::ZERO, || false);
+        rows.send(window("a", 1), &mut blocked, &stop).unwrap();
+        rows.flush(&mut blocked, &stop).unwrap();
+        let inserts = endpoint.inserts();
+        assert_eq!(inserts.len(), 3, "two refusals, then accepted");
+        assert!(
+            inserts.iter().all(|body| body == &inserts[0]),
+            "the same batch each time"
+        );
+        // Backoff 200 ms, then 400 ms.
+        assert!(blocked >= Duration::from_millis(600), "{blocked:?}");
+        let labels = SlotLabels::default();
+        assert_eq!(metrics.sink_insert_failures.get_or_create(&labels).get(), 2);
+        assert_eq!(metrics.sink_rows.get_or_create(&labels).get(), 1);
+    }
+
+    #[test]
+    fn a_stop_while_retrying_ends_the_insert_without_losing_the_batch_silently() {
+        let endpoint = Endpoint::start(|statement| match statement {
+            s if s.starts_with("EXISTS") => (200, "0\n"),
+            s if s.starts_with("INSERT") => (500, "down"),
+            _ => (200, ""),
+        });
+        let (plan, sink) = sink_to(&endpoint.url, "batchRows: 100");
+        let mut rows = ClickHouseRows::new(
+            &plan,
+            &sink,
+            Arc::new(Metrics::new()),
+            SlotLabels::default(),
+        )
+        .unwrap();
+        let mut blocked = Duration::ZERO;
+        rows.send(window("a", 1), &mut blocked, &|| false).unwrap();
+        let stop_at = Instant::now() + Duration::from_millis(500);
+        let result = rows.flush(&mut blocked, &|| Instant::now() >= stop_at);
+        assert!(matches!(result, Err(SinkError::Interrupted)), "{result:?}");
+        assert_eq!(
+            rows.rows, 1,
+            "the batch stays: offsets past it are not committed"
+        );
+    }
+
+    #[test]
+    fn credentials_become_a_basic_authorization_header() {
+        // RFC 7617's example.
+        assert_eq!(
+            basic_authorization("Aladdin", "open sesame"),
+            "Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ=="
         );
     }
 

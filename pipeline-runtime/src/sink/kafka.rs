@@ -77,6 +77,15 @@ impl RowSink for KafkaRows {
         blocked: &mut Duration,
         stop: &dyn Fn() -> bool,
     ) -> Result<Sent, SinkError> {
+        if let Row::Record { key, json, .. } = &row {
+            // As read or projected: sent as it is, no copy.
+            let mut record = BaseRecord::to(self.topic.as_str()).payload(json.as_slice());
+            if let Some(k) = key {
+                record = record.key(k.as_slice());
+            }
+            produce(&self.producer, record, blocked, stop)?;
+            return Ok(Sent::Accepted);
+        }
         let (key, value) = match self.encode(&row) {
             Ok(encoded) => encoded,
             Err(e) => {

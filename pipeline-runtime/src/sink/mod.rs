@@ -49,6 +49,12 @@ pub trait RowSink: Send {
 
     /// Makes every row sent so far durable.
     fn flush(&mut self, blocked: &mut Duration, stop: &dyn Fn() -> bool) -> Result<(), SinkError>;
+
+    /// Called every slot tick (100 ms), rows or not: a buffering sink writes a batch whose
+    /// time is up.
+    fn tick(&mut self, _blocked: &mut Duration, _stop: &dyn Fn() -> bool) -> Result<(), SinkError> {
+        Ok(())
+    }
 }
 
 /// What became of a row.
@@ -208,6 +214,14 @@ impl Sink {
             .lock()
             .expect("not poisoned")
             .clone()
+    }
+
+    /// Lets the rows sink write what is due (see [`RowSink::tick`]).
+    pub fn tick(&self, blocked: &mut Duration, stop: &dyn Fn() -> bool) -> Result<(), SinkError> {
+        self.rows
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .tick(blocked, stop)
     }
 
     /// Serves delivery callbacks.

@@ -407,6 +407,7 @@ pub fn run(config: &SlotConfig, stop: &Arc<AtomicBool>) -> Result<(), SlotError>
             processor.on_tick(Instant::now(), emits);
             observe_emits(config, &latency, emits);
             sink.send_all(&plan, emits, &mut clock.backpressured, &is_stopped)?;
+            sink.tick(&mut clock.backpressured, &is_stopped)?;
             sink.poll();
             publish(config, &consumer, processor, &mut reported, &mut clock);
             drop(guard);
