@@ -547,7 +547,9 @@ mod tests {
         String::from_utf8(out).unwrap()
     }
 
-    fn sink_to(url: &str, batch: &str) -> (Plan, ClickHouseSink) {
+    /// A sink into `endpoint` (which creates the table) with the batch settings `batch`.
+    fn rows_to(endpoint: &Endpoint, batch: &str, metrics: Arc<Metrics>) -> ClickHouseRows {
+        let url = &endpoint.url;
         let spec = from_yaml(
             &format!("apiVersion: sluice.dev/v1alpha1\nkind: PipelineDeployment\nmetadata: {{name: t}}\nspec:\n  kafka: {{bootstrapServers: 'k:9092'}}\n  source: {{topic: in}}\n  sink: {{clickhouse: {{url: '{url}', table: clicks, createTable: true, {batch}}}}}\n  transform: {{keyBy: user-id, timestamp: {{field: ts}}}}\n  window: {{tumbling: {{size: 1m}}}}\n  aggregates: [{{name: clicks, function: count}}]\n"),
             "test",
@@ -556,7 +558,7 @@ mod tests {
         .spec;
         let plan = Plan::new(&spec, "g", vec![1]);
         let sink = plan.clickhouse.clone().unwrap();
-        (plan, sink)
+        ClickHouseRows::new(&plan, &sink, metrics, SlotLabels::default()).unwrap()
     }
 
     fn window(key: &str, version: u64) -> Row {
@@ -578,14 +580,11 @@ mod tests {
             s if s.starts_with("EXISTS") => (200, "0\n"),
             _ => (200, ""),
         });
-        let (plan, sink) = sink_to(&endpoint.url, "batchRows: 2, batchInterval: 300ms");
-        let mut rows = ClickHouseRows::new(
-            &plan,
-            &sink,
+        let mut rows = rows_to(
+            &endpoint,
+            "batchRows: 2, batchInterval: 300ms",
             Arc::new(Metrics::new()),
-            SlotLabels::default(),
-        )
-        .unwrap();
+        );
         assert!(
             endpoint.seen.lock().unwrap()[1]
                 .0
@@ -622,10 +621,8 @@ mod tests {
             }
             _ => (200, ""),
         });
-        let (plan, sink) = sink_to(&endpoint.url, "batchRows: 100");
         let metrics = Arc::new(Metrics::new());
-        let mut rows =
-            ClickHouseRows::new(&plan, &sink, Arc::clone(&metrics), SlotLabels::default()).unwrap();
+        let mut rows = rows_to(&endpoint, "batchRows: 100", Arc::clone(&metrics));
         let (mut blocked, stop) = (Duration::ZERO, || false);
         rows.send(window("a", 1), &mut blocked, &stop).unwrap();
         rows.flush(&mut blocked, &stop).unwrap();
@@ -649,14 +646,7 @@ mod tests {
             s if s.starts_with("INSERT") => (500, "down"),
             _ => (200, ""),
         });
-        let (plan, sink) = sink_to(&endpoint.url, "batchRows: 100");
-        let mut rows = ClickHouseRows::new(
-            &plan,
-            &sink,
-            Arc::new(Metrics::new()),
-            SlotLabels::default(),
-        )
-        .unwrap();
+        let mut rows = rows_to(&endpoint, "batchRows: 100", Arc::new(Metrics::new()));
         let mut blocked = Duration::ZERO;
         rows.send(window("a", 1), &mut blocked, &|| false).unwrap();
         let stop_at = Instant::now() + Duration::from_millis(500);
