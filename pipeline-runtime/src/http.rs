@@ -124,6 +124,26 @@ impl Health {
         })
     }
 
+    /// Why slots wait to restart after a failure (a sink that cannot be reached, say).
+    pub fn failures_reason(&self) -> Option<String> {
+        let watches = self.watches.lock().unwrap_or_else(|p| p.into_inner());
+        let failed: Vec<String> = watches
+            .iter()
+            .enumerate()
+            .filter_map(|(i, w)| w.failure().map(|why| format!("slot {i} {why}")))
+            .collect();
+        (!failed.is_empty()).then(|| failed.join("; "))
+    }
+
+    /// Why `/readyz` fails, the most fundamental reason first; `None` when the cause is only that
+    /// slots are (re)starting or the process is stopping.
+    pub fn not_ready_reason(&self) -> Option<String> {
+        self.blocked()
+            .or_else(|| self.kafka_reason())
+            .or_else(|| self.failures_reason())
+            .or_else(|| self.paused_reason())
+    }
+
     /// Why partitions wait (their state cannot be restored), if any do.
     pub fn paused_reason(&self) -> Option<String> {
         let watches = self.watches.lock().unwrap_or_else(|p| p.into_inner());
@@ -184,12 +204,7 @@ async fn alive(State(state): State<Arc<AppState>>) -> impl IntoResponse {
 async fn ready(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     if state.health.is_ready() {
         (StatusCode::OK, "ready".to_owned())
-    } else if let Some(reason) = state
-        .health
-        .blocked()
-        .or_else(|| state.health.kafka_reason())
-        .or_else(|| state.health.paused_reason())
-    {
+    } else if let Some(reason) = state.health.not_ready_reason() {
         (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("not ready: {reason}"),
@@ -202,4 +217,32 @@ async fn ready(State(state): State<Arc<AppState>>) -> impl IntoResponse {
 /// Binds the metrics listener (port 0 = any free port).
 pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(addr).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readiness_names_a_slot_that_failed_and_waits_to_restart() {
+        let health = Health::new(2);
+        health.slot_up();
+        assert_eq!(health.not_ready_reason(), None, "one slot still starting");
+        health.watch(1).set_failure(Some(
+            "failed and restarts in 4 s: ClickHouse: refused".into(),
+        ));
+        assert_eq!(
+            health.not_ready_reason().as_deref(),
+            Some("slot 1 failed and restarts in 4 s: ClickHouse: refused")
+        );
+        health.set_blocked(Some("source topic clicks does not exist".into()));
+        assert_eq!(
+            health.not_ready_reason().as_deref(),
+            Some("source topic clicks does not exist"),
+            "what keeps every slot from starting comes first"
+        );
+        health.set_blocked(None);
+        health.watch(1).set_failure(None);
+        assert_eq!(health.not_ready_reason(), None);
+    }
 }

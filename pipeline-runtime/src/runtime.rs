@@ -316,6 +316,7 @@ const HEALTHY_RUN: Duration = Duration::from_secs(60);
 fn run_slot_with_restarts(config: &SlotConfig, health: &Health, stop: &Arc<AtomicBool>) {
     let mut backoff = Duration::from_secs(1);
     loop {
+        config.watch.set_failure(None);
         health.slot_up();
         let started = std::time::Instant::now();
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -353,6 +354,10 @@ fn run_slot_with_restarts(config: &SlotConfig, health: &Health, stop: &Arc<Atomi
             }
             Err(e) => {
                 error!(slot = %config.labels.slot, error = %e, ?backoff, "slot failed; restarting from the last committed offsets");
+                config.watch.set_failure(Some(format!(
+                    "failed and restarts in {} s: {e}",
+                    backoff.as_secs()
+                )));
                 config
                     .metrics
                     .slot_restarts

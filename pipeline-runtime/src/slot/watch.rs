@@ -24,6 +24,8 @@ pub struct SlotWatch {
     paused: Mutex<std::collections::BTreeSet<String>>,
     /// Statistics reports in a row (one a second) in which the slot's consumer had no broker up.
     brokers_down_reports: AtomicI64,
+    /// Why the slot's last run failed, while it waits to restart.
+    failure: Mutex<Option<String>>,
 }
 
 impl Default for SlotWatch {
@@ -35,6 +37,7 @@ impl Default for SlotWatch {
             heartbeat_ms: AtomicI64::new(0),
             paused: Mutex::new(std::collections::BTreeSet::new()),
             brokers_down_reports: AtomicI64::new(0),
+            failure: Mutex::new(None),
         }
     }
 }
@@ -117,6 +120,19 @@ impl SlotWatch {
             .iter()
             .cloned()
             .collect()
+    }
+
+    /// The slot failed and waits to restart (`Some(why)`), or starts again (`None`).
+    pub fn set_failure(&self, why: Option<String>) {
+        *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = why;
+    }
+
+    /// Why the slot failed, while it waits to restart.
+    pub fn failure(&self) -> Option<String> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The last heartbeat (0 = not running).
