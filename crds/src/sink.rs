@@ -98,7 +98,11 @@ impl Compression {
 
 /// A ClickHouse table reached over HTTP. Window results are effectively-once: each row carries a
 /// deterministic `_version`, the table is a `ReplacingMergeTree(_version)` ordered by the key and
-/// `window_start`, and a query with `FINAL` returns one exact row per window (docs/clickhouse.md).
+/// `window_start`, and a query with `FINAL` returns one exact row per window. A stateless
+/// pipeline's records go into a table you create: each record fills the columns of its field
+/// names (a record that does not fit is dead-lettered), and columns `_topic`, `_partition`,
+/// `_offset` get where it was read, so a `ReplacingMergeTree` ordered by them counts each record
+/// once under `FINAL` (docs/clickhouse.md).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ClickHouseSink {
@@ -116,7 +120,7 @@ pub struct ClickHouseSink {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret: Option<CredentialsSecretRef>,
     /// Create the table when it does not exist: a `ReplacingMergeTree(_version)` ordered by the
-    /// key and `window_start`, with one column per output field. Window results only. Without it
+    /// key and `window_start`, with one column per output field. Windowed pipelines only. Without it
     /// the table must exist, and the runtime refuses to start when its columns do not fit the
     /// pipeline's output, naming each difference.
     #[serde(default)]

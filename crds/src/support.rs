@@ -34,12 +34,6 @@ pub fn unsupported(spec: &PipelineDeploymentSpec) -> Vec<FieldError> {
             "Avro output of stateless pipelines (windowed pipelines write Avro)",
         );
     }
-    if spec.window.is_none() && spec.sink.clickhouse.is_some() {
-        not_yet(
-            "spec.sink.clickhouse",
-            "ClickHouse output of stateless pipelines (windowed pipelines write to ClickHouse)",
-        );
-    }
     found
 }
 
@@ -67,18 +61,13 @@ mod tests {
             paths(&spec("  sink: {kafka: {topic: out, format: avro}}\n")),
             ["spec.sink.kafka.format"]
         );
-        assert_eq!(
-            paths(&spec(
-                "  sink: {clickhouse: {url: 'http://ch:8123', table: t}}\n"
-            )),
-            ["spec.sink.clickhouse"]
-        );
         let eos = spec(
             "  sink: {kafka: {topic: out}}\n  delivery: exactly-once\n  checkpoint: {storage: {local: {path: /tmp/cp}}}\n",
         );
         assert!(paths(&eos).is_empty());
-        let ch = spec("  sink: {clickhouse: {url: 'http://ch:8123', table: t}}\n");
-        assert!(problems(&ch)[0].message.starts_with("not supported yet"));
+        let stateless_into_clickhouse =
+            spec("  sink: {clickhouse: {url: 'http://ch:8123', table: t}}\n");
+        assert!(problems(&stateless_into_clickhouse).is_empty());
         let windowed = spec(
             "  sink: {clickhouse: {url: 'http://ch:8123', table: t}}\n  transform: {keyBy: k, timestamp: {field: ts}}\n  window: {tumbling: {size: 1m}}\n  aggregates: [{name: n, function: count}]\n",
         );

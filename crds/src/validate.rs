@@ -792,7 +792,7 @@ fn sink(c: &mut Collector, spec: &PipelineDeploymentSpec) {
             c.check(
                 !ch.create_table || spec.window.is_some(),
                 "spec.sink.clickhouse.createTable",
-                "needs a window: only window results have a known set of columns",
+                "needs a window: a stateless pipeline writes into a table you create, whose columns are your records' fields",
             );
             let clashes = spec
                 .aggregates

@@ -2,7 +2,8 @@
 //! window results are exact per window under `FINAL` across a crash that makes the next process
 //! insert windows again, a server that
 //! goes away mid-stream holds the pipeline back without losing anything, and a table that does
-//! not fit is refused with its differences.
+//! not fit is refused with its differences; a stateless pipeline's records count once under
+//! `FINAL` across a kill, and a record that does not fit the table is dead-lettered.
 
 mod common;
 
@@ -242,5 +243,126 @@ fn a_table_whose_columns_do_not_fit_is_refused_with_each_difference() {
         .map_or(0.0, |t| metric_sum(&t, "pipeline_slot_restarts_total"));
     assert_eq!(restarts, 0.0, "a misfit table is not retried in a loop");
     drop(p);
+    common::cleanup(&dir);
+}
+
+#[cfg_attr(
+    sluice_skip_broker_tests,
+    ignore = "needs the tansu broker and clickhouse-server (SLUICE_SKIP_BROKER_TESTS)"
+)]
+#[test]
+fn stateless_records_count_once_under_final_across_a_kill_and_misfits_are_dead_lettered() {
+    let tansu = Tansu::start();
+    tansu.create_topics(&[("events", PARTITIONS), ("events-dlq", 1)]);
+    let clickhouse = ClickHouse::start();
+    clickhouse.query(
+        "CREATE TABLE events_raw (dev String, v Int64, note Nullable(String), _topic String, _partition UInt32, _offset UInt64) ENGINE = ReplacingMergeTree ORDER BY (_topic, _partition, _offset)",
+    );
+    clickhouse.query("SYSTEM STOP MERGES");
+    let dir = scratch("clickhouse-stateless");
+    let manifest = dir.join("pipeline.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "apiVersion: sluice.dev/v1alpha1\nkind: PipelineDeployment\nmetadata: {{name: chrecords, namespace: e2e}}\nspec:\n  kafka: {{bootstrapServers: 'replaced:9092', properties: {{session.timeout.ms: '6000', heartbeat.interval.ms: '500'}}}}\n  source: {{topic: events, startingOffsets: earliest}}\n  transform: {{filter: 'record.dev != \"skip\"'}}\n  sink: {{clickhouse: {{url: '{}', table: events_raw, batchRows: 200, batchInterval: 200ms}}}}\n  deadLetter: {{topic: events-dlq}}\n",
+            clickhouse.url
+        ),
+    )
+    .unwrap();
+    let launch = Launch {
+        manifest,
+        bootstrap: tansu.bootstrap.clone(),
+        slots: 1,
+        log_dir: dir.clone(),
+    };
+    // 6,000 records: every 500th has a string where the table wants an Int64, every 7th is
+    // filtered out, the others go to ClickHouse.
+    let records: Vec<_> = (0..6_000i64)
+        .map(|i| {
+            let value = match i {
+                i if i % 500 == 499 => format!(r#"{{"dev":"d{}","v":"many"}}"#, i % 13),
+                i if i % 7 == 0 => format!(r#"{{"dev":"skip","v":{i}}}"#),
+                i => format!(r#"{{"dev":"d{}","v":{i},"extra":true}}"#, i % 13),
+            };
+            (
+                i32::try_from(i % PARTITIONS as i64).unwrap(),
+                None,
+                value.into_bytes(),
+            )
+        })
+        .collect();
+    let misfits: Vec<i64> = (0..6_000).filter(|i| i % 500 == 499).collect();
+    let kept: Vec<i64> = (0..6_000)
+        .filter(|i| i % 500 != 499 && i % 7 != 0)
+        .collect();
+
+    // The first half streams in; the process is killed while it inserts, between two offset
+    // commits, so the next one reads and inserts some records again.
+    let mut p = launch.start("chrecords-0");
+    let producer = stream(
+        &tansu.bootstrap,
+        "events",
+        records[..3_000].to_vec(),
+        20,
+        Duration::from_millis(200),
+    );
+    let count = |query: &str| -> usize {
+        clickhouse
+            .try_query(query)
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while count("SELECT count() FROM events_raw") < 1_000 {
+        assert!(Instant::now() < deadline, "nothing reached ClickHouse");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(1_500));
+    p.kill();
+    producer.join().unwrap();
+    // (tansu hands the dead member's partitions over only when another joins: see
+    // start_owning_every_partition.)
+    let p = start_owning_every_partition(&launch, "chrecords-1");
+    produce_one_per_batch(&tansu.bootstrap, "events", &records[3_000..]);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while count("SELECT count() FROM events_raw FINAL") < kept.len() {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} records in ClickHouse",
+            count("SELECT count() FROM events_raw FINAL"),
+            kept.len()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let raw = count("SELECT count() FROM events_raw");
+    let once = count("SELECT count() FROM events_raw FINAL");
+    let sum: i64 = clickhouse
+        .query("SELECT sum(v) FROM events_raw FINAL")
+        .trim()
+        .parse()
+        .unwrap();
+    let dlq = tansu.consume("events-dlq", Duration::from_secs(30), |o| {
+        o.len() >= misfits.len()
+    });
+    let restarts = p
+        .metrics()
+        .map_or(0.0, |t| metric_sum(&t, "pipeline_slot_restarts_total"));
+    drop(p);
+    eprintln!("{raw} rows stored for {once} records: replayed records inserted again");
+    assert!(raw > once, "the kill replayed nothing ({raw} rows)");
+    assert_eq!(once, kept.len(), "each record once under FINAL");
+    assert_eq!(sum, kept.iter().sum::<i64>());
+    assert!(dlq.len() >= misfits.len(), "{} dead letters", dlq.len());
+    for letter in &dlq {
+        assert_eq!(letter.headers["sluice.stage"], "encode");
+        assert!(
+            letter.headers["sluice.error"].contains("field `v` is \"many\""),
+            "{:?}",
+            letter.headers
+        );
+    }
+    assert_eq!(restarts, 0.0, "a misfit record restarted the slot");
     common::cleanup(&dir);
 }

@@ -527,6 +527,7 @@ impl Processor {
             key: rec.key.map(<[u8]>::to_vec),
             json: value,
             event_ms: rec.timestamp_ms.unwrap_or(wall_ms),
+            source: source_ref(rec),
         }));
     }
 
@@ -930,7 +931,12 @@ mod tests {
             vec![Emit::Output(Row::Record {
                 key: Some(b"k".to_vec()),
                 json: raw.to_vec(),
-                event_ms: 5
+                event_ms: 5,
+                source: SourceRef {
+                    topic: 0,
+                    partition: 3,
+                    offset: 7
+                },
             })]
         );
     }

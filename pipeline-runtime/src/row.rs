@@ -1,7 +1,7 @@
 //! What a pipeline outputs: rows, which the sink encodes for its destination (JSON or Avro for
 //! Kafka, JSONEachRow for ClickHouse). The processor never encodes an output itself.
 
-use crate::window::WindowResult;
+use crate::{processor::SourceRef, window::WindowResult};
 
 /// One output row.
 #[derive(Clone, Debug, PartialEq)]
@@ -26,6 +26,9 @@ pub enum Row {
         json: Vec<u8>,
         /// The record's event time (its Kafka timestamp), ms.
         event_ms: i64,
+        /// Where it was read: a unique, replay-stable id (the ClickHouse sink's `_topic`,
+        /// `_partition`, `_offset` columns).
+        source: SourceRef,
     },
 }
 

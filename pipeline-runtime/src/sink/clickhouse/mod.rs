@@ -1,4 +1,5 @@
-//! The ClickHouse sink of window results, over ClickHouse's HTTP interface.
+//! The ClickHouse sink, over ClickHouse's HTTP interface: window results (this module), and the
+//! records of stateless pipelines ([`records`]).
 //!
 //! Rows are buffered and inserted as `JSONEachRow` once a batch holds `batchRows` rows, after
 //! `batchInterval`, and at every checkpoint (`flush`), so the slot commits offsets only for rows
@@ -13,6 +14,8 @@
 //! is backpressure, which keeps the autoscaler from scaling a sink-bound pipeline up) for up to
 //! two minutes, within the consumer's `max.poll.interval.ms`; then the slot restarts from its
 //! last checkpoint.
+
+pub mod records;
 
 use std::{
     sync::Arc,
@@ -38,6 +41,7 @@ use crate::{
     window::WindowResult,
 };
 
+use self::records::{Described, RecordTable};
 use super::{RowSink, Sent, SinkError};
 
 /// How long inserts are retried before the slot gives up and restarts.
@@ -45,7 +49,6 @@ const RETRY_FOR: Duration = Duration::from_secs(120);
 /// Longest wait between insert attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
-/// Sleeps for `duration` in short steps; true as soon as `stop` holds.
 /// The `Authorization` header of HTTP basic authentication, as ClickHouse's HTTP interface takes
 /// it (the credentials Secret's user and password).
 fn basic_authorization(user: &str, password: &str) -> String {
@@ -53,6 +56,7 @@ fn basic_authorization(user: &str, password: &str) -> String {
     format!("Basic {token}")
 }
 
+/// Sleeps for `duration` in short steps; true as soon as `stop` holds.
 fn sleep_unless(duration: Duration, stop: &dyn Fn() -> bool) -> bool {
     let deadline = Instant::now() + duration;
     while Instant::now() < deadline {
@@ -185,7 +189,12 @@ pub struct ClickHouseRows {
     authorization: Option<String>,
     /// `` `db`.`table` ``.
     table: String,
+    /// The window results' columns (windowed pipelines).
     columns: Vec<Column>,
+    /// The table records are fitted to (stateless pipelines; read at start).
+    records: Option<RecordTable>,
+    /// Source topic names by index, for `_topic`.
+    topics: Vec<String>,
     batch: Vec<u8>,
     rows: usize,
     oldest: Option<Instant>,
@@ -219,12 +228,14 @@ impl ClickHouseRows {
             let password = std::env::var(env_names::CLICKHOUSE_PASSWORD).unwrap_or_default();
             basic_authorization(&user, &password)
         });
-        let rows = Self {
+        let mut rows = Self {
             agent,
             url: sink.url.trim_end_matches('/').to_owned(),
             authorization,
             table: format!("`{}`.`{}`", sink.database, sink.table),
             columns: columns(plan),
+            records: None,
+            topics: plan.source_topics.clone(),
             batch: Vec::with_capacity(1 << 20),
             rows: 0,
             oldest: None,
@@ -233,8 +244,50 @@ impl ClickHouseRows {
             metrics,
             labels,
         };
-        rows.prepare(sink)?;
+        if plan.window.is_some() {
+            rows.prepare(sink)?;
+        } else {
+            rows.records = Some(rows.prepare_records(sink)?);
+        }
         Ok(rows)
+    }
+
+    /// Reads the table a stateless pipeline writes (it must exist: its columns are the user's).
+    fn prepare_records(&self, sink: &ClickHouseSink) -> Result<RecordTable, SinkError> {
+        let exists = self.query(&format!("EXISTS TABLE {}", self.table), "")?;
+        if exists.trim() != "1" {
+            return Err(SinkError::Table(format!(
+                "table {} does not exist at {}: a stateless pipeline writes its records into a table you create (docs/clickhouse.md)",
+                self.table, self.url
+            )));
+        }
+        let described: Vec<Described> = self
+            .query(
+                &format!("DESCRIBE TABLE {} FORMAT JSONEachRow", self.table),
+                "",
+            )?
+            .lines()
+            .filter_map(|line| {
+                let v: serde_json::Value = serde_json::from_str(line).ok()?;
+                Some(Described {
+                    name: v["name"].as_str()?.to_owned(),
+                    kind: v["type"].as_str()?.to_owned(),
+                    default_kind: v["default_type"].as_str().unwrap_or_default().to_owned(),
+                })
+            })
+            .collect();
+        let table = RecordTable::new(&described).map_err(|problems| {
+            SinkError::Table(format!(
+                "table {} cannot take this pipeline's records: {}",
+                self.table,
+                problems.join("; ")
+            ))
+        })?;
+        if !table.identifies_records() {
+            info!(slot = %self.labels.slot, table = %self.table, database = %sink.database,
+                "records are inserted at-least-once: a replay after a crash inserts some again (add `_topic`, `_partition`, `_offset` columns and a ReplacingMergeTree ordered by them to count each once under FINAL)");
+        }
+        Ok(table)
     }
 
     /// Creates the table, or checks the existing one.
@@ -376,20 +429,35 @@ impl RowSink for ClickHouseRows {
         blocked: &mut Duration,
         stop: &dyn Fn() -> bool,
     ) -> Result<Sent, SinkError> {
-        let Row::Window { result, version } = row else {
-            // Validation refuses stateless pipelines with a ClickHouse sink.
-            return Ok(Sent::Rejected {
-                key: None,
-                json: Vec::new(),
-                error: "the ClickHouse sink takes window results only".into(),
-            });
-        };
-        let line = JsonRow {
-            columns: &self.columns,
-            result: &result,
-            version,
-        };
-        serde_json::to_writer(&mut self.batch, &line).expect("JSON values serialize");
+        match (row, &self.records) {
+            (Row::Window { result, version }, _) => {
+                let line = JsonRow {
+                    columns: &self.columns,
+                    result: &result,
+                    version,
+                };
+                serde_json::to_writer(&mut self.batch, &line).expect("JSON values serialize");
+            }
+            (
+                Row::Record {
+                    key, json, source, ..
+                },
+                Some(table),
+            ) => {
+                let topic = self.topics.get(source.topic).map_or("", String::as_str);
+                match table.line(&json, topic, &source) {
+                    Ok(line) => self.batch.extend_from_slice(&line),
+                    Err(error) => return Ok(Sent::Rejected { key, json, error }),
+                }
+            }
+            (Row::Record { key, json, .. }, None) => {
+                return Ok(Sent::Rejected {
+                    key,
+                    json,
+                    error: "a windowed pipeline's ClickHouse sink takes window results only".into(),
+                });
+            }
+        }
         self.batch.push(b'\n');
         self.rows += 1;
         let oldest = *self.oldest.get_or_insert_with(Instant::now);
