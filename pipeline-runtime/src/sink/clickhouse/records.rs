@@ -65,7 +65,7 @@ struct Column {
     kind: Kind,
     /// `Nullable`: a missing field or `null` is inserted as NULL.
     nullable: bool,
-    /// Has a `DEFAULT`: a missing field takes it.
+    /// Has a `DEFAULT`: a missing field is left out of the row (ClickHouse fills it in).
     defaulted: bool,
     fill: Fill,
 }
@@ -285,20 +285,20 @@ fn check(kind: &Kind, value: &Value) -> Result<(), String> {
     }
 }
 
-/// `YYYY-MM-DD` within the range of ClickHouse's `Date` and `DateTime`.
+/// `YYYY-MM-DD`, a real calendar day within the range of ClickHouse's `Date` and `DateTime`.
 fn is_date(s: &str) -> bool {
+    use chrono::Datelike;
     let b = s.as_bytes();
-    let digits = |range: std::ops::Range<usize>| {
-        b.get(range.clone())
-            .filter(|d| d.iter().all(u8::is_ascii_digit))
-            .and_then(|_| s[range].parse::<u32>().ok())
-    };
     b.len() == 10
-        && b[4] == b'-'
-        && b[7] == b'-'
-        && digits(0..4).is_some_and(|y| (1970..=2105).contains(&y))
-        && digits(5..7).is_some_and(|m| (1..=12).contains(&m))
-        && digits(8..10).is_some_and(|d| (1..=31).contains(&d))
+        && b.iter().enumerate().all(|(i, c)| {
+            if i == 4 || i == 7 {
+                *c == b'-'
+            } else {
+                c.is_ascii_digit()
+            }
+        })
+        && chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
+            .is_ok_and(|d| (1970..=2105).contains(&d.year()))
 }
 
 /// `hh:mm:ss`.
@@ -448,6 +448,8 @@ mod tests {
         assert!(err.contains("a string of at most 2 bytes"), "{err}");
         for at in [
             "2026-13-01 00:00:00",
+            "2026-02-30 00:00:00",
+            "2026-1-01 00:00:00",
             "2026-01-01T00:00:00",
             "1969-12-31 23:59:59",
             "2026-01-01 24:00:00",
