@@ -254,28 +254,12 @@ impl ClickHouseRows {
 
     /// Reads the table a stateless pipeline writes (it must exist: its columns are the user's).
     fn prepare_records(&self, sink: &ClickHouseSink) -> Result<RecordTable, SinkError> {
-        let exists = self.query(&format!("EXISTS TABLE {}", self.table), "")?;
-        if exists.trim() != "1" {
+        let Some(described) = self.describe()? else {
             return Err(SinkError::Table(format!(
                 "table {} does not exist at {}: a stateless pipeline writes its records into a table you create (docs/clickhouse.md)",
                 self.table, self.url
             )));
-        }
-        let described: Vec<Described> = self
-            .query(
-                &format!("DESCRIBE TABLE {} FORMAT JSONEachRow", self.table),
-                "",
-            )?
-            .lines()
-            .filter_map(|line| {
-                let v: serde_json::Value = serde_json::from_str(line).ok()?;
-                Some(Described {
-                    name: v["name"].as_str()?.to_owned(),
-                    kind: v["type"].as_str()?.to_owned(),
-                    default_kind: v["default_type"].as_str().unwrap_or_default().to_owned(),
-                })
-            })
-            .collect();
+        };
         let table = RecordTable::new(&described).map_err(|problems| {
             SinkError::Table(format!(
                 "table {} cannot take this pipeline's records: {}",
@@ -292,8 +276,7 @@ impl ClickHouseRows {
 
     /// Creates the table, or checks the existing one.
     fn prepare(&self, sink: &ClickHouseSink) -> Result<(), SinkError> {
-        let exists = self.query(&format!("EXISTS TABLE {}", self.table), "")?;
-        if exists.trim() != "1" {
+        let Some(described) = self.describe()? else {
             if !sink.create_table {
                 return Err(SinkError::Table(format!(
                     "table {} does not exist at {}: create it (docs/clickhouse.md gives the statement) or set spec.sink.clickhouse.createTable",
@@ -304,21 +287,9 @@ impl ClickHouseRows {
             self.query(&statement, "")?;
             info!(slot = %self.labels.slot, table = %self.table, "created the ClickHouse table");
             return Ok(());
-        }
-        let described = self.query(
-            &format!("DESCRIBE TABLE {} FORMAT JSONEachRow", self.table),
-            "",
-        )?;
-        let existing: Vec<(String, String)> = described
-            .lines()
-            .filter_map(|line| {
-                let v: serde_json::Value = serde_json::from_str(line).ok()?;
-                Some((
-                    v["name"].as_str()?.to_owned(),
-                    v["type"].as_str()?.to_owned(),
-                ))
-            })
-            .collect();
+        };
+        let existing: Vec<(String, String)> =
+            described.into_iter().map(|d| (d.name, d.kind)).collect();
         let engine = self
             .query(
                 &format!(
@@ -339,6 +310,30 @@ impl ClickHouseRows {
                 found.join("; ")
             )))
         }
+    }
+
+    /// The table's columns (`DESCRIBE TABLE`), or `None` when it does not exist.
+    fn describe(&self) -> Result<Option<Vec<Described>>, SinkError> {
+        let exists = self.query(&format!("EXISTS TABLE {}", self.table), "")?;
+        if exists.trim() != "1" {
+            return Ok(None);
+        }
+        let described = self
+            .query(
+                &format!("DESCRIBE TABLE {} FORMAT JSONEachRow", self.table),
+                "",
+            )?
+            .lines()
+            .filter_map(|line| {
+                let v: serde_json::Value = serde_json::from_str(line).ok()?;
+                Some(Described {
+                    name: v["name"].as_str()?.to_owned(),
+                    kind: v["type"].as_str()?.to_owned(),
+                    default_kind: v["default_type"].as_str().unwrap_or_default().to_owned(),
+                })
+            })
+            .collect();
+        Ok(Some(described))
     }
 
     /// Runs one statement with `body`; the answer's text, or why it failed.
@@ -627,6 +622,98 @@ mod tests {
         let plan = Plan::new(&spec, "g", vec![1]);
         let sink = plan.clickhouse.clone().unwrap();
         ClickHouseRows::new(&plan, &sink, metrics, SlotLabels::default()).unwrap()
+    }
+
+    /// A stateless pipeline's sink into `endpoint`.
+    fn records_to(endpoint: &Endpoint) -> Result<ClickHouseRows, SinkError> {
+        let url = &endpoint.url;
+        let spec = from_yaml(
+            &format!("apiVersion: sluice.dev/v1alpha1\nkind: PipelineDeployment\nmetadata: {{name: t}}\nspec:\n  kafka: {{bootstrapServers: 'k:9092'}}\n  source: {{topic: clicks}}\n  sink: {{clickhouse: {{url: '{url}', table: raw, batchRows: 2}}}}\n"),
+            "test",
+        )
+        .unwrap()
+        .spec;
+        let plan = Plan::new(&spec, "g", vec![1]);
+        let sink = plan.clickhouse.clone().unwrap();
+        ClickHouseRows::new(
+            &plan,
+            &sink,
+            Arc::new(Metrics::new()),
+            SlotLabels::default(),
+        )
+    }
+
+    fn record(json: &str, offset: i64) -> Row {
+        Row::Record {
+            key: None,
+            json: json.as_bytes().to_vec(),
+            event_ms: 0,
+            source: crate::processor::SourceRef {
+                topic: 0,
+                partition: 1,
+                offset,
+            },
+        }
+    }
+
+    #[test]
+    fn a_stateless_pipeline_needs_an_existing_table_it_can_check() {
+        let missing = Endpoint::start(|statement| match statement {
+            s if s.starts_with("EXISTS") => (200, "0\n"),
+            _ => (200, ""),
+        });
+        let err = records_to(&missing).err().unwrap();
+        assert!(
+            matches!(&err, SinkError::Table(m) if m.contains("does not exist")),
+            "{err}"
+        );
+        let uncheckable = Endpoint::start(|statement| match statement {
+            s if s.starts_with("EXISTS") => (200, "1\n"),
+            s if s.starts_with("DESCRIBE") => (
+                200,
+                "{\"name\":\"user\",\"type\":\"String\",\"default_type\":\"\"}\n{\"name\":\"tags\",\"type\":\"Array(String)\",\"default_type\":\"\"}\n",
+            ),
+            _ => (200, ""),
+        });
+        let err = records_to(&uncheckable).err().unwrap();
+        assert!(
+            matches!(&err, SinkError::Table(m) if m.contains("column `tags` is Array(String)")),
+            "{err}"
+        );
+        assert!(
+            !err.is_retryable(),
+            "refused until the table or spec changes"
+        );
+    }
+
+    #[test]
+    fn stateless_records_are_inserted_as_table_rows_and_misfits_rejected() {
+        let endpoint = Endpoint::start(|statement| match statement {
+            s if s.starts_with("EXISTS") => (200, "1\n"),
+            s if s.starts_with("DESCRIBE") => (
+                200,
+                "{\"name\":\"user\",\"type\":\"String\",\"default_type\":\"\"}\n{\"name\":\"_offset\",\"type\":\"UInt64\",\"default_type\":\"\"}\n",
+            ),
+            _ => (200, ""),
+        });
+        let mut rows = records_to(&endpoint).unwrap();
+        let (mut blocked, stop) = (Duration::ZERO, || false);
+        let sent = rows
+            .send(record(r#"{"user":7}"#, 40), &mut blocked, &stop)
+            .unwrap();
+        assert!(
+            matches!(&sent, Sent::Rejected { error, .. } if error.starts_with("field `user` is 7")),
+        );
+        for (json, offset) in [(r#"{"user":"a","x":1}"#, 41), (r#"{"user":"b"}"#, 42)] {
+            let sent = rows
+                .send(record(json, offset), &mut blocked, &stop)
+                .unwrap();
+            assert!(matches!(sent, Sent::Accepted));
+        }
+        assert_eq!(
+            endpoint.inserts(),
+            ["{\"_offset\":41,\"user\":\"a\"}\n{\"_offset\":42,\"user\":\"b\"}\n"]
+        );
     }
 
     fn window(key: &str, version: u64) -> Row {
