@@ -479,7 +479,9 @@ async fn an_invalid_spec_gets_a_condition_with_the_field_path_one_event_and_no_r
     let mut invalid = pipeline("  parallelism: 2\n");
     invalid.spec.sink.kafka = None;
     invalid.spec.sink.clickhouse =
-        serde_json::from_value(json!({"url": "http://ch:8123", "table": "t"})).unwrap();
+        serde_json::from_value(json!({"url": "http://ch:8123", "table": "t", "createTable": true}))
+            .unwrap();
+    // Invalid: a stateless pipeline writes into a table the user creates.
     let (action, calls, asked) = Scenario::new(invalid.clone()).run().await;
     assert_eq!(action, Ok(Action::await_change()));
     assert_eq!(
@@ -499,7 +501,7 @@ async fn an_invalid_spec_gets_a_condition_with_the_field_path_one_event_and_no_r
         ready["message"]
             .as_str()
             .unwrap()
-            .contains("spec.sink.clickhouse")
+            .contains("spec.sink.clickhouse.createTable")
     );
     let events = events(&calls);
     assert_eq!(
