@@ -68,6 +68,22 @@ impl KafkaRows {
             _ => Ok(row_json(&self.key_field, row)),
         }
     }
+
+    /// Produces one record to the sink topic.
+    fn write(
+        &self,
+        key: Option<&[u8]>,
+        value: &[u8],
+        blocked: &mut Duration,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<Sent, SinkError> {
+        let mut record = BaseRecord::to(self.topic.as_str()).payload(value);
+        if let Some(k) = key {
+            record = record.key(k);
+        }
+        produce(&self.producer, record, blocked, stop)?;
+        Ok(Sent::Accepted)
+    }
 }
 
 impl RowSink for KafkaRows {
@@ -79,30 +95,19 @@ impl RowSink for KafkaRows {
     ) -> Result<Sent, SinkError> {
         if let Row::Record { key, json, .. } = &row {
             // As read or projected: sent as it is, no copy.
-            let mut record = BaseRecord::to(self.topic.as_str()).payload(json.as_slice());
-            if let Some(k) = key {
-                record = record.key(k.as_slice());
-            }
-            produce(&self.producer, record, blocked, stop)?;
-            return Ok(Sent::Accepted);
+            return self.write(key.as_deref(), json, blocked, stop);
         }
-        let (key, value) = match self.encode(&row) {
-            Ok(encoded) => encoded,
+        match self.encode(&row) {
+            Ok((key, value)) => self.write(key.as_deref(), &value, blocked, stop),
             Err(e) => {
                 let (key, json) = row_json(&self.key_field, &row);
-                return Ok(Sent::Rejected {
+                Ok(Sent::Rejected {
                     key,
                     json,
                     error: e.to_string(),
-                });
+                })
             }
-        };
-        let mut record = BaseRecord::to(self.topic.as_str()).payload(value.as_slice());
-        if let Some(k) = &key {
-            record = record.key(k.as_slice());
         }
-        produce(&self.producer, record, blocked, stop)?;
-        Ok(Sent::Accepted)
     }
 
     fn flush(&mut self, _: &mut Duration, _: &dyn Fn() -> bool) -> Result<(), SinkError> {
