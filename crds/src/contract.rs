@@ -39,6 +39,10 @@ pub mod env {
     pub const CLICKHOUSE_USER: &str = "SLUICE_CLICKHOUSE_USER";
     /// ClickHouse password, from `spec.sink.clickhouse.credentialsSecret`.
     pub const CLICKHOUSE_PASSWORD: &str = "SLUICE_CLICKHOUSE_PASSWORD";
+    /// Schema Registry user, from `spec.kafka.schemaRegistryCredentialsSecret`.
+    pub const SCHEMA_REGISTRY_USER: &str = "SLUICE_SCHEMA_REGISTRY_USER";
+    /// Schema Registry password, from `spec.kafka.schemaRegistryCredentialsSecret`.
+    pub const SCHEMA_REGISTRY_PASSWORD: &str = "SLUICE_SCHEMA_REGISTRY_PASSWORD";
     /// S3 access key id, from `spec.checkpoint.storage.s3.credentialsSecret`.
     pub const S3_ACCESS_KEY_ID: &str = "AWS_ACCESS_KEY_ID";
     /// S3 secret access key, from `spec.checkpoint.storage.s3.credentialsSecret`.

@@ -41,6 +41,12 @@ pub struct KafkaSpec {
     #[schemars(length(max = 2048))]
     pub schema_registry_url: Option<String>,
 
+    /// Secret with the Schema Registry's username and password, sent as HTTP basic auth (for
+    /// Confluent Cloud, the API key and secret). Credentials in `schemaRegistryUrl` are refused:
+    /// the URL is stored in the spec and the runtime's ConfigMap in plain text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema_registry_credentials_secret: Option<CredentialsSecretRef>,
+
     /// Extra librdkafka client properties applied to every consumer and producer, e.g.
     /// `fetch.max.bytes` or `client.rack`. Properties the runtime owns (group, offsets,
     /// transactions, credentials) are rejected.

@@ -18,6 +18,7 @@ pub mod pipeline;
 pub mod pod_template;
 pub mod quantity;
 pub mod resources;
+pub mod secret_references;
 pub mod sink;
 pub mod source;
 pub mod status;

@@ -341,6 +341,17 @@ fn kafka(c: &mut Collector, spec: &PipelineDeploymentSpec) {
             "spec.kafka.schemaRegistryUrl",
             "must be an http:// or https:// URL",
         );
+        c.check(
+            !url_has_credentials(url),
+            "spec.kafka.schemaRegistryUrl",
+            "must not carry credentials (user:password@): the URL is stored in plain text; use spec.kafka.schemaRegistryCredentialsSecret",
+        );
+    }
+    if k.schema_registry_credentials_secret.is_some() && k.schema_registry_url.is_none() {
+        c.error(
+            "spec.kafka.schemaRegistryCredentialsSecret",
+            "needs spec.kafka.schemaRegistryUrl",
+        );
     }
     for key in k.properties.keys() {
         if RESERVED_KAFKA_PROPERTIES.contains(&key.as_str()) {
@@ -772,6 +783,11 @@ fn sink(c: &mut Collector, spec: &PipelineDeploymentSpec) {
                 "spec.sink.clickhouse.url",
                 "must be an http:// or https:// URL",
             );
+            c.check(
+                !url_has_credentials(&ch.url),
+                "spec.sink.clickhouse.url",
+                "must not carry credentials (user:password@): use spec.sink.clickhouse.credentialsSecret",
+            );
             for (path, name) in [
                 ("spec.sink.clickhouse.database", &ch.database),
                 ("spec.sink.clickhouse.table", &ch.table),
@@ -1013,6 +1029,13 @@ fn is_http_url(url: &str) -> bool {
     rest.is_some_and(|r| !r.is_empty() && !r.starts_with('/'))
 }
 
+/// Whether an http(s) URL names a user (and maybe a password) before its host.
+fn url_has_credentials(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    authority.contains('@')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1023,6 +1046,36 @@ mod tests {
             "apiVersion: sluice.dev/v1alpha1\nkind: PipelineDeployment\nmetadata: {{name: t}}\nspec:\n  kafka: {{bootstrapServers: 'a:9092,b:9092'}}\n  source: {{topic: in}}\n  sink: {{kafka: {{topic: out}}}}\n{extra}"
         );
         from_yaml(&text, "test").unwrap().spec
+    }
+
+    #[test]
+    fn credentials_in_the_registry_or_clickhouse_url_are_refused_for_a_secret() {
+        let mut s = spec("");
+        s.kafka.schema_registry_url = Some("https://key:secret@registry:8081/".into());
+        let errors = validate(&s).unwrap_err();
+        assert!(errors.has_path("spec.kafka.schemaRegistryUrl"), "{errors}");
+        assert!(
+            errors
+                .to_string()
+                .contains("schemaRegistryCredentialsSecret")
+        );
+        s.kafka.schema_registry_url = Some("https://registry:8081/a@b".into());
+        assert_eq!(validate(&s), Ok(()), "an @ in the path is no user");
+        s.kafka.schema_registry_url = None;
+        s.kafka.schema_registry_credentials_secret =
+            Some(serde_norway::from_str("{name: registry}").unwrap());
+        let errors = validate(&s).unwrap_err();
+        assert!(
+            errors.has_path("spec.kafka.schemaRegistryCredentialsSecret"),
+            "{errors}"
+        );
+
+        let mut s = spec("");
+        s.sink =
+            serde_norway::from_str("{clickhouse: {url: 'http://default:pw@ch:8123', table: t}}")
+                .unwrap();
+        let errors = validate(&s).unwrap_err();
+        assert!(errors.has_path("spec.sink.clickhouse.url"), "{errors}");
     }
 
     #[test]

@@ -245,12 +245,26 @@ impl Secrets {
             key: key.into(),
         })
     }
+
+    /// Checks every Secret the pods would receive ([`PipelineDeploymentSpec::secret_references`]):
+    /// it exists, carries the label [`pipeline_crds::contract::labels::SECRET_FOR_PIPELINES`] and
+    /// has each key read from it. The one gate: the pod template mounts only these references.
+    async fn check_every_reference(
+        &mut self,
+        spec: &PipelineDeploymentSpec,
+    ) -> Result<(), CredentialsError> {
+        for reference in spec.secret_references() {
+            for key in &reference.keys {
+                self.value(reference.name, key, reference.field).await?;
+            }
+        }
+        Ok(())
+    }
 }
 
-/// Reads the SASL credentials and the CA bundle the spec refers to (one GET per Secret, never
-/// a list) and returns the pipeline's Kafka access. Every Secret the pods would mount (those two
-/// and the S3 checkpoint credentials) must carry the label
-/// [`pipeline_crds::contract::labels::SECRET_FOR_PIPELINES`].
+/// Checks every Secret the pods would receive (one GET per Secret, never a list), then reads
+/// the SASL credentials, the CA bundle and the client certificate for the operator's own
+/// partition lookup and returns the pipeline's Kafka access.
 pub async fn access(
     client: &Client,
     namespace: &str,
@@ -261,6 +275,7 @@ pub async fn access(
         namespace: namespace.to_owned(),
         read: HashMap::new(),
     };
+    secrets.check_every_reference(spec).await?;
     let credentials = match &spec.kafka.sasl {
         Some(sasl) => {
             let s = &sasl.credentials_secret;
@@ -294,16 +309,6 @@ pub async fn access(
         }
         None => None,
     };
-    let s3_credentials = spec
-        .checkpoint
-        .as_ref()
-        .and_then(|c| c.storage.s3.as_ref())
-        .and_then(|s3| s3.credentials_secret.as_ref());
-    if let Some(s) = s3_credentials {
-        secrets
-            .marked(&s.name, "spec.checkpoint.storage.s3.credentialsSecret")
-            .await?;
-    }
     let mut access =
         KafkaAccess::with_client_certificate(spec, credentials, ca, client_certificate);
     access.namespace = namespace.to_owned();

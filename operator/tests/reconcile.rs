@@ -1342,3 +1342,110 @@ mod autoscaling {
         assert_eq!(scripted.queries.lock().unwrap()[0].settling_since, None);
     }
 }
+
+/// A pipeline that names a Secret in every field that can name one.
+fn pipeline_with_every_secret_reference() -> PipelineDeployment {
+    let mut pd = pipeline("");
+    pd.spec = from_yaml(
+        "apiVersion: sluice.dev/v1alpha1\nkind: PipelineDeployment\nmetadata: {name: p}\nspec:\n  kafka:\n    bootstrapServers: k:9096\n    securityProtocol: SASL_SSL\n    sasl: {mechanism: PLAIN, credentialsSecret: {name: sasl}}\n    tls: {caSecret: {name: ca}, clientCertificateSecret: {name: client}}\n    schemaRegistryUrl: https://registry:8081\n    schemaRegistryCredentialsSecret: {name: registry}\n  source: {topic: in}\n  checkpoint: {storage: {s3: {bucket: snapshots, credentialsSecret: {name: s3}}}}\n  sink: {clickhouse: {url: 'http://ch:8123', table: t, credentialsSecret: {name: clickhouse}}}\n",
+        "t",
+    )
+    .unwrap()
+    .spec;
+    pd
+}
+
+/// A Secret with every key any reference reads, labelled `labels`.
+fn secret_with_every_key(name: &str, labels: Value) -> Value {
+    json!({"apiVersion": "v1", "kind": "Secret",
+           "metadata": {"name": name, "namespace": "ns", "labels": labels},
+           "data": {"username": "dQ==", "password": "cA==", "ca.crt": "Q0E=",
+                    "tls.crt": "Q0VSVA==", "tls.key": "S0VZ"}})
+}
+
+#[tokio::test]
+async fn every_secret_a_pod_would_receive_must_be_marked_for_pipelines() {
+    let pd = pipeline_with_every_secret_reference();
+    let references = pd.spec.secret_references();
+    assert_eq!(references.len(), 6);
+    let marked = json!({"sluice.dev/pipeline-credentials": "true"});
+    for unmarked in &references {
+        let mut scenario = Scenario::new(pd.clone());
+        for reference in &references {
+            let labels = if reference.name == unmarked.name {
+                json!({"team": "payments"})
+            } else {
+                marked.clone()
+            };
+            scenario.cluster.secrets.insert(
+                reference.name.to_owned(),
+                secret_with_every_key(reference.name, labels),
+            );
+        }
+        let (action, calls, asked) = scenario.run().await;
+        assert_eq!(action, Ok(Action::requeue(Duration::from_secs(30))));
+        assert!(asked.is_empty(), "{}: no lookup", unmarked.field);
+        assert!(
+            !calls.iter().any(
+                |c| c.method == Method::PATCH && c.path.contains("/configmaps/")
+                    || c.path.starts_with(STS)
+            ),
+            "{}: nothing is applied: {:?}",
+            unmarked.field,
+            lines(&calls)
+        );
+        let status = &by_path(&calls, Method::PATCH, STATUS_PATH)["status"];
+        let ready = condition(status, "Ready");
+        assert_eq!(
+            ready["reason"], "CredentialsUnavailable",
+            "{}",
+            unmarked.field
+        );
+        let message = ready["message"].as_str().unwrap();
+        assert!(
+            message.contains(&format!(
+                "Secret ns/{} (from {}) is not marked",
+                unmarked.name, unmarked.field
+            )),
+            "{message}"
+        );
+    }
+
+    // All marked: each one reaches the pods, by reference, and no other Secret does.
+    let mut scenario = Scenario::new(pd.clone());
+    for reference in &references {
+        scenario.cluster.secrets.insert(
+            reference.name.to_owned(),
+            secret_with_every_key(reference.name, marked.clone()),
+        );
+    }
+    let (_, calls, asked) = scenario.run().await;
+    assert_eq!(asked.len(), 1);
+    let sts = by_path(&calls, Method::PATCH, &format!("{STS}/p"));
+    let pod = &sts["spec"]["template"]["spec"];
+    let mut received: Vec<String> = env_of(sts)
+        .iter()
+        .filter_map(|e| e["valueFrom"]["secretKeyRef"]["name"].as_str())
+        .chain(
+            pod["volumes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|v| v["secret"]["secretName"].as_str()),
+        )
+        .map(str::to_owned)
+        .collect();
+    received.sort();
+    received.dedup();
+    let mut gated: Vec<String> = references.iter().map(|r| r.name.to_owned()).collect();
+    gated.sort();
+    assert_eq!(received, gated);
+    let registry_user = env_of(sts)
+        .iter()
+        .find(|e| e["name"] == "SLUICE_SCHEMA_REGISTRY_USER")
+        .expect("the registry's credentials reach the runtime");
+    assert_eq!(
+        registry_user["valueFrom"]["secretKeyRef"]["name"],
+        "registry"
+    );
+}

@@ -13,14 +13,25 @@ pub struct SchemaRegistry {
     /// `base_url` with its password redacted, for errors (they reach logs and dead letters).
     shown_url: String,
     agent: ureq::Agent,
+    /// The `Authorization` header, from `spec.kafka.schemaRegistryCredentialsSecret`.
+    authorization: Option<String>,
     /// Schemas by id, and ids the registry refused for good (unknown, unparsable): those are
     /// not asked for again, so a topic full of records with an unknown id costs one request.
     cache: HashMap<u32, Result<Arc<Schema>, String>>,
 }
 
 impl SchemaRegistry {
-    /// A client for `base_url` (e.g. `http://schema-registry:8081`).
+    /// A client for `base_url` (e.g. `http://schema-registry:8081`), with the credentials the
+    /// operator injected from `spec.kafka.schemaRegistryCredentialsSecret`, if any.
     pub fn new(base_url: &str) -> Self {
+        use pipeline_crds::contract::env;
+        let authorization =
+            crate::basic_auth::from_env(env::SCHEMA_REGISTRY_USER, env::SCHEMA_REGISTRY_PASSWORD);
+        Self::with_authorization(base_url, authorization)
+    }
+
+    /// A client for `base_url` sending `authorization` (an `Authorization` header value).
+    pub fn with_authorization(base_url: &str, authorization: Option<String>) -> Self {
         let agent = ureq::Agent::config_builder()
             .timeout_global(Some(Duration::from_secs(10)))
             .http_status_as_error(false)
@@ -30,6 +41,7 @@ impl SchemaRegistry {
             base_url: base_url.trim_end_matches('/').to_owned(),
             shown_url: pipeline_crds::kafka::redact_url(base_url.trim_end_matches('/')),
             agent,
+            authorization,
             cache: HashMap::new(),
         }
     }
@@ -52,7 +64,11 @@ impl SchemaRegistry {
         let unavailable = |e: &dyn std::fmt::Display| {
             DecodeError::RegistryUnavailable(self.shown("GET", &path, e))
         };
-        let mut response = self.agent.get(&url).call().map_err(|e| unavailable(&e))?;
+        let mut request = self.agent.get(&url);
+        if let Some(authorization) = &self.authorization {
+            request = request.header("Authorization", authorization);
+        }
+        let mut response = request.call().map_err(|e| unavailable(&e))?;
         let status = response.status().as_u16();
         let refused = match status {
             200 => None,
@@ -89,10 +105,14 @@ impl SchemaRegistry {
         let path = format!("/subjects/{subject}/versions");
         let url = format!("{}{path}", self.base_url);
         let body = serde_json::json!({ "schema": schema.canonical_form() });
-        let mut response = self
+        let mut request = self
             .agent
             .post(&url)
-            .header("Content-Type", "application/vnd.schemaregistry.v1+json")
+            .header("Content-Type", "application/vnd.schemaregistry.v1+json");
+        if let Some(authorization) = &self.authorization {
+            request = request.header("Authorization", authorization);
+        }
+        let mut response = request
             .send_json(&body)
             .map_err(|e| RegistryError(self.shown("POST", &path, e)))?;
         let status = response.status().as_u16();
@@ -120,3 +140,46 @@ impl SchemaRegistry {
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("schema registry: {0}")]
 pub struct RegistryError(String);
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+
+    use super::*;
+
+    /// A loopback registry that answers one request with 404 and returns the request it saw.
+    fn one_request_registry() -> (String, std::thread::JoinHandle<String>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let server = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 4096];
+            let n = conn.read(&mut buf).unwrap();
+            write!(
+                conn,
+                "HTTP/1.1 404 Not Found\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"
+            )
+            .unwrap();
+            String::from_utf8_lossy(&buf[..n]).to_string()
+        });
+        (url, server)
+    }
+
+    #[test]
+    fn registry_credentials_go_in_a_basic_authorization_header_never_in_the_url() {
+        let (url, server) = one_request_registry();
+        let mut registry = SchemaRegistry::with_authorization(
+            &url,
+            Some(crate::basic_auth::header("key", "secret")),
+        );
+        let error = registry.schema(7).unwrap_err();
+        assert!(error.to_string().contains("unknown"), "{error}");
+        let request = server.join().unwrap().to_ascii_lowercase();
+        assert!(request.starts_with("get /schemas/ids/7 "), "{request}");
+        // "key:secret" in base64.
+        assert!(
+            request.contains("authorization: basic a2v5onnly3jlda=="),
+            "{request}"
+        );
+    }
+}

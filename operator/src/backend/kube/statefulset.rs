@@ -23,6 +23,7 @@ use k8s_openapi::{
 use pipeline_crds::{
     PipelineDeployment,
     contract::{annotations, env, paths, ports},
+    secret_references::SecretDelivery,
 };
 
 use super::{
@@ -93,6 +94,46 @@ fn env_secret(name: &str, secret: &str, key: &str) -> EnvVar {
     }
 }
 
+/// The environment variables of every Secret the spec delivers as variables, by reference (the
+/// operator has checked each is marked for pipelines: [`crate::kafka::access`]).
+fn secret_env(spec: &pipeline_crds::PipelineDeploymentSpec) -> Vec<EnvVar> {
+    let mut env = Vec::new();
+    for reference in spec.secret_references() {
+        if let SecretDelivery::Env(names) = reference.delivery {
+            for (name, key) in names.iter().zip(&reference.keys) {
+                env.push(env_secret(name, reference.name, key));
+            }
+        }
+    }
+    env
+}
+
+/// The read-only mount and volume of every Secret the spec delivers as files.
+fn secret_volumes(spec: &pipeline_crds::PipelineDeploymentSpec) -> Vec<(VolumeMount, Volume)> {
+    let mut mounted = Vec::new();
+    for reference in spec.secret_references() {
+        if let SecretDelivery::Files { volume, dir, mode } = reference.delivery {
+            let mount = VolumeMount {
+                name: volume.into(),
+                mount_path: dir.into(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            };
+            let volume = Volume {
+                name: volume.into(),
+                secret: Some(SecretVolumeSource {
+                    secret_name: Some(reference.name.into()),
+                    default_mode: mode,
+                    ..SecretVolumeSource::default()
+                }),
+                ..Volume::default()
+            };
+            mounted.push((mount, volume));
+        }
+    }
+    mounted
+}
+
 fn pod_template(
     pd: &PipelineDeployment,
     desired: &Desired,
@@ -112,52 +153,8 @@ fn pod_template(
         env_value(env::METRICS_PORT, ports::RUNTIME_METRICS.to_string()),
         env_value(env::LOG_FORMAT, "json"),
     ];
-    if let Some(sasl) = &spec.kafka.sasl {
-        let secret = &sasl.credentials_secret;
-        env.push(env_secret(
-            env::KAFKA_SASL_USERNAME,
-            &secret.name,
-            &secret.username_key,
-        ));
-        env.push(env_secret(
-            env::KAFKA_SASL_PASSWORD,
-            &secret.name,
-            &secret.password_key,
-        ));
-    }
-    if let Some(secret) = spec
-        .sink
-        .clickhouse
-        .as_ref()
-        .and_then(|c| c.credentials_secret.as_ref())
-    {
-        env.push(env_secret(
-            env::CLICKHOUSE_USER,
-            &secret.name,
-            &secret.username_key,
-        ));
-        env.push(env_secret(
-            env::CLICKHOUSE_PASSWORD,
-            &secret.name,
-            &secret.password_key,
-        ));
-    }
+    env.extend(secret_env(spec));
     let storage = spec.checkpoint.as_ref().map(|c| &c.storage);
-    if let Some(secret) = storage
-        .and_then(|s| s.s3.as_ref())
-        .and_then(|s3| s3.credentials_secret.as_ref())
-    {
-        env.push(env_secret(
-            env::S3_ACCESS_KEY_ID,
-            &secret.name,
-            &secret.username_key,
-        ));
-        env.push(env_secret(
-            env::S3_SECRET_ACCESS_KEY,
-            &secret.name,
-            &secret.password_key,
-        ));
-    }
     // The rest of the desired deployment's environment (`podTemplate.env`); the pipeline and
     // namespace are set above (the namespace from the pod's own metadata).
     env.extend(
@@ -195,35 +192,9 @@ fn pod_template(
             ..Volume::default()
         },
     ];
-    // A Secret mounted read-only at `path` as volume `volume`.
-    let mut mount_secret = |volume: &str, secret: &str, path: &str, mode: Option<i32>| {
-        mounts.push(VolumeMount {
-            name: volume.into(),
-            mount_path: path.into(),
-            read_only: Some(true),
-            ..VolumeMount::default()
-        });
-        volumes.push(Volume {
-            name: volume.into(),
-            secret: Some(SecretVolumeSource {
-                secret_name: Some(secret.into()),
-                default_mode: mode,
-                ..SecretVolumeSource::default()
-            }),
-            ..Volume::default()
-        });
-    };
-    let tls = spec.kafka.tls.as_ref();
-    if let Some(ca) = tls.and_then(|t| t.ca_secret.as_ref()) {
-        mount_secret("kafka-ca", &ca.name, paths::KAFKA_CA_DIR, None);
-    }
-    if let Some(secret) = tls.and_then(|t| t.client_certificate_secret.as_ref()) {
-        mount_secret(
-            "kafka-client-certificate",
-            &secret.name,
-            paths::KAFKA_CLIENT_CERT_DIR,
-            Some(0o400),
-        );
+    for (mount, volume) in secret_volumes(spec) {
+        mounts.push(mount);
+        volumes.push(volume);
     }
     if let Some(volume) = storage.and_then(|s| s.volume.as_ref()) {
         mounts.push(VolumeMount {

@@ -22,7 +22,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use base64::Engine;
 use pipeline_crds::{
     aggregate::AggregateFunction,
     contract::{
@@ -51,10 +50,6 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// The `Authorization` header of HTTP basic authentication, as ClickHouse's HTTP interface takes
 /// it (the credentials Secret's user and password).
-fn basic_authorization(user: &str, password: &str) -> String {
-    let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-    format!("Basic {token}")
-}
 
 /// Sleeps for `duration` in short steps; true as soon as `stop` holds.
 fn sleep_unless(duration: Duration, stop: &dyn Fn() -> bool) -> bool {
@@ -224,10 +219,8 @@ impl ClickHouseRows {
             .http_status_as_error(false)
             .build()
             .new_agent();
-        let authorization = std::env::var(env_names::CLICKHOUSE_USER).ok().map(|user| {
-            let password = std::env::var(env_names::CLICKHOUSE_PASSWORD).unwrap_or_default();
-            basic_authorization(&user, &password)
-        });
+        let authorization =
+            crate::basic_auth::from_env(env_names::CLICKHOUSE_USER, env_names::CLICKHOUSE_PASSWORD);
         let mut rows = Self {
             agent,
             url: sink.url.trim_end_matches('/').to_owned(),
@@ -810,15 +803,6 @@ mod tests {
         assert_eq!(
             rows.rows, 1,
             "the batch stays: offsets past it are not committed"
-        );
-    }
-
-    #[test]
-    fn credentials_become_a_basic_authorization_header() {
-        // RFC 7617's example.
-        assert_eq!(
-            basic_authorization("Aladdin", "open sesame"),
-            "Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ=="
         );
     }
 
