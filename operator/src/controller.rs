@@ -76,6 +76,7 @@ impl Context {
                 pod_monitor_crd,
                 instance,
                 install,
+                owned_children: Default::default(),
             },
             metrics,
             partitions,

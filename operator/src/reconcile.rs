@@ -138,7 +138,20 @@ pub async fn reconcile_pipeline(
     let decision = autoscale::decided(&pd.spec, autoscaler.as_ref());
     let sizing = size(&pd.spec, partitions, decision)?;
     let desired = desired(pd, &sizing)?;
-    let applied = backend.apply(pd, &desired).await?;
+    let applied = match backend.apply(pd, &desired).await {
+        Ok(applied) => applied,
+        Err(conflict @ BackendError::NameConflict { .. }) => {
+            let error = conflict.to_string();
+            warn!(%name, %namespace, %error, "a child's name is taken");
+            let status = report(backend, pd, &Outcome::NameConflict(error)).await?;
+            return Ok(reconciled(
+                Some(Duration::from_secs(60)),
+                "name_conflict",
+                status,
+            ));
+        }
+        Err(error) => return Err(error.into()),
+    };
     let requeue = autoscale::enabled(&pd.spec).map_or(Duration::from_secs(60), |a| {
         a.interval
             .get()

@@ -15,8 +15,15 @@ pub const INVALID_SPEC: &str = "InvalidSpec";
 pub const KAFKA_UNREACHABLE: &str = "KafkaUnreachable";
 /// `Ready=False` reason: the Secrets of the Kafka connection cannot be read.
 pub const CREDENTIALS_UNAVAILABLE: &str = "CredentialsUnavailable";
+/// `Ready=False` reason: a child's name is taken by an object the pipeline does not own.
+pub const NAME_CONFLICT: &str = "NameConflict";
 /// The `Ready=False` reasons that are errors ([`crate::events`] announces each when it starts).
-pub const ERROR_REASONS: [&str; 3] = [INVALID_SPEC, KAFKA_UNREACHABLE, CREDENTIALS_UNAVAILABLE];
+pub const ERROR_REASONS: [&str; 4] = [
+    INVALID_SPEC,
+    KAFKA_UNREACHABLE,
+    CREDENTIALS_UNAVAILABLE,
+    NAME_CONFLICT,
+];
 
 /// What the reconcile found.
 #[derive(Clone, Debug)]
@@ -27,6 +34,8 @@ pub enum Outcome {
     KafkaUnreachable(String),
     /// The Secrets the Kafka connection refers to cannot be read.
     CredentialsUnavailable(String),
+    /// A child's name is taken by an object the pipeline does not own (left alone).
+    NameConflict(String),
     /// The children were applied.
     Applied {
         /// The sizing applied.
@@ -115,13 +124,16 @@ pub fn status(pd: &PipelineDeployment, outcome: &Outcome, now: &Time) -> Pipelin
                 c("Degraded", true, INVALID_SPEC, message),
             ];
         }
-        Outcome::KafkaUnreachable(error) | Outcome::CredentialsUnavailable(error) => {
+        Outcome::KafkaUnreachable(error)
+        | Outcome::CredentialsUnavailable(error)
+        | Outcome::NameConflict(error) => {
             s.phase = Some(Phase::Degraded);
             let (reason, message) = match outcome {
                 Outcome::KafkaUnreachable(_) => (
                     KAFKA_UNREACHABLE,
                     format!("cannot read the source topic's partitions: {error}"),
                 ),
+                Outcome::NameConflict(_) => (NAME_CONFLICT, error.clone()),
                 _ => (
                     CREDENTIALS_UNAVAILABLE,
                     format!("cannot read the Kafka credentials: {error}"),

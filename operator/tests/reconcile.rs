@@ -79,6 +79,8 @@ struct Cluster {
     lists: HashMap<String, Vec<Value>>,
     /// Paths that answer 500 to a PATCH.
     failing: Vec<String>,
+    /// Objects a GET of their path returns.
+    objects: HashMap<String, Value>,
 }
 
 /// `(api group, resource[/subresource], verb, name)` of a request, as RBAC sees it.
@@ -160,6 +162,9 @@ async fn serve(mut handle: Handle, pd: PipelineDeployment, cluster: Cluster) -> 
                 200,
                 json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}),
             ),
+            Method::GET if cluster.objects.contains_key(&path) => {
+                (200, cluster.objects[&path].clone())
+            }
             Method::GET if path.contains("/secrets/") => {
                 let name = path.rsplit('/').next().unwrap();
                 match cluster.secrets.get(name) {
@@ -307,17 +312,25 @@ fn lines(calls: &[Call]) -> Vec<String> {
     calls.iter().map(Call::line).collect()
 }
 
-/// The requests of a successful reconcile with no PDB (suspended) or with one, then `tail`.
-fn applied(pdb: bool, tail: &[&str]) -> Vec<String> {
-    let mut expected = vec![
-        format!("PATCH {NS}/configmaps/p-pipeline"),
-        format!("PATCH {NS}/services/p-pods"),
-        format!("PATCH {NS}/services/p-metrics"),
-        format!("PATCH {STS}/p"),
+/// The children of a pipeline `p` with no PDB (suspended) or with one, in apply order.
+fn children(pdb: bool) -> Vec<String> {
+    let mut children = vec![
+        format!("{NS}/configmaps/p-pipeline"),
+        format!("{NS}/services/p-pods"),
+        format!("{NS}/services/p-metrics"),
+        format!("{STS}/p"),
     ];
     if pdb {
-        expected.push(format!("PATCH {PDBS}/p"));
+        children.push(format!("{PDBS}/p"));
     }
+    children
+}
+
+/// The requests of a first successful reconcile with no PDB (suspended) or with one, then
+/// `tail`: each child read (is it ours?), then applied, then the prune's lists.
+fn applied(pdb: bool, tail: &[&str]) -> Vec<String> {
+    let mut expected: Vec<String> = children(pdb).iter().map(|c| format!("GET {c}")).collect();
+    expected.extend(children(pdb).iter().map(|c| format!("PATCH {c}")));
     expected.extend([
         format!("GET {NS}/configmaps"),
         format!("GET {NS}/services"),
@@ -609,9 +622,9 @@ async fn sasl_credentials_are_read_from_a_secret_marked_for_pipelines_for_the_pa
         lines(&calls)[..2],
         [
             format!("GET {NS}/secrets/kafka-user"),
-            format!("PATCH {NS}/configmaps/p-pipeline")
+            format!("GET {NS}/configmaps/p-pipeline")
         ],
-        "the Secret is read once, before anything is applied"
+        "the Secret is read once, before anything is read or applied"
     );
     let p = &asked[0].properties;
     assert_eq!(
@@ -872,8 +885,13 @@ async fn a_pod_monitor_is_applied_and_pruned_with_the_rest_where_its_crd_exists(
     let (_, calls, _) = scenario.run().await;
     let monitors = "/apis/monitoring.coreos.com/v1/namespaces/ns/podmonitors";
     let l = lines(&calls);
-    assert_eq!(l[5], format!("PATCH {monitors}/p"));
-    assert_eq!(l[10], format!("GET {monitors}"));
+    assert_eq!(
+        l[5],
+        format!("GET {monitors}/p"),
+        "read before its first apply"
+    );
+    assert_eq!(l[11], format!("PATCH {monitors}/p"));
+    assert_eq!(l[16], format!("GET {monitors}"));
     let monitor = by_path(&calls, Method::PATCH, &format!("{monitors}/p"));
     assert_eq!(monitor["kind"], "PodMonitor");
     let sts = by_path(&calls, Method::PATCH, &format!("{STS}/p"));
@@ -935,12 +953,17 @@ async fn a_failed_apply_is_an_error_to_retry_with_one_warning_event_per_interval
     }
     assert!(results[0].as_ref().unwrap_err().contains("kubernetes API"));
     assert!(results[2].is_ok());
+    let reads: Vec<String> = children(true).iter().map(|c| format!("GET {c}")).collect();
     assert_eq!(
         lines(&runs[0]),
         [
-            format!("PATCH {NS}/configmaps/p-pipeline"),
-            format!("POST {EVENTS}")
+            &reads[..],
+            &[
+                format!("PATCH {NS}/configmaps/p-pipeline"),
+                format!("POST {EVENTS}")
+            ]
         ]
+        .concat()
     );
     let first = events(&runs[0]);
     assert_eq!(
@@ -949,7 +972,7 @@ async fn a_failed_apply_is_an_error_to_retry_with_one_warning_event_per_interval
     );
     assert_eq!(
         lines(&runs[1]),
-        [format!("PATCH {NS}/configmaps/p-pipeline")],
+        [&reads[..], &[format!("PATCH {NS}/configmaps/p-pipeline")]].concat(),
         "the retry 15 s later sends no second event"
     );
     assert_eq!(
@@ -1448,4 +1471,90 @@ async fn every_secret_a_pod_would_receive_must_be_marked_for_pipelines() {
         registry_user["valueFrom"]["secretKeyRef"]["name"],
         "registry"
     );
+}
+
+#[tokio::test]
+async fn a_child_whose_name_is_taken_by_an_object_it_does_not_own_is_left_alone() {
+    let theirs = json!([{"apiVersion": "sluice.dev/v1alpha1", "kind": "PipelineDeployment",
+                         "name": "other", "uid": "uid-other", "controller": true}]);
+    for (path, api_version, kind, owners) in [
+        (
+            format!("{NS}/configmaps/p-pipeline"),
+            "v1",
+            "ConfigMap",
+            json!(null),
+        ),
+        (
+            format!("{NS}/services/p-metrics"),
+            "v1",
+            "Service",
+            json!(null),
+        ),
+        (format!("{STS}/p"), "apps/v1", "StatefulSet", theirs.clone()),
+        (
+            format!("{PDBS}/p"),
+            "policy/v1",
+            "PodDisruptionBudget",
+            theirs.clone(),
+        ),
+    ] {
+        let name = path.rsplit('/').next().unwrap().to_owned();
+        let mut scenario = Scenario::new(pipeline(""));
+        scenario.cluster.objects.insert(
+            path.clone(),
+            json!({"apiVersion": api_version, "kind": kind,
+                   "metadata": {"name": name, "namespace": "ns", "ownerReferences": owners}}),
+        );
+        let (action, calls, _) = scenario.run().await;
+        assert_eq!(
+            action,
+            Ok(Action::requeue(Duration::from_secs(60))),
+            "{kind}"
+        );
+        let patched: Vec<&Call> = calls
+            .iter()
+            .filter(|c| c.method == Method::PATCH && c.path != STATUS_PATH)
+            .collect();
+        assert!(
+            patched.is_empty(),
+            "{kind}: nothing is applied: {patched:?}"
+        );
+        assert!(
+            !calls.iter().any(|c| c.method == Method::DELETE),
+            "{kind}: nothing is pruned"
+        );
+        let status = &by_path(&calls, Method::PATCH, STATUS_PATH)["status"];
+        let ready = condition(status, "Ready");
+        assert_eq!(ready["status"], "False");
+        assert_eq!(ready["reason"], "NameConflict", "{kind}");
+        let message = ready["message"].as_str().unwrap();
+        assert!(
+            message.contains(&format!(
+                "{kind} {name} already exists and is not owned by this pipeline"
+            )),
+            "{message}"
+        );
+        if owners.is_array() {
+            assert!(message.contains("PipelineDeployment/other"), "{message}");
+        }
+        let events = events(&calls);
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(
+            (events[0].0.as_str(), events[0].1.as_str()),
+            ("Warning", "NameConflict")
+        );
+        assert!(events[0].2.contains(&name), "{events:?}");
+    }
+
+    // An existing child the pipeline controls is applied as usual.
+    let mut scenario = Scenario::new(pipeline(""));
+    scenario.cluster.objects.insert(
+        format!("{NS}/services/p-metrics"),
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "p-metrics",
+               "namespace": "ns", "ownerReferences": [{"apiVersion": "sluice.dev/v1alpha1",
+               "kind": "PipelineDeployment", "name": "p", "uid": "uid-1", "controller": true}]}}),
+    );
+    let (action, calls, _) = scenario.run().await;
+    assert_eq!(action, Ok(Action::requeue(Duration::from_secs(60))));
+    assert!(lines(&calls).contains(&format!("PATCH {NS}/services/p-metrics")));
 }

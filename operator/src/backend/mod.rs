@@ -27,6 +27,16 @@ pub enum BackendError {
     /// The objects cannot be built.
     #[error(transparent)]
     Build(#[from] crate::desired::BuildError),
+    /// A child's name is taken by an object this pipeline does not control: it is left alone.
+    #[error("{kind} {name} already exists and is not owned by this pipeline{}: it is left alone; rename the pipeline or remove that object", owner.as_ref().map_or(String::new(), |o| format!(" (its controller is {o})")))]
+    NameConflict {
+        /// The object's kind.
+        kind: &'static str,
+        /// Its name.
+        name: String,
+        /// Its controller (`kind/name`), if it has one.
+        owner: Option<String>,
+    },
     /// Local processes or files.
     #[error("{0}")]
     Local(String),

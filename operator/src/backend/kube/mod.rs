@@ -6,6 +6,7 @@
 pub mod children;
 pub mod configmap;
 pub mod names;
+pub mod ownership;
 pub mod pdb;
 pub mod podmonitor;
 pub mod prune;
@@ -34,7 +35,7 @@ use kube::{
 use pipeline_crds::{PipelineDeployment, PipelineDeploymentStatus};
 use serde_json::json;
 
-use self::children::{Environment, build};
+use self::children::{Children, Environment, build};
 use super::{Applied, Backend, BackendError};
 use crate::{
     autoscale::source::{Endpoints, Target},
@@ -165,9 +166,52 @@ pub struct KubeBackend {
     pub instance: String,
     /// Installation-wide defaults and allowed images.
     pub install: crate::install::Install,
+    /// Children known to be owned by their pipeline (read before their first apply).
+    pub owned_children: ownership::OwnedChildren,
 }
 
 impl KubeBackend {
+    /// Fails with [`BackendError::NameConflict`] when any child's name is taken by an object the
+    /// pipeline `uid` does not control: nothing is applied then ([`ownership`]).
+    async fn check_ownership(
+        &self,
+        children: &Children,
+        namespace: &str,
+        uid: &str,
+    ) -> Result<(), BackendError> {
+        let client = &self.client;
+        let owned = &self.owned_children;
+        for (kind, name) in children.wanted() {
+            match kind {
+                "ConfigMap" => {
+                    let api = Api::<ConfigMap>::namespaced(client.clone(), namespace);
+                    owned.check(&api, kind, &name, uid).await?;
+                }
+                "Service" => {
+                    let api = Api::<Service>::namespaced(client.clone(), namespace);
+                    owned.check(&api, kind, &name, uid).await?;
+                }
+                "StatefulSet" => {
+                    let api = Api::<StatefulSet>::namespaced(client.clone(), namespace);
+                    owned.check(&api, kind, &name, uid).await?;
+                }
+                "PodDisruptionBudget" => {
+                    let api = Api::<PodDisruptionBudget>::namespaced(client.clone(), namespace);
+                    owned.check(&api, kind, &name, uid).await?;
+                }
+                _ => {
+                    let api: Api<DynamicObject> = Api::namespaced_with(
+                        client.clone(),
+                        namespace,
+                        &prune::pod_monitor_resource(),
+                    );
+                    owned.check(&api, kind, &name, uid).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     async fn apply_children(
         &self,
         pd: &PipelineDeployment,
@@ -182,8 +226,11 @@ impl KubeBackend {
             pod_monitor_crd,
         };
         let children = build(pd, desired, &environment)?;
+        let uid = pd.uid().unwrap_or_default();
+        self.check_ownership(&children, namespace, &uid).await?;
+        let config_maps = Api::<ConfigMap>::namespaced(client.clone(), namespace);
         apply(
-            &Api::<ConfigMap>::namespaced(client.clone(), namespace),
+            &config_maps,
             &children.config_map.name_any(),
             &children.config_map,
         )
@@ -219,11 +266,12 @@ impl KubeBackend {
                 return Err(error.into());
             }
         }
+        self.owned_children.remember(&uid, &children.wanted());
         prune::delete_unwanted(
             client,
             namespace,
             name,
-            &pd.uid().unwrap_or_default(),
+            &uid,
             &children.wanted(),
             pod_monitor_crd,
         )

@@ -99,7 +99,7 @@ pub fn namespaced() -> Vec<Rule> {
         ),
     ];
     for kind in super::prune::managed_kinds(true) {
-        let mut verbs = vec!["create", "patch", "list", "delete"];
+        let mut verbs = vec!["get", "create", "patch", "list", "delete"];
         if WATCHED_CHILDREN.contains(&kind.plural.as_str()) {
             verbs.push("watch");
         }
@@ -108,7 +108,7 @@ pub fn namespaced() -> Vec<Rule> {
             resources: vec![kind.plural.clone()],
             verbs,
             resource_names: Vec::new(),
-            reason: "a child of a pipeline: server-side apply (create, patch), prune by label (list, delete), watched when the controller owns it",
+            reason: "a child of a pipeline: read before its first apply (never applied over an object another owner controls), server-side apply (create, patch), prune by label (list, delete), watched when the controller owns it",
         });
     }
     rules.extend([
