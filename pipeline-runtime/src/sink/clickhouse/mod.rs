@@ -48,9 +48,6 @@ const RETRY_FOR: Duration = Duration::from_secs(120);
 /// Longest wait between insert attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
-/// The `Authorization` header of HTTP basic authentication, as ClickHouse's HTTP interface takes
-/// it (the credentials Secret's user and password).
-
 /// Sleeps for `duration` in short steps; true as soon as `stop` holds.
 fn sleep_unless(duration: Duration, stop: &dyn Fn() -> bool) -> bool {
     let deadline = Instant::now() + duration;
