@@ -132,6 +132,9 @@ pub mod metrics {
     pub const RECORDS_LATE_TOTAL: &str = "pipeline_records_late_total";
     /// Records sent to the dead-letter topic, or counted when it is absent (counter; label reason).
     pub const RECORDS_DEAD_LETTER_TOTAL: &str = "pipeline_records_dead_letter_total";
+    /// Dead letters that could not be produced even truncated (too large for the producer or the
+    /// dead-letter topic), counted and skipped (counter).
+    pub const DEAD_LETTERS_DROPPED_TOTAL: &str = "pipeline_dead_letters_dropped_total";
     /// High watermark of a source partition (gauge; labels topic, partition).
     pub const PARTITION_END_OFFSET: &str = "pipeline_partition_end_offset";
     /// Next offset the slot will read from a source partition (gauge; labels topic, partition).

@@ -107,6 +107,8 @@ pub struct Metrics {
     filtered: Family<SlotLabels, Counter>,
     late: Family<SlotLabels, Counter>,
     dead_letter: Family<ReasonLabels, Counter>,
+    /// Dead letters dropped because they could not be produced even truncated.
+    pub dead_letters_dropped: Family<SlotLabels, Counter>,
     windowed: Family<SlotLabels, Counter>,
     repartitioned: Family<SlotLabels, Counter>,
     /// Busy time per slot.
@@ -193,6 +195,7 @@ impl Metrics {
             filtered: Family::default(),
             late: Family::default(),
             dead_letter: Family::default(),
+            dead_letters_dropped: Family::default(),
             windowed: Family::default(),
             repartitioned: Family::default(),
             busy: Family::default(),
@@ -266,6 +269,11 @@ impl Metrics {
             names::RECORDS_DEAD_LETTER_TOTAL,
             "Records that could not be processed",
             m.dead_letter
+        );
+        register!(
+            names::DEAD_LETTERS_DROPPED_TOTAL,
+            "Dead letters that could not be produced even truncated, skipped",
+            m.dead_letters_dropped
         );
         register!(
             names::RECORDS_WINDOWED_TOTAL,

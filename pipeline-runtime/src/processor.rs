@@ -69,6 +69,9 @@ pub enum FailedStage {
     Encode,
     /// Processing the record made the slot panic (a bug); its replay is dead-lettered.
     Panic,
+    /// An output of the record (sink, repartition or late-data record) does not fit in one Kafka
+    /// message (`message.max.bytes`).
+    Output,
 }
 
 impl FailedStage {
@@ -82,6 +85,7 @@ impl FailedStage {
             Self::Aggregate => "aggregate",
             Self::Encode => "encode",
             Self::Panic => "panic",
+            Self::Output => "output",
         }
     }
 }

@@ -9,12 +9,15 @@ use apache_avro::Schema;
 use pipeline_crds::sink::OutputFormat;
 use rdkafka::producer::{BaseProducer, BaseRecord};
 
-use crate::{plan::Plan, row::Row, schema_registry::SchemaRegistry};
+use rdkafka::message::OwnedHeaders;
+
+use crate::{plan::Plan, processor::FailedStage, row::Row, schema_registry::SchemaRegistry};
 
 use super::{
     DeliveryTracker, RowSink, Sent, SinkError,
     encode::{OutputError, row_json, window_avro, window_schema},
     produce,
+    size::{OutputLimit, record_bytes},
 };
 
 /// How window results are written.
@@ -26,6 +29,8 @@ enum Encoding {
 /// Rows to a Kafka topic.
 pub struct KafkaRows {
     producer: Arc<BaseProducer<DeliveryTracker>>,
+    /// The largest record `producer` sends: a row past it is rejected (stage `output`).
+    limit: OutputLimit,
     topic: String,
     key_field: String,
     encoding: Encoding,
@@ -37,6 +42,7 @@ impl KafkaRows {
     pub fn new(
         plan: &Plan,
         producer: Arc<BaseProducer<DeliveryTracker>>,
+        limit: OutputLimit,
     ) -> Result<Self, SinkError> {
         let encoding = match (&plan.window, plan.output_format, &plan.schema_registry_url) {
             (Some(window), OutputFormat::Avro, Some(url)) => {
@@ -52,6 +58,7 @@ impl KafkaRows {
         };
         Ok(Self {
             producer,
+            limit,
             topic: plan.sink_topic.clone(),
             key_field: plan.key_field().to_owned(),
             encoding,
@@ -69,14 +76,29 @@ impl KafkaRows {
         }
     }
 
-    /// Produces one record to the sink topic.
+    /// Produces one record to the sink topic; one that does not fit in a Kafka message is
+    /// rejected (dead-lettered as JSON, stage `output`).
     fn write(
         &self,
+        row: &Row,
         key: Option<&[u8]>,
         value: &[u8],
         blocked: &mut Duration,
         stop: &dyn Fn() -> bool,
     ) -> Result<Sent, SinkError> {
+        if !self.limit.fits(key, Some(value), None::<&OwnedHeaders>) {
+            let bytes = record_bytes(key, Some(value), None::<&OwnedHeaders>);
+            let (key, json) = row_json(&self.key_field, row);
+            return Ok(Sent::Rejected {
+                key,
+                json,
+                error: format!(
+                    "its output record of {bytes} bytes does not fit in one Kafka message (message.max.bytes {})",
+                    self.limit.max_bytes()
+                ),
+                stage: FailedStage::Output,
+            });
+        }
         let mut record = BaseRecord::to(self.topic.as_str()).payload(value);
         if let Some(k) = key {
             record = record.key(k);
@@ -95,16 +117,17 @@ impl RowSink for KafkaRows {
     ) -> Result<Sent, SinkError> {
         if let Row::Record { key, json, .. } = &row {
             // As read or projected: sent as it is, no copy.
-            return self.write(key.as_deref(), json, blocked, stop);
+            return self.write(&row, key.as_deref(), json, blocked, stop);
         }
         match self.encode(&row) {
-            Ok((key, value)) => self.write(key.as_deref(), &value, blocked, stop),
+            Ok((key, value)) => self.write(&row, key.as_deref(), &value, blocked, stop),
             Err(e) => {
                 let (key, json) = row_json(&self.key_field, &row);
                 Ok(Sent::Rejected {
                     key,
                     json,
                     error: e.to_string(),
+                    stage: FailedStage::Encode,
                 })
             }
         }
@@ -174,7 +197,12 @@ mod tests {
     fn avro_output_registers_the_derived_schema_and_writes_the_wire_format() {
         let (url, server) = one_shot_registry(7);
         let plan = plan(&url);
-        let rows = KafkaRows::new(&plan, producer()).unwrap();
+        let rows = KafkaRows::new(
+            &plan,
+            producer(),
+            OutputLimit::new(super::super::size::DEFAULT_MESSAGE_MAX_BYTES),
+        )
+        .unwrap();
         let request = server.join().unwrap();
         assert!(
             request.starts_with("POST /subjects/out-value/versions "),
@@ -204,7 +232,13 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         drop(listener);
-        let err = KafkaRows::new(&plan(&url), producer()).err().unwrap();
+        let err = KafkaRows::new(
+            &plan(&url),
+            producer(),
+            OutputLimit::new(super::super::size::DEFAULT_MESSAGE_MAX_BYTES),
+        )
+        .err()
+        .unwrap();
         assert!(err.is_retryable(), "{err}");
     }
 }

@@ -6,6 +6,7 @@
 pub mod clickhouse;
 pub mod encode;
 pub mod kafka;
+pub mod size;
 
 use std::{
     sync::{
@@ -30,6 +31,7 @@ use crate::{
     row::Row,
     schema_registry::RegistryError,
 };
+use tracing::warn;
 
 /// The destination of a pipeline's output rows.
 ///
@@ -61,7 +63,8 @@ pub trait RowSink: Send {
 pub enum Sent {
     /// Written or buffered.
     Accepted,
-    /// It cannot be encoded for the destination: dead-lettered as JSON (stage `encode`).
+    /// It cannot be encoded for the destination (stage `encode`) or does not fit in one Kafka
+    /// message (stage `output`): dead-lettered as JSON.
     Rejected {
         /// Its Kafka key.
         key: Option<Vec<u8>>,
@@ -69,6 +72,8 @@ pub enum Sent {
         json: Vec<u8>,
         /// Why.
         error: String,
+        /// Where it failed: [`FailedStage::Encode`] or [`FailedStage::Output`].
+        stage: FailedStage,
     },
 }
 
@@ -145,6 +150,11 @@ impl SinkError {
 #[derive(Default)]
 pub struct DeliveryTracker {
     failure: Mutex<Option<String>>,
+    /// The dead-letter topic: a dead letter the broker refuses as too large (its topic's
+    /// `max.message.bytes` below the producer's `message.max.bytes`) is dropped, not a failure.
+    dead_letter_topic: Option<String>,
+    /// Dead letters dropped that way, not yet reported.
+    dropped: AtomicU64,
 }
 
 impl ClientContext for DeliveryTracker {}
@@ -153,7 +163,16 @@ impl ProducerContext for DeliveryTracker {
     type DeliveryOpaque = ();
 
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        if let Err((error, _)) = result {
+        if let Err((error, message)) = result {
+            use rdkafka::Message;
+            let too_large = matches!(
+                error,
+                KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge)
+            );
+            if too_large && self.dead_letter_topic.as_deref() == Some(message.topic()) {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
             let mut failure = self.failure.lock().expect("not poisoned");
             if failure.is_none() {
                 *failure = Some(error.to_string());
@@ -162,12 +181,31 @@ impl ProducerContext for DeliveryTracker {
     }
 }
 
+/// What the sink dead-lettered or dropped since the last report.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SinkCounts {
+    /// Rows that could not be encoded (stage `encode`).
+    pub rejected: u64,
+    /// Outputs that did not fit in one Kafka message, dead-lettered instead (stage `output`).
+    pub oversized: u64,
+    /// Dead letters that could not be produced even truncated: counted and skipped.
+    pub dead_letters_dropped: u64,
+}
+
 /// The sinks of one slot: its producer, and the sink of its output rows.
 pub struct Sink {
     producer: Arc<BaseProducer<DeliveryTracker>>,
     rows: Mutex<Box<dyn RowSink>>,
+    /// The largest record the producer sends.
+    limit: size::OutputLimit,
     /// Rows the sink could not encode, dead-lettered, not yet reported.
     rejected: AtomicU64,
+    /// Outputs that did not fit, dead-lettered, not yet reported.
+    oversized: AtomicU64,
+    /// Dead letters dropped, not yet reported.
+    dropped: AtomicU64,
+    /// When a dropped dead letter was last logged (at most once a minute).
+    dropped_logged: Mutex<Option<Instant>>,
 }
 
 impl Sink {
@@ -178,27 +216,41 @@ impl Sink {
         metrics: Arc<crate::metrics::Metrics>,
         labels: crate::metrics::SlotLabels,
     ) -> Result<Self, SinkError> {
+        let tracker = DeliveryTracker {
+            dead_letter_topic: plan.dead_letter_topic.clone(),
+            ..DeliveryTracker::default()
+        };
         let producer: Arc<BaseProducer<DeliveryTracker>> = Arc::new(
             config
-                .create_with_context(DeliveryTracker::default())
+                .create_with_context(tracker)
                 .map_err(SinkError::Create)?,
         );
+        let limit = size::OutputLimit::of(config);
         let rows: Box<dyn RowSink> = match &plan.clickhouse {
             Some(sink) => Box::new(clickhouse::ClickHouseRows::new(
                 plan, sink, metrics, labels,
             )?),
-            None => Box::new(kafka::KafkaRows::new(plan, producer.clone())?),
+            None => Box::new(kafka::KafkaRows::new(plan, producer.clone(), limit)?),
         };
         Ok(Self {
             producer,
             rows: Mutex::new(rows),
+            limit,
             rejected: AtomicU64::new(0),
+            oversized: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            dropped_logged: Mutex::new(None),
         })
     }
 
-    /// Rows dead-lettered because they could not be encoded, since the last call.
-    pub fn take_rejected(&self) -> u64 {
-        self.rejected.swap(0, Ordering::Relaxed)
+    /// What was dead-lettered or dropped here since the last call.
+    pub fn take_counts(&self) -> SinkCounts {
+        let late_drops = self.producer.context().dropped.swap(0, Ordering::Relaxed);
+        SinkCounts {
+            rejected: self.rejected.swap(0, Ordering::Relaxed),
+            oversized: self.oversized.swap(0, Ordering::Relaxed),
+            dead_letters_dropped: self.dropped.swap(0, Ordering::Relaxed) + late_drops,
+        }
     }
 
     /// The underlying producer.
@@ -247,14 +299,26 @@ impl Sink {
                         .lock()
                         .unwrap_or_else(PoisonError::into_inner)
                         .send(row, blocked, stop)?;
-                    if let Sent::Rejected { key, json, error } = sent {
-                        self.rejected.fetch_add(1, Ordering::Relaxed);
-                        if let Some(topic) = plan.dead_letter_topic.as_deref() {
-                            let h = OwnedHeaders::new()
-                                .insert(header(headers::ERROR, &error))
-                                .insert(header(headers::STAGE, FailedStage::Encode.as_str()));
-                            self.send(side_record(topic, &key, &Some(json), h), blocked, stop)?;
-                        }
+                    if let Sent::Rejected {
+                        key,
+                        json,
+                        error,
+                        stage,
+                    } = sent
+                    {
+                        let counter = match stage {
+                            FailedStage::Output => &self.oversized,
+                            _ => &self.rejected,
+                        };
+                        counter.fetch_add(1, Ordering::Relaxed);
+                        let letter = DeadLetter {
+                            key: key.as_deref(),
+                            value: Some(&json),
+                            stage,
+                            error: &error,
+                            headers: OwnedHeaders::new(),
+                        };
+                        self.dead_letter(plan, letter, blocked, stop)?;
                     }
                 }
                 Emit::Repartition {
@@ -274,6 +338,12 @@ impl Sink {
                             headers::UPSTREAM_OFFSET,
                             &upstream_offset.to_string(),
                         ));
+                    let (k, v) = (Some(key.as_slice()), Some(value.as_slice()));
+                    if !self.limit.fits(k, v, Some(&h)) {
+                        let oversized = self.oversized_output("repartition", k, v, &h);
+                        self.dead_letter(plan, oversized.letter(k, v, h), blocked, stop)?;
+                        continue;
+                    }
                     let r = BaseRecord::to(topic)
                         .key(key.as_slice())
                         .payload(value.as_slice())
@@ -307,16 +377,18 @@ impl Sink {
                     error,
                     source,
                 } => {
-                    let Some(topic) = plan.dead_letter_topic.as_deref() else {
-                        continue;
-                    };
-                    let h = match source {
+                    let headers = match source {
                         Some(s) => source_headers(plan, s.topic, s.partition, s.offset),
                         None => OwnedHeaders::new(),
-                    }
-                    .insert(header(headers::ERROR, &error))
-                    .insert(header(headers::STAGE, stage.as_str()));
-                    self.send(side_record(topic, &key, &value, h), blocked, stop)?;
+                    };
+                    let letter = DeadLetter {
+                        key: key.as_deref(),
+                        value: value.as_deref(),
+                        stage,
+                        error: &error,
+                        headers,
+                    };
+                    self.dead_letter(plan, letter, blocked, stop)?;
                 }
                 Emit::Late {
                     key,
@@ -328,17 +400,131 @@ impl Sink {
                     let Some(topic) = plan.late_topic.as_deref() else {
                         continue;
                     };
-                    let h = source_headers(plan, source.topic, source.partition, source.offset)
+                    let source =
+                        source_headers(plan, source.topic, source.partition, source.offset);
+                    let h = source
+                        .clone()
                         .insert(header(
                             headers::WINDOW,
                             &format!("{}-{}", window.0, window.1),
                         ))
                         .insert(header(headers::LATENESS_MS, &lateness_ms.to_string()));
-                    self.send(side_record(topic, &key, &value, h), blocked, stop)?;
+                    let (k, v) = (key.as_deref(), value.as_deref());
+                    if !self.limit.fits(k, v, Some(&h)) {
+                        let oversized = self.oversized_output("late-data", k, v, &h);
+                        self.dead_letter(plan, oversized.letter(k, v, source), blocked, stop)?;
+                        continue;
+                    }
+                    self.send(side_record(topic, k, v, h), blocked, stop)?;
                 }
             }
         }
         Ok(())
+    }
+
+    /// Counts an output of `what` kind that does not fit and says why, for its dead letter.
+    fn oversized_output(
+        &self,
+        what: &str,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &OwnedHeaders,
+    ) -> OversizedOutput {
+        self.oversized.fetch_add(1, Ordering::Relaxed);
+        let bytes = size::record_bytes(key, value, Some(headers));
+        OversizedOutput {
+            error: format!(
+                "its {what} record of {bytes} bytes does not fit in one Kafka message (message.max.bytes {})",
+                self.limit.max_bytes()
+            ),
+        }
+    }
+
+    /// Sends a dead letter, if the pipeline has a dead-letter topic. Its error is bounded
+    /// ([`size::ERROR_MAX_BYTES`]); one that still does not fit is truncated (key, payload) and
+    /// says so; one that cannot be produced even then is counted, logged and skipped.
+    fn dead_letter(
+        &self,
+        plan: &Plan,
+        letter: DeadLetter<'_>,
+        blocked: &mut Duration,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<(), SinkError> {
+        let Some(topic) = plan.dead_letter_topic.as_deref() else {
+            return Ok(());
+        };
+        let with_error = |error: &str| {
+            letter
+                .headers
+                .clone()
+                .insert(header(headers::ERROR, error))
+                .insert(header(headers::STAGE, letter.stage.as_str()))
+        };
+        let error = size::bounded_error(letter.error);
+        let whole = with_error(&error);
+        if self.limit.fits(letter.key, letter.value, Some(&whole)) {
+            return self.send_dead_letter(
+                side_record(topic, letter.key, letter.value, whole),
+                blocked,
+                stop,
+            );
+        }
+        let key = letter
+            .key
+            .map(|k| size::truncated(k, size::TRUNCATED_KEY_MAX_BYTES));
+        let value = letter
+            .value
+            .map(|v| size::truncated(v, self.limit.truncated_payload_bytes()));
+        let length = |b: Option<&[u8]>| b.map_or(0, <[u8]>::len);
+        let note = format!(
+            "dead letter truncated to fit message.max.bytes {}: payload {} of {} bytes, key {} of {} bytes; {error}",
+            self.limit.max_bytes(),
+            length(value),
+            length(letter.value),
+            length(key),
+            length(letter.key),
+        );
+        let short = with_error(&size::bounded_error(&note));
+        if !self.limit.fits(key, value, Some(&short)) {
+            self.drop_dead_letter(&format!(
+                "even truncated it does not fit message.max.bytes {}",
+                self.limit.max_bytes()
+            ));
+            return Ok(());
+        }
+        self.send_dead_letter(side_record(topic, key, value, short), blocked, stop)
+    }
+
+    /// Produces a dead letter; one the producer refuses as too large is dropped.
+    fn send_dead_letter(
+        &self,
+        record: BaseRecord<'_, [u8], [u8]>,
+        blocked: &mut Duration,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<(), SinkError> {
+        match self.send(record, blocked, stop) {
+            Err(SinkError::Produce {
+                source: KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge),
+                ..
+            }) => {
+                self.drop_dead_letter("the producer refused it as too large");
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    /// Counts a dead letter that cannot be produced, logging at most once a minute.
+    fn drop_dead_letter(&self, why: &str) {
+        let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut logged = self
+            .dropped_logged
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if logged.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
+            *logged = Some(Instant::now());
+            warn!(%why, dropped_since_last_report = dropped, "a dead letter was dropped (pipeline_dead_letters_dropped_total counts them)");
+        }
     }
 
     fn send(
@@ -477,18 +663,51 @@ fn produce(
 
 fn side_record<'a>(
     topic: &'a str,
-    key: &'a Option<Vec<u8>>,
-    value: &'a Option<Vec<u8>>,
+    key: Option<&'a [u8]>,
+    value: Option<&'a [u8]>,
     headers: OwnedHeaders,
 ) -> BaseRecord<'a, [u8], [u8]> {
     let mut r = BaseRecord::to(topic).headers(headers);
     if let Some(k) = key {
-        r = r.key(k.as_slice());
+        r = r.key(k);
     }
     if let Some(v) = value {
-        r = r.payload(v.as_slice());
+        r = r.payload(v);
     }
     r
+}
+
+/// A dead letter to send: the record's key and value, where and why it failed, and the headers
+/// naming its source.
+struct DeadLetter<'a> {
+    key: Option<&'a [u8]>,
+    value: Option<&'a [u8]>,
+    stage: FailedStage,
+    error: &'a str,
+    headers: OwnedHeaders,
+}
+
+/// Why an output did not fit (see [`Sink::oversized_output`]).
+struct OversizedOutput {
+    error: String,
+}
+
+impl OversizedOutput {
+    /// The dead letter of the record `key`, `value` with `headers`.
+    fn letter<'a>(
+        &'a self,
+        key: Option<&'a [u8]>,
+        value: Option<&'a [u8]>,
+        headers: OwnedHeaders,
+    ) -> DeadLetter<'a> {
+        DeadLetter {
+            key,
+            value,
+            stage: FailedStage::Output,
+            error: &self.error,
+            headers,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -537,5 +756,155 @@ mod tests {
         assert!(blocked >= Duration::from_millis(500), "{blocked:?}");
         assert_eq!(sink.failure(), None);
         assert_eq!(sink.producer.in_flight_count(), 0);
+    }
+
+    /// A sink whose producer sends at most 10,000-byte records, to `out` and `dlq` on a mock
+    /// cluster; returns it with the cluster (kept alive) and the plan.
+    fn small_limit_sink() -> (
+        MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+        Sink,
+        Plan,
+    ) {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("out", 1, 1).unwrap();
+        cluster.create_topic("dlq", 1, 1).unwrap();
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", cluster.bootstrap_servers());
+        config.set("message.max.bytes", "10000");
+        let spec = pipeline_crds::manifest::from_yaml(
+            "apiVersion: sluice.dev/v1alpha1\nkind: PipelineDeployment\nmetadata: {name: t}\nspec:\n  kafka: {bootstrapServers: 'k:9092'}\n  source: {topic: in}\n  sink: {kafka: {topic: out}}\n  deadLetter: {topic: dlq}\n",
+            "test",
+        )
+        .unwrap()
+        .spec;
+        let plan = Plan::new(&spec, "g", vec![1]);
+        let sink = Sink::new(
+            &config,
+            &plan,
+            Arc::new(crate::metrics::Metrics::default()),
+            crate::metrics::SlotLabels::default(),
+        )
+        .unwrap();
+        (cluster, sink, plan)
+    }
+
+    /// Every record of `topic`: (payload length, error header, stage header).
+    fn read_all(bootstrap: &str, topic: &str, expected: usize) -> Vec<(usize, String, String)> {
+        use rdkafka::{
+            Message, Offset,
+            consumer::{BaseConsumer, Consumer},
+            message::Headers,
+        };
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("group.id", "reader")
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, 0, Offset::Beginning)
+            .unwrap();
+        consumer.assign(&tpl).unwrap();
+        let mut out = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while out.len() < expected && Instant::now() < deadline {
+            let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) else {
+                continue;
+            };
+            let header = |name: &str| {
+                m.headers()
+                    .and_then(|h| h.iter().find(|h| h.key == name))
+                    .and_then(|h| h.value)
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+                    .unwrap_or_default()
+            };
+            out.push((
+                m.payload().map_or(0, <[u8]>::len),
+                header(headers::ERROR),
+                header(headers::STAGE),
+            ));
+        }
+        out
+    }
+
+    #[test]
+    fn an_output_or_dead_letter_too_large_for_one_message_is_dead_lettered_truncated_never_a_failure()
+     {
+        let (cluster, sink, plan) = small_limit_sink();
+        let source = crate::processor::SourceRef {
+            topic: 0,
+            partition: 0,
+            offset: 7,
+        };
+        let big = format!("{{\"ts\":\"{}\"}}", "9".repeat(20_000)).into_bytes();
+        let mut emits = vec![
+            // An output record too large for the sink topic.
+            Emit::Output(Row::Record {
+                key: Some(b"k".to_vec()),
+                json: big.clone(),
+                event_ms: 0,
+                source: source.clone(),
+            }),
+            // A dead letter with a huge payload and an error that quotes it.
+            Emit::DeadLetter {
+                key: None,
+                value: Some(big.clone()),
+                stage: FailedStage::Timestamp,
+                error: format!(
+                    "timestamp {:?} is not a time",
+                    String::from_utf8_lossy(&big)
+                ),
+                source: Some(source.clone()),
+            },
+            // An ordinary record after them.
+            Emit::Output(Row::Record {
+                key: None,
+                json: b"{\"ok\":1}".to_vec(),
+                event_ms: 0,
+                source,
+            }),
+        ];
+        let never = || false;
+        let mut blocked = Duration::ZERO;
+        sink.send_all(&plan, &mut emits, &mut blocked, &never)
+            .unwrap();
+        sink.flush(&mut blocked, &never).unwrap();
+        assert_eq!(
+            sink.take_counts(),
+            SinkCounts {
+                rejected: 0,
+                oversized: 1,
+                dead_letters_dropped: 0
+            }
+        );
+        let bootstrap = cluster.bootstrap_servers();
+        let out = read_all(&bootstrap, "out", 1);
+        assert_eq!(out.len(), 1, "the ordinary record is written");
+        let letters = read_all(&bootstrap, "dlq", 2);
+        assert_eq!(letters.len(), 2, "{letters:?}");
+        for (payload, error, _) in &letters {
+            assert!(
+                *payload <= 5_000,
+                "payload truncated to half the limit: {payload}"
+            );
+            assert!(error.len() <= size::ERROR_MAX_BYTES, "{}", error.len());
+            assert!(
+                error.starts_with("dead letter truncated to fit message.max.bytes 10000: payload 5000 of 20009 bytes"),
+                "{error}"
+            );
+        }
+        assert_eq!(letters[0].2, "output");
+        assert!(
+            letters[0]
+                .1
+                .contains("its output record of 20138 bytes does not fit"),
+            "{}",
+            letters[0].1
+        );
+        assert_eq!(letters[1].2, "timestamp");
+        assert!(
+            letters[1].1.contains("error truncated from"),
+            "{}",
+            letters[1].1
+        );
     }
 }

@@ -42,10 +42,20 @@ pub(super) fn publish(
     let labels = &config.labels;
     m.add_counts(labels, reported, &processor.counts);
     *reported = processor.counts;
-    // Rows the sink could not encode went to the dead-letter topic (stage `encode`).
-    let rejected = consumer.context().sink.take_rejected();
-    if rejected > 0 {
-        m.dead_lettered_n(labels, FailedStage::Encode, rejected);
+    // Rows the sink could not encode (stage `encode`), and outputs that did not fit in a Kafka
+    // message (stage `output`), went to the dead-letter topic; dead letters that could not be
+    // produced even truncated were dropped.
+    let counts = consumer.context().sink.take_counts();
+    if counts.rejected > 0 {
+        m.dead_lettered_n(labels, FailedStage::Encode, counts.rejected);
+    }
+    if counts.oversized > 0 {
+        m.dead_lettered_n(labels, FailedStage::Output, counts.oversized);
+    }
+    if counts.dead_letters_dropped > 0 {
+        m.dead_letters_dropped
+            .get_or_create(labels)
+            .inc_by(counts.dead_letters_dropped);
     }
     m.busy
         .get_or_create(labels)

@@ -36,6 +36,7 @@ use tracing::{info, warn};
 use crate::{
     metrics::{Metrics, SlotLabels},
     plan::Plan,
+    processor::FailedStage,
     row::Row,
     window::WindowResult,
 };
@@ -432,7 +433,14 @@ impl RowSink for ClickHouseRows {
                 let topic = self.topics.get(source.topic).map_or("", String::as_str);
                 match table.line(&json, topic, &source) {
                     Ok(line) => self.batch.extend_from_slice(&line),
-                    Err(error) => return Ok(Sent::Rejected { key, json, error }),
+                    Err(error) => {
+                        return Ok(Sent::Rejected {
+                            key,
+                            json,
+                            error,
+                            stage: FailedStage::Encode,
+                        });
+                    }
                 }
             }
             (Row::Record { key, json, .. }, None) => {
@@ -440,6 +448,7 @@ impl RowSink for ClickHouseRows {
                     key,
                     json,
                     error: "a windowed pipeline's ClickHouse sink takes window results only".into(),
+                    stage: FailedStage::Encode,
                 });
             }
         }
