@@ -4,6 +4,12 @@ use kube::KubeSchema;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+/// The suffix of the repartition topic's name after the consumer group.
+pub const REPARTITION_TOPIC_SUFFIX: &str = "-repartition";
+/// The longest consumer group: the repartition topic's name (group + suffix) must fit Kafka's
+/// 249 characters.
+pub const MAX_CONSUMER_GROUP_LENGTH: usize = 249 - REPARTITION_TOPIC_SUFFIX.len();
+
 /// The Kafka topic(s) the pipeline reads.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
@@ -19,11 +25,12 @@ pub struct SourceSpec {
     #[schemars(length(max = 64, min = 1), inner(length(max = 249)))]
     pub topics: Option<Vec<String>>,
 
-    /// Consumer group id: letters, digits, `.`, `_` and `-` (it also names the checkpoint
-    /// directory). Defaults to `sluice.<namespace>.<name>`. Offsets committed under this group
+    /// Consumer group id: 1 to 237 letters, digits, `.`, `_` and `-` (it also names the
+    /// checkpoint directory and, with `-repartition`, the repartition topic, which must fit
+    /// Kafka's 249). Defaults to `sluice.<namespace>.<name>`. Offsets committed under this group
     /// are where a restarted or rescaled pipeline resumes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 249), regex(pattern = r"^[A-Za-z0-9._-]+$"))]
+    #[schemars(length(min = 1, max = 237), regex(pattern = r"^[A-Za-z0-9._-]+$"))]
     pub consumer_group: Option<String>,
 
     /// Where to start when the group has no committed offset for a partition. Defaults to

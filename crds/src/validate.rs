@@ -478,11 +478,15 @@ fn source(c: &mut Collector, spec: &PipelineDeploymentSpec) {
     if let Some(group) = &s.consumer_group {
         // The group names the checkpoint directory too, so it keeps to the characters of topic
         // names, which every object store and file system takes as they are.
-        c.check(
-            is_valid_topic_name(group),
-            "spec.source.consumerGroup",
-            "must be 1 to 249 letters, digits, '.', '_' or '-'",
-        );
+        use crate::source::{MAX_CONSUMER_GROUP_LENGTH, REPARTITION_TOPIC_SUFFIX};
+        if !is_valid_topic_name(group) || group.len() > MAX_CONSUMER_GROUP_LENGTH {
+            c.error(
+                "spec.source.consumerGroup",
+                format!(
+                    "must be 1 to {MAX_CONSUMER_GROUP_LENGTH} letters, digits, '.', '_' or '-' (with {REPARTITION_TOPIC_SUFFIX:?} it names the repartition topic, at most 249)"
+                ),
+            );
+        }
     }
     match (s.format.kind, &s.format.schema) {
         (FormatKind::Avro, Some(schema)) => {
@@ -612,6 +616,12 @@ fn transform(c: &mut Collector, spec: &PipelineDeploymentSpec) {
 /// timeout the runtime asks for) fit in the brokers' default `transaction.max.timeout.ms`.
 pub const MAX_EXACTLY_ONCE_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(300);
 
+/// The most sliding windows one record belongs to (`size / slide`): every record updates the
+/// aggregates of each, and each key keeps state for each, so the bound caps one record's work
+/// (about 1,000 aggregate updates) and a key's windows. 24h/1m (1,440) is refused; 24h/2m is
+/// not.
+pub const MAX_WINDOWS_PER_RECORD: u64 = 1_000;
+
 /// The longest window size, slide, gap, lateness or event-time bound: a year and a day. Event times
 /// are years 1 to 9999 in milliseconds, so window arithmetic stays far inside `i64`.
 pub const MAX_EVENT_TIME_SPAN: Duration = Duration::from_secs(366 * 24 * 3600);
@@ -664,6 +674,14 @@ fn window(c: &mut Collector, spec: &PipelineDeploymentSpec) {
                 c.error(
                     "spec.window.sliding.size",
                     format!("must be a whole multiple of slide ({slide})"),
+                );
+            } else if size.as_millis() / slide.as_millis() > MAX_WINDOWS_PER_RECORD {
+                c.error(
+                    "spec.window.sliding.slide",
+                    format!(
+                        "puts each record into {} windows (size / slide); at most {MAX_WINDOWS_PER_RECORD} keep one record's work and each key's state bounded: use a longer slide",
+                        size.as_millis() / slide.as_millis()
+                    ),
                 );
             }
         }
@@ -1210,6 +1228,29 @@ mod tests {
     }
 
     #[test]
+    fn a_consumer_group_leaves_room_for_the_repartition_topic_name() {
+        use crate::source::{MAX_CONSUMER_GROUP_LENGTH, REPARTITION_TOPIC_SUFFIX};
+        let mut s = spec("");
+        s.source.consumer_group = Some("g".repeat(MAX_CONSUMER_GROUP_LENGTH));
+        assert_eq!(validate(&s), Ok(()));
+        let topic = format!(
+            "{}{REPARTITION_TOPIC_SUFFIX}",
+            "g".repeat(MAX_CONSUMER_GROUP_LENGTH)
+        );
+        assert!(is_valid_topic_name(&topic));
+        s.source.consumer_group = Some("g".repeat(MAX_CONSUMER_GROUP_LENGTH + 1));
+        let errors = validate(&s).unwrap_err();
+        assert!(errors.has_path("spec.source.consumerGroup"), "{errors}");
+        let crd = serde_json::to_value(crate::crd()).unwrap();
+        let group = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+            ["properties"]["source"]["properties"]["consumerGroup"];
+        assert_eq!(
+            group["maxLength"], MAX_CONSUMER_GROUP_LENGTH,
+            "the schema says the same"
+        );
+    }
+
+    #[test]
     fn consumer_timeouts_librdkafka_would_refuse_and_long_exactly_once_intervals_are_refused() {
         let with = |props: &str| {
             let mut s = spec("");
@@ -1311,6 +1352,24 @@ mod tests {
             s.source.consumer_group = Some(group);
             let _ = validate(&s);
         }
+    }
+
+    #[test]
+    fn a_slide_that_puts_a_record_in_over_a_thousand_windows_is_refused() {
+        let sliding = |size: &str, slide: &str| {
+            spec(&format!(
+                "  transform: {{keyBy: k}}\n  window: {{sliding: {{size: {size}, slide: {slide}}}}}\n  aggregates: [{{name: n, function: count}}]\n"
+            ))
+        };
+        let errors = validate(&sliding("8784h", "1ms")).unwrap_err();
+        assert!(errors.has_path("spec.window.sliding.slide"), "{errors}");
+        assert!(
+            errors.to_string().contains("31622400000 windows"),
+            "{errors}"
+        );
+        assert!(validate(&sliding("24h", "1m")).is_err());
+        assert_eq!(validate(&sliding("24h", "2m")), Ok(()));
+        assert_eq!(validate(&sliding("10m", "1m")), Ok(()));
     }
 
     #[test]

@@ -144,7 +144,7 @@ impl Plan {
                 RepartitionPolicy::Always => true,
                 RepartitionPolicy::Auto => !spec.transform.source_keyed,
             };
-        repartition.then(|| format!("{group}-repartition"))
+        repartition.then(|| format!("{group}{}", pipeline_crds::source::REPARTITION_TOPIC_SUFFIX))
     }
 
     /// Brokers other than the spec's (the runtime's `--bootstrap-servers`).
