@@ -271,6 +271,12 @@ pub fn add_exposition(
     Ok(())
 }
 
+/// How long connecting to Prometheus may take.
+pub const PROMETHEUS_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one Prometheus query may take in all (Prometheus's own evaluation timeout, sent
+/// with each query, is [`TIMEOUT`]).
+pub const PROMETHEUS_REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// A Prometheus server that scrapes the runtime pods.
 pub struct Prometheus {
     client: prometheus_http_query::Client,
@@ -290,11 +296,33 @@ impl Prometheus {
     /// A client for `url`; `step` is the resolution (seconds) of the settling query, about the
     /// scrape interval.
     pub fn new(url: &str, step: f64) -> Result<Self, PrometheusUrlError> {
+        Self::with_timeouts(
+            url,
+            step,
+            PROMETHEUS_CONNECT_TIMEOUT,
+            PROMETHEUS_REQUEST_TIMEOUT,
+        )
+    }
+
+    /// [`Self::new`] whose HTTP requests give up after `connect` to connect and `request` in
+    /// all: a Prometheus that accepts and never answers must not hold the reconcile.
+    pub fn with_timeouts(
+        url: &str,
+        step: f64,
+        connect: Duration,
+        request: Duration,
+    ) -> Result<Self, PrometheusUrlError> {
+        let invalid = |reason: String| PrometheusUrlError {
+            url: url.into(),
+            reason,
+        };
+        let http = reqwest::Client::builder()
+            .connect_timeout(connect)
+            .timeout(request)
+            .build()
+            .map_err(|e| invalid(e.to_string()))?;
         let client =
-            prometheus_http_query::Client::try_from(url).map_err(|e| PrometheusUrlError {
-                url: url.into(),
-                reason: e.to_string(),
-            })?;
+            prometheus_http_query::Client::from(http, url).map_err(|e| invalid(e.to_string()))?;
         Ok(Self {
             client,
             url: url.into(),
@@ -635,6 +663,32 @@ impl Sources for SharedSources {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_prometheus_that_accepts_and_never_answers_fails_the_query_within_its_timeout() {
+        // Accepts connections and never answers (nor closes them).
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let held = std::thread::spawn(move || {
+            let (conn, _) = listener.accept().unwrap();
+            std::thread::sleep(Duration::from_secs(7));
+            drop(conn);
+        });
+        let prometheus =
+            Prometheus::with_timeouts(&url, 10.0, Duration::from_secs(1), Duration::from_secs(2))
+                .unwrap();
+        let started = std::time::Instant::now();
+        let answer =
+            tokio::time::timeout(Duration::from_secs(6), prometheus.vector("up", 1.0e9)).await;
+        let took = started.elapsed();
+        let error = answer.expect("the query gave up by itself").unwrap_err();
+        assert!(
+            took < Duration::from_secs(4),
+            "took {took:?} with a 2 s request timeout"
+        );
+        assert!(format!("{error:?}").contains(&url), "{error:?}");
+        held.join().unwrap();
+    }
 
     const EXPOSITION: &str = "\
 # HELP pipeline_busy_seconds Seconds a slot spent processing.
