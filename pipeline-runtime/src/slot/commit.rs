@@ -27,7 +27,9 @@ use super::context::SlotContext;
 use super::upload::{Snapshot, Stored, Taken, Uploader};
 use super::{Core, SlotClock, SlotError, lock, wall_clock_ms};
 
-/// Flushes the producer and commits every partition's committable offset that moved.
+/// Flushes the producer and commits every partition's committable offset that moved. The
+/// offsets count as committed once Kafka acknowledged them (the consumer's commit callback,
+/// [`SlotContext`]'s `commit_callback`): a failed commit is sent again by the next one.
 pub(super) fn commit(
     consumer: &BaseConsumer<SlotContext>,
     core: &Mutex<Core>,
@@ -54,7 +56,6 @@ pub(super) fn commit(
                 partition,
                 Offset::Offset(offset),
             )?;
-            committed.insert((topic, partition), offset);
         }
     }
     drop(guard);

@@ -121,6 +121,33 @@ impl ClientContext for SlotContext {
 }
 
 impl ConsumerContext for SlotContext {
+    /// An offset commit's answer: only offsets Kafka acknowledged are marked committed, so a
+    /// failed (asynchronous) commit is sent again by the next one.
+    fn commit_callback(
+        &self,
+        result: rdkafka::error::KafkaResult<()>,
+        offsets: &TopicPartitionList,
+    ) {
+        if std::thread::panicking() {
+            return;
+        }
+        if let Err(error) = result {
+            warn!(slot = %self.labels.slot, %error, "offset commit failed; the next commit sends it again");
+            return;
+        }
+        let mut core = self.core.lock().unwrap_or_else(PoisonError::into_inner);
+        for element in offsets.elements() {
+            let (Some(topic), Offset::Offset(offset), None) = (
+                self.plan.topic_index(element.topic()),
+                element.offset(),
+                element.error().err(),
+            ) else {
+                continue;
+            };
+            core.committed.insert((topic, element.partition()), offset);
+        }
+    }
+
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         // Closing the consumer while a panic unwinds the slot revokes its partitions: nothing is
         // committed or checkpointed then (the state may be half-updated, its lock poisoned); the
