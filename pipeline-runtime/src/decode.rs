@@ -53,7 +53,7 @@ pub enum DecoderConfigError {
 pub const AVRO_MAX_ALLOCATION_BYTES: usize = 4 << 20;
 
 /// Sets [`AVRO_MAX_ALLOCATION_BYTES`] for the process (apache-avro keeps the first value set).
-fn limit_avro_allocations() {
+pub(crate) fn limit_avro_allocations() {
     let limit = apache_avro::util::max_allocation_bytes(AVRO_MAX_ALLOCATION_BYTES);
     if limit != AVRO_MAX_ALLOCATION_BYTES {
         tracing::warn!(
@@ -222,6 +222,16 @@ pub fn decode_json(bytes: &[u8]) -> Result<Value, DecodeError> {
 }
 
 fn decode_avro(schema: &Schema, mut datum: &[u8]) -> Result<Value, DecodeError> {
+    use crate::avro_nesting::{MAX_AVRO_NESTING, NestingError, check_nesting, has_references};
+    if has_references(schema) {
+        match check_nesting(schema, datum, MAX_AVRO_NESTING) {
+            Err(error @ NestingError::TooDeep(_)) => {
+                return Err(DecodeError::Avro(error.to_string()));
+            }
+            // apache-avro names what does not fit.
+            Err(NestingError::Malformed) | Ok(()) => {}
+        }
+    }
     let value = apache_avro::from_avro_datum(schema, &mut datum, None)
         .map_err(|e| DecodeError::Avro(e.to_string()))?;
     if !datum.is_empty() {
@@ -470,6 +480,46 @@ mod tests {
         assert_eq!(d.decode(Some(&wire)).unwrap()["device_id"], "d-1");
         assert!(server.join().unwrap().starts_with("GET /schemas/ids/42 "));
         assert_eq!(d.decode(Some(&wire)).unwrap()["temperature"], 21.5);
+    }
+
+    #[test]
+    fn a_recursive_registered_schema_with_a_datum_nested_too_deep_is_refused_not_a_stack_overflow()
+    {
+        use std::io::{Read, Write};
+        const NODE: &str = r#"{"type":"record","name":"Node","fields":[{"name":"v","type":"long"},{"name":"next","type":["null","Node"]}]}"#;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let server = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = conn.read(&mut buf).unwrap();
+            let body = serde_json::json!({ "schema": NODE }).to_string();
+            write!(
+                conn,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+                body.len(),
+                body
+            )
+            .unwrap();
+        });
+        let mut d = Decoder::new(&format(FormatKind::Avro, None), Some(&url)).unwrap();
+        // Node(v: 0, next: Node(...)) a million times: each level is two bytes.
+        let mut wire = vec![0, 0, 0, 0, 9];
+        for _ in 0..1_000_000 {
+            wire.extend([0, 2]);
+        }
+        wire.extend([0, 0]);
+        match d.decode(Some(&wire)) {
+            Err(DecodeError::Avro(text)) => {
+                assert!(text.contains("deeper than 128 levels"), "{text}")
+            }
+            other => panic!("expected a nesting error, got {other:?}"),
+        }
+        // A shallow list of the same schema decodes.
+        let shallow = [0, 0, 0, 0, 9, 2, 2, 4, 0];
+        let value = d.decode(Some(&shallow)).unwrap();
+        assert_eq!(value["next"]["v"], 2, "{value}");
+        server.join().unwrap();
     }
 
     /// A loopback registry answering each request with the next status of `statuses` (and an

@@ -2,6 +2,7 @@
 //! slots, each a consumer-group member with its own producer and per-partition state.
 
 pub mod aggregate;
+pub mod avro_nesting;
 pub mod basic_auth;
 pub mod checkpoint;
 pub mod cli;
