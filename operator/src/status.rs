@@ -237,13 +237,13 @@ pub fn status(pd: &PipelineDeployment, outcome: &Outcome, now: &Time) -> Pipelin
                     if paused.is_empty() {
                         "AllConsuming"
                     } else {
-                        "StateNotRestored"
+                        "NotConsuming"
                     },
                     if paused.is_empty() {
                         String::new()
                     } else {
                         format!(
-                            "paused because their state could not be restored (see the runtime logs): {}",
+                            "paused because their state could not be restored, or held at a record that cannot be processed yet with no deadLetter topic (see the runtime's /readyz and logs): {}",
                             paused.join(", ")
                         )
                     },

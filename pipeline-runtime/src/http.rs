@@ -144,14 +144,16 @@ impl Health {
             .or_else(|| self.paused_reason())
     }
 
-    /// Why partitions wait (their state cannot be restored), if any do.
+    /// Why partitions wait (their state cannot be restored, or a record cannot be processed yet
+    /// and there is no dead-letter topic to set it aside), if any do.
     pub fn paused_reason(&self) -> Option<String> {
         let watches = self.watches.lock().unwrap_or_else(|p| p.into_inner());
         let paused: Vec<String> = watches.iter().flat_map(|w| w.paused()).collect();
         (!paused.is_empty()).then(|| {
             format!(
                 "partitions paused because their state cannot be restored \
-                 (checkpoint.onIncompatibleState: fail): {}",
+                 (checkpoint.onIncompatibleState: fail) or a record cannot be processed yet and \
+                 there is no deadLetter topic to set it aside (see the logs): {}",
                 paused.join(", ")
             )
         })

@@ -123,7 +123,8 @@ pub struct Metrics {
     pub position: Family<PartitionLabels, Gauge>,
     /// End offset − position.
     pub lag: Family<PartitionLabels, Gauge>,
-    /// 1 while a partition is paused for want of its state.
+    /// 1 while a partition is paused for want of its state, or held at a record that cannot be
+    /// processed yet with no dead-letter topic.
     pub paused: Family<PartitionLabels, Gauge>,
     /// Wall clock − watermark.
     pub watermark_lag: Family<PartitionLabels, FloatGauge>,
@@ -317,7 +318,7 @@ impl Metrics {
         );
         register!(
             names::PARTITION_PAUSED,
-            "1 while a source partition is paused because its state could not be restored",
+            "1 while a source partition is paused: its state could not be restored, or it is held at a record that cannot be processed yet and there is no dead-letter topic",
             m.paused
         );
         register!(

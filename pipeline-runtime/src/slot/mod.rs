@@ -250,7 +250,12 @@ pub fn run(config: &SlotConfig, stop: &Arc<AtomicBool>) -> Result<(), SlotError>
         ((0.010 / cost.as_secs_f64().max(1e-9)) as usize).clamp(1, BATCH)
     });
     let mut batch: Vec<BorrowedMessage<'_>> = Vec::with_capacity(batch_limit);
-    let mut retries = Retries::default();
+    // Without a dead-letter topic a record is never dropped: its partition is held instead.
+    let mut retries = Retries::new(
+        plan.dead_letter_topic
+            .is_some()
+            .then_some(retry::GIVE_UP_AFTER),
+    );
     while !is_stopped() {
         config.watch.beat(wall_clock_ms());
         if !retries.is_empty() {
@@ -355,11 +360,29 @@ pub fn run(config: &SlotConfig, stop: &Arc<AtomicBool>) -> Result<(), SlotError>
                 crate::failpoint::panic_on_record(rec.payload);
                 match processor.process(&rec, processing_start, wall_ms, emits) {
                     Ok(()) if retries.is_empty() => {}
-                    Ok(()) => retries.passed(topic, rec.partition, rec.offset),
+                    Ok(()) => {
+                        if retries.passed(topic, rec.partition, rec.offset) {
+                            info!(slot = %config.labels.slot, topic = message.topic(), partition = rec.partition, offset = rec.offset, "the held record passed: the partition consumes again");
+                            report_held(config, message.topic(), rec.partition, false);
+                        }
+                    }
                     Err(e) => {
                         match retries.failed(topic, rec.partition, rec.offset, processing_start) {
                             Verdict::Retry(wait) => {
                                 warn!(slot = %config.labels.slot, topic = message.topic(), partition = rec.partition, offset = rec.offset, error = %e, ?wait, "transient failure: the partition is paused and read again from this record after the wait");
+                                hold(
+                                    config,
+                                    &consumer,
+                                    message.topic(),
+                                    rec.partition,
+                                    rec.offset,
+                                );
+                            }
+                            Verdict::Hold { wait, first } => {
+                                if first {
+                                    warn!(slot = %config.labels.slot, topic = message.topic(), partition = rec.partition, offset = rec.offset, error = %e, ?wait, "transient failure did not pass and there is no deadLetter topic: the partition is held at this record, never dropping it, until it can be processed");
+                                    report_held(config, message.topic(), rec.partition, true);
+                                }
                                 hold(
                                     config,
                                     &consumer,
@@ -521,6 +544,17 @@ fn read_internal_headers(message: &impl Message) -> (Option<Upstream>, Option<Up
 
 /// Pauses a partition and moves its position back to `offset`, so the record there is read again
 /// once the partition is resumed (records already fetched after it are dropped by librdkafka).
+/// Reports a partition held at a record (no dead-letter topic to set it aside) as paused, or
+/// consuming again: `/readyz`, `pipeline_partition_paused` and the operator's `PartitionsPaused`.
+fn report_held(config: &SlotConfig, topic: &str, partition: i32, held: bool) {
+    config.watch.set_paused(topic, partition, held);
+    config
+        .metrics
+        .paused
+        .get_or_create(&Metrics::partition_labels(&config.labels, topic, partition))
+        .set(i64::from(held));
+}
+
 fn hold(
     config: &SlotConfig,
     consumer: &BaseConsumer<SlotContext>,

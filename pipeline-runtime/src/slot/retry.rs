@@ -1,7 +1,8 @@
 //! Records whose processing failed for a reason that may pass (the Schema Registry unreachable):
 //! their partition is paused and read again from that record after a backoff, while the slot goes
 //! on polling (so the group keeps it) and processing its other partitions. Retries are bounded:
-//! past [`GIVE_UP_AFTER`] the record goes to the dead-letter topic.
+//! past [`GIVE_UP_AFTER`] the record goes to the dead-letter topic. A pipeline without one never
+//! drops the record: its partition stays held (paused, reported) until the record passes.
 
 use std::{
     collections::HashMap,
@@ -25,6 +26,8 @@ struct Waiting {
     backoff: Duration,
     /// `Some` while the partition is paused: when to resume it.
     resume_at: Option<Instant>,
+    /// Past [`GIVE_UP_AFTER`] with nowhere to set the record aside: reported as paused.
+    held: bool,
 }
 
 /// What to do with a record that just failed for a transient reason.
@@ -32,6 +35,15 @@ struct Waiting {
 pub enum Verdict {
     /// Pause the partition and read it again from the record after this long.
     Retry(Duration),
+    /// It has failed past [`GIVE_UP_AFTER`] and there is no dead-letter topic: the partition
+    /// stays held (paused and reported, never dropping the record) and tries again after this
+    /// long. `first` on the first such verdict of the record.
+    Hold {
+        /// The wait before the next try.
+        wait: Duration,
+        /// Whether the partition was not held before.
+        first: bool,
+    },
     /// Dead-letter it: it failed `attempts` times over this long.
     GiveUp {
         /// Tries so far.
@@ -42,12 +54,30 @@ pub enum Verdict {
 }
 
 /// The partitions of a slot that wait on a transient failure.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Retries {
     waiting: HashMap<(TopicIndex, i32), Waiting>,
+    /// How long a record is tried before it is dead-lettered; `None` = never (no dead-letter
+    /// topic: the partition is held instead).
+    give_up_after: Option<Duration>,
+}
+
+impl Default for Retries {
+    fn default() -> Self {
+        Self::new(Some(GIVE_UP_AFTER))
+    }
 }
 
 impl Retries {
+    /// Retries that dead-letter a record after `give_up_after`, or hold its partition for good
+    /// when `None`.
+    pub fn new(give_up_after: Option<Duration>) -> Self {
+        Self {
+            waiting: HashMap::new(),
+            give_up_after,
+        }
+    }
+
     /// Whether any partition waits (one check per batch while none does).
     pub fn is_empty(&self) -> bool {
         self.waiting.is_empty()
@@ -78,6 +108,7 @@ impl Retries {
                 since: now,
                 backoff: FIRST_BACKOFF,
                 resume_at: None,
+                held: false,
             });
         if w.offset != offset {
             // Another record of the partition (the last one passed): a new count.
@@ -87,30 +118,46 @@ impl Retries {
                 since: now,
                 backoff: FIRST_BACKOFF,
                 resume_at: None,
+                held: w.held,
             };
         }
         w.attempts += 1;
         let waited = now - w.since;
-        if waited >= GIVE_UP_AFTER {
-            let attempts = w.attempts;
-            self.waiting.remove(&(topic, partition));
-            return Verdict::GiveUp { attempts, waited };
-        }
         let wait = w.backoff;
+        match self.give_up_after {
+            Some(limit) if waited >= limit => {
+                let attempts = w.attempts;
+                self.waiting.remove(&(topic, partition));
+                return Verdict::GiveUp { attempts, waited };
+            }
+            None if waited >= GIVE_UP_AFTER => {
+                let first = !w.held;
+                w.held = true;
+                w.backoff = (w.backoff * 2).min(MAX_BACKOFF);
+                w.resume_at = Some(now + wait);
+                return Verdict::Hold { wait, first };
+            }
+            _ => {}
+        }
         w.backoff = (w.backoff * 2).min(MAX_BACKOFF);
         w.resume_at = Some(now + wait);
         Verdict::Retry(wait)
     }
 
-    /// A record of this partition was processed: its wait, if any, is over.
-    pub fn passed(&mut self, topic: TopicIndex, partition: i32, offset: i64) {
+    /// A record of this partition was processed: its wait, if any, is over. True when the
+    /// partition had been held (it is reported as consuming again).
+    pub fn passed(&mut self, topic: TopicIndex, partition: i32, offset: i64) -> bool {
         if self
             .waiting
             .get(&(topic, partition))
             .is_some_and(|w| w.offset <= offset)
         {
-            self.waiting.remove(&(topic, partition));
+            return self
+                .waiting
+                .remove(&(topic, partition))
+                .is_some_and(|w| w.held);
         }
+        false
     }
 
     /// Paused partitions whose backoff ended by `now`: resume them (they stay listed until their
@@ -162,6 +209,27 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn without_a_dead_letter_topic_a_failing_record_holds_its_partition_and_is_never_given_up() {
+        let mut r = Retries::new(None);
+        let t0 = Instant::now();
+        assert_eq!(r.failed(0, 1, 50, t0), Verdict::Retry(FIRST_BACKOFF));
+        assert!(matches!(
+            r.failed(0, 1, 50, t0 + GIVE_UP_AFTER),
+            Verdict::Hold { first: true, .. }
+        ));
+        for hours in 1..48 {
+            let verdict = r.failed(0, 1, 50, t0 + Duration::from_secs(3600 * hours));
+            assert!(
+                matches!(verdict, Verdict::Hold { first: false, wait } if wait <= MAX_BACKOFF),
+                "after {hours} h: {verdict:?}"
+            );
+        }
+        assert!(r.is_paused(0, 1));
+        assert!(r.passed(0, 1, 50), "the hold ends when the record passes");
         assert!(r.is_empty());
     }
 
