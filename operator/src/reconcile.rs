@@ -126,15 +126,30 @@ pub async fn reconcile_pipeline(
     let partitions = tokio::task::spawn_blocking(move || source.partitions(&access))
         .await
         .map_err(|e| ReconcileError::Lookup(e.to_string()))?;
-    let partitions = match partitions {
-        Ok(p) => p,
-        Err(error) => {
+    let known = pd
+        .status
+        .as_ref()
+        .and_then(|s| s.partitions)
+        .filter(|p| *p > 0);
+    let (partitions, kafka_error) = match (partitions, known) {
+        (Ok(p), _) => (p, None),
+        (Err(error), Some(known)) => {
+            // What needs no new partition count (suspend, image, env, resources within the
+            // current sizing) is applied through a broker outage.
+            warn!(%name, %namespace, %error, partitions = known, "source partitions unknown; applying with the last known count");
+            (known, Some(error))
+        }
+        (Err(error), None) => {
             warn!(%name, %namespace, %error, "source partitions unknown");
             let status = report(backend, pd, &Outcome::KafkaUnreachable(error)).await?;
             return Ok(reconciled(retry, "kafka_unreachable", status));
         }
     };
-    let autoscaler = autoscale_once(&inputs, pd, partitions).await;
+    let autoscaler = match kafka_error {
+        // The last decision holds: no evaluation without Kafka.
+        Some(_) => pd.status.as_ref().and_then(|s| s.autoscaler.clone()),
+        None => autoscale_once(&inputs, pd, partitions).await,
+    };
     let decision = autoscale::decided(&pd.spec, autoscaler.as_ref());
     let sizing = size(&pd.spec, partitions, decision)?;
     let desired = desired(pd, &sizing)?;
@@ -163,6 +178,14 @@ pub async fn reconcile_pipeline(
         ready_replicas: applied.ready_pods,
         autoscaler: autoscaler.map(Box::new),
     };
+    if let Some(error) = kafka_error {
+        let outcome = Outcome::AppliedWithoutKafka {
+            error,
+            applied: Box::new(outcome),
+        };
+        let status = report(backend, pd, &outcome).await?;
+        return Ok(reconciled(retry, "kafka_unreachable", status));
+    }
     let status = report(backend, pd, &outcome).await?;
     Ok(reconciled(Some(requeue), "applied", status))
 }

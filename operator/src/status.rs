@@ -36,6 +36,15 @@ pub enum Outcome {
     CredentialsUnavailable(String),
     /// A child's name is taken by an object the pipeline does not own (left alone).
     NameConflict(String),
+    /// Kafka could not be reached, so the children were applied with the last known partition
+    /// count and the autoscaler's last decision (a suspend, an image or env fix goes through a
+    /// broker outage); `applied` says what was applied.
+    AppliedWithoutKafka {
+        /// Why the partitions could not be read.
+        error: String,
+        /// What was applied ([`Outcome::Applied`]).
+        applied: Box<Outcome>,
+    },
     /// The children were applied.
     Applied {
         /// The sizing applied.
@@ -106,6 +115,9 @@ pub fn status(pd: &PipelineDeployment, outcome: &Outcome, now: &Time) -> Pipelin
         ..before.clone()
     };
     match outcome {
+        Outcome::AppliedWithoutKafka { error, applied } => {
+            return applied_without_kafka(pd, error, applied, now);
+        }
         Outcome::Invalid(problems) => {
             let message = problems
                 .iter()
@@ -282,6 +294,46 @@ pub fn status(pd: &PipelineDeployment, outcome: &Outcome, now: &Time) -> Pipelin
             ];
         }
     }
+    s
+}
+
+/// The status of an apply with the last known partition count: as [`Outcome::Applied`], but
+/// `Ready=False` and `Degraded=True` with reason `KafkaUnreachable`.
+fn applied_without_kafka(
+    pd: &PipelineDeployment,
+    error: &str,
+    applied: &Outcome,
+    now: &Time,
+) -> PipelineDeploymentStatus {
+    let mut s = status(pd, applied, now);
+    let before = pd.status.clone().unwrap_or_default();
+    let message = format!(
+        "cannot read the source topic's partitions: {error}; applied with the last known count ({})",
+        s.partitions.unwrap_or_default()
+    );
+    let replaced = |type_: &str, status: bool, message: String| {
+        condition(
+            &before.conditions,
+            type_,
+            status,
+            KAFKA_UNREACHABLE,
+            message,
+            pd.metadata.generation,
+            now,
+        )
+    };
+    for c in &mut s.conditions {
+        match c.type_.as_str() {
+            "Ready" => *c = replaced("Ready", false, message.clone()),
+            "Degraded" => *c = replaced("Degraded", true, message.clone()),
+            _ => {}
+        }
+    }
+    s.phase = Some(if pd.spec.suspend {
+        Phase::Suspended
+    } else {
+        Phase::Degraded
+    });
     s
 }
 

@@ -597,6 +597,54 @@ async fn unreachable_kafka_is_a_condition_an_event_and_a_retry_not_a_crash() {
 }
 
 #[tokio::test]
+async fn a_suspend_or_an_image_fix_is_applied_through_a_broker_outage_with_the_last_known_partitions()
+ {
+    let (_, first, _) = Scenario::new(pipeline("  parallelism: 6\n"))
+        .partitions(Ok(12))
+        .run()
+        .await;
+    let running = after(pipeline("  parallelism: 6\n  image: img:2\n"), &first);
+    let (action, calls, _) = Scenario::new(running)
+        .partitions(Err("broker k:9092 unreachable".into()))
+        .run()
+        .await;
+    assert_eq!(action, Ok(Action::requeue(Duration::from_secs(30))));
+    let sts = by_path(&calls, Method::PATCH, &format!("{STS}/p"));
+    assert_eq!(
+        sts["spec"]["template"]["spec"]["containers"][0]["image"],
+        "img:2"
+    );
+    assert_eq!(scale_json(&calls), r#"{"parallelism":6,"replicas":2}"#);
+    let status = &by_path(&calls, Method::PATCH, STATUS_PATH)["status"];
+    let ready = condition(status, "Ready");
+    assert_eq!(
+        (ready["status"].as_str(), ready["reason"].as_str()),
+        (Some("False"), Some("KafkaUnreachable"))
+    );
+    assert!(
+        ready["message"]
+            .as_str()
+            .unwrap()
+            .contains("broker k:9092 unreachable; applied with the last known count (12)"),
+        "{ready}"
+    );
+    assert_eq!(status["partitions"], 12);
+    assert_eq!(events(&calls)[0].1, "KafkaUnreachable");
+
+    let suspended = after(pipeline("  parallelism: 6\n  suspend: true\n"), &first);
+    let (_, calls, _) = Scenario::new(suspended)
+        .partitions(Err("broker k:9092 unreachable".into()))
+        .run()
+        .await;
+    let sts = by_path(&calls, Method::PATCH, &format!("{STS}/p"));
+    assert_eq!(sts["spec"]["replicas"], 0, "suspended during the outage");
+    assert_eq!(
+        by_path(&calls, Method::PATCH, STATUS_PATH)["status"]["phase"],
+        "Suspended"
+    );
+}
+
+#[tokio::test]
 async fn sasl_credentials_are_read_from_a_secret_marked_for_pipelines_for_the_partition_lookup() {
     let sasl = "  kafka: {bootstrapServers: 'k:9096', securityProtocol: SASL_SSL, sasl: {mechanism: SCRAM-SHA-512, credentialsSecret: {name: kafka-user, passwordKey: pw}}}\n";
     let mut pd = pipeline("");
