@@ -130,9 +130,18 @@ pub struct ClickHouseSink {
     #[serde(default = "default_batch_rows")]
     #[schemars(range(min = 1, max = 1000000))]
     pub batch_rows: i32,
+    /// Bytes per insert: a batch is also inserted once its JSON reaches this size (a single
+    /// larger row is inserted alone). Defaults to 8388608 (8 MiB).
+    #[serde(default = "default_clickhouse_batch_bytes")]
+    #[schemars(range(min = 1024, max = 268435456))]
+    pub batch_bytes: i64,
     /// Longest time a row waits in a batch before it is inserted. Defaults to `1s`.
     #[serde(default = "default_batch_interval")]
     pub batch_interval: Duration,
+}
+
+fn default_clickhouse_batch_bytes() -> i64 {
+    8 << 20
 }
 
 fn default_batch_rows() -> i32 {

@@ -192,7 +192,13 @@ pub struct ClickHouseRows {
     rows: usize,
     oldest: Option<Instant>,
     batch_rows: usize,
+    /// Bytes of JSON at which a batch is inserted.
+    batch_bytes: usize,
     batch_interval: Duration,
+    /// Whether the server takes `insert_deduplication_token` (22.2 and later): each batch then
+    /// carries its SHA-256, so a retried or replayed batch is stored once in tables that
+    /// deduplicate inserts.
+    deduplication_tokens: bool,
     metrics: Arc<Metrics>,
     labels: SlotLabels,
 }
@@ -231,7 +237,9 @@ impl ClickHouseRows {
             rows: 0,
             oldest: None,
             batch_rows: usize::try_from(sink.batch_rows).unwrap_or(1).max(1),
+            batch_bytes: usize::try_from(sink.batch_bytes).unwrap_or(usize::MAX),
             batch_interval: sink.batch_interval.get(),
+            deduplication_tokens: false,
             metrics,
             labels,
         };
@@ -240,7 +248,21 @@ impl ClickHouseRows {
         } else {
             rows.records = Some(rows.prepare_records(sink)?);
         }
+        rows.deduplication_tokens = rows.takes_deduplication_tokens();
         Ok(rows)
+    }
+
+    /// Whether the server's version (`SELECT version()`) is 22.2 or later, where inserts take
+    /// `insert_deduplication_token`; false when it cannot be told.
+    fn takes_deduplication_tokens(&self) -> bool {
+        let Ok(version) = self.query("SELECT version()", "") else {
+            return false;
+        };
+        let mut parts = version.trim().split('.').map(str::parse::<u32>);
+        match (parts.next(), parts.next()) {
+            (Some(Ok(major)), Some(Ok(minor))) => (major, minor) >= (22, 2),
+            _ => false,
+        }
     }
 
     /// Reads the table a stateless pipeline writes (it must exist: its columns are the user's).
@@ -329,7 +351,20 @@ impl ClickHouseRows {
 
     /// Runs one statement with `body`; the answer's text, or why it failed.
     fn query(&self, statement: &str, body: &str) -> Result<String, SinkError> {
+        self.query_with(statement, body, None)
+    }
+
+    /// [`Self::query`] with an `insert_deduplication_token`.
+    fn query_with(
+        &self,
+        statement: &str,
+        body: &str,
+        token: Option<&str>,
+    ) -> Result<String, SinkError> {
         let mut request = self.agent.post(&self.url).query("query", statement);
+        if let Some(token) = token {
+            request = request.query("insert_deduplication_token", token);
+        }
         if let Some(auth) = &self.authorization {
             request = request.header("Authorization", auth);
         }
@@ -357,10 +392,19 @@ impl ClickHouseRows {
         let started = Instant::now();
         let body = std::str::from_utf8(&self.batch).expect("JSON is UTF-8");
         let statement = format!("INSERT INTO {} FORMAT JSONEachRow", self.table);
+        // The same bytes on every retry, so the same token.
+        let token = self.deduplication_tokens.then(|| {
+            use sha2::Digest;
+            let digest = sha2::Sha256::digest(self.batch.as_slice());
+            digest
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        });
         let mut wait = Duration::from_millis(200);
         let result = loop {
             let attempt = Instant::now();
-            match self.query(&statement, body) {
+            match self.query_with(&statement, body, token.as_deref()) {
                 Ok(_) => {
                     self.metrics
                         .sink_insert_duration
@@ -455,7 +499,10 @@ impl RowSink for ClickHouseRows {
         self.batch.push(b'\n');
         self.rows += 1;
         let oldest = *self.oldest.get_or_insert_with(Instant::now);
-        if self.rows >= self.batch_rows || oldest.elapsed() >= self.batch_interval {
+        if self.rows >= self.batch_rows
+            || self.batch.len() >= self.batch_bytes
+            || oldest.elapsed() >= self.batch_interval
+        {
             self.insert(blocked, stop)?;
         }
         Ok(Sent::Accepted)
@@ -528,6 +575,8 @@ mod tests {
     struct Endpoint {
         url: String,
         seen: Arc<std::sync::Mutex<Vec<(String, String)>>>,
+        /// The request target (path and query) of each request.
+        targets: Arc<std::sync::Mutex<Vec<String>>>,
     }
 
     impl Endpoint {
@@ -537,6 +586,8 @@ mod tests {
             let url = format!("http://{}", listener.local_addr().unwrap());
             let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
             let log = Arc::clone(&seen);
+            let targets = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let target_log = Arc::clone(&targets);
             std::thread::spawn(move || {
                 for stream in listener.incoming() {
                     let Ok(mut stream) = stream else { return };
@@ -559,6 +610,7 @@ mod tests {
                     let mut body = vec![0; length];
                     reader.read_exact(&mut body).unwrap();
                     let target = request_line.split(' ').nth(1).unwrap_or_default();
+                    target_log.lock().unwrap().push(target.to_owned());
                     let query = target.split_once("query=").map_or("", |(_, q)| q);
                     let statement = percent_decoded(query.split('&').next().unwrap_or(""));
                     let (status, text) = answer(&statement);
@@ -572,7 +624,23 @@ mod tests {
                     );
                 }
             });
-            Self { url, seen }
+            Self { url, seen, targets }
+        }
+
+        /// The `insert_deduplication_token` of each INSERT (empty without one).
+        fn tokens(&self) -> Vec<String> {
+            self.targets
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|t| t.contains("INSERT"))
+                .map(|t| {
+                    t.split('&')
+                        .find_map(|p| p.strip_prefix("insert_deduplication_token="))
+                        .unwrap_or_default()
+                        .to_owned()
+                })
+                .collect()
         }
 
         fn inserts(&self) -> Vec<String> {
@@ -791,6 +859,57 @@ mod tests {
         let labels = SlotLabels::default();
         assert_eq!(metrics.sink_insert_failures.get_or_create(&labels).get(), 2);
         assert_eq!(metrics.sink_rows.get_or_create(&labels).get(), 1);
+    }
+
+    #[test]
+    fn a_batch_is_also_inserted_by_size_and_a_newer_server_gets_one_token_per_batch_on_every_retry()
+    {
+        let failures = std::sync::atomic::AtomicU32::new(0);
+        let endpoint = Endpoint::start(move |statement| match statement {
+            s if s.starts_with("EXISTS") => (200, "0\n"),
+            "SELECT version()" => (200, "23.8.2.7\n"),
+            s if s.starts_with("INSERT")
+                && failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < 1 =>
+            {
+                (503, "Code: 252, Too many parts")
+            }
+            _ => (200, ""),
+        });
+        let mut rows = rows_to(
+            &endpoint,
+            "batchRows: 1000, batchBytes: 1024, batchInterval: 1h",
+            Arc::new(Metrics::new()),
+        );
+        let (mut blocked, stop) = (Duration::ZERO, || false);
+        let mut sent = 0;
+        while endpoint.inserts().is_empty() {
+            rows.send(window(&format!("user-{sent}"), 1), &mut blocked, &stop)
+                .unwrap();
+            sent += 1;
+            assert!(sent < 100, "batchBytes never reached");
+        }
+        let inserts = endpoint.inserts();
+        assert_eq!(inserts.len(), 2, "refused once, then accepted");
+        assert!(
+            inserts[0].len() >= 1024 && inserts[0].len() < 1024 + 200,
+            "{}",
+            inserts[0].len()
+        );
+        assert_eq!(inserts[0], inserts[1], "a retried batch is byte-identical");
+        let tokens = endpoint.tokens();
+        assert_eq!(tokens.len(), 2);
+        assert_eq!(tokens[0].len(), 64, "SHA-256 in hex: {tokens:?}");
+        assert_eq!(tokens[0], tokens[1], "and carries the same token");
+
+        // 18.16 (what Debian ships) does not take the setting: no token is sent.
+        let old = Endpoint::start(|statement| match statement {
+            s if s.starts_with("EXISTS") => (200, "0\n"),
+            "SELECT version()" => (200, "18.16.1\n"),
+            _ => (200, ""),
+        });
+        let mut rows = rows_to(&old, "batchRows: 1", Arc::new(Metrics::new()));
+        rows.send(window("a", 1), &mut blocked, &stop).unwrap();
+        assert_eq!(old.tokens(), [String::new()]);
     }
 
     #[test]
