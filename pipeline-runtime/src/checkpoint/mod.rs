@@ -64,6 +64,16 @@ pub struct Written {
     pub bytes: usize,
 }
 
+/// Which snapshots a restore may use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RestoreFrom {
+    /// The newest readable one at or before the committed offset (at-least-once: an older one
+    /// replays more records, whose outputs are re-sent).
+    NewestReadable,
+    /// Only the one at the committed offset (exactly-once).
+    CommittedOffsetOnly,
+}
+
 /// Writes, finds and prunes the snapshots of one pipeline's partitions.
 #[derive(Debug)]
 pub struct Checkpointer {
@@ -105,17 +115,24 @@ impl Checkpointer {
     }
 
     /// The state to resume a partition whose committed offset is `committed`: the newest
-    /// readable snapshot at or before it. Unreadable newer candidates are skipped and reported.
+    /// readable snapshot at or before it, unreadable newer candidates skipped and reported. With
+    /// [`RestoreFrom::CommittedOffsetOnly`] only the snapshot at `committed` will do: under
+    /// exactly-once an older one would replay records whose outputs an earlier transaction
+    /// already committed.
     pub fn restore(
         &self,
         topic: &str,
         partition: i32,
         committed: i64,
+        from: RestoreFrom,
     ) -> Result<Restored, CheckpointError> {
         let mut skipped = Vec::new();
         for file in self.store.list(topic, partition)? {
             if file.offset > committed {
                 continue; // written, never committed: a crash before the commit
+            }
+            if from == RestoreFrom::CommittedOffsetOnly && file.offset < committed {
+                break;
             }
             let bytes = self.store.get(&file)?;
             match snapshot::decode(&bytes, self.fingerprint) {
@@ -201,7 +218,9 @@ mod tests {
             c.write("in", 0, &snapshot(offset), 1_000 + offset).unwrap();
         }
         // Crash after writing 300 but before committing it: the group says 200.
-        let restored = c.restore("in", 0, 200).unwrap();
+        let restored = c
+            .restore("in", 0, 200, RestoreFrom::NewestReadable)
+            .unwrap();
         assert_eq!(restored.snapshot.next_offset, 200);
         assert!(restored.skipped.is_empty());
         std::fs::remove_dir_all(&dir).unwrap();
@@ -218,7 +237,9 @@ mod tests {
         let last = bytes.len() - 1;
         bytes[last] ^= 1;
         std::fs::write(&on_disk, bytes).unwrap();
-        let restored = c.restore("in", 0, 200).unwrap();
+        let restored = c
+            .restore("in", 0, 200, RestoreFrom::NewestReadable)
+            .unwrap();
         assert_eq!(restored.snapshot.next_offset, 100);
         assert_eq!(restored.skipped.len(), 1);
         assert_eq!(restored.skipped[0].0, newest.file.path);
@@ -227,16 +248,53 @@ mod tests {
     }
 
     #[test]
+    fn under_exactly_once_a_corrupt_snapshot_at_the_committed_offset_is_an_error_not_a_fallback() {
+        let dir = temp("corrupt-eos");
+        let c = checkpointer(&dir, 3);
+        c.write("in", 0, &snapshot(100), 1).unwrap();
+        let newest = c.write("in", 0, &snapshot(200), 2).unwrap();
+        let exact = c
+            .restore("in", 0, 200, RestoreFrom::CommittedOffsetOnly)
+            .unwrap();
+        assert_eq!(exact.snapshot.next_offset, 200);
+        let on_disk = dir.join(newest.file.path.as_str());
+        let mut bytes = std::fs::read(&on_disk).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&on_disk, bytes).unwrap();
+        let err = c
+            .restore("in", 0, 200, RestoreFrom::CommittedOffsetOnly)
+            .unwrap_err();
+        assert!(
+            matches!(&err, CheckpointError::Unreadable { path, source: SnapshotError::Checksum } if *path == newest.file.path),
+            "{err}"
+        );
+        // No snapshot at the committed offset at all: missing, though an older one exists.
+        let err = c
+            .restore("in", 0, 150, RestoreFrom::CommittedOffsetOnly)
+            .unwrap_err();
+        assert!(
+            matches!(err, CheckpointError::Missing { offset: 150, .. }),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn a_missing_or_unreadable_snapshot_is_an_error_naming_where_it_was_looked_for() {
         let dir = temp("missing");
         let c = checkpointer(&dir, 3);
-        let err = c.restore("in", 5, 77).unwrap_err();
+        let err = c
+            .restore("in", 5, 77, RestoreFrom::NewestReadable)
+            .unwrap_err();
         let text = err.to_string();
         assert!(matches!(err, CheckpointError::Missing { offset: 77, .. }));
         assert!(text.contains("/g/in/5"), "{text}");
         let only = c.write("in", 5, &snapshot(50), 1).unwrap();
         std::fs::write(dir.join(only.file.path.as_str()), b"garbage").unwrap();
-        let err = c.restore("in", 5, 77).unwrap_err();
+        let err = c
+            .restore("in", 5, 77, RestoreFrom::NewestReadable)
+            .unwrap_err();
         assert!(
             matches!(&err, CheckpointError::Unreadable { path, source: SnapshotError::NotASnapshot } if *path == only.file.path),
             "{err}"

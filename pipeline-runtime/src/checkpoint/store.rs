@@ -29,6 +29,14 @@ pub enum StoreError {
     /// The storage settings cannot be used.
     #[error("checkpoint storage: {0}")]
     Config(String),
+    /// A written snapshot could not be made durable (fsync of a local or mounted directory).
+    #[error("checkpoint storage sync {path}: {source}")]
+    Sync {
+        /// The file or directory.
+        path: String,
+        /// The error.
+        source: std::io::Error,
+    },
     /// An object-store operation failed.
     #[error("checkpoint storage {op} {path}: {source}")]
     Io {
@@ -78,9 +86,40 @@ impl SnapshotFile {
     }
 }
 
+/// Makes a snapshot written to a local or mounted directory durable before its offset is
+/// committed: the file's contents, then the directory entry its rename created. (S3 is durable
+/// when a put returns.) A seam so tests can see the syncs.
+pub trait Durability: Send + Sync {
+    /// Flushes a file's contents to the disk.
+    fn sync_file(&self, path: &std::path::Path) -> std::io::Result<()>;
+    /// Flushes a directory's entries to the disk.
+    fn sync_dir(&self, path: &std::path::Path) -> std::io::Result<()>;
+}
+
+/// `fsync` through the file system.
+pub struct Fsync;
+
+impl Durability for Fsync {
+    fn sync_file(&self, path: &std::path::Path) -> std::io::Result<()> {
+        std::fs::File::open(path)?.sync_all()
+    }
+
+    fn sync_dir(&self, path: &std::path::Path) -> std::io::Result<()> {
+        std::fs::File::open(path)?.sync_all()
+    }
+}
+
+/// A local directory's store, to map paths to files, and how its snapshots are made durable.
+struct LocalFiles {
+    files: Arc<LocalFileSystem>,
+    durability: Arc<dyn Durability>,
+}
+
 /// A pipeline's snapshot store.
 pub struct CheckpointStore {
     store: Arc<dyn ObjectStore>,
+    /// Set for a local or mounted directory: each put is synced.
+    local: Option<LocalFiles>,
     root: Path,
     /// Shown in errors: where the root is.
     location: String,
@@ -107,26 +146,47 @@ impl CheckpointStore {
         group: &str,
         writer: &str,
     ) -> Result<Self, StoreError> {
+        Self::with_durability(storage, default_prefix, group, writer, Arc::new(Fsync))
+    }
+
+    /// [`Self::new`] whose local snapshots are made durable by `durability`.
+    pub fn with_durability(
+        storage: &CheckpointStorage,
+        default_prefix: &str,
+        group: &str,
+        writer: &str,
+        durability: Arc<dyn Durability>,
+    ) -> Result<Self, StoreError> {
         let io = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| StoreError::Config(format!("cannot start I/O runtime: {e}")))?;
-        let (store, prefix, location): (Arc<dyn ObjectStore>, String, String) =
-            match (&storage.s3, &storage.volume, &storage.local) {
-                (Some(s3), _, _) => {
-                    let prefix = s3.prefix.clone().unwrap_or_else(|| default_prefix.into());
-                    let location = format!("s3://{}/{prefix}", s3.bucket);
-                    (Arc::new(s3_store(s3)?), prefix, location)
-                }
-                (None, Some(_), _) => local_store(paths::CHECKPOINT_VOLUME_DIR)?,
-                (None, None, Some(local)) => local_store(&local.path)?,
-                (None, None, None) => {
-                    return Err(StoreError::Config("no storage configured".into()));
-                }
+        let local_files = |(files, location): (Arc<LocalFileSystem>, String)| {
+            let store: Arc<dyn ObjectStore> = files.clone();
+            let local = LocalFiles {
+                files,
+                durability: durability.clone(),
             };
+            (store, Some(local), String::new(), location)
+        };
+        let (store, local, prefix, location) = match (&storage.s3, &storage.volume, &storage.local)
+        {
+            (Some(s3), _, _) => {
+                let prefix = s3.prefix.clone().unwrap_or_else(|| default_prefix.into());
+                let location = format!("s3://{}/{prefix}", s3.bucket);
+                let store: Arc<dyn ObjectStore> = Arc::new(s3_store(s3)?);
+                (store, None, prefix, location)
+            }
+            (None, Some(_), _) => local_files(local_store(paths::CHECKPOINT_VOLUME_DIR)?),
+            (None, None, Some(local)) => local_files(local_store(&local.path)?),
+            (None, None, None) => {
+                return Err(StoreError::Config("no storage configured".into()));
+            }
+        };
         let root = Path::from(prefix.as_str()).join(group);
         Ok(Self {
             store,
+            local,
             location: format!("{location}/{group}"),
             root,
             writer: writer.replace('/', "_"),
@@ -167,6 +227,7 @@ impl CheckpointStore {
                 path: path.to_string(),
                 source,
             })?;
+        self.make_durable(&path)?;
         Ok(SnapshotFile {
             offset,
             written_ms,
@@ -174,6 +235,34 @@ impl CheckpointStore {
             path: path.to_string(),
             location: path,
         })
+    }
+
+    /// Syncs a snapshot just written to a local directory, and its directory, so a power loss
+    /// after the offset commit cannot lose it.
+    fn make_durable(&self, path: &Path) -> Result<(), StoreError> {
+        let Some(local) = &self.local else {
+            return Ok(());
+        };
+        let file = local
+            .files
+            .path_to_filesystem(path)
+            .map_err(|source| StoreError::Io {
+                op: "sync",
+                path: path.to_string(),
+                source,
+            })?;
+        let sync_error = |path: &std::path::Path| {
+            let path = path.display().to_string();
+            move |source| StoreError::Sync { path, source }
+        };
+        local
+            .durability
+            .sync_file(&file)
+            .map_err(sync_error(&file))?;
+        if let Some(dir) = file.parent() {
+            local.durability.sync_dir(dir).map_err(sync_error(dir))?;
+        }
+        Ok(())
     }
 
     /// Every snapshot of `(topic, partition)`, newest (highest offset, then latest write) first.
@@ -223,14 +312,15 @@ impl CheckpointStore {
     }
 }
 
-fn local_store(dir: &str) -> Result<(Arc<dyn ObjectStore>, String, String), StoreError> {
+/// The store of a local directory and its location for messages.
+fn local_store(dir: &str) -> Result<(Arc<LocalFileSystem>, String), StoreError> {
     std::fs::create_dir_all(dir)
         .map_err(|e| StoreError::Config(format!("cannot create directory {dir}: {e}")))?;
     let store = LocalFileSystem::new_with_prefix(dir)
         .map_err(|e| StoreError::Config(format!("directory {dir}: {e}")))?;
     let absolute =
         std::fs::canonicalize(dir).map_or_else(|_| dir.to_owned(), |p| p.display().to_string());
-    Ok((Arc::new(store), String::new(), format!("file://{absolute}")))
+    Ok((Arc::new(store), format!("file://{absolute}")))
 }
 
 fn s3_store(s3: &S3Storage) -> Result<impl ObjectStore, StoreError> {
@@ -277,6 +367,57 @@ mod tests {
     fn local(dir: &std::path::Path) -> CheckpointStorage {
         serde_json::from_value(serde_json::json!({"local": {"path": dir.to_str().unwrap()}}))
             .unwrap()
+    }
+
+    /// Records the syncs instead of making them.
+    #[derive(Default)]
+    struct RecordedSyncs(std::sync::Mutex<Vec<String>>);
+
+    impl Durability for RecordedSyncs {
+        fn sync_file(&self, path: &std::path::Path) -> std::io::Result<()> {
+            assert!(path.is_file(), "synced after it was written: {path:?}");
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("file {}", path.display()));
+            Ok(())
+        }
+
+        fn sync_dir(&self, path: &std::path::Path) -> std::io::Result<()> {
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("dir {}", path.display()));
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_snapshot_in_a_local_directory_is_synced_with_its_directory_before_put_returns() {
+        let dir = std::env::temp_dir().join(format!("sluice-sync-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let syncs = Arc::new(RecordedSyncs::default());
+        let store = CheckpointStore::with_durability(&local(&dir), "ns/p", "g", "w", syncs.clone())
+            .unwrap();
+        let file = store.put("in", 3, 100, 1_000, b"state".to_vec()).unwrap();
+        let written = store
+            .local
+            .as_ref()
+            .unwrap()
+            .files
+            .path_to_filesystem(&file.location)
+            .unwrap();
+        assert_eq!(
+            *syncs.0.lock().unwrap(),
+            [
+                format!("file {}", written.display()),
+                format!("dir {}", written.parent().unwrap().display())
+            ]
+        );
+        // The real syncs run too.
+        let real = CheckpointStore::new(&local(&dir), "ns/p", "g", "w2").unwrap();
+        real.put("in", 3, 200, 2_000, b"state".to_vec()).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -22,7 +22,7 @@ use rdkafka::{
 use tracing::{debug, error, info, warn};
 
 use crate::{
-    checkpoint::{CheckpointError, Checkpointer, snapshot::SnapshotError},
+    checkpoint::{CheckpointError, Checkpointer, RestoreFrom, snapshot::SnapshotError},
     metrics::{Metrics, SlotLabels},
     plan::{Plan, TopicIndex},
     sink::Sink,
@@ -345,6 +345,14 @@ impl SlotContext {
         let reset = self.plan.checkpoint.as_ref().is_some_and(|c| {
             c.on_incompatible_state == pipeline_crds::checkpoint::IncompatibleStatePolicy::Reset
         });
+        // Exactly-once: only the snapshot at the committed offset; an older one would re-emit
+        // outputs an earlier transaction committed. Without it the partition is paused (or reset
+        // with `onIncompatibleState: reset`).
+        let from = if self.transactional {
+            RestoreFrom::CommittedOffsetOnly
+        } else {
+            RestoreFrom::NewestReadable
+        };
         let mut core = self.core.lock().unwrap_or_else(PoisonError::into_inner);
         for mut element in assigned.elements() {
             let (name, partition) = (element.topic().to_owned(), element.partition());
@@ -367,7 +375,7 @@ impl SlotContext {
                     .get_or_create(&Metrics::result_labels(&self.labels, reason))
                     .inc();
             };
-            match checkpointer.restore(&name, partition, offset) {
+            match checkpointer.restore(&name, partition, offset, from) {
                 Ok(restored) => {
                     for (path, error) in &restored.skipped {
                         failure("unreadable");
@@ -416,7 +424,9 @@ impl SlotContext {
                             source: SnapshotError::Fingerprint { .. },
                             ..
                         } => ("incompatible", true),
-                        _ => ("unreadable", false),
+                        // Under exactly-once an unreadable snapshot may be reset too: there
+                        // is no older one to fall back to.
+                        _ => ("unreadable", self.transactional),
                     };
                     failure(reason);
                     core.processor.release(topic, partition);
