@@ -452,10 +452,9 @@ mod tests {
         assert_eq!(d.decode(Some(b"hello")).unwrap()["value"], "hello");
     }
 
-    #[test]
-    fn registry_schemas_are_fetched_once_and_cached() {
-        // A one-shot HTTP registry on loopback: it answers the first request and then closes,
-        // so a second fetch would fail.
+    /// A one-shot HTTP registry on loopback: it answers the first request with `schema` and
+    /// then closes, so a second fetch would fail. Returns its URL and the request it saw.
+    fn one_shot_registry(schema: &'static str) -> (String, std::thread::JoinHandle<String>) {
         use std::io::{Read, Write};
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -464,7 +463,7 @@ mod tests {
             let mut buf = [0u8; 1024];
             let n = conn.read(&mut buf).unwrap();
             let request = String::from_utf8_lossy(&buf[..n]).to_string();
-            let body = serde_json::json!({ "schema": SCHEMA }).to_string();
+            let body = serde_json::json!({ "schema": schema }).to_string();
             write!(
                 conn,
                 "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
@@ -474,6 +473,12 @@ mod tests {
             .unwrap();
             request
         });
+        (url, server)
+    }
+
+    #[test]
+    fn registry_schemas_are_fetched_once_and_cached() {
+        let (url, server) = one_shot_registry(SCHEMA);
         let mut d = Decoder::new(&format(FormatKind::Avro, None), Some(&url)).unwrap();
         let mut wire = vec![0, 0, 0, 0, 42];
         wire.extend(avro_datum());
@@ -485,23 +490,8 @@ mod tests {
     #[test]
     fn a_recursive_registered_schema_with_a_datum_nested_too_deep_is_refused_not_a_stack_overflow()
     {
-        use std::io::{Read, Write};
         const NODE: &str = r#"{"type":"record","name":"Node","fields":[{"name":"v","type":"long"},{"name":"next","type":["null","Node"]}]}"#;
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let server = std::thread::spawn(move || {
-            let (mut conn, _) = listener.accept().unwrap();
-            let mut buf = [0u8; 1024];
-            let _ = conn.read(&mut buf).unwrap();
-            let body = serde_json::json!({ "schema": NODE }).to_string();
-            write!(
-                conn,
-                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
-                body.len(),
-                body
-            )
-            .unwrap();
-        });
+        let (url, server) = one_shot_registry(NODE);
         let mut d = Decoder::new(&format(FormatKind::Avro, None), Some(&url)).unwrap();
         // Node(v: 0, next: Node(...)) a million times: each level is two bytes.
         let mut wire = vec![0, 0, 0, 0, 9];
@@ -519,7 +509,7 @@ mod tests {
         let shallow = [0, 0, 0, 0, 9, 2, 2, 4, 0];
         let value = d.decode(Some(&shallow)).unwrap();
         assert_eq!(value["next"]["v"], 2, "{value}");
-        server.join().unwrap();
+        assert!(server.join().unwrap().starts_with("GET /schemas/ids/9 "));
     }
 
     /// A loopback registry answering each request with the next status of `statuses` (and an

@@ -367,43 +367,20 @@ pub fn run(config: &SlotConfig, stop: &Arc<AtomicBool>) -> Result<(), SlotError>
                         }
                     }
                     Err(e) => {
-                        match retries.failed(topic, rec.partition, rec.offset, processing_start) {
-                            Verdict::Retry(wait) => {
-                                warn!(slot = %config.labels.slot, topic = message.topic(), partition = rec.partition, offset = rec.offset, error = %e, ?wait, "transient failure: the partition is paused and read again from this record after the wait");
-                                hold(
-                                    config,
-                                    &consumer,
-                                    message.topic(),
-                                    rec.partition,
-                                    rec.offset,
-                                );
-                            }
-                            Verdict::Hold { wait, first } => {
-                                if first {
-                                    warn!(slot = %config.labels.slot, topic = message.topic(), partition = rec.partition, offset = rec.offset, error = %e, ?wait, "transient failure did not pass and there is no deadLetter topic: the partition is held at this record, never dropping it, until it can be processed");
-                                    report_held(config, message.topic(), rec.partition, true);
-                                }
-                                hold(
-                                    config,
-                                    &consumer,
-                                    message.topic(),
-                                    rec.partition,
-                                    rec.offset,
-                                );
-                            }
-                            Verdict::GiveUp { attempts, waited } => {
-                                warn!(slot = %config.labels.slot, topic = message.topic(), partition = rec.partition, offset = rec.offset, error = %e, attempts, "transient failure did not pass: dead-lettering the record");
-                                processor.dead_letter_unprocessed(
-                                    &rec,
-                                    FailedStage::Decode,
-                                    format!(
-                                        "{e} (gave up after {attempts} tries over {} s)",
-                                        waited.as_secs()
-                                    ),
-                                    emits,
-                                );
-                            }
-                        }
+                        let failed = Failed {
+                            topic: message.topic(),
+                            rec: &rec,
+                            error: &e,
+                            at: processing_start,
+                        };
+                        on_transient_failure(
+                            config,
+                            &consumer,
+                            &mut retries,
+                            processor,
+                            emits,
+                            failed,
+                        );
                     }
                 }
                 if let Some(cost) = config.simulated_record_cost {
@@ -544,6 +521,59 @@ fn read_internal_headers(message: &impl Message) -> (Option<Upstream>, Option<Up
 
 /// Pauses a partition and moves its position back to `offset`, so the record there is read again
 /// once the partition is resumed (records already fetched after it are dropped by librdkafka).
+/// A record whose processing failed for a reason that may pass.
+struct Failed<'a> {
+    topic: &'a str,
+    rec: &'a InRecord<'a>,
+    error: &'a crate::decode::DecodeError,
+    at: Instant,
+}
+
+/// A record failed for a reason that may pass: its partition is paused and read again from it
+/// after a backoff; past the retries the record is dead-lettered, or, without a dead-letter
+/// topic, its partition stays held (and is reported so) until the record passes.
+fn on_transient_failure(
+    config: &SlotConfig,
+    consumer: &BaseConsumer<SlotContext>,
+    retries: &mut Retries,
+    processor: &mut Processor,
+    emits: &mut Vec<Emit>,
+    failed: Failed<'_>,
+) {
+    let Failed {
+        topic,
+        rec,
+        error: e,
+        at,
+    } = failed;
+    let (slot, partition, offset) = (&config.labels.slot, rec.partition, rec.offset);
+    match retries.failed(rec.topic, partition, offset, at) {
+        Verdict::Retry(wait) => {
+            warn!(%slot, topic, partition, offset, error = %e, ?wait, "transient failure: the partition is paused and read again from this record after the wait");
+            hold(config, consumer, topic, partition, offset);
+        }
+        Verdict::Hold { wait, first } => {
+            if first {
+                warn!(%slot, topic, partition, offset, error = %e, ?wait, "transient failure did not pass and there is no deadLetter topic: the partition is held at this record, never dropping it, until it can be processed");
+                report_held(config, topic, partition, true);
+            }
+            hold(config, consumer, topic, partition, offset);
+        }
+        Verdict::GiveUp { attempts, waited } => {
+            warn!(%slot, topic, partition, offset, error = %e, attempts, "transient failure did not pass: dead-lettering the record");
+            processor.dead_letter_unprocessed(
+                rec,
+                FailedStage::Decode,
+                format!(
+                    "{e} (gave up after {attempts} tries over {} s)",
+                    waited.as_secs()
+                ),
+                emits,
+            );
+        }
+    }
+}
+
 /// Reports a partition held at a record (no dead-letter topic to set it aside) as paused, or
 /// consuming again: `/readyz`, `pipeline_partition_paused` and the operator's `PartitionsPaused`.
 fn report_held(config: &SlotConfig, topic: &str, partition: i32, held: bool) {
