@@ -25,6 +25,40 @@ pub enum NestingError {
     Malformed,
 }
 
+/// An Avro writer schema, with whether its datums need the nesting walk worked out once (not
+/// per record).
+#[derive(Debug)]
+pub struct WriterSchema {
+    schema: Schema,
+    references: bool,
+}
+
+impl WriterSchema {
+    /// `schema`, checked for references.
+    pub fn new(schema: Schema) -> Self {
+        let references = has_references(&schema);
+        Self { schema, references }
+    }
+
+    /// The schema.
+    pub fn schema(&self) -> &Schema {
+        &self.schema
+    }
+
+    /// Refuses `datum` when it nests deeper than [`MAX_AVRO_NESTING`]; only schemas with
+    /// references are walked. A datum that does not fit is left to apache-avro, which names what
+    /// is wrong.
+    pub fn check_nesting(&self, datum: &[u8]) -> Result<(), NestingError> {
+        if !self.references {
+            return Ok(());
+        }
+        match check_nesting(&self.schema, datum, MAX_AVRO_NESTING) {
+            Err(NestingError::Malformed) => Ok(()),
+            other => other,
+        }
+    }
+}
+
 /// Whether `schema` refers to a named type (only then can a datum nest deeper than the schema).
 pub fn has_references(schema: &Schema) -> bool {
     let mut pending = vec![schema];

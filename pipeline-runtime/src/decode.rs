@@ -4,6 +4,7 @@
 use apache_avro::Schema;
 use pipeline_crds::source::{FormatKind, SourceFormat};
 
+use crate::avro_nesting::WriterSchema;
 pub use crate::schema_registry::SchemaRegistry;
 use serde_json::Value;
 
@@ -72,7 +73,7 @@ pub enum Decoder {
     /// Raw bytes, exposed as `{"value": "<text>"}`.
     Raw,
     /// Plain Avro datums written with one known schema.
-    AvroInline(Box<Schema>),
+    AvroInline(Box<WriterSchema>),
     /// Confluent wire format: magic byte 0, 4-byte big-endian schema id, datum.
     AvroRegistry(SchemaRegistry),
 }
@@ -89,9 +90,9 @@ impl Decoder {
         Ok(match (format.kind, &format.schema) {
             (FormatKind::Json, _) => Self::Json,
             (FormatKind::Raw, _) => Self::Raw,
-            (FormatKind::Avro, Some(schema)) => Self::AvroInline(Box::new(
+            (FormatKind::Avro, Some(schema)) => Self::AvroInline(Box::new(WriterSchema::new(
                 Schema::parse_str(schema).map_err(|e| DecoderConfigError::Schema(e.to_string()))?,
-            )),
+            ))),
             (FormatKind::Avro, None) => Self::AvroRegistry(SchemaRegistry::new(
                 registry_url.ok_or(DecoderConfigError::NoRegistry)?,
             )),
@@ -221,18 +222,11 @@ pub fn decode_json(bytes: &[u8]) -> Result<Value, DecodeError> {
     }
 }
 
-fn decode_avro(schema: &Schema, mut datum: &[u8]) -> Result<Value, DecodeError> {
-    use crate::avro_nesting::{MAX_AVRO_NESTING, NestingError, check_nesting, has_references};
-    if has_references(schema) {
-        match check_nesting(schema, datum, MAX_AVRO_NESTING) {
-            Err(error @ NestingError::TooDeep(_)) => {
-                return Err(DecodeError::Avro(error.to_string()));
-            }
-            // apache-avro names what does not fit.
-            Err(NestingError::Malformed) | Ok(()) => {}
-        }
-    }
-    let value = apache_avro::from_avro_datum(schema, &mut datum, None)
+fn decode_avro(writer: &WriterSchema, mut datum: &[u8]) -> Result<Value, DecodeError> {
+    writer
+        .check_nesting(datum)
+        .map_err(|e| DecodeError::Avro(e.to_string()))?;
+    let value = apache_avro::from_avro_datum(writer.schema(), &mut datum, None)
         .map_err(|e| DecodeError::Avro(e.to_string()))?;
     if !datum.is_empty() {
         return Err(DecodeError::Avro(format!(

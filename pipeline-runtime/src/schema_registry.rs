@@ -5,7 +5,7 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use apache_avro::Schema;
 
-use crate::decode::DecodeError;
+use crate::{avro_nesting::WriterSchema, decode::DecodeError};
 
 /// A Confluent Schema Registry client with a schema cache (schemas by id never change).
 pub struct SchemaRegistry {
@@ -17,7 +17,7 @@ pub struct SchemaRegistry {
     authorization: Option<String>,
     /// Schemas by id, and ids the registry refused for good (unknown, unparsable): those are
     /// not asked for again, so a topic full of records with an unknown id costs one request.
-    cache: HashMap<u32, Result<Arc<Schema>, String>>,
+    cache: HashMap<u32, Result<Arc<WriterSchema>, String>>,
 }
 
 impl SchemaRegistry {
@@ -55,7 +55,7 @@ impl SchemaRegistry {
     /// The writer schema with this id, fetched once. A 4xx answer (but 408 and 429) or a schema
     /// that does not parse is the record's fault, for good (cached, dead-lettered); no answer, a
     /// 5xx, 408 or 429 is the registry's, for now ([`DecodeError::RegistryUnavailable`]).
-    pub fn schema(&mut self, id: u32) -> Result<Arc<Schema>, DecodeError> {
+    pub fn schema(&mut self, id: u32) -> Result<Arc<WriterSchema>, DecodeError> {
         if let Some(cached) = self.cache.get(&id) {
             return cached.clone().map_err(DecodeError::Wire);
         }
@@ -92,7 +92,7 @@ impl SchemaRegistry {
                     .read_json()
                     .map_err(|e| unavailable(&e))?;
                 Schema::parse_str(&body.schema)
-                    .map(Arc::new)
+                    .map(|schema| Arc::new(WriterSchema::new(schema)))
                     .map_err(|e| format!("schema id {id} does not parse: {e}"))
             }
         };
