@@ -340,8 +340,9 @@ impl Sink {
                         ));
                     let (k, v) = (Some(key.as_slice()), Some(value.as_slice()));
                     if !self.limit.fits(k, v, Some(&h)) {
-                        let oversized = self.oversized_output("repartition", k, v, &h);
-                        self.dead_letter(plan, oversized.letter(k, v, h), blocked, stop)?;
+                        let error = self.oversized_output("repartition", k, v, &h);
+                        let letter = DeadLetter::of_output(k, v, &error, h);
+                        self.dead_letter(plan, letter, blocked, stop)?;
                         continue;
                     }
                     let r = BaseRecord::to(topic)
@@ -400,10 +401,9 @@ impl Sink {
                     let Some(topic) = plan.late_topic.as_deref() else {
                         continue;
                     };
-                    let source =
-                        source_headers(plan, source.topic, source.partition, source.offset);
-                    let h = source
-                        .clone()
+                    let from_source =
+                        || source_headers(plan, source.topic, source.partition, source.offset);
+                    let h = from_source()
                         .insert(header(
                             headers::WINDOW,
                             &format!("{}-{}", window.0, window.1),
@@ -411,8 +411,9 @@ impl Sink {
                         .insert(header(headers::LATENESS_MS, &lateness_ms.to_string()));
                     let (k, v) = (key.as_deref(), value.as_deref());
                     if !self.limit.fits(k, v, Some(&h)) {
-                        let oversized = self.oversized_output("late-data", k, v, &h);
-                        self.dead_letter(plan, oversized.letter(k, v, source), blocked, stop)?;
+                        let error = self.oversized_output("late-data", k, v, &h);
+                        let letter = DeadLetter::of_output(k, v, &error, from_source());
+                        self.dead_letter(plan, letter, blocked, stop)?;
                         continue;
                     }
                     self.send(side_record(topic, k, v, h), blocked, stop)?;
@@ -429,20 +430,19 @@ impl Sink {
         key: Option<&[u8]>,
         value: Option<&[u8]>,
         headers: &OwnedHeaders,
-    ) -> OversizedOutput {
+    ) -> String {
         self.oversized.fetch_add(1, Ordering::Relaxed);
         let bytes = size::record_bytes(key, value, Some(headers));
-        OversizedOutput {
-            error: format!(
-                "its {what} record of {bytes} bytes does not fit in one Kafka message (message.max.bytes {})",
-                self.limit.max_bytes()
-            ),
-        }
+        format!(
+            "its {what} record of {bytes} bytes does not fit in one Kafka message (message.max.bytes {})",
+            self.limit.max_bytes()
+        )
     }
 
     /// Sends a dead letter, if the pipeline has a dead-letter topic. Its error is bounded
     /// ([`size::ERROR_MAX_BYTES`]); one that still does not fit is truncated (key, payload) and
-    /// says so; one that cannot be produced even then is counted, logged and skipped.
+    /// says so; one that cannot be produced even then is counted, logged and skipped. Sizes are
+    /// worked out before the headers are built, so they are built once.
     fn dead_letter(
         &self,
         plan: &Plan,
@@ -453,46 +453,49 @@ impl Sink {
         let Some(topic) = plan.dead_letter_topic.as_deref() else {
             return Ok(());
         };
-        let with_error = |error: &str| {
-            letter
-                .headers
-                .clone()
-                .insert(header(headers::ERROR, error))
-                .insert(header(headers::STAGE, letter.stage.as_str()))
+        let DeadLetter {
+            key,
+            value,
+            stage,
+            error,
+            headers: source,
+        } = letter;
+        let fits = |key: Option<&[u8]>, value: Option<&[u8]>, error: &str| {
+            size::record_bytes(key, value, Some(&source))
+                + size::header_bytes(headers::ERROR, error)
+                + size::header_bytes(headers::STAGE, stage.as_str())
+                <= self.limit.max_bytes()
         };
-        let error = size::bounded_error(letter.error);
-        let whole = with_error(&error);
-        if self.limit.fits(letter.key, letter.value, Some(&whole)) {
-            return self.send_dead_letter(
-                side_record(topic, letter.key, letter.value, whole),
-                blocked,
-                stop,
+        let error = size::bounded_error(error);
+        let (key, value, error) = if fits(key, value, &error) {
+            (key, value, error)
+        } else {
+            let short_key = key.map(|k| size::truncated(k, size::TRUNCATED_KEY_MAX_BYTES));
+            let short_value =
+                value.map(|v| size::truncated(v, self.limit.truncated_payload_bytes()));
+            let length = |b: Option<&[u8]>| b.map_or(0, <[u8]>::len);
+            let note = format!(
+                "dead letter truncated to fit message.max.bytes {}: payload {} of {} bytes, key {} of {} bytes; {error}",
+                self.limit.max_bytes(),
+                length(short_value),
+                length(value),
+                length(short_key),
+                length(key),
             );
-        }
-        let key = letter
-            .key
-            .map(|k| size::truncated(k, size::TRUNCATED_KEY_MAX_BYTES));
-        let value = letter
-            .value
-            .map(|v| size::truncated(v, self.limit.truncated_payload_bytes()));
-        let length = |b: Option<&[u8]>| b.map_or(0, <[u8]>::len);
-        let note = format!(
-            "dead letter truncated to fit message.max.bytes {}: payload {} of {} bytes, key {} of {} bytes; {error}",
-            self.limit.max_bytes(),
-            length(value),
-            length(letter.value),
-            length(key),
-            length(letter.key),
-        );
-        let short = with_error(&size::bounded_error(&note));
-        if !self.limit.fits(key, value, Some(&short)) {
-            self.drop_dead_letter(&format!(
-                "even truncated it does not fit message.max.bytes {}",
-                self.limit.max_bytes()
-            ));
-            return Ok(());
-        }
-        self.send_dead_letter(side_record(topic, key, value, short), blocked, stop)
+            let note = size::bounded_error(&note).into_owned();
+            if !fits(short_key, short_value, &note) {
+                self.drop_dead_letter(&format!(
+                    "even truncated it does not fit message.max.bytes {}",
+                    self.limit.max_bytes()
+                ));
+                return Ok(());
+            }
+            (short_key, short_value, std::borrow::Cow::Owned(note))
+        };
+        let headers = source
+            .insert(header(headers::ERROR, &error))
+            .insert(header(headers::STAGE, stage.as_str()));
+        self.send_dead_letter(side_record(topic, key, value, headers), blocked, stop)
     }
 
     /// Produces a dead letter; one the producer refuses as too large is dropped.
@@ -687,24 +690,20 @@ struct DeadLetter<'a> {
     headers: OwnedHeaders,
 }
 
-/// Why an output did not fit (see [`Sink::oversized_output`]).
-struct OversizedOutput {
-    error: String,
-}
-
-impl OversizedOutput {
-    /// The dead letter of the record `key`, `value` with `headers`.
-    fn letter<'a>(
-        &'a self,
+impl<'a> DeadLetter<'a> {
+    /// The dead letter of an output record `key`, `value` that does not fit (stage `output`),
+    /// with the headers naming its source.
+    fn of_output(
         key: Option<&'a [u8]>,
         value: Option<&'a [u8]>,
+        error: &'a str,
         headers: OwnedHeaders,
-    ) -> DeadLetter<'a> {
-        DeadLetter {
+    ) -> Self {
+        Self {
             key,
             value,
             stage: FailedStage::Output,
-            error: &self.error,
+            error,
             headers,
         }
     }

@@ -73,10 +73,15 @@ pub fn record_bytes(
 ) -> usize {
     let headers = headers.map_or(0, |h| {
         h.iter()
-            .map(|h| h.key.len() + h.value.map_or(0, <[u8]>::len) + HEADER_FRAMING_BYTES)
+            .map(|h| header_bytes(h.key, h.value.unwrap_or_default()))
             .sum()
     });
     FRAMING_BYTES + key.map_or(0, <[u8]>::len) + value.map_or(0, <[u8]>::len) + headers
+}
+
+/// Bytes one header adds to a record: its key, its value and their framing.
+pub fn header_bytes(key: &str, value: impl AsRef<[u8]>) -> usize {
+    key.len() + value.as_ref().len() + HEADER_FRAMING_BYTES
 }
 
 /// `error` cut to [`ERROR_MAX_BYTES`] at a character boundary, saying so and how long it was.
