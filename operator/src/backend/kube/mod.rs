@@ -178,35 +178,14 @@ impl KubeBackend {
         children: &Children,
         namespace: &str,
         uid: &str,
+        pod_monitor_crd: bool,
     ) -> Result<(), BackendError> {
-        let client = &self.client;
-        let owned = &self.owned_children;
-        for (kind, name) in children.wanted() {
-            match kind {
-                "ConfigMap" => {
-                    let api = Api::<ConfigMap>::namespaced(client.clone(), namespace);
-                    owned.check(&api, kind, &name, uid).await?;
-                }
-                "Service" => {
-                    let api = Api::<Service>::namespaced(client.clone(), namespace);
-                    owned.check(&api, kind, &name, uid).await?;
-                }
-                "StatefulSet" => {
-                    let api = Api::<StatefulSet>::namespaced(client.clone(), namespace);
-                    owned.check(&api, kind, &name, uid).await?;
-                }
-                "PodDisruptionBudget" => {
-                    let api = Api::<PodDisruptionBudget>::namespaced(client.clone(), namespace);
-                    owned.check(&api, kind, &name, uid).await?;
-                }
-                _ => {
-                    let api: Api<DynamicObject> = Api::namespaced_with(
-                        client.clone(),
-                        namespace,
-                        &prune::pod_monitor_resource(),
-                    );
-                    owned.check(&api, kind, &name, uid).await?;
-                }
+        let wanted = children.wanted();
+        for kind in prune::managed_kinds(pod_monitor_crd) {
+            let api: Api<DynamicObject> =
+                Api::namespaced_with(self.client.clone(), namespace, &kind);
+            for (kind, name) in wanted.iter().filter(|(k, _)| *k == kind.kind) {
+                self.owned_children.check(&api, kind, name, uid).await?;
             }
         }
         Ok(())
@@ -227,10 +206,10 @@ impl KubeBackend {
         };
         let children = build(pd, desired, &environment)?;
         let uid = pd.uid().unwrap_or_default();
-        self.check_ownership(&children, namespace, &uid).await?;
-        let config_maps = Api::<ConfigMap>::namespaced(client.clone(), namespace);
+        self.check_ownership(&children, namespace, &uid, pod_monitor_crd)
+            .await?;
         apply(
-            &config_maps,
+            &Api::<ConfigMap>::namespaced(client.clone(), namespace),
             &children.config_map.name_any(),
             &children.config_map,
         )

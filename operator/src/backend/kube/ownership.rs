@@ -66,7 +66,7 @@ impl OwnedChildren {
 }
 
 /// Whether `object`'s controller owner reference is the pipeline `uid`.
-fn controlled_by<K: Resource>(object: &K, uid: &str) -> bool {
+pub fn controlled_by<K: Resource>(object: &K, uid: &str) -> bool {
     object
         .owner_references()
         .iter()

@@ -44,11 +44,7 @@ pub fn managed_kinds(pod_monitor_crd: bool) -> Vec<ApiResource> {
 pub fn unwanted(existing: &[DynamicObject], uid: &str, wanted: &BTreeSet<String>) -> Vec<String> {
     existing
         .iter()
-        .filter(|o| {
-            o.owner_references()
-                .iter()
-                .any(|r| r.uid == uid && r.controller == Some(true))
-        })
+        .filter(|o| super::ownership::controlled_by(*o, uid))
         .map(ResourceExt::name_any)
         .filter(|name| !wanted.contains(name))
         .collect()
