@@ -105,7 +105,8 @@ impl Durability for Fsync {
     }
 
     fn sync_dir(&self, path: &std::path::Path) -> std::io::Result<()> {
-        std::fs::File::open(path)?.sync_all()
+        // A directory is synced like a file, through a handle opened for reading.
+        self.sync_file(path)
     }
 }
 

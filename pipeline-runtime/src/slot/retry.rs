@@ -123,24 +123,21 @@ impl Retries {
         }
         w.attempts += 1;
         let waited = now - w.since;
-        let wait = w.backoff;
-        match self.give_up_after {
-            Some(limit) if waited >= limit => {
-                let attempts = w.attempts;
-                self.waiting.remove(&(topic, partition));
-                return Verdict::GiveUp { attempts, waited };
-            }
-            None if waited >= GIVE_UP_AFTER => {
-                let first = !w.held;
-                w.held = true;
-                w.backoff = (w.backoff * 2).min(MAX_BACKOFF);
-                w.resume_at = Some(now + wait);
-                return Verdict::Hold { wait, first };
-            }
-            _ => {}
+        if let Some(limit) = self.give_up_after
+            && waited >= limit
+        {
+            let attempts = w.attempts;
+            self.waiting.remove(&(topic, partition));
+            return Verdict::GiveUp { attempts, waited };
         }
+        let wait = w.backoff;
         w.backoff = (w.backoff * 2).min(MAX_BACKOFF);
         w.resume_at = Some(now + wait);
+        if self.give_up_after.is_none() && waited >= GIVE_UP_AFTER {
+            let first = !w.held;
+            w.held = true;
+            return Verdict::Hold { wait, first };
+        }
         Verdict::Retry(wait)
     }
 
