@@ -7,9 +7,10 @@ use std::{sync::Arc, time::Duration};
 
 use apache_avro::Schema;
 use pipeline_crds::sink::OutputFormat;
-use rdkafka::producer::{BaseProducer, BaseRecord};
-
-use rdkafka::message::OwnedHeaders;
+use rdkafka::{
+    message::OwnedHeaders,
+    producer::{BaseProducer, BaseRecord},
+};
 
 use crate::{plan::Plan, processor::FailedStage, row::Row, schema_registry::SchemaRegistry};
 
@@ -17,7 +18,7 @@ use super::{
     DeliveryTracker, RowSink, Sent, SinkError,
     encode::{OutputError, row_json, window_avro, window_schema},
     produce,
-    size::{OutputLimit, record_bytes},
+    size::OutputLimit,
 };
 
 /// How window results are written.
@@ -86,16 +87,15 @@ impl KafkaRows {
         blocked: &mut Duration,
         stop: &dyn Fn() -> bool,
     ) -> Result<Sent, SinkError> {
-        if !self.limit.fits(key, Some(value), None::<&OwnedHeaders>) {
-            let bytes = record_bytes(key, Some(value), None::<&OwnedHeaders>);
+        if let Some(error) = self
+            .limit
+            .refusal("output", key, Some(value), None::<&OwnedHeaders>)
+        {
             let (key, json) = row_json(&self.key_field, row);
             return Ok(Sent::Rejected {
                 key,
                 json,
-                error: format!(
-                    "its output record of {bytes} bytes does not fit in one Kafka message (message.max.bytes {})",
-                    self.limit.max_bytes()
-                ),
+                error,
                 stage: FailedStage::Output,
             });
         }
@@ -200,7 +200,7 @@ mod tests {
         let rows = KafkaRows::new(
             &plan,
             producer(),
-            OutputLimit::new(super::super::size::DEFAULT_MESSAGE_MAX_BYTES),
+            OutputLimit::new(crate::sink::size::DEFAULT_MESSAGE_MAX_BYTES),
         )
         .unwrap();
         let request = server.join().unwrap();
@@ -235,7 +235,7 @@ mod tests {
         let err = KafkaRows::new(
             &plan(&url),
             producer(),
-            OutputLimit::new(super::super::size::DEFAULT_MESSAGE_MAX_BYTES),
+            OutputLimit::new(crate::sink::size::DEFAULT_MESSAGE_MAX_BYTES),
         )
         .err()
         .unwrap();

@@ -339,8 +339,8 @@ impl Sink {
                             &upstream_offset.to_string(),
                         ));
                     let (k, v) = (Some(key.as_slice()), Some(value.as_slice()));
-                    if !self.limit.fits(k, v, Some(&h)) {
-                        let error = self.oversized_output("repartition", k, v, &h);
+                    if let Some(error) = self.limit.refusal("repartition", k, v, Some(&h)) {
+                        self.oversized.fetch_add(1, Ordering::Relaxed);
                         let letter = DeadLetter::of_output(k, v, &error, h);
                         self.dead_letter(plan, letter, blocked, stop)?;
                         continue;
@@ -410,8 +410,8 @@ impl Sink {
                         ))
                         .insert(header(headers::LATENESS_MS, &lateness_ms.to_string()));
                     let (k, v) = (key.as_deref(), value.as_deref());
-                    if !self.limit.fits(k, v, Some(&h)) {
-                        let error = self.oversized_output("late-data", k, v, &h);
+                    if let Some(error) = self.limit.refusal("late-data", k, v, Some(&h)) {
+                        self.oversized.fetch_add(1, Ordering::Relaxed);
                         let letter = DeadLetter::of_output(k, v, &error, from_source());
                         self.dead_letter(plan, letter, blocked, stop)?;
                         continue;
@@ -421,22 +421,6 @@ impl Sink {
             }
         }
         Ok(())
-    }
-
-    /// Counts an output of `what` kind that does not fit and says why, for its dead letter.
-    fn oversized_output(
-        &self,
-        what: &str,
-        key: Option<&[u8]>,
-        value: Option<&[u8]>,
-        headers: &OwnedHeaders,
-    ) -> String {
-        self.oversized.fetch_add(1, Ordering::Relaxed);
-        let bytes = size::record_bytes(key, value, Some(headers));
-        format!(
-            "its {what} record of {bytes} bytes does not fit in one Kafka message (message.max.bytes {})",
-            self.limit.max_bytes()
-        )
     }
 
     /// Sends a dead letter, if the pipeline has a dead-letter topic. Its error is bounded

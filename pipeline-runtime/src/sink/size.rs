@@ -49,14 +49,22 @@ impl OutputLimit {
         self.max_bytes
     }
 
-    /// Whether a record of these parts fits.
-    pub fn fits(
+    /// Why a record of these parts cannot be produced, naming it as a `what` record, or `None`
+    /// when it fits.
+    pub fn refusal(
         self,
+        what: &str,
         key: Option<&[u8]>,
         value: Option<&[u8]>,
         headers: Option<&impl Headers>,
-    ) -> bool {
-        record_bytes(key, value, headers) <= self.max_bytes
+    ) -> Option<String> {
+        let bytes = record_bytes(key, value, headers);
+        (bytes > self.max_bytes).then(|| {
+            format!(
+                "its {what} record of {bytes} bytes does not fit in one Kafka message (message.max.bytes {})",
+                self.max_bytes
+            )
+        })
     }
 
     /// The payload bound of a truncated dead letter under this limit.
@@ -132,8 +140,18 @@ mod tests {
             FRAMING_BYTES + 3 + 100 + 1 + 2 + HEADER_FRAMING_BYTES
         );
         let limit = OutputLimit::new(1000);
-        assert!(limit.fits(None, Some(&[0; 800]), None::<&OwnedHeaders>));
-        assert!(!limit.fits(None, Some(&[0; 900]), None::<&OwnedHeaders>));
+        assert_eq!(
+            limit.refusal("output", None, Some(&[0; 800]), None::<&OwnedHeaders>),
+            None
+        );
+        assert_eq!(
+            limit
+                .refusal("output", None, Some(&[0; 900]), None::<&OwnedHeaders>)
+                .as_deref(),
+            Some(
+                "its output record of 1028 bytes does not fit in one Kafka message (message.max.bytes 1000)"
+            )
+        );
         let mut config = ClientConfig::new();
         assert_eq!(
             OutputLimit::of(&config).max_bytes(),
