@@ -246,6 +246,9 @@ impl Sink {
     /// What was dead-lettered or dropped here since the last call.
     pub fn take_counts(&self) -> SinkCounts {
         let late_drops = self.producer.context().dropped.swap(0, Ordering::Relaxed);
+        if late_drops > 0 {
+            self.log_dropped("the broker refused it as too large for the dead-letter topic");
+        }
         SinkCounts {
             rejected: self.rejected.swap(0, Ordering::Relaxed),
             oversized: self.oversized.swap(0, Ordering::Relaxed),
@@ -503,14 +506,19 @@ impl Sink {
 
     /// Counts a dead letter that cannot be produced, logging at most once a minute.
     fn drop_dead_letter(&self, why: &str) {
-        let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+        self.log_dropped(why);
+    }
+
+    /// Logs that dead letters were dropped, at most once a minute.
+    fn log_dropped(&self, why: &str) {
         let mut logged = self
             .dropped_logged
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         if logged.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
             *logged = Some(Instant::now());
-            warn!(%why, dropped_since_last_report = dropped, "a dead letter was dropped (pipeline_dead_letters_dropped_total counts them)");
+            warn!(%why, "a dead letter was dropped (pipeline_dead_letters_dropped_total counts them)");
         }
     }
 
