@@ -390,8 +390,9 @@ impl Accumulator {
     /// Whether a restored accumulator is fit for use: sketches with the plan's precision, hasher
     /// and configuration, whose internals survive the operations windows will apply (adding,
     /// merging both ways with a wide-ranged sketch, reading a quantile). The sketch crates do not
-    /// check what they deserialize, and a damaged sketch panics inside them later; tried here
-    /// once, at restore, under `catch_unwind`, so a damaged snapshot is refused instead.
+    /// check what they deserialize, and a damaged sketch panics inside them later: a DDSketch's
+    /// store invariants are checked (`sketch_integrity`), then the operations are tried once, at
+    /// restore, under `catch_unwind`, so a damaged snapshot is refused instead.
     fn fit_for_use(&self) -> bool {
         match self {
             Self::CountDistinct(b) => {
@@ -400,6 +401,7 @@ impl Accumulator {
                         .expect("precision 14 is valid");
                 fresh.merge(b).is_ok()
             }
+            Self::Percentile(b) if !crate::sketch_integrity::ddsketch_is_consistent(b) => false,
             Self::Percentile(b) => std::panic::catch_unwind(|| {
                 let mut wide = DDSketch::new(SketchConfig::defaults());
                 for x in [-1e12, -1.0, 1e-12, 0.5, 3.0, 1e12] {

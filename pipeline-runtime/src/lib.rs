@@ -22,6 +22,7 @@ pub mod row;
 pub mod runtime;
 pub mod schema_registry;
 pub mod sink;
+pub mod sketch_integrity;
 pub mod slot;
 pub mod topics;
 pub mod watermark;
