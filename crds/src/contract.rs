@@ -5,6 +5,9 @@
 pub mod env {
     /// Path of the PipelineDeployment manifest the runtime executes.
     pub const CONFIG: &str = "SLUICE_CONFIG";
+    /// The manifest itself, for `pipeline-runtime cleanup` (the operator's cleanup Job passes it
+    /// this way, so the Job needs no ConfigMap that a deletion may already have removed).
+    pub const MANIFEST: &str = "SLUICE_MANIFEST";
     /// Task slots (worker threads, consumer-group members) of this pod. Overrides the
     /// derivation from [`PARALLELISM`] and [`REPLICAS`].
     pub const SLOTS: &str = "SLUICE_SLOTS";
@@ -365,6 +368,15 @@ pub fn pod_ordinal(pod: &str) -> Option<i32> {
 /// The default consumer group of a pipeline: `sluice.<namespace>.<name>`.
 pub fn default_consumer_group(namespace: &str, name: &str) -> String {
     format!("sluice.{namespace}.{name}")
+}
+
+/// The consumer group pipeline `name` in `namespace` uses: `source.consumerGroup`, else the
+/// default.
+pub fn consumer_group(spec: &crate::PipelineDeploymentSpec, namespace: &str, name: &str) -> String {
+    spec.source
+        .consumer_group
+        .clone()
+        .unwrap_or_else(|| default_consumer_group(namespace, name))
 }
 
 #[cfg(test)]

@@ -29,6 +29,6 @@ pub mod window;
 
 pub use duration::{DURATION_PATTERN, Duration, DurationParseError};
 pub use generate::{crd, crd_yaml};
-pub use pipeline::{PipelineDeployment, PipelineDeploymentSpec};
+pub use pipeline::{DeletionPolicy, PipelineDeployment, PipelineDeploymentSpec};
 pub use status::PipelineDeploymentStatus;
 pub use validate::{FieldError, ValidationErrors, validate};

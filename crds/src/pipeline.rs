@@ -146,4 +146,32 @@ pub struct PipelineDeploymentSpec {
     /// Scale to zero pods and keep checkpoints and committed offsets.
     #[serde(default)]
     pub suspend: bool,
+
+    /// What deleting the PipelineDeployment removes besides its Kubernetes objects: `retain`
+    /// (default) keeps the consumer group's committed offsets and the checkpoints, so a pipeline
+    /// recreated with the same consumer group resumes from them; `delete` holds the deletion
+    /// (finalizer `sluice.dev/cleanup`) until the pods are gone, the group's offsets and
+    /// repartition topic are deleted and a cleanup Job has removed the checkpoints.
+    #[serde(default, skip_serializing_if = "DeletionPolicy::is_retain")]
+    pub deletion_policy: DeletionPolicy,
+}
+
+/// What deleting a pipeline removes (see `deletionPolicy`).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "camelCase")]
+pub enum DeletionPolicy {
+    /// Keep the consumer group, the repartition topic and the checkpoints (no finalizer).
+    #[default]
+    Retain,
+    /// Remove them before the PipelineDeployment goes away (finalizer `sluice.dev/cleanup`).
+    Delete,
+}
+
+impl DeletionPolicy {
+    /// Whether this is the default, `retain`.
+    pub fn is_retain(&self) -> bool {
+        *self == Self::Retain
+    }
 }

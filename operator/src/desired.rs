@@ -75,12 +75,13 @@ pub fn termination_grace_seconds(pd: &PipelineDeployment) -> i64 {
 
 /// The manifest the runtime executes: the resource without status and server-set metadata, and
 /// without what only the operator reads (`parallelism`, `autoscaler`: the slot count reaches the
-/// pods through the scale file), so that scaling changes neither the config nor its hash and
-/// rolls no pod.
+/// pods through the scale file; `deletionPolicy`), so that scaling changes neither the config nor
+/// its hash and rolls no pod.
 pub fn runtime_config(pd: &PipelineDeployment, name: &str, namespace: &str) -> String {
     let mut spec = pd.spec.clone();
     spec.parallelism = None;
     spec.autoscaler = None;
+    spec.deletion_policy = pipeline_crds::DeletionPolicy::default();
     let manifest = json!({
         "apiVersion": "sluice.dev/v1alpha1",
         "kind": "PipelineDeployment",

@@ -1,4 +1,4 @@
-//! The `pipeline-runtime` command line: `run`, `validate`, `demo`. `pipeline-runtime` is this
+//! The `pipeline-runtime` command line: `run`, `validate`, `cleanup`, `demo`. `pipeline-runtime` is this
 //! module's `main`; `pipeline-operator runtime ...` runs the same commands from the operator's
 //! binary, so that local mode needs one executable. Like a `main`, it reports with `anyhow`.
 
@@ -44,6 +44,17 @@ enum Command {
         /// The PipelineDeployment manifest.
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
+    },
+    /// Delete the pipeline's checkpoints (every snapshot under `<prefix>/<group>/` of
+    /// `spec.checkpoint.storage`); the operator runs it as a Job when a pipeline with
+    /// `deletionPolicy: delete` is deleted. Stop the pipeline first.
+    Cleanup {
+        /// The PipelineDeployment manifest.
+        #[arg(short = 'f', long = "file", env = env::CONFIG, default_value = paths::CONFIG_PATH)]
+        file: PathBuf,
+        /// The manifest's text instead of a file (how the operator's cleanup Job passes it).
+        #[arg(long, env = env::MANIFEST, hide_env_values = true)]
+        manifest: Option<String>,
     },
     /// Run the IoT example on an embedded Kafka cluster and check its output against an offline
     /// computation.
@@ -182,6 +193,7 @@ where
             }
         }
         Command::Run(args) => run(args),
+        Command::Cleanup { file, manifest } => cleanup(&file, manifest.as_deref()),
         Command::Demo {
             records,
             slots,
@@ -230,6 +242,23 @@ where
             }
         }
     }
+}
+
+fn cleanup(file: &std::path::Path, manifest: Option<&str>) -> anyhow::Result<ExitCode> {
+    let pd = match manifest {
+        Some(text) => pipeline_crds::manifest::from_yaml(text, env::MANIFEST)?,
+        None => pipeline_crds::manifest::from_file(file)?,
+    };
+    let namespace = std::env::var(env::NAMESPACE).unwrap_or_else(|_| "default".to_owned());
+    match crate::cleanup::delete_checkpoints(&pd, &namespace)? {
+        crate::cleanup::Cleaned::NoCheckpoints => {
+            println!("no spec.checkpoint: nothing to delete");
+        }
+        crate::cleanup::Cleaned::Deleted { files, location } => {
+            println!("deleted {files} snapshot files under {location}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn run(args: RunArgs) -> anyhow::Result<ExitCode> {

@@ -5,6 +5,7 @@ pub mod aggregate;
 pub mod avro_nesting;
 pub mod basic_auth;
 pub mod checkpoint;
+pub mod cleanup;
 pub mod cli;
 pub mod client;
 pub mod decode;

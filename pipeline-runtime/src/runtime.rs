@@ -93,14 +93,11 @@ impl Runtime {
         if !missing.is_empty() {
             return Err(RuntimeError::Unsupported(missing));
         }
-        let group = options
-            .spec
-            .source
-            .consumer_group
-            .clone()
-            .unwrap_or_else(|| {
-                pipeline_crds::contract::default_consumer_group(&options.namespace, &options.name)
-            });
+        let group = pipeline_crds::contract::consumer_group(
+            &options.spec,
+            &options.namespace,
+            &options.name,
+        );
         let metrics = Arc::new(Metrics::new());
         let health = Arc::new(Health::new(options.slots));
         let stop = Arc::new(AtomicBool::new(false));

@@ -12,6 +12,8 @@
 
 use std::{sync::Arc, time::Duration};
 
+use futures::{StreamExt, TryStreamExt};
+
 use object_store::{
     BackoffConfig, ClientConfigKey, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig,
     aws::{AmazonS3Builder, AmazonS3ConfigKey},
@@ -313,6 +315,56 @@ impl CheckpointStore {
     }
 }
 
+impl CheckpointStore {
+    /// Deletes every snapshot of this pipeline (everything under `<prefix>/<group>/`, whatever
+    /// its topic, partition or writer) and, in a local directory, the emptied directories;
+    /// returns how many files were deleted. Files already gone are fine, so a second run after a
+    /// failure finishes the job.
+    pub fn delete_all(&self) -> Result<usize, StoreError> {
+        let io_error = |op: &'static str| {
+            let path = self.location.clone();
+            move |source| StoreError::Io { op, path, source }
+        };
+        let deleted = self.io.block_on(async {
+            let listed: Vec<Path> = self
+                .store
+                .list(Some(&self.root))
+                .map_ok(|meta| meta.location)
+                .try_collect()
+                .await
+                .map_err(io_error("list"))?;
+            let count = listed.len();
+            let locations = futures::stream::iter(listed.into_iter().map(Ok)).boxed();
+            self.store
+                .delete_stream(locations)
+                .try_for_each(|_| async { Ok(()) })
+                .await
+                .or_else(|error| match error {
+                    object_store::Error::NotFound { .. } => Ok(()),
+                    other => Err(other),
+                })
+                .map_err(io_error("delete"))?;
+            Ok::<_, StoreError>(count)
+        })?;
+        if let Some(local) = &self.local {
+            let dir = local
+                .files
+                .path_to_filesystem(&self.root)
+                .map_err(io_error("delete"))?;
+            match std::fs::remove_dir_all(&dir) {
+                Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(StoreError::Config(format!(
+                        "cannot remove directory {}: {error}",
+                        dir.display()
+                    )));
+                }
+                _ => {}
+            }
+        }
+        Ok(deleted)
+    }
+}
+
 /// The store of a local directory and its location for messages.
 fn local_store(dir: &str) -> Result<(Arc<LocalFileSystem>, String), StoreError> {
     std::fs::create_dir_all(dir)
@@ -452,6 +504,35 @@ mod tests {
         assert_eq!(a.list("in", 3).unwrap().len(), 2);
         assert!(a.list("in", 9).unwrap().is_empty());
         assert!(a.location().starts_with("file:///") && a.location().ends_with("/g"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn delete_all_removes_every_snapshot_of_the_group_and_no_other_groups() {
+        let dir = std::env::temp_dir().join(format!("sluice-store-cleanup-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let ours = CheckpointStore::new(&local(&dir), "ns/p", "g", "pod-0-0-1").unwrap();
+        let theirs = CheckpointStore::new(&local(&dir), "ns/p", "g-other", "pod-0-0-1").unwrap();
+        for (topic, partition) in [("in", 0), ("in", 7), ("g-repartition", 2)] {
+            ours.put(topic, partition, 10, 1_000, b"a".to_vec())
+                .unwrap();
+            ours.put(topic, partition, 20, 2_000, b"b".to_vec())
+                .unwrap();
+        }
+        theirs.put("in", 0, 10, 1_000, b"c".to_vec()).unwrap();
+        assert_eq!(ours.delete_all().unwrap(), 6);
+        assert!(ours.list("in", 0).unwrap().is_empty());
+        assert!(ours.list("g-repartition", 2).unwrap().is_empty());
+        assert!(
+            !dir.join("ns/p/g").exists(),
+            "the emptied directories go too"
+        );
+        assert_eq!(
+            theirs.list("in", 0).unwrap().len(),
+            1,
+            "another group's are kept"
+        );
+        assert_eq!(ours.delete_all().unwrap(), 0, "a second run finds nothing");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
