@@ -7,6 +7,7 @@ pub mod controller;
 pub mod demo;
 pub mod desired;
 pub mod events;
+pub mod group_state;
 pub mod http;
 pub mod install;
 pub mod kafka;
