@@ -110,6 +110,8 @@ pub mod labels {
     pub const NAME_RUNTIME: &str = "sluice-runtime";
     /// Value of [`COMPONENT`] on runtime objects.
     pub const COMPONENT_PIPELINE: &str = "pipeline";
+    /// Value of [`COMPONENT`] on the cleanup Job and its pod.
+    pub const COMPONENT_CLEANUP: &str = "cleanup";
     /// Value of [`PART_OF`].
     pub const PART_OF_SLUICE: &str = "sluice";
     /// Value of [`MANAGED_BY`].
@@ -120,6 +122,9 @@ pub mod labels {
 pub mod annotations {
     /// Hash of the runtime config on the pod template: a changed pipeline rolls the pods.
     pub const CONFIG_HASH: &str = "sluice.dev/config-hash";
+    /// The uid of the pipeline an object without owner reference belongs to (the cleanup Job,
+    /// which a foreground deletion of its owner would remove before it ran).
+    pub const PIPELINE_UID: &str = "sluice.dev/pipeline-uid";
 }
 
 /// The runtime's Prometheus metrics, by the name Prometheus stores (counters end in `_total`).

@@ -24,6 +24,7 @@ use crate::{
     autoscale::source::{SharedSources, Sources},
     backend::kube::KubeBackend,
     events,
+    group_state::{GroupState, KafkaGroupState},
     reconcile::{Inputs, reconcile_pipeline},
 };
 pub use crate::{
@@ -40,6 +41,8 @@ pub struct Context {
     pub metrics: Arc<crate::metrics::OperatorMetrics>,
     /// The partition lookup.
     pub partitions: Arc<dyn PartitionSource>,
+    /// Consumer-group state (found on new pipelines, deleted under `deletionPolicy: delete`).
+    pub group_state: Arc<dyn GroupState>,
     /// When each object (by uid) last got a `ReconcileFailed` Event.
     pub error_events: Arc<Mutex<HashMap<String, Instant>>>,
     /// Reconciles failed in a row, per object (by uid): the retry backoff grows with them.
@@ -80,6 +83,7 @@ impl Context {
             },
             metrics,
             partitions,
+            group_state: Arc::new(KafkaGroupState),
             error_events: Arc::default(),
             failures: Arc::default(),
             metrics_sources: Arc::new(SharedSources::new(Box::new(endpoints))),
@@ -99,6 +103,7 @@ pub async fn reconcile(
     let started = std::time::Instant::now();
     let inputs = Inputs {
         partitions: &ctx.partitions,
+        group_state: &ctx.group_state,
         metrics: &ctx.metrics,
         metrics_sources: ctx.metrics_sources.as_ref(),
         now: (ctx.clock)(),

@@ -3,6 +3,7 @@
 
 pub mod autoscale;
 pub mod backend;
+pub mod cleanup;
 pub mod controller;
 pub mod demo;
 pub mod desired;

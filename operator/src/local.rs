@@ -26,6 +26,7 @@ use crate::{
         local::{Happening, LocalBackend, LocalSettings},
     },
     controller::wall_clock,
+    group_state::{GroupState, KafkaGroupState},
     kafka::{KafkaPartitions, PartitionSource},
     metrics::OperatorMetrics,
     reconcile::{Inputs, ReconcileError, reconcile_pipeline},
@@ -180,6 +181,7 @@ pub struct LocalRun {
     pub backend: Arc<LocalBackend>,
     sources: SharedSources,
     partitions: Arc<dyn PartitionSource>,
+    group_state: Arc<dyn GroupState>,
     metrics: OperatorMetrics,
     /// Recent samples (about five seconds), the oldest first: rates are taken over that span.
     recent: Vec<Sample>,
@@ -206,6 +208,7 @@ impl LocalRun {
             sources: SharedSources::new(Box::new(backend.endpoints())),
             backend,
             partitions: Arc::new(KafkaPartitions::default()),
+            group_state: Arc::new(KafkaGroupState),
             metrics: OperatorMetrics::default(),
             recent: Vec::new(),
             last_evaluation: None,
@@ -216,6 +219,7 @@ impl LocalRun {
     pub async fn step(&mut self) -> Result<Tick, LocalError> {
         let inputs = Inputs {
             partitions: &self.partitions,
+            group_state: &self.group_state,
             metrics: &self.metrics,
             metrics_sources: &self.sources,
             now: wall_clock(),

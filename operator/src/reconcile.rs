@@ -15,7 +15,9 @@ use crate::{
         source::{Sources, Target},
     },
     backend::{Backend, BackendError},
+    cleanup,
     desired::{BuildError, desired},
+    group_state::GroupState,
     kafka::PartitionSource,
     metrics::OperatorMetrics,
     sizing::{SizingError, size},
@@ -40,6 +42,9 @@ pub enum ReconcileError {
     /// Reconciling panicked (a bug); contained and counted.
     #[error("reconcile panicked: {0}")]
     Panicked(String),
+    /// A step of the cleanup under `deletionPolicy: delete` failed.
+    #[error("cleanup: {0}")]
+    Cleanup(String),
 }
 
 impl From<kube::Error> for ReconcileError {
@@ -52,6 +57,8 @@ impl From<kube::Error> for ReconcileError {
 pub struct Inputs<'a> {
     /// The partition lookup.
     pub partitions: &'a Arc<dyn PartitionSource>,
+    /// Consumer-group state: found on a new pipeline, deleted under `deletionPolicy: delete`.
+    pub group_state: &'a Arc<dyn GroupState>,
     /// The operator's metrics.
     pub metrics: &'a OperatorMetrics,
     /// The autoscaler's metrics sources.
@@ -96,6 +103,11 @@ pub async fn reconcile_pipeline(
         status: Some(status),
     };
     if pd.metadata.deletion_timestamp.is_some() {
+        if let Some(deletion) = backend.deletion()
+            && cleanup::has_finalizer(pd)
+        {
+            return cleanup::finalize(&inputs, backend, deletion, pd).await;
+        }
         // Kubernetes' garbage collector deletes the children (owner references); applying them
         // now would recreate what a foreground deletion is removing.
         info!(%name, %namespace, "being deleted; nothing to apply");
@@ -113,6 +125,9 @@ pub async fn reconcile_pipeline(
         let status = report(backend, pd, &Outcome::Invalid(problems)).await?;
         return Ok(reconciled(None, "invalid", status));
     }
+    if let Some(deletion) = backend.deletion() {
+        cleanup::keep_finalizer_in_step(deletion, pd).await?;
+    }
     let retry = Some(Duration::from_secs(30));
     let access = match backend.kafka_access(pd).await {
         Ok(access) => access,
@@ -122,8 +137,10 @@ pub async fn reconcile_pipeline(
             return Ok(reconciled(retry, "credentials_unavailable", status));
         }
     };
+
     let source = inputs.partitions.clone();
-    let partitions = tokio::task::spawn_blocking(move || source.partitions(&access))
+    let lookup = access.clone();
+    let partitions = tokio::task::spawn_blocking(move || source.partitions(&lookup))
         .await
         .map_err(|e| ReconcileError::Lookup(e.to_string()))?;
     let known = pd
@@ -145,6 +162,9 @@ pub async fn reconcile_pipeline(
             return Ok(reconciled(retry, "kafka_unreachable", status));
         }
     };
+    if pd.status.is_none() && kafka_error.is_none() {
+        cleanup::announce_old_state(&inputs, backend, pd, &access).await;
+    }
     let autoscaler = match kafka_error {
         // The last decision holds: no evaluation without Kafka.
         Some(_) => pd.status.as_ref().and_then(|s| s.autoscaler.clone()),

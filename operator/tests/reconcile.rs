@@ -13,6 +13,7 @@ use kube::{Client, client::Body, runtime::controller::Action};
 use pipeline_crds::{PipelineDeployment, manifest::from_yaml};
 use pipeline_operator::{
     controller::{Context, PodMonitorCrd, reconcile},
+    group_state::GroupState,
     install::Install,
     kafka::{KafkaAccess, PartitionSource},
     metrics::OperatorMetrics,
@@ -31,6 +32,34 @@ impl PartitionSource for Partitions {
     fn partitions(&self, access: &KafkaAccess) -> Result<i32, String> {
         self.asked.lock().unwrap().push(access.clone());
         self.answer.clone()
+    }
+}
+
+/// The consumer-group state: fixed answers, and what was deleted.
+#[derive(Default)]
+struct Groups {
+    /// Whether the group has committed offsets.
+    committed: bool,
+    /// Why deleting fails, if it does.
+    delete_error: Option<String>,
+    /// Each deletion: (group, internal topics).
+    deleted: Mutex<Vec<(String, Vec<String>)>>,
+}
+
+impl GroupState for Groups {
+    fn has_committed_offsets(&self, _: &KafkaAccess, _: &str) -> Result<bool, String> {
+        Ok(self.committed)
+    }
+
+    fn delete(&self, _: &KafkaAccess, group: &str, topics: &[String]) -> Result<(), String> {
+        if let Some(error) = &self.delete_error {
+            return Err(error.clone());
+        }
+        self.deleted
+            .lock()
+            .unwrap()
+            .push((group.to_owned(), topics.to_vec()));
+        Ok(())
     }
 }
 
@@ -152,6 +181,11 @@ async fn serve(mut handle: Handle, pd: PipelineDeployment, cluster: Cluster) -> 
             Method::PATCH if cluster.failing.contains(&path) => {
                 (500, status_body(500, "InternalError"))
             }
+            Method::PATCH if path == PD_PATH => {
+                let mut object = serde_json::to_value(&pd).unwrap();
+                object["metadata"]["finalizers"] = body["metadata"]["finalizers"].clone();
+                (200, object)
+            }
             Method::PATCH if path == STATUS_PATH => {
                 let mut object = serde_json::to_value(&pd).unwrap();
                 object["status"] = body["status"].clone();
@@ -222,6 +256,7 @@ struct Scenario {
     cluster: Cluster,
     pod_monitor_crd: bool,
     install: Install,
+    groups: Arc<Groups>,
 }
 
 impl Scenario {
@@ -232,6 +267,7 @@ impl Scenario {
             cluster: Cluster::default(),
             pod_monitor_crd: false,
             install: Install::default(),
+            groups: Arc::new(Groups::default()),
         }
     }
 
@@ -249,19 +285,21 @@ impl Scenario {
     /// lookup was asked with.
     async fn run_on(
         self,
-        ctx_of: impl FnOnce(Client, Arc<Partitions>, bool, Install) -> Arc<Context>,
+        ctx_of: impl FnOnce(Client, Arc<Partitions>, bool, Install) -> Context,
     ) -> (Result<Action, String>, Vec<Call>, Vec<KafkaAccess>) {
         let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let partitions = Arc::new(Partitions {
             answer: self.partitions,
             asked: Mutex::new(Vec::new()),
         });
-        let ctx = ctx_of(
+        let mut ctx = ctx_of(
             Client::new(service, "ns"),
             partitions.clone(),
             self.pod_monitor_crd,
             self.install,
         );
+        ctx.group_state = self.groups.clone();
+        let ctx = Arc::new(ctx);
         let server = tokio::spawn(serve(handle, self.pd.clone(), self.cluster));
         let result =
             tokio::time::timeout(Duration::from_secs(10), reconcile(Arc::new(self.pd), ctx))
@@ -288,9 +326,7 @@ impl Scenario {
         let metrics = Arc::new(OperatorMetrics::default());
         let m = metrics.clone();
         let out = self
-            .run_on(|client, partitions, crd, install| {
-                Arc::new(context(client, m, partitions, crd, install))
-            })
+            .run_on(|client, partitions, crd, install| context(client, m, partitions, crd, install))
             .await;
         assert!(
             metrics
@@ -303,7 +339,9 @@ impl Scenario {
 }
 
 const NS: &str = "/api/v1/namespaces/ns";
+const PD_PATH: &str = "/apis/sluice.dev/v1alpha1/namespaces/ns/pipelinedeployments/p";
 const STATUS_PATH: &str = "/apis/sluice.dev/v1alpha1/namespaces/ns/pipelinedeployments/p/status";
+const JOBS: &str = "/apis/batch/v1/namespaces/ns/jobs";
 const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/ns/events";
 const STS: &str = "/apis/apps/v1/namespaces/ns/statefulsets";
 const PDBS: &str = "/apis/policy/v1/namespaces/ns/poddisruptionbudgets";
@@ -830,7 +868,7 @@ async fn every_verb_of_the_rbac_rules_is_one_the_operator_uses() {
             let metrics = Arc::new(OperatorMetrics::default());
             let mut ctx = context(client.clone(), metrics, partitions, true, install);
             ctx.kube.pod_monitor_crd = PodMonitorCrd::detect();
-            Arc::new(ctx)
+            ctx
         })
         .await;
     // Children an earlier version named differently, of every kind: pruned.
@@ -872,6 +910,8 @@ async fn every_verb_of_the_rbac_rules_is_one_the_operator_uses() {
     )
     .unwrap();
     let _ = Scenario::new(pd).run().await;
+    // A deletion under deletionPolicy: delete (finalizer, StatefulSet, pods, the cleanup Job).
+    let _ = a_whole_cleanup().await;
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let server = tokio::spawn(serve(handle, pipeline(""), Cluster::default()));
     let target = Target {
@@ -993,7 +1033,7 @@ async fn a_failed_apply_is_an_error_to_retry_with_one_warning_event_per_interval
             .run_on(move |client, partitions, _, install| {
                 let mut ctx = context(client, m, partitions, false, install);
                 ctx.error_events = sent;
-                Arc::new(ctx)
+                ctx
             })
             .await;
         results.push(result);
@@ -1134,7 +1174,7 @@ mod autoscaling {
                 let mut ctx = context(client, m, partitions, crd, install);
                 ctx.metrics_sources = Arc::new(Panicking);
                 ctx.clock = Arc::new(|| NOW);
-                Arc::new(ctx)
+                ctx
             })
             .await;
         let error = result.unwrap_err();
@@ -1173,7 +1213,7 @@ mod autoscaling {
                 let mut ctx = context(client, m, partitions, crd, install);
                 ctx.metrics_sources = sources;
                 ctx.clock = Arc::new(move || now);
-                Arc::new(ctx)
+                ctx
             })
             .await;
         assert_eq!(result, Ok(Action::requeue(Duration::from_secs(30))));
@@ -1605,4 +1645,283 @@ async fn a_child_whose_name_is_taken_by_an_object_it_does_not_own_is_left_alone(
     let (action, calls, _) = scenario.run().await;
     assert_eq!(action, Ok(Action::requeue(Duration::from_secs(60))));
     assert!(lines(&calls).contains(&format!("PATCH {NS}/services/p-metrics")));
+}
+
+/// A pipeline with `deletionPolicy: delete` (and S3 checkpoints when `checkpoints`) that is
+/// being deleted, asked `seconds_ago`, with the finalizer on.
+fn deleted(checkpoints: bool, seconds_ago: f64) -> PipelineDeployment {
+    let extra = if checkpoints {
+        "  deletionPolicy: delete\n  checkpoint: {storage: {s3: {bucket: b}}}\n"
+    } else {
+        "  deletionPolicy: delete\n"
+    };
+    let mut pd = pipeline(extra);
+    pd.metadata.finalizers = Some(vec!["sluice.dev/cleanup".into()]);
+    let asked =
+        k8s_openapi::jiff::Timestamp::from_millisecond(((NOW - seconds_ago) * 1000.0) as i64)
+            .unwrap();
+    pd.metadata.deletion_timestamp =
+        Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(asked));
+    pd
+}
+
+/// Seconds since the epoch the deletion scenarios run at.
+const NOW: f64 = 1_796_205_600.0;
+
+fn owned_by_p(api_version: &str, kind: &str, name: &str) -> Value {
+    json!({"apiVersion": api_version, "kind": kind, "metadata": {"name": name, "namespace": "ns",
+        "ownerReferences": [{"apiVersion": "sluice.dev/v1alpha1", "kind": "PipelineDeployment",
+            "name": "p", "uid": "uid-1", "controller": true}]}})
+}
+
+fn runtime_pod() -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p-0", "namespace": "ns"}})
+}
+
+fn cleanup_job(uid: &str, status: Value) -> Value {
+    json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "p-cleanup", "namespace": "ns",
+        "annotations": {"sluice.dev/pipeline-uid": uid}},
+        "spec": {"template": {"spec": {"containers": []}}}, "status": status})
+}
+
+/// Reconciles `scenario` at [`NOW`].
+async fn at_now(scenario: Scenario) -> (Result<Action, String>, Vec<Call>) {
+    let metrics = Arc::new(OperatorMetrics::default());
+    let (result, calls, _) = scenario
+        .run_on(move |client, partitions, crd, install| {
+            let mut ctx = context(client, metrics, partitions, crd, install);
+            ctx.clock = Arc::new(|| NOW);
+            ctx
+        })
+        .await;
+    (result, calls)
+}
+
+/// The three reconciles of a whole cleanup: pods still running, then the Job started, then the
+/// Job done; with what each requested and what the group state deleted.
+async fn a_whole_cleanup() -> Vec<(
+    Result<Action, String>,
+    Vec<Call>,
+    Vec<(String, Vec<String>)>,
+)> {
+    let sts = format!("{STS}/p");
+    let pods = format!("{NS}/pods");
+    let mut runs = Vec::new();
+    let mut cluster = Cluster::default();
+    cluster
+        .objects
+        .insert(sts.clone(), owned_by_p("apps/v1", "StatefulSet", "p"));
+    cluster.lists.insert(pods.clone(), vec![runtime_pod()]);
+    let steps = [
+        cluster.clone(),
+        Cluster::default(),
+        Cluster {
+            objects: HashMap::from([(
+                format!("{JOBS}/p-cleanup"),
+                cleanup_job("uid-1", json!({"succeeded": 1})),
+            )]),
+            ..Cluster::default()
+        },
+    ];
+    for cluster in steps {
+        let mut scenario = Scenario::new(deleted(true, 60.0));
+        scenario.cluster = cluster;
+        let groups = scenario.groups.clone();
+        let (result, calls) = at_now(scenario).await;
+        let deleted = groups.deleted.lock().unwrap().clone();
+        runs.push((result, calls, deleted));
+    }
+    runs
+}
+
+#[tokio::test]
+async fn a_pipeline_with_deletion_policy_delete_gets_its_finalizer_before_anything_is_applied() {
+    let (_, calls, _) = Scenario::new(pipeline("  deletionPolicy: delete\n"))
+        .run()
+        .await;
+    assert_eq!(
+        lines(&calls)[0],
+        format!("PATCH {PD_PATH}"),
+        "{:?}",
+        lines(&calls)
+    );
+    assert_eq!(
+        calls[0].body["metadata"]["finalizers"],
+        json!(["sluice.dev/cleanup"])
+    );
+    assert!(lines(&calls).contains(&format!("PATCH {STS}/p")));
+    // Retain (the default) holds no finalizer, and one left from delete is taken off.
+    let (_, calls, _) = Scenario::new(pipeline("")).run().await;
+    assert!(!lines(&calls).contains(&format!("PATCH {PD_PATH}")));
+    let mut switched = pipeline("");
+    switched.metadata.finalizers = Some(vec!["other.io/keep".into(), "sluice.dev/cleanup".into()]);
+    let (_, calls, _) = Scenario::new(switched).run().await;
+    assert_eq!(
+        by_path(&calls, Method::PATCH, PD_PATH)["metadata"]["finalizers"],
+        json!(["other.io/keep"]),
+        "another controller's finalizer is kept"
+    );
+}
+
+#[tokio::test]
+async fn deleting_a_pipeline_stops_its_pods_then_deletes_the_group_then_its_checkpoints_by_job() {
+    let runs = a_whole_cleanup().await;
+    // 1: the StatefulSet is deleted; a pod is still there, so nothing else happens yet.
+    let (action, calls, deleted) = &runs[0];
+    assert_eq!(*action, Ok(Action::requeue(Duration::from_secs(5))));
+    assert_eq!(
+        lines(calls),
+        [
+            format!("GET {STS}/p"),
+            format!("DELETE {STS}/p"),
+            format!("GET {NS}/pods")
+        ]
+    );
+    assert!(
+        calls[2].query.contains("sluice.dev%2Fpipeline%3Dp"),
+        "{}",
+        calls[2].query
+    );
+    assert!(
+        deleted.is_empty(),
+        "no group deletion while a member may run"
+    );
+    // 2: no pod left: the group and its repartition topic go, and the cleanup Job starts.
+    let (action, calls, deleted) = &runs[1];
+    assert_eq!(*action, Ok(Action::requeue(Duration::from_secs(5))));
+    assert_eq!(
+        *deleted,
+        [(
+            "sluice.ns.p".to_owned(),
+            vec!["sluice.ns.p-repartition".to_owned()]
+        )]
+    );
+    let job = by_path(calls, Method::POST, JOBS);
+    assert_eq!(
+        job["metadata"]["annotations"]["sluice.dev/pipeline-uid"],
+        "uid-1"
+    );
+    assert_eq!(
+        job["spec"]["template"]["spec"]["containers"][0]["args"],
+        json!(["cleanup"])
+    );
+    assert!(
+        !lines(calls).contains(&format!("PATCH {PD_PATH}")),
+        "the finalizer stays"
+    );
+    assert_eq!(events(calls)[0].1, "CleanupStarted");
+    // 3: the Job succeeded: it is deleted, then the finalizer.
+    let (action, calls, _) = &runs[2];
+    assert_eq!(*action, Ok(Action::await_change()));
+    let tail: Vec<String> = lines(calls).into_iter().rev().take(3).collect();
+    assert_eq!(
+        tail,
+        [
+            format!("POST {EVENTS}"),
+            format!("PATCH {PD_PATH}"),
+            format!("DELETE {JOBS}/p-cleanup"),
+        ]
+    );
+    assert_eq!(
+        by_path(calls, Method::PATCH, PD_PATH)["metadata"]["finalizers"],
+        json!([])
+    );
+    let (kind, reason, note) = &events(calls)[0];
+    assert_eq!((kind.as_str(), reason.as_str()), ("Normal", "CleanedUp"));
+    assert!(
+        note.contains("sluice.ns.p") && note.contains("p-cleanup"),
+        "{note}"
+    );
+}
+
+#[tokio::test]
+async fn a_pipeline_without_checkpoints_is_released_once_its_group_is_deleted() {
+    let (action, calls) = at_now(Scenario::new(deleted(false, 60.0))).await;
+    assert_eq!(action, Ok(Action::await_change()));
+    assert!(
+        !lines(&calls).iter().any(|l| l.contains("/jobs")),
+        "{:?}",
+        lines(&calls)
+    );
+    assert_eq!(
+        by_path(&calls, Method::PATCH, PD_PATH)["metadata"]["finalizers"],
+        json!([])
+    );
+}
+
+#[tokio::test]
+async fn a_failing_cleanup_is_retried_then_given_up_after_its_deadline_with_a_warning() {
+    let failing = || Groups {
+        delete_error: Some("broker down".into()),
+        ..Groups::default()
+    };
+    let mut scenario = Scenario::new(deleted(false, 60.0));
+    scenario.groups = Arc::new(failing());
+    let (action, calls) = at_now(scenario).await;
+    assert!(action.unwrap_err().contains("broker down"));
+    assert!(
+        !lines(&calls).contains(&format!("PATCH {PD_PATH}")),
+        "the finalizer stays"
+    );
+    let mut scenario = Scenario::new(deleted(false, 16.0 * 60.0));
+    scenario.groups = Arc::new(failing());
+    let (action, calls) = at_now(scenario).await;
+    assert_eq!(action, Ok(Action::await_change()));
+    assert_eq!(
+        by_path(&calls, Method::PATCH, PD_PATH)["metadata"]["finalizers"],
+        json!([])
+    );
+    let (kind, reason, note) = &events(&calls)[0];
+    assert_eq!(
+        (kind.as_str(), reason.as_str()),
+        ("Warning", "CleanupIncomplete")
+    );
+    assert!(
+        note.contains("broker down") && note.contains("sluice.ns.p"),
+        "{note}"
+    );
+}
+
+#[tokio::test]
+async fn a_job_of_the_cleanups_name_that_another_pipeline_made_is_left_alone() {
+    let mut scenario = Scenario::new(deleted(true, 60.0));
+    scenario.cluster.objects.insert(
+        format!("{JOBS}/p-cleanup"),
+        cleanup_job("uid-other", json!({"succeeded": 1})),
+    );
+    let (action, calls) = at_now(scenario).await;
+    assert!(action.unwrap_err().contains("Job p-cleanup"));
+    assert!(
+        !calls
+            .iter()
+            .any(|c| c.method == Method::DELETE && c.path.contains("/jobs")),
+        "{:?}",
+        lines(&calls)
+    );
+}
+
+#[tokio::test]
+async fn a_new_pipeline_whose_consumer_group_has_committed_offsets_says_it_resumes_from_them() {
+    let mut scenario = Scenario::new(pipeline(""));
+    scenario.groups = Arc::new(Groups {
+        committed: true,
+        ..Groups::default()
+    });
+    let (_, calls, _) = scenario.run().await;
+    let found: Vec<_> = events(&calls)
+        .into_iter()
+        .filter(|(_, reason, _)| reason == "OldStateFound")
+        .collect();
+    assert_eq!(found.len(), 1, "{:?}", events(&calls));
+    assert!(found[0].2.contains("sluice.ns.p"), "{}", found[0].2);
+    // Without offsets, or once the pipeline has a status, nothing is said.
+    let (_, first, _) = Scenario::new(pipeline("")).run().await;
+    assert!(events(&first).iter().all(|(_, r, _)| r != "OldStateFound"));
+    let mut again = Scenario::new(after(pipeline(""), &first));
+    again.groups = Arc::new(Groups {
+        committed: true,
+        ..Groups::default()
+    });
+    let (_, calls, _) = again.run().await;
+    assert!(events(&calls).iter().all(|(_, r, _)| r != "OldStateFound"));
 }

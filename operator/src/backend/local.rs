@@ -511,6 +511,23 @@ impl Backend for LocalBackend {
             write_atomically(&path, &text)
         })
     }
+
+    fn announce<'a>(
+        &'a self,
+        _: &'a PipelineDeployment,
+        announcements: &'a [crate::events::Announcement],
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let mut state = self.state.lock().expect("not poisoned");
+            for a in announcements {
+                Self::happen(&mut state, a.reason, a.note.clone());
+            }
+        })
+    }
+
+    fn deletion(&self) -> Option<&dyn crate::cleanup::Deletion> {
+        None
+    }
 }
 
 #[cfg(test)]

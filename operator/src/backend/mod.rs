@@ -9,7 +9,7 @@ pub mod local;
 use futures::future::BoxFuture;
 use pipeline_crds::{PipelineDeployment, PipelineDeploymentStatus};
 
-use crate::{desired::Desired, kafka::KafkaAccess};
+use crate::{cleanup::Deletion, desired::Desired, events::Announcement, kafka::KafkaAccess};
 
 /// What a backend found after applying.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -27,6 +27,9 @@ pub enum BackendError {
     /// The objects cannot be built.
     #[error(transparent)]
     Build(#[from] crate::desired::BuildError),
+    /// The pods cannot be sized.
+    #[error(transparent)]
+    Sizing(#[from] crate::sizing::SizingError),
     /// A child's name is taken by an object this pipeline does not control: it is left alone.
     #[error("{kind} {name} already exists and is not owned by this pipeline{}: it is left alone; rename the pipeline or remove that object", owner.as_ref().map_or(String::new(), |o| format!(" (its controller is {o})")))]
     NameConflict {
@@ -69,4 +72,15 @@ pub trait Backend: Send + Sync {
         pd: &'a PipelineDeployment,
         status: &'a PipelineDeploymentStatus,
     ) -> BoxFuture<'a, Result<(), BackendError>>;
+
+    /// Announces what happened to `pd` that no status change shows (a failure is logged).
+    fn announce<'a>(
+        &'a self,
+        pd: &'a PipelineDeployment,
+        announcements: &'a [Announcement],
+    ) -> BoxFuture<'a, ()>;
+
+    /// How this backend holds a deletion for `deletionPolicy: delete`; `None` where pipelines
+    /// are never deleted by an API server (local mode: a pipeline ends with its operator).
+    fn deletion(&self) -> Option<&dyn Deletion>;
 }

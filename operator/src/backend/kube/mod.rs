@@ -4,7 +4,9 @@
 //! changes become Events.
 
 pub mod children;
+pub mod cleanup_job;
 pub mod configmap;
+pub mod deletion;
 pub mod names;
 pub mod ownership;
 pub mod pdb;
@@ -336,5 +338,22 @@ impl Backend for KubeBackend {
             events::publish(&self.client, &self.instance, pd, &announcements).await;
             Ok(())
         })
+    }
+
+    fn announce<'a>(
+        &'a self,
+        pd: &'a PipelineDeployment,
+        announcements: &'a [events::Announcement],
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(events::publish(
+            &self.client,
+            &self.instance,
+            pd,
+            announcements,
+        ))
+    }
+
+    fn deletion(&self) -> Option<&dyn crate::cleanup::Deletion> {
+        Some(self)
     }
 }

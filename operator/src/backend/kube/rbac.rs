@@ -88,8 +88,8 @@ pub fn namespaced() -> Vec<Rule> {
         Rule::new(
             "sluice.dev",
             &["pipelinedeployments"],
-            &["list", "watch"],
-            "watch the resources it reconciles (no finalizer: deletion is left to owner references)",
+            &["list", "watch", "patch"],
+            "watch the resources it reconciles; add and remove the finalizer sluice.dev/cleanup of pipelines with deletionPolicy: delete (a merge patch of metadata.finalizers)",
         ),
         Rule::new(
             "sluice.dev",
@@ -116,7 +116,13 @@ pub fn namespaced() -> Vec<Rule> {
             "",
             &["pods"],
             &["list"],
-            "find the runtime pods to scrape when the autoscaler reads metrics directly",
+            "find the runtime pods to scrape when the autoscaler reads metrics directly, and wait for them to stop before a cleanup",
+        ),
+        Rule::new(
+            "batch",
+            &["jobs"],
+            &["get", "create", "delete"],
+            "the cleanup Job that deletes a deleted pipeline's checkpoints as the pipeline's own identity (deletionPolicy: delete), deleted once it succeeded",
         ),
         Rule::new(
             "",

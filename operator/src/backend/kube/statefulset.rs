@@ -134,7 +134,8 @@ fn secret_volumes(spec: &pipeline_crds::PipelineDeploymentSpec) -> Vec<(VolumeMo
     mounted
 }
 
-fn pod_template(
+/// The runtime pods' template (the cleanup Job's pod starts from it too).
+pub(super) fn pod_template(
     pd: &PipelineDeployment,
     desired: &Desired,
     environment: &Environment,
