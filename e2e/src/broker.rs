@@ -8,6 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use pipeline_runtime::produce::{AfterWait, send_with_backpressure};
 use rdkafka::{
     ClientConfig, Message,
     admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
@@ -301,15 +302,10 @@ fn produce_with(bootstrap: &str, topic: &str, records: &[Outgoing], settings: &[
         if let Some(k) = key {
             record = record.key(k.as_slice());
         }
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((_, back)) => {
-                    producer.poll(Duration::from_millis(5));
-                    record = back;
-                }
-            }
-        }
+        send_with_backpressure(&producer, record, Duration::from_millis(5), |_| {
+            AfterWait::Retry
+        })
+        .unwrap_or_else(|e| panic!("producing to {topic}: {e}"));
     }
     producer.flush(Duration::from_secs(60)).unwrap();
 }

@@ -35,7 +35,10 @@ use pipeline_e2e::{
     broker::{Tansu, metric_sum},
     process::{free_port, runtime_binary},
 };
-use pipeline_runtime::loadgen::{Generator, Shape, Workload};
+use pipeline_runtime::{
+    loadgen::{Generator, Shape, Workload},
+    produce::{AfterWait, send_with_backpressure},
+};
 use rdkafka::{
     ClientConfig,
     mocking::MockCluster,
@@ -175,16 +178,11 @@ fn preload_producer(bootstrap: &str) -> BaseProducer {
 }
 
 /// Sends `record`, serving delivery reports while the queue is full.
-fn send_waiting(producer: &BaseProducer, mut record: BaseRecord<'_, str, [u8]>) {
-    loop {
-        match producer.send(record) {
-            Ok(()) => return,
-            Err((_, back)) => {
-                producer.poll(Duration::from_millis(1));
-                record = back;
-            }
-        }
-    }
+fn send_waiting(producer: &BaseProducer, record: BaseRecord<'_, str, [u8]>) {
+    send_with_backpressure(producer, record, Duration::from_millis(1), |_| {
+        AfterWait::Retry
+    })
+    .expect("the benchmark's records fit");
 }
 
 /// Sends one keyed record to `partition` of `topic`, waiting while the queue is full.

@@ -16,6 +16,7 @@ use rdkafka::{
 use serde_json::{Value, json};
 
 use crate::{
+    produce::{AfterWait, send_with_backpressure},
     runtime::{Runtime, RuntimeOptions},
     slot::wall_clock_ms,
 };
@@ -194,18 +195,12 @@ pub fn run(options: &DemoOptions) -> anyhow::Result<DemoReport> {
         .set("compression.type", "lz4")
         .create()?;
     for (partition, bytes, _) in &data {
-        let mut record = BaseRecord::<(), [u8]>::to("iot-sensor-data")
+        let record = BaseRecord::<(), [u8]>::to("iot-sensor-data")
             .partition(*partition)
             .payload(bytes.as_slice());
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((_, back)) => {
-                    producer.poll(Duration::from_millis(5));
-                    record = back;
-                }
-            }
-        }
+        send_with_backpressure(&producer, record, Duration::from_millis(5), |_| {
+            AfterWait::Retry
+        })?;
     }
     producer.flush(Duration::from_secs(30))?;
     let expected = reference(&data, 60_000);

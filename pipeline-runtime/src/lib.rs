@@ -18,6 +18,7 @@ pub mod loadgen;
 pub mod metrics;
 pub mod plan;
 pub mod processor;
+pub mod produce;
 pub mod projection;
 pub mod row;
 pub mod runtime;

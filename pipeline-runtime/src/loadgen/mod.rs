@@ -16,7 +16,7 @@ use std::{
 use rdkafka::{
     ClientConfig, ClientContext,
     consumer::{BaseConsumer, Consumer},
-    error::{KafkaError, RDKafkaErrorCode},
+    error::KafkaError,
     message::DeliveryResult,
     producer::{BaseProducer, BaseRecord, Producer, ProducerContext},
 };
@@ -25,7 +25,11 @@ pub use self::{
     profile::Profile,
     workload::{Generated, Generator, Shape, Workload},
 };
-use crate::{schema_registry::SchemaRegistry, slot::wall_clock_ms};
+use crate::{
+    produce::{AfterWait, SendError, send_with_backpressure},
+    schema_registry::SchemaRegistry,
+    slot::wall_clock_ms,
+};
 
 /// What to write, where and how fast.
 #[derive(Clone, Debug)]
@@ -70,9 +74,12 @@ pub enum LoadgenError {
         /// What librdkafka said.
         error: KafkaError,
     },
-    /// A client could not be created or a record not be written.
+    /// A client could not be created.
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),
+    /// A record could not be written.
+    #[error(transparent)]
+    Send(#[from] SendError),
     /// The Avro schema could not be registered.
     #[error("schema registry: {0}")]
     Registry(String),
@@ -182,23 +189,14 @@ fn send(
     topic: &str,
     partition: Option<i32>,
     record: &Generated,
-) -> Result<(), KafkaError> {
+) -> Result<(), SendError> {
     let mut r = BaseRecord::to(topic)
         .key(record.key.as_bytes())
         .payload(record.value.as_slice());
     if let Some(p) = partition {
         r = r.partition(p);
     }
-    loop {
-        match producer.send(r) {
-            Ok(()) => return Ok(()),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                producer.poll(Duration::from_millis(1));
-                r = back;
-            }
-            Err((error, _)) => return Err(error),
-        }
-    }
+    send_with_backpressure(producer, r, Duration::from_millis(1), |_| AfterWait::Retry)
 }
 
 /// Writes `options`' load until its profile ends or `stop` is set, updating `counters` as it

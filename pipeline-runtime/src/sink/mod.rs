@@ -28,6 +28,7 @@ use rdkafka::{
 use crate::{
     plan::Plan,
     processor::{Emit, FailedStage},
+    produce::{AfterWait, SendError, send_with_backpressure},
     row::Row,
     schema_registry::RegistryError,
 };
@@ -630,30 +631,24 @@ fn source_headers(plan: &Plan, topic: usize, partition: i32, offset: i64) -> Own
 /// Queues a record, waiting (counted in `blocked`) while the producer's queue is full.
 fn produce(
     producer: &BaseProducer<DeliveryTracker>,
-    mut record: BaseRecord<'_, [u8], [u8]>,
+    record: BaseRecord<'_, [u8], [u8]>,
     blocked: &mut Duration,
     stop: &dyn Fn() -> bool,
 ) -> Result<(), SinkError> {
-    loop {
-        match producer.send(record) {
-            Ok(()) => return Ok(()),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                let start = Instant::now();
-                producer.poll(Duration::from_millis(10));
-                *blocked += start.elapsed();
-                if stop() {
-                    return Err(SinkError::Interrupted);
-                }
-                record = back;
-            }
-            Err((source, back)) => {
-                return Err(SinkError::Produce {
-                    topic: back.topic.to_owned(),
-                    source,
-                });
-            }
+    let after_wait = |waited| {
+        *blocked += waited;
+        if stop() {
+            AfterWait::Stop
+        } else {
+            AfterWait::Retry
         }
-    }
+    };
+    send_with_backpressure(producer, record, Duration::from_millis(10), after_wait).map_err(
+        |error| match error {
+            SendError::Interrupted => SinkError::Interrupted,
+            SendError::Refused { topic, source } => SinkError::Produce { topic, source },
+        },
+    )
 }
 
 fn side_record<'a>(
