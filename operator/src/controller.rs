@@ -155,6 +155,7 @@ pub async fn reconcile(
 }
 
 /// A `ReconcileFailed` Event, at most once per object per [`ERROR_EVENT_INTERVAL`].
+#[tracing::instrument(skip_all, fields(pipeline = %pd.name_any(), namespace = %pd.namespace().unwrap_or_default()))]
 async fn announce_failure(ctx: &Context, pd: &PipelineDeployment, error: &ReconcileError) {
     let uid = pd.uid().unwrap_or_default();
     {

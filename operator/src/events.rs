@@ -265,7 +265,8 @@ pub fn event(
     }
 }
 
-/// Publishes `announcements` about `pd`; a failure is logged, never fails the reconcile.
+/// Publishes `announcements` about `pd`; a failure is logged, never fails the reconcile. Called
+/// within the reconcile's span, which names the pipeline.
 pub async fn publish(
     client: &Client,
     instance: &str,
@@ -277,11 +278,9 @@ pub async fn publish(
     for a in announcements {
         let object = event(pd, a, instance, Timestamp::now());
         match api.create(&PostParams::default(), &object).await {
-            Ok(_) => tracing::info!(
-                name = %pd.name_any(), %namespace, reason = a.reason, note = %a.note, "event"
-            ),
+            Ok(_) => tracing::info!(reason = a.reason, note = %a.note, "event"),
             Err(error) => {
-                tracing::warn!(name = %pd.name_any(), %namespace, reason = a.reason, %error, "publishing an event failed");
+                tracing::warn!(reason = a.reason, %error, "publishing an event failed");
             }
         }
     }

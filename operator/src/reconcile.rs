@@ -7,7 +7,7 @@ use std::{sync::Arc, time::Duration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use pipeline_crds::{PipelineDeployment, PipelineDeploymentStatus, status::AutoscalerStatus};
-use tracing::{info, warn};
+use tracing::{info, instrument, warn};
 
 use crate::{
     autoscale::{
@@ -89,14 +89,14 @@ async fn report(
     Ok(after)
 }
 
-/// Reconciles `pd` once through `backend`.
+/// Reconciles `pd` once through `backend`, in a span naming the pipeline and its namespace.
+#[instrument(skip_all, fields(pipeline = %pd.name_any(), namespace = %pd.namespace().unwrap_or_default()))]
 pub async fn reconcile_pipeline(
     inputs: Inputs<'_>,
     backend: &dyn Backend,
     pd: &PipelineDeployment,
 ) -> Result<Reconciled, ReconcileError> {
     let name = pd.name_any();
-    let namespace = pd.namespace().unwrap_or_default();
     let reconciled = |requeue, label, status| Reconciled {
         requeue,
         label,
@@ -110,7 +110,7 @@ pub async fn reconcile_pipeline(
         }
         // Kubernetes' garbage collector deletes the children (owner references); applying them
         // now would recreate what a foreground deletion is removing.
-        info!(%name, %namespace, "being deleted; nothing to apply");
+        info!("being deleted; nothing to apply");
         return Ok(Reconciled {
             requeue: None,
             label: "deleting",
@@ -121,7 +121,10 @@ pub async fn reconcile_pipeline(
     problems.extend(pipeline_crds::support::problems(&pd.spec));
     problems.extend(backend.problems(pd));
     if !problems.is_empty() {
-        info!(%name, %namespace, problems = problems.len(), "invalid spec; waiting for a change");
+        info!(
+            problems = problems.len(),
+            "invalid spec; waiting for a change"
+        );
         let status = report(backend, pd, &Outcome::Invalid(problems)).await?;
         return Ok(reconciled(None, "invalid", status));
     }
@@ -132,7 +135,7 @@ pub async fn reconcile_pipeline(
     let access = match backend.kafka_access(pd).await {
         Ok(access) => access,
         Err(error) => {
-            warn!(%name, %namespace, %error, "Kafka credentials unavailable");
+            warn!(%error, "Kafka credentials unavailable");
             let status = report(backend, pd, &Outcome::CredentialsUnavailable(error)).await?;
             return Ok(reconciled(retry, "credentials_unavailable", status));
         }
@@ -153,11 +156,11 @@ pub async fn reconcile_pipeline(
         (Err(error), Some(known)) => {
             // What needs no new partition count (suspend, image, env, resources within the
             // current sizing) is applied through a broker outage.
-            warn!(%name, %namespace, %error, partitions = known, "source partitions unknown; applying with the last known count");
+            warn!(%error, partitions = known, "source partitions unknown; applying with the last known count");
             (known, Some(error))
         }
         (Err(error), None) => {
-            warn!(%name, %namespace, %error, "source partitions unknown");
+            warn!(%error, "source partitions unknown");
             let status = report(backend, pd, &Outcome::KafkaUnreachable(error)).await?;
             return Ok(reconciled(retry, "kafka_unreachable", status));
         }
@@ -177,7 +180,7 @@ pub async fn reconcile_pipeline(
         Ok(applied) => applied,
         Err(conflict @ BackendError::NameConflict { .. }) => {
             let error = conflict.to_string();
-            warn!(%name, %namespace, %error, "a child's name is taken");
+            warn!(%error, "a child's name is taken");
             let status = report(backend, pd, &Outcome::NameConflict(error)).await?;
             return Ok(reconciled(
                 Some(Duration::from_secs(60)),
@@ -276,7 +279,11 @@ async fn autoscale_once(
             autoscale::status_of(&e, None, now, parallelism, pd.spec.parallelism)
         }
     };
-    info!(%name, %namespace, result = status.result.as_deref().unwrap_or(""), reason = status.reason.as_deref().unwrap_or(""), "autoscaler evaluated");
+    info!(
+        result = status.result.as_deref().unwrap_or(""),
+        reason = status.reason.as_deref().unwrap_or(""),
+        "autoscaler evaluated"
+    );
     inputs
         .metrics
         .autoscaled(&namespace, &name, &status, parallelism);

@@ -199,7 +199,20 @@ fn supervise(
             .name(format!("sluice-slot-{index}"))
             // The CEL filter is compiled and evaluated here; its parser recurses deeply.
             .stack_size(pipeline_crds::validate::CEL_PARSER_STACK)
-            .spawn(move || run_slot_with_restarts(&config, &health, &slot_stop))
+            .spawn(move || {
+                let labels = &config.labels;
+                // Every line the slot logs carries these (the librdkafka log callback, which
+                // runs on librdkafka's own threads, names its slot itself).
+                let _span = tracing::info_span!(
+                    "slot",
+                    pipeline = %labels.pipeline,
+                    namespace = %labels.namespace,
+                    pod = %labels.pod,
+                    slot = %labels.slot
+                )
+                .entered();
+                run_slot_with_restarts(&config, &health, &slot_stop);
+            })
             .expect("spawning a thread");
         (own_stop, handle)
     };
@@ -333,7 +346,7 @@ fn run_slot_with_restarts(config: &SlotConfig, health: &Health, stop: &Arc<Atomi
             let record = record.map(|(topic, partition, offset)| {
                 format!("{}/{partition}@{offset}", config.plan.topic_name(topic))
             });
-            error!(slot = %config.labels.slot, panic = %message, record = ?record, "slot panicked; it restarts, and the record it had in hand goes to the dead-letter topic");
+            error!(panic = %message, record = ?record, "slot panicked; it restarts, and the record it had in hand goes to the dead-letter topic");
             Err(SlotError::Panic(message))
         });
         config.watch.stopped();
@@ -345,12 +358,12 @@ fn run_slot_with_restarts(config: &SlotConfig, health: &Health, stop: &Arc<Atomi
         match result {
             Ok(()) => return,
             Err(e) if !e.is_retryable() => {
-                error!(slot = %config.labels.slot, error = %e, "slot cannot run");
+                error!(error = %e, "slot cannot run");
                 health.set_blocked(Some(format!("slot {} cannot run: {e}", config.labels.slot)));
                 return;
             }
             Err(e) => {
-                error!(slot = %config.labels.slot, error = %e, ?backoff, "slot failed; restarting from the last committed offsets");
+                error!(error = %e, ?backoff, "slot failed; restarting from the last committed offsets");
                 config.watch.set_failure(Some(format!(
                     "failed and restarts in {} s: {e}",
                     backoff.as_secs()

@@ -77,6 +77,7 @@ pub(super) fn commit(
 /// producer's transaction, which commits the outputs since the last checkpoint with them. A
 /// snapshot that cannot be written, or a failed commit, aborts the transaction and fails the
 /// slot, which restarts from the last committed checkpoint.
+#[tracing::instrument(name = "checkpoint", skip_all)]
 pub(super) fn checkpoint(
     ctx: &SlotContext,
     consumer: &BaseConsumer<SlotContext>,
@@ -126,6 +127,7 @@ fn checkpoint_now(
 /// hand them to the uploader's thread and return. The slot loop calls [`finish_stored`] each
 /// turn, which commits the offsets once the snapshots are stored. While a checkpoint is being
 /// stored no other begins (returns `false`).
+#[tracing::instrument(name = "checkpoint", skip_all)]
 pub(super) fn begin_checkpoint(
     ctx: &SlotContext,
     uploader: &Uploader,
@@ -217,6 +219,7 @@ fn take(
 /// After the snapshots were stored (or failed): commit the offsets (in the transaction, in
 /// exactly-once mode), mark the stored state checkpointed, prune, and count the outcome against
 /// `checkpoint.tolerableFailures`.
+#[tracing::instrument(name = "checkpoint", skip_all)]
 fn finish(
     ctx: &SlotContext,
     consumer: &BaseConsumer<SlotContext>,
@@ -287,14 +290,14 @@ fn finish(
         // revocation that follows checkpoints the partitions that move, and the next checkpoint
         // commits the rest. Counting it would restart slots in the middle of rebalances.
         Err(e) if !ctx.transactional && refused_by_a_rebalance(&e) => {
-            debug!(slot = %ctx.labels.slot, error = %e, "checkpoint commit refused during a rebalance; the next one commits");
+            debug!(error = %e, "checkpoint commit refused during a rebalance; the next one commits");
             skipped = true;
             Ok(())
         }
         // At least once, a failed commit leaves the previous checkpoint current; the snapshots
         // just written stay as orphans until the next checkpoint prunes them.
         Err(e) if !ctx.transactional => {
-            warn!(slot = %ctx.labels.slot, error = %e, "checkpoint commit failed; the previous checkpoint stays current");
+            warn!(error = %e, "checkpoint commit failed; the previous checkpoint stays current");
             failed = Some(e.to_string());
             Ok(())
         }
@@ -332,7 +335,10 @@ fn finish(
              ({tolerated}): restarting from the last good one; last failure: {reason}"
         ))),
         (Ok(()), Some(_)) => {
-            warn!(slot = %ctx.labels.slot, in_a_row, tolerated, "checkpoint failed; processing goes on from the last good one");
+            warn!(
+                in_a_row,
+                tolerated, "checkpoint failed; processing goes on from the last good one"
+            );
             Ok(())
         }
         (result, _) => result,
@@ -346,7 +352,7 @@ fn finish(
     m.checkpoint_bytes
         .get_or_create(&ctx.labels)
         .set(i64::try_from(bytes).unwrap_or(i64::MAX));
-    debug!(slot = %ctx.labels.slot, partitions = stored.len(), bytes, ?written, elapsed = ?started.elapsed(), "checkpoint");
+    debug!(partitions = stored.len(), bytes, ?written, elapsed = ?started.elapsed(), "checkpoint");
     result
 }
 

@@ -132,7 +132,7 @@ impl ConsumerContext for SlotContext {
             return;
         }
         if let Err(error) = result {
-            warn!(slot = %self.labels.slot, %error, "offset commit failed; the next commit sends it again");
+            warn!(%error, "offset commit failed; the next commit sends it again");
             return;
         }
         let mut core = self.core.lock().unwrap_or_else(PoisonError::into_inner);
@@ -153,7 +153,7 @@ impl ConsumerContext for SlotContext {
         // committed or checkpointed then (the state may be half-updated, its lock poisoned); the
         // next owner resumes from the last commit. A second panic here would abort the process.
         if std::thread::panicking() {
-            warn!(slot = %self.labels.slot, "partitions handed over uncommitted after a panic");
+            warn!("partitions handed over uncommitted after a panic");
             return;
         }
         self.metrics.rebalances.get_or_create(&self.labels).inc();
@@ -219,23 +219,23 @@ impl ConsumerContext for SlotContext {
         drop(core);
         match flushed {
             Err(e) => {
-                warn!(slot = %self.labels.slot, error = %e, "revoked partitions not committed: sink failed")
+                warn!(error = %e, "revoked partitions not committed: sink failed")
             }
             Ok(()) if offsets.count() > 0 => {
-                debug!(slot = %self.labels.slot, offsets = ?offsets.to_topic_map(), "committing revoked partitions");
+                debug!(offsets = ?offsets.to_topic_map(), "committing revoked partitions");
                 if let Err(e) = consumer.commit(&offsets, CommitMode::Sync) {
                     // While stopping, other slots leave at the same moment and the coordinator
                     // may refuse with RebalanceInProgress; the final commit already covered it.
                     if self.stop.load(Ordering::Relaxed) {
-                        info!(slot = %self.labels.slot, error = %e, "commit on revocation skipped while stopping");
+                        info!(error = %e, "commit on revocation skipped while stopping");
                     } else {
-                        warn!(slot = %self.labels.slot, error = %e, "commit on revocation failed");
+                        warn!(error = %e, "commit on revocation failed");
                     }
                 }
             }
             Ok(()) => {}
         }
-        info!(slot = %self.labels.slot, partitions = ?revoked.to_topic_map(), "partitions revoked");
+        info!(partitions = ?revoked.to_topic_map(), "partitions revoked");
     }
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -274,7 +274,7 @@ impl ConsumerContext for SlotContext {
                     }
                 }
             }
-            info!(slot = %self.labels.slot, partitions = ?assigned.to_topic_map(), "partitions assigned");
+            info!(partitions = ?assigned.to_topic_map(), "partitions assigned");
         }
         let count = consumer.assignment().map_or(0, |a| a.count());
         self.metrics
@@ -303,7 +303,7 @@ impl SlotContext {
         let stop = || self.stop.load(Ordering::Relaxed);
         let mut blocked = Duration::ZERO;
         if let Err(e) = checkpoint(self, consumer, Some(&partitions), &mut blocked, &stop) {
-            warn!(slot = %self.labels.slot, error = %e, "revoked partitions not checkpointed: their next owner replays from the previous checkpoint");
+            warn!(error = %e, "revoked partitions not checkpointed: their next owner replays from the previous checkpoint");
             if self.transactional {
                 // The aborted transaction held the other partitions' outputs too.
                 self.fail(format!("checkpoint at revocation failed: {e}"));
@@ -319,7 +319,7 @@ impl SlotContext {
             ));
         }
         drop(core);
-        info!(slot = %self.labels.slot, partitions = ?revoked.to_topic_map(), "partitions checkpointed and revoked");
+        info!(partitions = ?revoked.to_topic_map(), "partitions checkpointed and revoked");
     }
 
     /// Assignment with checkpoints: each partition with a committed offset gets the state of the
@@ -379,7 +379,7 @@ impl SlotContext {
                 Ok(restored) => {
                     for (path, error) in &restored.skipped {
                         failure("unreadable");
-                        error!(slot = %self.labels.slot, %path, %error, "snapshot unreadable; falling back to the one before it");
+                        error!(%path, %error, "snapshot unreadable; falling back to the one before it");
                     }
                     let resume = restored.snapshot.next_offset;
                     if let Err(e) =
@@ -391,7 +391,7 @@ impl SlotContext {
                         if reset {
                             self.reset_state(&mut core, topic, &name, partition, "mismatch", &e);
                         } else {
-                            error!(slot = %self.labels.slot, path = %restored.file.path, error = %e, "snapshot does not fit this pipeline; partition paused");
+                            error!(path = %restored.file.path, error = %e, "snapshot does not fit this pipeline; partition paused");
                             let _ = paused.add_partition(&name, partition);
                         }
                         continue;
@@ -410,7 +410,7 @@ impl SlotContext {
                         .partition_pause
                         .get_or_create(&self.labels)
                         .observe(pause_ms as f64 / 1000.0);
-                    info!(slot = %self.labels.slot, topic = name, partition, committed = offset, resume, bytes = restored.bytes, pause_ms, path = %restored.file.path, "partition state restored");
+                    info!(topic = name, partition, committed = offset, resume, bytes = restored.bytes, pause_ms, path = %restored.file.path, "partition state restored");
                 }
                 Err(CheckpointError::Store(e)) => {
                     drop(core);
@@ -433,7 +433,7 @@ impl SlotContext {
                     if reset && incompatible {
                         self.reset_state(&mut core, topic, &name, partition, reason, &e);
                     } else {
-                        error!(slot = %self.labels.slot, topic = name, partition, error = %e, "partition paused: its state cannot be restored");
+                        error!(topic = name, partition, error = %e, "partition paused: its state cannot be restored");
                         let _ = paused.add_partition(&name, partition);
                     }
                 }
@@ -458,11 +458,11 @@ impl SlotContext {
             .state_resets
             .get_or_create(&Metrics::result_labels(&self.labels, reason))
             .inc();
-        warn!(slot = %self.labels.slot, topic = name, partition, %error, "state reset (checkpoint.onIncompatibleState: reset): the partition starts empty from its committed offset");
+        warn!(topic = name, partition, %error, "state reset (checkpoint.onIncompatibleState: reset): the partition starts empty from its committed offset");
     }
 
     pub(super) fn fail(&self, reason: String) {
-        error!(slot = %self.labels.slot, %reason, "slot restarts");
+        error!(%reason, "slot restarts");
         *self.failure.lock().unwrap_or_else(PoisonError::into_inner) = Some(reason);
     }
 }

@@ -165,7 +165,7 @@ pub fn run(config: &SlotConfig, stop: &Arc<AtomicBool>) -> Result<(), SlotError>
     )?);
     if transactional {
         sink.init_transactions(Duration::from_secs(60))?;
-        info!(slot = %config.labels.slot, transactional_id = ?transactional_id, "exactly-once: transactional producer ready");
+        info!(transactional_id = ?transactional_id, "exactly-once: transactional producer ready");
     }
     let core = Arc::new(Mutex::new(Core {
         processor: Processor::new(plan.clone())?,
@@ -183,7 +183,7 @@ pub fn run(config: &SlotConfig, stop: &Arc<AtomicBool>) -> Result<(), SlotError>
             );
             let prefix = format!("{}/{}", config.labels.namespace, config.labels.pipeline);
             let store = CheckpointStore::new(&settings.storage, &prefix, &plan.group, &writer)?;
-            info!(slot = %config.labels.slot, location = store.location(), "checkpoints enabled");
+            info!(location = store.location(), "checkpoints enabled");
             Some(Arc::new(Checkpointer::new(
                 store,
                 plan.state_fingerprint,
@@ -227,7 +227,7 @@ pub fn run(config: &SlotConfig, stop: &Arc<AtomicBool>) -> Result<(), SlotError>
         .for_client(&client_id)
         .create_with_context(context)?;
     consumer.subscribe(&plan.subscribed_topics())?;
-    info!(slot = %config.labels.slot, group = %plan.group, topics = ?plan.subscribed_topics(), "slot started");
+    info!(group = %plan.group, topics = ?plan.subscribed_topics(), "slot started");
 
     let latency = config
         .metrics
@@ -259,7 +259,7 @@ pub fn run(config: &SlotConfig, stop: &Arc<AtomicBool>) -> Result<(), SlotError>
     while !is_stopped() {
         config.watch.beat(wall_clock_ms());
         if !retries.is_empty() {
-            resume_due(config, &consumer, &plan, &mut retries);
+            resume_due(&consumer, &plan, &mut retries);
         }
         let poll_start = Instant::now();
         let revocations = consumer.context().revocations.load(Ordering::Relaxed);
@@ -337,9 +337,20 @@ pub fn run(config: &SlotConfig, stop: &Arc<AtomicBool>) -> Result<(), SlotError>
                 if !awaiting_first.is_empty() && awaiting_first.remove(&(topic, rec.partition)) {
                     let resume = processor.next_offset(topic, rec.partition);
                     if resume.is_some_and(|r| r != rec.offset) {
-                        warn!(slot = %config.labels.slot, topic = message.topic(), partition = rec.partition, offset = rec.offset, ?resume, "first record after assignment is not where the restored state resumes");
+                        warn!(
+                            topic = message.topic(),
+                            partition = rec.partition,
+                            offset = rec.offset,
+                            ?resume,
+                            "first record after assignment is not where the restored state resumes"
+                        );
                     } else {
-                        debug!(slot = %config.labels.slot, topic = message.topic(), partition = rec.partition, offset = rec.offset, "first record after assignment");
+                        debug!(
+                            topic = message.topic(),
+                            partition = rec.partition,
+                            offset = rec.offset,
+                            "first record after assignment"
+                        );
                     }
                 }
                 if !retries.is_empty() && retries.is_paused(topic, rec.partition) {
@@ -347,7 +358,12 @@ pub fn run(config: &SlotConfig, stop: &Arc<AtomicBool>) -> Result<(), SlotError>
                     continue;
                 }
                 if let Some(panic) = config.quarantine.take(topic, rec.partition, rec.offset) {
-                    warn!(slot = %config.labels.slot, topic = message.topic(), partition = rec.partition, offset = rec.offset, "dead-lettering the record a slot panicked on");
+                    warn!(
+                        topic = message.topic(),
+                        partition = rec.partition,
+                        offset = rec.offset,
+                        "dead-lettering the record a slot panicked on"
+                    );
                     processor.dead_letter_unprocessed(
                         &rec,
                         FailedStage::Panic,
@@ -362,7 +378,12 @@ pub fn run(config: &SlotConfig, stop: &Arc<AtomicBool>) -> Result<(), SlotError>
                     Ok(()) if retries.is_empty() => {}
                     Ok(()) => {
                         if retries.passed(topic, rec.partition, rec.offset) {
-                            info!(slot = %config.labels.slot, topic = message.topic(), partition = rec.partition, offset = rec.offset, "the held record passed: the partition consumes again");
+                            info!(
+                                topic = message.topic(),
+                                partition = rec.partition,
+                                offset = rec.offset,
+                                "the held record passed: the partition consumes again"
+                            );
                             report_held(config, message.topic(), rec.partition, false);
                         }
                     }
@@ -472,7 +493,7 @@ pub fn run(config: &SlotConfig, stop: &Arc<AtomicBool>) -> Result<(), SlotError>
         ),
     };
     if let Err(e) = finished {
-        warn!(slot = %config.labels.slot, error = %e, "final commit failed");
+        warn!(error = %e, "final commit failed");
     }
     consumer.unsubscribe();
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -487,7 +508,7 @@ pub fn run(config: &SlotConfig, stop: &Arc<AtomicBool>) -> Result<(), SlotError>
         &mut reported,
         &mut clock,
     );
-    info!(slot = %config.labels.slot, "slot stopped");
+    info!("slot stopped");
     Ok(())
 }
 
@@ -550,14 +571,14 @@ fn on_transient_failure(
     match retries.failed(rec.topic, partition, offset, at) {
         Verdict::Retry(wait) => {
             warn!(%slot, topic, partition, offset, error = %e, ?wait, "transient failure: the partition is paused and read again from this record after the wait");
-            hold(config, consumer, topic, partition, offset);
+            hold(consumer, topic, partition, offset);
         }
         Verdict::Hold { wait, first } => {
             if first {
                 warn!(%slot, topic, partition, offset, error = %e, ?wait, "transient failure did not pass and there is no deadLetter topic: the partition is held at this record, never dropping it, until it can be processed");
                 report_held(config, topic, partition, true);
             }
-            hold(config, consumer, topic, partition, offset);
+            hold(consumer, topic, partition, offset);
         }
         Verdict::GiveUp { attempts, waited } => {
             warn!(%slot, topic, partition, offset, error = %e, attempts, "transient failure did not pass: dead-lettering the record");
@@ -585,13 +606,7 @@ fn report_held(config: &SlotConfig, topic: &str, partition: i32, held: bool) {
         .set(i64::from(held));
 }
 
-fn hold(
-    config: &SlotConfig,
-    consumer: &BaseConsumer<SlotContext>,
-    topic: &str,
-    partition: i32,
-    offset: i64,
-) {
+fn hold(consumer: &BaseConsumer<SlotContext>, topic: &str, partition: i32, offset: i64) {
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition(topic, partition);
     let paused = consumer.pause(&tpl);
@@ -606,17 +621,12 @@ fn hold(
         consumer
             .context()
             .fail(format!("holding {topic}/{partition} at {offset}: {e}"));
-        warn!(slot = %config.labels.slot, topic, partition, error = %e, "could not pause and rewind the partition");
+        warn!(topic, partition, error = %e, "could not pause and rewind the partition");
     }
 }
 
 /// Resumes the held partitions whose backoff is over.
-fn resume_due(
-    config: &SlotConfig,
-    consumer: &BaseConsumer<SlotContext>,
-    plan: &Plan,
-    retries: &mut Retries,
-) {
+fn resume_due(consumer: &BaseConsumer<SlotContext>, plan: &Plan, retries: &mut Retries) {
     let due = retries.due(Instant::now());
     if due.is_empty() {
         return;
@@ -626,7 +636,7 @@ fn resume_due(
         tpl.add_partition(plan.topic_name(topic), partition);
     }
     if let Err(e) = consumer.resume(&tpl) {
-        warn!(slot = %config.labels.slot, error = %e, "could not resume held partitions");
+        warn!(error = %e, "could not resume held partitions");
     }
 }
 
@@ -637,7 +647,7 @@ fn poll_failed(config: &SlotConfig, error: &KafkaError) {
         .kafka_errors
         .get_or_create(&config.labels)
         .inc();
-    warn!(slot = %config.labels.slot, %error, "poll failed");
+    warn!(%error, "poll failed");
 }
 
 pub(super) fn lock(core: &Mutex<Core>) -> MutexGuard<'_, Core> {

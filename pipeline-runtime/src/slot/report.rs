@@ -24,7 +24,7 @@ pub(super) fn observe_emits(config: &SlotConfig, latency: &Histogram, emits: &[E
         if let Emit::DeadLetter { stage, error, .. } = emit {
             config.metrics.dead_lettered(&config.labels, *stage);
             if config.plan.dead_letter_topic.is_none() {
-                warn!(slot = %config.labels.slot, stage = stage.as_str(), %error, "record rejected (no deadLetter topic configured)");
+                warn!(stage = stage.as_str(), %error, "record rejected (no deadLetter topic configured)");
             }
         }
     }

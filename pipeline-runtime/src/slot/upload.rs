@@ -59,7 +59,8 @@ pub(super) struct Stored {
 }
 
 /// Stores a checkpoint's snapshots in order, stopping at the first failure.
-pub(super) fn store(checkpointer: &Checkpointer, slot: &str, taken: Taken) -> Stored {
+pub(super) fn store(checkpointer: &Checkpointer, taken: Taken) -> Stored {
+    let _span = tracing::info_span!("checkpoint", written_ms = taken.written_ms).entered();
     let mut stored = Stored {
         started: taken.started,
         partitions: Vec::with_capacity(taken.snapshots.len()),
@@ -76,7 +77,7 @@ pub(super) fn store(checkpointer: &Checkpointer, slot: &str, taken: Taken) -> St
                     .push((s.topic, s.partition, s.snapshot.next_offset, s.progress));
             }
             Err(e) => {
-                warn!(slot, topic = s.name, partition = s.partition, error = %e, "snapshot not written; the slot's partitions keep their previous checkpoint");
+                warn!(topic = s.name, partition = s.partition, error = %e, "snapshot not written; the slot's partitions keep their previous checkpoint");
                 stored.failed = Some(e.to_string());
                 break;
             }
@@ -101,13 +102,13 @@ enum Done {
     },
 }
 
-fn run(checkpointer: &Checkpointer, slot: &str, job: Job) -> Done {
+fn run(checkpointer: &Checkpointer, job: Job) -> Done {
     match job {
-        Job::Store(taken) => Done::Stored(store(checkpointer, slot, taken)),
+        Job::Store(taken) => Done::Stored(store(checkpointer, taken)),
         Job::Prune(partitions) => {
             for (topic, partition, committed) in partitions {
                 if let Err(e) = checkpointer.prune(&topic, partition, committed) {
-                    warn!(slot, topic, partition, error = %e, "old snapshots not pruned");
+                    warn!(topic, partition, error = %e, "old snapshots not pruned");
                 }
             }
             Done::Pruned
@@ -146,20 +147,23 @@ impl Uploader {
     pub(super) fn start(checkpointer: Arc<Checkpointer>, slot: String) -> std::io::Result<Self> {
         let (jobs, inbox) = channel::<Job>();
         let (outbox, done) = channel::<Done>();
+        // Started on the slot's thread: the uploader's lines carry the slot's span.
+        let slot_span = tracing::Span::current();
         std::thread::Builder::new()
             .name(format!("sluice-upload-{slot}"))
             .spawn(move || {
+                let _span = tracing::info_span!(parent: &slot_span, "uploader").entered();
                 for job in inbox {
                     // A panic (a bug) fails this job, not the thread: the slot counts a failed
                     // checkpoint and goes on.
                     let is_store = matches!(job, Job::Store(_));
-                    let result = catch_unwind(AssertUnwindSafe(|| run(&checkpointer, &slot, job)))
+                    let result = catch_unwind(AssertUnwindSafe(|| run(&checkpointer, job)))
                         .unwrap_or_else(|panic| {
                             let reason = format!(
                                 "the snapshot uploader panicked: {}",
                                 super::panic_message(panic.as_ref())
                             );
-                            warn!(slot, %reason, "snapshot job failed");
+                            warn!(%reason, "snapshot job failed");
                             Done::Panicked { is_store, reason }
                         });
                     if outbox.send(result).is_err() {

@@ -76,7 +76,7 @@ pub async fn delete_unwanted(
                 Err(kube::Error::Api(e)) if e.code == 404 => continue,
                 Err(e) => return Err(e),
             }
-            tracing::info!(pipeline = %name, %namespace, kind = %kind.kind, child = %child, "deleted a child no longer wanted");
+            tracing::info!(kind = %kind.kind, child = %child, "deleted a child no longer wanted");
             deleted.push(format!("{}/{child}", kind.kind));
         }
     }
