@@ -24,6 +24,7 @@ pub mod source;
 pub mod status;
 pub mod support;
 pub mod transform;
+pub mod valid;
 pub mod validate;
 pub mod window;
 

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use pipeline_crds::{
     PipelineDeployment,
     contract::{Scale, env},
+    valid::ValidPipeline,
 };
 use serde_json::json;
 
@@ -91,18 +92,10 @@ pub fn runtime_config(pd: &PipelineDeployment, name: &str, namespace: &str) -> S
     serde_norway::to_string(&manifest).expect("a spec serializes")
 }
 
-/// The desired deployment of `pd`, sized by `sizing`.
-pub fn desired(pd: &PipelineDeployment, sizing: &Sizing) -> Result<Desired, BuildError> {
-    let name = pd
-        .metadata
-        .name
-        .clone()
-        .ok_or(BuildError::Metadata("name"))?;
-    let namespace = pd
-        .metadata
-        .namespace
-        .clone()
-        .ok_or(BuildError::Metadata("namespace"))?;
+/// The desired deployment of `pipeline`, sized by `sizing`.
+pub fn desired(pipeline: &ValidPipeline, sizing: &Sizing) -> Desired {
+    let pd = pipeline.resource();
+    let (name, namespace) = (pipeline.name().to_owned(), pipeline.namespace().to_owned());
     let config = runtime_config(pd, &name, &namespace);
     let config_hash = format!("{:08x}", crc32fast::hash(config.as_bytes()));
     let mut env: BTreeMap<String, String> = pd
@@ -115,7 +108,7 @@ pub fn desired(pd: &PipelineDeployment, sizing: &Sizing) -> Result<Desired, Buil
         .collect();
     env.insert(env::PIPELINE.to_owned(), name.clone());
     env.insert(env::NAMESPACE.to_owned(), namespace.clone());
-    Ok(Desired {
+    Desired {
         config,
         config_hash,
         scale: Scale::pipeline(sizing.parallelism, sizing.replicas),
@@ -129,7 +122,7 @@ pub fn desired(pd: &PipelineDeployment, sizing: &Sizing) -> Result<Desired, Buil
         env,
         name,
         namespace,
-    })
+    }
 }
 
 #[cfg(test)]
@@ -139,7 +132,7 @@ mod tests {
     use super::*;
     use crate::sizing::size;
 
-    fn pd(extra: &str) -> PipelineDeployment {
+    fn unchecked(extra: &str) -> PipelineDeployment {
         from_yaml(
             &format!("apiVersion: sluice.dev/v1alpha1\nkind: PipelineDeployment\nmetadata: {{name: p, namespace: ns}}\nspec:\n  kafka: {{bootstrapServers: 'k:9092'}}\n  source: {{topic: in}}\n  sink: {{kafka: {{topic: out}}}}\n{extra}"),
             "t",
@@ -147,12 +140,31 @@ mod tests {
         .unwrap()
     }
 
+    fn pd(extra: &str) -> ValidPipeline {
+        pipeline_crds::valid::validate_pipeline(
+            &unchecked(extra),
+            &pipeline_crds::valid::AnyInstallation,
+        )
+        .unwrap()
+    }
+
     #[test]
     fn pod_template_env_reaches_every_backend_but_never_overrides_the_operators_own() {
-        let p = pd(
+        // An override of the operator's own is refused by validation, so no valid pipeline
+        // carries one to here.
+        let overriding = unchecked(
             "  podTemplate:\n    env: [{name: SLUICE_SIMULATED_RECORD_COST, value: 200us}, {name: SLUICE_PIPELINE, value: other}]\n",
         );
-        let d = desired(&p, &size(&p.spec, 4, None).unwrap()).unwrap();
+        assert!(
+            pipeline_crds::valid::validate_pipeline(
+                &overriding,
+                &pipeline_crds::valid::AnyInstallation
+            )
+            .is_err()
+        );
+        let p =
+            pd("  podTemplate:\n    env: [{name: SLUICE_SIMULATED_RECORD_COST, value: 200us}]\n");
+        let d = desired(&p, &size(p.spec(), 4, None).unwrap());
         assert_eq!(d.env["SLUICE_SIMULATED_RECORD_COST"], "200us");
         assert_eq!(d.env["SLUICE_PIPELINE"], "p");
     }
@@ -160,8 +172,8 @@ mod tests {
     #[test]
     fn scaling_changes_the_scale_but_not_the_config_and_suspend_wants_no_pods() {
         let p = pd("  parallelism: 2\n");
-        let two = desired(&p, &size(&p.spec, 12, None).unwrap()).unwrap();
-        let six = desired(&p, &size(&p.spec, 12, Some(6)).unwrap()).unwrap();
+        let two = desired(&p, &size(p.spec(), 12, None).unwrap());
+        let six = desired(&p, &size(p.spec(), 12, Some(6)).unwrap());
         assert_eq!(
             (two.config_hash.clone(), two.config.clone()),
             (six.config_hash.clone(), six.config.clone())
@@ -170,23 +182,14 @@ mod tests {
         let slots: i32 = (0..six.replicas).map(|o| six.slots_of(o)).sum();
         assert_eq!(slots, 6);
         let s = pd("  suspend: true\n");
-        assert_eq!(
-            desired(&s, &size(&s.spec, 8, None).unwrap())
-                .unwrap()
-                .replicas,
-            0
-        );
+        assert_eq!(desired(&s, &size(s.spec(), 8, None).unwrap()).replicas, 0);
     }
 
     #[test]
     fn a_changed_spec_changes_the_config_hash() {
         let a = pd("");
         let b = pd("  transform: {filter: 'record.x > 1'}\n");
-        let hash = |p: &PipelineDeployment| {
-            desired(p, &size(&p.spec, 8, None).unwrap())
-                .unwrap()
-                .config_hash
-        };
+        let hash = |p: &ValidPipeline| desired(p, &size(p.spec(), 8, None).unwrap()).config_hash;
         assert_ne!(hash(&a), hash(&b));
         assert_eq!(hash(&a), hash(&pd("")));
     }

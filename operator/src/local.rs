@@ -78,10 +78,9 @@ pub fn prepare(options: &LocalOptions) -> Result<PipelineDeployment, LocalError>
     let mut pd = pipeline_crds::manifest::from_file(&options.file)
         .map_err(|e| LocalError::Manifest(e.to_string()))?;
     localize(&mut pd, options);
-    let problems = pipeline_crds::support::problems(&pd.spec);
-    if !problems.is_empty() {
-        return Err(LocalError::Invalid(problems));
-    }
+    // Refused before any process starts (the reconcile validates the same way).
+    pipeline_crds::valid::validate_pipeline(&pd, &pipeline_crds::valid::AnyInstallation)
+        .map_err(|e| LocalError::Invalid(e.0))?;
     Ok(pd)
 }
 

@@ -576,14 +576,18 @@ fn main() -> anyhow::Result<ExitCode> {
                         continue;
                     }
                 };
-                let problems = pipeline_crds::support::problems(&pd.spec);
-                if problems.is_empty() {
-                    println!("{}: valid", file.display());
-                } else {
-                    ok = false;
-                    eprintln!("{}:", file.display());
-                    for p in problems {
-                        eprintln!("  - {p}");
+                let checked = pipeline_crds::valid::validate_pipeline(
+                    &pd,
+                    &pipeline_crds::valid::AnyInstallation,
+                );
+                match checked {
+                    Ok(_) => println!("{}: valid", file.display()),
+                    Err(pipeline_crds::ValidationErrors(problems)) => {
+                        ok = false;
+                        eprintln!("{}:", file.display());
+                        for p in problems {
+                            eprintln!("  - {p}");
+                        }
                     }
                 }
             }

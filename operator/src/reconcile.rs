@@ -6,7 +6,10 @@ use std::{sync::Arc, time::Duration};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
-use pipeline_crds::{PipelineDeployment, PipelineDeploymentStatus, status::AutoscalerStatus};
+use pipeline_crds::{
+    PipelineDeployment, PipelineDeploymentStatus, ValidationErrors, status::AutoscalerStatus,
+    valid::validate_pipeline,
+};
 use tracing::{info, instrument, warn};
 
 use crate::{
@@ -96,7 +99,6 @@ pub async fn reconcile_pipeline(
     backend: &dyn Backend,
     pd: &PipelineDeployment,
 ) -> Result<Reconciled, ReconcileError> {
-    let name = pd.name_any();
     let reconciled = |requeue, label, status| Reconciled {
         requeue,
         label,
@@ -117,17 +119,17 @@ pub async fn reconcile_pipeline(
             status: None,
         });
     }
-    let mut problems = pipeline_crds::validate::name_problems(&name);
-    problems.extend(pipeline_crds::support::problems(&pd.spec));
-    problems.extend(backend.problems(pd));
-    if !problems.is_empty() {
-        info!(
-            problems = problems.len(),
-            "invalid spec; waiting for a change"
-        );
-        let status = report(backend, pd, &Outcome::Invalid(problems)).await?;
-        return Ok(reconciled(None, "invalid", status));
-    }
+    let valid = match validate_pipeline(pd, backend.rules()) {
+        Ok(valid) => valid,
+        Err(ValidationErrors(problems)) => {
+            info!(
+                problems = problems.len(),
+                "invalid spec; waiting for a change"
+            );
+            let status = report(backend, pd, &Outcome::Invalid(problems)).await?;
+            return Ok(reconciled(None, "invalid", status));
+        }
+    };
     if let Some(deletion) = backend.deletion() {
         cleanup::keep_finalizer_in_step(deletion, pd).await?;
     }
@@ -175,7 +177,7 @@ pub async fn reconcile_pipeline(
     };
     let decision = autoscale::decided(&pd.spec, autoscaler.as_ref());
     let sizing = size(&pd.spec, partitions, decision)?;
-    let desired = desired(pd, &sizing)?;
+    let desired = desired(&valid, &sizing);
     let applied = match backend.apply(pd, &desired).await {
         Ok(applied) => applied,
         Err(conflict @ BackendError::NameConflict { .. }) => {

@@ -1,7 +1,10 @@
 //! `pipeline-operator render`: every object the operator would create for a PipelineDeployment,
 //! as YAML, without a cluster.
 
-use pipeline_crds::{FieldError, PipelineDeployment};
+use pipeline_crds::{
+    FieldError, PipelineDeployment,
+    valid::{AnyInstallation, validate_pipeline},
+};
 
 use crate::{
     backend::kube::children::{Environment, build},
@@ -36,17 +39,14 @@ pub fn render(
     decision: Option<i32>,
     environment: &Environment,
 ) -> Result<String, RenderError> {
-    let problems = pipeline_crds::support::problems(&pd.spec);
-    if !problems.is_empty() {
-        return Err(RenderError::Problems(problems));
-    }
     let mut pd = pd.clone();
     pd.metadata
         .namespace
         .get_or_insert_with(|| "default".into());
     pd.metadata.uid.get_or_insert_with(|| UNSTORED_UID.into());
-    let sizing = size(&pd.spec, partitions, decision)?;
-    let children = build(&pd, &desired(&pd, &sizing)?, environment)?;
+    let valid = validate_pipeline(&pd, &AnyInstallation).map_err(|e| RenderError::Problems(e.0))?;
+    let sizing = size(valid.spec(), partitions, decision)?;
+    let children = build(&pd, &desired(&valid, &sizing), environment)?;
     let mut documents = vec![
         typed("v1", "ConfigMap", &children.config_map),
         typed("v1", "Service", &children.headless_service),

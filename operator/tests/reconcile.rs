@@ -1651,7 +1651,7 @@ async fn a_child_whose_name_is_taken_by_an_object_it_does_not_own_is_left_alone(
 /// being deleted, asked `seconds_ago`, with the finalizer on.
 fn deleted(checkpoints: bool, seconds_ago: f64) -> PipelineDeployment {
     let extra = if checkpoints {
-        "  deletionPolicy: delete\n  checkpoint: {storage: {s3: {bucket: b}}}\n"
+        "  deletionPolicy: delete\n  checkpoint: {storage: {s3: {bucket: bucket-b}}}\n"
     } else {
         "  deletionPolicy: delete\n"
     };

@@ -15,7 +15,11 @@ use crate::{
 };
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use pipeline_crds::contract::{env, paths, ports};
+use pipeline_crds::{
+    ValidationErrors,
+    contract::{env, paths, ports},
+    valid::{AnyInstallation, validate_pipeline},
+};
 use tracing::info;
 
 /// The Sluice stream runtime: source → filter → keyBy → window → aggregate → sink, on Kafka.
@@ -180,16 +184,18 @@ where
     match cli.command {
         Command::Validate { file } => {
             let pd = pipeline_crds::manifest::from_file(&file)?;
-            let problems = pipeline_crds::support::problems(&pd.spec);
-            if problems.is_empty() {
-                println!("{}: valid", file.display());
-                Ok(ExitCode::SUCCESS)
-            } else {
-                eprintln!("{}:", file.display());
-                for p in problems {
-                    eprintln!("  - {p}");
+            match validate_pipeline(&pd, &AnyInstallation) {
+                Ok(_) => {
+                    println!("{}: valid", file.display());
+                    Ok(ExitCode::SUCCESS)
                 }
-                Ok(ExitCode::FAILURE)
+                Err(ValidationErrors(problems)) => {
+                    eprintln!("{}:", file.display());
+                    for p in problems {
+                        eprintln!("  - {p}");
+                    }
+                    Ok(ExitCode::FAILURE)
+                }
             }
         }
         Command::Run(args) => run(args),
@@ -271,12 +277,10 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .name
         .clone()
         .context("the manifest has no metadata.name")?;
-    let namespace = pd
-        .metadata
-        .namespace
-        .clone()
-        .or_else(|| std::env::var(env::NAMESPACE).ok())
-        .unwrap_or_else(|| "default".to_owned());
+    if pd.metadata.namespace.is_none() {
+        pd.metadata.namespace = std::env::var(env::NAMESPACE).ok();
+    }
+    let pipeline = validate_pipeline(&pd, &AnyInstallation)?;
     let pod = args.pod.unwrap_or_else(|| {
         std::fs::read_to_string("/etc/hostname")
             .map(|h| h.trim().to_owned())
@@ -315,10 +319,8 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         bail!("no slots for this pod (--slots, or --parallelism/--replicas and the pod ordinal)");
     }
     let runtime = Runtime::start(RuntimeOptions {
-        name: name.clone(),
-        namespace,
+        pipeline,
         pod,
-        spec: pd.spec,
         slots,
         scale_file: args.scale_file,
         metrics_addr: Some(SocketAddr::from((Ipv4Addr::UNSPECIFIED, args.metrics_port))),

@@ -15,6 +15,8 @@ use rdkafka::{
 };
 use serde_json::{Value, json};
 
+use pipeline_crds::valid::{AnyInstallation, validate_pipeline};
+
 use crate::{
     produce::{AfterWait, send_with_backpressure},
     runtime::{Runtime, RuntimeOptions},
@@ -207,11 +209,10 @@ pub fn run(options: &DemoOptions) -> anyhow::Result<DemoReport> {
 
     let cpu_before = process_cpu_seconds();
     let started = Instant::now();
+    let pipeline = validate_pipeline(&pd, &AnyInstallation)?;
     let runtime = Runtime::start(RuntimeOptions {
-        name,
-        namespace,
+        pipeline,
         pod: "demo-0".into(),
-        spec: pd.spec,
         slots: options.slots,
         scale_file: None,
         metrics_addr: options.metrics_addr,

@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use pipeline_crds::{FieldError, PipelineDeploymentSpec, ValidationErrors, support::unsupported};
+use pipeline_crds::valid::ValidPipeline;
 use tracing::{error, info, warn};
 
 use crate::{
@@ -26,14 +26,10 @@ use crate::{
 /// What to run.
 #[derive(Clone, Debug)]
 pub struct RuntimeOptions {
-    /// PipelineDeployment name.
-    pub name: String,
-    /// Its namespace.
-    pub namespace: String,
+    /// The pipeline, validated ([`pipeline_crds::valid::validate_pipeline`]).
+    pub pipeline: ValidPipeline,
     /// This pod's name (labels metrics and client ids).
     pub pod: String,
-    /// The pipeline.
-    pub spec: PipelineDeploymentSpec,
     /// Slots (threads, group members) of this process at the start.
     pub slots: usize,
     /// The scale file to watch: when it changes, slots are started or stopped to match it
@@ -50,12 +46,6 @@ pub struct RuntimeOptions {
 /// Why the runtime refuses to start.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
-    /// The spec is invalid.
-    #[error(transparent)]
-    Invalid(#[from] ValidationErrors),
-    /// The spec uses a feature this release cannot run.
-    #[error("{}", format_unsupported(.0))]
-    Unsupported(Vec<FieldError>),
     /// The metrics port could not be bound.
     #[error("cannot serve metrics on {addr}: {source}")]
     Http {
@@ -64,14 +54,6 @@ pub enum RuntimeError {
         /// The error.
         source: std::io::Error,
     },
-}
-
-fn format_unsupported(errors: &[FieldError]) -> String {
-    let lines: Vec<String> = errors.iter().map(|e| format!("  - {e}")).collect();
-    format!(
-        "this release cannot run the pipeline:\n{}",
-        lines.join("\n")
-    )
 }
 
 /// A running runtime.
@@ -85,18 +67,14 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    /// Validates and starts. Kafka being unreachable is not an error here: the runtime waits for
-    /// it, logs, and reports not-ready.
+    /// Starts. Kafka being unreachable is not an error here: the runtime waits for it, logs, and
+    /// reports not-ready.
     pub fn start(options: RuntimeOptions) -> Result<Self, RuntimeError> {
-        pipeline_crds::validate(&options.spec)?;
-        let missing = unsupported(&options.spec);
-        if !missing.is_empty() {
-            return Err(RuntimeError::Unsupported(missing));
-        }
+        let pipeline = &options.pipeline;
         let group = pipeline_crds::contract::consumer_group(
-            &options.spec,
-            &options.namespace,
-            &options.name,
+            pipeline.spec(),
+            pipeline.namespace(),
+            pipeline.name(),
         );
         let metrics = Arc::new(Metrics::new());
         let health = Arc::new(Health::new(options.slots));
@@ -176,12 +154,12 @@ fn supervise(
     health: Arc<Health>,
     stop: Arc<AtomicBool>,
 ) {
-    let bootstrap = options.spec.kafka.bootstrap_servers.clone();
+    let spec = options.pipeline.spec();
+    let bootstrap = spec.kafka.bootstrap_servers.clone();
     let Some(partitions) = prepare_topics(&options, &group, &metrics, &health, &stop) else {
         return;
     };
-    let plan =
-        Arc::new(Plan::new(&options.spec, &group, partitions).with_bootstrap_servers(&bootstrap));
+    let plan = Arc::new(Plan::new(spec, &group, partitions).with_bootstrap_servers(&bootstrap));
     let quarantine = Arc::new(Quarantine::default());
     let start = |index: usize| -> (Arc<AtomicBool>, JoinHandle<()>) {
         let config = SlotConfig {
@@ -269,8 +247,8 @@ const SCALE_POLL: Duration = Duration::from_secs(1);
 
 fn slot_labels(options: &RuntimeOptions, index: usize) -> SlotLabels {
     SlotLabels {
-        pipeline: options.name.clone(),
-        namespace: options.namespace.clone(),
+        pipeline: options.pipeline.name().to_owned(),
+        namespace: options.pipeline.namespace().to_owned(),
         pod: options.pod.clone(),
         slot: index.to_string(),
     }
@@ -393,11 +371,12 @@ fn prepare_topics(
     health: &Health,
     stop: &AtomicBool,
 ) -> Option<Vec<usize>> {
-    let bootstrap = options.spec.kafka.bootstrap_servers.as_str();
+    let spec = options.pipeline.spec();
+    let bootstrap = spec.kafka.bootstrap_servers.as_str();
     let mut backoff = Duration::from_secs(1);
     let mut reported = None;
     loop {
-        let result = topics::prepare(&options.spec, bootstrap, group);
+        let result = topics::prepare(spec, bootstrap, group);
         metrics.topics_missing.clear();
         match result {
             Ok(partitions) => {
@@ -414,8 +393,8 @@ fn prepare_topics(
                     metrics
                         .topics_missing
                         .get_or_create(&TopicLabels {
-                            pipeline: options.name.clone(),
-                            namespace: options.namespace.clone(),
+                            pipeline: options.pipeline.name().to_owned(),
+                            namespace: options.pipeline.namespace().to_owned(),
                             pod: options.pod.clone(),
                             topic: problem.topic.clone(),
                             role: problem.role.to_owned(),

@@ -528,6 +528,10 @@ impl Backend for LocalBackend {
     fn deletion(&self) -> Option<&dyn crate::cleanup::Deletion> {
         None
     }
+
+    fn rules(&self) -> &dyn pipeline_crds::valid::InstallationRules {
+        &pipeline_crds::valid::AnyInstallation
+    }
 }
 
 #[cfg(test)]

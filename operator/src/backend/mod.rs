@@ -27,6 +27,9 @@ pub enum BackendError {
     /// The objects cannot be built.
     #[error(transparent)]
     Build(#[from] crate::desired::BuildError),
+    /// The pipeline does not pass validation (a cleanup Job is built from a valid one only).
+    #[error("{0}")]
+    Invalid(String),
     /// The pods cannot be sized.
     #[error(transparent)]
     Sizing(#[from] crate::sizing::SizingError),
@@ -60,11 +63,9 @@ pub trait Backend: Send + Sync {
         desired: &'a Desired,
     ) -> BoxFuture<'a, Result<Applied, BackendError>>;
 
-    /// What this backend cannot run of a spec that is otherwise valid (each with its field
-    /// path); reported like any invalid spec.
-    fn problems(&self, _pd: &PipelineDeployment) -> Vec<pipeline_crds::validate::FieldError> {
-        Vec::new()
-    }
+    /// The rules of the installation this backend runs pipelines in (validation checks them
+    /// with everything else: [`pipeline_crds::valid::validate_pipeline`]).
+    fn rules(&self) -> &dyn pipeline_crds::valid::InstallationRules;
 
     /// Records `status` as `pd`'s status and announces what changed.
     fn report<'a>(

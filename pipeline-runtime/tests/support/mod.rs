@@ -7,19 +7,23 @@ use std::time::{Duration, Instant};
 #[allow(unused_imports)] // the transactions test uses none of them
 pub use pipeline_e2e::broker::*;
 
-/// The options tests start a runtime with: namespace `test`, no scale file, no metrics server,
-/// a 1 s commit interval and no simulated work. Override fields with `..options(..)`.
+/// The options tests start a runtime with: pipeline `name` in namespace `test` (validated), no
+/// scale file, no metrics server, a 1 s commit interval and no simulated work. Override fields
+/// with `..options(..)`.
 pub fn options(
     name: &str,
     pod: &str,
     spec: pipeline_crds::PipelineDeploymentSpec,
     slots: usize,
 ) -> pipeline_runtime::runtime::RuntimeOptions {
+    let mut pd = pipeline_crds::PipelineDeployment::new(name, spec);
+    pd.metadata.namespace = Some("test".into());
+    let pipeline =
+        pipeline_crds::valid::validate_pipeline(&pd, &pipeline_crds::valid::AnyInstallation)
+            .unwrap_or_else(|e| panic!("a test pipeline must be valid: {e}"));
     pipeline_runtime::runtime::RuntimeOptions {
-        name: name.into(),
-        namespace: "test".into(),
+        pipeline,
         pod: pod.into(),
-        spec,
         slots,
         scale_file: None,
         metrics_addr: None,

@@ -132,7 +132,10 @@ mod tests {
             default_image: "img:1".into(),
             pod_monitor_crd: pod_monitor,
         };
-        build(pd, &desired(pd, &sizing).unwrap(), &environment).unwrap()
+        let valid =
+            pipeline_crds::valid::validate_pipeline(pd, &pipeline_crds::valid::AnyInstallation)
+                .unwrap();
+        build(pd, &desired(&valid, &sizing), &environment).unwrap()
     }
 
     fn pod(c: &Children) -> PodSpec {
@@ -166,7 +169,9 @@ mod tests {
     #[test]
     fn the_runtime_container_is_locked_down_and_gets_credentials_only_by_secret_reference() {
         let c = children(
-            &pd("  checkpoint: {storage: {s3: {bucket: b, credentialsSecret: {name: s3}}}}\n"),
+            &pd(
+                "  checkpoint: {storage: {s3: {bucket: bucket-b, credentialsSecret: {name: s3}}}}\n",
+            ),
             false,
         );
         let spec = pod(&c);

@@ -133,7 +133,10 @@ mod tests {
         )
         .unwrap();
         pd.metadata.uid = Some("u-1".into());
-        let d = desired(&pd, &size(&pd.spec, 4, None).unwrap()).unwrap();
+        let valid =
+            pipeline_crds::valid::validate_pipeline(&pd, &pipeline_crds::valid::AnyInstallation)
+                .unwrap();
+        let d = desired(&valid, &size(&pd.spec, 4, None).unwrap());
         let environment = Environment {
             default_image: "img:1".into(),
             pod_monitor_crd: false,
@@ -144,7 +147,7 @@ mod tests {
     #[test]
     fn the_cleanup_job_runs_as_the_pipeline_with_its_manifest_and_no_configmap() {
         let (job, d) = job(
-            "  checkpoint: {storage: {s3: {bucket: b, credentialsSecret: {name: s3}}}}\n  podTemplate: {serviceAccountName: pipeline-sa}\n",
+            "  checkpoint: {storage: {s3: {bucket: bucket-b, credentialsSecret: {name: s3}}}}\n  podTemplate: {serviceAccountName: pipeline-sa}\n",
         );
         assert!(job_of(&job, "u-1") && !job_of(&job, "u-2"));
         assert!(job.metadata.owner_references.is_none());

@@ -7,7 +7,7 @@ use kube::{
     Api, ResourceExt,
     api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
 };
-use pipeline_crds::PipelineDeployment;
+use pipeline_crds::{PipelineDeployment, valid::validate_pipeline};
 use serde_json::json;
 
 use super::{
@@ -101,7 +101,9 @@ impl KubeBackend {
                 default_image: self.default_image.clone(),
                 pod_monitor_crd: false,
             };
-            let job = cleanup_job(pd, &desired(pd, &sizing)?, &environment);
+            let valid =
+                validate_pipeline(pd, self).map_err(|e| BackendError::Invalid(e.to_string()))?;
+            let job = cleanup_job(pd, &desired(&valid, &sizing), &environment);
             jobs.create(&PostParams::default(), &job).await?;
             return Ok(JobProgress::Started(name));
         };

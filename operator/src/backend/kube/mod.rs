@@ -267,27 +267,9 @@ impl KubeBackend {
     }
 }
 
-impl Backend for KubeBackend {
-    fn kafka_access<'a>(
-        &'a self,
-        pd: &'a PipelineDeployment,
-    ) -> BoxFuture<'a, Result<KafkaAccess, String>> {
-        Box::pin(async move {
-            let namespace = pd.namespace().unwrap_or_default();
-            kafka::access(&self.client, &namespace, &pd.spec)
-                .await
-                .map_err(|e| e.to_string())
-        })
-    }
-
-    fn apply<'a>(
-        &'a self,
-        pd: &'a PipelineDeployment,
-        desired: &'a Desired,
-    ) -> BoxFuture<'a, Result<Applied, BackendError>> {
-        Box::pin(self.apply_children(pd, desired))
-    }
-
+/// In a cluster: the runtime images the installation allows, and no local directory for
+/// checkpoints.
+impl pipeline_crds::valid::InstallationRules for KubeBackend {
     fn problems(&self, pd: &PipelineDeployment) -> Vec<pipeline_crds::validate::FieldError> {
         use pipeline_crds::validate::FieldError;
         let mut problems = Vec::new();
@@ -313,6 +295,32 @@ impl Backend for KubeBackend {
             });
         }
         problems
+    }
+}
+
+impl Backend for KubeBackend {
+    fn kafka_access<'a>(
+        &'a self,
+        pd: &'a PipelineDeployment,
+    ) -> BoxFuture<'a, Result<KafkaAccess, String>> {
+        Box::pin(async move {
+            let namespace = pd.namespace().unwrap_or_default();
+            kafka::access(&self.client, &namespace, &pd.spec)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn apply<'a>(
+        &'a self,
+        pd: &'a PipelineDeployment,
+        desired: &'a Desired,
+    ) -> BoxFuture<'a, Result<Applied, BackendError>> {
+        Box::pin(self.apply_children(pd, desired))
+    }
+
+    fn rules(&self) -> &dyn pipeline_crds::valid::InstallationRules {
+        self
     }
 
     fn report<'a>(
