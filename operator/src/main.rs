@@ -17,58 +17,7 @@ struct Cli {
 enum Command {
     /// Run the controller: reconcile every PipelineDeployment of the cluster until SIGTERM. Uses
     /// the in-cluster service account, or the current kubeconfig context.
-    Run {
-        /// Runtime image when a manifest sets none.
-        #[arg(long, env = "SLUICE_RUNTIME_IMAGE", default_value = DEFAULT_RUNTIME_IMAGE)]
-        image: String,
-        /// This replica's name, in Events and as its leader-election identity (the Helm chart
-        /// sets it from the pod name). Defaults to the host name.
-        #[arg(long, env = "POD_NAME")]
-        instance: Option<String>,
-        /// Take part in leader election, so that only one of several replicas reconciles.
-        #[arg(long, env = "SLUICE_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
-        leader_election: bool,
-        /// Name of the leader-election Lease.
-        #[arg(long, default_value = "sluice-operator")]
-        lease_name: String,
-        /// Namespace of the Lease (the operator's own).
-        #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
-        lease_namespace: String,
-        /// Seconds the Lease stays valid without renewal (how long a crashed leader blocks a
-        /// standby).
-        #[arg(long, default_value_t = 15)]
-        lease_duration_seconds: u64,
-        /// Watch only these namespaces (comma-separated or repeated); the operator then needs
-        /// only Roles in them. Default: every namespace.
-        #[arg(long, env = "SLUICE_WATCH_NAMESPACES", value_delimiter = ',')]
-        watch_namespaces: Vec<String>,
-        /// Prometheus URL for autoscalers whose `spec.autoscaler.metrics` names no source.
-        #[arg(long, env = "SLUICE_DEFAULT_PROMETHEUS_URL")]
-        default_prometheus_url: Option<String>,
-        /// S3 bucket for the checkpoints of pipelines without `spec.checkpoint` (prefix
-        /// `<namespace>/<name>`; credentials from the pods' identity, e.g. IRSA).
-        #[arg(long, env = "SLUICE_DEFAULT_CHECKPOINT_BUCKET")]
-        default_checkpoint_bucket: Option<String>,
-        /// Region of the default checkpoint bucket.
-        #[arg(long, env = "SLUICE_DEFAULT_CHECKPOINT_REGION")]
-        default_checkpoint_region: Option<String>,
-        /// Endpoint of the default checkpoint bucket (S3-compatible stores).
-        #[arg(long, env = "SLUICE_DEFAULT_CHECKPOINT_ENDPOINT")]
-        default_checkpoint_endpoint: Option<String>,
-        /// Runtime images pipelines may use: repositories (any tag or digest) or registry
-        /// prefixes ending in `/` (comma-separated or repeated). Default: any image.
-        #[arg(
-            long = "allowed-image",
-            env = "SLUICE_ALLOWED_IMAGES",
-            value_delimiter = ','
-        )]
-        allowed_images: Vec<String>,
-        /// Create a PodMonitor per pipeline where the Prometheus Operator is installed (`auto`),
-        /// or never (`never`: scrape annotations only, e.g. under the chart's PodMonitor for
-        /// every pipeline).
-        #[arg(long, env = "SLUICE_POD_MONITORS", default_value = "auto", value_parser = ["auto", "never"])]
-        pod_monitors: String,
-    },
+    Run(RunArgs),
     /// Print the PipelineDeployment CustomResourceDefinition as YAML (`kubectl apply -f -`).
     Crd,
     /// Run a PipelineDeployment on this machine without Kubernetes: the same sizing, autoscaler
@@ -164,6 +113,61 @@ enum Command {
         #[arg(long, value_parser = clap::value_parser!(i32).range(1..))]
         decision: Option<i32>,
     },
+}
+
+/// `pipeline-operator run`'s flags.
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Runtime image when a manifest sets none.
+    #[arg(long, env = "SLUICE_RUNTIME_IMAGE", default_value = DEFAULT_RUNTIME_IMAGE)]
+    image: String,
+    /// This replica's name, in Events and as its leader-election identity (the Helm chart
+    /// sets it from the pod name). Defaults to the host name.
+    #[arg(long, env = "POD_NAME")]
+    instance: Option<String>,
+    /// Take part in leader election, so that only one of several replicas reconciles.
+    #[arg(long, env = "SLUICE_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_election: bool,
+    /// Name of the leader-election Lease.
+    #[arg(long, default_value = "sluice-operator")]
+    lease_name: String,
+    /// Namespace of the Lease (the operator's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    /// Seconds the Lease stays valid without renewal (how long a crashed leader blocks a
+    /// standby).
+    #[arg(long, default_value_t = 15)]
+    lease_duration_seconds: u64,
+    /// Watch only these namespaces (comma-separated or repeated); the operator then needs
+    /// only Roles in them. Default: every namespace.
+    #[arg(long, env = "SLUICE_WATCH_NAMESPACES", value_delimiter = ',')]
+    watch_namespaces: Vec<String>,
+    /// Prometheus URL for autoscalers whose `spec.autoscaler.metrics` names no source.
+    #[arg(long, env = "SLUICE_DEFAULT_PROMETHEUS_URL")]
+    default_prometheus_url: Option<String>,
+    /// S3 bucket for the checkpoints of pipelines without `spec.checkpoint` (prefix
+    /// `<namespace>/<name>`; credentials from the pods' identity, e.g. IRSA).
+    #[arg(long, env = "SLUICE_DEFAULT_CHECKPOINT_BUCKET")]
+    default_checkpoint_bucket: Option<String>,
+    /// Region of the default checkpoint bucket.
+    #[arg(long, env = "SLUICE_DEFAULT_CHECKPOINT_REGION")]
+    default_checkpoint_region: Option<String>,
+    /// Endpoint of the default checkpoint bucket (S3-compatible stores).
+    #[arg(long, env = "SLUICE_DEFAULT_CHECKPOINT_ENDPOINT")]
+    default_checkpoint_endpoint: Option<String>,
+    /// Runtime images pipelines may use: repositories (any tag or digest) or registry
+    /// prefixes ending in `/` (comma-separated or repeated). Default: any image.
+    #[arg(
+        long = "allowed-image",
+        env = "SLUICE_ALLOWED_IMAGES",
+        value_delimiter = ','
+    )]
+    allowed_images: Vec<String>,
+    /// Create a PodMonitor per pipeline where the Prometheus Operator is installed (`auto`),
+    /// or never (`never`: scrape annotations only, e.g. under the chart's PodMonitor for
+    /// every pipeline).
+    #[arg(long, env = "SLUICE_POD_MONITORS", default_value = "auto", value_parser = ["auto", "never"])]
+    pod_monitors: String,
 }
 
 #[derive(clap::Args)]
@@ -268,183 +272,14 @@ fn main() -> anyhow::Result<ExitCode> {
         Command::Runtime { args } => {
             pipeline_runtime::cli::main_from(std::iter::once("pipeline-runtime".into()).chain(args))
         }
-        Command::Local(args) => {
-            let pd = match pipeline_crds::manifest::from_file(&args.file) {
-                Ok(pd) => pd,
-                Err(error) => {
-                    eprintln!("local mode: {error}");
-                    return Ok(ExitCode::FAILURE);
-                }
-            };
-            let dir = args.dir.unwrap_or_else(|| {
-                PathBuf::from(".sluice")
-                    .join(pd.metadata.namespace.as_deref().unwrap_or("default"))
-                    .join(pd.metadata.name.as_deref().unwrap_or("pipeline"))
-            });
-            file_logs(&dir)?;
-            let options = pipeline_operator::local::LocalOptions {
-                file: args.file,
-                bootstrap_servers: args.bootstrap_servers,
-                prometheus: args.prometheus,
-                dir,
-                runtime: runtime_command(args.runtime)?,
-                targets_file: args.targets_file,
-                env: args.env,
-            };
-            let runtime = tokio::runtime::Runtime::new()?;
-            match runtime.block_on(pipeline_operator::local::run(
-                &options,
-                pipeline_operator::controller::signal(),
-            )) {
-                Ok(()) => Ok(ExitCode::SUCCESS),
-                Err(error) => {
-                    eprintln!("local mode: {error}");
-                    Ok(ExitCode::FAILURE)
-                }
-            }
-        }
-        Command::Demo(args) => {
-            let dir = args.dir.unwrap_or_else(|| PathBuf::from(".sluice/demo"));
-            file_logs(&dir)?;
-            let options = pipeline_operator::demo::DemoOptions {
-                duration: args.duration,
-                peak_rate: args.rate,
-                partitions: args.partitions,
-                slot_capacity: args.slot_capacity,
-                dir,
-                runtime: runtime_command(None)?,
-            };
-            let runtime = tokio::runtime::Runtime::new()?;
-            match runtime.block_on(pipeline_operator::demo::run(
-                &options,
-                pipeline_operator::controller::signal(),
-            )) {
-                Ok(report) if report.exact() => Ok(ExitCode::SUCCESS),
-                Ok(_) => Ok(ExitCode::FAILURE),
-                Err(error) => {
-                    eprintln!("demo: {error}");
-                    Ok(ExitCode::FAILURE)
-                }
-            }
-        }
+        Command::Local(args) => local(args),
+        Command::Demo(args) => demo(args),
         Command::DemoCheck {
             bootstrap_servers,
             partitions,
             timeout,
-        } => match pipeline_operator::demo::check(&bootstrap_servers, partitions, timeout) {
-            Ok(check) => {
-                println!(
-                    "{} input records, {} windows expected, {} mismatches",
-                    check.input_records,
-                    check.expected_windows,
-                    check.mismatches.len()
-                );
-                for m in check.mismatches.iter().take(20) {
-                    println!("  {m}");
-                }
-                Ok(
-                    if check.mismatches.is_empty() && check.expected_windows > 0 {
-                        ExitCode::SUCCESS
-                    } else {
-                        ExitCode::FAILURE
-                    },
-                )
-            }
-            Err(error) => {
-                eprintln!("demo-check: {error}");
-                Ok(ExitCode::FAILURE)
-            }
-        },
-        Command::Run {
-            image,
-            instance,
-            leader_election,
-            lease_name,
-            lease_namespace,
-            lease_duration_seconds,
-            watch_namespaces,
-            default_prometheus_url,
-            default_checkpoint_bucket,
-            default_checkpoint_region,
-            default_checkpoint_endpoint,
-            allowed_images,
-            pod_monitors,
-        } => {
-            let instance = instance
-                .or_else(|| std::env::var("HOSTNAME").ok())
-                .unwrap_or_else(|| format!("sluice-operator-{}", std::process::id()));
-            let settings = pipeline_operator::controller::Settings {
-                default_image: image,
-                lease: leader_election.then(|| pipeline_operator::leader::LeaseSettings {
-                    name: lease_name,
-                    namespace: lease_namespace,
-                    identity: instance.clone(),
-                    duration_seconds: lease_duration_seconds,
-                    grace_seconds: (lease_duration_seconds / 3).max(1),
-                }),
-                instance,
-                pod_monitors: pod_monitors == "auto",
-                namespaces: watch_namespaces
-                    .into_iter()
-                    .map(|n| n.trim().to_owned())
-                    .filter(|n| !n.is_empty())
-                    .collect(),
-                install: pipeline_operator::install::Install {
-                    default_prometheus_url: default_prometheus_url.filter(|u| !u.is_empty()),
-                    default_checkpoint: default_checkpoint_bucket.filter(|b| !b.is_empty()).map(
-                        |bucket| pipeline_crds::checkpoint::S3Storage {
-                            bucket,
-                            prefix: None,
-                            region: default_checkpoint_region.filter(|r| !r.is_empty()),
-                            endpoint: default_checkpoint_endpoint.filter(|e| !e.is_empty()),
-                            credentials_secret: None,
-                        },
-                    ),
-                    allowed_images: allowed_images
-                        .into_iter()
-                        .map(|i| i.trim().to_owned())
-                        .filter(|i| !i.is_empty())
-                        .collect(),
-                },
-            };
-            tracing_subscriber::fmt()
-                .json()
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
-                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-                )
-                .init();
-            let runtime = tokio::runtime::Runtime::new()?;
-            runtime.block_on(async {
-                let client = kube::Client::try_default()
-                    .await
-                    .context("connecting to the Kubernetes API")?;
-                let metrics =
-                    std::sync::Arc::new(pipeline_operator::metrics::OperatorMetrics::default());
-                let readiness = std::sync::Arc::new(pipeline_operator::http::Readiness::default());
-                let addr = std::net::SocketAddr::from((
-                    [0, 0, 0, 0],
-                    pipeline_crds::contract::ports::OPERATOR_HTTP,
-                ));
-                let endpoints = tokio::spawn(pipeline_operator::http::serve(
-                    addr,
-                    metrics.clone(),
-                    readiness.clone(),
-                ));
-                let result = pipeline_operator::controller::run(
-                    client,
-                    settings,
-                    std::sync::Arc::new(pipeline_operator::kafka::KafkaPartitions::default()),
-                    metrics,
-                    readiness,
-                )
-                .await;
-                endpoints.abort();
-                result.context("the controller stopped")
-            })?;
-            tracing::info!("stopped");
-            Ok(ExitCode::SUCCESS)
-        }
+        } => demo_check(&bootstrap_servers, partitions, timeout),
+        Command::Run(args) => run_controller(args),
         Command::Render {
             file,
             partitions,
@@ -452,150 +287,352 @@ fn main() -> anyhow::Result<ExitCode> {
             pod_monitor,
             decision,
         } => {
-            let pd = pipeline_crds::manifest::from_file(&file)?;
-            let partitions = match partitions {
-                Some(p) => p,
-                None => {
-                    use pipeline_operator::kafka::{KafkaAccess, KafkaPartitions, PartitionSource};
-                    let access = KafkaAccess::new(&pd.spec, None, None);
-                    match KafkaPartitions::default().partitions(&access) {
-                        Ok(p) => {
-                            eprintln!("{}: {p} source partitions (from Kafka)", file.display());
-                            p
-                        }
-                        Err(e) => {
-                            eprintln!(
-                                "{}: cannot read the partition count from Kafka ({e}); pass --partitions N",
-                                file.display()
-                            );
-                            return Ok(ExitCode::FAILURE);
-                        }
-                    }
-                }
-            };
             let environment = pipeline_operator::backend::kube::children::Environment {
                 default_image: image,
                 pod_monitor_crd: pod_monitor,
             };
-            match pipeline_operator::render::render(&pd, partitions, decision, &environment) {
-                Ok(yaml) => {
-                    print!("{yaml}");
-                    Ok(ExitCode::SUCCESS)
-                }
-                Err(e) => {
-                    eprintln!("{}: {e}", file.display());
-                    Ok(ExitCode::FAILURE)
-                }
-            }
+            render(&file, partitions, decision, &environment)
         }
         Command::Rbac {
             name,
             namespace,
             lease_name,
             chart_files,
-        } => {
-            use pipeline_operator::backend::kube::rbac;
-            if let Some(dir) = chart_files {
-                std::fs::create_dir_all(&dir)
-                    .with_context(|| format!("creating {}", dir.display()))?;
-                for (file, text) in rbac::chart_files() {
-                    let path = dir.join(file);
-                    std::fs::write(&path, text)
-                        .with_context(|| format!("writing {}", path.display()))?;
-                }
-                return Ok(ExitCode::SUCCESS);
-            }
-            print!(
-                "{}---\n{}",
-                serde_norway::to_string(&rbac::cluster_role(&name))?,
-                serde_norway::to_string(&rbac::lease_role(&name, &namespace, &lease_name))?
-            );
-            Ok(ExitCode::SUCCESS)
-        }
+        } => rbac(&name, &namespace, &lease_name, chart_files.as_deref()),
         Command::Simulate {
             json,
             profile,
             trace,
-        } => {
-            use pipeline_operator::autoscale::simulate;
-            let profiles: Vec<simulate::Profile> = simulate::profiles()
-                .into_iter()
-                .filter(|p| profile.as_deref().is_none_or(|name| p.name == name))
-                .collect();
-            if profiles.is_empty() {
-                let names: Vec<&str> = simulate::profiles().iter().map(|p| p.name).collect();
-                eprintln!(
-                    "no profile named {}; profiles: {}",
-                    profile.unwrap_or_default(),
-                    names.join(", ")
-                );
-                return Ok(ExitCode::FAILURE);
-            }
-            let spec = pipeline_crds::autoscaler::AutoscalerSpec::default();
-            let mut rows = Vec::new();
-            for p in &profiles {
-                let mut ours = simulate::Sluice::new(&spec);
-                rows.push(simulate::run(p, &mut ours));
-                if trace {
-                    for (t, action, reason) in &ours.log {
-                        eprintln!("{} t={t:>5.0}s {:<9} {reason}", p.name, action.word());
-                    }
-                }
-                rows.push(simulate::run(p, &mut simulate::Keda::default()));
-                rows.push(simulate::run(p, &mut simulate::BusyTime::default()));
-            }
-            let mut text = String::new();
-            if json {
-                for row in &rows {
-                    text += &serde_json::to_string(row)?;
-                    text.push('\n');
-                }
-            } else {
-                text = simulate::table(&rows);
-            }
-            // A closed pipe (`| head`) is not an error.
-            match std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes()) {
-                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
-                _ => Ok(ExitCode::SUCCESS),
-            }
-        }
+        } => simulate(json, profile.as_deref(), trace),
         Command::Crd => {
             print!("{}", pipeline_crds::crd_yaml());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Validate { files } => {
-            let mut ok = true;
-            for file in files {
-                let pd = pipeline_crds::manifest::from_file(&file)
-                    .with_context(|| format!("validating {}", file.display()));
-                let pd = match pd {
-                    Ok(pd) => pd,
-                    Err(e) => {
-                        eprintln!("{e:#}");
-                        ok = false;
-                        continue;
-                    }
-                };
-                let checked = pipeline_crds::valid::validate_pipeline(
-                    &pd,
-                    &pipeline_crds::valid::AnyInstallation,
-                );
-                match checked {
-                    Ok(_) => println!("{}: valid", file.display()),
-                    Err(pipeline_crds::ValidationErrors(problems)) => {
-                        ok = false;
-                        eprintln!("{}:", file.display());
-                        for p in problems {
-                            eprintln!("  - {p}");
-                        }
-                    }
+        Command::Validate { files } => Ok(validate(&files)),
+    }
+}
+
+/// `pipeline-operator local`.
+fn local(args: LocalArgs) -> anyhow::Result<ExitCode> {
+    let pd = match pipeline_crds::manifest::from_file(&args.file) {
+        Ok(pd) => pd,
+        Err(error) => {
+            eprintln!("local mode: {error}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let dir = args.dir.unwrap_or_else(|| {
+        PathBuf::from(".sluice")
+            .join(pd.metadata.namespace.as_deref().unwrap_or("default"))
+            .join(pd.metadata.name.as_deref().unwrap_or("pipeline"))
+    });
+    file_logs(&dir)?;
+    let options = pipeline_operator::local::LocalOptions {
+        file: args.file,
+        bootstrap_servers: args.bootstrap_servers,
+        prometheus: args.prometheus,
+        dir,
+        runtime: runtime_command(args.runtime)?,
+        targets_file: args.targets_file,
+        env: args.env,
+    };
+    let runtime = tokio::runtime::Runtime::new()?;
+    match runtime.block_on(pipeline_operator::local::run(
+        &options,
+        pipeline_operator::controller::signal(),
+    )) {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(error) => {
+            eprintln!("local mode: {error}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// `pipeline-operator demo`.
+fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
+    let dir = args.dir.unwrap_or_else(|| PathBuf::from(".sluice/demo"));
+    file_logs(&dir)?;
+    let options = pipeline_operator::demo::DemoOptions {
+        duration: args.duration,
+        peak_rate: args.rate,
+        partitions: args.partitions,
+        slot_capacity: args.slot_capacity,
+        dir,
+        runtime: runtime_command(None)?,
+    };
+    let runtime = tokio::runtime::Runtime::new()?;
+    match runtime.block_on(pipeline_operator::demo::run(
+        &options,
+        pipeline_operator::controller::signal(),
+    )) {
+        Ok(report) if report.exact() => Ok(ExitCode::SUCCESS),
+        Ok(_) => Ok(ExitCode::FAILURE),
+        Err(error) => {
+            eprintln!("demo: {error}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// `pipeline-operator demo-check`.
+fn demo_check(
+    bootstrap_servers: &str,
+    partitions: i32,
+    timeout: std::time::Duration,
+) -> anyhow::Result<ExitCode> {
+    match pipeline_operator::demo::check(bootstrap_servers, partitions, timeout) {
+        Ok(check) => {
+            println!(
+                "{} input records, {} windows expected, {} mismatches",
+                check.input_records,
+                check.expected_windows,
+                check.mismatches.len()
+            );
+            for m in check.mismatches.iter().take(20) {
+                println!("  {m}");
+            }
+            Ok(
+                if check.mismatches.is_empty() && check.expected_windows > 0 {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                },
+            )
+        }
+        Err(error) => {
+            eprintln!("demo-check: {error}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// The comma-separated or repeated values of a list flag, trimmed, without empty ones.
+fn listed(values: Vec<String>) -> Vec<String> {
+    values
+        .into_iter()
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+        .collect()
+}
+
+/// The controller's settings from `pipeline-operator run`'s flags.
+fn controller_settings(args: RunArgs) -> pipeline_operator::controller::Settings {
+    let instance = args
+        .instance
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| format!("sluice-operator-{}", std::process::id()));
+    let default_checkpoint = args
+        .default_checkpoint_bucket
+        .filter(|b| !b.is_empty())
+        .map(|bucket| pipeline_crds::checkpoint::S3Storage {
+            bucket,
+            prefix: None,
+            region: args.default_checkpoint_region.filter(|r| !r.is_empty()),
+            endpoint: args.default_checkpoint_endpoint.filter(|e| !e.is_empty()),
+            credentials_secret: None,
+        });
+    pipeline_operator::controller::Settings {
+        default_image: args.image,
+        lease: args
+            .leader_election
+            .then(|| pipeline_operator::leader::LeaseSettings {
+                name: args.lease_name,
+                namespace: args.lease_namespace,
+                identity: instance.clone(),
+                duration_seconds: args.lease_duration_seconds,
+                grace_seconds: (args.lease_duration_seconds / 3).max(1),
+            }),
+        instance,
+        pod_monitors: args.pod_monitors == "auto",
+        namespaces: listed(args.watch_namespaces),
+        install: pipeline_operator::install::Install {
+            default_prometheus_url: args.default_prometheus_url.filter(|u| !u.is_empty()),
+            default_checkpoint,
+            allowed_images: listed(args.allowed_images),
+        },
+    }
+}
+
+/// `pipeline-operator run`: the controller, with its HTTP endpoints, until SIGTERM.
+fn run_controller(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let settings = controller_settings(args);
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let client = kube::Client::try_default()
+            .await
+            .context("connecting to the Kubernetes API")?;
+        let metrics = std::sync::Arc::new(pipeline_operator::metrics::OperatorMetrics::default());
+        let readiness = std::sync::Arc::new(pipeline_operator::http::Readiness::default());
+        let addr = std::net::SocketAddr::from((
+            [0, 0, 0, 0],
+            pipeline_crds::contract::ports::OPERATOR_HTTP,
+        ));
+        let endpoints = tokio::spawn(pipeline_operator::http::serve(
+            addr,
+            metrics.clone(),
+            readiness.clone(),
+        ));
+        let result = pipeline_operator::controller::run(
+            client,
+            settings,
+            std::sync::Arc::new(pipeline_operator::kafka::KafkaPartitions::default()),
+            metrics,
+            readiness,
+        )
+        .await;
+        endpoints.abort();
+        result.context("the controller stopped")
+    })?;
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `pipeline-operator render`.
+fn render(
+    file: &std::path::Path,
+    partitions: Option<i32>,
+    decision: Option<i32>,
+    environment: &pipeline_operator::backend::kube::children::Environment,
+) -> anyhow::Result<ExitCode> {
+    let pd = pipeline_crds::manifest::from_file(file)?;
+    let partitions = match partitions {
+        Some(p) => p,
+        None => {
+            use pipeline_operator::kafka::{KafkaAccess, KafkaPartitions, PartitionSource};
+            let access = KafkaAccess::new(&pd.spec, None, None);
+            match KafkaPartitions::default().partitions(&access) {
+                Ok(p) => {
+                    eprintln!("{}: {p} source partitions (from Kafka)", file.display());
+                    p
+                }
+                Err(e) => {
+                    eprintln!(
+                        "{}: cannot read the partition count from Kafka ({e}); pass --partitions N",
+                        file.display()
+                    );
+                    return Ok(ExitCode::FAILURE);
                 }
             }
-            Ok(if ok {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
         }
+    };
+    match pipeline_operator::render::render(&pd, partitions, decision, environment) {
+        Ok(yaml) => {
+            print!("{yaml}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("{}: {e}", file.display());
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// `pipeline-operator rbac`.
+fn rbac(
+    name: &str,
+    namespace: &str,
+    lease_name: &str,
+    chart_files: Option<&std::path::Path>,
+) -> anyhow::Result<ExitCode> {
+    use pipeline_operator::backend::kube::rbac;
+    if let Some(dir) = chart_files {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        for (file, text) in rbac::chart_files() {
+            let path = dir.join(file);
+            std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    print!(
+        "{}---\n{}",
+        serde_norway::to_string(&rbac::cluster_role(name))?,
+        serde_norway::to_string(&rbac::lease_role(name, namespace, lease_name))?
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `pipeline-operator simulate`.
+fn simulate(json: bool, profile: Option<&str>, trace: bool) -> anyhow::Result<ExitCode> {
+    use pipeline_operator::autoscale::simulate;
+    let profiles: Vec<simulate::Profile> = simulate::profiles()
+        .into_iter()
+        .filter(|p| profile.is_none_or(|name| p.name == name))
+        .collect();
+    if profiles.is_empty() {
+        let names: Vec<&str> = simulate::profiles().iter().map(|p| p.name).collect();
+        eprintln!(
+            "no profile named {}; profiles: {}",
+            profile.unwrap_or_default(),
+            names.join(", ")
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    let spec = pipeline_crds::autoscaler::AutoscalerSpec::default();
+    let mut rows = Vec::new();
+    for p in &profiles {
+        let mut ours = simulate::Sluice::new(&spec);
+        rows.push(simulate::run(p, &mut ours));
+        if trace {
+            for (t, action, reason) in &ours.log {
+                eprintln!("{} t={t:>5.0}s {:<9} {reason}", p.name, action.word());
+            }
+        }
+        rows.push(simulate::run(p, &mut simulate::Keda::default()));
+        rows.push(simulate::run(p, &mut simulate::BusyTime::default()));
+    }
+    let mut text = String::new();
+    if json {
+        for row in &rows {
+            text += &serde_json::to_string(row)?;
+            text.push('\n');
+        }
+    } else {
+        text = simulate::table(&rows);
+    }
+    // A closed pipe (`| head`) is not an error.
+    match std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(ExitCode::SUCCESS),
+    }
+}
+
+/// `pipeline-operator validate`: each file checked as the operator would (without the
+/// installation's rules); failure when any is not valid.
+fn validate(files: &[PathBuf]) -> ExitCode {
+    let mut ok = true;
+    for file in files {
+        let pd = match pipeline_crds::manifest::from_file(file)
+            .with_context(|| format!("validating {}", file.display()))
+        {
+            Ok(pd) => pd,
+            Err(e) => {
+                eprintln!("{e:#}");
+                ok = false;
+                continue;
+            }
+        };
+        match pipeline_crds::valid::validate_pipeline(&pd, &pipeline_crds::valid::AnyInstallation) {
+            Ok(_) => println!("{}: valid", file.display()),
+            Err(pipeline_crds::ValidationErrors(problems)) => {
+                ok = false;
+                eprintln!("{}:", file.display());
+                for p in problems {
+                    eprintln!("  - {p}");
+                }
+            }
+        }
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }

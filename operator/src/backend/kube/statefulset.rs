@@ -134,20 +134,12 @@ fn secret_volumes(spec: &pipeline_crds::PipelineDeploymentSpec) -> Vec<(VolumeMo
     mounted
 }
 
-/// The runtime pods' template (the cleanup Job's pod starts from it too).
-pub(super) fn pod_template(
-    pd: &PipelineDeployment,
-    desired: &Desired,
-    environment: &Environment,
-) -> PodTemplateSpec {
-    let name = desired.name.as_str();
-    let config_hash = desired.config_hash.as_str();
-    let sizing = &desired.resources;
-    let spec = &pd.spec;
-    let overrides = spec.pod_template.clone().unwrap_or_default();
+/// The runtime container's environment: where its config and scale file are, who it is, the
+/// Secrets the spec delivers as variables, then the desired deployment's own.
+fn runtime_env(spec: &pipeline_crds::PipelineDeploymentSpec, desired: &Desired) -> Vec<EnvVar> {
     let mut env = vec![
         env_value(env::CONFIG, paths::CONFIG_PATH),
-        env_value(env::PIPELINE, name),
+        env_value(env::PIPELINE, desired.name.as_str()),
         env_field(env::NAMESPACE, "metadata.namespace"),
         env_field(env::POD_NAME, "metadata.name"),
         env_value(env::SCALE_FILE, paths::SCALE_PATH),
@@ -155,7 +147,6 @@ pub(super) fn pod_template(
         env_value(env::LOG_FORMAT, "json"),
     ];
     env.extend(secret_env(spec));
-    let storage = spec.checkpoint.as_ref().map(|c| &c.storage);
     // The rest of the desired deployment's environment (`podTemplate.env`); the pipeline and
     // namespace are set above (the namespace from the pod's own metadata).
     env.extend(
@@ -165,6 +156,15 @@ pub(super) fn pod_template(
             .filter(|(name, _)| *name != env::PIPELINE && *name != env::NAMESPACE)
             .map(|(name, value)| env_value(name, value.clone())),
     );
+    env
+}
+
+/// The pod's volumes and the container's mounts: the runtime ConfigMap, a scratch directory,
+/// the Secrets delivered as files and the checkpoint volume.
+fn volumes_and_mounts(
+    spec: &pipeline_crds::PipelineDeploymentSpec,
+    name: &str,
+) -> (Vec<Volume>, Vec<VolumeMount>) {
     let mut mounts = vec![
         VolumeMount {
             name: "config".into(),
@@ -197,6 +197,7 @@ pub(super) fn pod_template(
         mounts.push(mount);
         volumes.push(volume);
     }
+    let storage = spec.checkpoint.as_ref().map(|c| &c.storage);
     if let Some(volume) = storage.and_then(|s| s.volume.as_ref()) {
         mounts.push(VolumeMount {
             name: "checkpoints".into(),
@@ -212,6 +213,11 @@ pub(super) fn pod_template(
             ..Volume::default()
         });
     }
+    (volumes, mounts)
+}
+
+/// Requests and limits of one pod: CPU as sized, memory requested and limited alike.
+fn resource_requirements(sizing: &crate::desired::PodResources) -> ResourceRequirements {
     let cpu = Quantity(format!("{}m", sizing.cpu_request_millis));
     let memory = Quantity(if sizing.memory_bytes % (1 << 20) == 0 {
         format!("{}Mi", sizing.memory_bytes >> 20)
@@ -222,7 +228,19 @@ pub(super) fn pod_template(
     if let Some(limit) = sizing.cpu_limit_millis {
         limits.insert("cpu".into(), Quantity(format!("{limit}m")));
     }
-    let probe = |path: &str, period: i32| Probe {
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_owned(), cpu),
+            ("memory".to_owned(), memory),
+        ])),
+        limits: Some(limits),
+        ..ResourceRequirements::default()
+    }
+}
+
+/// An HTTP probe of the metrics port.
+fn probe(path: &str, period: i32) -> Probe {
+    Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.into()),
             port: IntOrString::String(ports::RUNTIME_METRICS_NAME.into()),
@@ -231,14 +249,19 @@ pub(super) fn pod_template(
         period_seconds: Some(period),
         failure_threshold: Some(3),
         ..Probe::default()
-    };
-    let container = Container {
+    }
+}
+
+/// The runtime container: `run`, its port, probes and the locked-down security context.
+fn runtime_container(
+    image: String,
+    env: Vec<EnvVar>,
+    mounts: Vec<VolumeMount>,
+    resources: ResourceRequirements,
+) -> Container {
+    Container {
         name: "runtime".into(),
-        image: Some(
-            spec.image
-                .clone()
-                .unwrap_or_else(|| environment.default_image.clone()),
-        ),
+        image: Some(image),
         args: Some(vec!["run".into()]),
         env: Some(env),
         ports: Some(vec![ContainerPort {
@@ -246,14 +269,7 @@ pub(super) fn pod_template(
             container_port: i32::from(ports::RUNTIME_METRICS),
             ..ContainerPort::default()
         }]),
-        resources: Some(ResourceRequirements {
-            requests: Some(BTreeMap::from([
-                ("cpu".to_owned(), cpu),
-                ("memory".to_owned(), memory),
-            ])),
-            limits: Some(limits),
-            ..ResourceRequirements::default()
-        }),
+        resources: Some(resources),
         liveness_probe: Some(probe("/healthz", 10)),
         readiness_probe: Some(probe("/readyz", 5)),
         volume_mounts: Some(mounts),
@@ -268,7 +284,16 @@ pub(super) fn pod_template(
             ..SecurityContext::default()
         }),
         ..Container::default()
-    };
+    }
+}
+
+/// The pod's annotations: the user's, the config hash, and scrape annotations where no
+/// PodMonitor selects the pods.
+fn pod_annotations(
+    overrides: &pipeline_crds::pod_template::PodTemplateOverrides,
+    config_hash: &str,
+    environment: &Environment,
+) -> BTreeMap<String, String> {
     let mut annotations = overrides.annotations.clone();
     annotations.insert(annotations::CONFIG_HASH.into(), config_hash.into());
     if !environment.pod_monitor_crd {
@@ -279,29 +304,61 @@ pub(super) fn pod_template(
         );
         annotations.insert("prometheus.io/path".into(), "/metrics".into());
     }
+    annotations
+}
+
+/// The pod-level security context of the restricted profile.
+fn pod_security_context() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(65_532),
+        run_as_group: Some(65_532),
+        fs_group: Some(65_532),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            ..SeccompProfile::default()
+        }),
+        ..PodSecurityContext::default()
+    }
+}
+
+/// The runtime pods' template (the cleanup Job's pod starts from it too).
+pub(super) fn pod_template(
+    pd: &PipelineDeployment,
+    desired: &Desired,
+    environment: &Environment,
+) -> PodTemplateSpec {
+    let name = desired.name.as_str();
+    let spec = &pd.spec;
+    let overrides = spec.pod_template.clone().unwrap_or_default();
+    let (volumes, mounts) = volumes_and_mounts(spec, name);
+    let image = spec
+        .image
+        .clone()
+        .unwrap_or_else(|| environment.default_image.clone());
+    let container = runtime_container(
+        image,
+        runtime_env(spec, desired),
+        mounts,
+        resource_requirements(&desired.resources),
+    );
     let mut pod_labels = overrides.labels.clone();
     pod_labels.extend(object_labels(name));
     PodTemplateSpec {
         metadata: Some(ObjectMeta {
             labels: Some(pod_labels),
-            annotations: Some(annotations),
+            annotations: Some(pod_annotations(
+                &overrides,
+                &desired.config_hash,
+                environment,
+            )),
             ..ObjectMeta::default()
         }),
         spec: Some(PodSpec {
             containers: vec![container],
             volumes: Some(volumes),
             termination_grace_period_seconds: Some(desired.grace_seconds),
-            security_context: Some(PodSecurityContext {
-                run_as_non_root: Some(true),
-                run_as_user: Some(65_532),
-                run_as_group: Some(65_532),
-                fs_group: Some(65_532),
-                seccomp_profile: Some(SeccompProfile {
-                    type_: "RuntimeDefault".into(),
-                    ..SeccompProfile::default()
-                }),
-                ..PodSecurityContext::default()
-            }),
+            security_context: Some(pod_security_context()),
             service_account_name: overrides.service_account_name.clone(),
             automount_service_account_token: Some(
                 overrides.automount_service_account_token.unwrap_or(false),
