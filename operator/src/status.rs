@@ -85,22 +85,37 @@ fn condition(
     }
 }
 
+/// Conditions as they are now, keeping each one's `lastTransitionTime` while its status stays.
+struct Conditions<'a> {
+    previous: &'a [Condition],
+    generation: Option<i64>,
+    now: &'a Time,
+}
+
+impl Conditions<'_> {
+    fn set(&self, type_: &str, status: bool, reason: &str, message: String) -> Condition {
+        condition(
+            self.previous,
+            type_,
+            status,
+            reason,
+            message,
+            self.generation,
+            self.now,
+        )
+    }
+}
+
 /// The status to write for `pd` after `outcome`, at `now`.
 pub fn status(pd: &PipelineDeployment, outcome: &Outcome, now: &Time) -> PipelineDeploymentStatus {
     let generation = pd.metadata.generation;
     // What this reconcile does not learn (the running sizing when nothing was applied, the
     // autoscaler's figures) is carried over: a status apply drops every field it leaves out.
     let before = pd.status.clone().unwrap_or_default();
-    let c = |type_: &str, status: bool, reason: &str, message: String| {
-        condition(
-            &before.conditions,
-            type_,
-            status,
-            reason,
-            message,
-            generation,
-            now,
-        )
+    let c = Conditions {
+        previous: &before.conditions,
+        generation,
+        now,
     };
     let name = pd.metadata.name.clone().unwrap_or_default();
     let selector = selector_labels(&name)
@@ -126,14 +141,14 @@ pub fn status(pd: &PipelineDeployment, outcome: &Outcome, now: &Time) -> Pipelin
                 .join("; ");
             s.phase = Some(Phase::Failed);
             s.conditions = vec![
-                c("Ready", false, INVALID_SPEC, message.clone()),
-                c(
+                c.set("Ready", false, INVALID_SPEC, message.clone()),
+                c.set(
                     "Progressing",
                     false,
                     INVALID_SPEC,
                     "waiting for a spec change".into(),
                 ),
-                c("Degraded", true, INVALID_SPEC, message),
+                c.set("Degraded", true, INVALID_SPEC, message),
             ];
         }
         Outcome::KafkaUnreachable(error)
@@ -152,9 +167,9 @@ pub fn status(pd: &PipelineDeployment, outcome: &Outcome, now: &Time) -> Pipelin
                 ),
             };
             s.conditions = vec![
-                c("Ready", false, reason, message.clone()),
-                c("Progressing", false, reason, "retrying".into()),
-                c("Degraded", true, reason, message),
+                c.set("Ready", false, reason, message.clone()),
+                c.set("Progressing", false, reason, "retrying".into()),
+                c.set("Degraded", true, reason, message),
             ];
         }
         Outcome::Applied {
@@ -163,138 +178,181 @@ pub fn status(pd: &PipelineDeployment, outcome: &Outcome, now: &Time) -> Pipelin
             ready_replicas,
             autoscaler,
         } => {
-            let replicas = if pd.spec.suspend { 0 } else { sizing.replicas };
-            let ready = *ready_replicas >= replicas;
-            let parallelism = if pd.spec.suspend {
-                0
-            } else {
-                sizing.parallelism
+            let applied = AppliedFigures {
+                sizing,
+                partitions: *partitions,
+                ready_replicas: *ready_replicas,
+                autoscaler: autoscaler.as_deref(),
             };
-            if before.parallelism.is_some_and(|p| p != parallelism) {
-                s.last_scale_time = Some(now.clone());
-            }
-            s.parallelism = Some(parallelism);
-            s.desired_parallelism = Some(sizing.parallelism);
-            s.replicas = Some(replicas);
-            s.ready_replicas = Some(*ready_replicas);
-            s.partitions = Some(*partitions);
-            let inputs = autoscaler.as_ref().and_then(|a| a.inputs.as_ref());
-            s.autoscaler = autoscaler.as_deref().cloned();
-            s.lag = inputs.and_then(|i| i.lag);
-            s.backpressure = inputs.and_then(|i| i.backpressure);
-            s.busy = inputs.and_then(|i| i.busy);
-            let settling = autoscaler
-                .as_ref()
-                .and_then(|a| a.rescale.as_ref())
-                .is_some_and(|r| r.stable_since.is_none());
-            s.phase = Some(match (pd.spec.suspend, ready) {
-                (true, _) => Phase::Suspended,
-                (false, true) if settling => Phase::Scaling,
-                (false, true) => Phase::Running,
-                (false, false)
-                    if before
-                        .parallelism
-                        .is_some_and(|p| p > 0 && p != parallelism) =>
-                {
-                    Phase::Scaling
-                }
-                (false, false) => Phase::Pending,
-            });
-            let mut limits: Vec<String> = sizing
-                .limits
-                .iter()
-                .map(|l| l.describe().to_string())
-                .collect();
-            let vetoes: Vec<&str> = autoscaler
-                .as_ref()
-                .map(|a| {
-                    a.vetoes
-                        .iter()
-                        .map(String::as_str)
-                        .filter(|v| LIMITING_VETOES.contains(v))
-                        .collect()
-                })
-                .unwrap_or_default();
-            if let (Some(first), Some(reason)) = (
-                vetoes.first(),
-                autoscaler.as_ref().and_then(|a| a.reason.as_ref()),
-            ) {
-                limits.push(format!("autoscaler {first}: {reason}"));
-            }
-            let limited = !limits.is_empty();
-            let limits = limits.join("; ");
-            let paused: Vec<String> = inputs
-                .map(|i| i.paused_partitions.clone())
-                .unwrap_or_default();
-            let failing: Vec<String> = inputs
-                .map(|i| i.failing_checkpoints.clone())
-                .unwrap_or_default();
-            s.conditions = vec![
-                c(
-                    "Ready",
-                    ready,
-                    if ready { "PodsReady" } else { "PodsNotReady" },
-                    format!("{ready_replicas}/{replicas} runtime pods ready"),
-                ),
-                c(
-                    "Progressing",
-                    !ready,
-                    if ready { "Stable" } else { "RollingOut" },
-                    format!("{} slots on {replicas} pods", sizing.parallelism),
-                ),
-                c("Degraded", false, "Healthy", String::new()),
-                c(
-                    "PartitionsPaused",
-                    !paused.is_empty(),
-                    if paused.is_empty() {
-                        "AllConsuming"
-                    } else {
-                        "NotConsuming"
-                    },
-                    if paused.is_empty() {
-                        String::new()
-                    } else {
-                        format!(
-                            "paused because their state could not be restored, or held at a record that cannot be processed yet with no deadLetter topic (see the runtime's /readyz and logs): {}",
-                            paused.join(", ")
-                        )
-                    },
-                ),
-                c(
-                    "CheckpointsFailing",
-                    !failing.is_empty(),
-                    if failing.is_empty() {
-                        "CheckpointsSucceeding"
-                    } else {
-                        "StoreOrCommitFailing"
-                    },
-                    if failing.is_empty() {
-                        String::new()
-                    } else {
-                        format!(
-                            "checkpoints failing (the slots process on from their last good checkpoint; see the runtime logs): {}",
-                            failing.join(", ")
-                        )
-                    },
-                ),
-                c(
-                    "ScalingLimited",
-                    limited,
-                    match vetoes.first() {
-                        Some(v) if sizing.limits.is_empty() => v,
-                        _ if limited => "Adjusted",
-                        _ => "AsWanted",
-                    },
-                    if limited {
-                        format!("parallelism {}: {limits}", sizing.parallelism)
-                    } else {
-                        String::new()
-                    },
-                ),
-            ];
+            applied_status(pd, &before, &applied, &c, &mut s);
         }
     }
     s
+}
+
+/// What an apply reported ([`Outcome::Applied`]).
+struct AppliedFigures<'a> {
+    sizing: &'a Sizing,
+    partitions: i32,
+    ready_replicas: i32,
+    autoscaler: Option<&'a AutoscalerStatus>,
+}
+
+/// `s` after an apply: the running figures, the phase and the conditions.
+fn applied_status(
+    pd: &PipelineDeployment,
+    before: &PipelineDeploymentStatus,
+    applied: &AppliedFigures<'_>,
+    c: &Conditions<'_>,
+    s: &mut PipelineDeploymentStatus,
+) {
+    let sizing = applied.sizing;
+    let replicas = if pd.spec.suspend { 0 } else { sizing.replicas };
+    let ready = applied.ready_replicas >= replicas;
+    let parallelism = if pd.spec.suspend {
+        0
+    } else {
+        sizing.parallelism
+    };
+    if before.parallelism.is_some_and(|p| p != parallelism) {
+        s.last_scale_time = Some(c.now.clone());
+    }
+    s.parallelism = Some(parallelism);
+    s.desired_parallelism = Some(sizing.parallelism);
+    s.replicas = Some(replicas);
+    s.ready_replicas = Some(applied.ready_replicas);
+    s.partitions = Some(applied.partitions);
+    let inputs = applied.autoscaler.and_then(|a| a.inputs.as_ref());
+    s.autoscaler = applied.autoscaler.cloned();
+    s.lag = inputs.and_then(|i| i.lag);
+    s.backpressure = inputs.and_then(|i| i.backpressure);
+    s.busy = inputs.and_then(|i| i.busy);
+    let settling = applied
+        .autoscaler
+        .and_then(|a| a.rescale.as_ref())
+        .is_some_and(|r| r.stable_since.is_none());
+    s.phase = Some(match (pd.spec.suspend, ready) {
+        (true, _) => Phase::Suspended,
+        (false, true) if settling => Phase::Scaling,
+        (false, true) => Phase::Running,
+        (false, false)
+            if before
+                .parallelism
+                .is_some_and(|p| p > 0 && p != parallelism) =>
+        {
+            Phase::Scaling
+        }
+        (false, false) => Phase::Pending,
+    });
+    let paused: Vec<String> = inputs
+        .map(|i| i.paused_partitions.clone())
+        .unwrap_or_default();
+    let failing: Vec<String> = inputs
+        .map(|i| i.failing_checkpoints.clone())
+        .unwrap_or_default();
+    s.conditions = vec![
+        c.set(
+            "Ready",
+            ready,
+            if ready { "PodsReady" } else { "PodsNotReady" },
+            format!("{}/{replicas} runtime pods ready", applied.ready_replicas),
+        ),
+        c.set(
+            "Progressing",
+            !ready,
+            if ready { "Stable" } else { "RollingOut" },
+            format!("{} slots on {replicas} pods", sizing.parallelism),
+        ),
+        c.set("Degraded", false, "Healthy", String::new()),
+        partitions_paused(c, &paused),
+        checkpoints_failing(c, &failing),
+        scaling_limited(c, sizing, applied.autoscaler),
+    ];
+}
+
+/// `PartitionsPaused`: the partitions that do not consume.
+fn partitions_paused(c: &Conditions<'_>, paused: &[String]) -> Condition {
+    c.set(
+        "PartitionsPaused",
+        !paused.is_empty(),
+        if paused.is_empty() {
+            "AllConsuming"
+        } else {
+            "NotConsuming"
+        },
+        if paused.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "paused because their state could not be restored, or held at a record that cannot be processed yet with no deadLetter topic (see the runtime's /readyz and logs): {}",
+                paused.join(", ")
+            )
+        },
+    )
+}
+
+/// `CheckpointsFailing`: the slots whose checkpoints fail.
+fn checkpoints_failing(c: &Conditions<'_>, failing: &[String]) -> Condition {
+    c.set(
+        "CheckpointsFailing",
+        !failing.is_empty(),
+        if failing.is_empty() {
+            "CheckpointsSucceeding"
+        } else {
+            "StoreOrCommitFailing"
+        },
+        if failing.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "checkpoints failing (the slots process on from their last good checkpoint; see the runtime logs): {}",
+                failing.join(", ")
+            )
+        },
+    )
+}
+
+/// `ScalingLimited`: the sizing's adjustments and the autoscaler's limiting vetoes.
+fn scaling_limited(
+    c: &Conditions<'_>,
+    sizing: &Sizing,
+    autoscaler: Option<&AutoscalerStatus>,
+) -> Condition {
+    let mut limits: Vec<String> = sizing
+        .limits
+        .iter()
+        .map(|l| l.describe().to_string())
+        .collect();
+    let vetoes: Vec<&str> = autoscaler
+        .map(|a| {
+            a.vetoes
+                .iter()
+                .map(String::as_str)
+                .filter(|v| LIMITING_VETOES.contains(v))
+                .collect()
+        })
+        .unwrap_or_default();
+    if let (Some(first), Some(reason)) =
+        (vetoes.first(), autoscaler.and_then(|a| a.reason.as_ref()))
+    {
+        limits.push(format!("autoscaler {first}: {reason}"));
+    }
+    let limited = !limits.is_empty();
+    let limits = limits.join("; ");
+    c.set(
+        "ScalingLimited",
+        limited,
+        match vetoes.first() {
+            Some(v) if sizing.limits.is_empty() => v,
+            _ if limited => "Adjusted",
+            _ => "AsWanted",
+        },
+        if limited {
+            format!("parallelism {}: {limits}", sizing.parallelism)
+        } else {
+            String::new()
+        },
+    )
 }
 
 /// The status of an apply with the last known partition count: as [`Outcome::Applied`], but

@@ -99,6 +99,13 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 22))
 }
 
+/// Registers `$family` in `$registry` under the metric name `$name` (without `_total`).
+macro_rules! register {
+    ($registry:expr, $name:expr, $help:expr, $family:expr) => {
+        $registry.register(registration_name($name), $help, $family.clone())
+    };
+}
+
 /// Every metric family of the process.
 pub struct Metrics {
     registry: Registry,
@@ -190,7 +197,19 @@ impl Metrics {
     /// Registers every family.
     pub fn new() -> Self {
         let mut registry = Registry::default();
-        let mut m = Self {
+        let mut m = Self::unregistered();
+        m.register_records(&mut registry);
+        m.register_slots_and_partitions(&mut registry);
+        m.register_checkpoint_writes(&mut registry);
+        m.register_sink(&mut registry);
+        m.register_state(&mut registry);
+        m.registry = registry;
+        m
+    }
+
+    /// Every family, empty and not registered yet.
+    fn unregistered() -> Self {
+        Self {
             records_in: Family::default(),
             records_out: Family::default(),
             filtered: Family::default(),
@@ -235,205 +254,261 @@ impl Metrics {
             sink_insert_failures: Family::default(),
             sink_batch_rows: Family::new_with_constructor(batch_histogram as fn() -> Histogram),
             registry: Registry::default(),
-        };
-        macro_rules! register {
-            ($name:expr, $help:expr, $family:expr) => {
-                registry.register(registration_name($name), $help, $family.clone())
-            };
         }
+    }
+
+    /// Registers the records' path: read, filtered, late, dead-lettered, windowed, re-keyed, and the topics that keep a pipeline from starting.
+    fn register_records(&self, registry: &mut Registry) {
         register!(
+            registry,
             names::TOPICS_MISSING,
             "1 for each topic that keeps the pipeline from starting (missing, or not fitting)",
-            m.topics_missing
+            self.topics_missing
         );
         register!(
+            registry,
             names::RECORDS_IN_TOTAL,
             "Records read from the source topics",
-            m.records_in
+            self.records_in
         );
         register!(
+            registry,
             names::RECORDS_OUT_TOTAL,
             "Records written to the sink",
-            m.records_out
+            self.records_out
         );
         register!(
+            registry,
             names::RECORDS_FILTERED_TOTAL,
             "Records dropped by the filter",
-            m.filtered
+            self.filtered
         );
         register!(
+            registry,
             names::RECORDS_LATE_TOTAL,
             "Records later than the allowed lateness",
-            m.late
+            self.late
         );
         register!(
+            registry,
             names::RECORDS_DEAD_LETTER_TOTAL,
             "Records that could not be processed",
-            m.dead_letter
+            self.dead_letter
         );
         register!(
+            registry,
             names::DEAD_LETTERS_DROPPED_TOTAL,
             "Dead letters that could not be produced even truncated, skipped",
-            m.dead_letters_dropped
+            self.dead_letters_dropped
         );
         register!(
+            registry,
             names::RECORDS_WINDOWED_TOTAL,
             "Records accepted into windows",
-            m.windowed
+            self.windowed
         );
         register!(
+            registry,
             names::RECORDS_REPARTITIONED_TOTAL,
             "Records re-keyed through the repartition topic",
-            m.repartitioned
+            self.repartitioned
         );
+    }
+
+    /// Registers each slot's time, partitions, lag and watermarks, its rebalances, errors, restarts and panics.
+    fn register_slots_and_partitions(&self, registry: &mut Registry) {
         register!(
+            registry,
             names::BUSY_SECONDS_TOTAL,
             "Seconds a slot spent processing records",
-            m.busy
+            self.busy
         );
         register!(
+            registry,
             names::BACKPRESSURED_SECONDS_TOTAL,
             "Seconds a slot spent blocked on the sink",
-            m.backpressured
+            self.backpressured
         );
         register!(
+            registry,
             names::IDLE_SECONDS_TOTAL,
             "Seconds a slot spent waiting for input",
-            m.idle
+            self.idle
         );
         register!(
+            registry,
             names::PARTITION_END_OFFSET,
             "High watermark of a source partition",
-            m.end_offset
+            self.end_offset
         );
         register!(
+            registry,
             names::PARTITION_POSITION,
             "Next offset the slot reads from a partition",
-            m.position
+            self.position
         );
         register!(
+            registry,
             names::CONSUMER_LAG_RECORDS,
             "End offset minus position",
-            m.lag
+            self.lag
         );
         register!(
+            registry,
             names::PARTITION_PAUSED,
             "1 while a source partition is paused: its state could not be restored, or it is held at a record that cannot be processed yet and there is no dead-letter topic",
-            m.paused
+            self.paused
         );
         register!(
+            registry,
             names::WATERMARK_LAG_SECONDS,
             "Wall clock minus the partition's watermark",
-            m.watermark_lag
+            self.watermark_lag
         );
         register!(
+            registry,
             names::OUTPUT_LATENCY_SECONDS,
             "Window end (or record time) to output sent",
-            m.output_latency
+            self.output_latency
         );
-        register!(names::STATE_KEYS, "Keys with open windows", m.state_keys);
         register!(
+            registry,
+            names::STATE_KEYS,
+            "Keys with open windows",
+            self.state_keys
+        );
+        register!(
+            registry,
             names::ASSIGNED_PARTITIONS,
             "Partitions assigned to the slot",
-            m.assigned_partitions
+            self.assigned_partitions
         );
         register!(
+            registry,
             names::REBALANCES_TOTAL,
             "Consumer-group rebalances seen by the slot",
-            m.rebalances
+            self.rebalances
         );
         register!(
+            registry,
             names::SINK_ERRORS_TOTAL,
             "Produce requests that failed for good",
-            m.sink_errors
+            self.sink_errors
         );
         register!(
+            registry,
             names::KAFKA_ERRORS_TOTAL,
             "Errors reported by the Kafka client",
-            m.kafka_errors
+            self.kafka_errors
         );
         register!(
+            registry,
             names::SLOT_RESTARTS_TOTAL,
             "Slot restarts after an error",
-            m.slot_restarts
+            self.slot_restarts
         );
         register!(
+            registry,
             names::SLOT_PANICS_TOTAL,
             "Panics contained in a slot (each also restarts it)",
-            m.slot_panics
+            self.slot_panics
         );
+    }
+
+    /// Registers checkpoint writes: their duration, size and failures in a row.
+    fn register_checkpoint_writes(&self, registry: &mut Registry) {
         register!(
+            registry,
             names::CHECKPOINT_DURATION_SECONDS,
             "Duration of a checkpoint: flush, snapshot writes (off the slot thread), offset commit",
-            m.checkpoint_duration
+            self.checkpoint_duration
         );
         register!(
+            registry,
             names::CHECKPOINT_BYTES,
             "Snapshot bytes written by the slot's last checkpoint",
-            m.checkpoint_bytes
+            self.checkpoint_bytes
         );
         register!(
+            registry,
             names::CHECKPOINT_FAILURES_IN_A_ROW,
             "Checkpoints failed in a row (checkpoint.tolerableFailures more restart the slot)",
-            m.checkpoint_failures_in_a_row
+            self.checkpoint_failures_in_a_row
         );
+    }
+
+    /// Registers a non-Kafka sink (ClickHouse): rows, bytes, inserts and their failures.
+    fn register_sink(&self, registry: &mut Registry) {
         register!(
+            registry,
             names::SINK_ROWS_TOTAL,
             "Rows the sink (ClickHouse) acknowledged",
-            m.sink_rows
+            self.sink_rows
         );
         register!(
+            registry,
             names::SINK_BYTES_TOTAL,
             "Bytes of the rows the sink (ClickHouse) acknowledged",
-            m.sink_bytes
+            self.sink_bytes
         );
         register!(
+            registry,
             names::SINK_INSERT_DURATION_SECONDS,
             "Duration of one successful insert into the sink (ClickHouse)",
-            m.sink_insert_duration
+            self.sink_insert_duration
         );
         register!(
+            registry,
             names::SINK_INSERT_FAILURES_TOTAL,
             "Failed insert attempts into the sink (ClickHouse); each is retried with backoff",
-            m.sink_insert_failures
+            self.sink_insert_failures
         );
         register!(
+            registry,
             names::SINK_BATCH_ROWS,
             "Rows per insert into the sink (ClickHouse)",
-            m.sink_batch_rows
+            self.sink_batch_rows
         );
+    }
+
+    /// Registers state: checkpoints in progress and by result, restores, resets and the pause of a moved partition.
+    fn register_state(&self, registry: &mut Registry) {
         register!(
+            registry,
             names::CHECKPOINT_IN_PROGRESS,
             "1 while a checkpoint's snapshots are being stored; the slot processes on meanwhile",
-            m.checkpoint_in_progress
+            self.checkpoint_in_progress
         );
         register!(
+            registry,
             names::STATE_RESETS_TOTAL,
             "Partitions started with empty state (checkpoint.onIncompatibleState: reset)",
-            m.state_resets
+            self.state_resets
         );
         register!(
+            registry,
             names::CHECKPOINTS_TOTAL,
             "Checkpoints by result (success or failure)",
-            m.checkpoints
+            self.checkpoints
         );
         register!(
+            registry,
             names::RESTORE_DURATION_SECONDS,
             "Duration of restoring one partition's state",
-            m.restore_duration
+            self.restore_duration
         );
         register!(
+            registry,
             names::RESTORE_FAILURES_TOTAL,
             "Partitions whose state could not be restored (they are paused)",
-            m.restore_failures
+            self.restore_failures
         );
         register!(
+            registry,
             names::PARTITION_PAUSE_SECONDS,
             "Per moved partition: its last snapshot by the previous owner to its restore",
-            m.partition_pause
+            self.partition_pause
         );
-        m.registry = registry;
-        m
     }
 
     /// Labels of a slot with a result or reason.
