@@ -401,6 +401,105 @@ fn decided(run: &LocalRun) -> Option<i32> {
         .and_then(|a| a.decided_parallelism)
 }
 
+/// Local mode's options for the demo: the embedded broker, the demo's directory, and a
+/// simulated record cost that makes one slot handle `slot_capacity` records per second.
+fn local_options(options: &DemoOptions, bootstrap: &str) -> LocalOptions {
+    LocalOptions {
+        file: PathBuf::from("(embedded demo manifest)"),
+        bootstrap_servers: Some(bootstrap.to_owned()),
+        prometheus: None,
+        dir: options.dir.join("local"),
+        runtime: options.runtime.clone(),
+        targets_file: None,
+        env: vec![(
+            env::SIMULATED_RECORD_COST.to_owned(),
+            format!(
+                "{}us",
+                (1e6 / options.slot_capacity.max(1.0)).round() as u64
+            ),
+        )],
+    }
+}
+
+/// The demo's manifest as local mode runs it, its parallelism capped at the partitions.
+fn demo_pipeline(
+    options: &DemoOptions,
+    local: &LocalOptions,
+) -> Result<pipeline_crds::PipelineDeployment, DemoError> {
+    let mut pd = pipeline_crds::manifest::from_yaml(MANIFEST, "demo manifest")
+        .map_err(|e| DemoError::Io(e.to_string()))?;
+    localize(&mut pd, local);
+    if let Some(a) = pd.spec.autoscaler.as_mut() {
+        a.max_parallelism = a.max_parallelism.map(|m| m.min(options.partitions));
+    }
+    Ok(pd)
+}
+
+/// Starts the load generator's thread on the demo's input topic.
+fn start_load(
+    bootstrap: &str,
+    profile: &Profile,
+    counters: &Arc<Counters>,
+    stop: &Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Result<loadgen::LoadReport, loadgen::LoadgenError>> {
+    let options = LoadOptions {
+        bootstrap_servers: bootstrap.to_owned(),
+        topic: INPUT.into(),
+        workload: Workload::IotJson,
+        shape: Shape {
+            keys: 1_000,
+            out_of_order: 0.05,
+            max_disorder_ms: 2_000,
+            malformed: 0.001,
+            ..Shape::default()
+        },
+        profile: profile.clone(),
+        seed: 42,
+        schema_registry: None,
+        properties: Vec::new(),
+        close_after_ms: Some(WINDOW_MS + 5_000),
+    };
+    let (c, s) = (counters.clone(), stop.clone());
+    std::thread::spawn(move || loadgen::run(&options, &c, &s))
+}
+
+/// Fills in `report` from what was read back and the expected result: counts, mismatches, the
+/// peak lag and how long it took to drain.
+fn complete_report(
+    report: &mut DemoReport,
+    out: Output,
+    expected: Option<(Reference, u64)>,
+    sent: u64,
+    peak_rate: f64,
+) {
+    report.records_in = sent;
+    report.records_out = out.records;
+    report.windows = out
+        .windows
+        .keys()
+        .filter(|k| !k.0.starts_with("close-"))
+        .count();
+    report.late = out.late;
+    let (windows, malformed) = expected.unwrap_or_default();
+    report.expected_windows = windows.len();
+    report.dead_letters = (malformed, out.dead_letters.len() as u64);
+    report.mismatches = compare(&windows, &out.windows);
+    report.mismatches.extend(out.repeats_differing);
+    let lags: Vec<(f64, f64)> = report
+        .points
+        .iter()
+        .filter_map(|p| Some((p.t, p.lag?)))
+        .collect();
+    if let Some(&(peak_t, peak)) = lags.iter().max_by(|a, b| a.1.total_cmp(&b.1)) {
+        report.peak_lag = peak;
+        let one_second = peak_rate / 5.0;
+        report.drain_seconds = lags
+            .iter()
+            .find(|(t, lag)| *t > peak_t && *lag <= one_second)
+            .map(|(t, _)| t - peak_t);
+    }
+}
+
 /// Runs the demo until done or `stop`.
 pub async fn run(
     options: &DemoOptions,
@@ -419,28 +518,9 @@ pub async fn run(
     ] {
         cluster.create_topic(topic, partitions, 1)?;
     }
-    let local = LocalOptions {
-        file: PathBuf::from("(embedded demo manifest)"),
-        bootstrap_servers: Some(bootstrap.clone()),
-        prometheus: None,
-        dir: options.dir.join("local"),
-        runtime: options.runtime.clone(),
-        targets_file: None,
-        env: vec![(
-            env::SIMULATED_RECORD_COST.to_owned(),
-            format!(
-                "{}us",
-                (1e6 / options.slot_capacity.max(1.0)).round() as u64
-            ),
-        )],
-    };
+    let local = local_options(options, &bootstrap);
     let _ = std::fs::remove_dir_all(&local.dir);
-    let mut pd = pipeline_crds::manifest::from_yaml(MANIFEST, "demo manifest")
-        .map_err(|e| DemoError::Io(e.to_string()))?;
-    localize(&mut pd, &local);
-    if let Some(a) = pd.spec.autoscaler.as_mut() {
-        a.max_parallelism = a.max_parallelism.map(|m| m.min(options.partitions));
-    }
+    let pd = demo_pipeline(options, &local)?;
     let profile = profile(options.duration, options.peak_rate);
     eprintln!(
         "Sluice autoscaling demo: embedded Kafka at {bootstrap}, topic {INPUT} with {} partitions.",
@@ -463,27 +543,7 @@ pub async fn run(
     };
     let counters = Arc::new(Counters::default());
     let load_stop = Arc::new(AtomicBool::new(false));
-    let load = {
-        let options = LoadOptions {
-            bootstrap_servers: bootstrap.clone(),
-            topic: INPUT.into(),
-            workload: Workload::IotJson,
-            shape: Shape {
-                keys: 1_000,
-                out_of_order: 0.05,
-                max_disorder_ms: 2_000,
-                malformed: 0.001,
-                ..Shape::default()
-            },
-            profile: profile.clone(),
-            seed: 42,
-            schema_registry: None,
-            properties: Vec::new(),
-            close_after_ms: Some(WINDOW_MS + 5_000),
-        };
-        let (c, s) = (counters.clone(), load_stop.clone());
-        std::thread::spawn(move || loadgen::run(&options, &c, &s))
-    };
+    let load = start_load(&bootstrap, &profile, &counters, &load_stop);
 
     let mut run = LocalRun::new(pd, &local)?;
     let tty = std::io::stderr().is_terminal();
@@ -580,32 +640,7 @@ pub async fn run(
     drop(cluster);
 
     let out = std::mem::take(&mut *output.lock().expect("not poisoned"));
-    report.records_in = sent;
-    report.records_out = out.records;
-    report.windows = out
-        .windows
-        .keys()
-        .filter(|k| !k.0.starts_with("close-"))
-        .count();
-    report.late = out.late;
-    let (windows, malformed) = expected.unwrap_or_default();
-    report.expected_windows = windows.len();
-    report.dead_letters = (malformed, out.dead_letters.len() as u64);
-    report.mismatches = compare(&windows, &out.windows);
-    report.mismatches.extend(out.repeats_differing);
-    let lags: Vec<(f64, f64)> = report
-        .points
-        .iter()
-        .filter_map(|p| Some((p.t, p.lag?)))
-        .collect();
-    if let Some(&(peak_t, peak)) = lags.iter().max_by(|a, b| a.1.total_cmp(&b.1)) {
-        report.peak_lag = peak;
-        let one_second = options.peak_rate / 5.0;
-        report.drain_seconds = lags
-            .iter()
-            .find(|(t, lag)| *t > peak_t && *lag <= one_second)
-            .map(|(t, _)| t - peak_t);
-    }
+    complete_report(&mut report, out, expected, sent, options.peak_rate);
     let path = options.dir.join("autoscaling.svg");
     match chart::draw(&path, &report.points, &report.decisions) {
         Ok(()) => report.chart = Some(path),
