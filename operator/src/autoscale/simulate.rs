@@ -538,6 +538,49 @@ fn oracle(profile: &Profile, arrival: f64, weights: &[f64]) -> i32 {
         .unwrap_or(n)
 }
 
+/// The simulated partitions at one moment.
+struct Partitions<'a> {
+    end: &'a [f64],
+    position: &'a [f64],
+    paused_until: &'a [f64],
+}
+
+/// What a scrape at `t` reads: each consuming partition's offsets and each slot's counters.
+fn scraped(
+    t: f64,
+    slots: usize,
+    partitions: &Partitions<'_>,
+    busy: &[f64],
+    blocked: &[f64],
+) -> Sample {
+    let mut s = Sample {
+        at: t,
+        ..Sample::default()
+    };
+    for (i, &paused_until) in partitions.paused_until.iter().enumerate() {
+        if paused_until <= t {
+            s.add_partition(
+                format!("source/{i}"),
+                PartitionSample {
+                    end_offset: partitions.end[i],
+                    position: partitions.position[i],
+                    slot: format!("pod/{}", i % slots),
+                },
+            );
+        }
+    }
+    for j in 0..slots {
+        s.slots.insert(
+            format!("pod/{j}"),
+            SlotSample {
+                busy_seconds: busy[j],
+                backpressured_seconds: blocked[j],
+            },
+        );
+    }
+    s
+}
+
 /// Runs one policy over one profile.
 pub fn run(profile: &Profile, policy: &mut dyn SimPolicy) -> Row {
     let n = usize::try_from(profile.partitions).unwrap_or(1).max(1);
@@ -656,32 +699,12 @@ pub fn run(profile: &Profile, policy: &mut dyn SimPolicy) -> Row {
                 .metrics_outage
                 .is_some_and(|(a, b)| (a..b).contains(&t));
             if !outage {
-                let mut s = Sample {
-                    at: t,
-                    ..Sample::default()
+                let partitions = Partitions {
+                    end: &end,
+                    position: &position,
+                    paused_until: &paused_until,
                 };
-                for i in 0..n {
-                    if paused_until[i] <= t {
-                        s.add_partition(
-                            format!("source/{i}"),
-                            PartitionSample {
-                                end_offset: end[i],
-                                position: position[i],
-                                slot: format!("pod/{}", i % slots),
-                            },
-                        );
-                    }
-                }
-                for j in 0..slots {
-                    s.slots.insert(
-                        format!("pod/{j}"),
-                        SlotSample {
-                            busy_seconds: busy[j],
-                            backpressured_seconds: blocked[j],
-                        },
-                    );
-                }
-                in_flight.push(s);
+                in_flight.push(scraped(t, slots, &partitions, &busy, &blocked));
             }
         }
         while in_flight.first().is_some_and(|s| s.at + SCRAPE_DELAY <= t) {
