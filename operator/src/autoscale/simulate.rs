@@ -598,18 +598,7 @@ pub fn run(profile: &Profile, policy: &mut dyn SimPolicy) -> Row {
     let mut in_flight: Vec<Sample> = Vec::new();
     let mut next_eval = policy.interval();
     let mut next_scrape = 0.0;
-    let mut row = Row {
-        profile: profile.name.into(),
-        policy: policy.name().into(),
-        decisions_to_drain: None,
-        peak_lag_records: 0.0,
-        peak_lag_seconds: 0.0,
-        rescales: 0,
-        slot_hours: 0.0,
-        oracle_slot_hours: 0.0,
-        seconds_over_target: 0.0,
-        scale_downs_without_metrics: 0,
-    };
+    let mut row = Row::empty(profile.name, policy.name());
     let (mut rescales_since_change, mut behind_since_change, mut calm_since) = (0u32, false, None);
     let dt = 1.0;
     let steps = (profile.duration / dt) as usize;
@@ -734,6 +723,29 @@ pub fn run(profile: &Profile, policy: &mut dyn SimPolicy) -> Row {
             }
         }
     }
+    rounded(row)
+}
+
+impl Row {
+    /// A row with no figures yet.
+    fn empty(profile: &str, policy: &str) -> Self {
+        Self {
+            profile: profile.into(),
+            policy: policy.into(),
+            decisions_to_drain: None,
+            peak_lag_records: 0.0,
+            peak_lag_seconds: 0.0,
+            rescales: 0,
+            slot_hours: 0.0,
+            oracle_slot_hours: 0.0,
+            seconds_over_target: 0.0,
+            scale_downs_without_metrics: 0,
+        }
+    }
+}
+
+/// `row` with its figures rounded as the table shows them.
+fn rounded(mut row: Row) -> Row {
     let round = |v: f64, places: i32| {
         let scale = 10f64.powi(places);
         (v * scale).round() / scale

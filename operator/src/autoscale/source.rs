@@ -392,6 +392,46 @@ impl Prometheus {
             .map(|(t, _, _)| t))
     }
 
+    /// Each slot's busy and backpressured shares and processing rate over `range`.
+    async fn slot_observations(
+        &self,
+        selector: &str,
+        range: &str,
+        window: f64,
+        now: f64,
+    ) -> Result<BTreeMap<String, observation::SlotObservation>, Unknown> {
+        let per_slot =
+            |metric: &str, f: &str| format!("sum by (pod, slot) ({f}({metric}{selector}{range}))");
+        let slot_consumed: HashMap<String, f64> = self
+            .vector(&per_slot(names::PARTITION_POSITION, "increase"), now)
+            .await?
+            .iter()
+            .map(|(m, v)| (slot_key(m), v / window))
+            .collect();
+        let backpressured: HashMap<String, f64> = self
+            .vector(&per_slot(names::BACKPRESSURED_SECONDS_TOTAL, "rate"), now)
+            .await?
+            .iter()
+            .map(|(m, v)| (slot_key(m), v.clamp(0.0, 1.0)))
+            .collect();
+        let mut slot_rates = BTreeMap::new();
+        for (m, b) in self
+            .vector(&per_slot(names::BUSY_SECONDS_TOTAL, "rate"), now)
+            .await?
+        {
+            let key = slot_key(&m);
+            slot_rates.insert(
+                key.clone(),
+                observation::SlotObservation {
+                    busy: b.clamp(0.0, 1.0),
+                    backpressure: backpressured.get(&key).copied().unwrap_or(0.0),
+                    processing_rate: slot_consumed.get(&key).copied().unwrap_or(0.0),
+                },
+            );
+        }
+        Ok(slot_rates)
+    }
+
     async fn observe(
         &self,
         selector: &str,
@@ -518,42 +558,9 @@ impl Prometheus {
             .await?
             .first()
             .map_or(0.0, |x| x.1 / query.expect.min_window);
-        let slot_key = |m: &HashMap<String, String>| {
-            format!(
-                "{}/{}",
-                m.get(label::POD).map_or("", String::as_str),
-                m.get(label::SLOT).map_or("", String::as_str)
-            )
-        };
-        let per_slot =
-            |metric: &str, f: &str| format!("sum by (pod, slot) ({f}({metric}{selector}{range}))");
-        let slot_consumed: HashMap<String, f64> = self
-            .vector(&per_slot(names::PARTITION_POSITION, "increase"), now)
-            .await?
-            .iter()
-            .map(|(m, v)| (slot_key(m), v / window))
-            .collect();
-        let backpressured: HashMap<String, f64> = self
-            .vector(&per_slot(names::BACKPRESSURED_SECONDS_TOTAL, "rate"), now)
-            .await?
-            .iter()
-            .map(|(m, v)| (slot_key(m), v.clamp(0.0, 1.0)))
-            .collect();
-        let mut slot_rates = BTreeMap::new();
-        for (m, b) in self
-            .vector(&per_slot(names::BUSY_SECONDS_TOTAL, "rate"), now)
-            .await?
-        {
-            let key = slot_key(&m);
-            slot_rates.insert(
-                key.clone(),
-                observation::SlotObservation {
-                    busy: b.clamp(0.0, 1.0),
-                    backpressure: backpressured.get(&key).copied().unwrap_or(0.0),
-                    processing_rate: slot_consumed.get(&key).copied().unwrap_or(0.0),
-                },
-            );
-        }
+        let slot_rates = self
+            .slot_observations(selector, &range, window, now)
+            .await?;
         let mut observation = Observation::new(
             arrival, recent, processing, partitions, slot_rates, paused, window, age,
         );
@@ -577,6 +584,15 @@ impl Prometheus {
         }
         Ok(observation)
     }
+}
+
+/// `pod/slot` of a series' labels.
+fn slot_key(m: &HashMap<String, String>) -> String {
+    format!(
+        "{}/{}",
+        m.get(label::POD).map_or("", String::as_str),
+        m.get(label::SLOT).map_or("", String::as_str)
+    )
 }
 
 impl MetricsSource for Prometheus {
