@@ -339,13 +339,9 @@ fn skewed(o: &Observation, partitions: i32) -> Vec<PartitionId> {
     }
 }
 
-/// Evaluates once.
-pub fn decide(settings: &Settings, previous: &State, ctx: Context, input: Input) -> Evaluation {
-    let mut state = previous.clone();
-    let p_now = ctx.parallelism.max(1);
-    let n = ctx.partitions.max(1);
-    let mut vetoes = Vec::new();
-    let done = |state: State, action, vetoes, reason: String| Evaluation {
+/// An evaluation that stops before a recommendation.
+fn stopped(state: State, action: Action, vetoes: Vec<Veto>, reason: String) -> Evaluation {
+    Evaluation {
         state,
         action,
         recommendation: None,
@@ -353,96 +349,96 @@ pub fn decide(settings: &Settings, previous: &State, ctx: Context, input: Input)
         capacity_per_slot: None,
         vetoes,
         reason,
-    };
-    if state
-        .blocked
-        .as_ref()
-        .is_some_and(|b| b.generation != ctx.generation)
-    {
-        state.blocked = None;
     }
+}
 
-    // A rescale settles when every slot and partition reports again; its pause is remembered.
-    if let Some(r) = state.rescale.as_mut()
-        && r.stable_since.is_none()
-    {
-        match input.stable_at {
-            Some(at) => {
-                r.stable_since = Some(at);
-                state.observed_pause = Some((at - r.started).max(0.0));
-            }
-            None => {
-                let reason = format!(
-                    "rescale {} → {} in progress for {}: waiting until every partition is consumed again",
-                    r.from,
-                    r.to,
-                    seconds(ctx.now - r.started)
-                );
-                return done(state, Action::Held, vec![Veto::Stabilizing], reason);
-            }
+/// Settles a rescale in progress when every slot and partition reports again (its pause is
+/// remembered); the reason to hold while it has not.
+fn settle_rescale(state: &mut State, stable_at: Option<f64>, now: f64) -> Option<String> {
+    let r = state
+        .rescale
+        .as_mut()
+        .filter(|r| r.stable_since.is_none())?;
+    match stable_at {
+        Some(at) => {
+            r.stable_since = Some(at);
+            state.observed_pause = Some((at - r.started).max(0.0));
+            None
+        }
+        None => Some(format!(
+            "rescale {} → {} in progress for {}: waiting until every partition is consumed again",
+            r.from,
+            r.to,
+            seconds(now - r.started)
+        )),
+    }
+}
+
+/// What the pipeline must process, from one observation.
+struct Need<'a> {
+    arrival: f64,
+    lag: f64,
+    /// Lag in seconds of arrival (infinite when nothing arrives but lag is left).
+    lag_seconds: f64,
+    /// Lag over the lag target.
+    backlog: bool,
+    /// Records per second: arrival, the lag worked off within the catch-up time, and the
+    /// backlog of the last rescale's pause.
+    required: f64,
+    /// What each partition needs, the most first.
+    demands: Vec<(&'a PartitionId, f64)>,
+}
+
+impl<'a> Need<'a> {
+    fn of(o: &'a Observation, settings: &Settings, state: &State) -> Self {
+        let arrival = o.arrival();
+        let lag = o.lag();
+        let lag_seconds = if arrival > 0.0 {
+            lag / arrival
+        } else if lag > 0.0 {
+            f64::INFINITY
+        } else {
+            0.0
+        };
+        let pause = state.observed_pause.unwrap_or(0.0).min(settings.catch_up);
+        // What each partition needs: its arrival (scaled to the recent rate) and its lag worked
+        // off within the catch-up time. (The rescale pause's backlog is headroom for the whole
+        // pipeline, in `required`; a hot slot already runs above the target.)
+        let recent = if o.arrival_rate > 0.0 {
+            arrival / o.arrival_rate
+        } else {
+            1.0
+        };
+        let mut demands: Vec<(&PartitionId, f64)> = o
+            .partitions
+            .iter()
+            .map(|(id, p)| {
+                let a = p.arrival_rate * recent;
+                (id, a + p.lag / settings.catch_up)
+            })
+            .collect();
+        demands.sort_by(|a, b| b.1.total_cmp(&a.1));
+        Self {
+            arrival,
+            lag,
+            lag_seconds,
+            backlog: lag > 0.0 && lag_seconds > settings.lag_target,
+            required: arrival + lag / settings.catch_up + arrival * pause / settings.catch_up,
+            demands,
         }
     }
+}
 
-    let o = match input.observation {
-        Ok(o) => o,
-        Err(unknown @ Unknown::Short { .. }) => {
-            return done(
-                state,
-                Action::Held,
-                vec![Veto::Stabilizing],
-                format!("{unknown}; holding parallelism {p_now}"),
-            );
-        }
-        Err(unknown) => {
-            // A gap restarts the scale-down delay: no scale-down is ever decided across it.
-            state.pending_down = None;
-            return done(
-                state,
-                Action::NoMetrics,
-                vec![Veto::MetricsUnknown],
-                format!("{unknown}; holding parallelism {p_now}"),
-            );
-        }
-    };
-
-    let u = settings.target_utilization;
-    let arrival = o.arrival();
-    let lag = o.lag();
-    let lag_seconds = if arrival > 0.0 {
-        lag / arrival
-    } else if lag > 0.0 {
-        f64::INFINITY
-    } else {
-        0.0
-    };
-    let backlog = lag > 0.0 && lag_seconds > settings.lag_target;
-    let pause = state.observed_pause.unwrap_or(0.0).min(settings.catch_up);
-    // What each partition needs: its arrival (scaled to the recent rate) and its lag worked off
-    // within the catch-up time. (The rescale pause's backlog is headroom for the whole pipeline,
-    // in `required`; a hot slot already runs above the target.)
-    let recent = if o.arrival_rate > 0.0 {
-        arrival / o.arrival_rate
-    } else {
-        1.0
-    };
-    let mut demands: Vec<(&PartitionId, f64)> = o
-        .partitions
-        .iter()
-        .map(|(id, p)| {
-            let a = p.arrival_rate * recent;
-            (id, a + p.lag / settings.catch_up)
-        })
-        .collect();
-    demands.sort_by(|a, b| b.1.total_cmp(&a.1));
-    let required = arrival + lag / settings.catch_up + arrival * pause / settings.catch_up;
-
-    let measured = measured_capacity(&o, p_now, n);
-    if measured.is_some() {
-        state.capacity_per_slot = measured;
-    }
-    let per_slot = measured.or(state.capacity_per_slot);
-
-    // Did the last scale-up deliver?
+/// Whether the last scale-up delivered the capacity it was expected to: when it did not, further
+/// scale-ups are blocked (until the load changes or the spec does).
+fn check_last_scale_up(
+    state: &mut State,
+    o: &Observation,
+    measured: Option<f64>,
+    ctx: &Context,
+    arrival: f64,
+) {
+    let (p_now, n) = (ctx.parallelism.max(1), ctx.partitions.max(1));
     if let (Some(r), Some(per_slot)) = (state.rescale.as_mut(), measured)
         && r.to > r.from
         && !r.effect_checked
@@ -476,48 +472,71 @@ pub fn decide(settings: &Settings, previous: &State, ctx: Context, input: Input)
     {
         state.blocked = None;
     }
+}
 
-    let mut notes = Vec::new();
-    let Some(c) = per_slot else {
-        let mut e = done(
-            state,
-            Action::Held,
-            vec![],
-            format!(
-                "arrival {} rec/s, but the slots are too idle (busiest {:.0}% busy) to measure their capacity; holding parallelism {p_now}",
-                rate(arrival),
-                o.busy_max * 100.0
-            ),
-        );
-        e.required_rate = Some(required);
-        return e;
-    };
-    // Two conditions on a parallelism `p`: on average the slots run at the target utilisation
-    // (capacity of `p` slots × target ≥ required), and the busiest slot, which holds the
-    // `ceil(N / p)` partitions that need the most, stays under [`BUSIEST_SLOT_MAX`] of a slot. A
-    // partition that alone needs more than a whole slot cannot be helped by scaling: it is left
-    // out and reported.
-    if demands.first().is_some_and(|d| d.1 > c * BUSIEST_SLOT_MAX) {
-        let (id, need) = demands.remove(0);
+/// The load model at a measured capacity per slot `c`. Two conditions on a parallelism `p`: on
+/// average the slots run at the target utilisation (capacity of `p` slots × target ≥
+/// required), and the busiest slot, which holds the `ceil(N / p)` partitions that need the
+/// most, stays under [`BUSIEST_SLOT_MAX`] of a slot.
+struct Load<'a> {
+    c: f64,
+    n: i32,
+    u: f64,
+    required: f64,
+    demands: &'a [(&'a PartitionId, f64)],
+}
+
+impl Load<'_> {
+    /// What the busiest of `p` slots must process.
+    fn busiest(&self, p: i32) -> f64 {
+        let k = usize::try_from(ceil_div(self.n, p)).unwrap_or(1);
+        self.demands.iter().take(k).map(|d| d.1).sum()
+    }
+
+    /// The share of `p` slots the pipeline needs, on the scale of the target utilisation.
+    fn at(&self, p: i32) -> f64 {
+        (self.required / capacity(self.c, p, self.n))
+            .max(self.busiest(p) / (self.c * BUSIEST_SLOT_MAX) * self.u)
+    }
+}
+
+/// The recommended parallelism for `need` at a capacity per slot `c`, with the vetoes and notes
+/// that limit it. A partition that alone needs more than a whole slot cannot be helped by
+/// scaling: it is left out and reported.
+fn recommend<'a>(
+    settings: &Settings,
+    o: &Observation,
+    need: &mut Need<'a>,
+    c: f64,
+    n: i32,
+    vetoes: &mut Vec<Veto>,
+    notes: &mut Vec<String>,
+) -> i32 {
+    if need
+        .demands
+        .first()
+        .is_some_and(|d| d.1 > c * BUSIEST_SLOT_MAX)
+    {
+        let (id, demand) = need.demands.remove(0);
         notes.push(format!(
             "partition {id} alone needs {} rec/s, more than a slot's {}: scaling cannot drain it",
-            rate(need),
+            rate(demand),
             rate(c * BUSIEST_SLOT_MAX)
         ));
         vetoes.push(Veto::Skew(vec![id.clone()]));
     }
-    let busiest = |p: i32| -> f64 {
-        let k = usize::try_from(ceil_div(n, p)).unwrap_or(1);
-        demands.iter().take(k).map(|d| d.1).sum()
+    let u = settings.target_utilization;
+    let load = Load {
+        c,
+        n,
+        u,
+        required: need.required,
+        demands: &need.demands,
     };
-    // The share of today's slots the pipeline needs, on the scale of the target utilisation.
-    let load = |p: i32| -> f64 {
-        (required / capacity(c, p, n)).max(busiest(p) / (c * BUSIEST_SLOT_MAX) * u)
-    };
-    let raw = if required <= 0.0 {
+    let raw = if need.required <= 0.0 {
         settings.min
     } else {
-        match (1..=n).find(|&p| load(p) <= u) {
+        match (1..=n).find(|&p| load.at(p) <= u) {
             Some(p) => p,
             None => {
                 vetoes.push(Veto::PartitionCap);
@@ -525,7 +544,7 @@ pub fn decide(settings: &Settings, previous: &State, ctx: Context, input: Input)
             }
         }
     };
-    let hot = skewed(&o, n);
+    let hot = skewed(o, n);
     if !hot.is_empty() && !vetoes.iter().any(|v| matches!(v, Veto::Skew(_))) {
         notes.push(format!(
             "{:.0}%+ of the lag is on {} of {n} partitions ({}): more slots help only the slots that hold them",
@@ -549,97 +568,239 @@ pub fn decide(settings: &Settings, previous: &State, ctx: Context, input: Input)
             u * 100.0
         ));
     }
-    let capacity_now = capacity(c, p_now, n);
-    let utilization = load(p_now);
-    let need = format!(
-        "arrival {} rec/s, lag {} ({} at arrival), catch-up {} → needs {} rec/s; a slot does {} rec/s, {p_now} slots {} ({:.0}% load, target {:.0}%){}",
-        rate(arrival),
-        rate(lag),
-        if lag_seconds.is_finite() {
-            seconds(lag_seconds)
-        } else {
-            "∞".into()
-        },
-        seconds(settings.catch_up),
-        rate(required),
-        rate(c),
-        rate(capacity_now),
-        utilization * 100.0,
-        u * 100.0,
-        notes.iter().map(|n| format!("; {n}")).collect::<String>()
-    );
+    recommended
+}
 
-    let mut action = Action::NoChange;
-    let mut reason;
-    if recommended > p_now && utilization > (u + UP_MARGIN).min(1.0) {
+/// Where the evaluation stands, for choosing the action.
+struct Standing<'a> {
+    settings: &'a Settings,
+    ctx: &'a Context,
+    o: &'a Observation,
+    recommended: i32,
+    utilization: f64,
+    backlog: bool,
+    lag_seconds: f64,
+    /// The sentence with the numbers every reason starts with.
+    need: String,
+}
+
+/// Scale up (unless the sink is the bottleneck or scale-ups proved ineffective).
+fn scale_up(
+    standing: &Standing<'_>,
+    state: &mut State,
+    vetoes: &mut Vec<Veto>,
+) -> (Action, String) {
+    let (settings, o, need) = (standing.settings, standing.o, &standing.need);
+    let (p_now, n) = (
+        standing.ctx.parallelism.max(1),
+        standing.ctx.partitions.max(1),
+    );
+    let u = settings.target_utilization;
+    state.pending_down = None;
+    if o.backpressure_mean >= SINK_BOUND_BACKPRESSURE && o.busy_max < u {
+        vetoes.push(Veto::SinkBound);
+        let reason = format!(
+            "{need}; but the slots wait on the sink {:.0}% of the time and are busy only {:.0}%: the sink is the bottleneck, more slots would not help",
+            o.backpressure_mean * 100.0,
+            o.busy_max * 100.0
+        );
+        return (Action::Held, reason);
+    }
+    if let Some(block) = &state.blocked {
+        vetoes.push(Veto::Ineffective);
+        return (
+            Action::Held,
+            format!("{need}; scale-ups stopped: {}", block.reason),
+        );
+    }
+    let bound = (f64::from(p_now) * settings.max_up_factor).ceil() as i32;
+    let target = sizing::parallelism(
+        standing.recommended.min(bound),
+        settings.min,
+        settings.max,
+        n,
+    )
+    .0;
+    if target > p_now {
+        (
+            Action::ScaleUp(target),
+            format!("{need} → scale up to {target}"),
+        )
+    } else {
+        (Action::Held, need.clone())
+    }
+}
+
+/// Scale down after the delay, to the highest recommendation meanwhile (never in backlog).
+fn scale_down(
+    standing: &Standing<'_>,
+    state: &mut State,
+    vetoes: &mut Vec<Veto>,
+) -> (Action, String) {
+    let (settings, ctx, need) = (standing.settings, standing.ctx, &standing.need);
+    let (p_now, n) = (ctx.parallelism.max(1), ctx.partitions.max(1));
+    let bound = (f64::from(p_now) * (1.0 - settings.max_down_factor)).ceil() as i32;
+    let step = sizing::parallelism(
+        standing.recommended.max(bound),
+        settings.min,
+        settings.max,
+        n,
+    )
+    .0;
+    if standing.backlog {
         state.pending_down = None;
-        if o.backpressure_mean >= SINK_BOUND_BACKPRESSURE && o.busy_max < u {
-            vetoes.push(Veto::SinkBound);
-            action = Action::Held;
-            reason = format!(
-                "{need}; but the slots wait on the sink {:.0}% of the time and are busy only {:.0}%: the sink is the bottleneck, more slots would not help",
-                o.backpressure_mean * 100.0,
-                o.busy_max * 100.0
-            );
-        } else if let Some(block) = &state.blocked {
-            vetoes.push(Veto::Ineffective);
-            action = Action::Held;
-            reason = format!("{need}; scale-ups stopped: {}", block.reason);
-        } else {
-            reason = need.clone();
-            let bound = (f64::from(p_now) * settings.max_up_factor).ceil() as i32;
-            let target =
-                sizing::parallelism(recommended.min(bound), settings.min, settings.max, n).0;
-            if target > p_now {
-                action = Action::ScaleUp(target);
-                reason = format!("{reason} → scale up to {target}");
-            } else {
-                action = Action::Held;
-            }
-        }
+        vetoes.push(Veto::Backlog);
+        let reason = format!(
+            "{need}; in backlog ({} of lag, target {}): no scale-down",
+            seconds(standing.lag_seconds),
+            seconds(settings.lag_target)
+        );
+        return (Action::Held, reason);
+    }
+    let (since, highest) = match state.pending_down {
+        Some((since, highest)) => (since, highest.max(step)),
+        None => (ctx.now, step),
+    };
+    if ctx.now - since >= settings.scale_down_delay && highest < p_now {
+        state.pending_down = None;
+        let reason = format!(
+            "{need}; lower for {} (delay {}) → scale down to {highest}, the highest recommendation meanwhile",
+            seconds(ctx.now - since),
+            seconds(settings.scale_down_delay)
+        );
+        (Action::ScaleDown(highest), reason)
+    } else {
+        state.pending_down = Some((since, highest));
+        vetoes.push(Veto::ScaleDownDelay);
+        let reason = format!(
+            "{need}; {highest} would do: waiting {} more before scaling down",
+            seconds(settings.scale_down_delay - (ctx.now - since))
+        );
+        (Action::Held, reason)
+    }
+}
+
+/// The action: up when over the band around the target, down when under it, else none.
+fn choose_action(
+    standing: &Standing<'_>,
+    state: &mut State,
+    vetoes: &mut Vec<Veto>,
+) -> (Action, String) {
+    let u = standing.settings.target_utilization;
+    let p_now = standing.ctx.parallelism.max(1);
+    let (recommended, utilization) = (standing.recommended, standing.utilization);
+    if recommended > p_now && utilization > (u + UP_MARGIN).min(1.0) {
+        scale_up(standing, state, vetoes)
     } else if recommended < p_now
         && (utilization < (u - DOWN_MARGIN).max(u / 2.0)
             || f64::from(recommended) <= f64::from(p_now) * (1.0 - DOWN_STEP))
     {
-        let bound = (f64::from(p_now) * (1.0 - settings.max_down_factor)).ceil() as i32;
-        let step = sizing::parallelism(recommended.max(bound), settings.min, settings.max, n).0;
-        if backlog {
-            state.pending_down = None;
-            vetoes.push(Veto::Backlog);
-            action = Action::Held;
-            reason = format!(
-                "{need}; in backlog ({} of lag, target {}): no scale-down",
-                seconds(lag_seconds),
-                seconds(settings.lag_target)
-            );
-        } else {
-            let (since, highest) = match state.pending_down {
-                Some((since, highest)) => (since, highest.max(step)),
-                None => (ctx.now, step),
-            };
-            if ctx.now - since >= settings.scale_down_delay && highest < p_now {
-                state.pending_down = None;
-                action = Action::ScaleDown(highest);
-                reason = format!(
-                    "{need}; lower for {} (delay {}) → scale down to {highest}, the highest recommendation meanwhile",
-                    seconds(ctx.now - since),
-                    seconds(settings.scale_down_delay)
-                );
-            } else {
-                state.pending_down = Some((since, highest));
-                vetoes.push(Veto::ScaleDownDelay);
-                action = Action::Held;
-                reason = format!(
-                    "{need}; {highest} would do: waiting {} more before scaling down",
-                    seconds(settings.scale_down_delay - (ctx.now - since))
-                );
-            }
-        }
+        scale_down(standing, state, vetoes)
     } else {
         state.pending_down = None;
-        reason = format!("{need}; within the band around the target");
+        (
+            Action::NoChange,
+            format!("{}; within the band around the target", standing.need),
+        )
     }
+}
 
+/// The sentence with the numbers: arrival, lag, what is needed, what the slots do.
+fn need_sentence(
+    settings: &Settings,
+    need: &Need<'_>,
+    c: f64,
+    p_now: i32,
+    capacity_now: f64,
+    utilization: f64,
+    notes: &[String],
+) -> String {
+    format!(
+        "arrival {} rec/s, lag {} ({} at arrival), catch-up {} → needs {} rec/s; a slot does {} rec/s, {p_now} slots {} ({:.0}% load, target {:.0}%){}",
+        rate(need.arrival),
+        rate(need.lag),
+        if need.lag_seconds.is_finite() {
+            seconds(need.lag_seconds)
+        } else {
+            "∞".into()
+        },
+        seconds(settings.catch_up),
+        rate(need.required),
+        rate(c),
+        rate(capacity_now),
+        utilization * 100.0,
+        settings.target_utilization * 100.0,
+        notes.iter().map(|n| format!("; {n}")).collect::<String>()
+    )
+}
+
+/// Evaluates once.
+pub fn decide(settings: &Settings, previous: &State, ctx: Context, input: Input) -> Evaluation {
+    let mut state = previous.clone();
+    let p_now = ctx.parallelism.max(1);
+    let n = ctx.partitions.max(1);
+    if state
+        .blocked
+        .as_ref()
+        .is_some_and(|b| b.generation != ctx.generation)
+    {
+        state.blocked = None;
+    }
+    if let Some(reason) = settle_rescale(&mut state, input.stable_at, ctx.now) {
+        return stopped(state, Action::Held, vec![Veto::Stabilizing], reason);
+    }
+    let o = match input.observation {
+        Ok(o) => o,
+        Err(unknown @ Unknown::Short { .. }) => {
+            let reason = format!("{unknown}; holding parallelism {p_now}");
+            return stopped(state, Action::Held, vec![Veto::Stabilizing], reason);
+        }
+        Err(unknown) => {
+            // A gap restarts the scale-down delay: no scale-down is ever decided across it.
+            state.pending_down = None;
+            let reason = format!("{unknown}; holding parallelism {p_now}");
+            return stopped(state, Action::NoMetrics, vec![Veto::MetricsUnknown], reason);
+        }
+    };
+    let mut need = Need::of(&o, settings, &state);
+    let measured = measured_capacity(&o, p_now, n);
+    if measured.is_some() {
+        state.capacity_per_slot = measured;
+    }
+    let per_slot = measured.or(state.capacity_per_slot);
+    check_last_scale_up(&mut state, &o, measured, &ctx, need.arrival);
+    let Some(c) = per_slot else {
+        let reason = format!(
+            "arrival {} rec/s, but the slots are too idle (busiest {:.0}% busy) to measure their capacity; holding parallelism {p_now}",
+            rate(need.arrival),
+            o.busy_max * 100.0
+        );
+        let mut e = stopped(state, Action::Held, vec![], reason);
+        e.required_rate = Some(need.required);
+        return e;
+    };
+    let (mut vetoes, mut notes) = (Vec::new(), Vec::new());
+    let recommended = recommend(settings, &o, &mut need, c, n, &mut vetoes, &mut notes);
+    let load = Load {
+        c,
+        n,
+        u: settings.target_utilization,
+        required: need.required,
+        demands: &need.demands,
+    };
+    let capacity_now = capacity(c, p_now, n);
+    let utilization = load.at(p_now);
+    let standing = Standing {
+        settings,
+        ctx: &ctx,
+        o: &o,
+        recommended,
+        utilization,
+        backlog: need.backlog,
+        lag_seconds: need.lag_seconds,
+        need: need_sentence(settings, &need, c, p_now, capacity_now, utilization, &notes),
+    };
+    let (action, reason) = choose_action(&standing, &mut state, &mut vetoes);
     if !settings.recommend_only
         && let Some(to) = action.target()
     {
@@ -659,7 +820,7 @@ pub fn decide(settings: &Settings, previous: &State, ctx: Context, input: Input)
         state,
         action,
         recommendation: Some(recommended),
-        required_rate: Some(required),
+        required_rate: Some(need.required),
         capacity_per_slot: per_slot,
         vetoes,
         reason,
