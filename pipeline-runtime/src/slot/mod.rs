@@ -137,8 +137,40 @@ pub fn wall_clock_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-/// Runs one slot until `stop` is set (then flushes, commits and leaves the group) or an error.
-pub fn run(config: &SlotConfig, stop: &Arc<AtomicBool>) -> Result<(), SlotError> {
+/// A slot's clients and state, ready to poll.
+struct Opened {
+    consumer: BaseConsumer<SlotContext>,
+    core: Arc<Mutex<Core>>,
+    sink: Arc<Sink>,
+    /// Time between checkpoints (or offset commits without them).
+    interval: Duration,
+}
+
+/// The snapshot store of a windowed pipeline with checkpoints, written as this slot incarnation.
+fn open_checkpointer(
+    plan: &Plan,
+    labels: &SlotLabels,
+) -> Result<Option<Arc<Checkpointer>>, SlotError> {
+    let checkpointer = match (&plan.checkpoint, &plan.window) {
+        (Some(settings), Some(_)) => {
+            let writer = format!("{}-{}-{}", labels.pod, labels.slot, wall_clock_ms());
+            let prefix = format!("{}/{}", labels.namespace, labels.pipeline);
+            let store = CheckpointStore::new(&settings.storage, &prefix, &plan.group, &writer)?;
+            info!(location = store.location(), "checkpoints enabled");
+            Some(Arc::new(Checkpointer::new(
+                store,
+                plan.state_fingerprint,
+                usize::try_from(settings.retain).unwrap_or(1),
+            )))
+        }
+        _ => None,
+    };
+    Ok(checkpointer)
+}
+
+/// Creates the slot's producer (transactional under exactly-once) and sink, its state, its
+/// checkpoint store and uploader, and the consumer, subscribed to the pipeline's topics.
+fn open(config: &SlotConfig, stop: &Arc<AtomicBool>) -> Result<Opened, SlotError> {
     let plan = config.plan.clone();
     let client_id = format!(
         "sluice-{}-{}-{}",
@@ -173,25 +205,7 @@ pub fn run(config: &SlotConfig, stop: &Arc<AtomicBool>) -> Result<(), SlotError>
         committed: HashMap::new(),
         awaiting_first: HashSet::new(),
     }));
-    let checkpointer = match (&plan.checkpoint, &plan.window) {
-        (Some(settings), Some(_)) => {
-            let writer = format!(
-                "{}-{}-{}",
-                config.labels.pod,
-                config.labels.slot,
-                wall_clock_ms()
-            );
-            let prefix = format!("{}/{}", config.labels.namespace, config.labels.pipeline);
-            let store = CheckpointStore::new(&settings.storage, &prefix, &plan.group, &writer)?;
-            info!(location = store.location(), "checkpoints enabled");
-            Some(Arc::new(Checkpointer::new(
-                store,
-                plan.state_fingerprint,
-                usize::try_from(settings.retain).unwrap_or(1),
-            )))
-        }
-        _ => None,
-    };
+    let checkpointer = open_checkpointer(&plan, &config.labels)?;
     let uploader = match &checkpointer {
         Some(c) => Some(
             upload::Uploader::start(c.clone(), config.labels.slot.clone()).map_err(|e| {
@@ -228,7 +242,179 @@ pub fn run(config: &SlotConfig, stop: &Arc<AtomicBool>) -> Result<(), SlotError>
         .create_with_context(context)?;
     consumer.subscribe(&plan.subscribed_topics())?;
     info!(group = %plan.group, topics = ?plan.subscribed_topics(), "slot started");
+    Ok(Opened {
+        consumer,
+        core,
+        sink,
+        interval,
+    })
+}
 
+/// Polls into `batch`: one wait of up to 100 ms, then what librdkafka already holds, up to
+/// `limit` records. A poll that serves a rebalance or a commit returns nothing, so a rebalance
+/// always ends the batch.
+fn poll_batch<'c>(
+    consumer: &'c BaseConsumer<SlotContext>,
+    config: &SlotConfig,
+    batch: &mut Vec<BorrowedMessage<'c>>,
+    limit: usize,
+) {
+    match consumer.poll(Duration::from_millis(100)) {
+        None => {}
+        Some(Ok(message)) => batch.push(message),
+        Some(Err(e)) => poll_failed(config, &e),
+    }
+    while !batch.is_empty() && batch.len() < limit {
+        match consumer.poll(Duration::ZERO) {
+            Some(Ok(message)) => batch.push(message),
+            Some(Err(e)) => {
+                poll_failed(config, &e);
+                break;
+            }
+            None => break,
+        }
+    }
+}
+
+/// Drops what belongs to partitions revoked while the batch was drained: their next owner
+/// resumes where this slot's state stopped.
+fn drop_revoked(
+    consumer: &BaseConsumer<SlotContext>,
+    plan: &Plan,
+    batch: &mut Vec<BorrowedMessage<'_>>,
+    retries: &mut Retries,
+) {
+    let assignment = consumer.assignment().unwrap_or_default();
+    batch.retain(|m| {
+        assignment
+            .find_partition(m.topic(), m.partition())
+            .is_some()
+    });
+    retries.retain(|topic, partition| {
+        assignment
+            .find_partition(plan.topic_name(topic), partition)
+            .is_some()
+    });
+}
+
+/// One batch's clock readings.
+struct BatchClock {
+    /// When processing the batch began.
+    at: Instant,
+    /// The wall clock then, ms since the epoch.
+    wall_ms: i64,
+}
+
+/// Processes one polled record; `false` when it was skipped (not a subscribed topic, its
+/// partition held for a retry) rather than processed or dead-lettered.
+fn process_record(
+    config: &SlotConfig,
+    consumer: &BaseConsumer<SlotContext>,
+    retries: &mut Retries,
+    core: &mut Core,
+    step: &BatchClock,
+    message: &BorrowedMessage<'_>,
+) -> bool {
+    let plan = &config.plan;
+    let Core {
+        processor,
+        emits,
+        awaiting_first,
+        ..
+    } = core;
+    let Some(topic) = plan.topic_index(message.topic()) else {
+        return false;
+    };
+    let (upstream, marker) = if plan.is_repartition_topic(topic) {
+        read_internal_headers(message)
+    } else {
+        (None, None)
+    };
+    let rec = InRecord {
+        topic,
+        partition: message.partition(),
+        offset: message.offset(),
+        key: message.key(),
+        payload: message.payload(),
+        timestamp_ms: message.timestamp().to_millis(),
+        upstream,
+        marker,
+    };
+    if !awaiting_first.is_empty() && awaiting_first.remove(&(topic, rec.partition)) {
+        let resume = processor.next_offset(topic, rec.partition);
+        if resume.is_some_and(|r| r != rec.offset) {
+            warn!(
+                topic = message.topic(),
+                partition = rec.partition,
+                offset = rec.offset,
+                ?resume,
+                "first record after assignment is not where the restored state resumes"
+            );
+        } else {
+            debug!(
+                topic = message.topic(),
+                partition = rec.partition,
+                offset = rec.offset,
+                "first record after assignment"
+            );
+        }
+    }
+    if !retries.is_empty() && retries.is_paused(topic, rec.partition) {
+        // Read again from the record that failed, after its backoff.
+        return false;
+    }
+    if let Some(panic) = config.quarantine.take(topic, rec.partition, rec.offset) {
+        warn!(
+            topic = message.topic(),
+            partition = rec.partition,
+            offset = rec.offset,
+            "dead-lettering the record a slot panicked on"
+        );
+        processor.dead_letter_unprocessed(
+            &rec,
+            FailedStage::Panic,
+            format!("the slot panicked processing this record: {panic}"),
+            emits,
+        );
+        return false;
+    }
+    config.watch.processing(topic, rec.partition, rec.offset);
+    crate::failpoint::panic_on_record(rec.payload);
+    match processor.process(&rec, step.at, step.wall_ms, emits) {
+        Ok(()) if retries.is_empty() => {}
+        Ok(()) => {
+            if retries.passed(topic, rec.partition, rec.offset) {
+                info!(
+                    topic = message.topic(),
+                    partition = rec.partition,
+                    offset = rec.offset,
+                    "the held record passed: the partition consumes again"
+                );
+                report_held(config, message.topic(), rec.partition, false);
+            }
+        }
+        Err(e) => {
+            let failed = Failed {
+                topic: message.topic(),
+                rec: &rec,
+                error: &e,
+                at: step.at,
+            };
+            on_transient_failure(config, consumer, retries, processor, emits, failed);
+        }
+    }
+    true
+}
+
+/// Runs one slot until `stop` is set (then flushes, commits and leaves the group) or an error.
+pub fn run(config: &SlotConfig, stop: &Arc<AtomicBool>) -> Result<(), SlotError> {
+    let plan = config.plan.clone();
+    let Opened {
+        consumer,
+        core,
+        sink,
+        interval,
+    } = open(config, stop)?;
     let latency = config
         .metrics
         .output_latency
@@ -263,23 +449,7 @@ pub fn run(config: &SlotConfig, stop: &Arc<AtomicBool>) -> Result<(), SlotError>
         }
         let poll_start = Instant::now();
         let revocations = consumer.context().revocations.load(Ordering::Relaxed);
-        match consumer.poll(Duration::from_millis(100)) {
-            None => {}
-            Some(Ok(message)) => batch.push(message),
-            Some(Err(e)) => poll_failed(config, &e),
-        }
-        // Drain what librdkafka already holds, without waiting. A poll that serves a rebalance
-        // or a commit returns nothing, so a rebalance always ends the batch.
-        while !batch.is_empty() && batch.len() < batch_limit {
-            match consumer.poll(Duration::ZERO) {
-                Some(Ok(message)) => batch.push(message),
-                Some(Err(e)) => {
-                    poll_failed(config, &e);
-                    break;
-                }
-                None => break,
-            }
-        }
+        poll_batch(&consumer, config, &mut batch, batch_limit);
         let processing_start = Instant::now();
         if let Some(reason) = consumer
             .context()
@@ -292,122 +462,22 @@ pub fn run(config: &SlotConfig, stop: &Arc<AtomicBool>) -> Result<(), SlotError>
         }
         clock.idle += processing_start - poll_start;
         if consumer.context().revocations.load(Ordering::Relaxed) != revocations {
-            // Records of partitions revoked while the batch was drained belong to their next
-            // owner, which resumes where this slot's state stopped.
-            let assignment = consumer.assignment().unwrap_or_default();
-            batch.retain(|m| {
-                assignment
-                    .find_partition(m.topic(), m.partition())
-                    .is_some()
-            });
-            retries.retain(|topic, partition| {
-                assignment
-                    .find_partition(plan.topic_name(topic), partition)
-                    .is_some()
-            });
+            drop_revoked(&consumer, &plan, &mut batch, &mut retries);
         }
         if !batch.is_empty() {
-            let wall_ms = wall_clock_ms();
+            let step = BatchClock {
+                at: processing_start,
+                wall_ms: wall_clock_ms(),
+            };
             let mut guard = lock(&core);
-            let Core {
-                processor,
-                emits,
-                awaiting_first,
-                ..
-            } = &mut *guard;
             for message in batch.drain(..) {
-                let Some(topic) = plan.topic_index(message.topic()) else {
-                    continue;
-                };
-                let (upstream, marker) = if plan.is_repartition_topic(topic) {
-                    read_internal_headers(&message)
-                } else {
-                    (None, None)
-                };
-                let rec = InRecord {
-                    topic,
-                    partition: message.partition(),
-                    offset: message.offset(),
-                    key: message.key(),
-                    payload: message.payload(),
-                    timestamp_ms: message.timestamp().to_millis(),
-                    upstream,
-                    marker,
-                };
-                if !awaiting_first.is_empty() && awaiting_first.remove(&(topic, rec.partition)) {
-                    let resume = processor.next_offset(topic, rec.partition);
-                    if resume.is_some_and(|r| r != rec.offset) {
-                        warn!(
-                            topic = message.topic(),
-                            partition = rec.partition,
-                            offset = rec.offset,
-                            ?resume,
-                            "first record after assignment is not where the restored state resumes"
-                        );
-                    } else {
-                        debug!(
-                            topic = message.topic(),
-                            partition = rec.partition,
-                            offset = rec.offset,
-                            "first record after assignment"
-                        );
-                    }
-                }
-                if !retries.is_empty() && retries.is_paused(topic, rec.partition) {
-                    // Read again from the record that failed, after its backoff.
-                    continue;
-                }
-                if let Some(panic) = config.quarantine.take(topic, rec.partition, rec.offset) {
-                    warn!(
-                        topic = message.topic(),
-                        partition = rec.partition,
-                        offset = rec.offset,
-                        "dead-lettering the record a slot panicked on"
-                    );
-                    processor.dead_letter_unprocessed(
-                        &rec,
-                        FailedStage::Panic,
-                        format!("the slot panicked processing this record: {panic}"),
-                        emits,
-                    );
-                    continue;
-                }
-                config.watch.processing(topic, rec.partition, rec.offset);
-                crate::failpoint::panic_on_record(rec.payload);
-                match processor.process(&rec, processing_start, wall_ms, emits) {
-                    Ok(()) if retries.is_empty() => {}
-                    Ok(()) => {
-                        if retries.passed(topic, rec.partition, rec.offset) {
-                            info!(
-                                topic = message.topic(),
-                                partition = rec.partition,
-                                offset = rec.offset,
-                                "the held record passed: the partition consumes again"
-                            );
-                            report_held(config, message.topic(), rec.partition, false);
-                        }
-                    }
-                    Err(e) => {
-                        let failed = Failed {
-                            topic: message.topic(),
-                            rec: &rec,
-                            error: &e,
-                            at: processing_start,
-                        };
-                        on_transient_failure(
-                            config,
-                            &consumer,
-                            &mut retries,
-                            processor,
-                            emits,
-                            failed,
-                        );
-                    }
-                }
-                if let Some(cost) = config.simulated_record_cost {
+                let processed =
+                    process_record(config, &consumer, &mut retries, &mut guard, &step, &message);
+                if let (true, Some(cost)) = (processed, config.simulated_record_cost) {
                     owed += cost.as_secs_f64();
                 }
             }
+            let emits = &mut guard.emits;
             config.watch.idle();
             observe_emits(config, &latency, emits);
             sink.send_all(&plan, emits, &mut clock.backpressured, &is_stopped)?;
@@ -469,28 +539,34 @@ pub fn run(config: &SlotConfig, stop: &Arc<AtomicBool>) -> Result<(), SlotError>
             )?;
         }
     }
-    // Stopping: everything processed so far is flushed and committed; unsubscribing revokes the
-    // partitions (committing them again) and leaves the group at once.
+    leave(config, &consumer, &core, &sink, &mut clock, &mut reported);
+    info!("slot stopped");
+    Ok(())
+}
+
+/// Stops the slot: everything processed so far flushed and committed, the partitions revoked
+/// (committing them again) and the group left at once; the last figures published.
+fn leave(
+    config: &SlotConfig,
+    consumer: &BaseConsumer<SlotContext>,
+    core: &Arc<Mutex<Core>>,
+    sink: &Arc<Sink>,
+    clock: &mut SlotClock,
+    reported: &mut Counts,
+) {
+    let plan = &config.plan;
     // A commit refused now (a rebalance under way as other slots leave) is repeated by the
     // revocation that unsubscribing triggers; either way the next owner resumes at or before it.
     let never = || false;
     let finished = match consumer.context().checkpoints() {
         true => checkpoint(
             consumer.context(),
-            &consumer,
+            consumer,
             None,
             &mut clock.backpressured,
             &never,
         ),
-        false => commit(
-            &consumer,
-            &core,
-            &sink,
-            &plan,
-            &mut clock,
-            CommitMode::Sync,
-            &never,
-        ),
+        false => commit(consumer, core, sink, plan, clock, CommitMode::Sync, &never),
     };
     if let Err(e) = finished {
         warn!(error = %e, "final commit failed");
@@ -500,16 +576,8 @@ pub fn run(config: &SlotConfig, stop: &Arc<AtomicBool>) -> Result<(), SlotError>
     while Instant::now() < deadline && consumer.assignment().is_ok_and(|a| a.count() > 0) {
         let _ = consumer.poll(Duration::from_millis(50));
     }
-    let mut guard = lock(&core);
-    publish(
-        config,
-        &consumer,
-        &mut guard.processor,
-        &mut reported,
-        &mut clock,
-    );
-    info!("slot stopped");
-    Ok(())
+    let mut guard = lock(core);
+    publish(config, consumer, &mut guard.processor, reported, clock);
 }
 
 /// An upstream partition id with an offset or a watermark.
