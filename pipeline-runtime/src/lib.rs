@@ -26,6 +26,7 @@ pub mod schema_registry;
 pub mod sink;
 pub mod sketch_integrity;
 pub mod slot;
+pub mod test_driver;
 pub mod topics;
 pub mod watermark;
 pub mod window;
