@@ -120,7 +120,7 @@ pub async fn announce_old_state(
     let found = tokio::task::spawn_blocking(move || state.has_committed_offsets(&access, &asked))
         .await
         .map_err(|e| e.to_string())
-        .and_then(|found| found);
+        .and_then(|found| found.map_err(|e| e.to_string()));
     match found {
         Ok(true) => {
             let note = format!(
@@ -238,7 +238,7 @@ async fn clean_up(
     tokio::task::spawn_blocking(move || state.delete(&access, &asked_group, &[asked_topic]))
         .await
         .map_err(|e| ReconcileError::Lookup(e.to_string()))?
-        .map_err(ReconcileError::Cleanup)?;
+        .map_err(|e| ReconcileError::Cleanup(e.to_string()))?;
     let kafka = format!("consumer group {group} and topic {topic} deleted");
     if pd.spec.checkpoint.is_none() {
         return Ok(Some(kafka));

@@ -10,6 +10,7 @@ use rdkafka::{
     admin::{AdminClient, AdminOptions},
     client::DefaultClientContext,
     consumer::{BaseConsumer, Consumer},
+    error::KafkaError,
     types::RDKafkaErrorCode,
 };
 
@@ -17,10 +18,41 @@ use crate::kafka::KafkaAccess;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Why a consumer group's state could not be read or deleted.
+#[derive(Debug, PartialEq, thiserror::Error)]
+pub enum GroupStateError {
+    /// A client could not be created from the pipeline's connection.
+    #[error("kafka client: {0}")]
+    Client(#[source] KafkaError),
+    /// A request failed.
+    #[error("{what}: {source}")]
+    Request {
+        /// What was asked.
+        what: String,
+        /// The error.
+        source: KafkaError,
+    },
+    /// The group still has members.
+    #[error("consumer group {0} still has members: stop every consumer of it first")]
+    NotEmpty(String),
+    /// The broker refused to delete a group or topic.
+    #[error("deleting {what}: {code}")]
+    Refused {
+        /// The group or topic.
+        what: String,
+        /// The broker's answer.
+        code: RDKafkaErrorCode,
+    },
+}
+
 /// Reads and deletes a consumer group's state (blocking: call from a blocking thread).
 pub trait GroupState: Send + Sync {
     /// Whether `group` has a committed offset on any partition of `access.topics`.
-    fn has_committed_offsets(&self, access: &KafkaAccess, group: &str) -> Result<bool, String>;
+    fn has_committed_offsets(
+        &self,
+        access: &KafkaAccess,
+        group: &str,
+    ) -> Result<bool, GroupStateError>;
 
     /// Deletes `group` (with its committed offsets) and those of `internal_topics` that exist.
     /// A group or topic already gone is fine; a group that still has members is an error.
@@ -29,7 +61,7 @@ pub trait GroupState: Send + Sync {
         access: &KafkaAccess,
         group: &str,
         internal_topics: &[String],
-    ) -> Result<(), String>;
+    ) -> Result<(), GroupStateError>;
 }
 
 /// [`GroupState`] through the Kafka protocol (OffsetFetch, DeleteGroups, DeleteTopics).
@@ -45,18 +77,25 @@ fn client_config(access: &KafkaAccess) -> ClientConfig {
 }
 
 impl GroupState for KafkaGroupState {
-    fn has_committed_offsets(&self, access: &KafkaAccess, group: &str) -> Result<bool, String> {
+    fn has_committed_offsets(
+        &self,
+        access: &KafkaAccess,
+        group: &str,
+    ) -> Result<bool, GroupStateError> {
         // A consumer that never subscribes does not join the group: it only fetches offsets.
         let consumer: BaseConsumer = client_config(access)
             .set("group.id", group)
             .set("enable.auto.commit", "false")
             .create()
-            .map_err(|e| e.to_string())?;
+            .map_err(GroupStateError::Client)?;
         let mut partitions = TopicPartitionList::new();
         for topic in &access.topics {
             let metadata = consumer
                 .fetch_metadata(Some(topic), TIMEOUT)
-                .map_err(|e| format!("metadata of {topic}: {e}"))?;
+                .map_err(|source| GroupStateError::Request {
+                    what: format!("metadata of {topic}"),
+                    source,
+                })?;
             for t in metadata.topics().iter().filter(|t| t.error().is_none()) {
                 for p in t.partitions() {
                     partitions.add_partition(topic, p.id());
@@ -68,7 +107,10 @@ impl GroupState for KafkaGroupState {
         }
         let committed = consumer
             .committed_offsets(partitions, TIMEOUT)
-            .map_err(|e| format!("committed offsets of group {group}: {e}"))?;
+            .map_err(|source| GroupStateError::Request {
+                what: format!("committed offsets of group {group}"),
+                source,
+            })?;
         Ok(committed
             .elements()
             .iter()
@@ -80,33 +122,50 @@ impl GroupState for KafkaGroupState {
         access: &KafkaAccess,
         group: &str,
         internal_topics: &[String],
-    ) -> Result<(), String> {
-        let admin: AdminClient<DefaultClientContext> =
-            client_config(access).create().map_err(|e| e.to_string())?;
+    ) -> Result<(), GroupStateError> {
+        let admin: AdminClient<DefaultClientContext> = client_config(access)
+            .create()
+            .map_err(GroupStateError::Client)?;
         let options = AdminOptions::new().request_timeout(Some(TIMEOUT));
-        let groups = futures::executor::block_on(admin.delete_groups(&[group], &options))
-            .map_err(|e| format!("deleting consumer group {group}: {e}"))?;
+        let groups = futures::executor::block_on(admin.delete_groups(&[group], &options)).map_err(
+            |source| GroupStateError::Request {
+                what: format!("deleting consumer group {group}"),
+                source,
+            },
+        )?;
         for result in groups {
             match result {
                 Ok(_) | Err((_, RDKafkaErrorCode::GroupIdNotFound)) => {}
                 Err((_, RDKafkaErrorCode::NonEmptyGroup)) => {
-                    return Err(format!(
-                        "consumer group {group} still has members: stop every consumer of it first"
-                    ));
+                    return Err(GroupStateError::NotEmpty(group.to_owned()));
                 }
-                Err((_, code)) => return Err(format!("deleting consumer group {group}: {code}")),
+                Err((_, code)) => {
+                    return Err(GroupStateError::Refused {
+                        what: format!("consumer group {group}"),
+                        code,
+                    });
+                }
             }
         }
         if internal_topics.is_empty() {
             return Ok(());
         }
         let names: Vec<&str> = internal_topics.iter().map(String::as_str).collect();
-        let topics = futures::executor::block_on(admin.delete_topics(&names, &options))
-            .map_err(|e| format!("deleting topics {names:?}: {e}"))?;
+        let topics = futures::executor::block_on(admin.delete_topics(&names, &options)).map_err(
+            |source| GroupStateError::Request {
+                what: format!("deleting topics {names:?}"),
+                source,
+            },
+        )?;
         for result in topics {
             match result {
                 Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
-                Err((topic, code)) => return Err(format!("deleting topic {topic}: {code}")),
+                Err((topic, code)) => {
+                    return Err(GroupStateError::Refused {
+                        what: format!("topic {topic}"),
+                        code,
+                    });
+                }
             }
         }
         Ok(())

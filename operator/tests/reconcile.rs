@@ -13,7 +13,7 @@ use kube::{Client, client::Body, runtime::controller::Action};
 use pipeline_crds::{PipelineDeployment, manifest::from_yaml};
 use pipeline_operator::{
     controller::{Context, PodMonitorCrd, reconcile},
-    group_state::GroupState,
+    group_state::{GroupState, GroupStateError},
     install::Install,
     kafka::{KafkaAccess, PartitionSource},
     metrics::OperatorMetrics,
@@ -47,13 +47,23 @@ struct Groups {
 }
 
 impl GroupState for Groups {
-    fn has_committed_offsets(&self, _: &KafkaAccess, _: &str) -> Result<bool, String> {
+    fn has_committed_offsets(&self, _: &KafkaAccess, _: &str) -> Result<bool, GroupStateError> {
         Ok(self.committed)
     }
 
-    fn delete(&self, _: &KafkaAccess, group: &str, topics: &[String]) -> Result<(), String> {
+    fn delete(
+        &self,
+        _: &KafkaAccess,
+        group: &str,
+        topics: &[String],
+    ) -> Result<(), GroupStateError> {
         if let Some(error) = &self.delete_error {
-            return Err(error.clone());
+            return Err(GroupStateError::Request {
+                what: error.clone(),
+                source: rdkafka::error::KafkaError::AdminOp(
+                    rdkafka::types::RDKafkaErrorCode::BrokerTransportFailure,
+                ),
+            });
         }
         self.deleted
             .lock()
