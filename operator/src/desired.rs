@@ -32,9 +32,12 @@ pub struct PodResources {
     pub memory_bytes: i64,
 }
 
-/// One pipeline as it should run, whatever runs it.
-#[derive(Clone, Debug, PartialEq)]
+/// One pipeline as it should run, whatever runs it: the whole input of a backend's apply.
+#[derive(Clone, Debug)]
 pub struct Desired {
+    /// The validated pipeline it was built from (what a backend reads of the spec: Secrets,
+    /// TLS, the checkpoint volume, the image, the pod overrides).
+    pub pipeline: ValidPipeline,
     /// The pipeline's name.
     pub name: String,
     /// The pipeline's namespace.
@@ -109,6 +112,7 @@ pub fn desired(pipeline: &ValidPipeline, sizing: &Sizing) -> Desired {
     env.insert(env::PIPELINE.to_owned(), name.clone());
     env.insert(env::NAMESPACE.to_owned(), namespace.clone());
     Desired {
+        pipeline: pipeline.clone(),
         config,
         config_hash,
         scale: Scale::pipeline(sizing.parallelism, sizing.replicas),

@@ -178,7 +178,7 @@ pub async fn reconcile_pipeline(
     let decision = autoscale::decided(&pd.spec, autoscaler.as_ref());
     let sizing = size(&pd.spec, partitions, decision)?;
     let desired = desired(&valid, &sizing);
-    let applied = match backend.apply(pd, &desired).await {
+    let applied = match backend.apply(&desired).await {
         Ok(applied) => applied,
         Err(conflict @ BackendError::NameConflict { .. }) => {
             let error = conflict.to_string();

@@ -487,11 +487,7 @@ impl Backend for LocalBackend {
         })
     }
 
-    fn apply<'a>(
-        &'a self,
-        _: &'a PipelineDeployment,
-        desired: &'a Desired,
-    ) -> BoxFuture<'a, Result<Applied, BackendError>> {
+    fn apply<'a>(&'a self, desired: &'a Desired) -> BoxFuture<'a, Result<Applied, BackendError>> {
         Box::pin(async move { tokio::task::block_in_place(|| self.apply_now(desired)) })
     }
 
@@ -543,7 +539,17 @@ mod tests {
     use crate::desired::PodResources;
 
     fn desired(parallelism: i32, replicas: i32, hash: &str) -> Desired {
+        let pd = pipeline_crds::manifest::from_yaml(
+            "apiVersion: sluice.dev/v1alpha1\nkind: PipelineDeployment\nmetadata: {name: p, namespace: ns}\nspec:\n  kafka: {bootstrapServers: 'k:9092'}\n  source: {topic: in}\n  sink: {kafka: {topic: out}}\n",
+            "test",
+        )
+        .unwrap();
         Desired {
+            pipeline: pipeline_crds::valid::validate_pipeline(
+                &pd,
+                &pipeline_crds::valid::AnyInstallation,
+            )
+            .unwrap(),
             name: "p".into(),
             namespace: "ns".into(),
             config: format!("config {hash}"),

@@ -57,11 +57,7 @@ pub trait Backend: Send + Sync {
     ) -> BoxFuture<'a, Result<KafkaAccess, String>>;
 
     /// Makes `desired` run: creates, changes and removes what differs, in a fixed order.
-    fn apply<'a>(
-        &'a self,
-        pd: &'a PipelineDeployment,
-        desired: &'a Desired,
-    ) -> BoxFuture<'a, Result<Applied, BackendError>>;
+    fn apply<'a>(&'a self, desired: &'a Desired) -> BoxFuture<'a, Result<Applied, BackendError>>;
 
     /// The rules of the installation this backend runs pipelines in (validation checks them
     /// with everything else: [`pipeline_crds::valid::validate_pipeline`]).

@@ -193,11 +193,8 @@ impl KubeBackend {
         Ok(())
     }
 
-    async fn apply_children(
-        &self,
-        pd: &PipelineDeployment,
-        desired: &Desired,
-    ) -> Result<Applied, BackendError> {
+    async fn apply_children(&self, desired: &Desired) -> Result<Applied, BackendError> {
+        let pd = desired.pipeline.resource();
         let client = &self.client;
         let namespace = &desired.namespace;
         let name = &desired.name;
@@ -311,12 +308,8 @@ impl Backend for KubeBackend {
         })
     }
 
-    fn apply<'a>(
-        &'a self,
-        pd: &'a PipelineDeployment,
-        desired: &'a Desired,
-    ) -> BoxFuture<'a, Result<Applied, BackendError>> {
-        Box::pin(self.apply_children(pd, desired))
+    fn apply<'a>(&'a self, desired: &'a Desired) -> BoxFuture<'a, Result<Applied, BackendError>> {
+        Box::pin(self.apply_children(desired))
     }
 
     fn rules(&self) -> &dyn pipeline_crds::valid::InstallationRules {
