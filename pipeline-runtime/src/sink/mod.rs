@@ -101,13 +101,9 @@ pub enum SinkError {
     /// The output schema could not be registered (retryable).
     #[error("output schema: {0}")]
     Registry(#[from] RegistryError),
-    /// The ClickHouse table does not exist or does not fit the output: refused until the spec
-    /// or the table changes.
-    #[error("ClickHouse sink: {0}")]
-    Table(String),
-    /// ClickHouse cannot be reached or refused an insert (retried; then the slot restarts).
-    #[error("ClickHouse: {0}")]
-    ClickHouse(String),
+    /// The ClickHouse sink failed.
+    #[error(transparent)]
+    ClickHouse(#[from] clickhouse::ClickHouseError),
     /// The output schema cannot be derived from the spec.
     #[error(transparent)]
     Schema(#[from] encode::OutputError),
@@ -126,7 +122,12 @@ impl SinkError {
     /// Whether restarting the slot can help: not for a configuration librdkafka refuses or a
     /// schema the spec cannot give.
     pub fn is_retryable(&self) -> bool {
-        !matches!(self, Self::Create(_) | Self::Schema(_) | Self::Table(_))
+        !matches!(
+            self,
+            Self::Create(_)
+                | Self::Schema(_)
+                | Self::ClickHouse(clickhouse::ClickHouseError::Table(_))
+        )
     }
 
     /// Whether a newer producer with the same transactional id (or a newer group generation)

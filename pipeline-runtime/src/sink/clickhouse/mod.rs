@@ -44,6 +44,26 @@ use crate::{
 use self::records::{Described, RecordTable};
 use super::{RowSink, Sent, SinkError};
 
+/// Why the ClickHouse sink failed; each is a [`SinkError::ClickHouse`].
+#[derive(Debug, thiserror::Error)]
+pub enum ClickHouseError {
+    /// The table does not exist or does not fit the output: refused until the spec or the table
+    /// changes (not retryable).
+    #[error("ClickHouse sink: {0}")]
+    Table(String),
+    /// ClickHouse cannot be reached or refused an insert (retried; then the slot restarts).
+    #[error("ClickHouse: {0}")]
+    Unreachable(String),
+}
+
+fn table_error(message: String) -> SinkError {
+    ClickHouseError::Table(message).into()
+}
+
+fn unreachable_error(message: String) -> SinkError {
+    ClickHouseError::Unreachable(message).into()
+}
+
 /// How long inserts are retried before the slot gives up and restarts.
 const RETRY_FOR: Duration = Duration::from_secs(120);
 /// Longest wait between insert attempts.
@@ -205,7 +225,7 @@ pub struct ClickHouseRows {
 
 impl ClickHouseRows {
     /// Connects, then creates or checks the table. A table that does not fit is refused for good
-    /// ([`SinkError::Table`]); an unreachable server is retryable.
+    /// ([`ClickHouseError::Table`]); an unreachable server is retryable.
     pub fn new(
         plan: &Plan,
         sink: &ClickHouseSink,
@@ -268,13 +288,13 @@ impl ClickHouseRows {
     /// Reads the table a stateless pipeline writes (it must exist: its columns are the user's).
     fn prepare_records(&self, sink: &ClickHouseSink) -> Result<RecordTable, SinkError> {
         let Some(described) = self.describe()? else {
-            return Err(SinkError::Table(format!(
+            return Err(table_error(format!(
                 "table {} does not exist at {}: a stateless pipeline writes its records into a table you create (docs/clickhouse.md)",
                 self.table, self.url
             )));
         };
         let table = RecordTable::new(&described).map_err(|problems| {
-            SinkError::Table(format!(
+            table_error(format!(
                 "table {} cannot take this pipeline's records: {}",
                 self.table,
                 problems.join("; ")
@@ -291,7 +311,7 @@ impl ClickHouseRows {
     fn prepare(&self, sink: &ClickHouseSink) -> Result<(), SinkError> {
         let Some(described) = self.describe()? else {
             if !sink.create_table {
-                return Err(SinkError::Table(format!(
+                return Err(table_error(format!(
                     "table {} does not exist at {}: create it (docs/clickhouse.md gives the statement) or set spec.sink.clickhouse.createTable",
                     self.table, self.url
                 )));
@@ -317,7 +337,7 @@ impl ClickHouseRows {
         if found.is_empty() {
             Ok(())
         } else {
-            Err(SinkError::Table(format!(
+            Err(table_error(format!(
                 "table {} does not fit this pipeline's output: {}",
                 self.table,
                 found.join("; ")
@@ -371,12 +391,12 @@ impl ClickHouseRows {
         let shown = statement.chars().take(80).collect::<String>();
         let mut response = request
             .send(body)
-            .map_err(|e| SinkError::ClickHouse(format!("{} ({shown}): {e}", self.url)))?;
+            .map_err(|e| unreachable_error(format!("{} ({shown}): {e}", self.url)))?;
         let status = response.status().as_u16();
         let text = response.body_mut().read_to_string().unwrap_or_default();
         match status {
             200 => Ok(text),
-            _ => Err(SinkError::ClickHouse(format!(
+            _ => Err(unreachable_error(format!(
                 "{} ({shown}): HTTP {status}: {}",
                 self.url,
                 text.trim().chars().take(500).collect::<String>()
@@ -418,7 +438,7 @@ impl ClickHouseRows {
                         .get_or_create(&self.labels)
                         .inc();
                     if started.elapsed() >= RETRY_FOR {
-                        break Err(SinkError::ClickHouse(format!(
+                        break Err(unreachable_error(format!(
                             "inserts failed for {} s, restarting from the last checkpoint: {e}",
                             RETRY_FOR.as_secs()
                         )));
@@ -731,7 +751,7 @@ mod tests {
         });
         let err = records_to(&missing).err().unwrap();
         assert!(
-            matches!(&err, SinkError::Table(m) if m.contains("does not exist")),
+            matches!(&err, SinkError::ClickHouse(ClickHouseError::Table(m)) if m.contains("does not exist")),
             "{err}"
         );
         let uncheckable = Endpoint::start(|statement| match statement {
@@ -744,7 +764,7 @@ mod tests {
         });
         let err = records_to(&uncheckable).err().unwrap();
         assert!(
-            matches!(&err, SinkError::Table(m) if m.contains("column `tags` is Array(String)")),
+            matches!(&err, SinkError::ClickHouse(ClickHouseError::Table(m)) if m.contains("column `tags` is Array(String)")),
             "{err}"
         );
         assert!(
