@@ -339,21 +339,35 @@ impl Scale {
 
     /// This process's slots: `slots`, else its share of `parallelism` over `replicas` by its
     /// pod ordinal (none for a pod past the replicas: it is about to be removed).
-    pub fn slots_of(&self, ordinal: Option<i32>) -> Result<i32, String> {
+    pub fn slots_of(&self, ordinal: Option<i32>) -> Result<i32, ScaleError> {
         match (self.slots, self.parallelism, self.replicas) {
             (Some(slots), _, _) if slots >= 0 => Ok(slots),
-            (Some(slots), _, _) => Err(format!("negative slot count {slots}")),
+            (Some(slots), _, _) => Err(ScaleError::Negative(slots)),
             (None, Some(parallelism), Some(replicas)) => {
-                let ordinal = ordinal.ok_or("the pod name ends in no ordinal")?;
+                let ordinal = ordinal.ok_or(ScaleError::NoOrdinal)?;
                 Ok(if ordinal >= replicas {
                     0
                 } else {
                     slots_of_pod(parallelism, replicas, ordinal)
                 })
             }
-            _ => Err("set either slots, or parallelism and replicas".into()),
+            _ => Err(ScaleError::Incomplete),
         }
     }
+}
+
+/// Why a scale file gives no slot count.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ScaleError {
+    /// `slots` is negative.
+    #[error("negative slot count {0}")]
+    Negative(i32),
+    /// `parallelism` and `replicas` need the pod's ordinal.
+    #[error("the pod name ends in no ordinal")]
+    NoOrdinal,
+    /// Neither `slots` nor both `parallelism` and `replicas`.
+    #[error("set either slots, or parallelism and replicas")]
+    Incomplete,
 }
 
 /// The slots of pod `ordinal` when `parallelism` slots run on `replicas` pods: spread so pods

@@ -150,9 +150,11 @@ impl MetricsSource for DirectScrape {
             let scraped = match self.endpoints.endpoints(target).await {
                 Ok(endpoints) => {
                     let (namespace, name) = (target.namespace.clone(), target.name.clone());
-                    tokio::task::spawn_blocking(move || scrape_all(&endpoints, &namespace, &name))
-                        .await
-                        .unwrap_or_else(|e| Err(e.to_string()))
+                    tokio::task::spawn_blocking(move || {
+                        scrape_all(&endpoints, &namespace, &name).map_err(|e| e.to_string())
+                    })
+                    .await
+                    .unwrap_or_else(|e| Err(e.to_string()))
                 }
                 Err(e) => Err(e),
             };
@@ -168,11 +170,39 @@ impl MetricsSource for DirectScrape {
     }
 }
 
+/// Why a scrape of the runtime pods failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ScrapeError {
+    /// No pod is running.
+    #[error("no runtime pod to scrape")]
+    NoPods,
+    /// A pod did not answer.
+    #[error("{url}: {source}")]
+    Fetch {
+        /// The endpoint.
+        url: String,
+        /// The HTTP error.
+        source: Box<ureq::Error>,
+    },
+    /// A pod's answer is not a metrics exposition.
+    #[error("{url}: {source}")]
+    Exposition {
+        /// The endpoint.
+        url: String,
+        /// The parse error.
+        source: std::io::Error,
+    },
+}
+
 /// Scrapes every endpoint into one sample; any endpoint failing fails the sample (a partial
 /// sample would read as lower load).
-pub fn scrape_all(endpoints: &[String], namespace: &str, name: &str) -> Result<Sample, String> {
+pub fn scrape_all(
+    endpoints: &[String],
+    namespace: &str,
+    name: &str,
+) -> Result<Sample, ScrapeError> {
     if endpoints.is_empty() {
-        return Err("no runtime pod to scrape".into());
+        return Err(ScrapeError::NoPods);
     }
     let agent = ureq::Agent::config_builder()
         .timeout_global(Some(TIMEOUT))
@@ -180,14 +210,23 @@ pub fn scrape_all(endpoints: &[String], namespace: &str, name: &str) -> Result<S
         .new_agent();
     let mut sample = Sample::default();
     for url in endpoints {
+        let fetch = |source| ScrapeError::Fetch {
+            url: url.clone(),
+            source: Box::new(source),
+        };
         let body = agent
             .get(url)
             .call()
-            .map_err(|e| format!("{url}: {e}"))?
+            .map_err(fetch)?
             .body_mut()
             .read_to_string()
-            .map_err(|e| format!("{url}: {e}"))?;
-        add_exposition(&mut sample, &body, namespace, name)?;
+            .map_err(fetch)?;
+        add_exposition(&mut sample, &body, namespace, name).map_err(|source| {
+            ScrapeError::Exposition {
+                url: url.clone(),
+                source,
+            }
+        })?;
     }
     Ok(sample)
 }
@@ -199,9 +238,9 @@ pub fn add_exposition(
     text: &str,
     namespace: &str,
     name: &str,
-) -> Result<(), String> {
+) -> Result<(), std::io::Error> {
     let lines = text.lines().map(|l| Ok(l.to_string()));
-    let scrape = prometheus_parse::Scrape::parse(lines).map_err(|e| e.to_string())?;
+    let scrape = prometheus_parse::Scrape::parse(lines)?;
     let mut offsets: BTreeMap<(String, String), (Option<f64>, Option<f64>)> = BTreeMap::new();
     for s in &scrape.samples {
         let labels = &s.labels;
