@@ -107,6 +107,14 @@ impl KafkaAccess {
 /// Why a pipeline's Kafka credentials cannot be read.
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialsError {
+    /// Local mode: the spec asks for SASL and the environment does not give the credentials.
+    #[error("spec.kafka.sasl is set: export {username} and {password} for local mode")]
+    NotInEnvironment {
+        /// The username's variable.
+        username: &'static str,
+        /// The password's variable.
+        password: &'static str,
+    },
     /// The Secret does not exist.
     #[error("Secret {namespace}/{name} (from {field}) does not exist")]
     SecretMissing {

@@ -138,7 +138,12 @@ pub async fn reconcile_pipeline(
         Ok(access) => access,
         Err(error) => {
             warn!(%error, "Kafka credentials unavailable");
-            let status = report(backend, pd, &Outcome::CredentialsUnavailable(error)).await?;
+            let status = report(
+                backend,
+                pd,
+                &Outcome::CredentialsUnavailable(error.to_string()),
+            )
+            .await?;
             return Ok(reconciled(retry, "credentials_unavailable", status));
         }
     };

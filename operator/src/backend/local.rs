@@ -467,7 +467,7 @@ impl Backend for LocalBackend {
     fn kafka_access<'a>(
         &'a self,
         pd: &'a PipelineDeployment,
-    ) -> BoxFuture<'a, Result<KafkaAccess, String>> {
+    ) -> BoxFuture<'a, Result<KafkaAccess, crate::kafka::CredentialsError>> {
         Box::pin(async move {
             let credentials = match (
                 std::env::var(env::KAFKA_SASL_USERNAME),
@@ -475,11 +475,10 @@ impl Backend for LocalBackend {
             ) {
                 (Ok(u), Ok(p)) => Some((u, p)),
                 _ if pd.spec.kafka.sasl.is_some() => {
-                    return Err(format!(
-                        "spec.kafka.sasl is set: export {} and {} for local mode",
-                        env::KAFKA_SASL_USERNAME,
-                        env::KAFKA_SASL_PASSWORD
-                    ));
+                    return Err(crate::kafka::CredentialsError::NotInEnvironment {
+                        username: env::KAFKA_SASL_USERNAME,
+                        password: env::KAFKA_SASL_PASSWORD,
+                    });
                 }
                 _ => None,
             };

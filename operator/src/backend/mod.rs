@@ -54,7 +54,7 @@ pub trait Backend: Send + Sync {
     fn kafka_access<'a>(
         &'a self,
         pd: &'a PipelineDeployment,
-    ) -> BoxFuture<'a, Result<KafkaAccess, String>>;
+    ) -> BoxFuture<'a, Result<KafkaAccess, crate::kafka::CredentialsError>>;
 
     /// Makes `desired` run: creates, changes and removes what differs, in a fixed order.
     fn apply<'a>(&'a self, desired: &'a Desired) -> BoxFuture<'a, Result<Applied, BackendError>>;

@@ -299,12 +299,10 @@ impl Backend for KubeBackend {
     fn kafka_access<'a>(
         &'a self,
         pd: &'a PipelineDeployment,
-    ) -> BoxFuture<'a, Result<KafkaAccess, String>> {
+    ) -> BoxFuture<'a, Result<KafkaAccess, kafka::CredentialsError>> {
         Box::pin(async move {
             let namespace = pd.namespace().unwrap_or_default();
-            kafka::access(&self.client, &namespace, &pd.spec)
-                .await
-                .map_err(|e| e.to_string())
+            kafka::access(&self.client, &namespace, &pd.spec).await
         })
     }
 
