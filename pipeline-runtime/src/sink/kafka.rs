@@ -37,6 +37,17 @@ pub struct KafkaRows {
     encoding: Encoding,
 }
 
+/// Why the Kafka rows sink cannot start; each is a [`SinkError::KafkaRows`].
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaRowsError {
+    /// The output schema could not be registered (retryable).
+    #[error("output schema: {0}")]
+    Registry(#[from] crate::schema_registry::RegistryError),
+    /// The output schema cannot be derived from the spec (not retryable).
+    #[error(transparent)]
+    Schema(#[from] OutputError),
+}
+
 impl KafkaRows {
     /// The sink of `plan`'s rows on `producer`; registers the Avro schema when the output is Avro
     /// (an unreachable registry is a retryable error).
@@ -47,9 +58,12 @@ impl KafkaRows {
     ) -> Result<Self, SinkError> {
         let encoding = match (&plan.window, plan.output_format, &plan.schema_registry_url) {
             (Some(window), OutputFormat::Avro, Some(url)) => {
-                let schema = window_schema(plan.key_field(), &window.aggregates)?;
+                let schema = window_schema(plan.key_field(), &window.aggregates)
+                    .map_err(KafkaRowsError::from)?;
                 let subject = format!("{}-value", plan.sink_topic);
-                let id = SchemaRegistry::new(url).register(&subject, &schema)?;
+                let id = SchemaRegistry::new(url)
+                    .register(&subject, &schema)
+                    .map_err(KafkaRowsError::from)?;
                 Encoding::Avro {
                     schema: Box::new(schema),
                     id,

@@ -30,7 +30,6 @@ use crate::{
     processor::{Emit, FailedStage},
     produce::{AfterWait, SendError, send_with_backpressure},
     row::Row,
-    schema_registry::RegistryError,
 };
 use tracing::warn;
 
@@ -98,15 +97,12 @@ pub enum SinkError {
     /// Stopped while blocked.
     #[error("stopped while the producer queue was full")]
     Interrupted,
-    /// The output schema could not be registered (retryable).
-    #[error("output schema: {0}")]
-    Registry(#[from] RegistryError),
+    /// The Kafka rows sink cannot start.
+    #[error(transparent)]
+    KafkaRows(#[from] kafka::KafkaRowsError),
     /// The ClickHouse sink failed.
     #[error(transparent)]
     ClickHouse(#[from] clickhouse::ClickHouseError),
-    /// The output schema cannot be derived from the spec.
-    #[error(transparent)]
-    Schema(#[from] encode::OutputError),
     /// A Kafka transaction step failed; the transaction is aborted (or the producer fenced) and
     /// the slot restarts from its last committed checkpoint.
     #[error("transaction {step} failed: {source}")]
@@ -125,7 +121,7 @@ impl SinkError {
         !matches!(
             self,
             Self::Create(_)
-                | Self::Schema(_)
+                | Self::KafkaRows(kafka::KafkaRowsError::Schema(_))
                 | Self::ClickHouse(clickhouse::ClickHouseError::Table(_))
         )
     }
