@@ -73,8 +73,14 @@ pub trait Deletion: Send + Sync {
         pd: &'a PipelineDeployment,
     ) -> BoxFuture<'a, Result<usize, BackendError>>;
 
-    /// Starts or follows the Job that deletes the checkpoints.
-    fn delete_checkpoints<'a>(
+    /// Where the Job that deletes the checkpoints is; `None` before it was started.
+    fn checkpoint_job<'a>(
+        &'a self,
+        pd: &'a PipelineDeployment,
+    ) -> BoxFuture<'a, Result<Option<JobProgress>, BackendError>>;
+
+    /// Starts the Job that deletes the checkpoints.
+    fn start_checkpoint_job<'a>(
         &'a self,
         pd: &'a PipelineDeployment,
     ) -> BoxFuture<'a, Result<JobProgress, BackendError>>;
@@ -216,6 +222,24 @@ fn past_deadline(pd: &PipelineDeployment, now: f64) -> bool {
     })
 }
 
+/// Deletes the pipeline's consumer group and repartition topic (each only if there).
+async fn delete_kafka_state(
+    inputs: &Inputs<'_>,
+    backend: &dyn Backend,
+    pd: &PipelineDeployment,
+) -> Result<(), ReconcileError> {
+    let (group, topic) = group_of(pd);
+    let access = backend
+        .kafka_access(pd)
+        .await
+        .map_err(|e| ReconcileError::Cleanup(format!("the Kafka connection: {e}")))?;
+    let state = inputs.group_state.clone();
+    tokio::task::spawn_blocking(move || state.delete(&access, &group, &[topic]))
+        .await
+        .map_err(|e| ReconcileError::Cleanup(format!("the Kafka deletion stopped: {e}")))?
+        .map_err(|e| ReconcileError::Cleanup(e.to_string()))
+}
+
 /// The next step of the cleanup: `Some(summary)` once everything is gone.
 async fn clean_up(
     inputs: &Inputs<'_>,
@@ -229,21 +253,20 @@ async fn clean_up(
         return Ok(None);
     }
     let (group, topic) = group_of(pd);
-    let access = backend
-        .kafka_access(pd)
-        .await
-        .map_err(|e| ReconcileError::Cleanup(format!("the Kafka connection: {e}")))?;
-    let state = inputs.group_state.clone();
-    let (asked_group, asked_topic) = (group.clone(), topic.clone());
-    tokio::task::spawn_blocking(move || state.delete(&access, &asked_group, &[asked_topic]))
-        .await
-        .map_err(|e| ReconcileError::Lookup(e.to_string()))?
-        .map_err(|e| ReconcileError::Cleanup(e.to_string()))?;
     let kafka = format!("consumer group {group} and topic {topic} deleted");
     if pd.spec.checkpoint.is_none() {
+        delete_kafka_state(inputs, backend, pd).await?;
         return Ok(Some(kafka));
     }
-    match deletion.delete_checkpoints(pd).await? {
+    // The Job is started once the Kafka state is gone: while it runs, Kafka is not asked again.
+    let progress = match deletion.checkpoint_job(pd).await? {
+        Some(progress) => progress,
+        None => {
+            delete_kafka_state(inputs, backend, pd).await?;
+            deletion.start_checkpoint_job(pd).await?
+        }
+    };
+    match progress {
         JobProgress::Done(job) => Ok(Some(format!(
             "{kafka}; the checkpoints deleted by Job {job}"
         ))),

@@ -46,7 +46,7 @@ pub fn render(
     pd.metadata.uid.get_or_insert_with(|| UNSTORED_UID.into());
     let valid = validate_pipeline(&pd, &AnyInstallation).map_err(|e| RenderError::Problems(e.0))?;
     let sizing = size(valid.spec(), partitions, decision)?;
-    let children = build(&pd, &desired(&valid, &sizing), environment)?;
+    let children = build(&desired(&valid, &sizing), environment)?;
     let mut documents = vec![
         typed("v1", "ConfigMap", &children.config_map),
         typed("v1", "Service", &children.headless_service),

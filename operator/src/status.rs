@@ -272,44 +272,45 @@ fn applied_status(
 
 /// `PartitionsPaused`: the partitions that do not consume.
 fn partitions_paused(c: &Conditions<'_>, paused: &[String]) -> Condition {
-    c.set(
+    listed_condition(
+        c,
         "PartitionsPaused",
-        !paused.is_empty(),
-        if paused.is_empty() {
-            "AllConsuming"
-        } else {
-            "NotConsuming"
-        },
-        if paused.is_empty() {
-            String::new()
-        } else {
-            format!(
-                "paused because their state could not be restored, or held at a record that cannot be processed yet with no deadLetter topic (see the runtime's /readyz and logs): {}",
-                paused.join(", ")
-            )
-        },
+        paused,
+        ["AllConsuming", "NotConsuming"],
+        "paused because their state could not be restored, or held at a record that cannot be processed yet with no deadLetter topic (see the runtime's /readyz and logs)",
     )
 }
 
 /// `CheckpointsFailing`: the slots whose checkpoints fail.
 fn checkpoints_failing(c: &Conditions<'_>, failing: &[String]) -> Condition {
-    c.set(
+    listed_condition(
+        c,
         "CheckpointsFailing",
-        !failing.is_empty(),
-        if failing.is_empty() {
-            "CheckpointsSucceeding"
-        } else {
-            "StoreOrCommitFailing"
-        },
-        if failing.is_empty() {
-            String::new()
-        } else {
-            format!(
-                "checkpoints failing (the slots process on from their last good checkpoint; see the runtime logs): {}",
-                failing.join(", ")
-            )
-        },
+        failing,
+        ["CheckpointsSucceeding", "StoreOrCommitFailing"],
+        "checkpoints failing (the slots process on from their last good checkpoint; see the runtime logs)",
     )
+}
+
+/// A condition that is true while `names` lists something: reason `[when empty, when not]`,
+/// and the message `<prefix>: <names>`.
+fn listed_condition(
+    c: &Conditions<'_>,
+    kind: &'static str,
+    names: &[String],
+    [clear, listed]: [&'static str; 2],
+    prefix: &str,
+) -> Condition {
+    if names.is_empty() {
+        c.set(kind, false, clear, String::new())
+    } else {
+        c.set(
+            kind,
+            true,
+            listed,
+            format!("{prefix}: {}", names.join(", ")),
+        )
+    }
 }
 
 /// `ScalingLimited`: the sizing's adjustments and the autoscaler's limiting vetoes.

@@ -1820,9 +1820,11 @@ async fn deleting_a_pipeline_stops_its_pods_then_deletes_the_group_then_its_chec
         "the finalizer stays"
     );
     assert_eq!(events(calls)[0].1, "CleanupStarted");
-    // 3: the Job succeeded: it is deleted, then the finalizer.
-    let (action, calls, _) = &runs[2];
+    // 3: the Job succeeded: it is deleted, then the finalizer. The Job's existence says the
+    // Kafka state is gone: it is not deleted again.
+    let (action, calls, deleted) = &runs[2];
     assert_eq!(*action, Ok(Action::await_change()));
+    assert!(deleted.is_empty(), "{deleted:?}");
     let tail: Vec<String> = lines(calls).into_iter().rev().take(3).collect();
     assert_eq!(
         tail,

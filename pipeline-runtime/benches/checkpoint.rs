@@ -15,10 +15,11 @@ fn plan(aggregates: &str) -> Arc<Plan> {
     let text = format!(
         "apiVersion: sluice.dev/v1alpha1\nkind: PipelineDeployment\nmetadata: {{name: b}}\nspec:\n  kafka: {{bootstrapServers: 'k:9092'}}\n  source: {{topic: in}}\n  sink: {{kafka: {{topic: out}}}}\n  transform: {{keyBy: dev, timestamp: {{field: ts}}, repartition: never, watermark: {{maxOutOfOrderness: 5s}}}}\n  window: {{tumbling: {{size: 60s}}}}\n  aggregates: {aggregates}\n"
     );
-    let spec = pipeline_crds::manifest::from_yaml(&text, "bench")
-        .unwrap()
-        .spec;
-    Arc::new(Plan::new(&spec, "g", vec![1]))
+    let pd = pipeline_crds::manifest::from_yaml(&text, "bench").unwrap();
+    let pipeline =
+        pipeline_crds::valid::validate_pipeline(&pd, &pipeline_crds::valid::AnyInstallation)
+            .unwrap();
+    Arc::new(Plan::new(&pipeline, "g", vec![1]))
 }
 
 fn measure(label: &str, aggregates: &str, keys: usize) {

@@ -43,10 +43,11 @@ fn plan(spec: &str) -> Arc<Plan> {
     let text = format!(
         "apiVersion: sluice.dev/v1alpha1\nkind: PipelineDeployment\nmetadata: {{name: b}}\nspec:\n  kafka: {{bootstrapServers: 'k:9092'}}\n  source: {{topic: in}}\n  sink: {{kafka: {{topic: out}}}}\n{spec}"
     );
-    let spec = pipeline_crds::manifest::from_yaml(&text, "bench")
-        .expect("a valid bench spec")
-        .spec;
-    Arc::new(Plan::new(&spec, "g", vec![1]))
+    let pd = pipeline_crds::manifest::from_yaml(&text, "bench").expect("a bench manifest");
+    let pipeline =
+        pipeline_crds::valid::validate_pipeline(&pd, &pipeline_crds::valid::AnyInstallation)
+            .expect("a valid bench spec");
+    Arc::new(Plan::new(&pipeline, "g", vec![1]))
 }
 
 fn jobs() -> Vec<(&'static str, String)> {

@@ -25,10 +25,11 @@ fn resident_bytes() -> u64 {
 
 fn plan() -> Arc<Plan> {
     let text = "apiVersion: sluice.dev/v1alpha1\nkind: PipelineDeployment\nmetadata: {name: b}\nspec:\n  kafka: {bootstrapServers: 'k:9092'}\n  source: {topic: in}\n  sink: {kafka: {topic: out}}\n  transform: {keyBy: device_id, sourceKeyed: true, timestamp: {field: ts}, watermark: {maxOutOfOrderness: 5s}}\n  window: {tumbling: {size: 1m}}\n  aggregates:\n    - {name: readings, function: count}\n    - {name: avg_temperature, function: avg, field: temperature}\n    - {name: min_temperature, function: min, field: temperature}\n    - {name: max_temperature, function: max, field: temperature}\n";
-    let spec = pipeline_crds::manifest::from_yaml(text, "bench")
-        .expect("a valid spec")
-        .spec;
-    Arc::new(Plan::new(&spec, "g", vec![1]))
+    let pd = pipeline_crds::manifest::from_yaml(text, "bench").expect("a manifest");
+    let pipeline =
+        pipeline_crds::valid::validate_pipeline(&pd, &pipeline_crds::valid::AnyInstallation)
+            .expect("a valid spec");
+    Arc::new(Plan::new(&pipeline, "g", vec![1]))
 }
 
 fn measure(keys: usize) {

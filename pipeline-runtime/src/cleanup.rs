@@ -5,7 +5,7 @@
 
 use pipeline_crds::{PipelineDeployment, contract};
 
-use crate::checkpoint::store::{CheckpointStore, StoreError};
+use crate::checkpoint::store::{CheckpointStore, StoreError, StoreLocation};
 
 /// What a cleanup found and removed.
 #[derive(Debug, PartialEq, Eq)]
@@ -31,7 +31,9 @@ pub fn delete_checkpoints(pd: &PipelineDeployment, namespace: &str) -> Result<Cl
     let group = contract::consumer_group(&pd.spec, namespace, name);
     // The prefix and group the slots write under (`slot::run`).
     let prefix = format!("{namespace}/{name}");
-    let store = CheckpointStore::new(&checkpoint.storage, &prefix, &group, "cleanup")?;
+    let location = StoreLocation::of(&checkpoint.storage, &prefix)
+        .ok_or_else(|| StoreError::Config("no storage configured".into()))?;
+    let store = CheckpointStore::new(&location, &group, "cleanup")?;
     let files = store.delete_all()?;
     Ok(Cleaned::Deleted {
         files,
@@ -61,7 +63,8 @@ mod tests {
         ));
         let storage = &pd.spec.checkpoint.as_ref().unwrap().storage;
         // As a slot writes them: the default group, the pipeline's prefix.
-        let slot = CheckpointStore::new(storage, "ns/p", "sluice.ns.p", "p-0-0-1").unwrap();
+        let location = StoreLocation::of(storage, "ns/p").unwrap();
+        let slot = CheckpointStore::new(&location, "sluice.ns.p", "p-0-0-1").unwrap();
         slot.put("in", 0, 10, 1, b"s".to_vec()).unwrap();
         slot.put("in", 1, 10, 1, b"s".to_vec()).unwrap();
         let cleaned = delete_checkpoints(&pd, "default").unwrap();

@@ -64,6 +64,33 @@ pub(crate) fn limit_avro_allocations() {
     }
 }
 
+/// How source values are decoded: `spec.source.format` (and the registry it may need), settled
+/// when the plan is compiled.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SourceDecoding {
+    /// JSON objects.
+    Json,
+    /// Raw bytes.
+    Raw,
+    /// Plain Avro datums written with this schema (its JSON text).
+    AvroInline(String),
+    /// Confluent wire format, schemas from this registry (`None`: none is configured, which
+    /// validation refuses).
+    AvroRegistry(Option<String>),
+}
+
+impl SourceDecoding {
+    /// The decoding of `format`; `registry_url` is the pipeline's Schema Registry.
+    pub fn of(format: &SourceFormat, registry_url: Option<&str>) -> Self {
+        match (format.kind, &format.schema) {
+            (FormatKind::Json, _) => Self::Json,
+            (FormatKind::Raw, _) => Self::Raw,
+            (FormatKind::Avro, Some(schema)) => Self::AvroInline(schema.clone()),
+            (FormatKind::Avro, None) => Self::AvroRegistry(registry_url.map(str::to_owned)),
+        }
+    }
+}
+
 /// A record decoder for one slot (it caches registry schemas).
 pub enum Decoder {
     /// JSON objects.
@@ -79,22 +106,22 @@ pub enum Decoder {
 }
 
 impl Decoder {
-    /// The decoder for a source format.
-    pub fn new(
-        format: &SourceFormat,
-        registry_url: Option<&str>,
-    ) -> Result<Self, DecoderConfigError> {
-        if format.kind == FormatKind::Avro {
+    /// The decoder for a source's decoding.
+    pub fn new(decoding: &SourceDecoding) -> Result<Self, DecoderConfigError> {
+        if matches!(
+            decoding,
+            SourceDecoding::AvroInline(_) | SourceDecoding::AvroRegistry(_)
+        ) {
             limit_avro_allocations();
         }
-        Ok(match (format.kind, &format.schema) {
-            (FormatKind::Json, _) => Self::Json,
-            (FormatKind::Raw, _) => Self::Raw,
-            (FormatKind::Avro, Some(schema)) => Self::AvroInline(Box::new(WriterSchema::new(
+        Ok(match decoding {
+            SourceDecoding::Json => Self::Json,
+            SourceDecoding::Raw => Self::Raw,
+            SourceDecoding::AvroInline(schema) => Self::AvroInline(Box::new(WriterSchema::new(
                 Schema::parse_str(schema).map_err(|e| DecoderConfigError::Schema(e.to_string()))?,
             ))),
-            (FormatKind::Avro, None) => Self::AvroRegistry(SchemaRegistry::new(
-                registry_url.ok_or(DecoderConfigError::NoRegistry)?,
+            SourceDecoding::AvroRegistry(url) => Self::AvroRegistry(SchemaRegistry::new(
+                url.as_deref().ok_or(DecoderConfigError::NoRegistry)?,
             )),
         })
     }
@@ -274,7 +301,7 @@ mod tests {
 
     #[test]
     fn an_avro_datum_claiming_a_huge_string_is_refused_without_allocating_it() {
-        let mut decoder = Decoder::new(&format(FormatKind::Avro, Some(SCHEMA)), None).unwrap();
+        let mut decoder = Decoder::new(&format(FormatKind::Avro, Some(SCHEMA))).unwrap();
         // device_id claims 256 MiB (zig-zag varint of 2^28; under apache-avro's default limit, so
         // without ours it would be allocated), then 3 bytes follow.
         let mut datum = vec![0x80, 0x80, 0x80, 0x80, 0x02];
@@ -286,7 +313,7 @@ mod tests {
         // An array of nulls claiming 2^25 items (about 2 GB of values, none in the datum) is
         // refused the same way.
         let nulls = r#"{"type":"record","name":"N","fields":[{"name":"a","type":{"type":"array","items":"null"}}]}"#;
-        let mut decoder = Decoder::new(&format(FormatKind::Avro, Some(nulls)), None).unwrap();
+        let mut decoder = Decoder::new(&format(FormatKind::Avro, Some(nulls))).unwrap();
         let datum = [0x80, 0x80, 0x80, 0x20, 0x00];
         assert!(matches!(
             decoder.decode(Some(&datum)),
@@ -318,11 +345,11 @@ mod tests {
             }
             let fields: Fields = ["device_id".to_owned(), "ts".to_owned()].into_iter().collect();
             for payload in [&bytes, &valid] {
-                let _ = Decoder::new(&format(FormatKind::Json, None), None).unwrap().decode(Some(payload));
+                let _ = Decoder::new(&format(FormatKind::Json, None)).unwrap().decode(Some(payload));
                 let _ = decode_json_fields(payload, &fields);
-                let _ = Decoder::new(&format(FormatKind::Raw, None), None).unwrap().decode(Some(payload));
+                let _ = Decoder::new(&format(FormatKind::Raw, None)).unwrap().decode(Some(payload));
                 for schema in [SCHEMA, nested] {
-                    let _ = Decoder::new(&format(FormatKind::Avro, Some(schema)), None)
+                    let _ = Decoder::new(&format(FormatKind::Avro, Some(schema)))
                         .unwrap()
                         .decode(Some(payload));
                 }
@@ -330,11 +357,12 @@ mod tests {
         }
     }
 
-    fn format(kind: FormatKind, schema: Option<&str>) -> SourceFormat {
-        SourceFormat {
+    fn format(kind: FormatKind, schema: Option<&str>) -> SourceDecoding {
+        let format = SourceFormat {
             kind,
             schema: schema.map(str::to_owned),
-        }
+        };
+        SourceDecoding::of(&format, None)
     }
 
     proptest::proptest! {
@@ -360,7 +388,7 @@ mod tests {
     #[test]
     fn a_decoder_keeping_some_fields_still_rejects_malformed_records_and_non_objects() {
         let fields: std::collections::BTreeSet<String> = ["a".to_owned()].into();
-        let mut d = Decoder::new(&format(FormatKind::Json, None), None)
+        let mut d = Decoder::new(&format(FormatKind::Json, None))
             .unwrap()
             .keeping(Some(&fields));
         assert_eq!(
@@ -384,7 +412,7 @@ mod tests {
 
     #[test]
     fn decodes_json_objects_and_rejects_everything_else() {
-        let mut d = Decoder::new(&format(FormatKind::Json, None), None).unwrap();
+        let mut d = Decoder::new(&format(FormatKind::Json, None)).unwrap();
         assert_eq!(d.decode(Some(br#"{"a":1}"#)).unwrap()["a"], 1);
         assert!(
             matches!(d.decode(Some(b"[1,2]")), Err(DecodeError::Json(m)) if m.contains("array"))
@@ -398,7 +426,7 @@ mod tests {
 
     #[test]
     fn decodes_avro_datums_with_an_inline_schema() {
-        let mut d = Decoder::new(&format(FormatKind::Avro, Some(SCHEMA)), None).unwrap();
+        let mut d = Decoder::new(&format(FormatKind::Avro, Some(SCHEMA))).unwrap();
         let v = d.decode(Some(&avro_datum())).unwrap();
         assert_eq!(v["device_id"], "d-1");
         assert_eq!(v["temperature"], 21.5);
@@ -407,7 +435,7 @@ mod tests {
 
     #[test]
     fn malformed_avro_is_an_error_not_a_panic() {
-        let mut d = Decoder::new(&format(FormatKind::Avro, Some(SCHEMA)), None).unwrap();
+        let mut d = Decoder::new(&format(FormatKind::Avro, Some(SCHEMA))).unwrap();
         let mut datum = avro_datum();
         datum.truncate(4);
         assert!(matches!(d.decode(Some(&datum)), Err(DecodeError::Avro(_))));
@@ -418,7 +446,7 @@ mod tests {
 
     #[test]
     fn an_invalid_inline_schema_is_a_config_error() {
-        let err = Decoder::new(&format(FormatKind::Avro, Some("{\"type\":\"nope\"}")), None)
+        let err = Decoder::new(&format(FormatKind::Avro, Some("{\"type\":\"nope\"}")))
             .err()
             .unwrap();
         assert!(err.to_string().starts_with("spec.source.format.schema"));
@@ -442,7 +470,7 @@ mod tests {
 
     #[test]
     fn raw_values_are_exposed_as_text() {
-        let mut d = Decoder::new(&format(FormatKind::Raw, None), None).unwrap();
+        let mut d = Decoder::new(&format(FormatKind::Raw, None)).unwrap();
         assert_eq!(d.decode(Some(b"hello")).unwrap()["value"], "hello");
     }
 
@@ -473,7 +501,7 @@ mod tests {
     #[test]
     fn registry_schemas_are_fetched_once_and_cached() {
         let (url, server) = one_shot_registry(SCHEMA);
-        let mut d = Decoder::new(&format(FormatKind::Avro, None), Some(&url)).unwrap();
+        let mut d = Decoder::new(&SourceDecoding::AvroRegistry(Some(url.clone()))).unwrap();
         let mut wire = vec![0, 0, 0, 0, 42];
         wire.extend(avro_datum());
         assert_eq!(d.decode(Some(&wire)).unwrap()["device_id"], "d-1");
@@ -486,7 +514,7 @@ mod tests {
     {
         const NODE: &str = r#"{"type":"record","name":"Node","fields":[{"name":"v","type":"long"},{"name":"next","type":["null","Node"]}]}"#;
         let (url, server) = one_shot_registry(NODE);
-        let mut d = Decoder::new(&format(FormatKind::Avro, None), Some(&url)).unwrap();
+        let mut d = Decoder::new(&SourceDecoding::AvroRegistry(Some(url.clone()))).unwrap();
         // Node(v: 0, next: Node(...)) a million times: each level is two bytes.
         let mut wire = vec![0, 0, 0, 0, 9];
         for _ in 0..1_000_000 {
@@ -539,7 +567,7 @@ mod tests {
     #[test]
     fn registry_4xx_answers_are_the_records_fault_and_cached_while_5xx_408_and_429_are_transient() {
         let (url, server) = scripted_registry(vec![503, 429, 408, 404, 403]);
-        let mut d = Decoder::new(&format(FormatKind::Avro, None), Some(&url)).unwrap();
+        let mut d = Decoder::new(&SourceDecoding::AvroRegistry(Some(url.clone()))).unwrap();
         let record = |id: u8| vec![0, 0, 0, 0, id, 2];
         for _ in 0..3 {
             let err = d.decode(Some(&record(7))).unwrap_err();
@@ -569,7 +597,7 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         drop(listener);
-        let mut d = Decoder::new(&format(FormatKind::Avro, None), Some(&url)).unwrap();
+        let mut d = Decoder::new(&SourceDecoding::AvroRegistry(Some(url.clone()))).unwrap();
         let err = d.decode(Some(&[0, 0, 0, 0, 1, 2])).unwrap_err();
         assert!(err.is_transient(), "{err}");
     }

@@ -5,18 +5,21 @@ use std::{sync::Arc, time::Duration};
 
 use pipeline_crds::{
     PipelineDeploymentSpec,
-    checkpoint::{CheckpointSpec, DeliveryGuarantee},
+    checkpoint::{DeliveryGuarantee, IncompatibleStatePolicy},
     contract,
-    sink::OutputFormat,
-    source::{FormatKind, SourceFormat, StartingOffsets},
+    source::StartingOffsets,
     transform::RepartitionPolicy,
+    valid::ValidPipeline,
 };
 use rdkafka::ClientConfig;
 
 use crate::{
     aggregate::AggregatePlan,
+    checkpoint::store::StoreLocation,
+    decode::SourceDecoding,
     event_time::{EventTime, EventTimeBounds},
     field::FieldPath,
+    sink::registry::RowsTarget,
     window::Assigner,
 };
 
@@ -69,20 +72,24 @@ pub struct Plan {
     pub consumer: KafkaClient,
     /// The slots' producers (idempotence, batching, compression; transactions when exactly-once).
     pub producer: KafkaClient,
-    /// The delivery guarantee.
-    pub delivery: DeliveryGuarantee,
-    /// Where a partition without a committed offset starts.
-    pub starting_offsets: StartingOffsets,
-    /// Checkpoints (snapshots of window state and, exactly-once, transactions).
-    pub checkpoint: Option<CheckpointSpec>,
+    /// Exactly-once: outputs and offsets commit in one Kafka transaction per checkpoint.
+    pub transactional: bool,
+    /// Whether a partition without a committed offset starts at its earliest offset (else at
+    /// its latest).
+    pub reset_to_earliest: bool,
+    /// Checkpoints, when the spec asks for them.
+    pub checkpoint: Option<CheckpointPlan>,
+    /// Time between checkpoints, or between offset commits without them.
+    pub commit_interval: Duration,
+    /// Whether [`Self::commit_interval`] is the checkpoint interval (a runtime's own commit
+    /// interval does not replace it).
+    commits_with_checkpoints: bool,
     /// The source topics, in spec order.
     pub source_topics: Vec<String>,
     /// The internal topic records are re-keyed through, when repartitioning.
     pub repartition_topic: Option<String>,
-    /// Source value format.
-    pub format: SourceFormat,
-    /// Schema Registry URL.
-    pub schema_registry_url: Option<String>,
+    /// How source values are decoded.
+    pub source: SourceDecoding,
     /// CEL filter source.
     pub filter: Option<String>,
     /// Projection of stateless outputs.
@@ -99,12 +106,8 @@ pub struct Plan {
     pub idle_timeout: Option<Duration>,
     /// The window stage; `None` = stateless.
     pub window: Option<WindowStage>,
-    /// Output topic.
-    pub sink_topic: String,
-    /// The ClickHouse sink, when output goes there instead of `sink_topic`.
-    pub clickhouse: Option<pipeline_crds::sink::ClickHouseSink>,
-    /// Encoding of window results.
-    pub output_format: OutputFormat,
+    /// Where output rows go.
+    pub rows: RowsTarget,
     /// Late-data topic.
     pub late_topic: Option<String>,
     /// Dead-letter topic.
@@ -131,6 +134,52 @@ fn state_fingerprint(spec: &PipelineDeploymentSpec, group: &str) -> u32 {
     crc32fast::hash(shaping.to_string().as_bytes())
 }
 
+/// A pipeline's checkpoints, settled from `spec.checkpoint`.
+#[derive(Clone, Debug)]
+pub struct CheckpointPlan {
+    /// Where window state is snapshotted; `None` for a stateless pipeline, whose checkpoints are
+    /// its offsets (and, exactly-once, its transactions).
+    pub snapshots: Option<SnapshotPlan>,
+    /// Checkpoints that may fail in a row before the slot restarts from the last good one.
+    pub tolerable_failures: u64,
+    /// Whether a partition whose snapshot cannot be restored starts over from its earliest
+    /// offset with empty state (`onIncompatibleState: reset`) instead of staying paused.
+    pub reset_incompatible_state: bool,
+}
+
+/// Where and how many snapshots a windowed pipeline keeps.
+#[derive(Clone, Debug)]
+pub struct SnapshotPlan {
+    /// The store.
+    pub location: StoreLocation,
+    /// Snapshots kept per partition.
+    pub retain: usize,
+}
+
+impl CheckpointPlan {
+    /// The checkpoints of `spec` (snapshots when it is windowed); keys go under
+    /// `default_prefix` unless the storage sets its own.
+    fn of(spec: &PipelineDeploymentSpec, default_prefix: &str) -> Option<Self> {
+        let checkpoint = spec.checkpoint.as_ref()?;
+        let snapshots = spec.window.as_ref().and_then(|_| {
+            Some(SnapshotPlan {
+                location: StoreLocation::of(&checkpoint.storage, default_prefix)?,
+                retain: usize::try_from(checkpoint.retain).unwrap_or(1),
+            })
+        });
+        Some(Self {
+            snapshots,
+            tolerable_failures: u64::try_from(checkpoint.tolerable_failures).unwrap_or(0),
+            reset_incompatible_state: checkpoint.on_incompatible_state
+                == IncompatibleStatePolicy::Reset,
+        })
+    }
+}
+
+/// Time between offset commits of a pipeline without checkpoints, unless the runtime sets its
+/// own (`--commit-interval`, whose default this is).
+pub const DEFAULT_COMMIT_INTERVAL: Duration = Duration::from_secs(5);
+
 /// Topic index 0.. for source topics, then the repartition topic.
 pub type TopicIndex = usize;
 
@@ -155,10 +204,30 @@ impl Plan {
         self
     }
 
-    /// Compiles a validated spec. `group` is the consumer group (it also names the internal
+    /// Offset commits every `interval`, unless the plan commits with its checkpoints (at the
+    /// checkpoint interval).
+    pub fn with_commit_interval(mut self, interval: Duration) -> Self {
+        if !self.commits_with_checkpoints {
+            self.commit_interval = interval;
+        }
+        self
+    }
+
+    /// Compiles a validated pipeline. `group` is the consumer group (it also names the internal
     /// repartition topic); `source_partitions` are the partition counts of the source topics, in
     /// spec order.
-    pub fn new(spec: &PipelineDeploymentSpec, group: &str, source_partitions: Vec<usize>) -> Self {
+    pub fn new(pipeline: &ValidPipeline, group: &str, source_partitions: Vec<usize>) -> Self {
+        let spec = pipeline.spec();
+        let default_prefix = format!("{}/{}", pipeline.namespace(), pipeline.name());
+        let checkpoint = CheckpointPlan::of(spec, &default_prefix);
+        let transactional = spec.delivery == DeliveryGuarantee::ExactlyOnce;
+        // Checkpoints set the pace when there is something to checkpoint: window state, or an
+        // exactly-once transaction.
+        let checkpoint_interval = spec
+            .checkpoint
+            .as_ref()
+            .filter(|_| transactional || checkpoint.as_ref().is_some_and(|c| c.snapshots.is_some()))
+            .map(|c| c.interval.get());
         let window = spec.window.as_ref().and_then(|w| {
             Some(WindowStage {
                 assigner: Assigner::from_kind(w.kind()?),
@@ -171,9 +240,11 @@ impl Plan {
             group: group.to_owned(),
             consumer: KafkaClient(crate::client::consumer_config(spec, bootstrap, group)),
             producer: KafkaClient(crate::client::producer_config(spec, bootstrap)),
-            delivery: spec.delivery,
-            starting_offsets: spec.source.starting_offsets,
-            checkpoint: spec.checkpoint.clone(),
+            transactional,
+            reset_to_earliest: spec.source.starting_offsets == StartingOffsets::Earliest,
+            checkpoint,
+            commit_interval: checkpoint_interval.unwrap_or(DEFAULT_COMMIT_INTERVAL),
+            commits_with_checkpoints: checkpoint_interval.is_some(),
             source_topics: spec
                 .source
                 .topic_names()
@@ -181,8 +252,10 @@ impl Plan {
                 .map(str::to_owned)
                 .collect(),
             repartition_topic: Self::repartition_topic_name(spec, group),
-            format: spec.source.format.clone(),
-            schema_registry_url: spec.kafka.schema_registry_url.clone(),
+            source: SourceDecoding::of(
+                &spec.source.format,
+                spec.kafka.schema_registry_url.as_deref(),
+            ),
             filter: spec.transform.filter.clone(),
             select: spec
                 .transform
@@ -198,19 +271,7 @@ impl Plan {
             .unwrap_or(i64::MAX),
             idle_timeout: spec.transform.watermark.idle_timeout.map(|d| d.get()),
             window,
-            sink_topic: spec
-                .sink
-                .kafka
-                .as_ref()
-                .map(|k| k.topic.clone())
-                .unwrap_or_default(),
-            clickhouse: spec.sink.clickhouse.clone(),
-            output_format: spec
-                .sink
-                .kafka
-                .as_ref()
-                .map(|k| k.format)
-                .unwrap_or_default(),
+            rows: RowsTarget::of(spec),
             late_topic: spec.late_data.as_ref().map(|t| t.topic.clone()),
             dead_letter_topic: spec.dead_letter.as_ref().map(|t| t.topic.clone()),
             source_partitions,
@@ -253,8 +314,8 @@ impl Plan {
             // Stateless without a projection forwards the record's own bytes.
             (None, None) => Some(Vec::new()),
         };
-        self.decode_fields = match (self.format.kind, filter, stages) {
-            (FormatKind::Json, Some(mut fields), Some(paths)) => {
+        self.decode_fields = match (&self.source, filter, stages) {
+            (SourceDecoding::Json, Some(mut fields), Some(paths)) => {
                 fields.extend(paths.iter().map(|p| p.root().to_owned()));
                 Some(fields)
             }
@@ -316,7 +377,7 @@ impl Plan {
 
     /// Whether source values are JSON objects that can be forwarded byte for byte.
     pub fn source_is_json(&self) -> bool {
-        self.format.kind == FormatKind::Json
+        self.source == SourceDecoding::Json
     }
 
     /// The output field holding the key.
@@ -339,6 +400,18 @@ impl Plan {
 }
 
 #[cfg(test)]
+impl Plan {
+    /// The plan of `spec` (which must pass validation) in a pipeline `t`, group `g`.
+    pub(crate) fn of_spec(spec: &PipelineDeploymentSpec, source_partitions: Vec<usize>) -> Self {
+        let pd = pipeline_crds::PipelineDeployment::new("t", spec.clone());
+        let pipeline =
+            pipeline_crds::valid::validate_pipeline(&pd, &pipeline_crds::valid::AnyInstallation)
+                .unwrap_or_else(|e| panic!("the test's spec is invalid: {e}"));
+        Self::new(&pipeline, "g", source_partitions)
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -351,7 +424,7 @@ mod tests {
             "apiVersion: sluice.dev/v1alpha1\nkind: PipelineDeployment\nmetadata: {{name: p}}\nspec:\n  kafka: {{bootstrapServers: 'k:9092'}}\n  source: {{topic: in, format: {{type: {format}}}}}\n  sink: {{kafka: {{topic: out}}}}\n{spec}"
         );
         let spec = pipeline_crds::manifest::from_yaml(&text, "t").unwrap().spec;
-        Plan::new(&spec, "g", vec![4])
+        Plan::of_spec(&spec, vec![4])
     }
 
     fn fields(p: &Plan) -> Option<Vec<&str>> {
@@ -362,15 +435,15 @@ mod tests {
 
     #[test]
     fn the_plan_carries_the_clients_the_guarantee_and_the_checkpoints_and_hides_client_values() {
-        let text = "apiVersion: sluice.dev/v1alpha1\nkind: PipelineDeployment\nmetadata: {name: p}\nspec:\n  kafka: {bootstrapServers: 'k:9092', properties: {ssl.key.password: hunter2}}\n  source: {topic: in, startingOffsets: latest}\n  sink: {kafka: {topic: out}}\n  delivery: exactly-once\n  checkpoint: {interval: 20s, storage: {local: {path: /tmp/cp}}}\n";
+        let text = "apiVersion: sluice.dev/v1alpha1\nkind: PipelineDeployment\nmetadata: {name: p}\nspec:\n  kafka: {bootstrapServers: 'k:9092', properties: {ssl.ca.location: /etc/hunter2}}\n  source: {topic: in, startingOffsets: latest}\n  sink: {kafka: {topic: out}}\n  delivery: exactly-once\n  checkpoint: {interval: 20s, storage: {local: {path: /tmp/cp}}}\n";
         let spec = pipeline_crds::manifest::from_yaml(text, "t").unwrap().spec;
-        let p = Plan::new(&spec, "g", vec![4]).with_bootstrap_servers("other:9092");
-        assert_eq!(p.delivery, DeliveryGuarantee::ExactlyOnce);
-        assert_eq!(p.starting_offsets, StartingOffsets::Latest);
-        assert_eq!(
-            p.checkpoint.as_ref().map(|c| c.interval.as_millis()),
-            Some(20_000)
-        );
+        let p = Plan::of_spec(&spec, vec![4]).with_bootstrap_servers("other:9092");
+        assert!(p.transactional);
+        assert!(!p.reset_to_earliest);
+        assert!(p.checkpoint.is_some());
+        // Exactly-once commits with its checkpoints, whatever the runtime's own interval.
+        let p = p.with_commit_interval(Duration::from_secs(1));
+        assert_eq!(p.commit_interval, Duration::from_secs(20));
         assert_eq!(p.consumer.get("group.id"), Some("g"));
         assert_eq!(p.consumer.get("auto.offset.reset"), Some("latest"));
         assert_eq!(p.consumer.get("bootstrap.servers"), Some("other:9092"));
@@ -379,8 +452,62 @@ mod tests {
         let consumer = p.consumer.for_client("sluice-p-pod-0");
         assert_eq!(consumer.get("client.id"), Some("sluice-p-pod-0"));
         let printed = format!("{p:?}");
-        assert!(printed.contains("ssl.key.password"), "{printed}");
+        assert!(printed.contains("ssl.ca.location"), "{printed}");
         assert!(!printed.contains("hunter2"), "{printed}");
+    }
+
+    #[test]
+    fn checkpoints_store_and_pace_settle_when_the_plan_is_compiled() {
+        let checkpoint = "  checkpoint: {interval: 20s, retain: 3, onIncompatibleState: reset, storage: {s3: {bucket: snapshots, region: eu-west-1}}}\n";
+        let windowed = plan(&format!(
+            "  transform: {{keyBy: k, timestamp: {{field: ts}}, repartition: never}}\n  window: {{tumbling: {{size: 1m}}}}\n  aggregates: [{{name: n, function: count}}]\n{checkpoint}"
+        ))
+        .with_commit_interval(Duration::from_secs(1));
+        let settled = windowed.checkpoint.as_ref().unwrap();
+        let snapshots = settled.snapshots.as_ref().unwrap();
+        assert_eq!(
+            snapshots.location,
+            StoreLocation::S3(crate::checkpoint::store::S3Location {
+                bucket: "snapshots".into(),
+                prefix: "default/t".into(),
+                region: Some("eu-west-1".into()),
+                endpoint: None,
+            })
+        );
+        assert_eq!(snapshots.retain, 3);
+        assert!(settled.reset_incompatible_state);
+        assert_eq!(windowed.commit_interval, Duration::from_secs(20));
+        // Stateless at-least-once has nothing to snapshot: offsets commit at the runtime's pace.
+        let stateless = plan(checkpoint).with_commit_interval(Duration::from_secs(1));
+        assert!(stateless.checkpoint.as_ref().unwrap().snapshots.is_none());
+        assert_eq!(stateless.commit_interval, Duration::from_secs(1));
+        assert_eq!(plan("").commit_interval, DEFAULT_COMMIT_INTERVAL);
+        assert!(plan("").reset_to_earliest);
+    }
+
+    #[test]
+    fn the_rows_target_is_settled_from_the_sink_spec() {
+        let clickhouse = Plan::of_spec(
+            &pipeline_crds::manifest::from_yaml(
+                "apiVersion: sluice.dev/v1alpha1\nkind: PipelineDeployment\nmetadata: {name: p}\nspec:\n  kafka: {bootstrapServers: 'k:9092'}\n  source: {topic: in}\n  sink: {clickhouse: {url: 'http://ch:8123/', table: t, batchRows: 0}}\n",
+                "t",
+            )
+            .unwrap()
+            .spec,
+            vec![1],
+        );
+        let RowsTarget::ClickHouse(target) = &clickhouse.rows else {
+            panic!("{:?}", clickhouse.rows)
+        };
+        assert_eq!(target.url, "http://ch:8123");
+        assert_eq!(target.batch_rows, 1);
+        assert_eq!(clickhouse.rows.kafka_topic(), None);
+        let kafka = plan("");
+        assert_eq!(kafka.rows.kafka_topic(), Some("out"));
+        let RowsTarget::Kafka(target) = &kafka.rows else {
+            panic!("{:?}", kafka.rows)
+        };
+        assert_eq!(target.avro_registry, None);
     }
 
     #[test]

@@ -37,7 +37,7 @@ pub struct RuntimeOptions {
     pub scale_file: Option<std::path::PathBuf>,
     /// Where to serve `/metrics`; `None` = no HTTP server.
     pub metrics_addr: Option<SocketAddr>,
-    /// Time between offset commits.
+    /// Time between offset commits of a pipeline that does not commit with its checkpoints.
     pub commit_interval: Duration,
     /// Extra busy time per record (a stand-in for heavier work; demos and tests only).
     pub simulated_record_cost: Option<Duration>,
@@ -154,18 +154,20 @@ fn supervise(
     health: Arc<Health>,
     stop: Arc<AtomicBool>,
 ) {
-    let spec = options.pipeline.spec();
-    let bootstrap = spec.kafka.bootstrap_servers.clone();
+    let bootstrap = options.pipeline.spec().kafka.bootstrap_servers.clone();
     let Some(partitions) = prepare_topics(&options, &group, &metrics, &health, &stop) else {
         return;
     };
-    let plan = Arc::new(Plan::new(spec, &group, partitions).with_bootstrap_servers(&bootstrap));
+    let plan = Arc::new(
+        Plan::new(&options.pipeline, &group, partitions)
+            .with_bootstrap_servers(&bootstrap)
+            .with_commit_interval(options.commit_interval),
+    );
     let quarantine = Arc::new(Quarantine::default());
     let start = |index: usize| -> (Arc<AtomicBool>, JoinHandle<()>) {
         let config = SlotConfig {
             plan: plan.clone(),
             labels: slot_labels(&options, index),
-            commit_interval: options.commit_interval,
             metrics: metrics.clone(),
             simulated_record_cost: options.simulated_record_cost,
             watch: health.watch(index),

@@ -129,11 +129,7 @@ impl TestDriver {
             pipeline.namespace(),
             pipeline.name(),
         );
-        let plan = Arc::new(Plan::new(
-            pipeline.spec(),
-            &group,
-            source_partitions.to_vec(),
-        ));
+        let plan = Arc::new(Plan::new(&pipeline, &group, source_partitions.to_vec()));
         Ok(Self {
             processor: Processor::new(plan.clone())?,
             plan,

@@ -185,10 +185,8 @@ mod tests {
     use snapshot::ClockState;
 
     fn checkpointer(dir: &std::path::Path, retain: usize) -> Checkpointer {
-        let storage =
-            serde_json::from_value(serde_json::json!({"local": {"path": dir.to_str().unwrap()}}))
-                .unwrap();
-        let store = CheckpointStore::new(&storage, "ns/p", "g", "w-1").unwrap();
+        let location = store::StoreLocation::Directory(dir.to_str().unwrap().to_owned());
+        let store = CheckpointStore::new(&location, "g", "w-1").unwrap();
         Checkpointer::new(store, 42, retain)
     }
 

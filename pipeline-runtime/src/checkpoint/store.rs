@@ -20,10 +20,50 @@ use object_store::{
     local::LocalFileSystem,
     path::Path,
 };
-use pipeline_crds::{
-    checkpoint::{CheckpointStorage, S3Storage},
-    contract::paths,
-};
+use pipeline_crds::{checkpoint::CheckpointStorage, contract::paths};
+
+/// Where a pipeline's snapshots live, settled from `spec.checkpoint.storage` when the plan is
+/// compiled.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// An S3 bucket or an S3-compatible store.
+    S3(S3Location),
+    /// A directory: the mounted checkpoint volume, or a local path.
+    Directory(String),
+}
+
+/// An S3 location. Credentials (and the region, unless set here) come from the environment:
+/// the credentials Secret mapped to `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`, or the pod's
+/// web identity.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct S3Location {
+    /// The bucket.
+    pub bucket: String,
+    /// The key prefix snapshots go under (the spec's, or `<namespace>/<pipeline>`).
+    pub prefix: String,
+    /// The region, when the spec sets one.
+    pub region: Option<String>,
+    /// An S3-compatible endpoint, when the spec sets one (`http://` allows plain HTTP).
+    pub endpoint: Option<String>,
+}
+
+impl StoreLocation {
+    /// The location `storage` names; S3 keys go under its `prefix`, or `default_prefix` when it
+    /// sets none. `None` when it names no storage (validation refuses such a spec).
+    pub fn of(storage: &CheckpointStorage, default_prefix: &str) -> Option<Self> {
+        match (&storage.s3, &storage.volume, &storage.local) {
+            (Some(s3), _, _) => Some(Self::S3(S3Location {
+                bucket: s3.bucket.clone(),
+                prefix: s3.prefix.clone().unwrap_or_else(|| default_prefix.into()),
+                region: s3.region.clone(),
+                endpoint: s3.endpoint.clone(),
+            })),
+            (None, Some(_), _) => Some(Self::Directory(paths::CHECKPOINT_VOLUME_DIR.to_owned())),
+            (None, None, Some(local)) => Some(Self::Directory(local.path.clone())),
+            (None, None, None) => None,
+        }
+    }
+}
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -141,21 +181,15 @@ impl std::fmt::Debug for CheckpointStore {
 }
 
 impl CheckpointStore {
-    /// The store for `storage`; snapshots go under `<prefix>/<group>/`. `writer` must be unique
-    /// to this slot incarnation (no `-` needed; any characters but `/`).
-    pub fn new(
-        storage: &CheckpointStorage,
-        default_prefix: &str,
-        group: &str,
-        writer: &str,
-    ) -> Result<Self, StoreError> {
-        Self::with_durability(storage, default_prefix, group, writer, Arc::new(Fsync))
+    /// The store at `location`; snapshots go under `<its prefix>/<group>/`. `writer` must be
+    /// unique to this slot incarnation (no `-` needed; any characters but `/`).
+    pub fn new(location: &StoreLocation, group: &str, writer: &str) -> Result<Self, StoreError> {
+        Self::with_durability(location, group, writer, Arc::new(Fsync))
     }
 
     /// [`Self::new`] whose local snapshots are made durable by `durability`.
     pub fn with_durability(
-        storage: &CheckpointStorage,
-        default_prefix: &str,
+        location: &StoreLocation,
         group: &str,
         writer: &str,
         durability: Arc<dyn Durability>,
@@ -172,19 +206,13 @@ impl CheckpointStore {
             };
             (store, Some(local), String::new(), location)
         };
-        let (store, local, prefix, location) = match (&storage.s3, &storage.volume, &storage.local)
-        {
-            (Some(s3), _, _) => {
-                let prefix = s3.prefix.clone().unwrap_or_else(|| default_prefix.into());
-                let location = format!("s3://{}/{prefix}", s3.bucket);
+        let (store, local, prefix, location) = match location {
+            StoreLocation::S3(s3) => {
+                let location = format!("s3://{}/{}", s3.bucket, s3.prefix);
                 let store: Arc<dyn ObjectStore> = Arc::new(s3_store(s3)?);
-                (store, None, prefix, location)
+                (store, None, s3.prefix.clone(), location)
             }
-            (None, Some(_), _) => local_files(local_store(paths::CHECKPOINT_VOLUME_DIR)?),
-            (None, None, Some(local)) => local_files(local_store(&local.path)?),
-            (None, None, None) => {
-                return Err(StoreError::Config("no storage configured".into()));
-            }
+            StoreLocation::Directory(dir) => local_files(local_store(dir)?),
         };
         let root = Path::from(prefix.as_str()).join(group);
         Ok(Self {
@@ -376,7 +404,7 @@ fn local_store(dir: &str) -> Result<(Arc<LocalFileSystem>, String), StoreError> 
     Ok((Arc::new(store), format!("file://{absolute}")))
 }
 
-fn s3_store(s3: &S3Storage) -> Result<impl ObjectStore, StoreError> {
+fn s3_store(s3: &S3Location) -> Result<impl ObjectStore, StoreError> {
     // Credentials and region come from the environment (the operator maps the credentials
     // Secret to AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, or IRSA provides a web identity).
     let mut builder = AmazonS3Builder::from_env().with_bucket_name(&s3.bucket);
@@ -417,9 +445,8 @@ fn s3_store(s3: &S3Storage) -> Result<impl ObjectStore, StoreError> {
 mod tests {
     use super::*;
 
-    fn local(dir: &std::path::Path) -> CheckpointStorage {
-        serde_json::from_value(serde_json::json!({"local": {"path": dir.to_str().unwrap()}}))
-            .unwrap()
+    fn local(dir: &std::path::Path) -> StoreLocation {
+        StoreLocation::Directory(dir.to_str().unwrap().to_owned())
     }
 
     /// Records the syncs instead of making them.
@@ -450,8 +477,8 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("sluice-sync-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let syncs = Arc::new(RecordedSyncs::default());
-        let store = CheckpointStore::with_durability(&local(&dir), "ns/p", "g", "w", syncs.clone())
-            .unwrap();
+        let store =
+            CheckpointStore::with_durability(&local(&dir), "g", "w", syncs.clone()).unwrap();
         let file = store.put("in", 3, 100, 1_000, b"state".to_vec()).unwrap();
         let written = store
             .local
@@ -468,7 +495,7 @@ mod tests {
             ]
         );
         // The real syncs run too.
-        let real = CheckpointStore::new(&local(&dir), "ns/p", "g", "w2").unwrap();
+        let real = CheckpointStore::new(&local(&dir), "g", "w2").unwrap();
         real.put("in", 3, 200, 2_000, b"state".to_vec()).unwrap();
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -477,8 +504,8 @@ mod tests {
     fn snapshots_are_listed_newest_offset_first_and_writers_do_not_collide() {
         let dir = std::env::temp_dir().join(format!("sluice-store-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let a = CheckpointStore::new(&local(&dir), "ns/p", "g", "pod-0-1-100").unwrap();
-        let b = CheckpointStore::new(&local(&dir), "ns/p", "g", "pod-1-0-200").unwrap();
+        let a = CheckpointStore::new(&local(&dir), "g", "pod-0-1-100").unwrap();
+        let b = CheckpointStore::new(&local(&dir), "g", "pod-1-0-200").unwrap();
         a.put("in", 3, 100, 1_000, b"a100".to_vec()).unwrap();
         a.put("in", 3, 250, 2_000, b"a250".to_vec()).unwrap();
         b.put("in", 3, 250, 2_000, b"b250".to_vec()).unwrap();
@@ -511,8 +538,8 @@ mod tests {
     fn delete_all_removes_every_snapshot_of_the_group_and_no_other_groups() {
         let dir = std::env::temp_dir().join(format!("sluice-store-cleanup-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let ours = CheckpointStore::new(&local(&dir), "ns/p", "g", "pod-0-0-1").unwrap();
-        let theirs = CheckpointStore::new(&local(&dir), "ns/p", "g-other", "pod-0-0-1").unwrap();
+        let ours = CheckpointStore::new(&local(&dir), "g", "pod-0-0-1").unwrap();
+        let theirs = CheckpointStore::new(&local(&dir), "g-other", "pod-0-0-1").unwrap();
         for (topic, partition) in [("in", 0), ("in", 7), ("g-repartition", 2)] {
             ours.put(topic, partition, 10, 1_000, b"a".to_vec())
                 .unwrap();
@@ -544,7 +571,7 @@ mod tests {
             .into_iter()
             .enumerate()
         {
-            let store = CheckpointStore::new(&local(&dir), "ns/p", group, "w%1").unwrap();
+            let store = CheckpointStore::new(&local(&dir), group, "w%1").unwrap();
             store.put("in", 0, 10, 1_000, vec![i as u8]).unwrap();
             store.put("in", 0, 20, 2_000, vec![i as u8, 1]).unwrap();
             let files = store.list("in", 0).unwrap();

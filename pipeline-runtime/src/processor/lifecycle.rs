@@ -190,7 +190,7 @@ mod tests {
         );
         let spec = from_yaml(&text, "test").unwrap().spec;
         pipeline_crds::validate(&spec).unwrap();
-        Arc::new(Plan::new(&spec, "g", vec![2]))
+        Arc::new(Plan::of_spec(&spec, vec![2]))
     }
 
     /// Deterministic disordered records over two partitions: (partition, offset, json).

@@ -253,8 +253,7 @@ pub struct Processor {
 impl Processor {
     /// A processor for `plan`.
     pub fn new(plan: Arc<Plan>) -> Result<Self, ProcessorError> {
-        let decoder = Decoder::new(&plan.format, plan.schema_registry_url.as_deref())?
-            .keeping(plan.decode_fields.as_ref());
+        let decoder = Decoder::new(&plan.source)?.keeping(plan.decode_fields.as_ref());
         let filter = plan.filter.as_deref().map(Filter::compile).transpose()?;
         let projection = plan.select.as_deref().map(Projection::new);
         let repartitioned_fields = plan.repartitioned_fields().into_iter().collect();
@@ -678,7 +677,7 @@ mod tests {
         );
         let spec = from_yaml(&text, "test").unwrap().spec;
         pipeline_crds::validate(&spec).unwrap();
-        Processor::new(Arc::new(Plan::new(&spec, "g", vec![2]))).unwrap()
+        Processor::new(Arc::new(Plan::of_spec(&spec, vec![2]))).unwrap()
     }
 
     fn feed(

@@ -6,7 +6,7 @@
 use std::{sync::Arc, time::Duration};
 
 use apache_avro::Schema;
-use pipeline_crds::sink::OutputFormat;
+use pipeline_crds::{PipelineDeploymentSpec, sink::OutputFormat};
 use rdkafka::{
     message::OwnedHeaders,
     producer::{BaseProducer, BaseRecord},
@@ -18,8 +18,31 @@ use super::{
     DeliveryTracker, RowSink, Sent, SinkError,
     encode::{OutputError, row_json, window_avro, window_schema},
     produce,
+    registry::RowsError,
     size::OutputLimit,
 };
+
+/// Where and how rows go to Kafka, settled from `spec.sink.kafka` when the plan is compiled.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KafkaTarget {
+    /// The output topic.
+    pub topic: String,
+    /// The Schema Registry window results are registered in, when they are written as Avro
+    /// (a windowed pipeline with `format: avro`); JSON otherwise.
+    pub avro_registry: Option<String>,
+}
+
+impl KafkaTarget {
+    /// The target of `spec`'s Kafka sink.
+    pub fn of(spec: &PipelineDeploymentSpec) -> Self {
+        let sink = spec.sink.kafka.as_ref();
+        let avro = spec.window.is_some() && sink.is_some_and(|k| k.format == OutputFormat::Avro);
+        Self {
+            topic: sink.map(|k| k.topic.clone()).unwrap_or_default(),
+            avro_registry: spec.kafka.schema_registry_url.clone().filter(|_| avro),
+        }
+    }
+}
 
 /// How window results are written.
 enum Encoding {
@@ -37,7 +60,7 @@ pub struct KafkaRows {
     encoding: Encoding,
 }
 
-/// Why the Kafka rows sink cannot start; each is a [`SinkError::KafkaRows`].
+/// Why the Kafka rows sink cannot start; each reaches the slot as a [`SinkError::Rows`].
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaRowsError {
     /// The output schema could not be registered (retryable).
@@ -48,19 +71,27 @@ pub enum KafkaRowsError {
     Schema(#[from] OutputError),
 }
 
+impl From<KafkaRowsError> for SinkError {
+    fn from(error: KafkaRowsError) -> Self {
+        let retryable = !matches!(error, KafkaRowsError::Schema(_));
+        Self::Rows(RowsError::new(error, retryable))
+    }
+}
+
 impl KafkaRows {
-    /// The sink of `plan`'s rows on `producer`; registers the Avro schema when the output is Avro
-    /// (an unreachable registry is a retryable error).
+    /// The sink of `plan`'s rows to `target` on `producer`; registers the Avro schema when the
+    /// output is Avro (an unreachable registry is a retryable error).
     pub fn new(
         plan: &Plan,
+        target: &KafkaTarget,
         producer: Arc<BaseProducer<DeliveryTracker>>,
         limit: OutputLimit,
     ) -> Result<Self, SinkError> {
-        let encoding = match (&plan.window, plan.output_format, &plan.schema_registry_url) {
-            (Some(window), OutputFormat::Avro, Some(url)) => {
+        let encoding = match (&plan.window, &target.avro_registry) {
+            (Some(window), Some(url)) => {
                 let schema = window_schema(plan.key_field(), &window.aggregates)
                     .map_err(KafkaRowsError::from)?;
-                let subject = format!("{}-value", plan.sink_topic);
+                let subject = format!("{}-value", target.topic);
                 let id = SchemaRegistry::new(url)
                     .register(&subject, &schema)
                     .map_err(KafkaRowsError::from)?;
@@ -74,7 +105,7 @@ impl KafkaRows {
         Ok(Self {
             producer,
             limit,
-            topic: plan.sink_topic.clone(),
+            topic: target.topic.clone(),
             key_field: plan.key_field().to_owned(),
             encoding,
         })
@@ -171,7 +202,14 @@ mod tests {
         );
         let spec = from_yaml(&text, "test").unwrap().spec;
         assert!(pipeline_crds::support::problems(&spec).is_empty());
-        Plan::new(&spec, "g", vec![1])
+        Plan::of_spec(&spec, vec![1])
+    }
+
+    fn kafka_target(plan: &Plan) -> &KafkaTarget {
+        match &plan.rows {
+            crate::sink::registry::RowsTarget::Kafka(target) => target,
+            other => panic!("{other:?}"),
+        }
     }
 
     fn producer() -> Arc<BaseProducer<DeliveryTracker>> {
@@ -213,6 +251,7 @@ mod tests {
         let plan = plan(&url);
         let rows = KafkaRows::new(
             &plan,
+            kafka_target(&plan),
             producer(),
             OutputLimit::new(crate::sink::size::DEFAULT_MESSAGE_MAX_BYTES),
         )
@@ -246,8 +285,10 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         drop(listener);
+        let plan = plan(&url);
         let err = KafkaRows::new(
-            &plan(&url),
+            &plan,
+            kafka_target(&plan),
             producer(),
             OutputLimit::new(crate::sink::size::DEFAULT_MESSAGE_MAX_BYTES),
         )

@@ -6,6 +6,7 @@
 pub mod clickhouse;
 pub mod encode;
 pub mod kafka;
+pub mod registry;
 pub mod size;
 
 use std::{
@@ -97,12 +98,9 @@ pub enum SinkError {
     /// Stopped while blocked.
     #[error("stopped while the producer queue was full")]
     Interrupted,
-    /// The Kafka rows sink cannot start.
+    /// The rows sink failed (its own error, see [`registry`]).
     #[error(transparent)]
-    KafkaRows(#[from] kafka::KafkaRowsError),
-    /// The ClickHouse sink failed.
-    #[error(transparent)]
-    ClickHouse(#[from] clickhouse::ClickHouseError),
+    Rows(#[from] registry::RowsError),
     /// A Kafka transaction step failed; the transaction is aborted (or the producer fenced) and
     /// the slot restarts from its last committed checkpoint.
     #[error("transaction {step} failed: {source}")]
@@ -118,12 +116,11 @@ impl SinkError {
     /// Whether restarting the slot can help: not for a configuration librdkafka refuses or a
     /// schema the spec cannot give.
     pub fn is_retryable(&self) -> bool {
-        !matches!(
-            self,
-            Self::Create(_)
-                | Self::KafkaRows(kafka::KafkaRowsError::Schema(_))
-                | Self::ClickHouse(clickhouse::ClickHouseError::Table(_))
-        )
+        match self {
+            Self::Create(_) => false,
+            Self::Rows(rows) => rows.is_retryable(),
+            _ => true,
+        }
     }
 
     /// Whether a newer producer with the same transactional id (or a newer group generation)
@@ -224,12 +221,15 @@ impl Sink {
                 .map_err(SinkError::Create)?,
         );
         let limit = size::OutputLimit::of(config);
-        let rows: Box<dyn RowSink> = match &plan.clickhouse {
-            Some(sink) => Box::new(clickhouse::ClickHouseRows::new(
-                plan, sink, metrics, labels,
-            )?),
-            None => Box::new(kafka::KafkaRows::new(plan, producer.clone(), limit)?),
-        };
+        let rows = registry::open(
+            plan,
+            registry::SlotResources {
+                producer: producer.clone(),
+                limit,
+                metrics,
+                labels,
+            },
+        )?;
         Ok(Self {
             producer,
             rows: Mutex::new(rows),
@@ -713,7 +713,7 @@ mod tests {
         .spec;
         let sink = Sink::new(
             &config,
-            &Plan::new(&spec, "g", vec![1]),
+            &Plan::of_spec(&spec, vec![1]),
             Arc::new(crate::metrics::Metrics::default()),
             crate::metrics::SlotLabels::default(),
         )
@@ -760,7 +760,7 @@ mod tests {
         )
         .unwrap()
         .spec;
-        let plan = Plan::new(&spec, "g", vec![1]);
+        let plan = Plan::of_spec(&spec, vec![1]);
         let sink = Sink::new(
             &config,
             &plan,

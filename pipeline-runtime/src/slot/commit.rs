@@ -328,7 +328,7 @@ fn finish(
         .plan
         .checkpoint
         .as_ref()
-        .map_or(0, |c| u64::try_from(c.tolerable_failures).unwrap_or(0));
+        .map_or(0, |c| c.tolerable_failures);
     let result = match (result, &failed) {
         (Ok(()), Some(reason)) if in_a_row > tolerated => Err(SlotError::Restore(format!(
             "{in_a_row} checkpoints failed in a row, more than checkpoint.tolerableFailures \

@@ -342,9 +342,11 @@ impl SlotContext {
             }
         };
         let mut paused = TopicPartitionList::new();
-        let reset = self.plan.checkpoint.as_ref().is_some_and(|c| {
-            c.on_incompatible_state == pipeline_crds::checkpoint::IncompatibleStatePolicy::Reset
-        });
+        let reset = self
+            .plan
+            .checkpoint
+            .as_ref()
+            .is_some_and(|c| c.reset_incompatible_state);
         // Exactly-once: only the snapshot at the committed offset; an older one would re-emit
         // outputs an earlier transaction committed. Without it the partition is paused (or reset
         // with `onIncompatibleState: reset`).

@@ -26,7 +26,7 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use pipeline_crds::{checkpoint::DeliveryGuarantee, contract::headers, source::StartingOffsets};
+use pipeline_crds::contract::headers;
 use rdkafka::{
     Message, TopicPartitionList,
     consumer::{BaseConsumer, CommitMode, Consumer},
@@ -108,8 +108,6 @@ pub struct SlotConfig {
     pub plan: Arc<Plan>,
     /// Metric labels; `slot` is the slot index.
     pub labels: SlotLabels,
-    /// Time between offset commits.
-    pub commit_interval: Duration,
     /// Process-wide metrics.
     pub metrics: Arc<Metrics>,
     /// Extra busy time per record (a stand-in for heavier work; demos and tests only).
@@ -142,8 +140,6 @@ struct Opened {
     consumer: BaseConsumer<SlotContext>,
     core: Arc<Mutex<Core>>,
     sink: Arc<Sink>,
-    /// Time between checkpoints (or offset commits without them).
-    interval: Duration,
 }
 
 /// The snapshot store of a windowed pipeline with checkpoints, written as this slot incarnation.
@@ -151,21 +147,17 @@ fn open_checkpointer(
     plan: &Plan,
     labels: &SlotLabels,
 ) -> Result<Option<Arc<Checkpointer>>, SlotError> {
-    let checkpointer = match (&plan.checkpoint, &plan.window) {
-        (Some(settings), Some(_)) => {
-            let writer = format!("{}-{}-{}", labels.pod, labels.slot, wall_clock_ms());
-            let prefix = format!("{}/{}", labels.namespace, labels.pipeline);
-            let store = CheckpointStore::new(&settings.storage, &prefix, &plan.group, &writer)?;
-            info!(location = store.location(), "checkpoints enabled");
-            Some(Arc::new(Checkpointer::new(
-                store,
-                plan.state_fingerprint,
-                usize::try_from(settings.retain).unwrap_or(1),
-            )))
-        }
-        _ => None,
+    let Some(snapshots) = plan.checkpoint.as_ref().and_then(|c| c.snapshots.as_ref()) else {
+        return Ok(None);
     };
-    Ok(checkpointer)
+    let writer = format!("{}-{}-{}", labels.pod, labels.slot, wall_clock_ms());
+    let store = CheckpointStore::new(&snapshots.location, &plan.group, &writer)?;
+    info!(location = store.location(), "checkpoints enabled");
+    Ok(Some(Arc::new(Checkpointer::new(
+        store,
+        plan.state_fingerprint,
+        snapshots.retain,
+    ))))
 }
 
 /// Creates the slot's producer (transactional under exactly-once) and sink, its state, its
@@ -176,7 +168,7 @@ fn open(config: &SlotConfig, stop: &Arc<AtomicBool>) -> Result<Opened, SlotError
         "sluice-{}-{}-{}",
         config.labels.pipeline, config.labels.pod, config.labels.slot
     );
-    let transactional = plan.delivery == DeliveryGuarantee::ExactlyOnce;
+    let transactional = plan.transactional;
     // One transactional id per pod and slot: a restarted slot (or a zombie's replacement) fences
     // the previous producer of the same slot.
     let transactional_id = transactional.then(|| {
@@ -214,10 +206,6 @@ fn open(config: &SlotConfig, stop: &Arc<AtomicBool>) -> Result<Opened, SlotError
         ),
         None => None,
     };
-    let interval = match (&plan.checkpoint, checkpointer.is_some() || transactional) {
-        (Some(settings), true) => settings.interval.get(),
-        _ => config.commit_interval,
-    };
     let context = SlotContext {
         checkpointer,
         uploader,
@@ -233,7 +221,7 @@ fn open(config: &SlotConfig, stop: &Arc<AtomicBool>) -> Result<Opened, SlotError
         metrics: config.metrics.clone(),
         labels: config.labels.clone(),
         end_offsets: Mutex::new(HashMap::new()),
-        reset_to_earliest: plan.starting_offsets == StartingOffsets::Earliest,
+        reset_to_earliest: plan.reset_to_earliest,
         stop: stop.clone(),
     };
     let consumer: BaseConsumer<SlotContext> = plan
@@ -246,7 +234,6 @@ fn open(config: &SlotConfig, stop: &Arc<AtomicBool>) -> Result<Opened, SlotError
         consumer,
         core,
         sink,
-        interval,
     })
 }
 
@@ -413,8 +400,8 @@ pub fn run(config: &SlotConfig, stop: &Arc<AtomicBool>) -> Result<(), SlotError>
         consumer,
         core,
         sink,
-        interval,
     } = open(config, stop)?;
+    let interval = plan.commit_interval;
     let latency = config
         .metrics
         .output_latency

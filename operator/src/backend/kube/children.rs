@@ -10,7 +10,6 @@ use k8s_openapi::{
     },
     apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference},
 };
-use pipeline_crds::PipelineDeployment;
 use serde_json::Value;
 
 use super::{
@@ -70,14 +69,16 @@ impl Children {
     }
 }
 
-/// Builds every child of `pd` for `desired`.
-pub fn build(
-    pd: &PipelineDeployment,
-    desired: &Desired,
-    environment: &Environment,
-) -> Result<Children, BuildError> {
+/// Builds every child of the pipeline `desired` runs.
+pub fn build(desired: &Desired, environment: &Environment) -> Result<Children, BuildError> {
     let name = desired.name.clone();
-    let uid = pd.metadata.uid.clone().ok_or(BuildError::Metadata("uid"))?;
+    let uid = desired
+        .pipeline
+        .resource()
+        .metadata
+        .uid
+        .clone()
+        .ok_or(BuildError::Metadata("uid"))?;
     let owner = OwnerReference {
         api_version: "sluice.dev/v1alpha1".into(),
         kind: "PipelineDeployment".into(),
@@ -98,7 +99,7 @@ pub fn build(
         config_map: config_map(desired, meta(config_map_name(&name))),
         headless_service: headless_service(&name, meta(headless_service_name(&name))),
         metrics_service: metrics_service(&name, meta(metrics_service_name(&name))),
-        stateful_set: stateful_set(pd, desired, environment, meta(name.clone())),
+        stateful_set: stateful_set(desired, environment, meta(name.clone())),
         pod_disruption_budget: running.then(|| pod_disruption_budget(&name, meta(name.clone()))),
         pod_monitor: environment
             .pod_monitor_crd
@@ -114,6 +115,7 @@ mod tests {
     use super::*;
     use crate::{desired::desired, sizing::size};
     use k8s_openapi::api::core::v1::PodSpec;
+    use pipeline_crds::PipelineDeployment;
     use pipeline_crds::contract::{annotations, env};
 
     fn pd(extra: &str) -> PipelineDeployment {
@@ -135,7 +137,7 @@ mod tests {
         let valid =
             pipeline_crds::valid::validate_pipeline(pd, &pipeline_crds::valid::AnyInstallation)
                 .unwrap();
-        build(pd, &desired(&valid, &sizing), &environment).unwrap()
+        build(&desired(&valid, &sizing), &environment).unwrap()
     }
 
     fn pod(c: &Children) -> PodSpec {

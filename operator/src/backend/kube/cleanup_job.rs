@@ -18,10 +18,7 @@ use k8s_openapi::{
     api::batch::v1::{Job, JobSpec},
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
-use pipeline_crds::{
-    PipelineDeployment,
-    contract::{annotations, env, labels, paths},
-};
+use pipeline_crds::contract::{annotations, env, labels, paths};
 
 use super::{children::Environment, statefulset::pod_template};
 use crate::desired::Desired;
@@ -67,10 +64,11 @@ pub fn job_of(job: &Job, uid: &str) -> bool {
         .is_some_and(|u| u == uid)
 }
 
-/// The cleanup Job of `pd`, whose runtime would run as `desired`.
-pub fn cleanup_job(pd: &PipelineDeployment, desired: &Desired, environment: &Environment) -> Job {
+/// The cleanup Job of the pipeline `desired` would run.
+pub fn cleanup_job(desired: &Desired, environment: &Environment) -> Job {
     let name = &desired.name;
-    let mut template = pod_template(pd, desired, environment);
+    let pd = desired.pipeline.resource();
+    let mut template = pod_template(desired, environment);
     let meta = template.metadata.get_or_insert_with(ObjectMeta::default);
     meta.labels = Some(cleanup_labels(name));
     meta.annotations = None;
@@ -141,7 +139,7 @@ mod tests {
             default_image: "img:1".into(),
             pod_monitor_crd: false,
         };
-        (cleanup_job(&pd, &d, &environment), d)
+        (cleanup_job(&d, &environment), d)
     }
 
     #[test]

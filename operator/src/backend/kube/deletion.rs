@@ -80,32 +80,44 @@ impl KubeBackend {
         Ok(left.items.len())
     }
 
-    async fn follow_cleanup_job(
+    /// Creates the cleanup Job, sized as one pod of the pipeline at its last known partition
+    /// count.
+    async fn start_cleanup_job(
         &self,
         pd: &PipelineDeployment,
     ) -> Result<JobProgress, BackendError> {
+        let namespace = pd.namespace().unwrap_or_default();
+        let name = cleanup_job_name(&pd.name_any());
+        let jobs: Api<Job> = Api::namespaced(self.client.clone(), &namespace);
+        let partitions = pd
+            .status
+            .as_ref()
+            .and_then(|s| s.partitions)
+            .unwrap_or(1)
+            .max(1);
+        let sizing = size(&pd.spec, partitions, Some(1))?;
+        let environment = Environment {
+            default_image: self.default_image.clone(),
+            pod_monitor_crd: false,
+        };
+        let valid =
+            validate_pipeline(pd, self).map_err(|e| BackendError::Invalid(e.to_string()))?;
+        let job = cleanup_job(&desired(&valid, &sizing), &environment);
+        jobs.create(&PostParams::default(), &job).await?;
+        Ok(JobProgress::Started(name))
+    }
+
+    /// Where the cleanup Job is (deleting it once it succeeded); `None` when there is none.
+    async fn find_cleanup_job(
+        &self,
+        pd: &PipelineDeployment,
+    ) -> Result<Option<JobProgress>, BackendError> {
         let namespace = pd.namespace().unwrap_or_default();
         let uid = pd.uid().unwrap_or_default();
         let name = cleanup_job_name(&pd.name_any());
         let jobs: Api<Job> = Api::namespaced(self.client.clone(), &namespace);
         let Some(job) = jobs.get_opt(&name).await? else {
-            // Sized as one pod of the pipeline at its last known partition count.
-            let partitions = pd
-                .status
-                .as_ref()
-                .and_then(|s| s.partitions)
-                .unwrap_or(1)
-                .max(1);
-            let sizing = size(&pd.spec, partitions, Some(1))?;
-            let environment = Environment {
-                default_image: self.default_image.clone(),
-                pod_monitor_crd: false,
-            };
-            let valid =
-                validate_pipeline(pd, self).map_err(|e| BackendError::Invalid(e.to_string()))?;
-            let job = cleanup_job(pd, &desired(&valid, &sizing), &environment);
-            jobs.create(&PostParams::default(), &job).await?;
-            return Ok(JobProgress::Started(name));
+            return Ok(None);
         };
         if !job_of(&job, &uid) {
             return Err(BackendError::NameConflict {
@@ -120,14 +132,14 @@ impl KubeBackend {
             .iter()
             .flatten()
             .any(|c| c.type_ == "Failed" && c.status == "True");
-        if status.succeeded.unwrap_or(0) > 0 {
+        Ok(Some(if status.succeeded.unwrap_or(0) > 0 {
             jobs.delete(&name, &DeleteParams::background()).await?;
-            Ok(JobProgress::Done(name))
+            JobProgress::Done(name)
         } else if failed {
-            Ok(JobProgress::Failed(name))
+            JobProgress::Failed(name)
         } else {
-            Ok(JobProgress::Running(name))
-        }
+            JobProgress::Running(name)
+        }))
     }
 }
 
@@ -147,10 +159,17 @@ impl Deletion for KubeBackend {
         Box::pin(self.stop_pods(pd))
     }
 
-    fn delete_checkpoints<'a>(
+    fn checkpoint_job<'a>(
+        &'a self,
+        pd: &'a PipelineDeployment,
+    ) -> BoxFuture<'a, Result<Option<JobProgress>, BackendError>> {
+        Box::pin(self.find_cleanup_job(pd))
+    }
+
+    fn start_checkpoint_job<'a>(
         &'a self,
         pd: &'a PipelineDeployment,
     ) -> BoxFuture<'a, Result<JobProgress, BackendError>> {
-        Box::pin(self.follow_cleanup_job(pd))
+        Box::pin(self.start_cleanup_job(pd))
     }
 }

@@ -203,7 +203,7 @@ impl KubeBackend {
             default_image: self.default_image.clone(),
             pod_monitor_crd,
         };
-        let children = build(pd, desired, &environment)?;
+        let children = build(desired, &environment)?;
         let uid = pd.uid().unwrap_or_default();
         self.check_ownership(&children, namespace, &uid, pod_monitor_crd)
             .await?;

@@ -21,7 +21,6 @@ use k8s_openapi::{
     },
 };
 use pipeline_crds::{
-    PipelineDeployment,
     contract::{annotations, env, paths, ports},
     secret_references::SecretDelivery,
 };
@@ -32,9 +31,8 @@ use super::{
 };
 use crate::desired::Desired;
 
-/// The StatefulSet of `pd`'s pods, with `metadata`.
+/// The StatefulSet of the pipeline's pods, with `metadata`.
 pub fn stateful_set(
-    pd: &PipelineDeployment,
     desired: &Desired,
     environment: &Environment,
     metadata: ObjectMeta,
@@ -50,7 +48,7 @@ pub fn stateful_set(
                 match_labels: Some(selector_labels(name)),
                 ..LabelSelector::default()
             },
-            template: pod_template(pd, desired, environment),
+            template: pod_template(desired, environment),
             ..StatefulSetSpec::default()
         }),
         ..StatefulSet::default()
@@ -323,13 +321,9 @@ fn pod_security_context() -> PodSecurityContext {
 }
 
 /// The runtime pods' template (the cleanup Job's pod starts from it too).
-pub(super) fn pod_template(
-    pd: &PipelineDeployment,
-    desired: &Desired,
-    environment: &Environment,
-) -> PodTemplateSpec {
+pub(super) fn pod_template(desired: &Desired, environment: &Environment) -> PodTemplateSpec {
     let name = desired.name.as_str();
-    let spec = &pd.spec;
+    let spec = desired.pipeline.spec();
     let overrides = spec.pod_template.clone().unwrap_or_default();
     let (volumes, mounts) = volumes_and_mounts(spec, name);
     let image = spec

@@ -42,9 +42,45 @@ use crate::{
 };
 
 use self::records::{Described, RecordTable};
-use super::{RowSink, Sent, SinkError};
+use super::{RowSink, Sent, SinkError, registry::RowsError};
 
-/// Why the ClickHouse sink failed; each is a [`SinkError::ClickHouse`].
+/// The table and batching of a ClickHouse sink, settled from `spec.sink.clickhouse` when the
+/// plan is compiled. Credentials come from the environment (`CLICKHOUSE_USER`,
+/// `CLICKHOUSE_PASSWORD`, mapped from the credentials Secret).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClickHouseTarget {
+    /// The HTTP endpoint.
+    pub url: String,
+    /// The database.
+    pub database: String,
+    /// The table.
+    pub table: String,
+    /// Whether a missing table is created (windowed pipelines).
+    pub create_table: bool,
+    /// Rows at which a batch is inserted (at least 1).
+    pub batch_rows: usize,
+    /// Bytes of JSON at which a batch is inserted.
+    pub batch_bytes: usize,
+    /// Time after which a batch is inserted, however small.
+    pub batch_interval: Duration,
+}
+
+impl ClickHouseTarget {
+    /// The target `sink` names.
+    pub fn of(sink: &ClickHouseSink) -> Self {
+        Self {
+            url: sink.url.trim_end_matches('/').to_owned(),
+            database: sink.database.clone(),
+            table: sink.table.clone(),
+            create_table: sink.create_table,
+            batch_rows: usize::try_from(sink.batch_rows).unwrap_or(1).max(1),
+            batch_bytes: usize::try_from(sink.batch_bytes).unwrap_or(usize::MAX),
+            batch_interval: sink.batch_interval.get(),
+        }
+    }
+}
+
+/// Why the ClickHouse sink failed; each reaches the slot as a [`SinkError::Rows`].
 #[derive(Debug, thiserror::Error)]
 pub enum ClickHouseError {
     /// The table does not exist or does not fit the output: refused until the spec or the table
@@ -54,6 +90,13 @@ pub enum ClickHouseError {
     /// ClickHouse cannot be reached or refused an insert (retried; then the slot restarts).
     #[error("ClickHouse: {0}")]
     Unreachable(String),
+}
+
+impl From<ClickHouseError> for SinkError {
+    fn from(error: ClickHouseError) -> Self {
+        let retryable = !matches!(error, ClickHouseError::Table(_));
+        Self::Rows(RowsError::new(error, retryable))
+    }
 }
 
 fn table_error(message: String) -> SinkError {
@@ -228,7 +271,7 @@ impl ClickHouseRows {
     /// ([`ClickHouseError::Table`]); an unreachable server is retryable.
     pub fn new(
         plan: &Plan,
-        sink: &ClickHouseSink,
+        sink: &ClickHouseTarget,
         metrics: Arc<Metrics>,
         labels: SlotLabels,
     ) -> Result<Self, SinkError> {
@@ -247,7 +290,7 @@ impl ClickHouseRows {
             crate::basic_auth::from_env(env_names::CLICKHOUSE_USER, env_names::CLICKHOUSE_PASSWORD);
         let mut rows = Self {
             agent,
-            url: sink.url.trim_end_matches('/').to_owned(),
+            url: sink.url.clone(),
             authorization,
             table: format!("`{}`.`{}`", sink.database, sink.table),
             columns: columns(plan),
@@ -256,9 +299,9 @@ impl ClickHouseRows {
             batch: Vec::with_capacity(1 << 20),
             rows: 0,
             oldest: None,
-            batch_rows: usize::try_from(sink.batch_rows).unwrap_or(1).max(1),
-            batch_bytes: usize::try_from(sink.batch_bytes).unwrap_or(usize::MAX),
-            batch_interval: sink.batch_interval.get(),
+            batch_rows: sink.batch_rows,
+            batch_bytes: sink.batch_bytes,
+            batch_interval: sink.batch_interval,
             deduplication_tokens: false,
             metrics,
             labels,
@@ -286,7 +329,7 @@ impl ClickHouseRows {
     }
 
     /// Reads the table a stateless pipeline writes (it must exist: its columns are the user's).
-    fn prepare_records(&self, sink: &ClickHouseSink) -> Result<RecordTable, SinkError> {
+    fn prepare_records(&self, sink: &ClickHouseTarget) -> Result<RecordTable, SinkError> {
         let Some(described) = self.describe()? else {
             return Err(table_error(format!(
                 "table {} does not exist at {}: a stateless pipeline writes its records into a table you create (docs/clickhouse.md)",
@@ -308,7 +351,7 @@ impl ClickHouseRows {
     }
 
     /// Creates the table, or checks the existing one.
-    fn prepare(&self, sink: &ClickHouseSink) -> Result<(), SinkError> {
+    fn prepare(&self, sink: &ClickHouseTarget) -> Result<(), SinkError> {
         let Some(described) = self.describe()? else {
             if !sink.create_table {
                 return Err(table_error(format!(
@@ -548,6 +591,15 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::sink::registry::RowsTarget;
+
+    /// The ClickHouse error inside a sink error.
+    fn table_refusal(err: &SinkError) -> Option<&ClickHouseError> {
+        match err {
+            SinkError::Rows(rows) => rows.downcast_ref(),
+            _ => None,
+        }
+    }
 
     fn plan() -> Plan {
         let spec = from_yaml(
@@ -556,7 +608,7 @@ mod tests {
         )
         .unwrap()
         .spec;
-        Plan::new(&spec, "g", vec![1])
+        Plan::of_spec(&spec, vec![1])
     }
 
     #[test]
@@ -706,8 +758,10 @@ mod tests {
         )
         .unwrap()
         .spec;
-        let plan = Plan::new(&spec, "g", vec![1]);
-        let sink = plan.clickhouse.clone().unwrap();
+        let plan = Plan::of_spec(&spec, vec![1]);
+        let RowsTarget::ClickHouse(sink) = plan.rows.clone() else {
+            panic!("a ClickHouse sink")
+        };
         ClickHouseRows::new(&plan, &sink, metrics, SlotLabels::default()).unwrap()
     }
 
@@ -720,8 +774,10 @@ mod tests {
         )
         .unwrap()
         .spec;
-        let plan = Plan::new(&spec, "g", vec![1]);
-        let sink = plan.clickhouse.clone().unwrap();
+        let plan = Plan::of_spec(&spec, vec![1]);
+        let RowsTarget::ClickHouse(sink) = plan.rows.clone() else {
+            panic!("a ClickHouse sink")
+        };
         ClickHouseRows::new(
             &plan,
             &sink,
@@ -751,7 +807,7 @@ mod tests {
         });
         let err = records_to(&missing).err().unwrap();
         assert!(
-            matches!(&err, SinkError::ClickHouse(ClickHouseError::Table(m)) if m.contains("does not exist")),
+            matches!(table_refusal(&err), Some(ClickHouseError::Table(m)) if m.contains("does not exist")),
             "{err}"
         );
         let uncheckable = Endpoint::start(|statement| match statement {
@@ -764,7 +820,7 @@ mod tests {
         });
         let err = records_to(&uncheckable).err().unwrap();
         assert!(
-            matches!(&err, SinkError::ClickHouse(ClickHouseError::Table(m)) if m.contains("column `tags` is Array(String)")),
+            matches!(table_refusal(&err), Some(ClickHouseError::Table(m)) if m.contains("column `tags` is Array(String)")),
             "{err}"
         );
         assert!(
