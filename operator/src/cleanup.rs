@@ -227,8 +227,8 @@ async fn delete_kafka_state(
     inputs: &Inputs<'_>,
     backend: &dyn Backend,
     pd: &PipelineDeployment,
+    (group, topic): (String, String),
 ) -> Result<(), ReconcileError> {
-    let (group, topic) = group_of(pd);
     let access = backend
         .kafka_access(pd)
         .await
@@ -255,14 +255,14 @@ async fn clean_up(
     let (group, topic) = group_of(pd);
     let kafka = format!("consumer group {group} and topic {topic} deleted");
     if pd.spec.checkpoint.is_none() {
-        delete_kafka_state(inputs, backend, pd).await?;
+        delete_kafka_state(inputs, backend, pd, (group, topic)).await?;
         return Ok(Some(kafka));
     }
     // The Job is started once the Kafka state is gone: while it runs, Kafka is not asked again.
     let progress = match deletion.checkpoint_job(pd).await? {
         Some(progress) => progress,
         None => {
-            delete_kafka_state(inputs, backend, pd).await?;
+            delete_kafka_state(inputs, backend, pd, (group, topic)).await?;
             deletion.start_checkpoint_job(pd).await?
         }
     };

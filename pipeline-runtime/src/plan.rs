@@ -81,9 +81,6 @@ pub struct Plan {
     pub checkpoint: Option<CheckpointPlan>,
     /// Time between checkpoints, or between offset commits without them.
     pub commit_interval: Duration,
-    /// Whether [`Self::commit_interval`] is the checkpoint interval (a runtime's own commit
-    /// interval does not replace it).
-    commits_with_checkpoints: bool,
     /// The source topics, in spec order.
     pub source_topics: Vec<String>,
     /// The internal topic records are re-keyed through, when repartitioning.
@@ -137,6 +134,8 @@ fn state_fingerprint(spec: &PipelineDeploymentSpec, group: &str) -> u32 {
 /// A pipeline's checkpoints, settled from `spec.checkpoint`.
 #[derive(Clone, Debug)]
 pub struct CheckpointPlan {
+    /// Time between checkpoints.
+    pub interval: Duration,
     /// Where window state is snapshotted; `None` for a stateless pipeline, whose checkpoints are
     /// its offsets (and, exactly-once, its transactions).
     pub snapshots: Option<SnapshotPlan>,
@@ -168,6 +167,7 @@ impl CheckpointPlan {
             })
         });
         Some(Self {
+            interval: checkpoint.interval.get(),
             snapshots,
             tolerable_failures: u64::try_from(checkpoint.tolerable_failures).unwrap_or(0),
             reset_incompatible_state: checkpoint.on_incompatible_state
@@ -207,10 +207,19 @@ impl Plan {
     /// Offset commits every `interval`, unless the plan commits with its checkpoints (at the
     /// checkpoint interval).
     pub fn with_commit_interval(mut self, interval: Duration) -> Self {
-        if !self.commits_with_checkpoints {
+        if self.checkpoint_pace().is_none() {
             self.commit_interval = interval;
         }
         self
+    }
+
+    /// The checkpoint interval, when checkpoints set the pace of commits: when there is
+    /// something to checkpoint (window state, or an exactly-once transaction).
+    fn checkpoint_pace(&self) -> Option<Duration> {
+        self.checkpoint
+            .as_ref()
+            .filter(|c| self.transactional || c.snapshots.is_some())
+            .map(|c| c.interval)
     }
 
     /// Compiles a validated pipeline. `group` is the consumer group (it also names the internal
@@ -219,15 +228,6 @@ impl Plan {
     pub fn new(pipeline: &ValidPipeline, group: &str, source_partitions: Vec<usize>) -> Self {
         let spec = pipeline.spec();
         let default_prefix = format!("{}/{}", pipeline.namespace(), pipeline.name());
-        let checkpoint = CheckpointPlan::of(spec, &default_prefix);
-        let transactional = spec.delivery == DeliveryGuarantee::ExactlyOnce;
-        // Checkpoints set the pace when there is something to checkpoint: window state, or an
-        // exactly-once transaction.
-        let checkpoint_interval = spec
-            .checkpoint
-            .as_ref()
-            .filter(|_| transactional || checkpoint.as_ref().is_some_and(|c| c.snapshots.is_some()))
-            .map(|c| c.interval.get());
         let window = spec.window.as_ref().and_then(|w| {
             Some(WindowStage {
                 assigner: Assigner::from_kind(w.kind()?),
@@ -240,11 +240,10 @@ impl Plan {
             group: group.to_owned(),
             consumer: KafkaClient(crate::client::consumer_config(spec, bootstrap, group)),
             producer: KafkaClient(crate::client::producer_config(spec, bootstrap)),
-            transactional,
+            transactional: spec.delivery == DeliveryGuarantee::ExactlyOnce,
             reset_to_earliest: spec.source.starting_offsets == StartingOffsets::Earliest,
-            checkpoint,
-            commit_interval: checkpoint_interval.unwrap_or(DEFAULT_COMMIT_INTERVAL),
-            commits_with_checkpoints: checkpoint_interval.is_some(),
+            checkpoint: CheckpointPlan::of(spec, &default_prefix),
+            commit_interval: DEFAULT_COMMIT_INTERVAL,
             source_topics: spec
                 .source
                 .topic_names()
@@ -279,6 +278,14 @@ impl Plan {
             decode_fields: None,
         }
         .with_decode_fields()
+        .with_paced_commits()
+    }
+
+    /// Commits at the checkpoint interval when checkpoints set the pace, else every
+    /// [`DEFAULT_COMMIT_INTERVAL`].
+    fn with_paced_commits(mut self) -> Self {
+        self.commit_interval = self.checkpoint_pace().unwrap_or(DEFAULT_COMMIT_INTERVAL);
+        self
     }
 
     /// The top-level fields stage two of a repartitioning pipeline reads from the records of the
@@ -501,12 +508,11 @@ mod tests {
         };
         assert_eq!(target.url, "http://ch:8123");
         assert_eq!(target.batch_rows, 1);
-        assert_eq!(clickhouse.rows.kafka_topic(), None);
         let kafka = plan("");
-        assert_eq!(kafka.rows.kafka_topic(), Some("out"));
         let RowsTarget::Kafka(target) = &kafka.rows else {
             panic!("{:?}", kafka.rows)
         };
+        assert_eq!(target.topic, "out");
         assert_eq!(target.avro_registry, None);
     }
 

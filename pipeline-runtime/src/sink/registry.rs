@@ -37,14 +37,6 @@ impl RowsTarget {
             None => Self::Kafka(KafkaTarget::of(spec)),
         }
     }
-
-    /// The output topic, when rows go to Kafka.
-    pub fn kafka_topic(&self) -> Option<&str> {
-        match self {
-            Self::Kafka(target) => Some(&target.topic),
-            Self::ClickHouse(_) => None,
-        }
-    }
 }
 
 /// What a slot lends the sink it opens.
