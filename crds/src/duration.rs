@@ -37,6 +37,12 @@ impl Duration {
         Self(std::time::Duration::from_millis(millis))
     }
 
+    /// `text` (`500ms`, `1m30s`) as a standard-library duration: the value parser of every
+    /// command-line flag that takes a duration.
+    pub fn parse_std(text: &str) -> Result<std::time::Duration, DurationParseError> {
+        text.parse::<Self>().map(Self::get)
+    }
+
     /// The standard-library duration.
     pub const fn get(self) -> std::time::Duration {
         self.0

@@ -174,15 +174,42 @@ pub const MAX_FILTER_NESTING: usize = 32;
 /// multiplies the work per record by a list's length.
 pub const MAX_FILTER_MACRO_NESTING: usize = 2;
 
+/// Why a filter is beyond the bounds that keep its cost bounded.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FilterBoundsError {
+    /// Longer than [`MAX_FILTER_LENGTH`].
+    #[error("is {0} bytes long, at most {MAX_FILTER_LENGTH}")]
+    TooLong(usize),
+    /// List macros nested deeper than [`MAX_FILTER_MACRO_NESTING`].
+    #[error(
+        "nests list macros (all, exists, exists_one, map, filter) more than {MAX_FILTER_MACRO_NESTING} deep: its cost per record would grow as a list's length to that power"
+    )]
+    MacrosTooDeep,
+    /// Brackets nested deeper than [`MAX_FILTER_NESTING`].
+    #[error("nests parentheses, brackets or braces more than {MAX_FILTER_NESTING} deep")]
+    BracketsTooDeep,
+}
+
+/// Why a filter does not compile.
+#[derive(Debug, thiserror::Error)]
+pub enum FilterCompileError {
+    /// The CEL parser refused it.
+    #[error("{0}")]
+    Parse(#[source] cel::ParseErrors),
+    /// No thread could be started to parse it on.
+    #[error("cannot start a thread to parse it: {0}")]
+    NoThread(#[source] std::io::Error),
+    /// The parser panicked on it.
+    #[error("the CEL parser failed on it")]
+    ParserFailed,
+}
+
 /// Bounds on a CEL filter that keep its parsing and its cost per record bounded: length, nesting,
 /// and nested list macros. Pure text scanning (string literals skipped), so it runs before the
 /// parser, which recurses once per nesting level.
-pub fn cel_bounds(expression: &str) -> Result<(), String> {
+pub fn cel_bounds(expression: &str) -> Result<(), FilterBoundsError> {
     if expression.len() > MAX_FILTER_LENGTH {
-        return Err(format!(
-            "is {} bytes long, at most {MAX_FILTER_LENGTH}",
-            expression.len()
-        ));
+        return Err(FilterBoundsError::TooLong(expression.len()));
     }
     const MACROS: [&str; 5] = ["all", "exists", "exists_one", "map", "filter"];
     let bytes = expression.as_bytes();
@@ -215,15 +242,11 @@ pub fn cel_bounds(expression: &str) -> Result<(), String> {
                 if is_macro {
                     macros += 1;
                     if macros > MAX_FILTER_MACRO_NESTING {
-                        return Err(format!(
-                            "nests list macros (all, exists, exists_one, map, filter) more than {MAX_FILTER_MACRO_NESTING} deep: its cost per record would grow as a list's length to that power"
-                        ));
+                        return Err(FilterBoundsError::MacrosTooDeep);
                     }
                 }
                 if frames.len() > MAX_FILTER_NESTING {
-                    return Err(format!(
-                        "nests parentheses, brackets or braces more than {MAX_FILTER_NESTING} deep"
-                    ));
+                    return Err(FilterBoundsError::BracketsTooDeep);
                 }
             }
             b')' | b']' | b'}' if frames.pop() == Some(true) => macros -= 1,
@@ -241,7 +264,7 @@ pub fn cel_bounds(expression: &str) -> Result<(), String> {
 pub const CEL_PARSER_STACK: usize = 64 << 20;
 
 /// Whether `expression` compiles, parsed on a thread with [`CEL_PARSER_STACK`].
-pub fn cel_compiles(expression: &str) -> Result<(), String> {
+pub fn cel_compiles(expression: &str) -> Result<(), FilterCompileError> {
     let expression = expression.to_owned();
     std::thread::Builder::new()
         .name("cel-parse".into())
@@ -249,11 +272,11 @@ pub fn cel_compiles(expression: &str) -> Result<(), String> {
         .spawn(move || {
             cel::Program::compile(&expression)
                 .map(|_| ())
-                .map_err(|e| e.to_string())
+                .map_err(FilterCompileError::Parse)
         })
-        .map_err(|e| format!("cannot start a thread to parse it: {e}"))?
+        .map_err(FilterCompileError::NoThread)?
         .join()
-        .unwrap_or_else(|_| Err("the CEL parser failed on it".to_owned()))
+        .unwrap_or(Err(FilterCompileError::ParserFailed))
 }
 
 /// Kafka's legal topic names: 1 to 249 of `[A-Za-z0-9._-]`, not `.` or `..`.
@@ -518,7 +541,7 @@ fn transform(c: &mut Collector, spec: &PipelineDeploymentSpec) {
             c.error("spec.transform.filter", "must not be empty");
         } else if let Err(problem) = cel_bounds(filter) {
             // Checked before parsing: the parser recurses once per nesting level.
-            c.error("spec.transform.filter", problem);
+            c.error("spec.transform.filter", problem.to_string());
         } else if let Err(e) = cel_compiles(filter) {
             c.error(
                 "spec.transform.filter",

@@ -323,10 +323,32 @@ pub async fn access(
     Ok(access)
 }
 
+/// Why the partition count of a topic cannot be read.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PartitionLookupError {
+    /// The client properties do not make a Kafka client.
+    #[error("{0}")]
+    Client(#[source] rdkafka::error::KafkaError),
+    /// The metadata request failed (an unreachable broker ends here, after the timeout).
+    #[error("metadata of {topic}: {source}")]
+    Metadata {
+        /// The topic asked about.
+        topic: String,
+        /// Kafka's answer.
+        source: rdkafka::error::KafkaError,
+    },
+    /// Kafka answered, and the topic is not there.
+    #[error("topic {topic} does not exist or has no partitions")]
+    NoSuchTopic {
+        /// The topic asked about.
+        topic: String,
+    },
+}
+
 /// How the source topics' partition count is found. Called on a blocking thread.
 pub trait PartitionSource: Send + Sync {
     /// Partitions of all source topics together, or why they cannot be read.
-    fn partitions(&self, access: &KafkaAccess) -> Result<i32, String>;
+    fn partitions(&self, access: &KafkaAccess) -> Result<i32, PartitionLookupError>;
 }
 
 /// (namespace, hash of the client properties with credentials, topic).
@@ -346,7 +368,7 @@ impl KafkaPartitions {
         access: &KafkaAccess,
         topic: &str,
         consumer: &mut Option<BaseConsumer>,
-    ) -> Result<i32, String> {
+    ) -> Result<i32, PartitionLookupError> {
         let (namespace, scope) = access.cache_scope();
         let key = (namespace, scope, topic.to_owned());
         if let Some((count, at)) = self
@@ -365,12 +387,15 @@ impl KafkaPartitions {
                 for (k, v) in &access.properties {
                     config.set(k, v);
                 }
-                consumer.insert(config.create().map_err(|e| e.to_string())?)
+                consumer.insert(config.create().map_err(PartitionLookupError::Client)?)
             }
         };
         let metadata = consumer
             .fetch_metadata(Some(topic), TIMEOUT)
-            .map_err(|e| format!("metadata of {topic}: {e}"))?;
+            .map_err(|source| PartitionLookupError::Metadata {
+                topic: topic.to_owned(),
+                source,
+            })?;
         let count = metadata
             .topics()
             .iter()
@@ -379,7 +404,9 @@ impl KafkaPartitions {
                 i32::try_from(t.partitions().len()).unwrap_or(i32::MAX)
             });
         if count == 0 {
-            return Err(format!("topic {topic} does not exist or has no partitions"));
+            return Err(PartitionLookupError::NoSuchTopic {
+                topic: topic.to_owned(),
+            });
         }
         self.cache
             .lock()
@@ -390,7 +417,7 @@ impl KafkaPartitions {
 }
 
 impl PartitionSource for KafkaPartitions {
-    fn partitions(&self, access: &KafkaAccess) -> Result<i32, String> {
+    fn partitions(&self, access: &KafkaAccess) -> Result<i32, PartitionLookupError> {
         let mut consumer = None;
         access
             .topics
@@ -458,7 +485,11 @@ mod tests {
             .partitions(&KafkaAccess::new(&s, None, None))
             .unwrap_err();
         let took = started.elapsed();
-        assert!(error.contains("metadata of a"), "{error}");
+        assert!(
+            matches!(&error, PartitionLookupError::Metadata { topic, .. } if topic == "a"),
+            "{error}"
+        );
+        assert!(error.to_string().contains("metadata of a"), "{error}");
         // One metadata request's timeout (the first topic fails the lookup), plus slack.
         assert!(
             took < TIMEOUT + Duration::from_secs(3),

@@ -40,7 +40,7 @@ enum Command {
         #[arg(long, default_value_t = 12)]
         partitions: i32,
         /// How long to wait for the last windows.
-        #[arg(long, default_value = "2m", value_parser = parse_duration)]
+        #[arg(long, default_value = "2m", value_parser = pipeline_crds::Duration::parse_std)]
         timeout: std::time::Duration,
     },
     /// Run the stream runtime's own command line (`pipeline-operator runtime run -f ...` is
@@ -201,7 +201,7 @@ struct LocalArgs {
 #[derive(clap::Args)]
 struct DemoArgs {
     /// How long the load runs (the steps scale to fit).
-    #[arg(long, default_value = "2m", value_parser = parse_duration)]
+    #[arg(long, default_value = "2m", value_parser = pipeline_crds::Duration::parse_std)]
     duration: std::time::Duration,
     /// Peak input rate, records per second (the low steps are a fifth of it).
     #[arg(long, default_value_t = 2_500.0)]
@@ -222,12 +222,6 @@ fn parse_env(text: &str) -> Result<(String, String), String> {
     text.split_once('=')
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .ok_or_else(|| format!("{text:?} is not NAME=VALUE"))
-}
-
-fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
-    text.parse::<pipeline_crds::Duration>()
-        .map(|d| d.get())
-        .map_err(|e| e.to_string())
 }
 
 /// The command that starts a runtime process: `--runtime`, else this executable's `runtime`.

@@ -168,7 +168,7 @@ pub async fn reconcile_pipeline(
         }
         (Err(error), None) => {
             warn!(%error, "source partitions unknown");
-            let status = report(backend, pd, &Outcome::KafkaUnreachable(error)).await?;
+            let status = report(backend, pd, &Outcome::KafkaUnreachable(error.to_string())).await?;
             return Ok(reconciled(retry, "kafka_unreachable", status));
         }
     };
@@ -210,7 +210,7 @@ pub async fn reconcile_pipeline(
     };
     if let Some(error) = kafka_error {
         let outcome = Outcome::AppliedWithoutKafka {
-            error,
+            error: error.to_string(),
             applied: Box::new(outcome),
         };
         let status = report(backend, pd, &outcome).await?;

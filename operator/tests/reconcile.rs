@@ -15,7 +15,7 @@ use pipeline_operator::{
     controller::{Context, PodMonitorCrd, reconcile},
     group_state::{GroupState, GroupStateError},
     install::Install,
-    kafka::{KafkaAccess, PartitionSource},
+    kafka::{KafkaAccess, PartitionLookupError, PartitionSource},
     metrics::OperatorMetrics,
 };
 use serde_json::{Value, json};
@@ -24,14 +24,24 @@ type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 
 /// The partition lookup: a fixed answer, and the access it was asked with.
 struct Partitions {
-    answer: Result<i32, String>,
+    answer: Result<i32, PartitionLookupError>,
     asked: Mutex<Vec<KafkaAccess>>,
 }
 
 impl PartitionSource for Partitions {
-    fn partitions(&self, access: &KafkaAccess) -> Result<i32, String> {
+    fn partitions(&self, access: &KafkaAccess) -> Result<i32, PartitionLookupError> {
         self.asked.lock().unwrap().push(access.clone());
         self.answer.clone()
+    }
+}
+
+/// What the lookup says when no broker answers: the metadata request times out.
+fn broker_unreachable() -> PartitionLookupError {
+    PartitionLookupError::Metadata {
+        topic: "in".into(),
+        source: rdkafka::error::KafkaError::MetadataFetch(
+            rdkafka::types::RDKafkaErrorCode::BrokerTransportFailure,
+        ),
     }
 }
 
@@ -262,7 +272,7 @@ fn context(
 
 struct Scenario {
     pd: PipelineDeployment,
-    partitions: Result<i32, String>,
+    partitions: Result<i32, PartitionLookupError>,
     cluster: Cluster,
     pod_monitor_crd: bool,
     install: Install,
@@ -286,7 +296,7 @@ impl Scenario {
         self
     }
 
-    fn partitions(mut self, p: Result<i32, String>) -> Self {
+    fn partitions(mut self, p: Result<i32, PartitionLookupError>) -> Self {
         self.partitions = p;
         self
     }
@@ -630,7 +640,7 @@ async fn checkpoints_on_a_local_directory_are_refused_in_the_cluster() {
 #[tokio::test]
 async fn unreachable_kafka_is_a_condition_an_event_and_a_retry_not_a_crash() {
     let (action, calls, _) = Scenario::new(pipeline(""))
-        .partitions(Err("broker k:9092 unreachable".into()))
+        .partitions(Err(broker_unreachable()))
         .run()
         .await;
     assert_eq!(action, Ok(Action::requeue(Duration::from_secs(30))));
@@ -653,7 +663,7 @@ async fn a_suspend_or_an_image_fix_is_applied_through_a_broker_outage_with_the_l
         .await;
     let running = after(pipeline("  parallelism: 6\n  image: img:2\n"), &first);
     let (action, calls, _) = Scenario::new(running)
-        .partitions(Err("broker k:9092 unreachable".into()))
+        .partitions(Err(broker_unreachable()))
         .run()
         .await;
     assert_eq!(action, Ok(Action::requeue(Duration::from_secs(30))));
@@ -670,10 +680,10 @@ async fn a_suspend_or_an_image_fix_is_applied_through_a_broker_outage_with_the_l
         (Some("False"), Some("KafkaUnreachable"))
     );
     assert!(
-        ready["message"]
-            .as_str()
-            .unwrap()
-            .contains("broker k:9092 unreachable; applied with the last known count (12)"),
+        ready["message"].as_str().unwrap().contains(&format!(
+            "{}; applied with the last known count (12)",
+            broker_unreachable()
+        )),
         "{ready}"
     );
     assert_eq!(status["partitions"], 12);
@@ -681,7 +691,7 @@ async fn a_suspend_or_an_image_fix_is_applied_through_a_broker_outage_with_the_l
 
     let suspended = after(pipeline("  parallelism: 6\n  suspend: true\n"), &first);
     let (_, calls, _) = Scenario::new(suspended)
-        .partitions(Err("broker k:9092 unreachable".into()))
+        .partitions(Err(broker_unreachable()))
         .run()
         .await;
     let sts = by_path(&calls, Method::PATCH, &format!("{STS}/p"));

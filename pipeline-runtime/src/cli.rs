@@ -108,7 +108,7 @@ struct RunArgs {
     #[arg(long, env = env::POD_NAME)]
     pod: Option<String>,
     /// Time between offset commits.
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = pipeline_crds::Duration::parse_std)]
     commit_interval: Duration,
     /// Extra time each record takes in its slot, spent sleeping and counted as busy time: it
     /// stands for a heavier per-record workload (an enrichment call, a model) so that a slot's
@@ -117,12 +117,6 @@ struct RunArgs {
     /// Written as a number with `us`, `ms` or `s`, e.g. `1500us` or `2.5ms`.
     #[arg(long, env = env::SIMULATED_RECORD_COST, value_parser = parse_cost)]
     simulated_record_cost: Option<Duration>,
-}
-
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    text.parse::<pipeline_crds::Duration>()
-        .map(|d| d.get())
-        .map_err(|e| e.to_string())
 }
 
 fn parse_cost(text: &str) -> Result<Duration, String> {

@@ -32,16 +32,30 @@ pub struct Target {
     pub name: String,
 }
 
+/// Why the runtime processes' `/metrics` URLs are unknown.
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointsError {
+    /// The Kubernetes API did not list the pods.
+    #[error("listing the runtime pods: {0}")]
+    ListingPods(#[source] kube::Error),
+}
+
 /// Where a pipeline's runtime processes serve `/metrics` (direct scrape): the pods of its
 /// StatefulSet in a cluster, the processes of local mode.
 pub trait Endpoints: Send + Sync {
     /// The `/metrics` URLs of `target`'s runtime processes.
-    fn endpoints<'a>(&'a self, target: &'a Target) -> BoxFuture<'a, Result<Vec<String>, String>>;
+    fn endpoints<'a>(
+        &'a self,
+        target: &'a Target,
+    ) -> BoxFuture<'a, Result<Vec<String>, EndpointsError>>;
 }
 
 /// A fixed list of URLs (local mode, tests).
 impl Endpoints for Vec<String> {
-    fn endpoints<'a>(&'a self, _: &'a Target) -> BoxFuture<'a, Result<Vec<String>, String>> {
+    fn endpoints<'a>(
+        &'a self,
+        _: &'a Target,
+    ) -> BoxFuture<'a, Result<Vec<String>, EndpointsError>> {
         Box::pin(async move { Ok(self.clone()) })
     }
 }
@@ -156,7 +170,7 @@ impl MetricsSource for DirectScrape {
                     .await
                     .unwrap_or_else(|e| Err(e.to_string()))
                 }
-                Err(e) => Err(e),
+                Err(e) => Err(e.to_string()),
             };
             match scraped {
                 Ok(mut sample) => {

@@ -23,7 +23,7 @@ use tracing::{info, warn};
 
 use super::{Applied, Backend, BackendError};
 use crate::{
-    autoscale::source::{Endpoints, Target},
+    autoscale::source::{Endpoints, EndpointsError, Target},
     desired::Desired,
     events,
     kafka::KafkaAccess,
@@ -99,7 +99,10 @@ impl LocalEndpoints {
 }
 
 impl Endpoints for LocalEndpoints {
-    fn endpoints<'a>(&'a self, _: &'a Target) -> BoxFuture<'a, Result<Vec<String>, String>> {
+    fn endpoints<'a>(
+        &'a self,
+        _: &'a Target,
+    ) -> BoxFuture<'a, Result<Vec<String>, EndpointsError>> {
         Box::pin(async move { Ok(self.urls()) })
     }
 }

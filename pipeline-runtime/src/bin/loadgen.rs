@@ -33,7 +33,7 @@ struct Args {
     #[arg(long, default_value = "constant:1000")]
     profile: Profile,
     /// Stop after this long (a constant profile runs until stopped otherwise).
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = pipeline_crds::Duration::parse_std)]
     duration: Option<Duration>,
     /// Distinct keys (devices or users).
     #[arg(long, default_value_t = 100_000)]
@@ -48,7 +48,7 @@ struct Args {
     #[arg(long, default_value_t = 0.0, value_parser = parse_share)]
     out_of_order: f64,
     /// Largest event-time disorder.
-    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    #[arg(long, default_value = "2s", value_parser = pipeline_crds::Duration::parse_std)]
     max_disorder: Duration,
     /// Share of malformed records, 0..1.
     #[arg(long, default_value_t = 0.0, value_parser = parse_share)]
@@ -64,17 +64,11 @@ struct Args {
     property: Vec<(String, String)>,
     /// After the run, write one record per partition this far ahead in event time, so that every
     /// window of the run closes.
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = pipeline_crds::Duration::parse_std)]
     close_after: Option<Duration>,
     /// No progress display.
     #[arg(long, short = 'q')]
     quiet: bool,
-}
-
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    text.parse::<pipeline_crds::Duration>()
-        .map(|d| d.get())
-        .map_err(|e| e.to_string())
 }
 
 fn parse_share(text: &str) -> Result<f64, String> {

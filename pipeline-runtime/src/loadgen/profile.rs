@@ -13,7 +13,47 @@ use std::{fmt, str::FromStr, time::Duration};
 )]
 pub struct ProfileError {
     text: String,
-    reason: String,
+    reason: ProfileProblem,
+}
+
+/// What is wrong in a profile.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ProfileProblem {
+    /// No `KIND:` prefix.
+    #[error("no kind")]
+    NoKind,
+    /// A kind other than the four.
+    #[error("unknown kind {0:?}")]
+    UnknownKind(String),
+    /// A rate that is not a number.
+    #[error("{0:?} is not a rate (records per second)")]
+    NotARate(String),
+    /// A negative, infinite or NaN rate.
+    #[error("rate {0:?} must be a number ≥ 0")]
+    RateOutOfRange(String),
+    /// A duration that does not parse.
+    #[error("{text:?}: {source}")]
+    NotADuration {
+        /// The text.
+        text: String,
+        /// Why.
+        source: pipeline_crds::DurationParseError,
+    },
+    /// A zero duration.
+    #[error("duration {0:?} must be positive")]
+    ZeroDuration(String),
+    /// A part without `@DURATION`.
+    #[error("{0:?} has no @DURATION")]
+    NoDuration(String),
+    /// A ramp without `FROM..TO`.
+    #[error("{0:?} is not FROM..TO")]
+    NotARange(String),
+    /// A sine without `/PERIOD`.
+    #[error("{0:?} has no /PERIOD")]
+    NoPeriod(String),
+    /// A sine without `MEAN~AMPLITUDE`.
+    #[error("{0:?} is not MEAN~AMPLITUDE")]
+    NotMeanAndAmplitude(String),
 }
 
 /// A rate over time.
@@ -96,34 +136,37 @@ impl Profile {
     }
 }
 
-fn rate(text: &str) -> Result<f64, String> {
+fn rate(text: &str) -> Result<f64, ProfileProblem> {
     let rate: f64 = text
         .trim()
         .parse()
-        .map_err(|_| format!("{text:?} is not a rate (records per second)"))?;
+        .map_err(|_| ProfileProblem::NotARate(text.to_owned()))?;
     if rate.is_finite() && rate >= 0.0 {
         Ok(rate)
     } else {
-        Err(format!("rate {text:?} must be a number ≥ 0"))
+        Err(ProfileProblem::RateOutOfRange(text.to_owned()))
     }
 }
 
-fn duration(text: &str) -> Result<Duration, String> {
+fn duration(text: &str) -> Result<Duration, ProfileProblem> {
     let d = text
         .trim()
         .parse::<pipeline_crds::Duration>()
         .map(|d| d.get())
-        .map_err(|e| format!("{text:?}: {e}"))?;
+        .map_err(|source| ProfileProblem::NotADuration {
+            text: text.to_owned(),
+            source,
+        })?;
     if d.is_zero() {
-        return Err(format!("duration {text:?} must be positive"));
+        return Err(ProfileProblem::ZeroDuration(text.to_owned()));
     }
     Ok(d)
 }
 
-fn at(text: &str) -> Result<(&str, Duration), String> {
+fn at(text: &str) -> Result<(&str, Duration), ProfileProblem> {
     let (value, length) = text
         .rsplit_once('@')
-        .ok_or_else(|| format!("{text:?} has no @DURATION"))?;
+        .ok_or_else(|| ProfileProblem::NoDuration(text.to_owned()))?;
     Ok((value, duration(length)?))
 }
 
@@ -131,13 +174,13 @@ impl FromStr for Profile {
     type Err = ProfileError;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let error = |reason: String| ProfileError {
+        let error = |reason: ProfileProblem| ProfileError {
             text: text.to_owned(),
             reason,
         };
         let (kind, body) = text
             .split_once(':')
-            .ok_or_else(|| error("no kind".into()))?;
+            .ok_or_else(|| error(ProfileProblem::NoKind))?;
         let parsed = match kind.trim() {
             "constant" => rate(body).map(Self::Constant),
             "steps" => body
@@ -148,7 +191,7 @@ impl FromStr for Profile {
             "ramp" => at(body).and_then(|(range, over)| {
                 let (from, to) = range
                     .split_once("..")
-                    .ok_or_else(|| format!("{range:?} is not FROM..TO"))?;
+                    .ok_or_else(|| ProfileProblem::NotARange(range.to_owned()))?;
                 Ok(Self::Ramp {
                     from: rate(from)?,
                     to: rate(to)?,
@@ -158,10 +201,10 @@ impl FromStr for Profile {
             "sine" => at(body).and_then(|(wave, over)| {
                 let (levels, period) = wave
                     .split_once('/')
-                    .ok_or_else(|| format!("{wave:?} has no /PERIOD"))?;
+                    .ok_or_else(|| ProfileProblem::NoPeriod(wave.to_owned()))?;
                 let (mean, amplitude) = levels
                     .split_once('~')
-                    .ok_or_else(|| format!("{levels:?} is not MEAN~AMPLITUDE"))?;
+                    .ok_or_else(|| ProfileProblem::NotMeanAndAmplitude(levels.to_owned()))?;
                 Ok(Self::Sine {
                     mean: rate(mean)?,
                     amplitude: rate(amplitude)?,
@@ -169,7 +212,7 @@ impl FromStr for Profile {
                     over,
                 })
             }),
-            other => Err(format!("unknown kind {other:?}")),
+            other => Err(ProfileProblem::UnknownKind(other.to_owned())),
         };
         parsed.map_err(error)
     }

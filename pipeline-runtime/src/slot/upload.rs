@@ -102,6 +102,11 @@ enum Done {
     },
 }
 
+/// The uploader's thread is gone, so a job cannot reach it.
+#[derive(Debug, thiserror::Error)]
+#[error("the snapshot uploader stopped")]
+struct UploaderStopped;
+
 fn run(checkpointer: &Checkpointer, job: Job) -> Done {
     match job {
         Job::Store(taken) => Done::Stored(store(checkpointer, taken)),
@@ -188,9 +193,9 @@ impl Uploader {
     /// Hands a checkpoint to the thread; its result comes from [`Self::stored`] or
     /// [`Self::wait`].
     pub(super) fn store(&self, taken: Taken) {
-        if let Err(reason) = self.send(Job::Store(taken), true) {
+        if let Err(stopped) = self.send(Job::Store(taken), true) {
             *self.lost.lock().unwrap_or_else(PoisonError::into_inner) =
-                Some(Stored::failed(reason));
+                Some(Stored::failed(stopped.to_string()));
         }
     }
 
@@ -236,7 +241,7 @@ impl Uploader {
         stored
     }
 
-    fn send(&self, job: Job, is_store: bool) -> Result<(), String> {
+    fn send(&self, job: Job, is_store: bool) -> Result<(), UploaderStopped> {
         self.outstanding.fetch_add(1, Ordering::Relaxed);
         if is_store {
             self.storing.fetch_add(1, Ordering::Relaxed);
@@ -246,7 +251,7 @@ impl Uploader {
             if is_store {
                 self.storing.fetch_sub(1, Ordering::Relaxed);
             }
-            "the snapshot uploader stopped".to_owned()
+            UploaderStopped
         })
     }
 

@@ -40,7 +40,7 @@ use serde_json::json;
 use self::children::{Children, Environment, build};
 use super::{Applied, Backend, BackendError};
 use crate::{
-    autoscale::source::{Endpoints, Target},
+    autoscale::source::{Endpoints, EndpointsError, Target},
     desired::Desired,
     events,
     kafka::{self, KafkaAccess},
@@ -114,7 +114,10 @@ impl PodEndpoints {
 }
 
 impl Endpoints for PodEndpoints {
-    fn endpoints<'a>(&'a self, target: &'a Target) -> BoxFuture<'a, Result<Vec<String>, String>> {
+    fn endpoints<'a>(
+        &'a self,
+        target: &'a Target,
+    ) -> BoxFuture<'a, Result<Vec<String>, EndpointsError>> {
         Box::pin(async move {
             let pods: Api<Pod> = Api::namespaced(self.client.clone(), &target.namespace);
             let selector = names::selector_labels(&target.name)
@@ -125,7 +128,7 @@ impl Endpoints for PodEndpoints {
             let list = pods
                 .list(&kube::api::ListParams::default().labels(&selector))
                 .await
-                .map_err(|e| format!("listing the runtime pods: {e}"))?;
+                .map_err(EndpointsError::ListingPods)?;
             Ok(list
                 .items
                 .iter()

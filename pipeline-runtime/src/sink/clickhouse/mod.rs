@@ -540,11 +540,11 @@ impl RowSink for ClickHouseRows {
                 let topic = self.topics.get(source.topic).map_or("", String::as_str);
                 match table.line(&json, topic, &source) {
                     Ok(line) => self.batch.extend_from_slice(&line),
-                    Err(error) => {
+                    Err(mismatch) => {
                         return Ok(Sent::Rejected {
                             key,
                             json,
-                            error,
+                            error: mismatch.to_string(),
                             stage: FailedStage::Encode,
                         });
                     }

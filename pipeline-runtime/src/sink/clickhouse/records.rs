@@ -31,7 +31,7 @@ pub struct Described {
 
 /// What values a column takes, as JSON.
 #[derive(Clone, Debug, PartialEq)]
-enum Kind {
+pub enum Kind {
     /// A JSON string, at most `max_bytes` long when set (`FixedString(N)`).
     String { max_bytes: Option<usize> },
     /// A JSON integer in `min..=max`.
@@ -42,6 +42,52 @@ enum Kind {
     Date,
     /// A JSON string `YYYY-MM-DD hh:mm:ss`.
     DateTime,
+}
+
+/// What a column of this kind wants, as a dead letter says it.
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Kind::String {
+                max_bytes: Some(max),
+            } => write!(f, "a string of at most {max} bytes"),
+            Kind::String { max_bytes: None } => f.write_str("a string"),
+            Kind::Integer { min, max } => write!(f, "an integer in {min}..={max}"),
+            Kind::Float => f.write_str("a number"),
+            Kind::Date => f.write_str("a date string YYYY-MM-DD (1970 to 2105)"),
+            Kind::DateTime => f.write_str("a date-time string YYYY-MM-DD hh:mm:ss (1970 to 2105)"),
+        }
+    }
+}
+
+/// Why a record does not fit the table (the dead letter's reason).
+#[derive(Debug, thiserror::Error)]
+pub enum RowMismatch {
+    /// The record is not a JSON object.
+    #[error("the record is not a JSON object: {0}")]
+    NotAnObject(#[source] serde_json::Error),
+    /// A column that must be filled has no value.
+    #[error(
+        "field `{column}` is missing or null, and column `{column}` ({declared}) is not Nullable and has no DEFAULT"
+    )]
+    Missing {
+        /// The column (and field) name.
+        column: String,
+        /// The column's declared type.
+        declared: String,
+    },
+    /// The value is not what the column takes.
+    #[error("field `{column}` is {shown}, column `{column}` ({declared}) wants {wants}")]
+    Unfit {
+        /// The column (and field) name.
+        column: String,
+        /// The value, cut at 40 characters.
+        shown: String,
+        /// The column's declared type.
+        declared: String,
+        /// What the column takes.
+        wants: Kind,
+    },
 }
 
 /// Where a column's value comes from.
@@ -149,9 +195,14 @@ impl RecordTable {
 
     /// The `JSONEachRow` line (without its newline) of a record read at `source` from `topic`,
     /// or why it does not fit the table.
-    pub fn line(&self, json: &[u8], topic: &str, source: &SourceRef) -> Result<Vec<u8>, String> {
-        let record: Map<String, Value> = serde_json::from_slice(json)
-            .map_err(|e| format!("the record is not a JSON object: {e}"))?;
+    pub fn line(
+        &self,
+        json: &[u8],
+        topic: &str,
+        source: &SourceRef,
+    ) -> Result<Vec<u8>, RowMismatch> {
+        let record: Map<String, Value> =
+            serde_json::from_slice(json).map_err(RowMismatch::NotAnObject)?;
         let mut row = Map::new();
         for column in &self.columns {
             let value = match column.fill {
@@ -161,20 +212,19 @@ impl RecordTable {
                 Fill::Field => match record.get(&column.name) {
                     None | Some(Value::Null) if column.nullable || column.defaulted => continue,
                     None | Some(Value::Null) => {
-                        return Err(format!(
-                            "field `{}` is missing or null, and column `{}` ({}) is not Nullable and has no DEFAULT",
-                            column.name, column.name, column.declared
-                        ));
+                        return Err(RowMismatch::Missing {
+                            column: column.name.clone(),
+                            declared: column.declared.clone(),
+                        });
                     }
                     Some(value) => {
-                        if let Err(want) = check(&column.kind, value) {
-                            return Err(format!(
-                                "field `{}` is {}, column `{}` ({}) wants {want}",
-                                column.name,
-                                shown(value),
-                                column.name,
-                                column.declared
-                            ));
+                        if !fits(&column.kind, value) {
+                            return Err(RowMismatch::Unfit {
+                                column: column.name.clone(),
+                                shown: shown(value),
+                                declared: column.declared.clone(),
+                                wants: column.kind.clone(),
+                            });
                         }
                         value.clone()
                     }
@@ -239,49 +289,22 @@ fn fits_integer(kind: &Kind, min: i128, max: i128) -> bool {
     matches!(kind, Kind::Integer { min: lo, max: hi } if *lo <= min && max <= *hi)
 }
 
-/// `Ok` when `value` fits, else what the column wants.
-fn check(kind: &Kind, value: &Value) -> Result<(), String> {
+/// Whether `value` is what a column of `kind` takes.
+fn fits(kind: &Kind, value: &Value) -> bool {
     match kind {
-        Kind::String { max_bytes } => match (value.as_str(), max_bytes) {
-            (Some(s), Some(max)) if s.len() > *max => {
-                Err(format!("a string of at most {max} bytes"))
-            }
-            (Some(_), _) => Ok(()),
-            (None, Some(max)) => Err(format!("a string of at most {max} bytes")),
-            (None, None) => Err("a string".into()),
-        },
-        Kind::Integer { min, max } => {
-            let n = value
-                .as_i64()
-                .map(i128::from)
-                .or_else(|| value.as_u64().map(i128::from));
-            match n {
-                Some(n) if (*min..=*max).contains(&n) => Ok(()),
-                _ => Err(format!("an integer in {min}..={max}")),
-            }
-        }
-        Kind::Float => {
-            if value.is_number() {
-                Ok(())
-            } else {
-                Err("a number".into())
-            }
-        }
-        Kind::Date => match value.as_str() {
-            Some(s) if is_date(s) => Ok(()),
-            _ => Err("a date string YYYY-MM-DD (1970 to 2105)".into()),
-        },
-        Kind::DateTime => match value.as_str() {
-            Some(s)
-                if s.len() == 19
-                    && s.as_bytes()[10] == b' '
-                    && is_date(&s[..10])
-                    && is_time(&s[11..]) =>
-            {
-                Ok(())
-            }
-            _ => Err("a date-time string YYYY-MM-DD hh:mm:ss (1970 to 2105)".into()),
-        },
+        Kind::String { max_bytes } => value
+            .as_str()
+            .is_some_and(|s| max_bytes.is_none_or(|max| s.len() <= max)),
+        Kind::Integer { min, max } => value
+            .as_i64()
+            .map(i128::from)
+            .or_else(|| value.as_u64().map(i128::from))
+            .is_some_and(|n| (*min..=*max).contains(&n)),
+        Kind::Float => value.is_number(),
+        Kind::Date => value.as_str().is_some_and(is_date),
+        Kind::DateTime => value.as_str().is_some_and(|s| {
+            s.len() == 19 && s.as_bytes()[10] == b' ' && is_date(&s[..10]) && is_time(&s[11..])
+        }),
     }
 }
 
@@ -404,7 +427,7 @@ mod tests {
             )
             .unwrap_err();
         assert_eq!(
-            err,
+            err.to_string(),
             "field `status` is missing or null, and column `status` (UInt16) is not Nullable and has no DEFAULT"
         );
     }
@@ -436,7 +459,13 @@ mod tests {
             ),
         ] {
             let json = format!("{{{base},{fields}}}");
-            assert_eq!(table.line(json.as_bytes(), "t", &AT).unwrap_err(), want);
+            assert_eq!(
+                table
+                    .line(json.as_bytes(), "t", &AT)
+                    .unwrap_err()
+                    .to_string(),
+                want
+            );
         }
         let err = table
             .line(
@@ -444,7 +473,8 @@ mod tests {
                 "t",
                 &AT,
             )
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("a string of at most 2 bytes"), "{err}");
         for at in [
             "2026-13-01 00:00:00",
@@ -455,13 +485,17 @@ mod tests {
             "2026-01-01 24:00:00",
         ] {
             let json = format!(r#"{{"user_id":"u1","status":1,"country":"FR","at":"{at}"}}"#);
-            let err = table.line(json.as_bytes(), "t", &AT).unwrap_err();
+            let err = table
+                .line(json.as_bytes(), "t", &AT)
+                .unwrap_err()
+                .to_string();
             assert!(err.starts_with("field `at`"), "{at}: {err}");
         }
         assert!(
             table
                 .line(b"[1,2]", "t", &AT)
                 .unwrap_err()
+                .to_string()
                 .starts_with("the record is not a JSON object"),
         );
     }
