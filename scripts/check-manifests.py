@@ -13,7 +13,8 @@
    file system, no privilege escalation, all capabilities dropped and the RuntimeDefault seccomp
    profile (Pod Security Standard "restricted"); no host namespaces or hostPath; no wildcard in
    RBAC rules.
-5. The PrometheusRule's alerts and every dashboard query parse (promtool, when installed).
+5. The PrometheusRule's alerts and every dashboard query parse (promtool, when installed), and
+   every alert's runbook_url points at its own section of docs/troubleshooting.md.
 
 Usage: scripts/check-manifests.py [--operator target/debug/pipeline-operator] [--bless]
 """
@@ -200,6 +201,33 @@ def promtool_check(rule_objects: list[dict], dashboard: dict, tmp: Path) -> None
         print(f"  promtool: {sum(len(g['rules']) for g in groups)} alert and dashboard expressions parse")
 
 
+def github_anchor(heading: str) -> str:
+    """The anchor GitHub gives a Markdown heading."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def runbook_check(rule_objects: list[dict]) -> None:
+    """Every alert links to its own section of docs/troubleshooting.md."""
+    page = ROOT / "docs" / "troubleshooting.md"
+    anchors = {github_anchor(line.lstrip("#")) for line in page.read_text().splitlines()
+               if line.startswith("#")}
+    alerts = [r for obj in rule_objects for g in obj["spec"]["groups"] for r in g["rules"] if "alert" in r]
+    before = len(problems)
+    for rule in alerts:
+        url = rule.get("annotations", {}).get("runbook_url", "")
+        if not url.startswith("https://") or "/docs/troubleshooting.md#" not in url:
+            problem(f"alert {rule['alert']}: runbook_url {url!r} is not a docs/troubleshooting.md section")
+            continue
+        anchor = url.rsplit("#", 1)[1]
+        if anchor not in anchors:
+            problem(f"alert {rule['alert']}: docs/troubleshooting.md has no section #{anchor}")
+        elif anchor != github_anchor(rule["alert"]):
+            problem(f"alert {rule['alert']}: runbook_url points at #{anchor}, not its own section")
+    if len(problems) == before:
+        print(f"  {len(alerts)} alerts, each with a runbook_url to its section of docs/troubleshooting.md")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--operator", default=str(ROOT / "target" / "debug" / "pipeline-operator"))
@@ -309,6 +337,7 @@ def main() -> int:
     rules = [o for o in all_on_objects if o["kind"] == "PrometheusRule"]
     dashboard = json.loads((CHART / "files" / "dashboards" / "sluice-pipelines.json").read_text())
     promtool_check(rules, dashboard, tmp)
+    runbook_check(rules)
     promtool = shutil.which("promtool")
     for where, obj in all_objects:
         config = (obj.get("data") or {}).get("prometheus.yml") if obj.get("kind") == "ConfigMap" else None

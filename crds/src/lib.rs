@@ -22,6 +22,7 @@ pub mod secret_references;
 pub mod sink;
 pub mod source;
 pub mod status;
+pub mod strict;
 pub mod support;
 pub mod transform;
 pub mod valid;

@@ -47,6 +47,12 @@ use crate::{
         description = "Running slots"
     ),
     printcolumn(
+        name = "Desired",
+        type_ = "integer",
+        json_path = ".status.desiredParallelism",
+        description = "Slots decided (by spec.parallelism, kubectl scale or the autoscaler)"
+    ),
+    printcolumn(
         name = "Pods",
         type_ = "integer",
         json_path = ".status.readyReplicas",
@@ -63,6 +69,12 @@ use crate::{
         type_ = "number",
         json_path = ".status.backpressure",
         description = "Share of time blocked on the sink"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status",
+        description = "The Ready condition"
     ),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(

@@ -83,6 +83,66 @@ pub fn validate_pipeline(
     })
 }
 
+/// What `validate` (of the operator and of the runtime) says about each pipeline of a manifest
+/// file: `<file>: valid`, or `<file>:` and one line per problem; a file of several documents
+/// names each pipeline (`<file> (<name>): valid`). Every document of every file is judged, the
+/// same way a reconcile judges it (name, spec, unsupported parts), without an installation's
+/// rules.
+pub struct FileVerdicts {
+    /// Lines for standard output (the valid pipelines).
+    pub valid: Vec<String>,
+    /// Lines for standard error (unreadable files, problems).
+    pub invalid: Vec<String>,
+}
+
+impl FileVerdicts {
+    /// Judges every pipeline in `paths` (`-` is standard input).
+    pub fn of(paths: &[std::path::PathBuf]) -> Self {
+        let mut verdicts = Self {
+            valid: Vec::new(),
+            invalid: Vec::new(),
+        };
+        for path in paths {
+            match crate::manifest::all_from_path(path) {
+                Ok(pipelines) => verdicts.judge(path, &pipelines),
+                Err(e) => verdicts.invalid.push(e.to_string()),
+            }
+        }
+        verdicts
+    }
+
+    fn judge(&mut self, path: &std::path::Path, pipelines: &[PipelineDeployment]) {
+        let file = if path.as_os_str() == "-" {
+            "<stdin>".to_owned()
+        } else {
+            path.display().to_string()
+        };
+        for pd in pipelines {
+            let origin = if pipelines.len() == 1 {
+                file.clone()
+            } else {
+                format!(
+                    "{file} ({})",
+                    pd.metadata.name.as_deref().unwrap_or("<no name>")
+                )
+            };
+            match validate_pipeline(pd, &AnyInstallation) {
+                Ok(_) => self.valid.push(format!("{origin}: valid")),
+                Err(ValidationErrors(problems)) => {
+                    self.invalid.push(format!("{origin}:"));
+                    self.invalid
+                        .extend(problems.iter().map(|p| format!("  - {p}")));
+                }
+            }
+        }
+    }
+
+    /// Whether every pipeline was readable and valid.
+    pub fn all_valid(&self) -> bool {
+        self.invalid.is_empty()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,6 +154,50 @@ mod tests {
             "t",
         )
         .unwrap()
+    }
+
+    #[test]
+    fn file_verdicts_judge_every_document_and_name_each_of_several() {
+        let dir = std::env::temp_dir().join(format!("sluice-verdicts-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let doc = |name: &str| {
+            format!(
+                "apiVersion: sluice.dev/v1alpha1\nkind: PipelineDeployment\nmetadata: {{name: {name}}}\nspec:\n  kafka: {{bootstrapServers: 'k:9092'}}\n  source: {{topic: in}}\n  sink: {{kafka: {{topic: out}}}}\n"
+            )
+        };
+        let one = dir.join("one.yaml");
+        std::fs::write(&one, doc("a")).unwrap();
+        let two = dir.join("two.yaml");
+        std::fs::write(&two, format!("{}---\n{}", doc("b"), doc("Bad_Name"))).unwrap();
+        let missing = dir.join("missing.yaml");
+        let verdicts = FileVerdicts::of(&[one.clone(), two.clone(), missing.clone()]);
+        assert_eq!(
+            verdicts.valid,
+            [
+                format!("{}: valid", one.display()),
+                format!("{} (b): valid", two.display())
+            ]
+        );
+        assert_eq!(
+            verdicts.invalid[0],
+            format!("{} (Bad_Name):", two.display())
+        );
+        assert!(
+            verdicts.invalid[1].starts_with("  - metadata.name"),
+            "{:?}",
+            verdicts.invalid
+        );
+        assert!(
+            verdicts
+                .invalid
+                .last()
+                .unwrap()
+                .starts_with(&format!("cannot read {}", missing.display())),
+            "{:?}",
+            verdicts.invalid
+        );
+        assert!(!verdicts.all_valid());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     struct NoImages;

@@ -40,16 +40,25 @@ fn crd_declares_status_scale_short_name_and_printer_columns() {
         scale.label_selector_path.as_deref(),
         Some(".status.selector")
     );
-    let columns: Vec<&str> = version
+    let columns: Vec<(&str, &str)> = version
         .additional_printer_columns
         .as_ref()
         .unwrap()
         .iter()
-        .map(|c| c.name.as_str())
+        .map(|c| (c.name.as_str(), c.json_path.as_str()))
         .collect();
     assert_eq!(
         columns,
-        ["Parallelism", "Pods", "Lag", "Backpressure", "Phase", "Age"]
+        [
+            ("Parallelism", ".status.parallelism"),
+            ("Desired", ".status.desiredParallelism"),
+            ("Pods", ".status.readyReplicas"),
+            ("Lag", ".status.lag"),
+            ("Backpressure", ".status.backpressure"),
+            ("Ready", ".status.conditions[?(@.type==\"Ready\")].status"),
+            ("Phase", ".status.phase"),
+            ("Age", ".metadata.creationTimestamp"),
+        ]
     );
 }
 

@@ -101,6 +101,7 @@ pub async fn reconcile(
     ctx: Arc<Context>,
 ) -> Result<Action, ReconcileError> {
     let started = std::time::Instant::now();
+    let _in_flight = ctx.metrics.reconcile_started();
     let inputs = Inputs {
         partitions: &ctx.partitions,
         group_state: &ctx.group_state,
@@ -145,10 +146,9 @@ pub async fn reconcile(
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .remove(&uid);
-            ctx.failures
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .remove(&uid);
+            let mut failures = ctx.failures.lock().unwrap_or_else(PoisonError::into_inner);
+            failures.remove(&uid);
+            ctx.metrics.set_retrying(failures.len());
         }
     }
     result.map(|r| r.requeue.map_or_else(Action::await_change, Action::requeue))
@@ -191,7 +191,9 @@ pub fn error_policy(
         let mut failures = ctx.failures.lock().unwrap_or_else(PoisonError::into_inner);
         let n = failures.entry(pd.uid().unwrap_or_default()).or_insert(0);
         *n = n.saturating_add(1);
-        *n
+        let n = *n;
+        ctx.metrics.set_retrying(failures.len());
+        n
     };
     let retry = retry_after(failures);
     warn!(name = %pd.name_any(), %error, failures, ?retry, "reconcile failed; retrying");

@@ -16,10 +16,33 @@ pub struct Install {
     pub default_prometheus_url: Option<String>,
     /// Checkpoint storage for pipelines without `spec.checkpoint` (prefix `<namespace>/<name>`).
     pub default_checkpoint: Option<S3Storage>,
+    /// The ServiceAccount of runtime pods whose `spec.podTemplate.serviceAccountName` is unset
+    /// (the chart's `runtime.serviceAccount`, annotated for IRSA so the default S3 checkpoints
+    /// have an identity).
+    pub default_service_account: Option<DefaultServiceAccount>,
     /// Runtime images pipelines may use, as repositories (`ghcr.io/sluice-dev/pipeline-runtime`,
     /// any tag or digest) or prefixes ending in `/` (`123456789012.dkr.ecr.eu-west-1.amazonaws.com/`).
     /// Empty = any image.
     pub allowed_images: Vec<String>,
+}
+
+/// A ServiceAccount that exists in some namespaces (the chart creates it there).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DefaultServiceAccount {
+    /// Its name.
+    pub name: String,
+    /// The namespaces it exists in; empty = every namespace. Pipelines elsewhere keep the
+    /// namespace's `default` account (a name that does not exist would stop their pods from
+    /// being created).
+    pub namespaces: Vec<String>,
+}
+
+impl DefaultServiceAccount {
+    /// The account for a pipeline in `namespace`, if it exists there.
+    fn for_namespace(&self, namespace: &str) -> Option<&str> {
+        (self.namespaces.is_empty() || self.namespaces.iter().any(|n| n == namespace))
+            .then_some(self.name.as_str())
+    }
 }
 
 impl Install {
@@ -32,6 +55,17 @@ impl Install {
             let metrics = &mut autoscaler.metrics;
             if metrics.prometheus.is_none() && metrics.direct.is_none() {
                 metrics.prometheus = Some(PrometheusSource { url: url.clone() });
+            }
+        }
+        let namespace = pd.metadata.namespace.clone().unwrap_or_default();
+        if let Some(account) = self
+            .default_service_account
+            .as_ref()
+            .and_then(|a| a.for_namespace(&namespace))
+        {
+            let overrides = pd.spec.pod_template.get_or_insert_with(Default::default);
+            if overrides.service_account_name.is_none() {
+                overrides.service_account_name = Some(account.to_owned());
             }
         }
         if let (Some(s3), None) = (&self.default_checkpoint, &pd.spec.checkpoint) {
@@ -92,6 +126,10 @@ spec:
                 endpoint: None,
                 credentials_secret: None,
             }),
+            default_service_account: Some(DefaultServiceAccount {
+                name: "sluice-runtime".into(),
+                namespaces: vec!["ns".into()],
+            }),
             allowed_images: vec![
                 "ghcr.io/sluice-dev/pipeline-runtime".into(),
                 "123.dkr.ecr.eu-west-1.amazonaws.com/".into(),
@@ -109,14 +147,31 @@ spec:
         );
         let checkpoint = filled.spec.checkpoint.unwrap();
         assert_eq!(checkpoint.storage.s3.unwrap().bucket, "checkpoints");
+        assert_eq!(
+            filled
+                .spec
+                .pod_template
+                .unwrap()
+                .service_account_name
+                .as_deref(),
+            Some("sluice-runtime")
+        );
 
         let own = pd("  autoscaler: {enabled: true, metrics: {direct: {}}}
-  checkpoint: {storage: {volume: {claimName: efs}}}");
+  checkpoint: {storage: {volume: {claimName: efs}}}
+  podTemplate: {serviceAccountName: team-a}");
         let kept = install().with_defaults(&own);
         assert_eq!(kept.spec, own.spec, "what the pipeline sets wins");
         assert!(
             install().with_defaults(&pd("")).spec.autoscaler.is_none(),
             "no autoscaler is switched on by a default"
+        );
+        let mut elsewhere = pd("");
+        elsewhere.metadata.namespace = Some("other".into());
+        assert_eq!(
+            install().with_defaults(&elsewhere).spec.pod_template,
+            None,
+            "the account is named only where it exists"
         );
     }
 

@@ -19,3 +19,4 @@ pub mod reconcile;
 pub mod render;
 pub mod sizing;
 pub mod status;
+pub mod terminal;

@@ -5,7 +5,6 @@
 
 use std::{
     ffi::OsString,
-    io::IsTerminal,
     path::PathBuf,
     sync::Arc,
     time::{Duration, Instant},
@@ -358,7 +357,7 @@ pub async fn run(
         options.dir.display()
     );
     let mut run = LocalRun::new(pd, options)?;
-    let tty = std::io::stderr().is_terminal();
+    let width = crate::terminal::stderr_width();
     tokio::pin!(stop);
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     let started = Instant::now();
@@ -374,7 +373,7 @@ pub async fn run(
                 continue;
             }
         };
-        if tty {
+        if width.is_some() {
             eprint!("\r\x1b[K");
         }
         for h in &tick.happenings {
@@ -386,8 +385,8 @@ pub async fn run(
             started.elapsed().as_secs_f64(),
             status_line(&tick)
         );
-        if tty {
-            eprint!("{line}");
+        if let Some(width) = width {
+            eprint!("{}", crate::terminal::fit(&line, width));
         } else if tick.evaluated
             || !tick.happenings.is_empty()
             || started.elapsed().as_secs().is_multiple_of(10)

@@ -31,7 +31,8 @@ enum Command {
     Demo(DemoArgs),
     /// Check the demo pipeline's output on an existing Kafka (e.g. the cluster end-to-end test,
     /// e2e/cluster/): every window of the input topic, computed here, must be in the output
-    /// with the same values. Exits 0 only when all match.
+    /// with the same values. Exits 0 only when all match. Internal: hidden from `--help`.
+    #[command(hide = true)]
     DemoCheck {
         /// Kafka brokers.
         #[arg(long)]
@@ -44,8 +45,9 @@ enum Command {
         timeout: std::time::Duration,
     },
     /// Run the stream runtime's own command line (`pipeline-operator runtime run -f ...` is
-    /// `pipeline-runtime run -f ...`); local mode starts its processes this way.
-    #[command(disable_help_flag = true)]
+    /// `pipeline-runtime run -f ...`); local mode starts its processes this way. Internal:
+    /// hidden from `--help`.
+    #[command(disable_help_flag = true, hide = true)]
     Runtime {
         /// Arguments of `pipeline-runtime`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -68,7 +70,7 @@ enum Command {
     /// Check PipelineDeployment manifests: schema types, semantic rules, and features this release
     /// cannot run yet. Prints every problem with its field path; exits 1 if any.
     Validate {
-        /// Manifest files.
+        /// Manifest files (`-` reads standard input); each may hold several documents.
         #[arg(short = 'f', long = "file", required = true)]
         files: Vec<PathBuf>,
     },
@@ -155,6 +157,18 @@ struct RunArgs {
     /// Endpoint of the default checkpoint bucket (S3-compatible stores).
     #[arg(long, env = "SLUICE_DEFAULT_CHECKPOINT_ENDPOINT")]
     default_checkpoint_endpoint: Option<String>,
+    /// ServiceAccount of runtime pods whose `spec.podTemplate.serviceAccountName` is unset
+    /// (the chart's `runtime.serviceAccount`, e.g. annotated for IRSA).
+    #[arg(long, env = "SLUICE_DEFAULT_SERVICE_ACCOUNT")]
+    default_service_account: Option<String>,
+    /// The namespaces `--default-service-account` exists in (comma-separated or repeated);
+    /// pipelines elsewhere keep their namespace's `default` account. Default: every namespace.
+    #[arg(
+        long,
+        env = "SLUICE_DEFAULT_SERVICE_ACCOUNT_NAMESPACES",
+        value_delimiter = ','
+    )]
+    default_service_account_namespaces: Vec<String>,
     /// Runtime images pipelines may use: repositories (any tag or digest) or registry
     /// prefixes ending in `/` (comma-separated or repeated). Default: any image.
     #[arg(
@@ -166,8 +180,17 @@ struct RunArgs {
     /// Create a PodMonitor per pipeline where the Prometheus Operator is installed (`auto`),
     /// or never (`never`: scrape annotations only, e.g. under the chart's PodMonitor for
     /// every pipeline).
-    #[arg(long, env = "SLUICE_POD_MONITORS", default_value = "auto", value_parser = ["auto", "never"])]
-    pod_monitors: String,
+    #[arg(long, env = "SLUICE_POD_MONITORS", value_enum, default_value_t = PodMonitors::Auto)]
+    pod_monitors: PodMonitors,
+}
+
+/// Whether the operator creates a PodMonitor per pipeline (`--pod-monitors`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum PodMonitors {
+    /// One per pipeline where the Prometheus Operator's PodMonitor CRD exists.
+    Auto,
+    /// Never: the pods carry scrape annotations.
+    Never,
 }
 
 #[derive(clap::Args)]
@@ -438,11 +461,17 @@ fn controller_settings(args: RunArgs) -> pipeline_operator::controller::Settings
                 grace_seconds: (args.lease_duration_seconds / 3).max(1),
             }),
         instance,
-        pod_monitors: args.pod_monitors == "auto",
+        pod_monitors: args.pod_monitors == PodMonitors::Auto,
         namespaces: listed(args.watch_namespaces),
         install: pipeline_operator::install::Install {
             default_prometheus_url: args.default_prometheus_url.filter(|u| !u.is_empty()),
             default_checkpoint,
+            default_service_account: args.default_service_account.filter(|a| !a.is_empty()).map(
+                |name| pipeline_operator::install::DefaultServiceAccount {
+                    name,
+                    namespaces: listed(args.default_service_account_namespaces),
+                },
+            ),
             allowed_images: listed(args.allowed_images),
         },
     }
@@ -598,33 +627,17 @@ fn simulate(json: bool, profile: Option<&str>, trace: bool) -> anyhow::Result<Ex
     }
 }
 
-/// `pipeline-operator validate`: each file checked as the operator would (without the
-/// installation's rules); failure when any is not valid.
+/// `pipeline-operator validate`: every pipeline of each file checked as the operator would
+/// (without the installation's rules); failure when any is not valid.
 fn validate(files: &[PathBuf]) -> ExitCode {
-    let mut ok = true;
-    for file in files {
-        let pd = match pipeline_crds::manifest::from_file(file)
-            .with_context(|| format!("validating {}", file.display()))
-        {
-            Ok(pd) => pd,
-            Err(e) => {
-                eprintln!("{e:#}");
-                ok = false;
-                continue;
-            }
-        };
-        match pipeline_crds::valid::validate_pipeline(&pd, &pipeline_crds::valid::AnyInstallation) {
-            Ok(_) => println!("{}: valid", file.display()),
-            Err(pipeline_crds::ValidationErrors(problems)) => {
-                ok = false;
-                eprintln!("{}:", file.display());
-                for p in problems {
-                    eprintln!("  - {p}");
-                }
-            }
-        }
+    let verdicts = pipeline_crds::valid::FileVerdicts::of(files);
+    for line in &verdicts.valid {
+        println!("{line}");
     }
-    if ok {
+    for line in &verdicts.invalid {
+        eprintln!("{line}");
+    }
+    if verdicts.all_valid() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -45,12 +45,24 @@ pub struct DecisionLabels {
 
 type FloatGauge = Gauge<f64, AtomicU64>;
 
+/// A reconcile counted in `sluice_operator_reconciles_in_flight` while this lives (also when the
+/// reconcile future is dropped half-way).
+pub struct InFlight<'a>(&'a Gauge);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// Every metric of the operator.
 pub struct OperatorMetrics {
     registry: Registry,
     reconciles: Family<ResultLabel, Counter>,
     duration: Histogram,
     leader: Gauge,
+    in_flight: Gauge,
+    retrying: Gauge,
     recommended: Family<PipelineLabels, Gauge>,
     current: Family<PipelineLabels, Gauge>,
     required_rate: Family<PipelineLabels, FloatGauge>,
@@ -81,6 +93,18 @@ impl Default for OperatorMetrics {
             "sluice_operator_leader",
             "1 while this replica holds the leader Lease and reconciles, else 0",
             leader.clone(),
+        );
+        let in_flight = Gauge::default();
+        registry.register(
+            "sluice_operator_reconciles_in_flight",
+            "Reconciles running now",
+            in_flight.clone(),
+        );
+        let retrying = Gauge::default();
+        registry.register(
+            "sluice_operator_pipelines_retrying",
+            "Pipelines whose last reconcile failed, waiting for their retry (5 s doubling to 5 min)",
+            retrying.clone(),
         );
         let recommended = Family::<PipelineLabels, Gauge>::default();
         registry.register(
@@ -131,6 +155,8 @@ impl Default for OperatorMetrics {
             reconciles,
             duration,
             leader,
+            in_flight,
+            retrying,
             recommended,
             current,
             required_rate,
@@ -149,6 +175,18 @@ impl OperatorMetrics {
             })
             .inc();
         self.duration.observe(elapsed.as_secs_f64());
+    }
+
+    /// A reconcile started; it counts as running until the guard is dropped.
+    pub fn reconcile_started(&self) -> InFlight<'_> {
+        self.in_flight.inc();
+        InFlight(&self.in_flight)
+    }
+
+    /// How many pipelines wait for a retry after a failed reconcile.
+    pub fn set_retrying(&self, pipelines: usize) {
+        self.retrying
+            .set(i64::try_from(pipelines).unwrap_or(i64::MAX));
     }
 
     /// Whether this replica leads.
@@ -270,6 +308,29 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("sluice_operator_leader 1"), "{text}");
+    }
+
+    #[test]
+    fn reconciles_in_flight_count_until_their_guard_is_dropped_and_retrying_is_set() {
+        let m = OperatorMetrics::default();
+        let first = m.reconcile_started();
+        let second = m.reconcile_started();
+        assert!(
+            m.encode()
+                .contains("sluice_operator_reconciles_in_flight 2")
+        );
+        drop(first);
+        drop(second);
+        m.set_retrying(3);
+        let text = m.encode();
+        assert!(
+            text.contains("sluice_operator_reconciles_in_flight 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("sluice_operator_pipelines_retrying 3"),
+            "{text}"
+        );
     }
 
     #[test]

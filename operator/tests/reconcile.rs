@@ -14,7 +14,7 @@ use pipeline_crds::{PipelineDeployment, manifest::from_yaml};
 use pipeline_operator::{
     controller::{Context, PodMonitorCrd, reconcile},
     group_state::{GroupState, GroupStateError},
-    install::Install,
+    install::{DefaultServiceAccount, Install},
     kafka::{KafkaAccess, PartitionLookupError, PartitionSource},
     metrics::OperatorMetrics,
 };
@@ -586,7 +586,7 @@ async fn an_invalid_spec_gets_a_condition_with_the_field_path_one_event_and_no_r
 }
 
 #[tokio::test]
-async fn the_installation_fills_in_checkpoint_storage_and_prometheus_and_refuses_images_it_does_not_allow()
+async fn the_installation_fills_in_checkpoint_storage_prometheus_and_the_service_account_and_refuses_images_it_does_not_allow()
  {
     let install = Install {
         default_prometheus_url: Some("http://prometheus.monitoring:9090".into()),
@@ -594,9 +594,13 @@ async fn the_installation_fills_in_checkpoint_storage_and_prometheus_and_refuses
             serde_json::from_value(json!({"bucket": "sluice-checkpoints", "region": "eu-west-1"}))
                 .unwrap(),
         ),
+        default_service_account: Some(DefaultServiceAccount {
+            name: "sluice-runtime".into(),
+            namespaces: Vec::new(),
+        }),
         allowed_images: vec!["img".into()],
     };
-    let pd = pipeline("  autoscaler: {enabled: true, recommendOnly: false}\n");
+    let pd = pipeline("  autoscaler: {enabled: true}\n");
     let (action, calls, _) = Scenario::new(pd).install(install.clone()).run().await;
     assert!(action.is_ok(), "{action:?}");
     let config = by_path(
@@ -609,6 +613,11 @@ async fn the_installation_fills_in_checkpoint_storage_and_prometheus_and_refuses
         .to_owned();
     assert!(config.contains("sluice-checkpoints"), "{config}");
     assert!(config.contains("eu-west-1"), "{config}");
+    let sts = by_path(&calls, Method::PATCH, &format!("{STS}/p"));
+    assert_eq!(
+        sts["spec"]["template"]["spec"]["serviceAccountName"],
+        json!("sluice-runtime")
+    );
 
     let mut foreign = pipeline("");
     foreign.spec.image = Some("attacker.io/miner:1".into());

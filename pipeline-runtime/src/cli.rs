@@ -16,7 +16,6 @@ use crate::{
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use pipeline_crds::{
-    ValidationErrors,
     contract::{env, paths, ports},
     valid::{AnyInstallation, validate_pipeline},
 };
@@ -45,9 +44,10 @@ enum Command {
     Run(RunArgs),
     /// Check a manifest as the runtime would at start, without connecting to Kafka.
     Validate {
-        /// The PipelineDeployment manifest.
-        #[arg(short = 'f', long = "file")]
-        file: PathBuf,
+        /// PipelineDeployment manifests (`-` reads standard input); each may hold several
+        /// documents.
+        #[arg(short = 'f', long = "file", required = true)]
+        files: Vec<PathBuf>,
     },
     /// Delete the pipeline's checkpoints (every snapshot under `<prefix>/<group>/` of
     /// `spec.checkpoint.storage`); the operator runs it as a Job when a pipeline with
@@ -176,21 +176,19 @@ where
     let cli = Cli::parse_from(args);
     init_logs(cli.log_format);
     match cli.command {
-        Command::Validate { file } => {
-            let pd = pipeline_crds::manifest::from_file(&file)?;
-            match validate_pipeline(&pd, &AnyInstallation) {
-                Ok(_) => {
-                    println!("{}: valid", file.display());
-                    Ok(ExitCode::SUCCESS)
-                }
-                Err(ValidationErrors(problems)) => {
-                    eprintln!("{}:", file.display());
-                    for p in problems {
-                        eprintln!("  - {p}");
-                    }
-                    Ok(ExitCode::FAILURE)
-                }
+        Command::Validate { files } => {
+            let verdicts = pipeline_crds::valid::FileVerdicts::of(&files);
+            for line in &verdicts.valid {
+                println!("{line}");
             }
+            for line in &verdicts.invalid {
+                eprintln!("{line}");
+            }
+            Ok(if verdicts.all_valid() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::Run(args) => run(args),
         Command::Cleanup { file, manifest } => cleanup(&file, manifest.as_deref()),

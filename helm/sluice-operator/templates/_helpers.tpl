@@ -52,6 +52,22 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- printf "%s:%s" .Values.runtime.image.repository (default .Chart.AppVersion .Values.runtime.image.tag) -}}
 {{- end -}}
 
+{{/* The runtime pods' default ServiceAccount, "" when the chart names none. */}}
+{{- define "sluice-operator.runtimeServiceAccountName" -}}
+{{- $sa := .Values.runtime.serviceAccount -}}
+{{- if $sa.create -}}
+{{- default "sluice-runtime" $sa.name -}}
+{{- else -}}
+{{- $sa.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The namespaces the runtime ServiceAccount is created in (and named by default in):
+watchNamespaces, else runtime.serviceAccount.namespaces, else the release namespace. */}}
+{{- define "sluice-operator.runtimeServiceAccountNamespaces" -}}
+{{- .Values.watchNamespaces | default .Values.runtime.serviceAccount.namespaces | default (list .Release.Namespace) | join "," -}}
+{{- end -}}
+
 {{/* Leader election is on with more than one replica. */}}
 {{- define "sluice-operator.leaderElection" -}}
 {{- if gt (int .Values.operator.replicaCount) 1 -}}true{{- else -}}false{{- end -}}

@@ -385,8 +385,8 @@ fn print_tick(tty: bool, t: f64, target: f64, tick: &Tick) {
     }
     let line = format!("{:>4.0}s load {:>5.0}/s | {}", t, target, status_line(tick));
     if tty {
-        let width = 160;
-        eprint!("{}", line.chars().take(width).collect::<String>());
+        let width = crate::terminal::stderr_width().unwrap_or(usize::MAX);
+        eprint!("{}", crate::terminal::fit(&line, width));
     } else if tick.evaluated {
         eprintln!("{line}");
     }
