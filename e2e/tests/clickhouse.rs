@@ -131,7 +131,7 @@ fn window_results_in_clickhouse_are_exact_under_final_across_a_crash_replay_and_
         std::thread::sleep(Duration::from_millis(100));
     }
     producer.join().unwrap();
-    let p = start_owning_every_partition(&launch, "chexact-1");
+    let mut p = start_owning_every_partition(&launch, "chexact-1");
     produce_one_per_batch(&tansu.bootstrap, "readings", thirds[1]);
     // The replayed windows were inserted a second time, with the same versions: more rows than
     // windows, and FINAL keeps one per window.
@@ -158,19 +158,31 @@ fn window_results_in_clickhouse_are_exact_under_final_across_a_crash_replay_and_
         std::thread::sleep(Duration::from_millis(500));
     }
 
-    // ClickHouse goes away for a while: inserts fail and are retried (backpressure), nothing is
-    // committed past what it acknowledged, and the process keeps running.
+    // ClickHouse goes away while the last third arrives: the windows that third closes cannot be
+    // inserted, so inserts fail and are retried, nothing is committed past what it acknowledged,
+    // and the process keeps running. The test waits on the failure count, not a clock: with no
+    // rows left to insert when the server stops, an outage alone fails nothing. Each failed
+    // attempt but a last one is followed by a wait of at least 200 ms, so six failures are more
+    // than a second of retrying.
     clickhouse.stop();
-    std::thread::sleep(Duration::from_secs(5));
-    let failures = p.metrics().map_or(0.0, |t| {
-        metric_sum(&t, "pipeline_sink_insert_failures_total")
-    });
-    assert!(
-        failures >= 1.0,
-        "no insert failed while ClickHouse was down"
-    );
-    clickhouse.resume();
     produce_one_per_batch(&tansu.bootstrap, "readings", thirds[2]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let failures = p.metrics().map_or(0.0, |t| {
+            metric_sum(&t, "pipeline_sink_insert_failures_total")
+        });
+        if failures >= 6.0 {
+            eprintln!("{failures} inserts failed while ClickHouse was down");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{failures} inserts failed in 60 s of outage"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(p.is_running(), "the outage stopped the process");
+    clickhouse.resume();
     produce_one_per_batch(
         &tansu.bootstrap,
         "readings",
@@ -187,12 +199,13 @@ fn window_results_in_clickhouse_are_exact_under_final_across_a_crash_replay_and_
     let metrics = p.metrics().unwrap_or_default();
     let restarts = metric_sum(&metrics, "pipeline_slot_restarts_total");
     // The retries while ClickHouse was down were backpressure: what the autoscaler reads to
-    // tell a sink-bound pipeline from one that needs more slots.
+    // tell a sink-bound pipeline from one that needs more slots. A retrying insert adds its
+    // time when it ends, so this is read after the outage.
     let backpressured = metric_sum(&metrics, "pipeline_backpressured_seconds_total");
     drop(p);
     assert!(
         backpressured >= 1.0,
-        "{backpressured} s of backpressure through a 5 s outage"
+        "{backpressured} s of backpressure through six failed inserts"
     );
     let comparison = compare(&rows, &reference);
     common::assert_exact(&comparison, &dir);
