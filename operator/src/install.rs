@@ -20,6 +20,9 @@ pub struct Install {
     /// (the chart's `runtime.serviceAccount`, annotated for IRSA so the default S3 checkpoints
     /// have an identity).
     pub default_service_account: Option<DefaultServiceAccount>,
+    /// The runtime pods' `imagePullPolicy` (the chart's `runtime.image.pullPolicy`); `None`:
+    /// Kubernetes' default (`Always` for `:latest`, else `IfNotPresent`).
+    pub runtime_image_pull_policy: Option<String>,
     /// Runtime images pipelines may use, as repositories (`ghcr.io/sluice-dev/pipeline-runtime`,
     /// any tag or digest) or prefixes ending in `/` (`123456789012.dkr.ecr.eu-west-1.amazonaws.com/`).
     /// Empty = any image.
@@ -130,6 +133,7 @@ spec:
                 name: "sluice-runtime".into(),
                 namespaces: vec!["ns".into()],
             }),
+            runtime_image_pull_policy: None,
             allowed_images: vec![
                 "ghcr.io/sluice-dev/pipeline-runtime".into(),
                 "123.dkr.ecr.eu-west-1.amazonaws.com/".into(),

@@ -157,6 +157,10 @@ struct RunArgs {
     /// Endpoint of the default checkpoint bucket (S3-compatible stores).
     #[arg(long, env = "SLUICE_DEFAULT_CHECKPOINT_ENDPOINT")]
     default_checkpoint_endpoint: Option<String>,
+    /// The runtime pods' image pull policy. Default: Kubernetes' (`Always` for `:latest`,
+    /// else `IfNotPresent`).
+    #[arg(long, env = "SLUICE_RUNTIME_IMAGE_PULL_POLICY", value_enum)]
+    runtime_image_pull_policy: Option<PullPolicy>,
     /// ServiceAccount of runtime pods whose `spec.podTemplate.serviceAccountName` is unset
     /// (the chart's `runtime.serviceAccount`, e.g. annotated for IRSA).
     #[arg(long, env = "SLUICE_DEFAULT_SERVICE_ACCOUNT")]
@@ -182,6 +186,28 @@ struct RunArgs {
     /// every pipeline).
     #[arg(long, env = "SLUICE_POD_MONITORS", value_enum, default_value_t = PodMonitors::Auto)]
     pod_monitors: PodMonitors,
+}
+
+/// A container's `imagePullPolicy` (`--runtime-image-pull-policy`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[value(rename_all = "PascalCase")]
+enum PullPolicy {
+    /// Pull on every pod start.
+    Always,
+    /// Pull when the node does not have the image.
+    IfNotPresent,
+    /// Never pull.
+    Never,
+}
+
+impl PullPolicy {
+    fn as_kubernetes(self) -> &'static str {
+        match self {
+            Self::Always => "Always",
+            Self::IfNotPresent => "IfNotPresent",
+            Self::Never => "Never",
+        }
+    }
 }
 
 /// Whether the operator creates a PodMonitor per pipeline (`--pod-monitors`).
@@ -306,6 +332,7 @@ fn main() -> anyhow::Result<ExitCode> {
         } => {
             let environment = pipeline_operator::backend::kube::children::Environment {
                 default_image: image,
+                image_pull_policy: None,
                 pod_monitor_crd: pod_monitor,
             };
             render(&file, partitions, decision, &environment)
@@ -472,6 +499,9 @@ fn controller_settings(args: RunArgs) -> pipeline_operator::controller::Settings
                     namespaces: listed(args.default_service_account_namespaces),
                 },
             ),
+            runtime_image_pull_policy: args
+                .runtime_image_pull_policy
+                .map(|p| p.as_kubernetes().to_owned()),
             allowed_images: listed(args.allowed_images),
         },
     }

@@ -27,6 +27,8 @@ use crate::desired::{BuildError, Desired};
 pub struct Environment {
     /// Runtime image when `spec.image` is absent.
     pub default_image: String,
+    /// The runtime container's `imagePullPolicy` (`None`: Kubernetes' default for the tag).
+    pub image_pull_policy: Option<String>,
     /// Whether the `monitoring.coreos.com/v1` PodMonitor kind exists in the cluster.
     pub pod_monitor_crd: bool,
 }
@@ -132,6 +134,7 @@ mod tests {
         let sizing = size(&pd.spec, 8, None).unwrap();
         let environment = Environment {
             default_image: "img:1".into(),
+            image_pull_policy: None,
             pod_monitor_crd: pod_monitor,
         };
         let valid =
@@ -142,6 +145,28 @@ mod tests {
 
     fn pod(c: &Children) -> PodSpec {
         c.stateful_set.spec.clone().unwrap().template.spec.unwrap()
+    }
+
+    #[test]
+    fn the_installations_pull_policy_reaches_the_runtime_container_and_is_unset_by_default() {
+        let pd = pd("");
+        let valid =
+            pipeline_crds::valid::validate_pipeline(&pd, &pipeline_crds::valid::AnyInstallation)
+                .unwrap();
+        let sizing = size(&pd.spec, 8, None).unwrap();
+        let environment = Environment {
+            default_image: "img@sha256:0123".into(),
+            image_pull_policy: Some("Always".into()),
+            pod_monitor_crd: false,
+        };
+        let c = build(&desired(&valid, &sizing), &environment).unwrap();
+        let container = &pod(&c).containers[0];
+        assert_eq!(container.image.as_deref(), Some("img@sha256:0123"));
+        assert_eq!(container.image_pull_policy.as_deref(), Some("Always"));
+        assert_eq!(
+            pod(&children(&pd, false)).containers[0].image_pull_policy,
+            None
+        );
     }
 
     #[test]

@@ -330,12 +330,15 @@ pub(super) fn pod_template(desired: &Desired, environment: &Environment) -> PodT
         .image
         .clone()
         .unwrap_or_else(|| environment.default_image.clone());
-    let container = runtime_container(
+    let mut container = runtime_container(
         image,
         runtime_env(spec, desired),
         mounts,
         resource_requirements(&desired.resources),
     );
+    container
+        .image_pull_policy
+        .clone_from(&environment.image_pull_policy);
     let mut pod_labels = overrides.labels.clone();
     pod_labels.extend(object_labels(name));
     PodTemplateSpec {
