@@ -113,7 +113,7 @@ pub fn build(desired: &Desired, environment: &Environment) -> Result<Children, B
 mod tests {
     use pipeline_crds::manifest::from_yaml;
 
-    use super::super::names::child_selector;
+    use super::super::names::{child_selector, selector_labels};
     use super::*;
     use crate::{desired::desired, sizing::size};
     use k8s_openapi::api::core::v1::PodSpec;
@@ -167,6 +167,46 @@ mod tests {
             pod(&children(&pd, false)).containers[0].image_pull_policy,
             None
         );
+    }
+
+    #[test]
+    fn pods_spread_over_zones_then_nodes_by_default_and_the_pipeline_may_replace_or_drop_that() {
+        let spread = pod(&children(&pd(""), false))
+            .topology_spread_constraints
+            .unwrap();
+        let keys: Vec<(&str, i32, &str)> = spread
+            .iter()
+            .map(|c| {
+                (
+                    c.topology_key.as_str(),
+                    c.max_skew,
+                    c.when_unsatisfiable.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                ("topology.kubernetes.io/zone", 1, "ScheduleAnyway"),
+                ("kubernetes.io/hostname", 1, "ScheduleAnyway")
+            ]
+        );
+        let selector = spread[0].label_selector.as_ref().unwrap();
+        assert_eq!(selector.match_labels, Some(selector_labels("p")));
+
+        let own = children(
+            &pd(
+                "  podTemplate:\n    topologySpreadConstraints:\n      - {maxSkew: 2, topologyKey: topology.kubernetes.io/zone, whenUnsatisfiable: DoNotSchedule}\n",
+            ),
+            false,
+        );
+        let own = pod(&own).topology_spread_constraints.unwrap();
+        assert_eq!((own.len(), own[0].max_skew), (1, 2));
+        let none = children(
+            &pd("  podTemplate: {topologySpreadConstraints: []}\n"),
+            false,
+        );
+        assert_eq!(pod(&none).topology_spread_constraints, None);
     }
 
     #[test]
