@@ -161,6 +161,11 @@ struct RunArgs {
     /// else `IfNotPresent`).
     #[arg(long, env = "SLUICE_RUNTIME_IMAGE_PULL_POLICY", value_enum)]
     runtime_image_pull_policy: Option<PullPolicy>,
+    /// Pod settings for pipelines that set none of their own, as a JSON `podTemplate` object:
+    /// `nodeSelector`, `tolerations`, `imagePullSecrets` and `priorityClassName` are taken, each
+    /// only where the pipeline's is empty (the chart's `runtime.podDefaults`).
+    #[arg(long, env = "SLUICE_RUNTIME_POD_DEFAULTS", value_parser = parse_pod_defaults)]
+    runtime_pod_defaults: Option<Box<pipeline_crds::pod_template::PodTemplateOverrides>>,
     /// ServiceAccount of runtime pods whose `spec.podTemplate.serviceAccountName` is unset
     /// (the chart's `runtime.serviceAccount`, e.g. annotated for IRSA).
     #[arg(long, env = "SLUICE_DEFAULT_SERVICE_ACCOUNT")]
@@ -265,6 +270,22 @@ struct DemoArgs {
     /// Where to write the chart and the run's files. Default: .sluice/demo.
     #[arg(long)]
     dir: Option<PathBuf>,
+}
+
+/// `--runtime-pod-defaults`: a `podTemplate` as JSON, judged as strictly as a manifest.
+fn parse_pod_defaults(
+    text: &str,
+) -> Result<Box<pipeline_crds::pod_template::PodTemplateOverrides>, String> {
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    let unknown = pipeline_crds::strict::unknown_fields(
+        &serde_json::json!({"spec": {"podTemplate": value.clone()}}),
+    );
+    if !unknown.is_empty() {
+        return Err(format!("unknown field(s): {}", unknown.join(", ")));
+    }
+    serde_json::from_value(value)
+        .map(Box::new)
+        .map_err(|e| e.to_string())
 }
 
 fn parse_env(text: &str) -> Result<(String, String), String> {
@@ -502,6 +523,7 @@ fn controller_settings(args: RunArgs) -> pipeline_operator::controller::Settings
             runtime_image_pull_policy: args
                 .runtime_image_pull_policy
                 .map(|p| p.as_kubernetes().to_owned()),
+            runtime_pod_defaults: args.runtime_pod_defaults.map(|d| *d),
             allowed_images: listed(args.allowed_images),
         },
     }
