@@ -24,6 +24,8 @@ pub struct Install {
     /// The runtime pods' `imagePullPolicy` (the chart's `runtime.image.pullPolicy`); `None`:
     /// Kubernetes' default (`Always` for `:latest`, else `IfNotPresent`).
     pub runtime_image_pull_policy: Option<String>,
+    /// The runtime pods' disruption budget (the chart's `runtime.podDisruptionBudget`).
+    pub runtime_disruption_budget: crate::backend::kube::pdb::DisruptionBudget,
     /// Pod settings for every pipeline that sets none of its own (the chart's
     /// `runtime.podDefaults`): node selector, tolerations, image pull Secrets, priority class.
     /// Each field is taken only when the pipeline's is empty.
@@ -165,6 +167,7 @@ spec:
                 namespaces: vec!["ns".into()],
             }),
             runtime_image_pull_policy: None,
+            runtime_disruption_budget: Default::default(),
             runtime_pod_defaults: Some(
                 serde_json::from_value(serde_json::json!({
                     "nodeSelector": {"karpenter.sh/capacity-type": "on-demand"},

@@ -4,6 +4,8 @@ use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use pipeline_operator::backend::kube::pdb::DisruptionBudget;
 
 /// The Sluice operator: runs and autoscales Kafka stream-processing pipelines on Kubernetes.
 #[derive(Parser)]
@@ -161,6 +163,13 @@ struct RunArgs {
     /// else `IfNotPresent`).
     #[arg(long, env = "SLUICE_RUNTIME_IMAGE_PULL_POLICY", value_enum)]
     runtime_image_pull_policy: Option<PullPolicy>,
+    /// The runtime pods' disruption budget: at most this many pods (or `25%`) down by a
+    /// voluntary disruption. Default: 1.
+    #[arg(long, conflicts_with = "runtime_pdb_min_available", value_parser = pipeline_operator::backend::kube::pdb::DisruptionBudget::amount)]
+    runtime_pdb_max_unavailable: Option<IntOrString>,
+    /// The runtime pods' disruption budget as the pods (or `75%`) that must stay up instead.
+    #[arg(long, value_parser = pipeline_operator::backend::kube::pdb::DisruptionBudget::amount)]
+    runtime_pdb_min_available: Option<IntOrString>,
     /// Pod settings for pipelines that set none of their own, as a JSON `podTemplate` object:
     /// `nodeSelector`, `tolerations`, `imagePullSecrets` and `priorityClassName` are taken, each
     /// only where the pipeline's is empty (the chart's `runtime.podDefaults`).
@@ -354,6 +363,7 @@ fn main() -> anyhow::Result<ExitCode> {
             let environment = pipeline_operator::backend::kube::children::Environment {
                 default_image: image,
                 image_pull_policy: None,
+                disruption_budget: Default::default(),
                 pod_monitor_crd: pod_monitor,
             };
             render(&file, partitions, decision, &environment)
@@ -524,6 +534,14 @@ fn controller_settings(args: RunArgs) -> pipeline_operator::controller::Settings
                 .runtime_image_pull_policy
                 .map(|p| p.as_kubernetes().to_owned()),
             runtime_pod_defaults: args.runtime_pod_defaults.map(|d| *d),
+            runtime_disruption_budget: match (
+                args.runtime_pdb_max_unavailable,
+                args.runtime_pdb_min_available,
+            ) {
+                (_, Some(n)) => DisruptionBudget::MinAvailable(n),
+                (Some(n), None) => DisruptionBudget::MaxUnavailable(n),
+                (None, None) => DisruptionBudget::default(),
+            },
             allowed_images: listed(args.allowed_images),
         },
     }

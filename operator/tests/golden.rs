@@ -15,6 +15,7 @@ fn check(example: &str, partitions: i32, pod_monitor: bool) {
     let environment = Environment {
         default_image: "ghcr.io/sluice-dev/pipeline-runtime:test".into(),
         image_pull_policy: None,
+        disruption_budget: Default::default(),
         pod_monitor_crd: pod_monitor,
     };
     let rendered = render(&pd, partitions, None, &environment).unwrap();

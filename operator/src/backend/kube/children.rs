@@ -29,6 +29,8 @@ pub struct Environment {
     pub default_image: String,
     /// The runtime container's `imagePullPolicy` (`None`: Kubernetes' default for the tag).
     pub image_pull_policy: Option<String>,
+    /// The runtime pods' disruption budget.
+    pub disruption_budget: super::pdb::DisruptionBudget,
     /// Whether the `monitoring.coreos.com/v1` PodMonitor kind exists in the cluster.
     pub pod_monitor_crd: bool,
 }
@@ -102,7 +104,9 @@ pub fn build(desired: &Desired, environment: &Environment) -> Result<Children, B
         headless_service: headless_service(&name, meta(headless_service_name(&name))),
         metrics_service: metrics_service(&name, meta(metrics_service_name(&name))),
         stateful_set: stateful_set(desired, environment, meta(name.clone())),
-        pod_disruption_budget: running.then(|| pod_disruption_budget(&name, meta(name.clone()))),
+        pod_disruption_budget: running.then(|| {
+            pod_disruption_budget(&name, meta(name.clone()), &environment.disruption_budget)
+        }),
         pod_monitor: environment
             .pod_monitor_crd
             .then(|| pod_monitor(&name, &meta(name.clone()))),
@@ -135,6 +139,7 @@ mod tests {
         let environment = Environment {
             default_image: "img:1".into(),
             image_pull_policy: None,
+            disruption_budget: Default::default(),
             pod_monitor_crd: pod_monitor,
         };
         let valid =
@@ -157,6 +162,7 @@ mod tests {
         let environment = Environment {
             default_image: "img@sha256:0123".into(),
             image_pull_policy: Some("Always".into()),
+            disruption_budget: Default::default(),
             pod_monitor_crd: false,
         };
         let c = build(&desired(&valid, &sizing), &environment).unwrap();

@@ -138,6 +138,7 @@ mod tests {
         let environment = Environment {
             default_image: "img:1".into(),
             image_pull_policy: None,
+            disruption_budget: Default::default(),
             pod_monitor_crd: false,
         };
         (cleanup_job(&d, &environment), d)

@@ -99,6 +99,7 @@ impl KubeBackend {
         let environment = Environment {
             default_image: self.default_image.clone(),
             image_pull_policy: self.install.runtime_image_pull_policy.clone(),
+            disruption_budget: self.install.runtime_disruption_budget.clone(),
             pod_monitor_crd: false,
         };
         let valid =
