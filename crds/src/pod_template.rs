@@ -2,7 +2,9 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Affinity, LocalObjectReference, Toleration};
+use k8s_openapi::api::core::v1::{
+    Affinity, LocalObjectReference, Toleration, TopologySpreadConstraint,
+};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -29,6 +31,13 @@ pub struct PodTemplateOverrides {
     /// Affinity and anti-affinity rules.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub affinity: Option<Affinity>,
+    /// How the pods spread over the cluster's topology. Unset: over zones
+    /// (`topology.kubernetes.io/zone`), then nodes (`kubernetes.io/hostname`), each with
+    /// `maxSkew: 1` and `whenUnsatisfiable: ScheduleAnyway`, selecting this pipeline's pods, so
+    /// that a zone outage takes only its share of the slots. `[]`: no constraint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 8))]
+    pub topology_spread_constraints: Option<Vec<TopologySpreadConstraint>>,
     /// Service account of the pods (on EKS, the one annotated for IRSA to reach S3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 253))]

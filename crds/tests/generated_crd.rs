@@ -199,6 +199,7 @@ fn every_string_list_and_map_of_sluices_own_fields_is_bounded() {
         if path.starts_with("spec.podTemplate.affinity")
             || path.starts_with("spec.podTemplate.tolerations[]")
             || path.starts_with("spec.podTemplate.imagePullSecrets[]")
+            || path.starts_with("spec.podTemplate.topologySpreadConstraints[]")
         {
             return;
         }

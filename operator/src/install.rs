@@ -7,6 +7,7 @@ use pipeline_crds::{
     PipelineDeployment,
     autoscaler::PrometheusSource,
     checkpoint::{CheckpointSpec, CheckpointStorage, S3Storage},
+    pod_template::PodTemplateOverrides,
 };
 
 /// Installation-wide defaults and limits.
@@ -20,6 +21,15 @@ pub struct Install {
     /// (the chart's `runtime.serviceAccount`, annotated for IRSA so the default S3 checkpoints
     /// have an identity).
     pub default_service_account: Option<DefaultServiceAccount>,
+    /// The runtime pods' `imagePullPolicy` (the chart's `runtime.image.pullPolicy`); `None`:
+    /// Kubernetes' default (`Always` for `:latest`, else `IfNotPresent`).
+    pub runtime_image_pull_policy: Option<String>,
+    /// The runtime pods' disruption budget (the chart's `runtime.podDisruptionBudget`).
+    pub runtime_disruption_budget: crate::backend::kube::pdb::DisruptionBudget,
+    /// Pod settings for every pipeline that sets none of its own (the chart's
+    /// `runtime.podDefaults`): node selector, tolerations, image pull Secrets, priority class.
+    /// Each field is taken only when the pipeline's is empty.
+    pub runtime_pod_defaults: Option<PodTemplateOverrides>,
     /// Runtime images pipelines may use, as repositories (`ghcr.io/sluice-dev/pipeline-runtime`,
     /// any tag or digest) or prefixes ending in `/` (`123456789012.dkr.ecr.eu-west-1.amazonaws.com/`).
     /// Empty = any image.
@@ -68,6 +78,12 @@ impl Install {
                 overrides.service_account_name = Some(account.to_owned());
             }
         }
+        if let Some(defaults) = &self.runtime_pod_defaults {
+            fill_pod_defaults(
+                pd.spec.pod_template.get_or_insert_with(Default::default),
+                defaults,
+            );
+        }
         if let (Some(s3), None) = (&self.default_checkpoint, &pd.spec.checkpoint) {
             pd.spec.checkpoint = Some(CheckpointSpec::with_storage(CheckpointStorage {
                 s3: Some(s3.clone()),
@@ -91,6 +107,26 @@ impl Install {
                             .is_some_and(|rest| rest.starts_with(':') || rest.starts_with('@'))
                 }
             })
+    }
+}
+
+/// `overrides` with each of `defaults`' scheduling fields it leaves empty.
+fn fill_pod_defaults(overrides: &mut PodTemplateOverrides, defaults: &PodTemplateOverrides) {
+    if overrides.node_selector.is_empty() {
+        overrides.node_selector.clone_from(&defaults.node_selector);
+    }
+    if overrides.tolerations.is_empty() {
+        overrides.tolerations.clone_from(&defaults.tolerations);
+    }
+    if overrides.image_pull_secrets.is_empty() {
+        overrides
+            .image_pull_secrets
+            .clone_from(&defaults.image_pull_secrets);
+    }
+    if overrides.priority_class_name.is_none() {
+        overrides
+            .priority_class_name
+            .clone_from(&defaults.priority_class_name);
     }
 }
 
@@ -130,6 +166,16 @@ spec:
                 name: "sluice-runtime".into(),
                 namespaces: vec!["ns".into()],
             }),
+            runtime_image_pull_policy: None,
+            runtime_disruption_budget: Default::default(),
+            runtime_pod_defaults: Some(
+                serde_json::from_value(serde_json::json!({
+                    "nodeSelector": {"karpenter.sh/capacity-type": "on-demand"},
+                    "tolerations": [{"key": "streaming", "operator": "Exists"}],
+                    "priorityClassName": "streaming",
+                }))
+                .unwrap(),
+            ),
             allowed_images: vec![
                 "ghcr.io/sluice-dev/pipeline-runtime".into(),
                 "123.dkr.ecr.eu-west-1.amazonaws.com/".into(),
@@ -159,17 +205,48 @@ spec:
 
         let own = pd("  autoscaler: {enabled: true, metrics: {direct: {}}}
   checkpoint: {storage: {volume: {claimName: efs}}}
-  podTemplate: {serviceAccountName: team-a}");
+  podTemplate:
+    serviceAccountName: team-a
+    nodeSelector: {pool: a}
+    tolerations: [{key: a, operator: Exists}]
+    imagePullSecrets: [{name: a}]
+    priorityClassName: a");
         let kept = install().with_defaults(&own);
         assert_eq!(kept.spec, own.spec, "what the pipeline sets wins");
         assert!(
             install().with_defaults(&pd("")).spec.autoscaler.is_none(),
             "no autoscaler is switched on by a default"
         );
+        let pods = install().with_defaults(&pd("")).spec.pod_template.unwrap();
+        assert_eq!(
+            pods.node_selector["karpenter.sh/capacity-type"],
+            "on-demand"
+        );
+        assert_eq!(pods.tolerations.len(), 1);
+        assert_eq!(pods.priority_class_name.as_deref(), Some("streaming"));
+        let own = install().with_defaults(&pd(
+            "  podTemplate: {nodeSelector: {pool: gpu}, priorityClassName: critical}",
+        ));
+        let own = own.spec.pod_template.unwrap();
+        assert_eq!(
+            (own.node_selector.len(), own.node_selector["pool"].as_str()),
+            (1, "gpu")
+        );
+        assert_eq!(own.priority_class_name.as_deref(), Some("critical"));
+        assert_eq!(
+            own.tolerations.len(),
+            1,
+            "a field the pipeline leaves empty is filled"
+        );
         let mut elsewhere = pd("");
         elsewhere.metadata.namespace = Some("other".into());
         assert_eq!(
-            install().with_defaults(&elsewhere).spec.pod_template,
+            install()
+                .with_defaults(&elsewhere)
+                .spec
+                .pod_template
+                .unwrap()
+                .service_account_name,
             None,
             "the account is named only where it exists"
         );

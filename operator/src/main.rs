@@ -4,6 +4,8 @@ use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use pipeline_operator::backend::kube::pdb::DisruptionBudget;
 
 /// The Sluice operator: runs and autoscales Kafka stream-processing pipelines on Kubernetes.
 #[derive(Parser)]
@@ -157,6 +159,22 @@ struct RunArgs {
     /// Endpoint of the default checkpoint bucket (S3-compatible stores).
     #[arg(long, env = "SLUICE_DEFAULT_CHECKPOINT_ENDPOINT")]
     default_checkpoint_endpoint: Option<String>,
+    /// The runtime pods' image pull policy. Default: Kubernetes' (`Always` for `:latest`,
+    /// else `IfNotPresent`).
+    #[arg(long, env = "SLUICE_RUNTIME_IMAGE_PULL_POLICY", value_enum)]
+    runtime_image_pull_policy: Option<PullPolicy>,
+    /// The runtime pods' disruption budget: at most this many pods (or `25%`) down by a
+    /// voluntary disruption. Default: 1.
+    #[arg(long, conflicts_with = "runtime_pdb_min_available", value_parser = pipeline_operator::backend::kube::pdb::DisruptionBudget::amount)]
+    runtime_pdb_max_unavailable: Option<IntOrString>,
+    /// The runtime pods' disruption budget as the pods (or `75%`) that must stay up instead.
+    #[arg(long, value_parser = pipeline_operator::backend::kube::pdb::DisruptionBudget::amount)]
+    runtime_pdb_min_available: Option<IntOrString>,
+    /// Pod settings for pipelines that set none of their own, as a JSON `podTemplate` object:
+    /// `nodeSelector`, `tolerations`, `imagePullSecrets` and `priorityClassName` are taken, each
+    /// only where the pipeline's is empty (the chart's `runtime.podDefaults`).
+    #[arg(long, env = "SLUICE_RUNTIME_POD_DEFAULTS", value_parser = parse_pod_defaults)]
+    runtime_pod_defaults: Option<Box<pipeline_crds::pod_template::PodTemplateOverrides>>,
     /// ServiceAccount of runtime pods whose `spec.podTemplate.serviceAccountName` is unset
     /// (the chart's `runtime.serviceAccount`, e.g. annotated for IRSA).
     #[arg(long, env = "SLUICE_DEFAULT_SERVICE_ACCOUNT")]
@@ -182,6 +200,28 @@ struct RunArgs {
     /// every pipeline).
     #[arg(long, env = "SLUICE_POD_MONITORS", value_enum, default_value_t = PodMonitors::Auto)]
     pod_monitors: PodMonitors,
+}
+
+/// A container's `imagePullPolicy` (`--runtime-image-pull-policy`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[value(rename_all = "PascalCase")]
+enum PullPolicy {
+    /// Pull on every pod start.
+    Always,
+    /// Pull when the node does not have the image.
+    IfNotPresent,
+    /// Never pull.
+    Never,
+}
+
+impl PullPolicy {
+    fn as_kubernetes(self) -> &'static str {
+        match self {
+            Self::Always => "Always",
+            Self::IfNotPresent => "IfNotPresent",
+            Self::Never => "Never",
+        }
+    }
 }
 
 /// Whether the operator creates a PodMonitor per pipeline (`--pod-monitors`).
@@ -239,6 +279,22 @@ struct DemoArgs {
     /// Where to write the chart and the run's files. Default: .sluice/demo.
     #[arg(long)]
     dir: Option<PathBuf>,
+}
+
+/// `--runtime-pod-defaults`: a `podTemplate` as JSON, judged as strictly as a manifest.
+fn parse_pod_defaults(
+    text: &str,
+) -> Result<Box<pipeline_crds::pod_template::PodTemplateOverrides>, String> {
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    let unknown = pipeline_crds::strict::unknown_fields(
+        &serde_json::json!({"spec": {"podTemplate": value.clone()}}),
+    );
+    if !unknown.is_empty() {
+        return Err(format!("unknown field(s): {}", unknown.join(", ")));
+    }
+    serde_json::from_value(value)
+        .map(Box::new)
+        .map_err(|e| e.to_string())
 }
 
 fn parse_env(text: &str) -> Result<(String, String), String> {
@@ -306,6 +362,8 @@ fn main() -> anyhow::Result<ExitCode> {
         } => {
             let environment = pipeline_operator::backend::kube::children::Environment {
                 default_image: image,
+                image_pull_policy: None,
+                disruption_budget: Default::default(),
                 pod_monitor_crd: pod_monitor,
             };
             render(&file, partitions, decision, &environment)
@@ -472,6 +530,18 @@ fn controller_settings(args: RunArgs) -> pipeline_operator::controller::Settings
                     namespaces: listed(args.default_service_account_namespaces),
                 },
             ),
+            runtime_image_pull_policy: args
+                .runtime_image_pull_policy
+                .map(|p| p.as_kubernetes().to_owned()),
+            runtime_pod_defaults: args.runtime_pod_defaults.map(|d| *d),
+            runtime_disruption_budget: match (
+                args.runtime_pdb_max_unavailable,
+                args.runtime_pdb_min_available,
+            ) {
+                (_, Some(n)) => DisruptionBudget::MinAvailable(n),
+                (Some(n), None) => DisruptionBudget::MaxUnavailable(n),
+                (None, None) => DisruptionBudget::default(),
+            },
             allowed_images: listed(args.allowed_images),
         },
     }

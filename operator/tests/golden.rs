@@ -14,6 +14,8 @@ fn check(example: &str, partitions: i32, pod_monitor: bool) {
     let pd = pipeline_crds::manifest::from_file(&manifest).unwrap();
     let environment = Environment {
         default_image: "ghcr.io/sluice-dev/pipeline-runtime:test".into(),
+        image_pull_policy: None,
+        disruption_budget: Default::default(),
         pod_monitor_crd: pod_monitor,
     };
     let rendered = render(&pd, partitions, None, &environment).unwrap();

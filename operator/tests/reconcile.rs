@@ -598,6 +598,9 @@ async fn the_installation_fills_in_checkpoint_storage_prometheus_and_the_service
             name: "sluice-runtime".into(),
             namespaces: Vec::new(),
         }),
+        runtime_image_pull_policy: None,
+        runtime_disruption_budget: Default::default(),
+        runtime_pod_defaults: None,
         allowed_images: vec!["img".into()],
     };
     let pd = pipeline("  autoscaler: {enabled: true}\n");

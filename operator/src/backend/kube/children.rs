@@ -27,6 +27,10 @@ use crate::desired::{BuildError, Desired};
 pub struct Environment {
     /// Runtime image when `spec.image` is absent.
     pub default_image: String,
+    /// The runtime container's `imagePullPolicy` (`None`: Kubernetes' default for the tag).
+    pub image_pull_policy: Option<String>,
+    /// The runtime pods' disruption budget.
+    pub disruption_budget: super::pdb::DisruptionBudget,
     /// Whether the `monitoring.coreos.com/v1` PodMonitor kind exists in the cluster.
     pub pod_monitor_crd: bool,
 }
@@ -100,7 +104,9 @@ pub fn build(desired: &Desired, environment: &Environment) -> Result<Children, B
         headless_service: headless_service(&name, meta(headless_service_name(&name))),
         metrics_service: metrics_service(&name, meta(metrics_service_name(&name))),
         stateful_set: stateful_set(desired, environment, meta(name.clone())),
-        pod_disruption_budget: running.then(|| pod_disruption_budget(&name, meta(name.clone()))),
+        pod_disruption_budget: running.then(|| {
+            pod_disruption_budget(&name, meta(name.clone()), &environment.disruption_budget)
+        }),
         pod_monitor: environment
             .pod_monitor_crd
             .then(|| pod_monitor(&name, &meta(name.clone()))),
@@ -111,7 +117,7 @@ pub fn build(desired: &Desired, environment: &Environment) -> Result<Children, B
 mod tests {
     use pipeline_crds::manifest::from_yaml;
 
-    use super::super::names::child_selector;
+    use super::super::names::{child_selector, selector_labels};
     use super::*;
     use crate::{desired::desired, sizing::size};
     use k8s_openapi::api::core::v1::PodSpec;
@@ -132,6 +138,8 @@ mod tests {
         let sizing = size(&pd.spec, 8, None).unwrap();
         let environment = Environment {
             default_image: "img:1".into(),
+            image_pull_policy: None,
+            disruption_budget: Default::default(),
             pod_monitor_crd: pod_monitor,
         };
         let valid =
@@ -142,6 +150,69 @@ mod tests {
 
     fn pod(c: &Children) -> PodSpec {
         c.stateful_set.spec.clone().unwrap().template.spec.unwrap()
+    }
+
+    #[test]
+    fn the_installations_pull_policy_reaches_the_runtime_container_and_is_unset_by_default() {
+        let pd = pd("");
+        let valid =
+            pipeline_crds::valid::validate_pipeline(&pd, &pipeline_crds::valid::AnyInstallation)
+                .unwrap();
+        let sizing = size(&pd.spec, 8, None).unwrap();
+        let environment = Environment {
+            default_image: "img@sha256:0123".into(),
+            image_pull_policy: Some("Always".into()),
+            disruption_budget: Default::default(),
+            pod_monitor_crd: false,
+        };
+        let c = build(&desired(&valid, &sizing), &environment).unwrap();
+        let container = &pod(&c).containers[0];
+        assert_eq!(container.image.as_deref(), Some("img@sha256:0123"));
+        assert_eq!(container.image_pull_policy.as_deref(), Some("Always"));
+        assert_eq!(
+            pod(&children(&pd, false)).containers[0].image_pull_policy,
+            None
+        );
+    }
+
+    #[test]
+    fn pods_spread_over_zones_then_nodes_by_default_and_the_pipeline_may_replace_or_drop_that() {
+        let spread = pod(&children(&pd(""), false))
+            .topology_spread_constraints
+            .unwrap();
+        let keys: Vec<(&str, i32, &str)> = spread
+            .iter()
+            .map(|c| {
+                (
+                    c.topology_key.as_str(),
+                    c.max_skew,
+                    c.when_unsatisfiable.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                ("topology.kubernetes.io/zone", 1, "ScheduleAnyway"),
+                ("kubernetes.io/hostname", 1, "ScheduleAnyway")
+            ]
+        );
+        let selector = spread[0].label_selector.as_ref().unwrap();
+        assert_eq!(selector.match_labels, Some(selector_labels("p")));
+
+        let own = children(
+            &pd(
+                "  podTemplate:\n    topologySpreadConstraints:\n      - {maxSkew: 2, topologyKey: topology.kubernetes.io/zone, whenUnsatisfiable: DoNotSchedule}\n",
+            ),
+            false,
+        );
+        let own = pod(&own).topology_spread_constraints.unwrap();
+        assert_eq!((own.len(), own[0].max_skew), (1, 2));
+        let none = children(
+            &pd("  podTemplate: {topologySpreadConstraints: []}\n"),
+            false,
+        );
+        assert_eq!(pod(&none).topology_spread_constraints, None);
     }
 
     #[test]

@@ -137,6 +137,8 @@ mod tests {
         let d = desired(&valid, &size(&pd.spec, 4, None).unwrap());
         let environment = Environment {
             default_image: "img:1".into(),
+            image_pull_policy: None,
+            disruption_budget: Default::default(),
             pod_monitor_crd: false,
         };
         (cleanup_job(&d, &environment), d)

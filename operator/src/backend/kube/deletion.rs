@@ -98,6 +98,8 @@ impl KubeBackend {
         let sizing = size(&pd.spec, partitions, Some(1))?;
         let environment = Environment {
             default_image: self.default_image.clone(),
+            image_pull_policy: self.install.runtime_image_pull_policy.clone(),
+            disruption_budget: self.install.runtime_disruption_budget.clone(),
             pod_monitor_crd: false,
         };
         let valid =

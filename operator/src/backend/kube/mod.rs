@@ -204,6 +204,8 @@ impl KubeBackend {
         let pod_monitor_crd = self.pod_monitor_crd.exists(client).await?;
         let environment = Environment {
             default_image: self.default_image.clone(),
+            image_pull_policy: self.install.runtime_image_pull_policy.clone(),
+            disruption_budget: self.install.runtime_disruption_budget.clone(),
             pod_monitor_crd,
         };
         let children = build(desired, &environment)?;

@@ -11,7 +11,7 @@ use k8s_openapi::{
             EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector,
             PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
             ResourceRequirements, SeccompProfile, SecretKeySelector, SecretVolumeSource,
-            SecurityContext, Volume, VolumeMount,
+            SecurityContext, TopologySpreadConstraint, Volume, VolumeMount,
         },
     },
     apimachinery::pkg::{
@@ -320,6 +320,24 @@ fn pod_security_context() -> PodSecurityContext {
     }
 }
 
+/// The spread of a pipeline's pods when `podTemplate.topologySpreadConstraints` is unset: over
+/// zones, then over nodes, as evenly as the scheduler can without leaving a pod pending.
+fn default_topology_spread(pipeline: &str) -> Vec<TopologySpreadConstraint> {
+    ["topology.kubernetes.io/zone", "kubernetes.io/hostname"]
+        .into_iter()
+        .map(|key| TopologySpreadConstraint {
+            max_skew: 1,
+            topology_key: key.into(),
+            when_unsatisfiable: "ScheduleAnyway".into(),
+            label_selector: Some(LabelSelector {
+                match_labels: Some(selector_labels(pipeline)),
+                ..LabelSelector::default()
+            }),
+            ..TopologySpreadConstraint::default()
+        })
+        .collect()
+}
+
 /// The runtime pods' template (the cleanup Job's pod starts from it too).
 pub(super) fn pod_template(desired: &Desired, environment: &Environment) -> PodTemplateSpec {
     let name = desired.name.as_str();
@@ -330,12 +348,15 @@ pub(super) fn pod_template(desired: &Desired, environment: &Environment) -> PodT
         .image
         .clone()
         .unwrap_or_else(|| environment.default_image.clone());
-    let container = runtime_container(
+    let mut container = runtime_container(
         image,
         runtime_env(spec, desired),
         mounts,
         resource_requirements(&desired.resources),
     );
+    container
+        .image_pull_policy
+        .clone_from(&environment.image_pull_policy);
     let mut pod_labels = overrides.labels.clone();
     pod_labels.extend(object_labels(name));
     PodTemplateSpec {
@@ -361,6 +382,13 @@ pub(super) fn pod_template(desired: &Desired, environment: &Environment) -> PodT
                 .then(|| overrides.node_selector.clone()),
             tolerations: (!overrides.tolerations.is_empty()).then(|| overrides.tolerations.clone()),
             affinity: overrides.affinity.clone(),
+            topology_spread_constraints: Some(
+                overrides
+                    .topology_spread_constraints
+                    .clone()
+                    .unwrap_or_else(|| default_topology_spread(name)),
+            )
+            .filter(|constraints| !constraints.is_empty()),
             priority_class_name: overrides.priority_class_name.clone(),
             image_pull_secrets: (!overrides.image_pull_secrets.is_empty())
                 .then(|| overrides.image_pull_secrets.clone()),
