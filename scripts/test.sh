@@ -46,6 +46,11 @@ if [ -z "${SLUICE_SKIP_BROKER_TESTS:-}" ] && ! command -v moto_server >/dev/null
   log "installing moto_server"
   python3 -m pip install --quiet --disable-pip-version-check 'moto[server]==5.2.1'
 fi
+# AWS's reference MSK IAM signer: the runtime's IAM token is checked against it (no server).
+if ! python3 -c 'import aws_msk_iam_sasl_signer' >/dev/null 2>&1; then
+  log "installing aws-msk-iam-sasl-signer-python"
+  python3 -m pip install --quiet --disable-pip-version-check 'aws-msk-iam-sasl-signer-python==1.0.2'
+fi
 # pip's scripts directory (where moto_server lands), for the tests that start it.
 PATH="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$PATH"
 export PATH

@@ -170,6 +170,10 @@ pub mod metrics {
     /// whose partition count does not fit (gauge; labels topic, role). Nothing is consumed
     /// meanwhile.
     pub const TOPICS_MISSING: &str = "pipeline_topics_missing";
+    /// Partitions of a source topic as the runtime read them from Kafka's metadata at start
+    /// (gauge; label topic; no slot). The operator sizes `AWS_MSK_IAM` pipelines from it, since it
+    /// does not sign in to their Kafka itself.
+    pub const SOURCE_PARTITIONS: &str = "pipeline_source_partitions";
     /// Consumer-group rebalances seen by a slot (counter).
     pub const REBALANCES_TOTAL: &str = "pipeline_rebalances_total";
     /// Records accepted into windows (counter). For windowed pipelines the identity is

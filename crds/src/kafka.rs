@@ -145,14 +145,40 @@ impl SecurityProtocol {
     }
 }
 
-/// SASL mechanism and the Secret that holds the credentials.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+/// SASL mechanism and where the credentials come from: a Secret for `PLAIN` and `SCRAM-*`, the
+/// runtime pods' own AWS identity for `AWS_MSK_IAM`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.mechanism == 'AWS_MSK_IAM' ? !has(self.credentialsSecret) : has(self.credentialsSecret)").message("credentialsSecret is required for PLAIN and SCRAM mechanisms and not allowed with AWS_MSK_IAM (the pods' AWS identity signs in)"))]
+#[x_kube(validation = Rule::new("!has(self.region) || self.mechanism == 'AWS_MSK_IAM'").message("region applies to AWS_MSK_IAM only"))]
 pub struct SaslSpec {
     /// The SASL mechanism.
     pub mechanism: SaslMechanism,
-    /// Secret in the pipeline's namespace holding the username and password.
-    pub credentials_secret: CredentialsSecretRef,
+    /// Secret in the pipeline's namespace holding the username and password (`PLAIN`,
+    /// `SCRAM-SHA-256`, `SCRAM-SHA-512`; not with `AWS_MSK_IAM`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret: Option<CredentialsSecretRef>,
+    /// `AWS_MSK_IAM` only: the AWS region of the MSK cluster, e.g. `eu-west-1`, which the token
+    /// is signed for. Defaults to the runtime pod's `AWS_REGION` (set by IRSA and EKS Pod
+    /// Identity).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32, min = 1))]
+    pub region: Option<String>,
+}
+
+impl SaslSpec {
+    /// Whether the pods sign in with their own AWS identity (Amazon MSK IAM).
+    pub fn is_msk_iam(&self) -> bool {
+        self.mechanism == SaslMechanism::AwsMskIam
+    }
+}
+
+impl KafkaSpec {
+    /// Whether this connection signs in with the runtime pods' AWS identity (`AWS_MSK_IAM`): the
+    /// operator then never connects itself (it would sign with its own role for a tenant).
+    pub fn uses_msk_iam(&self) -> bool {
+        self.sasl.as_ref().is_some_and(SaslSpec::is_msk_iam)
+    }
 }
 
 /// Kafka's `sasl.mechanism`.
@@ -167,6 +193,11 @@ pub enum SaslMechanism {
     /// Salted challenge-response with SHA-512 (Amazon MSK's SCRAM).
     #[serde(rename = "SCRAM-SHA-512")]
     ScramSha512,
+    /// Amazon MSK IAM: SASL `OAUTHBEARER` with a token signed from the runtime pod's AWS
+    /// credentials (IRSA, EKS Pod Identity or the node's instance profile: the default
+    /// credential chain), refreshed before it expires. No `credentialsSecret`; needs `SASL_SSL`.
+    #[serde(rename = "AWS_MSK_IAM")]
+    AwsMskIam,
 }
 
 impl SaslMechanism {
@@ -176,6 +207,7 @@ impl SaslMechanism {
             Self::Plain => "PLAIN",
             Self::ScramSha256 => "SCRAM-SHA-256",
             Self::ScramSha512 => "SCRAM-SHA-512",
+            Self::AwsMskIam => "OAUTHBEARER",
         }
     }
 }

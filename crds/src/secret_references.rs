@@ -58,10 +58,14 @@ impl PipelineDeploymentSpec {
     pub fn secret_references(&self) -> Vec<SecretReference<'_>> {
         let mut references = Vec::new();
         let kafka = &self.kafka;
-        if let Some(sasl) = &kafka.sasl {
+        if let Some(secret) = kafka
+            .sasl
+            .as_ref()
+            .and_then(|s| s.credentials_secret.as_ref())
+        {
             references.push(credentials(
                 "spec.kafka.sasl.credentialsSecret",
-                &sasl.credentials_secret,
+                secret,
                 &[env::KAFKA_SASL_USERNAME, env::KAFKA_SASL_PASSWORD],
             ));
         }

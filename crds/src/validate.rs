@@ -138,7 +138,7 @@ impl Collector {
         });
     }
 
-    fn check(&mut self, ok: bool, path: &str, message: &str) {
+    fn check(&mut self, ok: bool, path: &str, message: impl Into<String>) {
         if !ok {
             self.error(path, message);
         }
@@ -347,6 +347,9 @@ fn kafka(c: &mut Collector, spec: &PipelineDeploymentSpec) {
         ),
         _ => {}
     }
+    if let Some(sasl) = &k.sasl {
+        msk_iam(c, k, sasl);
+    }
     if k.tls.is_some()
         && !matches!(
             k.security_protocol,
@@ -444,6 +447,60 @@ fn kafka(c: &mut Collector, spec: &PipelineDeploymentSpec) {
             "SASL PLAIN over SASL_PLAINTEXT sends the password unencrypted: use SASL_SSL (or a SCRAM mechanism)",
         );
     }
+}
+
+/// `AWS_MSK_IAM`: TLS, no credentials Secret, a region shaped like one, and topics created
+/// beforehand (the runtime creates topics through Kafka's admin client, which cannot sign in with
+/// an IAM token yet).
+fn msk_iam(c: &mut Collector, k: &crate::kafka::KafkaSpec, sasl: &crate::kafka::SaslSpec) {
+    if !sasl.is_msk_iam() {
+        c.check(
+            sasl.credentials_secret.is_some(),
+            "spec.kafka.sasl.credentialsSecret",
+            format!(
+                "is required for {} (it holds the username and password)",
+                sasl.mechanism.as_kafka_str()
+            ),
+        );
+        c.check(
+            sasl.region.is_none(),
+            "spec.kafka.sasl.region",
+            "applies to AWS_MSK_IAM only",
+        );
+        return;
+    }
+    c.check(
+        sasl.credentials_secret.is_none(),
+        "spec.kafka.sasl.credentialsSecret",
+        "is not used with AWS_MSK_IAM: the runtime pods sign in with their own AWS identity (IRSA or EKS Pod Identity on the pipeline's ServiceAccount)",
+    );
+    c.check(
+        k.security_protocol == SecurityProtocol::SaslSsl,
+        "spec.kafka.securityProtocol",
+        "AWS_MSK_IAM needs SASL_SSL (the MSK IAM listener, port 9098, is TLS)",
+    );
+    if let Some(region) = &sasl.region {
+        c.check(
+            is_aws_region(region),
+            "spec.kafka.sasl.region",
+            format!("{region:?} is not an AWS region such as eu-west-1"),
+        );
+    }
+    c.check(
+        k.create_topics.is_none(),
+        "spec.kafka.createTopics",
+        "is not supported with AWS_MSK_IAM: create the output topics (and, for a re-keyed pipeline, the repartition topic the runtime names in its report) beforehand",
+    );
+}
+
+/// `eu-west-1`, `us-gov-west-1`, `ap-southeast-4`: lowercase words and a number, by dashes.
+fn is_aws_region(region: &str) -> bool {
+    let parts: Vec<&str> = region.split('-').collect();
+    parts.len() >= 3
+        && parts[..parts.len() - 1]
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase()))
+        && parts[parts.len() - 1].parse::<u8>().is_ok()
 }
 
 fn pod_template(c: &mut Collector, spec: &PipelineDeploymentSpec) {
@@ -616,7 +673,7 @@ fn transform(c: &mut Collector, spec: &PipelineDeploymentSpec) {
                 c.check(
                     !bound.is_zero() && bound <= MAX_EVENT_TIME_SPAN,
                     &format!("spec.transform.timestamp.{name}"),
-                    &format!("must be greater than 0s and at most {MAX_EVENT_TIME_SPAN}"),
+                    format!("must be greater than 0s and at most {MAX_EVENT_TIME_SPAN}"),
                 );
             }
         }
@@ -624,7 +681,7 @@ fn transform(c: &mut Collector, spec: &PipelineDeploymentSpec) {
     c.check(
         t.watermark.max_out_of_orderness <= MAX_EVENT_TIME_SPAN,
         "spec.transform.watermark.maxOutOfOrderness",
-        &format!("must be at most {MAX_EVENT_TIME_SPAN}"),
+        format!("must be at most {MAX_EVENT_TIME_SPAN}"),
     );
     if let Some(idle) = t.watermark.idle_timeout {
         c.check(
@@ -672,7 +729,7 @@ fn window(c: &mut Collector, spec: &PipelineDeploymentSpec) {
             c.check(
                 span <= MAX_EVENT_TIME_SPAN,
                 path,
-                &format!("must be at most {MAX_EVENT_TIME_SPAN}"),
+                format!("must be at most {MAX_EVENT_TIME_SPAN}"),
             );
         }
     }
@@ -1143,6 +1200,51 @@ mod tests {
             "{bootstrapServers: 'a:9092', securityProtocol: SASL_PLAINTEXT, sasl: {mechanism: SCRAM-SHA-512, credentialsSecret: {name: kafka}}}",
         );
         assert_eq!(validate(&scram), Ok(()));
+    }
+
+    #[test]
+    fn msk_iam_needs_tls_a_region_shape_no_credentials_secret_and_topics_made_beforehand() {
+        let kafka = |yaml: &str| {
+            let mut s = spec("");
+            s.kafka = serde_norway::from_str(yaml).unwrap();
+            s
+        };
+        let iam = kafka(
+            "{bootstrapServers: 'b-1.msk:9098', securityProtocol: SASL_SSL, sasl: {mechanism: AWS_MSK_IAM}}",
+        );
+        assert_eq!(validate(&iam), Ok(()));
+        assert_eq!(
+            iam.kafka.client_properties()["sasl.mechanism"],
+            "OAUTHBEARER"
+        );
+        let errors = validate(&kafka(
+            "{bootstrapServers: 'b-1.msk:9098', securityProtocol: SASL_PLAINTEXT, sasl: {mechanism: AWS_MSK_IAM, region: Ireland, credentialsSecret: {name: s}}, createTopics: {}}",
+        ))
+        .unwrap_err();
+        for path in [
+            "spec.kafka.sasl.credentialsSecret",
+            "spec.kafka.securityProtocol",
+            "spec.kafka.sasl.region",
+            "spec.kafka.createTopics",
+        ] {
+            assert!(errors.has_path(path), "missing {path} in {errors}");
+        }
+        assert_eq!(errors.0.len(), 4, "{errors}");
+        let errors = validate(&kafka(
+            "{bootstrapServers: 'a:9092', securityProtocol: SASL_SSL, sasl: {mechanism: SCRAM-SHA-512, region: eu-west-1}}",
+        ))
+        .unwrap_err();
+        assert!(
+            errors.has_path("spec.kafka.sasl.credentialsSecret"),
+            "{errors}"
+        );
+        assert!(errors.has_path("spec.kafka.sasl.region"), "{errors}");
+        for region in ["eu-west-1", "us-gov-west-1", "ap-southeast-4"] {
+            assert!(is_aws_region(region), "{region}");
+        }
+        for not_region in ["eu-west", "EU-WEST-1", "eu--1", "1-2-3"] {
+            assert!(!is_aws_region(not_region), "{not_region}");
+        }
     }
 
     #[test]

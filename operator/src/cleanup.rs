@@ -222,13 +222,17 @@ fn past_deadline(pd: &PipelineDeployment, now: f64) -> bool {
     })
 }
 
-/// Deletes the pipeline's consumer group and repartition topic (each only if there).
+/// Deletes the pipeline's consumer group and repartition topic (each only if there). Not for an
+/// `AWS_MSK_IAM` pipeline: the operator does not sign in to its Kafka with its own role.
 async fn delete_kafka_state(
     inputs: &Inputs<'_>,
     backend: &dyn Backend,
     pd: &PipelineDeployment,
     (group, topic): (String, String),
 ) -> Result<(), ReconcileError> {
+    if pd.spec.kafka.uses_msk_iam() {
+        return Ok(());
+    }
     let access = backend
         .kafka_access(pd)
         .await
@@ -253,7 +257,13 @@ async fn clean_up(
         return Ok(None);
     }
     let (group, topic) = group_of(pd);
-    let kafka = format!("consumer group {group} and topic {topic} deleted");
+    let kafka = if pd.spec.kafka.uses_msk_iam() {
+        format!(
+            "consumer group {group} and topic {topic} left in Kafka (AWS_MSK_IAM: the operator does not sign in for the pipeline; delete them with the pipeline's IAM role)"
+        )
+    } else {
+        format!("consumer group {group} and topic {topic} deleted")
+    };
     if pd.spec.checkpoint.is_none() {
         delete_kafka_state(inputs, backend, pd, (group, topic)).await?;
         return Ok(Some(kafka));

@@ -284,9 +284,13 @@ pub async fn access(
         read: HashMap::new(),
     };
     secrets.check_every_reference(spec).await?;
-    let credentials = match &spec.kafka.sasl {
-        Some(sasl) => {
-            let s = &sasl.credentials_secret;
+    let credentials = match spec
+        .kafka
+        .sasl
+        .as_ref()
+        .and_then(|s| s.credentials_secret.as_ref())
+    {
+        Some(s) => {
             let field = "spec.kafka.sasl.credentialsSecret";
             let username = secrets.value(&s.name, &s.username_key, field).await?;
             let password = secrets.value(&s.name, &s.password_key, field).await?;
@@ -337,6 +341,12 @@ pub enum PartitionLookupError {
         /// Kafka's answer.
         source: rdkafka::error::KafkaError,
     },
+    /// `AWS_MSK_IAM`: the operator does not sign in to Kafka with its own identity for a
+    /// pipeline (a confused deputy), so the count is the one the runtime pods report; none did.
+    #[error(
+        "spec.kafka.sasl.mechanism is AWS_MSK_IAM, so the operator does not sign in to Kafka itself: the source partitions come from the runtime pods' report (pipeline_source_partitions), and {0}"
+    )]
+    NotReported(String),
     /// Kafka answered, and the topic is not there.
     #[error("topic {topic} does not exist or has no partitions")]
     NoSuchTopic {

@@ -598,6 +598,13 @@ fn render(
     let pd = pipeline_crds::manifest::from_file(file)?;
     let partitions = match partitions {
         Some(p) => p,
+        None if pd.spec.kafka.uses_msk_iam() => {
+            eprintln!(
+                "{}: spec.kafka.sasl.mechanism is AWS_MSK_IAM and the operator does not sign in to Kafka itself; pass --partitions N",
+                file.display()
+            );
+            return Ok(ExitCode::FAILURE);
+        }
         None => {
             use pipeline_operator::kafka::{KafkaAccess, KafkaPartitions, PartitionSource};
             let access = KafkaAccess::new(&pd.spec, None, None);

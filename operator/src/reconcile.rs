@@ -148,16 +148,22 @@ pub async fn reconcile_pipeline(
         }
     };
 
-    let source = inputs.partitions.clone();
-    let lookup = access.clone();
-    let partitions = tokio::task::spawn_blocking(move || source.partitions(&lookup))
-        .await
-        .map_err(|e| ReconcileError::Lookup(e.to_string()))?;
+    let msk_iam = pd.spec.kafka.uses_msk_iam();
+    let partitions = if msk_iam {
+        reported_partitions(&inputs, pd).await
+    } else {
+        let source = inputs.partitions.clone();
+        let lookup = access.clone();
+        tokio::task::spawn_blocking(move || source.partitions(&lookup))
+            .await
+            .map_err(|e| ReconcileError::Lookup(e.to_string()))?
+    };
     let known = pd
         .status
         .as_ref()
         .and_then(|s| s.partitions)
-        .filter(|p| *p > 0);
+        .filter(|p| *p > 0)
+        .or_else(|| msk_iam.then(|| starting_partitions(&pd.spec)));
     let (partitions, kafka_error) = match (partitions, known) {
         (Ok(p), _) => (p, None),
         (Err(error), Some(known)) => {
@@ -172,7 +178,7 @@ pub async fn reconcile_pipeline(
             return Ok(reconciled(retry, "kafka_unreachable", status));
         }
     };
-    if pd.status.is_none() && kafka_error.is_none() {
+    if pd.status.is_none() && kafka_error.is_none() && !msk_iam {
         cleanup::announce_old_state(&inputs, backend, pd, &access).await;
     }
     let autoscaler = match kafka_error {
@@ -218,6 +224,34 @@ pub async fn reconcile_pipeline(
     }
     let status = report(backend, pd, &outcome).await?;
     Ok(reconciled(Some(requeue), "applied", status))
+}
+
+/// The source partitions of an `AWS_MSK_IAM` pipeline, as its runtime pods report them: the
+/// operator never signs in to Kafka with its own role on a tenant's behalf.
+async fn reported_partitions(
+    inputs: &Inputs<'_>,
+    pd: &PipelineDeployment,
+) -> Result<i32, crate::kafka::PartitionLookupError> {
+    use crate::kafka::PartitionLookupError::NotReported;
+    let target = Target {
+        namespace: pd.namespace().unwrap_or_default(),
+        name: pd.name_any(),
+    };
+    match inputs.metrics_sources.reported_partitions(&target).await {
+        Ok(Some(partitions)) => Ok(partitions),
+        Ok(None) => Err(NotReported("no runtime pod has reported them yet".into())),
+        Err(error) => Err(NotReported(format!("reading the report failed: {error}"))),
+    }
+}
+
+/// The partition count an `AWS_MSK_IAM` pipeline is sized for before its pods first report one:
+/// its starting parallelism (`spec.parallelism`, else `autoscaler.minParallelism`, else 1), so
+/// it starts small and is resized once the count is known.
+fn starting_partitions(spec: &pipeline_crds::PipelineDeploymentSpec) -> i32 {
+    spec.parallelism
+        .or_else(|| spec.autoscaler.as_ref().and_then(|a| a.min_parallelism))
+        .unwrap_or(1)
+        .max(1)
 }
 
 /// The autoscaler's status after this reconcile: a new evaluation when one is due for a running

@@ -666,6 +666,100 @@ async fn unreachable_kafka_is_a_condition_an_event_and_a_retry_not_a_crash() {
     assert_eq!(events(&calls)[0].1, "KafkaUnreachable");
 }
 
+/// The runtime pods' report of the source partitions (an `AWS_MSK_IAM` pipeline's only source).
+struct Reported(Option<i32>);
+
+impl pipeline_operator::autoscale::source::Sources for Reported {
+    fn source(
+        &self,
+        _: &pipeline_crds::autoscaler::MetricsSource,
+    ) -> Result<
+        Arc<dyn pipeline_operator::autoscale::source::MetricsSource>,
+        pipeline_operator::autoscale::source::PrometheusUrlError,
+    > {
+        panic!("no autoscaler in these scenarios")
+    }
+
+    fn reported_partitions<'a>(
+        &'a self,
+        _: &'a pipeline_operator::autoscale::source::Target,
+    ) -> futures::future::BoxFuture<
+        'a,
+        Result<Option<i32>, pipeline_operator::autoscale::source::ScrapeError>,
+    > {
+        let reported = self.0;
+        Box::pin(async move { Ok(reported) })
+    }
+}
+
+fn msk_iam_pipeline(extra: &str) -> PipelineDeployment {
+    let mut pd = from_yaml(
+        &format!("apiVersion: sluice.dev/v1alpha1\nkind: PipelineDeployment\nmetadata: {{name: p, namespace: ns, generation: 2}}\nspec:\n  kafka: {{bootstrapServers: 'b-1.msk.example:9098', securityProtocol: SASL_SSL, sasl: {{mechanism: AWS_MSK_IAM, region: eu-west-1}}}}\n  source: {{topic: in}}\n  sink: {{kafka: {{topic: out}}}}\n{extra}"),
+        "scenario",
+    )
+    .unwrap();
+    pd.metadata.uid = Some("uid-1".into());
+    pd
+}
+
+async fn reconcile_msk_iam(
+    pd: PipelineDeployment,
+    reported: Option<i32>,
+) -> (Result<Action, String>, Vec<Call>, Vec<KafkaAccess>) {
+    let metrics = Arc::new(OperatorMetrics::default());
+    Scenario::new(pd)
+        .run_on(move |client, partitions, crd, install| {
+            let mut ctx = context(client, metrics, partitions, crd, install);
+            ctx.metrics_sources = Arc::new(Reported(reported));
+            ctx
+        })
+        .await
+}
+
+#[tokio::test]
+async fn an_msk_iam_pipeline_is_never_looked_up_with_the_operators_identity_and_starts_at_its_parallelism_until_its_pods_report()
+ {
+    let (action, calls, asked) =
+        reconcile_msk_iam(msk_iam_pipeline("  parallelism: 2\n"), None).await;
+    assert!(
+        asked.is_empty(),
+        "the operator connected to Kafka: {asked:?}"
+    );
+    assert_eq!(action, Ok(Action::requeue(Duration::from_secs(30))));
+    assert_eq!(scale_json(&calls), r#"{"parallelism":2,"replicas":1}"#);
+    let status = &by_path(&calls, Method::PATCH, STATUS_PATH)["status"];
+    let ready = condition(status, "Ready");
+    assert_eq!(ready["status"], "False");
+    let message = ready["message"].as_str().unwrap();
+    assert!(
+        message.contains("AWS_MSK_IAM")
+            && message.contains("pipeline_source_partitions")
+            && message.contains("no runtime pod has reported them yet"),
+        "{message}"
+    );
+    // No Secret is read for the connection: there is none.
+    assert!(
+        !lines(&calls).iter().any(|l| l.contains("/secrets/")),
+        "{:?}",
+        lines(&calls)
+    );
+}
+
+#[tokio::test]
+async fn an_msk_iam_pipeline_is_sized_from_the_partitions_its_pods_report() {
+    let (action, calls, asked) = reconcile_msk_iam(msk_iam_pipeline(""), Some(12)).await;
+    assert!(
+        asked.is_empty(),
+        "the operator connected to Kafka: {asked:?}"
+    );
+    assert_eq!(action, Ok(Action::requeue(Duration::from_secs(60))));
+    let status = &by_path(&calls, Method::PATCH, STATUS_PATH)["status"];
+    assert_eq!(status["partitions"], 12);
+    assert_eq!(condition(status, "Degraded")["status"], "False", "{status}");
+    assert_eq!(status["parallelism"], 12);
+    assert_eq!(scale_json(&calls), r#"{"parallelism":12,"replicas":3}"#);
+}
+
 #[tokio::test]
 async fn a_suspend_or_an_image_fix_is_applied_through_a_broker_outage_with_the_last_known_partitions()
  {
@@ -1116,7 +1210,7 @@ mod autoscaling {
     use pipeline_operator::autoscale::{
         observation::{Observation, PartitionObservation, SlotObservation, Unknown},
         policy::Input,
-        source::{MetricsSource, PrometheusUrlError, Query, Sources, Target},
+        source::{MetricsSource, PrometheusUrlError, Query, ScrapeError, Sources, Target},
     };
 
     use super::*;
@@ -1143,6 +1237,13 @@ mod autoscaling {
             _: &pipeline_crds::autoscaler::MetricsSource,
         ) -> Result<Arc<dyn MetricsSource>, PrometheusUrlError> {
             Ok(self.0.clone())
+        }
+
+        fn reported_partitions<'a>(
+            &'a self,
+            _: &'a Target,
+        ) -> BoxFuture<'a, Result<Option<i32>, ScrapeError>> {
+            Box::pin(async { Ok(None) })
         }
     }
 
@@ -1191,6 +1292,13 @@ mod autoscaling {
             &self,
             _: &pipeline_crds::autoscaler::MetricsSource,
         ) -> Result<Arc<dyn MetricsSource>, PrometheusUrlError> {
+            panic!("a bug in a metrics source")
+        }
+
+        fn reported_partitions<'a>(
+            &'a self,
+            _: &'a Target,
+        ) -> BoxFuture<'a, Result<Option<i32>, ScrapeError>> {
             panic!("a bug in a metrics source")
         }
     }

@@ -14,6 +14,7 @@ pub mod failpoint;
 pub mod field;
 pub mod filter;
 pub mod http;
+pub mod kafka_sign_in;
 pub mod loadgen;
 pub mod metrics;
 pub mod plan;

@@ -171,6 +171,8 @@ pub struct Metrics {
     pub partition_pause: Family<SlotLabels, Histogram, fn() -> Histogram>,
     /// Topics that keep the pipeline from starting.
     pub topics_missing: Family<TopicLabels, Gauge>,
+    /// Partitions of each source topic, from the metadata read at start.
+    pub source_partitions: Family<TopicLabels, Gauge>,
     /// Rows a non-Kafka sink (ClickHouse) wrote.
     pub sink_rows: Family<SlotLabels, Counter>,
     /// Bytes of the rows it wrote.
@@ -246,6 +248,7 @@ impl Metrics {
             state_resets: Family::default(),
             partition_pause: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
             topics_missing: Family::default(),
+            source_partitions: Family::default(),
             sink_rows: Family::default(),
             sink_bytes: Family::default(),
             sink_insert_duration: Family::new_with_constructor(
@@ -264,6 +267,12 @@ impl Metrics {
             names::TOPICS_MISSING,
             "1 for each topic that keeps the pipeline from starting (missing, or not fitting)",
             self.topics_missing
+        );
+        register!(
+            registry,
+            names::SOURCE_PARTITIONS,
+            "Partitions of a source topic, from the metadata read at start",
+            self.source_partitions
         );
         register!(
             registry,

@@ -19,6 +19,7 @@ use crate::{
     decode::SourceDecoding,
     event_time::{EventTime, EventTimeBounds},
     field::FieldPath,
+    kafka_sign_in::KafkaSignIn,
     sink::registry::RowsTarget,
     window::Assigner,
 };
@@ -36,28 +37,40 @@ pub struct WindowStage {
 
 /// A librdkafka client configuration settled from the spec (brokers, security, the user's
 /// properties, the runtime's own settings), to which a slot adds only its `client.id` (and its
-/// `transactional.id`). Its `Debug` names the keys, not the values: they may hold credentials.
+/// `transactional.id`), and how it signs in where librdkafka cannot alone (MSK IAM). Its
+/// `Debug` names the keys, not the values: they may hold credentials.
 #[derive(Clone)]
-pub struct KafkaClient(ClientConfig);
+pub struct KafkaClient {
+    config: ClientConfig,
+    sign_in: KafkaSignIn,
+}
 
 impl KafkaClient {
     /// The configuration for one client: `client_id` unless the user's properties set one.
     pub fn for_client(&self, client_id: &str) -> ClientConfig {
-        crate::client::with_client_id(self.0.clone(), client_id)
+        crate::client::with_client_id(self.config.clone(), client_id)
     }
 
     /// One setting, as the slot's client will have it.
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key)
+        self.config.get(key)
+    }
+
+    /// The sign-in the client's context answers token refreshes with.
+    pub fn sign_in(&self) -> &KafkaSignIn {
+        &self.sign_in
     }
 }
 
 impl std::fmt::Debug for KafkaClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let map = self.0.config_map();
+        let map = self.config.config_map();
         let mut keys: Vec<&str> = map.keys().copied().collect();
         keys.sort_unstable();
-        f.debug_tuple("KafkaClient").field(&keys).finish()
+        f.debug_tuple("KafkaClient")
+            .field(&keys)
+            .field(&self.sign_in)
+            .finish()
     }
 }
 
@@ -199,7 +212,7 @@ impl Plan {
     /// Brokers other than the spec's (the runtime's `--bootstrap-servers`).
     pub fn with_bootstrap_servers(mut self, servers: &str) -> Self {
         for client in [&mut self.consumer, &mut self.producer] {
-            client.0.set("bootstrap.servers", servers);
+            client.config.set("bootstrap.servers", servers);
         }
         self
     }
@@ -236,10 +249,17 @@ impl Plan {
             })
         });
         let bootstrap = spec.kafka.bootstrap_servers.as_str();
+        let sign_in = KafkaSignIn::of(&spec.kafka);
         Self {
             group: group.to_owned(),
-            consumer: KafkaClient(crate::client::consumer_config(spec, bootstrap, group)),
-            producer: KafkaClient(crate::client::producer_config(spec, bootstrap)),
+            consumer: KafkaClient {
+                config: crate::client::consumer_config(spec, bootstrap, group),
+                sign_in: sign_in.clone(),
+            },
+            producer: KafkaClient {
+                config: crate::client::producer_config(spec, bootstrap),
+                sign_in,
+            },
             transactional: spec.delivery == DeliveryGuarantee::ExactlyOnce,
             reset_to_earliest: spec.source.starting_offsets == StartingOffsets::Earliest,
             checkpoint: CheckpointPlan::of(spec, &default_prefix),

@@ -362,6 +362,24 @@ fn run_slot_with_restarts(config: &SlotConfig, health: &Health, stop: &Arc<Atomi
     }
 }
 
+/// `pipeline_source_partitions`, per source topic: what the operator sizes an `AWS_MSK_IAM`
+/// pipeline from, since it does not sign in to that Kafka itself.
+fn report_source_partitions(options: &RuntimeOptions, metrics: &Metrics, partitions: &[usize]) {
+    let topics = options.pipeline.spec().source.topic_names();
+    for (topic, count) in topics.into_iter().zip(partitions) {
+        metrics
+            .source_partitions
+            .get_or_create(&TopicLabels {
+                pipeline: options.pipeline.name().to_owned(),
+                namespace: options.pipeline.namespace().to_owned(),
+                pod: options.pod.clone(),
+                topic: topic.to_owned(),
+                role: "source".to_owned(),
+            })
+            .set(i64::try_from(*count).unwrap_or(i64::MAX));
+    }
+}
+
 /// Waits until the topics are ready (see [`topics`]) and returns the source topics' partition
 /// counts; `None` when stopped first. While Kafka is unreachable it retries quietly; while topics
 /// are missing or do not fit it says which, in the log, on `/readyz` and in
@@ -375,14 +393,16 @@ fn prepare_topics(
 ) -> Option<Vec<usize>> {
     let spec = options.pipeline.spec();
     let bootstrap = spec.kafka.bootstrap_servers.as_str();
+    let sign_in = crate::kafka_sign_in::KafkaSignIn::of(&spec.kafka);
     let mut backoff = Duration::from_secs(1);
     let mut reported = None;
     loop {
-        let result = topics::prepare(spec, bootstrap, group);
+        let result = topics::prepare(spec, bootstrap, group, &sign_in);
         metrics.topics_missing.clear();
         match result {
             Ok(partitions) => {
                 health.set_blocked(None);
+                report_source_partitions(options, metrics, &partitions);
                 return Some(partitions);
             }
             Err(e @ TopicsError::Unreachable { .. }) => {

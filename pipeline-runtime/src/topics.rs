@@ -13,12 +13,17 @@ use pipeline_crds::{PipelineDeploymentSpec, kafka::CreateTopics};
 use rdkafka::{
     admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
     client::DefaultClientContext,
+    consumer::{BaseConsumer, Consumer},
     error::RDKafkaErrorCode,
     metadata::Metadata,
 };
 use tracing::info;
 
-use crate::{client, plan::Plan};
+use crate::{
+    client,
+    kafka_sign_in::{KafkaSignIn, SignInContext},
+    plan::Plan,
+};
 
 /// Why the pipeline cannot start consuming yet.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -158,69 +163,114 @@ pub fn plan_topics(
 }
 
 /// Checks the topics and creates what [`plan_topics`] says to; returns the source topics'
-/// partition counts.
+/// partition counts. Over `AWS_MSK_IAM` nothing is created: Kafka's admin client cannot sign in
+/// with an IAM token yet, so a topic to create is reported as missing instead.
 pub fn prepare(
     spec: &PipelineDeploymentSpec,
     bootstrap: &str,
     group: &str,
+    sign_in: &KafkaSignIn,
 ) -> Result<Vec<usize>, TopicsError> {
     let unreachable = |reason: String| TopicsError::Unreachable {
         bootstrap: bootstrap.to_owned(),
         reason,
     };
-    let admin: AdminClient<DefaultClientContext> =
-        client::with_client_id(client::base_config(spec, bootstrap), "sluice-admin")
-            .create()
-            .map_err(|e| unreachable(format!("cannot create admin client: {e}")))?;
-    let metadata = admin
-        .inner()
-        .fetch_metadata(None, Duration::from_secs(10))
-        .map_err(|e| unreachable(e.to_string()))?;
+    let metadata = read_metadata(spec, bootstrap, sign_in).map_err(unreachable)?;
     let mut plan = plan_topics(
         spec,
         group,
         &|name| partitions_in(&metadata, name),
         metadata.brokers().len(),
     );
-    if !plan.create.is_empty() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| unreachable(e.to_string()))?;
-        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-        for (role, topic, partitions, replication) in &plan.create {
-            let new = NewTopic::new(topic, *partitions, TopicReplication::Fixed(*replication));
-            let result = rt
-                .block_on(admin.create_topics([&new], &options))
-                .map_err(|e| unreachable(format!("cannot create {topic}: {e}")))?;
-            match result.into_iter().next() {
-                Some(Ok(_)) => {
-                    info!(%topic, role, partitions, replication, "created topic");
-                }
-                // Another pod created it meanwhile; the next check verifies it.
-                Some(Err((_, RDKafkaErrorCode::TopicAlreadyExists))) => {}
-                Some(Err((_, code))) => plan.problems.push(TopicProblem {
-                    role,
-                    topic: topic.clone(),
-                    what: format!(
-                        "could not be created with {partitions} partitions and replication factor \
-                         {}: {code}",
-                        if *replication == -1 {
-                            "the broker's default".to_owned()
-                        } else {
-                            replication.to_string()
-                        }
-                    ),
-                }),
-                None => return Err(unreachable(format!("cannot create {topic}: no answer"))),
-            }
-        }
+    if sign_in.is_msk_iam() {
+        refuse_creation(&mut plan);
+    } else if !plan.create.is_empty() {
+        create_topics(spec, bootstrap, &mut plan).map_err(unreachable)?;
     }
     if plan.problems.is_empty() {
         Ok(plan.source_partitions)
     } else {
         Err(TopicsError::Problems(plan.problems))
     }
+}
+
+/// The cluster's metadata, read with a consumer that signs in as the slots do (its main queue is
+/// polled once first, which answers an `OAUTHBEARER` token refresh).
+fn read_metadata(
+    spec: &PipelineDeploymentSpec,
+    bootstrap: &str,
+    sign_in: &KafkaSignIn,
+) -> Result<Metadata, String> {
+    if sign_in.is_msk_iam() {
+        // Said plainly here rather than as a broker timeout later.
+        sign_in.sign().map_err(|e| e.to_string())?;
+    }
+    let consumer: BaseConsumer<SignInContext> =
+        client::with_client_id(client::base_config(spec, bootstrap), "sluice-admin")
+            .create_with_context(SignInContext(sign_in.clone()))
+            .map_err(|e| format!("cannot create a metadata client: {e}"))?;
+    let _ = consumer.poll(Duration::from_millis(100));
+    consumer
+        .fetch_metadata(None, Duration::from_secs(10))
+        .map_err(|e| e.to_string())
+}
+
+/// Over `AWS_MSK_IAM`: each topic the plan would create is a problem naming what to create.
+fn refuse_creation(plan: &mut TopicPlan) {
+    for (role, topic, partitions, _) in plan.create.drain(..) {
+        plan.problems.push(TopicProblem {
+            role,
+            topic,
+            what: format!(
+                "does not exist: create it with {partitions} partitions (topics are not created over AWS_MSK_IAM)"
+            ),
+        });
+    }
+}
+
+/// Creates the plan's topics; a topic that cannot be created becomes a problem.
+fn create_topics(
+    spec: &PipelineDeploymentSpec,
+    bootstrap: &str,
+    plan: &mut TopicPlan,
+) -> Result<(), String> {
+    let admin: AdminClient<DefaultClientContext> =
+        client::with_client_id(client::base_config(spec, bootstrap), "sluice-admin")
+            .create()
+            .map_err(|e| format!("cannot create admin client: {e}"))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for (role, topic, partitions, replication) in &plan.create {
+        let new = NewTopic::new(topic, *partitions, TopicReplication::Fixed(*replication));
+        let result = rt
+            .block_on(admin.create_topics([&new], &options))
+            .map_err(|e| format!("cannot create {topic}: {e}"))?;
+        match result.into_iter().next() {
+            Some(Ok(_)) => {
+                info!(%topic, role, partitions, replication, "created topic");
+            }
+            // Another pod created it meanwhile; the next check verifies it.
+            Some(Err((_, RDKafkaErrorCode::TopicAlreadyExists))) => {}
+            Some(Err((_, code))) => plan.problems.push(TopicProblem {
+                role,
+                topic: topic.clone(),
+                what: format!(
+                    "could not be created with {partitions} partitions and replication factor \
+                     {}: {code}",
+                    if *replication == -1 {
+                        "the broker's default".to_owned()
+                    } else {
+                        replication.to_string()
+                    }
+                ),
+            }),
+            None => return Err(format!("cannot create {topic}: no answer")),
+        }
+    }
+    Ok(())
 }
 
 fn partitions_in(metadata: &Metadata, name: &str) -> Option<usize> {

@@ -190,6 +190,9 @@ pub enum ScrapeError {
     /// No pod is running.
     #[error("no runtime pod to scrape")]
     NoPods,
+    /// The pods could not be listed.
+    #[error("listing the runtime pods: {0}")]
+    Pods(String),
     /// A pod did not answer.
     #[error("{url}: {source}")]
     Fetch {
@@ -208,6 +211,29 @@ pub enum ScrapeError {
     },
 }
 
+/// An HTTP client for the pods' `/metrics`, with the scrape timeout.
+fn scrape_agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_global(Some(TIMEOUT))
+        .build()
+        .new_agent()
+}
+
+/// One pod's `/metrics` text.
+fn fetch_exposition(agent: &ureq::Agent, url: &str) -> Result<String, ScrapeError> {
+    let fetch = |source| ScrapeError::Fetch {
+        url: url.to_owned(),
+        source: Box::new(source),
+    };
+    agent
+        .get(url)
+        .call()
+        .map_err(fetch)?
+        .body_mut()
+        .read_to_string()
+        .map_err(fetch)
+}
+
 /// Scrapes every endpoint into one sample; any endpoint failing fails the sample (a partial
 /// sample would read as lower load).
 pub fn scrape_all(
@@ -218,23 +244,10 @@ pub fn scrape_all(
     if endpoints.is_empty() {
         return Err(ScrapeError::NoPods);
     }
-    let agent = ureq::Agent::config_builder()
-        .timeout_global(Some(TIMEOUT))
-        .build()
-        .new_agent();
+    let agent = scrape_agent();
     let mut sample = Sample::default();
     for url in endpoints {
-        let fetch = |source| ScrapeError::Fetch {
-            url: url.clone(),
-            source: Box::new(source),
-        };
-        let body = agent
-            .get(url)
-            .call()
-            .map_err(fetch)?
-            .body_mut()
-            .read_to_string()
-            .map_err(fetch)?;
+        let body = fetch_exposition(&agent, url)?;
         add_exposition(&mut sample, &body, namespace, name).map_err(|source| {
             ScrapeError::Exposition {
                 url: url.clone(),
@@ -243,6 +256,69 @@ pub fn scrape_all(
         })?;
     }
     Ok(sample)
+}
+
+/// The source partitions the runtime pods report (`pipeline_source_partitions`, per topic),
+/// summed over the source topics: `None` while no pod reports them. Each pod reads the whole
+/// topic metadata, so one answering pod is enough; a pod that does not answer is skipped
+/// unless none answers.
+pub fn scrape_reported_partitions(
+    endpoints: &[String],
+    namespace: &str,
+    name: &str,
+) -> Result<Option<i32>, ScrapeError> {
+    let agent = scrape_agent();
+    let mut last_error = ScrapeError::NoPods;
+    for url in endpoints {
+        let body = match fetch_exposition(&agent, url) {
+            Ok(body) => body,
+            Err(error) => {
+                last_error = error;
+                continue;
+            }
+        };
+        let reported = reported_partitions_in(&body, namespace, name).map_err(|source| {
+            ScrapeError::Exposition {
+                url: url.clone(),
+                source,
+            }
+        })?;
+        if reported.is_some() {
+            return Ok(reported);
+        }
+        last_error = ScrapeError::NoPods;
+    }
+    match last_error {
+        ScrapeError::NoPods => Ok(None),
+        error => Err(error),
+    }
+}
+
+/// The sum over source topics of `pipeline_source_partitions` in one pod's exposition.
+pub fn reported_partitions_in(
+    text: &str,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<i32>, std::io::Error> {
+    let lines = text.lines().map(|l| Ok(l.to_string()));
+    let scrape = prometheus_parse::Scrape::parse(lines)?;
+    let per_topic: BTreeMap<&str, f64> = scrape
+        .samples
+        .iter()
+        .filter(|s| {
+            s.metric == names::SOURCE_PARTITIONS
+                && s.labels.get(label::NAMESPACE) == Some(namespace)
+                && s.labels.get(label::PIPELINE) == Some(name)
+        })
+        .filter_map(|s| match s.value {
+            prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => {
+                Some((s.labels.get(label::TOPIC).unwrap_or_default(), v))
+            }
+            _ => None,
+        })
+        .collect();
+    let total: f64 = per_topic.values().sum();
+    Ok((!per_topic.is_empty() && total >= 1.0).then_some(total as i32))
 }
 
 /// Adds one pod's `/metrics` text (Prometheus or OpenMetrics format) to `sample`, keeping this
@@ -692,6 +768,13 @@ pub trait Sources: Send + Sync {
         &self,
         spec: &pipeline_crds::autoscaler::MetricsSource,
     ) -> Result<std::sync::Arc<dyn MetricsSource>, PrometheusUrlError>;
+
+    /// The source partitions `target`'s runtime pods report (`pipeline_source_partitions`),
+    /// read from the pods themselves whatever the metrics source: `None` while none reports.
+    fn reported_partitions<'a>(
+        &'a self,
+        target: &'a Target,
+    ) -> BoxFuture<'a, Result<Option<i32>, ScrapeError>>;
 }
 
 /// One direct scraper for every pipeline, one Prometheus client per URL.
@@ -727,11 +810,44 @@ impl Sources for SharedSources {
         clients.insert(prometheus.url.clone(), client.clone());
         Ok(client)
     }
+
+    fn reported_partitions<'a>(
+        &'a self,
+        target: &'a Target,
+    ) -> BoxFuture<'a, Result<Option<i32>, ScrapeError>> {
+        Box::pin(async move {
+            let endpoints = match self.direct.endpoints.endpoints(target).await {
+                Ok(endpoints) => endpoints,
+                Err(EndpointsError::ListingPods(error)) => {
+                    return Err(ScrapeError::Pods(error.to_string()));
+                }
+            };
+            let (namespace, name) = (target.namespace.clone(), target.name.clone());
+            tokio::task::spawn_blocking(move || {
+                scrape_reported_partitions(&endpoints, &namespace, &name)
+            })
+            .await
+            .unwrap_or_else(|e| Err(ScrapeError::Pods(e.to_string())))
+        })
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reported_partitions_are_summed_over_the_source_topics_of_this_pipeline_only() {
+        let text = "\
+# TYPE pipeline_source_partitions gauge
+pipeline_source_partitions{pipeline=\"p\",namespace=\"ns\",pod=\"p-0\",topic=\"clicks\",role=\"source\"} 12
+pipeline_source_partitions{pipeline=\"p\",namespace=\"ns\",pod=\"p-0\",topic=\"views\",role=\"source\"} 4
+pipeline_source_partitions{pipeline=\"q\",namespace=\"ns\",pod=\"q-0\",topic=\"other\",role=\"source\"} 99
+";
+        assert_eq!(reported_partitions_in(text, "ns", "p").unwrap(), Some(16));
+        assert_eq!(reported_partitions_in(text, "other", "p").unwrap(), None);
+        assert_eq!(reported_partitions_in("", "ns", "p").unwrap(), None);
+    }
 
     #[tokio::test]
     async fn a_prometheus_that_accepts_and_never_answers_fails_the_query_within_its_timeout() {

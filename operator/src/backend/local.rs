@@ -477,7 +477,13 @@ impl Backend for LocalBackend {
                 std::env::var(env::KAFKA_SASL_PASSWORD),
             ) {
                 (Ok(u), Ok(p)) => Some((u, p)),
-                _ if pd.spec.kafka.sasl.is_some() => {
+                _ if pd
+                    .spec
+                    .kafka
+                    .sasl
+                    .as_ref()
+                    .is_some_and(|s| s.credentials_secret.is_some()) =>
+                {
                     return Err(crate::kafka::CredentialsError::NotInEnvironment {
                         username: env::KAFKA_SASL_USERNAME,
                         password: env::KAFKA_SASL_PASSWORD,

@@ -150,9 +150,20 @@ pub struct DeliveryTracker {
     dead_letter_topic: Option<String>,
     /// Dead letters dropped that way, not yet reported.
     dropped: AtomicU64,
+    /// How the producer signs in (MSK IAM tokens).
+    sign_in: crate::kafka_sign_in::KafkaSignIn,
 }
 
-impl ClientContext for DeliveryTracker {}
+impl ClientContext for DeliveryTracker {
+    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
+
+    fn generate_oauth_token(
+        &self,
+        _: Option<&str>,
+    ) -> Result<rdkafka::client::OAuthToken, Box<dyn std::error::Error>> {
+        self.sign_in.oauth_token()
+    }
+}
 
 impl ProducerContext for DeliveryTracker {
     type DeliveryOpaque = ();
@@ -213,6 +224,7 @@ impl Sink {
     ) -> Result<Self, SinkError> {
         let tracker = DeliveryTracker {
             dead_letter_topic: plan.dead_letter_topic.clone(),
+            sign_in: plan.producer.sign_in().clone(),
             ..DeliveryTracker::default()
         };
         let producer: Arc<BaseProducer<DeliveryTracker>> = Arc::new(

@@ -683,8 +683,11 @@ mod tests {
                     reader.read_exact(&mut body).unwrap();
                     let target = request_line.split(' ').nth(1).unwrap_or_default();
                     target_log.lock().unwrap().push(target.to_owned());
-                    let query = target.split_once("query=").map_or("", |(_, q)| q);
-                    let statement = percent_decoded(query.split('&').next().unwrap_or(""));
+                    let query = target.split_once('?').map_or("", |(_, q)| q);
+                    let statement = form_urlencoded::parse(query.as_bytes())
+                        .find(|(k, _)| k == "query")
+                        .map(|(_, v)| v.into_owned())
+                        .unwrap_or_default();
                     let (status, text) = answer(&statement);
                     log.lock()
                         .unwrap()
@@ -724,29 +727,6 @@ mod tests {
                 .map(|(_, body)| body.clone())
                 .collect()
         }
-    }
-
-    fn percent_decoded(text: &str) -> String {
-        let bytes = text.as_bytes();
-        let mut out = Vec::new();
-        let mut i = 0;
-        while i < bytes.len() {
-            match bytes[i] {
-                b'%' => {
-                    out.push(u8::from_str_radix(&text[i + 1..i + 3], 16).unwrap());
-                    i += 3;
-                }
-                b'+' => {
-                    out.push(b' ');
-                    i += 1;
-                }
-                b => {
-                    out.push(b);
-                    i += 1;
-                }
-            }
-        }
-        String::from_utf8(out).unwrap()
     }
 
     /// A sink into `endpoint` (which creates the table) with the batch settings `batch`.
