@@ -279,6 +279,32 @@ impl OperatorMetrics {
         self.capacity_per_slot.remove(&labels);
     }
 
+    /// Every family with one series of placeholder labels: what the metrics reference
+    /// (docs/metrics.md, checked by a test) is generated from, labels included.
+    pub fn example() -> Self {
+        let m = Self::default();
+        m.reconciles.get_or_create(&ResultLabel {
+            result: "<result>".into(),
+        });
+        let pipeline = PipelineLabels {
+            namespace: "<namespace>".into(),
+            pipeline: "<pipeline>".into(),
+        };
+        for family in [&m.recommended, &m.current, &m.ready, &m.at_max] {
+            family.get_or_create(&pipeline);
+        }
+        for family in [&m.required_rate, &m.capacity_per_slot] {
+            family.get_or_create(&pipeline);
+        }
+        m.decisions.get_or_create(&DecisionLabels {
+            namespace: "<namespace>".into(),
+            pipeline: "<pipeline>".into(),
+            direction: "<direction>".into(),
+            reason: "<reason>".into(),
+        });
+        m
+    }
+
     /// The Prometheus text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();

@@ -531,6 +531,87 @@ impl Metrics {
         }
     }
 
+    /// Every family with one series of placeholder labels: what the metrics reference
+    /// (docs/metrics.md, checked by a test) is generated from, labels included.
+    pub fn example() -> Self {
+        let m = Self::new();
+        let slot = SlotLabels {
+            pipeline: "<pipeline>".into(),
+            namespace: "<namespace>".into(),
+            pod: "<pod>".into(),
+            slot: "<slot>".into(),
+        };
+        let partition = Self::partition_labels(&slot, "<topic>", 0);
+        let result = Self::result_labels(&slot, "<result>");
+        let reason = ReasonLabels {
+            pipeline: slot.pipeline.clone(),
+            namespace: slot.namespace.clone(),
+            pod: slot.pod.clone(),
+            slot: slot.slot.clone(),
+            reason: "<stage>".into(),
+        };
+        let topic = TopicLabels {
+            pipeline: slot.pipeline.clone(),
+            namespace: slot.namespace.clone(),
+            pod: slot.pod.clone(),
+            topic: "<topic>".into(),
+            role: "<role>".into(),
+        };
+        for family in [
+            &m.records_in,
+            &m.records_out,
+            &m.filtered,
+            &m.late,
+            &m.dead_letters_dropped,
+            &m.windowed,
+            &m.repartitioned,
+            &m.rebalances,
+            &m.sink_errors,
+            &m.kafka_errors,
+            &m.slot_restarts,
+            &m.slot_panics,
+            &m.sink_rows,
+            &m.sink_bytes,
+            &m.sink_insert_failures,
+        ] {
+            family.get_or_create(&slot);
+        }
+        for family in [&m.busy, &m.backpressured, &m.idle] {
+            family.get_or_create(&slot);
+        }
+        for family in [
+            &m.state_keys,
+            &m.assigned_partitions,
+            &m.checkpoint_bytes,
+            &m.checkpoint_failures_in_a_row,
+            &m.checkpoint_in_progress,
+        ] {
+            family.get_or_create(&slot);
+        }
+        for family in [
+            &m.output_latency,
+            &m.checkpoint_duration,
+            &m.restore_duration,
+            &m.partition_pause,
+            &m.sink_insert_duration,
+            &m.sink_batch_rows,
+        ] {
+            family.get_or_create(&slot);
+        }
+        for family in [&m.end_offset, &m.position, &m.lag, &m.paused] {
+            family.get_or_create(&partition);
+        }
+        m.watermark_lag.get_or_create(&partition);
+        for family in [&m.checkpoints, &m.restore_failures, &m.state_resets] {
+            family.get_or_create(&result);
+        }
+        m.dead_letter.get_or_create(&reason);
+        for family in [&m.topics_missing, &m.source_partitions] {
+            family.get_or_create(&topic);
+        }
+        m
+    }
+
     /// The Prometheus text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();
