@@ -283,7 +283,7 @@ impl OperatorMetrics {
     /// (docs/metrics.md, checked by a test) is generated from, labels included.
     pub fn example() -> Self {
         let m = Self::default();
-        m.reconciles.get_or_create(&ResultLabel {
+        let _ = m.reconciles.get_or_create(&ResultLabel {
             result: "<result>".into(),
         });
         let pipeline = PipelineLabels {
@@ -291,12 +291,12 @@ impl OperatorMetrics {
             pipeline: "<pipeline>".into(),
         };
         for family in [&m.recommended, &m.current, &m.ready, &m.at_max] {
-            family.get_or_create(&pipeline);
+            let _ = family.get_or_create(&pipeline);
         }
         for family in [&m.required_rate, &m.capacity_per_slot] {
-            family.get_or_create(&pipeline);
+            let _ = family.get_or_create(&pipeline);
         }
-        m.decisions.get_or_create(&DecisionLabels {
+        let _ = m.decisions.get_or_create(&DecisionLabels {
             namespace: "<namespace>".into(),
             pipeline: "<pipeline>".into(),
             direction: "<direction>".into(),

@@ -574,10 +574,10 @@ impl Metrics {
             &m.sink_bytes,
             &m.sink_insert_failures,
         ] {
-            family.get_or_create(&slot);
+            let _ = family.get_or_create(&slot);
         }
         for family in [&m.busy, &m.backpressured, &m.idle] {
-            family.get_or_create(&slot);
+            let _ = family.get_or_create(&slot);
         }
         for family in [
             &m.state_keys,
@@ -586,7 +586,7 @@ impl Metrics {
             &m.checkpoint_failures_in_a_row,
             &m.checkpoint_in_progress,
         ] {
-            family.get_or_create(&slot);
+            let _ = family.get_or_create(&slot);
         }
         for family in [
             &m.output_latency,
@@ -596,18 +596,18 @@ impl Metrics {
             &m.sink_insert_duration,
             &m.sink_batch_rows,
         ] {
-            family.get_or_create(&slot);
+            let _ = family.get_or_create(&slot);
         }
         for family in [&m.end_offset, &m.position, &m.lag, &m.paused] {
-            family.get_or_create(&partition);
+            let _ = family.get_or_create(&partition);
         }
-        m.watermark_lag.get_or_create(&partition);
+        let _ = m.watermark_lag.get_or_create(&partition);
         for family in [&m.checkpoints, &m.restore_failures, &m.state_resets] {
-            family.get_or_create(&result);
+            let _ = family.get_or_create(&result);
         }
-        m.dead_letter.get_or_create(&reason);
+        let _ = m.dead_letter.get_or_create(&reason);
         for family in [&m.topics_missing, &m.source_partitions] {
-            family.get_or_create(&topic);
+            let _ = family.get_or_create(&topic);
         }
         m
     }
