@@ -503,10 +503,98 @@ fn is_aws_region(region: &str) -> bool {
         && parts[parts.len() - 1].parse::<u8>().is_ok()
 }
 
+/// The directories the operator mounts into the runtime container.
+const OPERATOR_DIRS: &[&str] = &[
+    crate::contract::paths::CONFIG_DIR,
+    crate::contract::paths::SCRATCH_DIR,
+    "/var/lib/sluice",
+];
+
+/// Extra volumes: names and mount paths of their own, clear of the operator's.
+fn extra_volumes(c: &mut Collector, volumes: &[crate::pod_template::ExtraVolume]) {
+    let mut names = std::collections::BTreeSet::new();
+    let mut paths = std::collections::BTreeSet::new();
+    for (i, volume) in volumes.iter().enumerate() {
+        let at = format!("spec.podTemplate.volumes[{i}]");
+        if crate::pod_template::OPERATOR_VOLUMES.contains(&volume.name.as_str()) {
+            c.error(
+                format!("{at}.name"),
+                format!("{} is the operator's own volume", volume.name),
+            );
+        } else if !names.insert(volume.name.as_str()) {
+            c.error(
+                format!("{at}.name"),
+                format!("{} is used twice", volume.name),
+            );
+        }
+        let path = volume.mount_path.trim_end_matches('/');
+        let clashes = |dir: &str| {
+            path == dir
+                || path.starts_with(&format!("{dir}/"))
+                || dir.starts_with(&format!("{path}/"))
+        };
+        if !path.starts_with('/') || path.split('/').any(|part| part == ".." || part == ".") {
+            c.error(
+                format!("{at}.mountPath"),
+                "must be an absolute path without . or ..",
+            );
+        } else if path.is_empty() || OPERATOR_DIRS.iter().any(|dir| clashes(dir)) {
+            c.error(
+                format!("{at}.mountPath"),
+                format!(
+                    "{} overlaps the operator's mounts ({})",
+                    volume.mount_path,
+                    OPERATOR_DIRS.join(", ")
+                ),
+            );
+        } else if !paths.insert(path) {
+            c.error(
+                format!("{at}.mountPath"),
+                format!("{path} is mounted twice"),
+            );
+        }
+        c.check(
+            volume.config_map.is_some() != volume.empty_dir.is_some(),
+            &at,
+            "a volume has exactly one of configMap and emptyDir",
+        );
+        for (j, item) in volume.config_map.iter().flat_map(|c| &c.items).enumerate() {
+            c.check(
+                !item.path.starts_with('/') && !item.path.split('/').any(|part| part == ".."),
+                &format!("{at}.configMap.items[{j}].path"),
+                "must be relative, without ..",
+            );
+        }
+    }
+}
+
 fn pod_template(c: &mut Collector, spec: &PipelineDeploymentSpec) {
     let Some(template) = &spec.pod_template else {
         return;
     };
+    extra_volumes(c, &template.volumes);
+    if let Some(profile) = template
+        .security_context
+        .as_ref()
+        .and_then(|s| s.seccomp_localhost_profile.as_ref())
+    {
+        c.check(
+            !profile.starts_with('/') && !profile.split('/').any(|part| part == ".."),
+            "spec.podTemplate.securityContext.seccompLocalhostProfile",
+            "must be a path relative to the kubelet's seccomp directory, without ..",
+        );
+    }
+    if let Some(groups) = template
+        .security_context
+        .as_ref()
+        .map(|s| &s.supplemental_groups)
+    {
+        c.check(
+            groups.iter().all(|g| *g >= 1),
+            "spec.podTemplate.securityContext.supplementalGroups",
+            "groups are at least 1 (never root's)",
+        );
+    }
     let mut seen = std::collections::BTreeSet::new();
     for (i, e) in template.env.iter().enumerate() {
         if !crate::pod_template::user_may_set_env(&e.name) {
@@ -1200,6 +1288,39 @@ mod tests {
             "{bootstrapServers: 'a:9092', securityProtocol: SASL_PLAINTEXT, sasl: {mechanism: SCRAM-SHA-512, credentialsSecret: {name: kafka}}}",
         );
         assert_eq!(validate(&scram), Ok(()));
+    }
+
+    #[test]
+    fn extra_volumes_stay_clear_of_the_operators_mounts_and_the_pod_never_runs_as_root() {
+        let template = |yaml: &str| {
+            let mut s = spec("");
+            s.pod_template = Some(serde_norway::from_str(yaml).unwrap());
+            s
+        };
+        assert_eq!(
+            validate(&template(
+                "{volumes: [{name: ref, mountPath: /srv/ref, configMap: {name: c}}], securityContext: {runAsUser: 1000, supplementalGroups: [5]}}"
+            )),
+            Ok(())
+        );
+        let errors = validate(&template(
+            "{volumes: [{name: config, mountPath: /etc/sluice/x, configMap: {name: c}}, {name: a, mountPath: /etc, emptyDir: {}}, {name: a, mountPath: relative, emptyDir: {}}, {name: b, mountPath: /srv/x}, {name: c, mountPath: /srv/x/, emptyDir: {}}, {name: d, mountPath: '/srv/../tmp', emptyDir: {}}], securityContext: {seccompLocalhostProfile: ../escape.json, supplementalGroups: [0]}}",
+        ))
+        .unwrap_err();
+        for path in [
+            "spec.podTemplate.volumes[0].name",
+            "spec.podTemplate.volumes[0].mountPath",
+            "spec.podTemplate.volumes[1].mountPath",
+            "spec.podTemplate.volumes[2].name",
+            "spec.podTemplate.volumes[2].mountPath",
+            "spec.podTemplate.volumes[3]",
+            "spec.podTemplate.volumes[4].mountPath",
+            "spec.podTemplate.volumes[5].mountPath",
+            "spec.podTemplate.securityContext.seccompLocalhostProfile",
+            "spec.podTemplate.securityContext.supplementalGroups",
+        ] {
+            assert!(errors.has_path(path), "missing {path} in {errors}");
+        }
     }
 
     #[test]

@@ -176,6 +176,81 @@ mod tests {
     }
 
     #[test]
+    fn env_from_config_maps_extra_volumes_and_a_chosen_user_reach_the_pod_within_the_restricted_profile()
+     {
+        let c = children(
+            &pd(
+                "  podTemplate:\n    envFrom: [{configMapRef: {name: proxy}, prefix: APP_}]\n    volumes:\n      - {name: ref-data, mountPath: /srv/ref, configMap: {name: countries}}\n      - {name: spill, mountPath: /srv/spill, emptyDir: {medium: Memory, sizeLimit: 64Mi}}\n    securityContext: {runAsUser: 10001, fsGroup: 20001, fsGroupChangePolicy: OnRootMismatch, seccompLocalhostProfile: profiles/sluice.json}\n",
+            ),
+            false,
+        );
+        let pod = pod(&c);
+        let container = &pod.containers[0];
+        let env_from = container.env_from.as_ref().unwrap();
+        assert_eq!(env_from.len(), 1);
+        assert_eq!(env_from[0].config_map_ref.as_ref().unwrap().name, "proxy");
+        assert_eq!(env_from[0].prefix.as_deref(), Some("APP_"));
+        assert!(env_from[0].secret_ref.is_none());
+        let mounts = container.volume_mounts.as_ref().unwrap();
+        let mount = |name: &str| mounts.iter().find(|m| m.name == name).unwrap();
+        assert_eq!(
+            (
+                mount("ref-data").mount_path.as_str(),
+                mount("ref-data").read_only
+            ),
+            ("/srv/ref", Some(true)),
+            "a ConfigMap is mounted read-only"
+        );
+        assert_eq!(mount("spill").read_only, Some(false));
+        let volumes = pod.volumes.as_ref().unwrap();
+        let spill = volumes.iter().find(|v| v.name == "spill").unwrap();
+        assert_eq!(
+            spill.empty_dir.as_ref().unwrap().medium.as_deref(),
+            Some("Memory")
+        );
+        let security = pod.security_context.as_ref().unwrap();
+        assert_eq!(
+            (
+                security.run_as_non_root,
+                security.run_as_user,
+                security.run_as_group,
+                security.fs_group
+            ),
+            (Some(true), Some(10001), Some(65_532), Some(20001))
+        );
+        assert_eq!(
+            security.fs_group_change_policy.as_deref(),
+            Some("OnRootMismatch")
+        );
+        let seccomp = security.seccomp_profile.as_ref().unwrap();
+        assert_eq!(
+            (seccomp.type_.as_str(), seccomp.localhost_profile.as_deref()),
+            ("Localhost", Some("profiles/sluice.json"))
+        );
+        let locked = container.security_context.as_ref().unwrap();
+        assert_eq!(
+            (
+                locked.allow_privilege_escalation,
+                locked.read_only_root_filesystem
+            ),
+            (Some(false), Some(true)),
+            "the container keeps its own settings"
+        );
+        let default = children(&pd(""), false);
+        let default_pod = self::pod(&default);
+        assert_eq!(default_pod.containers[0].env_from, None);
+        assert_eq!(
+            default_pod
+                .security_context
+                .unwrap()
+                .seccomp_profile
+                .unwrap()
+                .type_,
+            "RuntimeDefault"
+        );
+    }
+
+    #[test]
     fn pods_spread_over_zones_then_nodes_by_default_and_the_pipeline_may_replace_or_drop_that() {
         let spread = pod(&children(&pd(""), false))
             .topology_spread_constraints

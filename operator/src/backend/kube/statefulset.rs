@@ -7,11 +7,11 @@ use k8s_openapi::{
     api::{
         apps::v1::{StatefulSet, StatefulSetSpec},
         core::v1::{
-            Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
-            EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector,
-            PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-            ResourceRequirements, SeccompProfile, SecretKeySelector, SecretVolumeSource,
-            SecurityContext, TopologySpreadConstraint, Volume, VolumeMount,
+            Capabilities, ConfigMapEnvSource, ConfigMapVolumeSource, Container, ContainerPort,
+            EmptyDirVolumeSource, EnvFromSource, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath,
+            ObjectFieldSelector, PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec,
+            PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecretKeySelector,
+            SecretVolumeSource, SecurityContext, TopologySpreadConstraint, Volume, VolumeMount,
         },
     },
     apimachinery::pkg::{
@@ -195,6 +195,10 @@ fn volumes_and_mounts(
         mounts.push(mount);
         volumes.push(volume);
     }
+    for (mount, volume) in extra_volumes(spec) {
+        mounts.push(mount);
+        volumes.push(volume);
+    }
     let storage = spec.checkpoint.as_ref().map(|c| &c.storage);
     if let Some(volume) = storage.and_then(|s| s.volume.as_ref()) {
         mounts.push(VolumeMount {
@@ -212,6 +216,69 @@ fn volumes_and_mounts(
         });
     }
     (volumes, mounts)
+}
+
+/// `podTemplate.volumes`: ConfigMaps (always read-only) and `emptyDir`s.
+fn extra_volumes(spec: &pipeline_crds::PipelineDeploymentSpec) -> Vec<(VolumeMount, Volume)> {
+    let Some(template) = &spec.pod_template else {
+        return Vec::new();
+    };
+    template
+        .volumes
+        .iter()
+        .map(|extra| {
+            let mount = VolumeMount {
+                name: extra.name.clone(),
+                mount_path: extra.mount_path.clone(),
+                read_only: Some(extra.read_only || extra.config_map.is_some()),
+                ..VolumeMount::default()
+            };
+            let volume = Volume {
+                name: extra.name.clone(),
+                config_map: extra.config_map.as_ref().map(|c| ConfigMapVolumeSource {
+                    name: c.name.clone(),
+                    items: (!c.items.is_empty()).then(|| {
+                        c.items
+                            .iter()
+                            .map(|item| KeyToPath {
+                                key: item.key.clone(),
+                                path: item.path.clone(),
+                                mode: None,
+                            })
+                            .collect()
+                    }),
+                    optional: c.optional.then_some(true),
+                    ..ConfigMapVolumeSource::default()
+                }),
+                empty_dir: extra.empty_dir.as_ref().map(|e| EmptyDirVolumeSource {
+                    medium: e.medium.map(|_| "Memory".to_owned()),
+                    size_limit: e.size_limit.clone(),
+                }),
+                ..Volume::default()
+            };
+            (mount, volume)
+        })
+        .collect()
+}
+
+/// `podTemplate.envFrom`: ConfigMaps only.
+fn env_from(
+    overrides: &pipeline_crds::pod_template::PodTemplateOverrides,
+) -> Option<Vec<EnvFromSource>> {
+    (!overrides.env_from.is_empty()).then(|| {
+        overrides
+            .env_from
+            .iter()
+            .map(|source| EnvFromSource {
+                config_map_ref: Some(ConfigMapEnvSource {
+                    name: source.config_map_ref.name.clone(),
+                    optional: source.config_map_ref.optional.then_some(true),
+                }),
+                prefix: source.prefix.clone(),
+                ..EnvFromSource::default()
+            })
+            .collect()
+    })
 }
 
 /// Requests and limits of one pod: CPU as sized, memory requested and limited alike.
@@ -305,17 +372,31 @@ fn pod_annotations(
     annotations
 }
 
-/// The pod-level security context of the restricted profile.
-fn pod_security_context() -> PodSecurityContext {
-    PodSecurityContext {
-        run_as_non_root: Some(true),
-        run_as_user: Some(65_532),
-        run_as_group: Some(65_532),
-        fs_group: Some(65_532),
-        seccomp_profile: Some(SeccompProfile {
+/// The pod-level security context of the restricted profile, with the user, groups and
+/// seccomp profile `podTemplate.securityContext` chooses (validated to stay within it).
+fn pod_security_context(
+    chosen: Option<&pipeline_crds::pod_template::PodSecurityOverrides>,
+) -> PodSecurityContext {
+    let chosen = chosen.cloned().unwrap_or_default();
+    let seccomp_profile = match chosen.seccomp_localhost_profile {
+        Some(profile) => SeccompProfile {
+            type_: "Localhost".into(),
+            localhost_profile: Some(profile),
+        },
+        None => SeccompProfile {
             type_: "RuntimeDefault".into(),
             ..SeccompProfile::default()
-        }),
+        },
+    };
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(chosen.run_as_user.unwrap_or(65_532)),
+        run_as_group: Some(chosen.run_as_group.unwrap_or(65_532)),
+        fs_group: Some(chosen.fs_group.unwrap_or(65_532)),
+        fs_group_change_policy: chosen.fs_group_change_policy.map(|p| p.as_str().to_owned()),
+        supplemental_groups: (!chosen.supplemental_groups.is_empty())
+            .then_some(chosen.supplemental_groups),
+        seccomp_profile: Some(seccomp_profile),
         ..PodSecurityContext::default()
     }
 }
@@ -357,6 +438,7 @@ pub(super) fn pod_template(desired: &Desired, environment: &Environment) -> PodT
     container
         .image_pull_policy
         .clone_from(&environment.image_pull_policy);
+    container.env_from = env_from(&overrides);
     let mut pod_labels = overrides.labels.clone();
     pod_labels.extend(object_labels(name));
     PodTemplateSpec {
@@ -373,7 +455,7 @@ pub(super) fn pod_template(desired: &Desired, environment: &Environment) -> PodT
             containers: vec![container],
             volumes: Some(volumes),
             termination_grace_period_seconds: Some(desired.grace_seconds),
-            security_context: Some(pod_security_context()),
+            security_context: Some(pod_security_context(overrides.security_context.as_ref())),
             service_account_name: overrides.service_account_name.clone(),
             automount_service_account_token: Some(
                 overrides.automount_service_account_token.unwrap_or(false),
