@@ -3,6 +3,8 @@
 
 /// Environment variables the operator sets on runtime pods and the runtime reads.
 pub mod env {
+    /// The node the pod runs on (downward API `spec.nodeName`), for the `rack` init container.
+    pub const NODE_NAME: &str = "SLUICE_NODE_NAME";
     /// Path of the PipelineDeployment manifest the runtime executes.
     pub const CONFIG: &str = "SLUICE_CONFIG";
     /// The manifest itself, for `pipeline-runtime cleanup` (the operator's cleanup Job passes it
@@ -72,6 +74,12 @@ pub mod paths {
     pub const CHECKPOINT_VOLUME_DIR: &str = "/var/lib/sluice/checkpoints";
     /// Writable scratch directory (the root file system is read-only).
     pub const SCRATCH_DIR: &str = "/tmp";
+    /// The pod's rack (`spec.kafka.rack`), written by the `rack` init container into the
+    /// scratch directory, read by the runtime as `client.rack`.
+    pub const RACK_FILE: &str = "/tmp/sluice-rack";
+    /// Where the `rack` init container's Kubernetes API token is mounted (the runtime container
+    /// gets none).
+    pub const RACK_API_ACCESS_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 }
 
 /// Network ports.

@@ -54,11 +54,36 @@ pub struct KafkaSpec {
     #[schemars(extend("maxProperties" = 64))]
     pub properties: BTreeMap<String, String>,
 
+    /// Rack awareness: each runtime pod sets librdkafka's `client.rack` to its node's value of
+    /// this label, so consumers fetch from the replica in their own zone (KIP-392; the brokers
+    /// need `replica.selector.class` set, which Amazon MSK does with zone ids as racks). An init
+    /// container reads the label from the pod's node, which needs `get` on nodes for the pods'
+    /// ServiceAccount (the chart's `runtime.rack.enabled`). Where it cannot be read, the pod
+    /// starts without a rack and says so. Not with `properties[client.rack]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rack: Option<RackSpec>,
+
     /// Create the topics the pipeline writes to (sink, dead-letter, late data) when they are
     /// missing. Without it a pipeline whose output topic is missing does not start: it reports the
     /// topic (log, `/readyz`, `pipeline_topics_missing`) and checks again, consuming nothing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub create_topics: Option<CreateTopics>,
+}
+
+/// Where a pod's rack comes from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RackSpec {
+    /// The node label whose value is the pod's rack: `topology.kubernetes.io/zone` (the zone
+    /// name, e.g. `eu-west-1a`) by default; on EKS with Amazon MSK `topology.k8s.aws/zone-id`
+    /// (`euw1-az1`), since MSK names its racks by zone id.
+    #[serde(default = "default_rack_topology_key")]
+    #[schemars(length(min = 1, max = 316))]
+    pub topology_key: String,
+}
+
+fn default_rack_topology_key() -> String {
+    "topology.kubernetes.io/zone".to_owned()
 }
 
 /// How missing output topics are created.

@@ -238,6 +238,7 @@ pub const OPERATOR_VOLUMES: &[&str] = &[
     "checkpoints",
     "kafka-ca",
     "kafka-client-certificate",
+    "rack-api-access",
 ];
 
 /// One environment variable with a plain value.

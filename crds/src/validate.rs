@@ -350,6 +350,18 @@ fn kafka(c: &mut Collector, spec: &PipelineDeploymentSpec) {
     if let Some(sasl) = &k.sasl {
         msk_iam(c, k, sasl);
     }
+    if let Some(rack) = &k.rack {
+        c.check(
+            !k.properties.contains_key("client.rack"),
+            "spec.kafka.properties[client.rack]",
+            "is set per pod by spec.kafka.rack: set one of them",
+        );
+        c.check(
+            is_label_key(&rack.topology_key),
+            "spec.kafka.rack.topologyKey",
+            format!("{:?} is not a label key", rack.topology_key),
+        );
+    }
     if k.tls.is_some()
         && !matches!(
             k.security_protocol,
@@ -392,9 +404,23 @@ fn kafka(c: &mut Collector, spec: &PipelineDeploymentSpec) {
             );
         }
     }
-    // The consumers' timeouts, as librdkafka will get them: it refuses to create a consumer
-    // whose poll interval is shorter than its session timeout, and a heartbeat must fit in the
-    // session several times.
+    consumer_timeouts(c, k);
+    if k.sasl
+        .as_ref()
+        .is_some_and(|s| s.mechanism == crate::kafka::SaslMechanism::Plain)
+        && k.security_protocol == SecurityProtocol::SaslPlaintext
+    {
+        c.error(
+            "spec.kafka.securityProtocol",
+            "SASL PLAIN over SASL_PLAINTEXT sends the password unencrypted: use SASL_SSL (or a SCRAM mechanism)",
+        );
+    }
+}
+
+/// The consumers' timeouts, as librdkafka will get them: it refuses to create a consumer whose
+/// poll interval is shorter than its session timeout, and a heartbeat must fit in the session
+/// several times.
+fn consumer_timeouts(c: &mut Collector, k: &crate::kafka::KafkaSpec) {
     let number = |key: &str, default: u64| match k.properties.get(key) {
         None => Some(default),
         Some(v) => v.trim().parse::<u64>().ok(),
@@ -436,16 +462,6 @@ fn kafka(c: &mut Collector, spec: &PipelineDeploymentSpec) {
                 format!("must be below session.timeout.ms ({session} ms)"),
             );
         }
-    }
-    if k.sasl
-        .as_ref()
-        .is_some_and(|s| s.mechanism == crate::kafka::SaslMechanism::Plain)
-        && k.security_protocol == SecurityProtocol::SaslPlaintext
-    {
-        c.error(
-            "spec.kafka.securityProtocol",
-            "SASL PLAIN over SASL_PLAINTEXT sends the password unencrypted: use SASL_SSL (or a SCRAM mechanism)",
-        );
     }
 }
 
@@ -491,6 +507,28 @@ fn msk_iam(c: &mut Collector, k: &crate::kafka::KafkaSpec, sasl: &crate::kafka::
         "spec.kafka.createTopics",
         "is not supported with AWS_MSK_IAM: create the output topics (and, for a re-keyed pipeline, the repartition topic the runtime names in its report) beforehand",
     );
+}
+
+/// A Kubernetes label key: an optional DNS-subdomain prefix and `/`, then a name of at most 63
+/// alphanumerics, `-`, `_` and `.`, starting and ending alphanumeric.
+fn is_label_key(key: &str) -> bool {
+    let (prefix, name) = key.rsplit_once('/').unwrap_or(("", key));
+    let name_ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name.as_bytes()[name.len() - 1].is_ascii_alphanumeric();
+    let prefix_ok = prefix.len() <= 253
+        && prefix.split('.').all(|part| {
+            !part.is_empty()
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        })
+        || prefix.is_empty() && !key.contains('/');
+    name_ok && prefix_ok
 }
 
 /// `eu-west-1`, `us-gov-west-1`, `ap-southeast-4`: lowercase words and a number, by dashes.
@@ -1365,6 +1403,36 @@ mod tests {
         }
         for not_region in ["eu-west", "EU-WEST-1", "eu--1", "1-2-3"] {
             assert!(!is_aws_region(not_region), "{not_region}");
+        }
+    }
+
+    #[test]
+    fn a_rack_from_the_node_label_replaces_a_fixed_client_rack_and_names_a_label_key() {
+        let kafka = |yaml: &str| {
+            let mut s = spec("");
+            s.kafka = serde_norway::from_str(yaml).unwrap();
+            s
+        };
+        let zone = kafka("{bootstrapServers: 'a:9092', rack: {}}");
+        assert_eq!(validate(&zone), Ok(()));
+        assert_eq!(
+            zone.kafka.rack.unwrap().topology_key,
+            "topology.kubernetes.io/zone"
+        );
+        let errors = validate(&kafka(
+            "{bootstrapServers: 'a:9092', rack: {topologyKey: 'not a key'}, properties: {client.rack: euw1-az1}}",
+        ))
+        .unwrap_err();
+        assert!(
+            errors.has_path("spec.kafka.properties[client.rack]"),
+            "{errors}"
+        );
+        assert!(errors.has_path("spec.kafka.rack.topologyKey"), "{errors}");
+        for key in ["topology.k8s.aws/zone-id", "zone", "example.com/rack_1"] {
+            assert!(is_label_key(key), "{key}");
+        }
+        for key in ["/zone", "Example.com/x", "a/b/c", "-x", ""] {
+            assert!(!is_label_key(key), "{key}");
         }
     }
 

@@ -60,6 +60,23 @@ enum Command {
         #[arg(long, env = env::MANIFEST, hide_env_values = true)]
         manifest: Option<String>,
     },
+    /// Write the pod's rack (its node's `spec.kafka.rack.topologyKey` label) where the runtime
+    /// reads its `client.rack`; the operator runs it as the runtime pods' init container. A rack
+    /// that cannot be read is reported and is not fatal (exit 0, no rack).
+    Rack {
+        /// The node label that names the rack.
+        #[arg(long, default_value = "topology.kubernetes.io/zone")]
+        topology_key: String,
+        /// The pod's node (downward API `spec.nodeName`).
+        #[arg(long, env = env::NODE_NAME)]
+        node: Option<String>,
+        /// Where to write the rack.
+        #[arg(long, default_value = paths::RACK_FILE)]
+        out: PathBuf,
+        /// The directory of the Kubernetes API token and CA bundle.
+        #[arg(long, default_value = paths::RACK_API_ACCESS_DIR)]
+        api_access: PathBuf,
+    },
     /// Run the IoT example on an embedded Kafka cluster and check its output against an offline
     /// computation.
     Demo {
@@ -192,6 +209,12 @@ where
         }
         Command::Run(args) => run(args),
         Command::Cleanup { file, manifest } => cleanup(&file, manifest.as_deref()),
+        Command::Rack {
+            topology_key,
+            node,
+            out,
+            api_access,
+        } => rack(&topology_key, node.as_deref(), &out, &api_access),
         Command::Demo {
             records,
             slots,
@@ -240,6 +263,32 @@ where
             }
         }
     }
+}
+
+/// `pipeline-runtime rack`: the node's label into `out`; a failure is said and leaves no rack.
+fn rack(
+    topology_key: &str,
+    node: Option<&str>,
+    out: &std::path::Path,
+    api_access: &std::path::Path,
+) -> anyhow::Result<ExitCode> {
+    use crate::rack::{ApiServer, RackError, node_label};
+    let found = node
+        .ok_or(RackError::NoNode)
+        .and_then(|node| Ok((node, ApiServer::in_cluster(api_access)?)))
+        .and_then(|(node, api)| node_label(&api, node, topology_key));
+    match found {
+        Ok(rack) => {
+            std::fs::write(out, &rack)?;
+            info!(%rack, topology_key, "client.rack of this pod");
+        }
+        Err(error) => {
+            // A stale rack from an earlier start must not survive a failed lookup.
+            let _ = std::fs::remove_file(out);
+            tracing::warn!(%error, "no rack: the runtime fetches from partition leaders");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn cleanup(file: &std::path::Path, manifest: Option<&str>) -> anyhow::Result<ExitCode> {

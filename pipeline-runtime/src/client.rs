@@ -58,6 +58,11 @@ pub fn base_config(spec: &PipelineDeploymentSpec, bootstrap_servers: &str) -> Cl
         );
         config.set("ssl.key.location", format!("{dir}/{TLS_PRIVATE_KEY_KEY}"));
     }
+    if spec.kafka.rack.is_some()
+        && let Some(rack) = crate::rack::written_rack(std::path::Path::new(paths::RACK_FILE))
+    {
+        config.set("client.rack", rack);
+    }
     // Last, so the user's properties win where the runtime only sets a default (the CA path;
     // client.id, added later only where they set none); the ones it owns are refused by
     // validate().

@@ -21,6 +21,7 @@ pub mod plan;
 pub mod processor;
 pub mod produce;
 pub mod projection;
+pub mod rack;
 pub mod row;
 pub mod runtime;
 pub mod schema_registry;

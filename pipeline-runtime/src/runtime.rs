@@ -155,6 +155,7 @@ fn supervise(
     stop: Arc<AtomicBool>,
 ) {
     let bootstrap = options.pipeline.spec().kafka.bootstrap_servers.clone();
+    report_rack(options.pipeline.spec());
     let Some(partitions) = prepare_topics(&options, &group, &metrics, &health, &stop) else {
         return;
     };
@@ -359,6 +360,21 @@ fn run_slot_with_restarts(config: &SlotConfig, health: &Health, stop: &Arc<Atomi
                 backoff = (backoff * 2).min(Duration::from_secs(60));
             }
         }
+    }
+}
+
+/// Says which rack the clients fetch from (`spec.kafka.rack`), or that there is none.
+fn report_rack(spec: &pipeline_crds::PipelineDeploymentSpec) {
+    let Some(rack) = &spec.kafka.rack else {
+        return;
+    };
+    let file = std::path::Path::new(pipeline_crds::contract::paths::RACK_FILE);
+    match crate::rack::written_rack(file) {
+        Some(value) => info!(rack = %value, topology_key = %rack.topology_key, "client.rack"),
+        None => warn!(
+            topology_key = %rack.topology_key,
+            "spec.kafka.rack is set and no rack was written (see the rack init container's log): fetching from partition leaders"
+        ),
     }
 }
 

@@ -251,6 +251,44 @@ mod tests {
     }
 
     #[test]
+    fn a_rack_adds_an_init_container_that_alone_gets_a_short_lived_api_token() {
+        let mut racked = pd("");
+        racked.spec.kafka.rack = Some(pipeline_crds::kafka::RackSpec {
+            topology_key: "topology.k8s.aws/zone-id".into(),
+        });
+        let with_rack = pod(&children(&racked, false));
+        let init = &with_rack.init_containers.as_ref().unwrap()[0];
+        assert_eq!(
+            init.args.as_deref().unwrap(),
+            ["rack", "--topology-key", "topology.k8s.aws/zone-id"]
+        );
+        let mounts = |c: &k8s_openapi::api::core::v1::Container| -> Vec<String> {
+            c.volume_mounts
+                .iter()
+                .flatten()
+                .map(|m| m.name.clone())
+                .collect()
+        };
+        assert_eq!(mounts(init), ["scratch", "rack-api-access"]);
+        assert!(!mounts(&with_rack.containers[0]).contains(&"rack-api-access".to_owned()));
+        assert_eq!(with_rack.automount_service_account_token, Some(false));
+        let token = with_rack
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == "rack-api-access")
+            .and_then(|v| v.projected.as_ref())
+            .unwrap();
+        let expiry = token.sources.as_ref().unwrap()[0]
+            .service_account_token
+            .as_ref()
+            .unwrap()
+            .expiration_seconds;
+        assert_eq!(expiry, Some(600));
+        assert_eq!(pod(&children(&pd(""), false)).init_containers, None);
+    }
+
+    #[test]
     fn pods_spread_over_zones_then_nodes_by_default_and_the_pipeline_may_replace_or_drop_that() {
         let spread = pod(&children(&pd(""), false))
             .topology_spread_constraints

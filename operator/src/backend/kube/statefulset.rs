@@ -7,11 +7,13 @@ use k8s_openapi::{
     api::{
         apps::v1::{StatefulSet, StatefulSetSpec},
         core::v1::{
-            Capabilities, ConfigMapEnvSource, ConfigMapVolumeSource, Container, ContainerPort,
-            EmptyDirVolumeSource, EnvFromSource, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath,
-            ObjectFieldSelector, PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec,
-            PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecretKeySelector,
-            SecretVolumeSource, SecurityContext, TopologySpreadConstraint, Volume, VolumeMount,
+            Capabilities, ConfigMapEnvSource, ConfigMapProjection, ConfigMapVolumeSource,
+            Container, ContainerPort, EmptyDirVolumeSource, EnvFromSource, EnvVar, EnvVarSource,
+            HTTPGetAction, KeyToPath, ObjectFieldSelector, PersistentVolumeClaimVolumeSource,
+            PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ProjectedVolumeSource,
+            ResourceRequirements, SeccompProfile, SecretKeySelector, SecretVolumeSource,
+            SecurityContext, ServiceAccountTokenProjection, TopologySpreadConstraint, Volume,
+            VolumeMount, VolumeProjection,
         },
     },
     apimachinery::pkg::{
@@ -261,6 +263,85 @@ fn extra_volumes(spec: &pipeline_crds::PipelineDeploymentSpec) -> Vec<(VolumeMou
         .collect()
 }
 
+/// The pod's API token for the `rack` init container only: projected, expiring after 10
+/// minutes, with the cluster's CA bundle.
+fn rack_api_access_volume() -> Volume {
+    Volume {
+        name: "rack-api-access".into(),
+        projected: Some(ProjectedVolumeSource {
+            sources: Some(vec![
+                VolumeProjection {
+                    service_account_token: Some(ServiceAccountTokenProjection {
+                        path: "token".into(),
+                        expiration_seconds: Some(600),
+                        ..ServiceAccountTokenProjection::default()
+                    }),
+                    ..VolumeProjection::default()
+                },
+                VolumeProjection {
+                    config_map: Some(ConfigMapProjection {
+                        name: "kube-root-ca.crt".into(),
+                        items: Some(vec![KeyToPath {
+                            key: "ca.crt".into(),
+                            path: "ca.crt".into(),
+                            mode: None,
+                        }]),
+                        optional: None,
+                    }),
+                    ..VolumeProjection::default()
+                },
+            ]),
+            default_mode: Some(0o444),
+        }),
+        ..Volume::default()
+    }
+}
+
+/// `spec.kafka.rack`: an init container that writes the node's label where the runtime reads
+/// its `client.rack`, with the runtime's locked-down security context and a small footprint.
+fn rack_init_container(image: &str, rack: &pipeline_crds::kafka::RackSpec) -> Container {
+    let resources = BTreeMap::from([
+        ("cpu".to_owned(), Quantity("10m".into())),
+        ("memory".to_owned(), Quantity("32Mi".into())),
+    ]);
+    Container {
+        name: "rack".into(),
+        image: Some(image.to_owned()),
+        args: Some(vec![
+            "rack".into(),
+            "--topology-key".into(),
+            rack.topology_key.clone(),
+        ]),
+        env: Some(vec![
+            env_field(env::NODE_NAME, "spec.nodeName"),
+            env_value(env::LOG_FORMAT, "json"),
+        ]),
+        resources: Some(ResourceRequirements {
+            requests: Some(resources.clone()),
+            limits: Some(BTreeMap::from([(
+                "memory".to_owned(),
+                Quantity("32Mi".into()),
+            )])),
+            ..ResourceRequirements::default()
+        }),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: "scratch".into(),
+                mount_path: paths::SCRATCH_DIR.into(),
+                ..VolumeMount::default()
+            },
+            VolumeMount {
+                name: "rack-api-access".into(),
+                mount_path: paths::RACK_API_ACCESS_DIR.into(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            },
+        ]),
+        security_context: Some(locked_down()),
+        ..Container::default()
+    }
+}
+
 /// `podTemplate.envFrom`: ConfigMaps only.
 fn env_from(
     overrides: &pipeline_crds::pod_template::PodTemplateOverrides,
@@ -338,17 +419,23 @@ fn runtime_container(
         liveness_probe: Some(probe("/healthz", 10)),
         readiness_probe: Some(probe("/readyz", 5)),
         volume_mounts: Some(mounts),
-        security_context: Some(SecurityContext {
-            run_as_non_root: Some(true),
-            read_only_root_filesystem: Some(true),
-            allow_privilege_escalation: Some(false),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                ..Capabilities::default()
-            }),
-            ..SecurityContext::default()
-        }),
+        security_context: Some(locked_down()),
         ..Container::default()
+    }
+}
+
+/// A container's security context of the restricted profile: non-root, read-only root file
+/// system, no privilege escalation, every capability dropped.
+fn locked_down() -> SecurityContext {
+    SecurityContext {
+        run_as_non_root: Some(true),
+        read_only_root_filesystem: Some(true),
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Capabilities::default()
+        }),
+        ..SecurityContext::default()
     }
 }
 
@@ -424,11 +511,18 @@ pub(super) fn pod_template(desired: &Desired, environment: &Environment) -> PodT
     let name = desired.name.as_str();
     let spec = desired.pipeline.spec();
     let overrides = spec.pod_template.clone().unwrap_or_default();
-    let (volumes, mounts) = volumes_and_mounts(spec, name);
+    let (mut volumes, mounts) = volumes_and_mounts(spec, name);
     let image = spec
         .image
         .clone()
         .unwrap_or_else(|| environment.default_image.clone());
+    let init_containers = spec.kafka.rack.as_ref().map(|rack| {
+        volumes.push(rack_api_access_volume());
+        let mut init = rack_init_container(&image, rack);
+        init.image_pull_policy
+            .clone_from(&environment.image_pull_policy);
+        vec![init]
+    });
     let mut container = runtime_container(
         image,
         runtime_env(spec, desired),
@@ -452,6 +546,7 @@ pub(super) fn pod_template(desired: &Desired, environment: &Environment) -> PodT
             ..ObjectMeta::default()
         }),
         spec: Some(PodSpec {
+            init_containers,
             containers: vec![container],
             volumes: Some(volumes),
             termination_grace_period_seconds: Some(desired.grace_seconds),
