@@ -58,6 +58,13 @@ pub trait RowSink: Send {
     fn tick(&mut self, _blocked: &mut Duration, _stop: &dyn Fn() -> bool) -> Result<(), SinkError> {
         Ok(())
     }
+
+    /// Blocked time the sink already added to the backpressure metric itself while it waited
+    /// (a long retry), since the last call; the slot's report leaves it out. A sink that only
+    /// reports through `blocked` returns zero.
+    fn take_reported_blocked(&mut self) -> Duration {
+        Duration::ZERO
+    }
 }
 
 /// What became of a row.
@@ -196,6 +203,8 @@ pub struct SinkCounts {
     pub oversized: u64,
     /// Dead letters that could not be produced even truncated: counted and skipped.
     pub dead_letters_dropped: u64,
+    /// Blocked time the rows sink already reported as backpressure while it waited.
+    pub reported_blocked: Duration,
 }
 
 /// The sinks of one slot: its producer, and the sink of its output rows.
@@ -263,6 +272,11 @@ impl Sink {
             rejected: self.rejected.swap(0, Ordering::Relaxed),
             oversized: self.oversized.swap(0, Ordering::Relaxed),
             dead_letters_dropped: self.dropped.swap(0, Ordering::Relaxed) + late_drops,
+            reported_blocked: self
+                .rows
+                .lock()
+                .expect("not poisoned")
+                .take_reported_blocked(),
         }
     }
 
@@ -868,7 +882,8 @@ mod tests {
             SinkCounts {
                 rejected: 0,
                 oversized: 1,
-                dead_letters_dropped: 0
+                dead_letters_dropped: 0,
+                reported_blocked: Duration::ZERO,
             }
         );
         let bootstrap = cluster.bootstrap_servers();

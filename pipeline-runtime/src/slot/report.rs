@@ -60,9 +60,13 @@ pub(super) fn publish(
     m.busy
         .get_or_create(labels)
         .inc_by(clock.busy.saturating_sub(clock.backpressured).as_secs_f64());
-    m.backpressured
-        .get_or_create(labels)
-        .inc_by(clock.backpressured.as_secs_f64());
+    // What the rows sink reported itself while it retried is part of `clock.backpressured`.
+    m.backpressured.get_or_create(labels).inc_by(
+        clock
+            .backpressured
+            .saturating_sub(counts.reported_blocked)
+            .as_secs_f64(),
+    );
     m.idle
         .get_or_create(labels)
         .inc_by(clock.idle.as_secs_f64());

@@ -262,6 +262,10 @@ pub struct ClickHouseRows {
     /// carries its SHA-256, so a retried or replayed batch is stored once in tables that
     /// deduplicate inserts.
     deduplication_tokens: bool,
+    /// Time blocked in retries already added to `pipeline_backpressured_seconds_total` while
+    /// retrying (so an outage shows as backpressure while it lasts), not yet taken by the slot's
+    /// report.
+    reported_blocked: Duration,
     metrics: Arc<Metrics>,
     labels: SlotLabels,
 }
@@ -303,6 +307,7 @@ impl ClickHouseRows {
             batch_bytes: sink.batch_bytes,
             batch_interval: sink.batch_interval,
             deduplication_tokens: false,
+            reported_blocked: Duration::ZERO,
             metrics,
             labels,
         };
@@ -447,7 +452,26 @@ impl ClickHouseRows {
         }
     }
 
-    /// Inserts the batch, retrying with backoff; the time spent is backpressure.
+    /// Adds the time blocked since `*since` to the slot's backpressure metric now, while the
+    /// insert still retries, and to `reported` for the slot's report (which leaves it out).
+    fn report_blocked_since(
+        metrics: &Metrics,
+        labels: &SlotLabels,
+        reported: &mut Duration,
+        since: &mut Instant,
+    ) {
+        let now = Instant::now();
+        let step = now.duration_since(*since);
+        *since = now;
+        *reported += step;
+        metrics
+            .backpressured
+            .get_or_create(labels)
+            .inc_by(step.as_secs_f64());
+    }
+
+    /// Inserts the batch, retrying with backoff; the time spent is backpressure, reported as
+    /// each retry waits (not only once the insert ends).
     fn insert(&mut self, blocked: &mut Duration, stop: &dyn Fn() -> bool) -> Result<(), SinkError> {
         if self.rows == 0 {
             return Ok(());
@@ -465,6 +489,7 @@ impl ClickHouseRows {
                 .collect::<String>()
         });
         let mut wait = Duration::from_millis(200);
+        let mut reported_until = started;
         let result = loop {
             let attempt = Instant::now();
             match self.query_with(&statement, body, token.as_deref()) {
@@ -487,7 +512,14 @@ impl ClickHouseRows {
                         )));
                     }
                     warn!(slot = %self.labels.slot, rows = self.rows, error = %e, ?wait, "ClickHouse insert failed; retrying");
-                    if sleep_unless(wait, stop) {
+                    let stopped = sleep_unless(wait, stop);
+                    Self::report_blocked_since(
+                        &self.metrics,
+                        &self.labels,
+                        &mut self.reported_blocked,
+                        &mut reported_until,
+                    );
+                    if stopped {
                         break Err(SinkError::Interrupted);
                     }
                     wait = (wait * 2).min(MAX_BACKOFF);
@@ -516,6 +548,10 @@ impl ClickHouseRows {
 }
 
 impl RowSink for ClickHouseRows {
+    fn take_reported_blocked(&mut self) -> Duration {
+        std::mem::take(&mut self.reported_blocked)
+    }
+
     fn send(
         &mut self,
         row: Row,
@@ -984,6 +1020,48 @@ mod tests {
         assert_eq!(
             rows.rows, 1,
             "the batch stays: offsets past it are not committed"
+        );
+    }
+
+    #[test]
+    fn an_outage_shows_as_backpressure_while_the_insert_still_retries() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let endpoint = Endpoint::start(|statement| match statement {
+            s if s.starts_with("EXISTS") => (200, "0\n"),
+            s if s.starts_with("INSERT") => (500, "down"),
+            _ => (200, ""),
+        });
+        let metrics = Arc::new(Metrics::new());
+        let mut rows = rows_to(&endpoint, "batchRows: 100", metrics.clone());
+        let labels = rows.labels.clone();
+        rows.send(window("a", 1), &mut Duration::ZERO, &|| false)
+            .unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop_flag = stop.clone();
+        let retrying = std::thread::spawn(move || {
+            let mut blocked = Duration::ZERO;
+            let result = rows.flush(&mut blocked, &|| stop_flag.load(Ordering::Relaxed));
+            (result.is_err(), blocked, rows.take_reported_blocked())
+        });
+        let backpressured = || metrics.backpressured.get_or_create(&labels).get();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while backpressured() < 0.5 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let seen = backpressured();
+        let still_retrying = !retrying.is_finished();
+        stop.store(true, Ordering::Relaxed);
+        let (failed, blocked, reported) = retrying.join().unwrap();
+        assert!(
+            seen >= 0.5,
+            "{seen} s of backpressure reported during the outage"
+        );
+        assert!(still_retrying, "seen while the insert was still retrying");
+        assert!(failed, "stopped, not inserted");
+        assert!(reported <= blocked, "{reported:?} of {blocked:?}");
+        assert!(
+            (backpressured() - reported.as_secs_f64()).abs() < 1e-9,
+            "the metric holds exactly what the sink says it reported, so the slot's report adds only the rest"
         );
     }
 
