@@ -1034,8 +1034,8 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         let mut rows = rows_to(&endpoint, "batchRows: 100", metrics.clone());
         let labels = rows.labels.clone();
-        rows.send(window("a", 1), &mut Duration::ZERO, &|| false)
-            .unwrap();
+        let mut blocked = Duration::ZERO;
+        rows.send(window("a", 1), &mut blocked, &|| false).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let stop_flag = stop.clone();
         let retrying = std::thread::spawn(move || {
