@@ -346,16 +346,26 @@ pub async fn run(
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), LocalError> {
     let pd = prepare(options)?;
-    let probe = pd.clone();
-    let partitions = tokio::task::spawn_blocking(move || check_topics(&probe))
-        .await
-        .map_err(|e| LocalError::Kafka(e.to_string()))??;
     let name = pd.metadata.name.clone().unwrap_or_default();
-    eprintln!(
-        "local mode: {name} reads {partitions} partitions from {}; processes, logs and status in {}",
-        pd.spec.kafka.bootstrap_servers,
-        options.dir.display()
-    );
+    if pd.spec.kafka.uses_msk_iam() {
+        // The runtime processes sign in with the AWS credentials of this shell; this process
+        // has no signer, so they check the topics and report the partitions themselves.
+        eprintln!(
+            "local mode: {name} signs in to {} with AWS_MSK_IAM; the runtime processes check the topics (see their logs); processes, logs and status in {}",
+            pd.spec.kafka.bootstrap_servers,
+            options.dir.display()
+        );
+    } else {
+        let probe = pd.clone();
+        let partitions = tokio::task::spawn_blocking(move || check_topics(&probe))
+            .await
+            .map_err(|e| LocalError::Kafka(e.to_string()))??;
+        eprintln!(
+            "local mode: {name} reads {partitions} partitions from {}; processes, logs and status in {}",
+            pd.spec.kafka.bootstrap_servers,
+            options.dir.display()
+        );
+    }
     let mut run = LocalRun::new(pd, options)?;
     let width = crate::terminal::stderr_width();
     tokio::pin!(stop);

@@ -239,7 +239,9 @@ async fn reported_partitions(
     };
     match inputs.metrics_sources.reported_partitions(&target).await {
         Ok(Some(partitions)) => Ok(partitions),
-        Ok(None) => Err(NotReported("no runtime pod has reported them yet".into())),
+        Ok(None) => Err(NotReported(
+            "no runtime pod has reported them yet (sized for its starting parallelism until one does)".into(),
+        )),
         Err(error) => Err(NotReported(format!("reading the report failed: {error}"))),
     }
 }
