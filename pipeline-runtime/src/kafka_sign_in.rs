@@ -323,6 +323,53 @@ mod tests {
         outer.block_on(async move { drop(sign_in) });
     }
 
+    /// The runtime's sign-in context, counting librdkafka's token refreshes.
+    struct Counting(SignInContext, std::sync::atomic::AtomicUsize);
+
+    impl rdkafka::ClientContext for Counting {
+        const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
+
+        fn generate_oauth_token(
+            &self,
+            config: Option<&str>,
+        ) -> Result<OAuthToken, Box<dyn std::error::Error>> {
+            self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            rdkafka::ClientContext::generate_oauth_token(&self.0, config)
+        }
+    }
+
+    impl rdkafka::consumer::ConsumerContext for Counting {}
+
+    #[test]
+    fn librdkafka_asks_the_context_for_a_token_when_the_client_starts_under_oauthbearer() {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let context = Counting(
+            SignInContext(KafkaSignIn::msk_iam_with("eu-west-1", fixed())),
+            std::sync::atomic::AtomicUsize::new(0),
+        );
+        let consumer: BaseConsumer<Counting> = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", "127.0.0.1:1")
+            .set("security.protocol", "sasl_plaintext")
+            .set("sasl.mechanism", "OAUTHBEARER")
+            .create_with_context(context)
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let asked = || {
+            consumer
+                .context()
+                .1
+                .load(std::sync::atomic::Ordering::Relaxed)
+        };
+        while asked() == 0 && std::time::Instant::now() < deadline {
+            let _ = consumer.poll(Duration::from_millis(50));
+        }
+        assert_eq!(
+            asked(),
+            1,
+            "one token at start, the next at 80% of its lifetime"
+        );
+    }
+
     #[test]
     fn without_a_region_the_refresh_fails_with_the_fields_to_set() {
         let sign_in = KafkaSignIn(Some(Arc::new(MskIamSigner::new(None, Some(fixed())))));
