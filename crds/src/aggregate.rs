@@ -46,11 +46,23 @@ pub enum AggregateFunction {
     CountDistinct,
     /// Approximate quantile of a numeric field (DDSketch, 1% relative error).
     Percentile,
+    /// The field's value at the earliest event time in the window (ties: the record read
+    /// first); any JSON type, `null` and missing values skipped.
+    First,
+    /// The field's value at the latest event time in the window (ties: the record read last);
+    /// any JSON type, `null` and missing values skipped.
+    Last,
 }
 
 impl AggregateFunction {
     /// Whether the function reads `field`.
     pub fn needs_field(self) -> bool {
         self != Self::Count
+    }
+
+    /// Whether the function takes a value of any type (and outputs that type), rather than a
+    /// number.
+    pub fn takes_any_value(self) -> bool {
+        matches!(self, Self::CountDistinct | Self::First | Self::Last)
     }
 }

@@ -107,13 +107,16 @@ impl AggregatePlan {
     }
 
     /// Reads the inputs of every aggregate from `record`, failing before any state changes.
-    pub fn inputs<'a>(&self, record: &'a Value) -> Result<Inputs<'a>, AggregateError> {
+    /// `at` places the record for `first` and `last`: its event time and its place in the
+    /// order of arrival (its partition offset).
+    pub fn inputs<'a>(&self, record: &'a Value, at: Arrival) -> Result<Inputs<'a>, AggregateError> {
         let mut values = Vec::with_capacity(self.columns.len());
         for column in &self.columns {
             let value = column.field.as_ref().and_then(|f| f.get(record));
             let input = match (column.function, value) {
                 (AggregateFunction::Count, _) | (_, None) => Input::Skip,
-                (AggregateFunction::CountDistinct, Some(v)) => Input::Any(v),
+                (_, Some(Value::Null)) if column.function.takes_any_value() => Input::Skip,
+                (f, Some(v)) if f.takes_any_value() => Input::Any(v),
                 (_, Some(Value::Number(n))) => Input::Number(n),
                 (_, Some(other)) => {
                     return Err(AggregateError {
@@ -130,7 +133,7 @@ impl AggregatePlan {
             };
             values.push(input);
         }
-        Ok(Inputs(values))
+        Ok(Inputs { values, at })
     }
 
     /// The output values of `acc`, in spec order.
@@ -154,9 +157,21 @@ fn type_name(v: &Value) -> &'static str {
     }
 }
 
+/// Where a record stands for `first` and `last`: its event time, then its arrival order.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Arrival {
+    /// Event time, epoch ms.
+    pub event_ms: i64,
+    /// Arrival order among records of the same event time (the partition offset).
+    pub seq: i64,
+}
+
 /// The per-aggregate inputs read from one record.
 #[derive(Debug)]
-pub struct Inputs<'a>(Vec<Input<'a>>);
+pub struct Inputs<'a> {
+    values: Vec<Input<'a>>,
+    at: Arrival,
+}
 
 #[derive(Debug)]
 enum Input<'a> {
@@ -174,8 +189,8 @@ pub struct Accumulators(Box<[Accumulator]>);
 impl Accumulators {
     /// Adds one record's inputs.
     pub fn add(&mut self, inputs: &Inputs<'_>) {
-        for (acc, input) in self.0.iter_mut().zip(&inputs.0) {
-            acc.add(input);
+        for (acc, input) in self.0.iter_mut().zip(&inputs.values) {
+            acc.add(input, inputs.at);
         }
     }
 
@@ -291,6 +306,42 @@ enum Accumulator {
     Avg { sum: ExactSum, count: u64 },
     CountDistinct(Box<HyperLogLogPlus<String, StableHasher>>),
     Percentile(Box<DDSketch>),
+    // New variants go last: snapshots name variants by index.
+    First(Option<Box<Placed>>),
+    Last(Option<Box<Placed>>),
+}
+
+/// A value of `first` or `last` and where its record stands. The value is kept as JSON text:
+/// checkpoints are postcard, which cannot read back a `serde_json::Value`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct Placed {
+    at: Arrival,
+    json: String,
+}
+
+impl Placed {
+    fn of(value: &Value, at: Arrival) -> Box<Self> {
+        Box::new(Self {
+            at,
+            json: value.to_string(),
+        })
+    }
+
+    fn value(&self) -> Value {
+        serde_json::from_str(&self.json).unwrap_or(Value::Null)
+    }
+}
+
+/// Keeps in `current` whichever of it and the candidate `wins` says.
+fn keep_placed(
+    current: &mut Option<Box<Placed>>,
+    at: Arrival,
+    candidate: impl FnOnce() -> Box<Placed>,
+    wins: fn(Arrival, Arrival) -> bool,
+) {
+    if current.as_ref().is_none_or(|old| wins(at, old.at)) {
+        *current = Some(candidate());
+    }
 }
 
 /// JSON numbers in checkpoints: `serde_json::Number` can only be read back by self-describing
@@ -341,6 +392,8 @@ impl Accumulator {
             Self::Avg { .. } => AggregateFunction::Avg,
             Self::CountDistinct(_) => AggregateFunction::CountDistinct,
             Self::Percentile(_) => AggregateFunction::Percentile,
+            Self::First(_) => AggregateFunction::First,
+            Self::Last(_) => AggregateFunction::Last,
         }
     }
 
@@ -360,10 +413,12 @@ impl Accumulator {
             AggregateFunction::Percentile => {
                 Self::Percentile(Box::new(DDSketch::new(SketchConfig::defaults())))
             }
+            AggregateFunction::First => Self::First(None),
+            AggregateFunction::Last => Self::Last(None),
         }
     }
 
-    fn add(&mut self, input: &Input<'_>) {
+    fn add(&mut self, input: &Input<'_>, at: Arrival) {
         match (self, input) {
             (Self::Count(n), _) => *n += 1,
             (_, Input::Skip) => {}
@@ -383,6 +438,12 @@ impl Accumulator {
                 other => hll.insert(other.to_string().as_str()),
             },
             (Self::Percentile(sketch), Input::Number(x)) => sketch.add(x.as_f64().unwrap_or(0.0)),
+            (Self::First(current), Input::Any(v)) => {
+                keep_placed(current, at, || Placed::of(v, at), |new, old| new < old);
+            }
+            (Self::Last(current), Input::Any(v)) => {
+                keep_placed(current, at, || Placed::of(v, at), |new, old| new >= old);
+            }
             _ => {}
         }
     }
@@ -436,6 +497,12 @@ impl Accumulator {
             (Self::Percentile(a), Self::Percentile(b)) => {
                 a.merge(b).expect("sketches of one plan share their config");
             }
+            (Self::First(a), Self::First(Some(b))) => {
+                keep_placed(a, b.at, || b.clone(), |new, old| new < old);
+            }
+            (Self::Last(a), Self::Last(Some(b))) => {
+                keep_placed(a, b.at, || b.clone(), |new, old| new > old);
+            }
             _ => {}
         }
     }
@@ -461,6 +528,9 @@ impl Accumulator {
                 Ok(Some(v)) => float(v),
                 _ => Value::Null,
             },
+            Self::First(placed) | Self::Last(placed) => {
+                placed.as_ref().map_or(Value::Null, |p| p.value())
+            }
         }
     }
 }
@@ -520,7 +590,7 @@ mod tests {
     fn run(plan: &AggregatePlan, records: &[Value]) -> Vec<(String, Value)> {
         let mut acc = plan.empty();
         for r in records {
-            acc.add(&plan.inputs(r).unwrap());
+            acc.add(&plan.inputs(r, Arrival::default()).unwrap());
         }
         plan.results(&acc)
     }
@@ -555,7 +625,9 @@ mod tests {
 
     #[test]
     fn a_string_for_a_numeric_aggregate_is_an_error_naming_the_field() {
-        let err = all().inputs(&json!({"v": "seven"})).unwrap_err();
+        let err = all()
+            .inputs(&json!({"v": "seven"}), Arrival::default())
+            .unwrap_err();
         assert_eq!(
             err.to_string(),
             "aggregate s: field v is a string, expected a number"
@@ -587,7 +659,63 @@ mod tests {
         assert!((got - 9_900.0).abs() / 9_900.0 <= 0.011, "p99 {got}");
     }
 
+    fn at(event_ms: i64, seq: i64) -> Arrival {
+        Arrival { event_ms, seq }
+    }
+
+    #[test]
+    fn first_and_last_take_the_value_at_the_extreme_event_times_ties_by_arrival() {
+        let p = plan("[{name: f, function: first, field: c}, {name: l, function: last, field: c}]");
+        let mut acc = p.empty();
+        for (record, when) in [
+            (json!({"c": "fr"}), at(20, 1)),
+            (json!({"c": "de"}), at(10, 2)),
+            (json!({"c": 7}), at(10, 3)),
+            (json!({"c": null}), at(5, 4)),
+            (json!({}), at(50, 5)),
+            (json!({"c": {"n": 1}}), at(30, 6)),
+            (json!({"c": true}), at(30, 7)),
+        ] {
+            acc.add(&p.inputs(&record, when).unwrap());
+        }
+        let out: serde_json::Map<String, Value> = p.results(&acc).into_iter().collect();
+        assert_eq!(
+            out["f"],
+            json!("de"),
+            "earliest event time, first read of the tie"
+        );
+        assert_eq!(
+            out["l"],
+            json!(true),
+            "latest event time, last read of the tie"
+        );
+        let stored = postcard::to_stdvec(&acc).unwrap();
+        let restored: Accumulators = postcard::from_bytes(&stored).unwrap();
+        assert!(p.fits(&restored));
+        assert_eq!(p.results(&restored), p.results(&acc));
+        assert_eq!(p.results(&p.empty())[0].1, Value::Null);
+    }
+
     proptest! {
+        /// `first` and `last` give the same value whichever way the records are split into
+        /// panes and merged, and whatever order the panes are merged in.
+        #[test]
+        fn first_and_last_merge_in_any_order(times in proptest::collection::vec(0i64..20, 1..60), split in 0usize..60, swap in any::<bool>()) {
+            let p = plan("[{name: f, function: first, field: v}, {name: l, function: last, field: v}]");
+            let records: Vec<(Value, Arrival)> = times.iter().enumerate().map(|(i, t)| (json!({"v": i}), at(*t, i as i64))).collect();
+            let cut = split.min(records.len());
+            let (mut left, mut right, mut whole) = (p.empty(), p.empty(), p.empty());
+            for (r, a) in &records[..cut] { left.add(&p.inputs(r, *a).unwrap()); }
+            for (r, a) in &records[cut..] { right.add(&p.inputs(r, *a).unwrap()); }
+            for (r, a) in &records { whole.add(&p.inputs(r, *a).unwrap()); }
+            if swap { std::mem::swap(&mut left, &mut right); }
+            left.merge(&right);
+            prop_assert_eq!(p.results(&left), p.results(&whole));
+            let first = records.iter().min_by_key(|(_, a)| *a).unwrap().0["v"].clone();
+            let last = records.iter().max_by_key(|(_, a)| *a).unwrap().0["v"].clone();
+            prop_assert_eq!(p.results(&whole), vec![("f".to_owned(), first), ("l".to_owned(), last)]);
+        }
+
         /// Splitting a stream into panes and merging them gives the same result as one pass:
         /// what sliding windows and state hand-over rely on.
         #[test]
@@ -597,8 +725,8 @@ mod tests {
             let cut = split.min(records.len());
             let mut left = p.empty();
             let mut right = p.empty();
-            for r in &records[..cut] { left.add(&p.inputs(r).unwrap()); }
-            for r in &records[cut..] { right.add(&p.inputs(r).unwrap()); }
+            for r in &records[..cut] { left.add(&p.inputs(r, Arrival::default()).unwrap()); }
+            for r in &records[cut..] { right.add(&p.inputs(r, Arrival::default()).unwrap()); }
             left.merge(&right);
             prop_assert_eq!(p.results(&left), run(&p, &records));
         }

@@ -710,6 +710,15 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::aggregate::Arrival;
+
+    /// Where the `offset`-th record of a test stream stands.
+    fn arrival(event_ms: i64, offset: usize) -> Arrival {
+        Arrival {
+            event_ms,
+            seq: offset as i64,
+        }
+    }
 
     fn plan() -> Arc<AggregatePlan> {
         let specs: Vec<AggregateSpec> = serde_norway::from_str(
@@ -737,7 +746,7 @@ mod tests {
         let mut max = i64::MIN;
         for (offset, (key, ts, v)) in records.iter().enumerate() {
             let record = json!({"v": v});
-            let inputs = p.inputs(&record).unwrap();
+            let inputs = p.inputs(&record, arrival(*ts, offset)).unwrap();
             let key: Arc<str> = Arc::from(*key);
             let added = w.add(
                 &key,
@@ -789,7 +798,7 @@ mod tests {
                 assert_eq!(w.min_open_offset(), min_open);
             }
             let record = json!({"v": v});
-            let inputs = p.inputs(&record).unwrap();
+            let inputs = p.inputs(&record, arrival(*ts, offset)).unwrap();
             w.add(key, &json!(key), *ts, &inputs, offset as i64, &mut out);
             max = max.max(*ts);
             w.advance(max - ooo - 1, &mut out);
@@ -813,7 +822,7 @@ mod tests {
     fn a_key_that_is_not_a_string_keeps_its_json_value_through_a_restore() {
         let (t, p, mut w) = tumbling_ten();
         let record = json!({"v": 1});
-        let inputs = p.inputs(&record).unwrap();
+        let inputs = p.inputs(&record, Arrival::default()).unwrap();
         let mut out = Vec::new();
         w.add(&Arc::from("7"), &json!(7), 1, &inputs, 0, &mut out);
         w.add(&Arc::from("s"), &json!("s"), 2, &inputs, 1, &mut out);
@@ -830,7 +839,7 @@ mod tests {
         let mut out = Vec::new();
         let key: Arc<str> = Arc::from("a");
         let rec = json!({"v": 1});
-        let inputs = p.inputs(&rec).unwrap();
+        let inputs = p.inputs(&rec, Arrival::default()).unwrap();
         w.add(&key, &json!("a"), 3, &inputs, 0, &mut out);
         w.add(&key, &json!("a"), 9, &inputs, 1, &mut out);
         w.advance(8, &mut out);
@@ -912,7 +921,7 @@ mod tests {
     fn min_open_offset_follows_the_oldest_open_window() {
         let (_, p, mut w) = tumbling_ten();
         let rec = json!({"v": 1});
-        let inputs = p.inputs(&rec).unwrap();
+        let inputs = p.inputs(&rec, Arrival::default()).unwrap();
         let mut out = Vec::new();
         for (offset, (key, ts)) in [("a", 1), ("b", 11), ("a", 12)].iter().enumerate() {
             let key: Arc<str> = Arc::from(*key);

@@ -11,6 +11,7 @@ use serde_json::Value;
 mod lifecycle;
 
 use crate::{
+    aggregate::Arrival,
     checkpoint::snapshot::{ClockState, PartitionSnapshot},
     decode::{DecodeError, Decoder, DecoderConfigError, Fields, decode_json_fields},
     field::key_text,
@@ -460,7 +461,11 @@ impl Processor {
         out: &mut Vec<Emit>,
     ) {
         let stage = self.plan.window.as_ref().expect("windowed plan");
-        let inputs = match stage.aggregates.inputs(record) {
+        let arrival = Arrival {
+            event_ms: ts,
+            seq: rec.offset,
+        };
+        let inputs = match stage.aggregates.inputs(record, arrival) {
             Ok(i) => i,
             Err(e) => {
                 self.dead_letter(rec, FailedStage::Aggregate, e.to_string(), out);

@@ -94,8 +94,13 @@ pub enum WindowEncoding {
     },
 }
 
+/// The Avro type of `first` and `last`, whose values keep the field's JSON type: a union of
+/// every type a JSON value can take (an object or array is written as its JSON text).
+const ANY_VALUE: [&str; 5] = ["null", "boolean", "long", "double", "string"];
+
 /// The Avro schema of a pipeline's window results: the key as a string, `window_start` and
-/// `window_end` as longs, counts as longs and every other aggregate as an optional double.
+/// `window_end` as longs, counts as longs, `first` and `last` as [`ANY_VALUE`], and every other
+/// aggregate as an optional double.
 /// Fails when two output fields share a name once sanitised (validation refuses such specs).
 pub fn window_schema(key_field: &str, aggregates: &AggregatePlan) -> Result<Schema, OutputError> {
     let mut fields = vec![
@@ -108,6 +113,7 @@ pub fn window_schema(key_field: &str, aggregates: &AggregatePlan) -> Result<Sche
             AggregateFunction::Count | AggregateFunction::CountDistinct => {
                 serde_json::json!("long")
             }
+            AggregateFunction::First | AggregateFunction::Last => serde_json::json!(ANY_VALUE),
             _ => serde_json::json!(["null", "double"]),
         };
         fields.push(serde_json::json!({"name": name, "type": kind, "default": if kind.is_string() { Value::from(0) } else { Value::Null }}));
@@ -119,6 +125,21 @@ pub fn window_schema(key_field: &str, aggregates: &AggregatePlan) -> Result<Sche
         "fields": fields,
     });
     Schema::parse(&schema).map_err(OutputError::Schema)
+}
+
+/// A JSON value in the [`ANY_VALUE`] union.
+fn any_value(value: &Value) -> AvroValue {
+    let (index, avro) = match value {
+        Value::Null => (0, AvroValue::Null),
+        Value::Bool(b) => (1, AvroValue::Boolean(*b)),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => (2, AvroValue::Long(i)),
+            None => (3, AvroValue::Double(n.as_f64().unwrap_or(f64::NAN))),
+        },
+        Value::String(s) => (4, AvroValue::String(s.clone())),
+        other => (4, AvroValue::String(other.to_string())),
+    };
+    AvroValue::Union(index, Box::new(avro))
 }
 
 /// The Avro datum of a window result, in the Confluent wire format.
@@ -140,6 +161,7 @@ pub fn window_avro(
     for (field, (_, value)) in record.fields[3..].iter().zip(&result.values) {
         let avro = match (&field.schema, value) {
             (Schema::Long, v) => AvroValue::Long(v.as_i64().unwrap_or(0)),
+            (Schema::Union(union), v) if union.variants().len() == ANY_VALUE.len() => any_value(v),
             (_, Value::Number(n)) => AvroValue::Union(
                 1,
                 Box::new(AvroValue::Double(n.as_f64().unwrap_or(f64::NAN))),
@@ -221,6 +243,41 @@ mod avro_tests {
         assert_eq!(
             decoded,
             json!({"device_id": "d-1", "window_start": 60_000, "window_end": 120_000, "n": 3, "avg_t": 20.5, "lo": null})
+        );
+    }
+
+    #[test]
+    fn first_and_last_keep_their_json_type_in_avro() {
+        let specs: Vec<AggregateSpec> = serde_norway::from_str(
+            "[{name: a, function: first, field: x}, {name: b, function: last, field: x}, {name: c, function: last, field: x}, {name: d, function: first, field: x}, {name: e, function: last, field: x}, {name: f, function: first, field: x}]",
+        )
+        .unwrap();
+        let plan = AggregatePlan::new(&specs);
+        let schema = window_schema("k", &plan).unwrap();
+        let values = [
+            json!("fr"),
+            json!(7),
+            json!(2.5),
+            json!(true),
+            Value::Null,
+            json!({"n": 1}),
+        ];
+        let result = WindowResult {
+            key: Arc::from("u"),
+            key_value: json!("u"),
+            start: 0,
+            end: 10,
+            values: ["a", "b", "c", "d", "e", "f"]
+                .iter()
+                .zip(values)
+                .map(|(n, v)| ((*n).to_owned(), v))
+                .collect(),
+        };
+        let bytes = window_avro(&schema, 1, &result).unwrap();
+        let decoded = apache_avro::from_avro_datum(&schema, &mut &bytes[5..], None).unwrap();
+        assert_eq!(
+            Value::try_from(decoded).unwrap(),
+            json!({"k": "u", "window_start": 0, "window_end": 10, "a": "fr", "b": 7, "c": 2.5, "d": true, "e": null, "f": "{\"n\":1}"})
         );
     }
 }

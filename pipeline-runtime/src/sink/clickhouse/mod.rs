@@ -136,6 +136,15 @@ struct Column {
 
 const INTEGERS: &[&str] = &["Int64", "UInt64", "Nullable(Int64)", "Nullable(UInt64)"];
 const FLOATS: &[&str] = &["Float64", "Nullable(Float64)"];
+/// The type of `first` and `last` columns: their values may be of any JSON type, so they are
+/// written as text (a string as it is, anything else as its JSON).
+const TEXT: &str = "Nullable(String)";
+const TEXTS: &[&str] = &[
+    "String",
+    "Nullable(String)",
+    "LowCardinality(String)",
+    "LowCardinality(Nullable(String))",
+];
 
 /// The columns of a pipeline's window results: key, bounds, one per aggregate, the version.
 fn columns(plan: &Plan) -> Vec<Column> {
@@ -160,6 +169,7 @@ fn columns(plan: &Plan) -> Vec<Column> {
         for (name, function) in window.aggregates.columns() {
             let (create, accepts) = match function {
                 AggregateFunction::Count | AggregateFunction::CountDistinct => ("UInt64", INTEGERS),
+                AggregateFunction::First | AggregateFunction::Last => (TEXT, TEXTS),
                 _ => ("Nullable(Float64)", FLOATS),
             };
             columns.push(Column {
@@ -230,7 +240,15 @@ impl Serialize for JsonRow<'_> {
         map.serialize_entry(WINDOW_START, &r.start)?;
         map.serialize_entry(WINDOW_END, &r.end)?;
         for (column, (_, value)) in self.columns[3..].iter().zip(&r.values) {
-            map.serialize_entry(&column.name, value)?;
+            match value {
+                serde_json::Value::Null | serde_json::Value::String(_) => {
+                    map.serialize_entry(&column.name, value)?
+                }
+                other if column.create == TEXT => {
+                    map.serialize_entry(&column.name, &other.to_string())?;
+                }
+                other => map.serialize_entry(&column.name, other)?,
+            }
         }
         map.serialize_entry(VERSION_COLUMN, &self.version)?;
         map.end()
@@ -675,6 +693,41 @@ mod tests {
         assert_eq!(
             line,
             r#"{"user_id":"u-1","window_start":60000,"window_end":120000,"clicks":3,"avg_ms":null,"_version":42}"#
+        );
+    }
+
+    #[test]
+    fn first_and_last_are_text_columns_written_as_text() {
+        let spec = from_yaml(
+            "apiVersion: sluice.dev/v1alpha1\nkind: PipelineDeployment\nmetadata: {name: t}\nspec:\n  kafka: {bootstrapServers: 'k:9092'}\n  source: {topic: in}\n  sink: {clickhouse: {url: 'http://ch:8123', table: s}}\n  transform: {keyBy: u, timestamp: {field: ts}}\n  window: {session: {gap: 30m}}\n  aggregates: [{name: country, function: last, field: c}, {name: tier, function: first, field: t}, {name: none, function: first, field: x}]\n",
+            "test",
+        )
+        .unwrap()
+        .spec;
+        let columns = columns(&Plan::of_spec(&spec, vec![1]));
+        assert!(create_statement("db", "s", &columns).contains(
+            "`country` Nullable(String), `tier` Nullable(String), `none` Nullable(String)"
+        ));
+        let result = WindowResult {
+            key: Arc::from("u-1"),
+            key_value: json!("u-1"),
+            start: 0,
+            end: 10,
+            values: vec![
+                ("country".into(), json!("fr")),
+                ("tier".into(), json!(3)),
+                ("none".into(), json!(null)),
+            ],
+        };
+        let line = serde_json::to_string(&JsonRow {
+            columns: &columns,
+            result: &result,
+            version: 1,
+        })
+        .unwrap();
+        assert!(
+            line.contains(r#""country":"fr","tier":"3","none":null"#),
+            "{line}"
         );
     }
 
