@@ -11,6 +11,7 @@ pub mod autoscaler;
 pub mod checkpoint;
 pub mod contract;
 mod duration;
+pub mod enrich;
 pub mod generate;
 pub mod kafka;
 pub mod manifest;

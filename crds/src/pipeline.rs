@@ -10,6 +10,7 @@ use crate::{
     aggregate::AggregateSpec,
     autoscaler::AutoscalerSpec,
     checkpoint::{CheckpointSpec, DeliveryGuarantee},
+    enrich::EnrichSpec,
     kafka::KafkaSpec,
     pod_template::PodTemplateOverrides,
     resources::ResourcesSpec,
@@ -94,6 +95,13 @@ pub struct PipelineDeploymentSpec {
 
     /// The topic(s) to read and their format.
     pub source: SourceSpec,
+
+    /// Reference tables joined into each record, in order, before the filter (see
+    /// docs/enrichment.md). Nothing is processed until every table is loaded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    #[schemars(length(max = 16))]
+    pub enrich: Vec<EnrichSpec>,
 
     /// Filter, projection, key and event time.
     #[serde(default)]

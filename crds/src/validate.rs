@@ -150,6 +150,7 @@ pub fn validate(spec: &PipelineDeploymentSpec) -> Result<(), ValidationErrors> {
     let mut c = Collector(Vec::new());
     kafka(&mut c, spec);
     source(&mut c, spec);
+    c.0.extend(crate::enrich::problems(spec));
     pod_template(&mut c, spec);
     transform(&mut c, spec);
     window(&mut c, spec);
