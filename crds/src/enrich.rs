@@ -6,7 +6,12 @@ use kube::KubeSchema;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::{Duration, source::SourceFormat, transform::TimestampFormat};
+use crate::{
+    Duration, FieldError,
+    source::{FormatKind, SourceFormat},
+    transform::TimestampFormat,
+    validate::{MAX_EVENT_TIME_SPAN, is_valid_field_path, is_valid_topic_name},
+};
 
 /// The default of `history`: versions kept for an hour before the oldest open event time.
 pub const DEFAULT_HISTORY: Duration = Duration::from_secs(3600);
@@ -126,173 +131,212 @@ impl EnrichSpec {
 }
 
 /// The semantic problems of `spec.enrich`, each with its field path.
-pub(crate) fn problems(spec: &crate::PipelineDeploymentSpec) -> Vec<crate::FieldError> {
-    use crate::validate::{is_valid_field_path, is_valid_topic_name};
-
+pub(crate) fn problems(spec: &crate::PipelineDeploymentSpec) -> Vec<FieldError> {
     let mut found = Vec::new();
-    let mut error = |path: String, message: String| {
-        found.push(crate::FieldError { path, message });
-    };
-    let source_topics = spec.source.topic_names();
-    let raw = spec.source.format.kind == crate::source::FormatKind::Raw;
-    let mut earlier: Vec<&str> = Vec::new();
     for (i, entry) in spec.enrich.iter().enumerate() {
-        let path = format!("spec.enrich[{i}]");
-        let is_identifier = entry
-            .name
+        let at = Entry {
+            spec,
+            entry,
+            path: format!("spec.enrich[{i}]"),
+            earlier: &spec.enrich[..i],
+            later: &spec.enrich[i + 1..],
+        };
+        at.naming(&mut found);
+        at.table(&mut found);
+        at.paths(&mut found);
+        at.versions(&mut found);
+    }
+    if spec.transform.source_keyed
+        && let Some(key) = &spec.transform.key_by
+        && joined_by(key, spec.enrich.iter().map(|e| e.name.as_str()))
+    {
+        found.push(FieldError {
+            path: "spec.transform.sourceKeyed".into(),
+            message: "the source cannot be keyed by a joined field (keyBy names one)".into(),
+        });
+    }
+    found
+}
+
+/// One entry of `spec.enrich` being checked, with the entries around it.
+struct Entry<'a> {
+    spec: &'a crate::PipelineDeploymentSpec,
+    entry: &'a EnrichSpec,
+    path: String,
+    earlier: &'a [EnrichSpec],
+    later: &'a [EnrichSpec],
+}
+
+impl Entry<'_> {
+    fn error(&self, found: &mut Vec<FieldError>, field: &str, message: impl Into<String>) {
+        found.push(FieldError {
+            path: format!("{}.{field}", self.path),
+            message: message.into(),
+        });
+    }
+
+    /// The name: an identifier no earlier entry uses.
+    fn naming(&self, found: &mut Vec<FieldError>) {
+        let name = &self.entry.name;
+        let is_identifier = name
             .chars()
             .next()
             .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-            && entry.name.len() <= 64
-            && entry
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_');
+            && name.len() <= 64
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         if !is_identifier {
-            error(
-                format!("{path}.name"),
-                "must be 1 to 64 letters, digits or _, not starting with a digit".into(),
+            self.error(
+                found,
+                "name",
+                "must be 1 to 64 letters, digits or _, not starting with a digit",
             );
         }
-        if earlier.contains(&entry.name.as_str()) {
-            error(
-                format!("{path}.name"),
-                format!("{:?} is used by an earlier entry", entry.name),
+        if self.earlier.iter().any(|e| e.name == *name) {
+            self.error(
+                found,
+                "name",
+                format!("{name:?} is used by an earlier entry"),
             );
         }
+    }
+
+    /// The topic and its format.
+    fn table(&self, found: &mut Vec<FieldError>) {
+        let entry = self.entry;
         if !is_valid_topic_name(&entry.topic) {
-            error(
-                format!("{path}.topic"),
-                "is not a valid Kafka topic name ([A-Za-z0-9._-], 1 to 249 characters)".into(),
+            self.error(
+                found,
+                "topic",
+                "is not a valid Kafka topic name ([A-Za-z0-9._-], 1 to 249 characters)",
             );
-        } else if source_topics.contains(&entry.topic.as_str()) {
-            error(
-                format!("{path}.topic"),
-                "is a source topic; a table is read from its own (compacted) topic".into(),
-            );
-        }
-        if entry.format.kind == crate::source::FormatKind::Raw {
-            error(
-                format!("{path}.format.type"),
-                "must be json or avro: a table's values need fields".into(),
-            );
-        }
-        if entry.format.kind == crate::source::FormatKind::Avro
-            && entry.format.schema.is_none()
-            && spec.kafka.schema_registry_url.is_none()
+        } else if self
+            .spec
+            .source
+            .topic_names()
+            .contains(&entry.topic.as_str())
         {
-            error(
-                format!("{path}.format"),
-                "avro without an inline schema needs spec.kafka.schemaRegistryUrl".into(),
+            self.error(
+                found,
+                "topic",
+                "is a source topic; a table is read from its own (compacted) topic",
             );
         }
-        if raw {
-            error(
-                format!("{path}.lookup"),
-                "raw records have no fields to look up".into(),
-            );
-        }
-        let mut field_path = |field: &str, at: String| {
-            if !is_valid_field_path(field) {
-                error(at, "is not a dotted field path".into());
+        match entry.format.kind {
+            FormatKind::Raw => self.error(
+                found,
+                "format.type",
+                "must be json or avro: a table's values need fields",
+            ),
+            FormatKind::Avro
+                if entry.format.schema.is_none()
+                    && self.spec.kafka.schema_registry_url.is_none() =>
+            {
+                self.error(
+                    found,
+                    "format",
+                    "avro without an inline schema needs spec.kafka.schemaRegistryUrl",
+                );
             }
-        };
-        field_path(&entry.lookup, format!("{path}.lookup"));
-        if let Some(key) = &entry.key {
-            field_path(key, format!("{path}.key"));
+            _ => {}
         }
-        if let Some(timestamp) = &entry.timestamp {
-            field_path(&timestamp.field, format!("{path}.timestamp.field"));
+    }
+
+    /// The field paths: well formed, and a lookup only of what is joined before it.
+    fn paths(&self, found: &mut Vec<FieldError>) {
+        let entry = self.entry;
+        if self.spec.source.format.kind == FormatKind::Raw {
+            self.error(found, "lookup", "raw records have no fields to look up");
         }
-        for (j, field) in entry.fields.iter().flatten().enumerate() {
-            field_path(field, format!("{path}.fields[{j}]"));
+        let mut paths = vec![("lookup".to_owned(), entry.lookup.as_str())];
+        paths.extend(entry.key.as_deref().map(|k| ("key".to_owned(), k)));
+        paths.extend(
+            (entry.timestamp.as_ref()).map(|t| ("timestamp.field".to_owned(), t.field.as_str())),
+        );
+        paths.extend(
+            (entry.fields.iter().flatten().enumerate())
+                .map(|(j, f)| (format!("fields[{j}]"), f.as_str())),
+        );
+        for (field, path) in paths {
+            if !is_valid_field_path(path) {
+                self.error(found, &field, "is not a dotted field path");
+            }
         }
         let mut copied = std::collections::BTreeSet::new();
         for (j, field) in entry.fields.iter().flatten().enumerate() {
             let last = field.rsplit('.').next().unwrap_or(field);
             if !copied.insert(last) {
-                error(
-                    format!("{path}.fields[{j}]"),
+                self.error(
+                    found,
+                    &format!("fields[{j}]"),
                     format!("lands under {last:?}, as an earlier field does"),
                 );
             }
         }
         if entry.fields.as_ref().is_some_and(Vec::is_empty) {
-            error(
-                format!("{path}.fields"),
-                "must list at least one field (omit it to copy all)".into(),
+            self.error(
+                found,
+                "fields",
+                "must list at least one field (omit it to copy all)",
             );
         }
         if joined_by(&entry.lookup, std::iter::once(entry.name.as_str())) {
-            error(
-                format!("{path}.lookup"),
-                "names a field this entry joins; it may name one an earlier entry joined".into(),
+            self.error(
+                found,
+                "lookup",
+                "names a field this entry joins; it may name one an earlier entry joined",
             );
         }
-        if let Some(later) = spec.enrich[i + 1..]
-            .iter()
+        if let Some(later) = (self.later.iter())
             .find(|later| joined_by(&entry.lookup, std::iter::once(later.name.as_str())))
         {
-            error(
-                format!("{path}.lookup"),
+            self.error(
+                found,
+                "lookup",
                 format!(
                     "names a field of {:?}, which is joined after this entry",
                     later.name
                 ),
             );
         }
+    }
+
+    /// `asOf`, `history`, `maxBytes` and the event time they depend on.
+    fn versions(&self, found: &mut Vec<FieldError>) {
+        let entry = self.entry;
         if entry.history.is_some() && entry.as_of == AsOf::Latest {
-            error(
-                format!("{path}.history"),
-                "only applies to asOf eventTime".into(),
-            );
+            self.error(found, "history", "only applies to asOf eventTime");
         }
-        if let Some(history) = entry.history {
-            if history.is_zero() || history > crate::validate::MAX_EVENT_TIME_SPAN {
-                error(
-                    format!("{path}.history"),
-                    format!(
-                        "must be greater than 0s and at most {}",
-                        crate::validate::MAX_EVENT_TIME_SPAN
-                    ),
-                );
-            }
+        if let Some(history) = entry.history
+            && (history.is_zero() || history > MAX_EVENT_TIME_SPAN)
+        {
+            self.error(
+                found,
+                "history",
+                format!("must be greater than 0s and at most {MAX_EVENT_TIME_SPAN}"),
+            );
         }
         if let Some(max) = &entry.max_bytes {
             match crate::quantity::parse_quantity(max) {
                 Ok(bytes) if bytes >= 1024.0 * 1024.0 => {}
-                Ok(_) => error(format!("{path}.maxBytes"), "must be at least 1Mi".into()),
-                Err(e) => error(format!("{path}.maxBytes"), e.to_string()),
+                Ok(_) => self.error(found, "maxBytes", "must be at least 1Mi"),
+                Err(e) => self.error(found, "maxBytes", e.to_string()),
             }
         }
+        let timestamp_field =
+            (self.spec.transform.timestamp.as_ref()).and_then(|t| t.field.as_deref());
         if entry.as_of == AsOf::EventTime
-            && let Some(field) = spec
-                .transform
-                .timestamp
-                .as_ref()
-                .and_then(|t| t.field.as_deref())
+            && let Some(field) = timestamp_field
             && joined_by(field, std::iter::once(entry.name.as_str()))
         {
-            error(
-                "spec.transform.timestamp.field".into(),
-                format!(
+            found.push(FieldError {
+                path: "spec.transform.timestamp.field".into(),
+                message: format!(
                     "names a field joined by {:?} as of event time, which needs the event time first",
                     entry.name
                 ),
-            );
+            });
         }
-        earlier.push(&entry.name);
     }
-    if spec.transform.source_keyed
-        && let Some(key) = &spec.transform.key_by
-        && joined_by(key, spec.enrich.iter().map(|e| e.name.as_str()))
-    {
-        error(
-            "spec.transform.sourceKeyed".into(),
-            "the source cannot be keyed by a joined field (keyBy names one)".into(),
-        );
-    }
-    found
 }
 
 /// Whether `path` lies under one of `names` (a joined object).
