@@ -9,6 +9,7 @@ pub mod cleanup;
 pub mod cli;
 pub mod client;
 pub mod decode;
+pub mod enrich;
 pub mod event_time;
 pub mod failpoint;
 pub mod field;
