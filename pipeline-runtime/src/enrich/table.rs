@@ -86,7 +86,7 @@ impl VersionedTable {
     /// `None` for a tombstone. A version with the timestamp of an existing one replaces it (the
     /// later record of a key wins, as compaction keeps it).
     pub fn load(&mut self, key: &str, ts: i64, row: Option<Value>) {
-        let bytes = key.len() + VERSION_OVERHEAD + row.as_ref().map_or(0, |r| json_len(r));
+        let bytes = key.len() + VERSION_OVERHEAD + row.as_ref().map_or(0, json_len);
         let version = Version {
             ts,
             row: row.map(Arc::new),
