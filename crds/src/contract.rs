@@ -182,6 +182,24 @@ pub mod metrics {
     /// (gauge; label topic; no slot). The operator sizes `AWS_MSK_IAM` pipelines from it, since it
     /// does not sign in to their Kafka itself.
     pub const SOURCE_PARTITIONS: &str = "pipeline_source_partitions";
+    /// Keys of a reference table (`spec.enrich`) whose latest version is a row, in this process
+    /// (gauge; label table; no slot).
+    pub const TABLE_ROWS: &str = "pipeline_table_rows";
+    /// Versions a reference table keeps, tombstones included (gauge; label table).
+    pub const TABLE_VERSIONS: &str = "pipeline_table_versions";
+    /// Bytes counted for a reference table's versions, bounded by its `maxBytes` (gauge; label
+    /// table).
+    pub const TABLE_BYTES: &str = "pipeline_table_bytes";
+    /// Records of a table's topic not loaded yet, behind the end offsets last read (gauge; label
+    /// table).
+    pub const TABLE_LAG: &str = "pipeline_table_lag";
+    /// The highest timestamp a table has loaded, epoch milliseconds (gauge; label table).
+    pub const TABLE_WATERMARK_MS: &str = "pipeline_table_watermark_ms";
+    /// Lookups of a table, by result `hit` or `miss` (counter; labels table, result).
+    pub const TABLE_LOOKUPS_TOTAL: &str = "pipeline_table_lookups_total";
+    /// Table records that could not be loaded (undecodable, no key, bad time) and were
+    /// dead-lettered or, without a dead-letter topic, logged (counter; label table).
+    pub const TABLE_RECORDS_REJECTED_TOTAL: &str = "pipeline_table_records_rejected_total";
     /// Consumer-group rebalances seen by a slot (counter).
     pub const REBALANCES_TOTAL: &str = "pipeline_rebalances_total";
     /// Records accepted into windows (counter). For windowed pipelines the identity is

@@ -42,6 +42,7 @@ pub struct EnrichSpec {
     pub format: SourceFormat,
 
     /// Dotted path of the value field holding the table's key. Absent = the Kafka message key.
+    /// A tombstone (no value) is always keyed by its Kafka message key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub key: Option<String>,

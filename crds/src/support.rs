@@ -34,12 +34,6 @@ pub fn unsupported(spec: &PipelineDeploymentSpec) -> Vec<FieldError> {
             "Avro output of stateless pipelines (windowed pipelines write Avro)",
         );
     }
-    if !spec.enrich.is_empty() {
-        not_yet(
-            "spec.enrich",
-            "joining reference tables (this build validates them only)",
-        );
-    }
     for (i, entry) in spec.enrich.iter().enumerate() {
         if entry.format.kind == crate::source::FormatKind::Avro {
             not_yet(

@@ -102,6 +102,7 @@ impl Health {
     /// Ready: every slot runs and no shutdown is under way.
     pub fn is_ready(&self) -> bool {
         !self.stopping.load(Ordering::SeqCst)
+            && self.blocked().is_none()
             && self.running.load(Ordering::SeqCst) == self.slots.load(Ordering::SeqCst)
             && self.paused_reason().is_none()
             && self.kafka_reason().is_none()

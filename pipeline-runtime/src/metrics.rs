@@ -94,16 +94,130 @@ pub struct TopicLabels {
 
 type FloatGauge = Gauge<f64, AtomicU64>;
 
-fn latency_histogram() -> Histogram {
-    // 1 ms .. ~1 h.
-    Histogram::new(exponential_buckets(0.001, 2.0, 22))
-}
-
 /// Registers `$family` in `$registry` under the metric name `$name` (without `_total`).
 macro_rules! register {
     ($registry:expr, $name:expr, $help:expr, $family:expr) => {
         $registry.register(registration_name($name), $help, $family.clone())
     };
+}
+
+/// Labels of a reference table of a process.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TableLabels {
+    /// PipelineDeployment name.
+    pub pipeline: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// Pod.
+    pub pod: String,
+    /// The `spec.enrich` entry's name.
+    pub table: String,
+}
+
+/// Labels of a table's lookups.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TableLookupLabels {
+    /// PipelineDeployment name.
+    pub pipeline: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// Pod.
+    pub pod: String,
+    /// The `spec.enrich` entry's name.
+    pub table: String,
+    /// `hit` or `miss`.
+    pub result: String,
+}
+
+/// The families of the reference tables (`spec.enrich`).
+#[derive(Clone, Default)]
+pub struct TableMetrics {
+    /// Keys whose latest version is a row.
+    pub rows: Family<TableLabels, Gauge>,
+    /// Versions kept.
+    pub versions: Family<TableLabels, Gauge>,
+    /// Bytes counted.
+    pub bytes: Family<TableLabels, Gauge>,
+    /// Records not loaded yet.
+    pub lag: Family<TableLabels, Gauge>,
+    /// Highest timestamp loaded.
+    pub watermark_ms: Family<TableLabels, Gauge>,
+    /// Lookups by result.
+    pub lookups: Family<TableLookupLabels, Counter>,
+    /// Table records rejected.
+    pub rejected: Family<TableLabels, Counter>,
+}
+
+impl TableMetrics {
+    fn register(&self, registry: &mut Registry) {
+        register!(
+            registry,
+            names::TABLE_ROWS,
+            "Keys of a reference table whose latest version is a row",
+            self.rows
+        );
+        register!(
+            registry,
+            names::TABLE_VERSIONS,
+            "Versions a reference table keeps, tombstones included",
+            self.versions
+        );
+        register!(
+            registry,
+            names::TABLE_BYTES,
+            "Bytes counted for a reference table's versions (bounded by maxBytes)",
+            self.bytes
+        );
+        register!(
+            registry,
+            names::TABLE_LAG,
+            "Records of a table's topic not loaded yet",
+            self.lag
+        );
+        register!(
+            registry,
+            names::TABLE_WATERMARK_MS,
+            "The highest timestamp a table has loaded, epoch ms",
+            self.watermark_ms
+        );
+        register!(
+            registry,
+            names::TABLE_LOOKUPS_TOTAL,
+            "Lookups of a reference table, by result (hit, miss)",
+            self.lookups
+        );
+        register!(
+            registry,
+            names::TABLE_RECORDS_REJECTED_TOTAL,
+            "Table records that could not be loaded and were dead-lettered or logged",
+            self.rejected
+        );
+    }
+
+    fn example(&self, labels: &TableLabels) {
+        for family in [
+            &self.rows,
+            &self.versions,
+            &self.bytes,
+            &self.lag,
+            &self.watermark_ms,
+        ] {
+            let _ = family.get_or_create(labels);
+        }
+        let _ = self.rejected.get_or_create(labels);
+        let _ = self.lookups.get_or_create(&TableLookupLabels {
+            pipeline: labels.pipeline.clone(),
+            namespace: labels.namespace.clone(),
+            pod: labels.pod.clone(),
+            table: labels.table.clone(),
+            result: "<result>".into(),
+        });
+    }
+}
+
+fn latency_histogram() -> Histogram {
+    // 1 ms .. ~1 h.
+    Histogram::new(exponential_buckets(0.001, 2.0, 22))
 }
 
 /// Every metric family of the process.
@@ -183,6 +297,8 @@ pub struct Metrics {
     pub sink_insert_failures: Family<SlotLabels, Counter>,
     /// Rows per insert.
     pub sink_batch_rows: Family<SlotLabels, Histogram, fn() -> Histogram>,
+    /// The reference tables.
+    pub tables: TableMetrics,
 }
 
 fn batch_histogram() -> Histogram {
@@ -205,6 +321,7 @@ impl Metrics {
         m.register_checkpoint_writes(&mut registry);
         m.register_sink(&mut registry);
         m.register_state(&mut registry);
+        m.tables.register(&mut registry);
         m.registry = registry;
         m
     }
@@ -256,6 +373,7 @@ impl Metrics {
             ),
             sink_insert_failures: Family::default(),
             sink_batch_rows: Family::new_with_constructor(batch_histogram as fn() -> Histogram),
+            tables: TableMetrics::default(),
             registry: Registry::default(),
         }
     }
@@ -609,6 +727,12 @@ impl Metrics {
         for family in [&m.topics_missing, &m.source_partitions] {
             let _ = family.get_or_create(&topic);
         }
+        m.tables.example(&TableLabels {
+            pipeline: slot.pipeline.clone(),
+            namespace: slot.namespace.clone(),
+            pod: slot.pod.clone(),
+            table: "<table>".into(),
+        });
         m
     }
 

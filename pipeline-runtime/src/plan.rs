@@ -100,6 +100,8 @@ pub struct Plan {
     pub repartition_topic: Option<String>,
     /// How source values are decoded.
     pub source: SourceDecoding,
+    /// The reference tables joined into each record, in order (`spec.enrich`).
+    pub enrich: Vec<crate::enrich::TablePlan>,
     /// CEL filter source.
     pub filter: Option<String>,
     /// Projection of stateless outputs.
@@ -275,6 +277,11 @@ impl Plan {
                 &spec.source.format,
                 spec.kafka.schema_registry_url.as_deref(),
             ),
+            enrich: spec
+                .enrich
+                .iter()
+                .map(crate::enrich::TablePlan::of)
+                .collect(),
             filter: spec.transform.filter.clone(),
             select: spec
                 .transform
@@ -341,9 +348,13 @@ impl Plan {
             // Stateless without a projection forwards the record's own bytes.
             (None, None) => Some(Vec::new()),
         };
+        // A stateless pipeline that enriches writes the whole record, joined fields added.
+        let whole_record =
+            !self.enrich.is_empty() && self.window.is_none() && self.select.is_none();
         self.decode_fields = match (&self.source, filter, stages) {
-            (SourceDecoding::Json, Some(mut fields), Some(paths)) => {
+            (SourceDecoding::Json, Some(mut fields), Some(paths)) if !whole_record => {
                 fields.extend(paths.iter().map(|p| p.root().to_owned()));
+                fields.extend(self.enrich.iter().map(|t| t.lookup.root().to_owned()));
                 Some(fields)
             }
             _ => None,
@@ -405,6 +416,12 @@ impl Plan {
     /// Whether source values are JSON objects that can be forwarded byte for byte.
     pub fn source_is_json(&self) -> bool {
         self.source == SourceDecoding::Json
+    }
+
+    /// Whether a record goes on (to the sink or the repartition topic) as the bytes it was read
+    /// as: a JSON source that joins no table.
+    pub fn forwards_source_bytes(&self) -> bool {
+        self.source_is_json() && self.enrich.is_empty()
     }
 
     /// The output field holding the key.

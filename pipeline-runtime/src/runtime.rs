@@ -16,8 +16,9 @@ use pipeline_crds::valid::ValidPipeline;
 use tracing::{error, info, warn};
 
 use crate::{
+    enrich::{Admission, Tables, reader::ReaderConfig},
     http::{self, Health},
-    metrics::{Metrics, SlotLabels, TopicLabels},
+    metrics::{Metrics, SlotLabels, TableLabels, TopicLabels},
     plan::Plan,
     slot::{self, Quarantine, SlotConfig, SlotError},
     topics::{self, TopicsError},
@@ -165,6 +166,9 @@ fn supervise(
             .with_commit_interval(options.commit_interval),
     );
     let quarantine = Arc::new(Quarantine::default());
+    let Some((tables, readers)) = load_tables(&options, &plan, &metrics, &health, &stop) else {
+        return;
+    };
     let start = |index: usize| -> (Arc<AtomicBool>, JoinHandle<()>) {
         let config = SlotConfig {
             plan: plan.clone(),
@@ -173,6 +177,7 @@ fn supervise(
             simulated_record_cost: options.simulated_record_cost,
             watch: health.watch(index),
             quarantine: quarantine.clone(),
+            tables: tables.clone(),
         };
         let own_stop = Arc::new(AtomicBool::new(false));
         let (health, slot_stop) = (health.clone(), own_stop.clone());
@@ -228,6 +233,10 @@ fn supervise(
         if crate::sleep_unless_stopped(SCALE_POLL, &stop) {
             break;
         }
+        if let Admission::Stopped(reason) = tables.admits(std::time::Instant::now()) {
+            health.set_blocked(Some(reason));
+        }
+        tables.prune_to_open();
         if let Some(watch) = watched.as_mut()
             && let Some(scale) = watch.changed()
         {
@@ -243,6 +252,66 @@ fn supervise(
     for (_, handle) in slots {
         let _ = handle.join();
     }
+    for reader in readers {
+        let _ = reader.join();
+    }
+}
+
+/// Starts a reader per reference table (`spec.enrich`) and waits until each has loaded its
+/// topic up to the end offsets it had at start: nothing is processed before. Meanwhile
+/// `/readyz` says which table loads (or why it cannot). `None` when stopped first.
+fn load_tables(
+    options: &RuntimeOptions,
+    plan: &Plan,
+    metrics: &Arc<Metrics>,
+    health: &Health,
+    stop: &Arc<AtomicBool>,
+) -> Option<(Arc<Tables>, Vec<JoinHandle<()>>)> {
+    let tables = Arc::new(Tables::new(&plan.enrich));
+    let started = std::time::Instant::now();
+    let readers: Vec<JoinHandle<()>> = tables
+        .iter()
+        .map(|table| {
+            let config = ReaderConfig {
+                consumer: plan.consumer.for_client("sluice-table"),
+                sign_in: plan.consumer.sign_in().clone(),
+                producer: plan.producer.for_client("sluice-table"),
+                dead_letter_topic: plan.dead_letter_topic.clone(),
+                metrics: metrics.clone(),
+                labels: TableLabels {
+                    pipeline: options.pipeline.name().to_owned(),
+                    namespace: options.pipeline.namespace().to_owned(),
+                    pod: options.pod.clone(),
+                    table: table.plan.name.clone(),
+                },
+            };
+            crate::enrich::reader::spawn(table.clone(), config, stop.clone())
+        })
+        .collect();
+    let mut said = None;
+    loop {
+        match tables.admits(started) {
+            Admission::Join => break,
+            Admission::Wait(why) | Admission::Stopped(why) => {
+                if said.as_ref() != Some(&why) {
+                    info!(%why, "waiting for the reference tables");
+                    said = Some(why.clone());
+                }
+                health.set_blocked(Some(why));
+            }
+        }
+        if crate::sleep_unless_stopped(Duration::from_millis(100), stop) {
+            for reader in readers {
+                let _ = reader.join();
+            }
+            return None;
+        }
+    }
+    if !tables.is_empty() {
+        info!("the reference tables are loaded");
+        health.set_blocked(None);
+    }
+    Some((tables, readers))
 }
 
 /// How often the scale file is read.

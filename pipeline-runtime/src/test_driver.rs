@@ -35,6 +35,7 @@ use serde_json::Value;
 
 use crate::{
     decode::DecodeError,
+    enrich::Tables,
     plan::{Plan, TopicIndex},
     processor::{Emit, InRecord, Processor, ProcessorError},
     sink::encode::row_json,
@@ -116,6 +117,8 @@ pub struct TestDriver {
     outputs: Vec<OutputRecord>,
     dead_letters: Vec<DeadLetterRecord>,
     late: Vec<LateRecord>,
+    /// The reference tables (`spec.enrich`), loaded by [`Self::table`].
+    tables: Arc<Tables>,
 }
 
 impl TestDriver {
@@ -130,8 +133,10 @@ impl TestDriver {
             pipeline.name(),
         );
         let plan = Arc::new(Plan::new(&pipeline, &group, source_partitions.to_vec()));
+        let tables = Arc::new(Tables::new(&plan.enrich));
         Ok(Self {
-            processor: Processor::new(plan.clone())?,
+            processor: Processor::new(plan.clone())?.with_tables(tables.clone()),
+            tables,
             plan,
             started: Instant::now(),
             elapsed: Duration::ZERO,
@@ -142,6 +147,38 @@ impl TestDriver {
             dead_letters: Vec::new(),
             late: Vec::new(),
         })
+    }
+
+    /// Loads a record of the `spec.enrich` table `name` (as its reader would: decoded, keyed,
+    /// timed, its fields picked); `value` `None` is a tombstone. Records piped afterwards see
+    /// it: the table counts as read up to now. A malformed record is refused with why.
+    pub fn table(
+        &mut self,
+        name: &str,
+        key: Option<&str>,
+        value: Option<&str>,
+        timestamp_ms: Option<i64>,
+    ) -> Result<(), String> {
+        let table = (self.tables.iter())
+            .find(|t| t.plan.name == name)
+            .ok_or_else(|| format!("the pipeline joins no table {name}"))?;
+        let value = value
+            .map(|v| crate::decode::decode_json(v.as_bytes()))
+            .transpose()
+            .map_err(|e| e.to_string())?;
+        let key = (table.plan.key_of(key.map(str::as_bytes), value.as_ref()))
+            .ok_or("the table record has no key")?;
+        let ts = match &value {
+            Some(v) => (table.plan.time)
+                .extract(v, timestamp_ms, 0)
+                .map_err(|e| e.to_string())?,
+            None => timestamp_ms.ok_or("a tombstone needs a timestamp")?,
+        };
+        if !table.load([(key, ts, value.map(|v| table.plan.row_of(&v)))]) {
+            return Err("past maxBytes".into());
+        }
+        table.caught_up(self.now());
+        Ok(())
     }
 
     /// Processing time now.

@@ -45,7 +45,7 @@ pub enum TopicsError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{role} topic {topic} {what}")]
 pub struct TopicProblem {
-    /// `source`, `sink`, `dead-letter`, `late-data` or `repartition`.
+    /// `source`, `table`, `sink`, `dead-letter`, `late-data` or `repartition`.
     pub role: &'static str,
     /// The topic.
     pub topic: String,
@@ -112,7 +112,19 @@ pub fn plan_topics(
             }),
         }
     }
-    let sources_known = plan.problems.is_empty();
+    for entry in &spec.enrich {
+        if partitions_of(&entry.topic).is_none() {
+            plan.problems.push(TopicProblem {
+                role: "table",
+                topic: entry.topic.clone(),
+                what: format!(
+                    "does not exist (spec.enrich {:?} reads it; create it, compacted, with the reference data)",
+                    entry.name
+                ),
+            });
+        }
+    }
+    let sources_known = plan.source_partitions.len() == spec.source.topic_names().len();
     let widest = i32::try_from(plan.source_partitions.iter().copied().max().unwrap_or(1))
         .unwrap_or(i32::MAX);
     let create = spec.kafka.create_topics.as_ref();

@@ -1,4 +1,535 @@
 //! Stream–table enrichment (`spec.enrich`): reference tables read from compacted topics, one
 //! copy per process shared by its slots, joined into each record as of its event time.
+//!
+//! - [`table`]: one table's versions (pure);
+//! - [`reader`]: the thread that loads a table from its topic and says how far it has read;
+//! - here: the compiled entries ([`TablePlan`]), the process's tables ([`Tables`]), the join.
 
+use std::{
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicI64, AtomicU64, Ordering},
+    },
+    time::Instant,
+};
+
+use pipeline_crds::{
+    enrich::{AsOf, DEFAULT_MAX_BYTES, EnrichSpec, OnMissing},
+    transform::{TimestampSource, TimestampSpec},
+};
+use serde_json::Value;
+
+use crate::{
+    event_time::EventTime,
+    field::{FieldPath, key_text},
+};
+
+pub mod reader;
 pub mod table;
+
+use table::{Found, Keeping, TableSize, VersionedTable};
+
+/// One `spec.enrich` entry, compiled.
+#[derive(Clone, Debug)]
+pub struct TablePlan {
+    /// The entry's name: the record field the joined object lands in.
+    pub name: String,
+    /// The table's topic.
+    pub topic: String,
+    /// The value field holding the table's key (`None`: the Kafka key).
+    pub key: Option<FieldPath>,
+    /// The record field looked up.
+    pub lookup: FieldPath,
+    /// The fields copied (`None`: all).
+    pub fields: Option<Vec<FieldPath>>,
+    /// Which version a record is joined with.
+    pub as_of: AsOf,
+    /// A table record's time.
+    pub time: EventTime,
+    /// What becomes of a record without a version.
+    pub on_missing: OnMissing,
+    /// How far back versions are kept, ms.
+    pub history_ms: i64,
+    /// The memory bound, bytes.
+    pub max_bytes: u64,
+}
+
+impl TablePlan {
+    /// Compiles a validated entry.
+    pub fn of(spec: &EnrichSpec) -> Self {
+        let time = spec.timestamp.as_ref().map(|t| TimestampSpec {
+            source: TimestampSource::Field,
+            field: Some(t.field.clone()),
+            format: t.format,
+            max_ahead_of_wall_clock: None,
+            max_ahead_of_watermark: None,
+        });
+        Self {
+            name: spec.name.clone(),
+            topic: spec.topic.clone(),
+            key: spec.key.as_deref().map(FieldPath::parse),
+            lookup: FieldPath::parse(&spec.lookup),
+            fields: (spec.fields.as_ref()).map(|f| f.iter().map(|p| FieldPath::parse(p)).collect()),
+            as_of: spec.as_of,
+            time: EventTime::new(time.as_ref()),
+            on_missing: spec.on_missing,
+            history_ms: i64::try_from(spec.history().as_millis()).unwrap_or(i64::MAX),
+            max_bytes: spec
+                .max_bytes
+                .as_ref()
+                .and_then(|q| pipeline_crds::quantity::parse_quantity(q).ok())
+                .map_or(DEFAULT_MAX_BYTES, |b| b as u64),
+        }
+    }
+
+    /// The joined object of a table value: the listed fields under their last segment (null
+    /// when absent), or the whole value.
+    pub fn row_of(&self, value: &Value) -> Value {
+        match &self.fields {
+            None => value.clone(),
+            Some(fields) => Value::Object(
+                fields
+                    .iter()
+                    .map(|f| {
+                        (
+                            f.leaf().to_owned(),
+                            f.get(value).cloned().unwrap_or(Value::Null),
+                        )
+                    })
+                    .collect(),
+            ),
+        }
+    }
+
+    /// The table key of a record of the table topic, as text: the `key` field of its value, or
+    /// its Kafka key (always, for a tombstone, which has no value).
+    pub fn key_of(&self, kafka_key: Option<&[u8]>, value: Option<&Value>) -> Option<String> {
+        let kafka = || {
+            kafka_key
+                .and_then(|k| std::str::from_utf8(k).ok())
+                .map(str::to_owned)
+        };
+        match (&self.key, value) {
+            (Some(path), Some(v)) => path.get(v).filter(|v| !v.is_null()).map(key_text),
+            _ => kafka(),
+        }
+    }
+
+    fn keeping(&self) -> Keeping {
+        match self.as_of {
+            AsOf::EventTime => Keeping::History,
+            AsOf::Latest => Keeping::Latest,
+        }
+    }
+}
+
+/// How far a table's reader has come.
+#[derive(Clone, Debug, Default)]
+struct Progress {
+    /// Read up to the end offsets it had at start.
+    loaded: bool,
+    /// The latest instant whose end offsets the reader has since read up to.
+    caught_up_at: Option<Instant>,
+    /// Why the reader cannot go on (the topic unreadable, the memory bound passed).
+    failure: Option<String>,
+    /// Whether the failure stops the pipeline for good (the memory bound).
+    fatal: bool,
+    /// Records behind the end offsets last read.
+    lag: i64,
+}
+
+/// One table of a process, shared by its slots.
+pub struct SharedTable {
+    /// Its entry.
+    pub plan: TablePlan,
+    table: RwLock<VersionedTable>,
+    progress: Mutex<Progress>,
+    /// Lookups that found a version.
+    pub hits: AtomicU64,
+    /// Lookups that found none.
+    pub misses: AtomicU64,
+    /// Table records dead-lettered (malformed, no key).
+    pub rejected: AtomicU64,
+}
+
+impl SharedTable {
+    fn new(plan: TablePlan) -> Self {
+        Self {
+            table: RwLock::new(VersionedTable::new(plan.keeping())),
+            plan,
+            progress: Mutex::new(Progress::default()),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+        }
+    }
+
+    /// Loads table records (key, time, joined object or tombstone) read in this order; false
+    /// (and the table stops) when they take it past `maxBytes`.
+    pub fn load(&self, records: impl IntoIterator<Item = (String, i64, Option<Value>)>) -> bool {
+        let mut table = self.table.write().expect("not poisoned");
+        for (key, ts, row) in records {
+            table.load(&key, ts, row);
+        }
+        let bytes = table.size().bytes;
+        drop(table);
+        if bytes > self.plan.max_bytes {
+            self.fail(
+                format!(
+                    "table {} (topic {}) holds {bytes} bytes, past its maxBytes of {}: raise spec.enrich maxBytes (and the pod's memory), or lower history",
+                    self.plan.name, self.plan.topic, self.plan.max_bytes
+                ),
+                true,
+            );
+            return false;
+        }
+        true
+    }
+
+    /// Drops versions no record can still need: older than `history` before `oldest_open`.
+    pub fn prune(&self, oldest_open: i64) {
+        let cutoff = oldest_open.saturating_sub(self.plan.history_ms);
+        self.table.write().expect("not poisoned").prune(cutoff);
+    }
+
+    /// Its figures.
+    pub fn size(&self) -> TableSize {
+        self.table.read().expect("not poisoned").size()
+    }
+
+    /// The highest table timestamp loaded.
+    pub fn newest(&self) -> Option<i64> {
+        self.table.read().expect("not poisoned").newest()
+    }
+
+    /// Records behind the end offsets last read.
+    pub fn lag(&self) -> i64 {
+        self.progress().lag
+    }
+
+    fn progress(&self) -> std::sync::MutexGuard<'_, Progress> {
+        self.progress.lock().expect("not poisoned")
+    }
+
+    /// The reader has read up to the end offsets it saw at `since`.
+    pub fn caught_up(&self, since: Instant) {
+        let mut p = self.progress();
+        p.loaded = true;
+        p.lag = 0;
+        if !p.fatal {
+            p.failure = None;
+        }
+        p.caught_up_at = Some(p.caught_up_at.map_or(since, |at| at.max(since)));
+    }
+
+    /// The reader is `lag` records behind the end offsets it last saw.
+    pub fn behind(&self, lag: i64) {
+        self.progress().lag = lag;
+    }
+
+    /// The reader cannot go on: said on `/readyz` until it can (`fatal`: never again).
+    pub fn fail(&self, reason: String, fatal: bool) {
+        let mut p = self.progress();
+        if p.fatal {
+            return;
+        }
+        p.failure = Some(reason);
+        p.fatal = fatal;
+    }
+
+    /// Whether records read at `read_at` may be joined now.
+    fn admits(&self, read_at: Instant) -> Admission {
+        let p = self.progress();
+        if p.fatal {
+            return Admission::Stopped(p.failure.clone().unwrap_or_default());
+        }
+        let waiting = |why: String| Admission::Wait(why);
+        if !p.loaded {
+            let why = p.failure.clone().unwrap_or_else(|| {
+                format!(
+                    "loading table {} from topic {} ({} records to go)",
+                    self.plan.name, self.plan.topic, p.lag
+                )
+            });
+            return waiting(why);
+        }
+        match self.plan.as_of {
+            AsOf::Latest => Admission::Join,
+            AsOf::EventTime if p.caught_up_at.is_some_and(|at| at >= read_at) => Admission::Join,
+            AsOf::EventTime => waiting(p.failure.clone().unwrap_or_else(|| {
+                format!(
+                    "table {} has not read topic {} up to the end offsets it had when the records were read",
+                    self.plan.name, self.plan.topic
+                )
+            })),
+        }
+    }
+
+    /// Joins this table into `record`, whose event time is `event_ms`.
+    fn join(&self, record: &mut Value, event_ms: i64) -> Joined {
+        let name = &self.plan.name;
+        let key = match self.plan.lookup.get(record) {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(key_text(v)),
+        };
+        let Some(fields) = record.as_object_mut() else {
+            return Joined::DeadLetter(format!(
+                "enrich {name}: the record is not an object, so nothing can be joined into it"
+            ));
+        };
+        if fields.contains_key(name) {
+            return Joined::DeadLetter(format!(
+                "enrich {name}: the record already has a field {name}, which the join would replace"
+            ));
+        }
+        let table = self.table.read().expect("not poisoned");
+        let found = match (&key, self.plan.as_of) {
+            (None, _) => Found::Missing,
+            (Some(k), AsOf::EventTime) => table.as_of(k, event_ms),
+            (Some(k), AsOf::Latest) => table.latest(k),
+        };
+        let row = match found {
+            Found::Row(row) => {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                row.clone()
+            }
+            Found::Missing => {
+                self.misses.fetch_add(1, Ordering::Relaxed);
+                let lookup = self.plan.lookup.as_str();
+                let missing = || match &key {
+                    None => format!("enrich {name}: the record has no {lookup} to look up"),
+                    Some(k) => format!("enrich {name}: no version of key {k:?} at {event_ms}"),
+                };
+                match self.plan.on_missing {
+                    OnMissing::Keep => Value::Null,
+                    OnMissing::Drop => return Joined::Dropped,
+                    OnMissing::DeadLetter => return Joined::DeadLetter(missing()),
+                }
+            }
+        };
+        drop(table);
+        fields.insert(name.clone(), row);
+        Joined::Kept
+    }
+}
+
+/// Whether records may be joined yet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// Yes.
+    Join,
+    /// Not yet: held, with why.
+    Wait(String),
+    /// Never: the pipeline stops, with why (a table past its memory bound).
+    Stopped(String),
+}
+
+/// What the join did with a record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Joined {
+    /// Joined (with null where `onMissing: keep` found nothing).
+    Kept,
+    /// Dropped by `onMissing: drop`.
+    Dropped,
+    /// To the dead-letter topic, with why.
+    DeadLetter(String),
+}
+
+/// The tables of a process, in spec order, and the oldest event time each of its processors
+/// may still join (what pruning keeps history for).
+#[derive(Default)]
+pub struct Tables {
+    tables: Vec<Arc<SharedTable>>,
+    open: Mutex<Vec<std::sync::Weak<AtomicI64>>>,
+}
+
+impl Tables {
+    /// Empty tables for the entries.
+    pub fn new(plans: &[TablePlan]) -> Self {
+        Self {
+            tables: plans
+                .iter()
+                .cloned()
+                .map(|p| Arc::new(SharedTable::new(p)))
+                .collect(),
+            open: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// A processor's say in pruning: it stores there the oldest event time it may still join
+    /// (`i64::MAX` until it knows). Forgotten when dropped.
+    pub fn open_time(&self) -> Arc<AtomicI64> {
+        let clock = Arc::new(AtomicI64::new(i64::MAX));
+        let mut open = self.open.lock().expect("not poisoned");
+        open.retain(|w| w.strong_count() > 0);
+        open.push(Arc::downgrade(&clock));
+        clock
+    }
+
+    /// The oldest event time any processor may still join, if they have said.
+    fn oldest_open(&self) -> Option<i64> {
+        let open = self.open.lock().expect("not poisoned");
+        open.iter()
+            .filter_map(std::sync::Weak::upgrade)
+            .map(|c| c.load(Ordering::Relaxed))
+            .min()
+            .filter(|t| *t != i64::MAX)
+    }
+
+    /// Drops the versions no processor can still need.
+    pub fn prune_to_open(&self) {
+        if let Some(oldest) = self.oldest_open() {
+            self.prune(oldest);
+        }
+    }
+
+    /// Whether there are none (the pipeline enriches nothing).
+    pub fn is_empty(&self) -> bool {
+        self.tables.is_empty()
+    }
+
+    /// The tables.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<SharedTable>> {
+        self.tables.iter()
+    }
+
+    /// Whether any table is joined as of event time.
+    pub fn need_event_time(&self) -> bool {
+        self.tables.iter().any(|t| t.plan.as_of == AsOf::EventTime)
+    }
+
+    /// Whether records read at `read_at` may be joined now: the first table that says otherwise.
+    pub fn admits(&self, read_at: Instant) -> Admission {
+        for table in &self.tables {
+            match table.admits(read_at) {
+                Admission::Join => {}
+                other => return other,
+            }
+        }
+        Admission::Join
+    }
+
+    /// Joins every table into `record`, in order, stopping at the first that drops or
+    /// dead-letters it.
+    pub fn join(&self, record: &mut Value, event_ms: i64) -> Joined {
+        for table in &self.tables {
+            match table.join(record, event_ms) {
+                Joined::Kept => {}
+                other => return other,
+            }
+        }
+        Joined::Kept
+    }
+
+    /// Drops the versions no record can still need (see [`SharedTable::prune`]).
+    pub fn prune(&self, oldest_open: i64) {
+        for table in &self.tables {
+            table.prune(oldest_open);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use serde_json::json;
+
+    use super::*;
+
+    fn plan(extra: &str) -> TablePlan {
+        let spec: EnrichSpec = serde_norway::from_str(&format!(
+            "{{name: profile, topic: profiles, lookup: user_id, {extra}}}"
+        ))
+        .unwrap();
+        TablePlan::of(&spec)
+    }
+
+    #[test]
+    fn a_joined_object_lands_under_the_name_with_the_listed_fields_and_keys_match_as_text() {
+        let tables = Tables::new(&[plan("fields: [country, meta.tier]")]);
+        let table = tables.iter().next().unwrap();
+        table.load([(
+            "42".to_owned(),
+            100,
+            Some(
+                table
+                    .plan
+                    .row_of(&json!({"country": "fr", "meta": {"tier": 2}, "x": 1})),
+            ),
+        )]);
+        let mut record = json!({"user_id": 42});
+        assert_eq!(tables.join(&mut record, 150), Joined::Kept);
+        assert_eq!(
+            record,
+            json!({"user_id": 42, "profile": {"country": "fr", "tier": 2}})
+        );
+        let mut early = json!({"user_id": "42"});
+        tables.join(&mut early, 99);
+        assert_eq!(early["profile"], Value::Null, "no version yet at 99");
+        assert_eq!(table.hits.load(Ordering::Relaxed), 1);
+        assert_eq!(table.misses.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn on_missing_drops_or_dead_letters_and_a_clashing_field_is_dead_lettered() {
+        let drop = Tables::new(&[plan("onMissing: drop")]);
+        assert_eq!(drop.join(&mut json!({"user_id": 1}), 0), Joined::Dropped);
+        let dead = Tables::new(&[plan("onMissing: deadLetter")]);
+        let Joined::DeadLetter(why) = dead.join(&mut json!({"other": 1}), 0) else {
+            panic!("dead-lettered");
+        };
+        assert!(why.contains("no user_id to look up"), "{why}");
+        let keep = Tables::new(&[plan("")]);
+        let Joined::DeadLetter(why) = keep.join(&mut json!({"user_id": 1, "profile": 2}), 0) else {
+            panic!("dead-lettered");
+        };
+        assert!(why.contains("already has a field profile"), "{why}");
+    }
+
+    #[test]
+    fn records_wait_until_the_table_has_read_what_was_there_when_they_were_read() {
+        let tables = Tables::new(&[plan("")]);
+        let table = tables.iter().next().unwrap().clone();
+        let read_at = Instant::now();
+        assert!(
+            matches!(tables.admits(read_at), Admission::Wait(why) if why.contains("loading table profile"))
+        );
+        table.caught_up(read_at - Duration::from_millis(5));
+        assert!(
+            matches!(tables.admits(read_at), Admission::Wait(_)),
+            "caught up only to before the read"
+        );
+        table.caught_up(read_at);
+        assert_eq!(tables.admits(read_at), Admission::Join);
+        let latest = Tables::new(&[plan("asOf: latest")]);
+        let t = latest.iter().next().unwrap();
+        t.caught_up(read_at - Duration::from_secs(1));
+        assert_eq!(
+            latest.admits(read_at),
+            Admission::Join,
+            "latest only needs the load"
+        );
+    }
+
+    #[test]
+    fn a_table_past_its_memory_bound_stops_the_pipeline_naming_the_table() {
+        let tables = Tables::new(&[plan("maxBytes: 1Mi")]);
+        let table = tables.iter().next().unwrap();
+        table.caught_up(Instant::now());
+        let big = "x".repeat(2 << 20);
+        assert!(!table.load([("k".to_owned(), 1, Some(json!(big)))]));
+        let Admission::Stopped(why) = tables.admits(Instant::now()) else {
+            panic!("stopped");
+        };
+        assert!(
+            why.contains("table profile (topic profiles)") && why.contains("maxBytes"),
+            "{why}"
+        );
+        table.caught_up(Instant::now());
+        assert!(
+            matches!(tables.admits(Instant::now()), Admission::Stopped(_)),
+            "for good"
+        );
+    }
+}

@@ -14,6 +14,7 @@ use crate::{
     aggregate::Arrival,
     checkpoint::snapshot::{ClockState, PartitionSnapshot},
     decode::{DecodeError, Decoder, DecoderConfigError, Fields, decode_json_fields},
+    enrich::{Joined, Tables},
     field::key_text,
     filter::{Filter, FilterError},
     plan::{Plan, TopicIndex},
@@ -75,6 +76,8 @@ pub enum FailedStage {
     /// An output of the record (sink, repartition or late-data record) does not fit in one Kafka
     /// message (`message.max.bytes`).
     Output,
+    /// A reference table's join refused it (`onMissing: deadLetter`, a clashing field).
+    Enrich,
 }
 
 impl FailedStage {
@@ -89,6 +92,7 @@ impl FailedStage {
             Self::Encode => "encode",
             Self::Panic => "panic",
             Self::Output => "output",
+            Self::Enrich => "enrich",
         }
     }
 }
@@ -247,6 +251,10 @@ pub struct Processor {
     /// The fields stage two decodes from repartition-topic records (they carry the whole source
     /// record, for the late-data and dead-letter topics; stage two reads a few fields of it).
     repartitioned_fields: Fields,
+    /// The process's reference tables (none when the pipeline joins none).
+    tables: Arc<Tables>,
+    /// Where this processor tells the tables the oldest event time it may still join.
+    open_time: Option<Arc<std::sync::atomic::AtomicI64>>,
     /// Counts since the slot started.
     pub counts: Counts,
 }
@@ -266,8 +274,32 @@ impl Processor {
             filter,
             partitions: HashMap::default(),
             results: Vec::new(),
+            tables: Arc::new(Tables::default()),
+            open_time: None,
             counts: Counts::default(),
         })
+    }
+
+    /// The same processor, joining the process's tables (shared by its slots).
+    pub fn with_tables(mut self, tables: Arc<Tables>) -> Self {
+        self.open_time = (!tables.is_empty()).then(|| tables.open_time());
+        self.tables = tables;
+        self
+    }
+
+    /// The oldest event time a record this processor joins may still have: its source
+    /// partitions' lowest watermark less the allowed lateness; `i64::MAX` (unknown, nothing
+    /// pruned for it) before any partition has one.
+    fn oldest_open(&self) -> i64 {
+        let lateness = self.plan.window.as_ref().map_or(0, |w| w.lateness_ms);
+        self.partitions
+            .values()
+            .filter_map(|s| match &s.clock {
+                EventClock::Local(w) if w.current() != NO_WATERMARK => Some(w.current()),
+                _ => None,
+            })
+            .min()
+            .map_or(i64::MAX, |wm| wm.saturating_sub(lateness))
     }
 
     /// The plan.
@@ -308,7 +340,7 @@ impl Processor {
         wall_ms: i64,
         out: &mut Vec<Emit>,
     ) -> Result<(), DecodeError> {
-        let record = match self.decoder.decode(rec.payload) {
+        let mut record = match self.decoder.decode(rec.payload) {
             Ok(r) => r,
             Err(e) if e.is_transient() => return Err(e),
             Err(e) => {
@@ -318,6 +350,9 @@ impl Processor {
             }
         };
         self.counts.records_in += 1;
+        if !self.tables.is_empty() && !self.enrich(rec, &mut record, (now, wall_ms), out) {
+            return Ok(());
+        }
         if let Some(filter) = &self.filter {
             match filter.matches(&record) {
                 Ok(true) => {}
@@ -370,7 +405,7 @@ impl Processor {
         }
         if self.plan.repartition_topic.is_some() {
             let value = match rec.payload {
-                Some(bytes) if self.plan.source_is_json() => bytes.to_vec(),
+                Some(bytes) if self.plan.forwards_source_bytes() => bytes.to_vec(),
                 _ => serde_json::to_vec(&record).expect("JSON values serialize"),
             };
             if let EventClock::Local(w) = &mut self.state(rec.topic, rec.partition, now).clock {
@@ -437,6 +472,52 @@ impl Processor {
             return;
         };
         self.window_add(rec, &record, &key, key_value, ts, now, out);
+    }
+
+    /// Joins the tables into `record`; false when the join dropped or dead-lettered it.
+    fn enrich(
+        &mut self,
+        rec: &InRecord<'_>,
+        record: &mut Value,
+        (now, wall_ms): (Instant, i64),
+        out: &mut Vec<Emit>,
+    ) -> bool {
+        let event_ms = if self.tables.need_event_time() {
+            match self
+                .plan
+                .event_time
+                .extract(record, rec.timestamp_ms, wall_ms)
+            {
+                Ok(ts) if self.plan.window.is_none() => {
+                    // A stateless pipeline keeps a watermark only for the tables: what their
+                    // history is kept for.
+                    if let EventClock::Local(w) =
+                        &mut self.state(rec.topic, rec.partition, now).clock
+                    {
+                        w.on_record(ts, now);
+                    }
+                    ts
+                }
+                Ok(ts) => ts,
+                Err(e) => {
+                    self.dead_letter(rec, FailedStage::Timestamp, e.to_string(), out);
+                    return false;
+                }
+            }
+        } else {
+            wall_ms
+        };
+        match self.tables.join(record, event_ms) {
+            Joined::Kept => true,
+            Joined::Dropped => {
+                self.counts.filtered += 1;
+                false
+            }
+            Joined::DeadLetter(why) => {
+                self.dead_letter(rec, FailedStage::Enrich, why, out);
+                false
+            }
+        }
     }
 
     /// The record's key as text (borrowed when it is a string) and as its JSON value.
@@ -529,7 +610,7 @@ impl Processor {
                 projection.write(record, &mut value);
                 value
             }
-            (None, Some(bytes)) if self.plan.source_is_json() => bytes.to_vec(),
+            (None, Some(bytes)) if self.plan.forwards_source_bytes() => bytes.to_vec(),
             (None, _) => serde_json::to_vec(record).expect("JSON values serialize"),
         };
         self.counts.records_out += 1;
@@ -605,6 +686,10 @@ impl Processor {
     /// Advances idle partitions by processing time, emits the windows that closes, and (stage one
     /// of a repartitioned pipeline) announces source watermarks that moved.
     pub fn on_tick(&mut self, now: Instant, out: &mut Vec<Emit>) {
+        if let Some(open) = &self.open_time {
+            let oldest = self.oldest_open();
+            open.store(oldest, std::sync::atomic::Ordering::Relaxed);
+        }
         let mut results = std::mem::take(&mut self.results);
         let mut ticked = Vec::new();
         let repartitioning = self.plan.repartition_topic.is_some();

@@ -40,6 +40,7 @@ use crate::{
         Checkpointer,
         store::{CheckpointStore, StoreError},
     },
+    enrich::{Admission, Tables},
     metrics::{Metrics, SlotLabels},
     plan::{Plan, TopicIndex},
     processor::{Counts, Emit, FailedStage, InRecord, Processor, ProcessorError},
@@ -116,6 +117,8 @@ pub struct SlotConfig {
     pub watch: Arc<SlotWatch>,
     /// Records that made a slot of this process panic: dead-lettered instead of processed.
     pub quarantine: Arc<Quarantine>,
+    /// The process's reference tables (`spec.enrich`), shared by its slots.
+    pub tables: Arc<Tables>,
 }
 
 pub(super) struct Core {
@@ -192,7 +195,7 @@ fn open(config: &SlotConfig, stop: &Arc<AtomicBool>) -> Result<Opened, SlotError
         info!(transactional_id = ?transactional_id, "exactly-once: transactional producer ready");
     }
     let core = Arc::new(Mutex::new(Core {
-        processor: Processor::new(plan.clone())?,
+        processor: Processor::new(plan.clone())?.with_tables(config.tables.clone()),
         emits: Vec::new(),
         committed: HashMap::new(),
         awaiting_first: HashSet::new(),
@@ -282,6 +285,88 @@ fn drop_revoked(
             .find_partition(plan.topic_name(topic), partition)
             .is_some()
     });
+}
+
+/// The most records held for the tables before the slot stops polling.
+const HELD_LIMIT: usize = 8 * BATCH;
+
+/// Records read while the tables had not yet vouched for them: a record read at instant t is
+/// joined only once every table has read the end offsets it had at t (an update written before
+/// the record is seen). Their partitions' offsets and watermarks stay where they were until they
+/// are processed, so a checkpoint or commit never covers them.
+#[derive(Default)]
+struct Held<'c> {
+    records: std::collections::VecDeque<(BorrowedMessage<'c>, Instant)>,
+    /// Why the front waits, as last reported.
+    reported: Option<String>,
+}
+
+impl<'c> Held<'c> {
+    fn is_full(&self) -> bool {
+        self.records.len() >= HELD_LIMIT
+    }
+
+    /// Moves what was just polled behind the held records, then the prefix the tables admit
+    /// back into `batch`, to be processed in order.
+    fn admit(
+        &mut self,
+        config: &SlotConfig,
+        read_at: Instant,
+        batch: &mut Vec<BorrowedMessage<'c>>,
+    ) {
+        self.records.extend(batch.drain(..).map(|m| (m, read_at)));
+        let mut verdict: Option<(Instant, Admission)> = None;
+        while let Some((_, at)) = self.records.front() {
+            let admission = match &verdict {
+                Some((seen, admission)) if seen == at => admission.clone(),
+                _ => {
+                    let admission = config.tables.admits(*at);
+                    verdict = Some((*at, admission.clone()));
+                    admission
+                }
+            };
+            match admission {
+                Admission::Join => {
+                    let (message, _) = self.records.pop_front().expect("a front record");
+                    batch.push(message);
+                }
+                Admission::Wait(why) => {
+                    self.report(Some(why));
+                    return;
+                }
+                Admission::Stopped(why) => {
+                    // Said on `/readyz`; nothing more is processed.
+                    config.watch.set_failure(Some(format!("stopped: {why}")));
+                    self.report(Some(why));
+                    return;
+                }
+            }
+        }
+        self.report(None);
+    }
+
+    fn report(&mut self, why: Option<String>) {
+        if self.reported == why {
+            return;
+        }
+        match &why {
+            Some(why) => debug!(held = self.records.len(), %why, "records held for the tables"),
+            None => debug!("the tables admit every record read"),
+        }
+        self.reported = why;
+    }
+
+    fn drop_revoked(&mut self, consumer: &BaseConsumer<SlotContext>) {
+        if self.records.is_empty() {
+            return;
+        }
+        let assignment = consumer.assignment().unwrap_or_default();
+        self.records.retain(|(m, _)| {
+            assignment
+                .find_partition(m.topic(), m.partition())
+                .is_some()
+        });
+    }
 }
 
 /// One batch's clock readings.
@@ -423,6 +508,8 @@ pub fn run(config: &SlotConfig, stop: &Arc<AtomicBool>) -> Result<(), SlotError>
         ((0.010 / cost.as_secs_f64().max(1e-9)) as usize).clamp(1, BATCH)
     });
     let mut batch: Vec<BorrowedMessage<'_>> = Vec::with_capacity(batch_limit);
+    // Records read but not joinable yet (see `enrich`), oldest first, with when they were read.
+    let mut held = Held::default();
     // Without a dead-letter topic a record is never dropped: its partition is held instead.
     let mut retries = Retries::new(
         plan.dead_letter_topic
@@ -436,7 +523,12 @@ pub fn run(config: &SlotConfig, stop: &Arc<AtomicBool>) -> Result<(), SlotError>
         }
         let poll_start = Instant::now();
         let revocations = consumer.context().revocations.load(Ordering::Relaxed);
-        poll_batch(&consumer, config, &mut batch, batch_limit);
+        if held.is_full() {
+            // Polling on would only hold more: wait for the tables instead.
+            std::thread::sleep(Duration::from_millis(5));
+        } else {
+            poll_batch(&consumer, config, &mut batch, batch_limit);
+        }
         let processing_start = Instant::now();
         if let Some(reason) = consumer
             .context()
@@ -450,6 +542,10 @@ pub fn run(config: &SlotConfig, stop: &Arc<AtomicBool>) -> Result<(), SlotError>
         clock.idle += processing_start - poll_start;
         if consumer.context().revocations.load(Ordering::Relaxed) != revocations {
             drop_revoked(&consumer, &plan, &mut batch, &mut retries);
+            held.drop_revoked(&consumer);
+        }
+        if !config.tables.is_empty() {
+            held.admit(config, processing_start, &mut batch);
         }
         if !batch.is_empty() {
             let step = BatchClock {
