@@ -132,3 +132,24 @@ fn on_missing_drop_and_dead_letter_and_a_later_entry_looks_up_an_earlier_join() 
         dead[0].error
     );
 }
+
+#[test]
+fn the_clickstream_example_s_bot_filter_passes_users_without_a_profile() {
+    let mut d = driver(
+        "  enrich: [{name: profile, topic: profiles, lookup: user_id, fields: [bot]}]\n  transform: {filter: '!(record.profile != null && record.profile.bot == true)', timestamp: {field: ts}}\n",
+    );
+    d.table("profile", Some("1"), Some(r#"{"bot": true}"#), Some(0))
+        .unwrap();
+    d.table("profile", Some("2"), Some(r#"{"bot": false}"#), Some(0))
+        .unwrap();
+    for user in [1, 2, 3] {
+        d.pipe("clicks", 0, None, &click(user, 10)).unwrap();
+    }
+    let users: Vec<Value> = d
+        .outputs()
+        .into_iter()
+        .map(|o| o.value["user_id"].clone())
+        .collect();
+    assert_eq!(users, [json!(2), json!(3)]);
+    assert!(d.dead_letters().is_empty());
+}
