@@ -350,8 +350,13 @@ impl Processor {
             }
         };
         self.counts.records_in += 1;
-        if !self.tables.is_empty() && !self.enrich(rec, &mut record, (now, wall_ms), out) {
-            return Ok(());
+        // The event time, when the join already read it.
+        let mut joined_at = None;
+        if !self.tables.is_empty() {
+            match self.enrich(rec, &mut record, (now, wall_ms), out) {
+                Some(event_ms) => joined_at = event_ms,
+                None => return Ok(()),
+            }
         }
         if let Some(filter) = &self.filter {
             match filter.matches(&record) {
@@ -387,11 +392,11 @@ impl Processor {
             }) => w.current(),
             _ => NO_WATERMARK,
         };
-        let ts = match self
-            .plan
-            .event_time
-            .extract(&record, rec.timestamp_ms, wall_ms)
-        {
+        let extracted = joined_at.map_or_else(
+            || (self.plan.event_time).extract(&record, rec.timestamp_ms, wall_ms),
+            Ok,
+        );
+        let ts = match extracted {
             Ok(ts) => ts,
             Err(e) => {
                 self.dead_letter(rec, FailedStage::Timestamp, e.to_string(), out);
@@ -474,14 +479,15 @@ impl Processor {
         self.window_add(rec, &record, &key, key_value, ts, now, out);
     }
 
-    /// Joins the tables into `record`; false when the join dropped or dead-lettered it.
+    /// Joins the tables into `record`: `None` when the join dropped or dead-lettered it, else
+    /// the event time it read (`Some(None)`: it needed none).
     fn enrich(
         &mut self,
         rec: &InRecord<'_>,
         record: &mut Value,
         (now, wall_ms): (Instant, i64),
         out: &mut Vec<Emit>,
-    ) -> bool {
+    ) -> Option<Option<i64>> {
         let event_ms = if self.tables.need_event_time() {
             match self
                 .plan
@@ -501,21 +507,21 @@ impl Processor {
                 Ok(ts) => ts,
                 Err(e) => {
                     self.dead_letter(rec, FailedStage::Timestamp, e.to_string(), out);
-                    return false;
+                    return None;
                 }
             }
         } else {
             wall_ms
         };
         match self.tables.join(record, event_ms) {
-            Joined::Kept => true,
+            Joined::Kept => Some(self.tables.need_event_time().then_some(event_ms)),
             Joined::Dropped => {
                 self.counts.filtered += 1;
-                false
+                None
             }
             Joined::DeadLetter(why) => {
                 self.dead_letter(rec, FailedStage::Enrich, why, out);
-                false
+                None
             }
         }
     }
