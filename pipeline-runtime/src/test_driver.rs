@@ -162,19 +162,12 @@ impl TestDriver {
         let table = (self.tables.iter())
             .find(|t| t.plan.name == name)
             .ok_or_else(|| format!("the pipeline joins no table {name}"))?;
-        let value = value
-            .map(|v| crate::decode::decode_json(v.as_bytes()))
-            .transpose()
-            .map_err(|e| e.to_string())?;
-        let key = (table.plan.key_of(key.map(str::as_bytes), value.as_ref()))
-            .ok_or("the table record has no key")?;
-        let ts = match &value {
-            Some(v) => (table.plan.time)
-                .extract(v, timestamp_ms, 0)
-                .map_err(|e| e.to_string())?,
-            None => timestamp_ms.ok_or("a tombstone needs a timestamp")?,
-        };
-        if !table.load([(key, ts, value.map(|v| table.plan.row_of(&v)))]) {
+        let record = (table.plan).table_record(
+            key.map(str::as_bytes),
+            value.map(str::as_bytes),
+            timestamp_ms,
+        )?;
+        if !table.load([record]) {
             return Err("past maxBytes".into());
         }
         table.caught_up(self.now());

@@ -115,6 +115,31 @@ impl TablePlan {
         }
     }
 
+    /// A record of the table topic as the table loads it: (key, time, joined object or `None`
+    /// for a tombstone), or why it cannot be loaded.
+    pub fn table_record(
+        &self,
+        kafka_key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+        kafka_ms: Option<i64>,
+    ) -> Result<(String, i64, Option<Value>), String> {
+        let value = payload
+            .map(crate::decode::decode_json)
+            .transpose()
+            .map_err(|e| format!("undecodable: {e}"))?;
+        let key = (self.key_of(kafka_key, value.as_ref())).ok_or("it has no key")?;
+        let ts = match (&value, kafka_ms) {
+            (Some(v), _) => self
+                .time
+                .extract(v, kafka_ms, 0)
+                .map_err(|e| e.to_string())?,
+            // A tombstone has no fields: its Kafka timestamp is its time.
+            (None, Some(ms)) => ms,
+            (None, None) => return Err("a tombstone without a timestamp".into()),
+        };
+        Ok((key, ts, value.map(|v| self.row_of(&v))))
+    }
+
     fn keeping(&self) -> Keeping {
         match self.as_of {
             AsOf::EventTime => Keeping::History,

@@ -16,16 +16,16 @@ use std::{
 use rdkafka::{
     ClientConfig, Message, Offset, TopicPartitionList,
     consumer::{BaseConsumer, Consumer},
-    message::{BorrowedMessage, Header, OwnedHeaders},
+    message::{BorrowedMessage, OwnedHeaders},
     producer::{BaseRecord, DefaultProducerContext, ThreadedProducer},
 };
 use serde_json::Value;
 use tracing::{info, warn};
 
 use crate::{
-    decode::decode_json,
     kafka_sign_in::{KafkaSignIn, SignInContext},
     metrics::{Metrics, TableLabels, TableLookupLabels},
+    sink::header,
 };
 
 use super::SharedTable;
@@ -311,28 +311,15 @@ impl<'a> Reader<'a> {
     /// A table record as (key, time, joined object or tombstone); `None` (dead-lettered) when
     /// it is malformed.
     fn decoded(&self, message: &BorrowedMessage<'_>) -> Option<(String, i64, Option<Value>)> {
-        let plan = &self.table.plan;
-        let kafka_ms = message.timestamp().to_millis();
-        let value = match message.payload() {
-            None => None,
-            Some(bytes) => match decode_json(bytes) {
-                Ok(v) => Some(v),
-                Err(e) => return self.reject(message, &format!("undecodable: {e}")),
-            },
-        };
-        let Some(key) = plan.key_of(message.key(), value.as_ref()) else {
-            return self.reject(message, "it has no key");
-        };
-        let ts = match (&value, kafka_ms) {
-            (Some(v), _) => match plan.time.extract(v, kafka_ms, 0) {
-                Ok(ts) => ts,
-                Err(e) => return self.reject(message, &e.to_string()),
-            },
-            // A tombstone has no fields: its Kafka timestamp is its time.
-            (None, Some(ms)) => ms,
-            (None, None) => return self.reject(message, "a tombstone without a timestamp"),
-        };
-        Some((key, ts, value.map(|v| plan.row_of(&v))))
+        let decoded = self.table.plan.table_record(
+            message.key(),
+            message.payload(),
+            message.timestamp().to_millis(),
+        );
+        match decoded {
+            Ok(record) => Some(record),
+            Err(why) => self.reject(message, &why),
+        }
     }
 
     fn reject(
@@ -374,12 +361,5 @@ impl<'a> Reader<'a> {
             }
         }
         None
-    }
-}
-
-fn header<'v>(key: &'v str, value: &'v str) -> Header<'v, &'v str> {
-    Header {
-        key,
-        value: Some(value),
     }
 }

@@ -268,18 +268,21 @@ fn poll_batch<'c>(
 
 /// Drops what belongs to partitions revoked while the batch was drained: their next owner
 /// resumes where this slot's state stopped.
-fn drop_revoked(
+fn drop_revoked<'c>(
     consumer: &BaseConsumer<SlotContext>,
     plan: &Plan,
-    batch: &mut Vec<BorrowedMessage<'_>>,
+    batch: &mut Vec<BorrowedMessage<'c>>,
+    held: &mut Held<'c>,
     retries: &mut Retries,
 ) {
     let assignment = consumer.assignment().unwrap_or_default();
-    batch.retain(|m| {
+    let assigned = |m: &BorrowedMessage<'_>| {
         assignment
             .find_partition(m.topic(), m.partition())
             .is_some()
-    });
+    };
+    batch.retain(assigned);
+    held.records.retain(|(m, _)| assigned(m));
     retries.retain(|topic, partition| {
         assignment
             .find_partition(plan.topic_name(topic), partition)
@@ -354,18 +357,6 @@ impl<'c> Held<'c> {
             None => debug!("the tables admit every record read"),
         }
         self.reported = why;
-    }
-
-    fn drop_revoked(&mut self, consumer: &BaseConsumer<SlotContext>) {
-        if self.records.is_empty() {
-            return;
-        }
-        let assignment = consumer.assignment().unwrap_or_default();
-        self.records.retain(|(m, _)| {
-            assignment
-                .find_partition(m.topic(), m.partition())
-                .is_some()
-        });
     }
 }
 
@@ -541,8 +532,7 @@ pub fn run(config: &SlotConfig, stop: &Arc<AtomicBool>) -> Result<(), SlotError>
         }
         clock.idle += processing_start - poll_start;
         if consumer.context().revocations.load(Ordering::Relaxed) != revocations {
-            drop_revoked(&consumer, &plan, &mut batch, &mut retries);
-            held.drop_revoked(&consumer);
+            drop_revoked(&consumer, &plan, &mut batch, &mut held, &mut retries);
         }
         if !config.tables.is_empty() {
             held.admit(config, processing_start, &mut batch);
