@@ -206,7 +206,19 @@ impl<'a> Reader<'a> {
                     "table loaded"
                 );
             }
-            let _ = self.consumer.poll(ROUND.saturating_sub(asked.elapsed()));
+            // The wait also serves the consumer's callbacks (token refreshes); a record it
+            // fetches is loaded like any other, never dropped.
+            match self.consumer.poll(ROUND.saturating_sub(asked.elapsed())) {
+                Some(Ok(message)) => {
+                    self.next.insert(message.partition(), message.offset() + 1);
+                    let record = self.decoded(&message);
+                    if !self.table.load(record) {
+                        return self.stopped(stop);
+                    }
+                }
+                Some(Err(e)) => return Err(format!("table {}: {e}", self.table.plan.name)),
+                None => {}
+            }
         }
         Ok(())
     }
