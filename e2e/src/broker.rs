@@ -181,6 +181,25 @@ impl Broker {
         }
     }
 
+    /// Deletes topics with the admin API (a test's stand-in for compaction: recreate a topic
+    /// with only what compaction would keep).
+    pub fn delete_topics(&self, topics: &[&str]) {
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .create()
+            .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        for result in rt
+            .block_on(admin.delete_topics(topics, &AdminOptions::new()))
+            .unwrap()
+        {
+            result.unwrap();
+        }
+    }
+
     /// Produces `(partition, key, value)` records and waits for every acknowledgement.
     pub fn produce(&self, topic: &str, records: &[Outgoing]) {
         produce(&self.bootstrap, topic, records);

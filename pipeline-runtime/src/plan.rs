@@ -154,6 +154,8 @@ pub struct CheckpointPlan {
     /// Where window state is snapshotted; `None` for a stateless pipeline, whose checkpoints are
     /// its offsets (and, exactly-once, its transactions).
     pub snapshots: Option<SnapshotPlan>,
+    /// Where the reference tables (`spec.enrich`) are checkpointed, when there are any.
+    pub tables: Option<SnapshotPlan>,
     /// Checkpoints that may fail in a row before the slot restarts from the last good one.
     pub tolerable_failures: u64,
     /// Whether a partition whose snapshot cannot be restored starts over from its earliest
@@ -181,9 +183,16 @@ impl CheckpointPlan {
                 retain: usize::try_from(checkpoint.retain).unwrap_or(1),
             })
         });
+        let tables = (!spec.enrich.is_empty()).then(|| {
+            Some(SnapshotPlan {
+                location: StoreLocation::of(&checkpoint.storage, default_prefix)?,
+                retain: usize::try_from(checkpoint.retain).unwrap_or(1),
+            })
+        });
         Some(Self {
             interval: checkpoint.interval.get(),
             snapshots,
+            tables: tables.flatten(),
             tolerable_failures: u64::try_from(checkpoint.tolerable_failures).unwrap_or(0),
             reset_incompatible_state: checkpoint.on_incompatible_state
                 == IncompatibleStatePolicy::Reset,

@@ -16,7 +16,7 @@ use pipeline_crds::valid::ValidPipeline;
 use tracing::{error, info, warn};
 
 use crate::{
-    enrich::{Admission, Tables, reader::ReaderConfig},
+    enrich::{Admission, Tables, checkpoint::TableCheckpointConfig, reader::ReaderConfig},
     http::{self, Health},
     metrics::{Metrics, SlotLabels, TableLabels, TopicLabels},
     plan::Plan,
@@ -284,6 +284,16 @@ fn load_tables(
                     pod: options.pod.clone(),
                     table: table.plan.name.clone(),
                 },
+                checkpoints: plan.checkpoint.as_ref().and_then(|c| {
+                    let tables = c.tables.as_ref()?;
+                    Some(TableCheckpointConfig {
+                        location: tables.location.clone(),
+                        group: plan.group.clone(),
+                        writer: options.pod.clone(),
+                        interval: c.interval,
+                        retain: tables.retain,
+                    })
+                }),
             };
             crate::enrich::reader::spawn(table.clone(), config, stop.clone())
         })

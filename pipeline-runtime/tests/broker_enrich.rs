@@ -124,3 +124,74 @@ fn clicks_are_joined_as_of_their_event_time_and_see_every_update_written_before_
     runtime.stop();
     runtime.join();
 }
+
+#[cfg_attr(
+    sluice_skip_broker_tests,
+    ignore = "needs the tansu broker and Prometheus (SLUICE_SKIP_BROKER_TESTS)"
+)]
+#[test]
+fn after_a_restart_old_clicks_are_joined_with_versions_the_compacted_topic_no_longer_holds() {
+    let broker = Tansu::start();
+    broker.create_topics(&[("clicks", 1), ("clicks-out", 1), ("profiles", 1)]);
+    let checkpoints =
+        std::env::temp_dir().join(format!("sluice-enrich-restart-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&checkpoints);
+    let manifest = format!(
+        "apiVersion: sluice.dev/v1alpha1\nkind: PipelineDeployment\nmetadata: {{name: clicks}}\nspec:\n  kafka: {{bootstrapServers: '{}'}}\n  source: {{topic: clicks}}\n  enrich: [{{name: profile, topic: profiles, lookup: user_id, fields: [country], timestamp: {{field: updated_at}}}}]\n  transform: {{timestamp: {{field: ts}}}}\n  sink: {{kafka: {{topic: clicks-out}}}}\n  checkpoint: {{interval: 1s, storage: {{local: {{path: '{}'}}}}}}\n",
+        broker.bootstrap,
+        checkpoints.display()
+    );
+    let run = |clicks: &[pipeline_e2e::broker::Outgoing], outputs: usize| {
+        let runtime =
+            Runtime::start(support::options("clicks", "pod-a", spec(&manifest), 1)).unwrap();
+        produce_one_per_batch(&broker.bootstrap, "clicks", clicks);
+        let out = broker.consume("clicks-out", Duration::from_secs(60), |o| {
+            o.len() >= outputs
+        });
+        runtime.stop();
+        runtime.join();
+        out
+    };
+    let one = |user: i64, country: &str, at: i64| {
+        let (_, key, value) = profile(user, country, at);
+        (0, key, value)
+    };
+    let click_at = |ts: i64| {
+        (
+            0,
+            Some(b"1".to_vec()),
+            json!({"user_id": 1, "ts": ts}).to_string().into_bytes(),
+        )
+    };
+    produce_one_per_batch(
+        &broker.bootstrap,
+        "profiles",
+        &[one(1, "fr", 1_000), one(1, "it", 3_000)],
+    );
+    let first = run(&[click_at(4_000)], 1);
+    assert_eq!(first.len(), 1);
+    // Compaction: the topic now holds only the latest value of each key.
+    broker.delete_topics(&["profiles"]);
+    broker.create_topics(&[("profiles", 1)]);
+    produce_one_per_batch(&broker.bootstrap, "profiles", &[one(1, "it", 3_000)]);
+    let compacted = broker.consume("profiles", Duration::from_secs(30), |r| !r.is_empty());
+    assert_eq!(
+        compacted.len(),
+        1,
+        "the recreated topic holds the latest value only"
+    );
+    let out = run(&[click_at(2_000)], 2);
+    let countries: Vec<(i64, Value)> = out
+        .iter()
+        .map(|r| {
+            let v: Value = serde_json::from_slice(r.value.as_deref().unwrap()).unwrap();
+            (v["ts"].as_i64().unwrap(), v["profile"]["country"].clone())
+        })
+        .collect();
+    assert_eq!(
+        countries,
+        [(4_000, json!("it")), (2_000, json!("fr"))],
+        "the version of 1000 came back from the table checkpoint"
+    );
+    let _ = std::fs::remove_dir_all(&checkpoints);
+}

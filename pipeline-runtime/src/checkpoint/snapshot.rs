@@ -90,20 +90,36 @@ pub enum SnapshotError {
 
 /// Encodes a snapshot for a pipeline with `fingerprint`.
 pub fn encode(snapshot: &PartitionSnapshot, fingerprint: u32) -> Vec<u8> {
+    encode_framed(MAGIC, snapshot, fingerprint)
+}
+
+/// Decodes a snapshot file, checking magic, version, fingerprint and checksum.
+pub fn decode(bytes: &[u8], fingerprint: u32) -> Result<PartitionSnapshot, SnapshotError> {
+    decode_framed(MAGIC, bytes, fingerprint)
+}
+
+/// Encodes `body` behind the header described above, with `magic` naming what it is (a
+/// partition's snapshot, a reference table's).
+pub fn encode_framed<T: Serialize>(magic: &[u8; 8], body: &T, fingerprint: u32) -> Vec<u8> {
     let mut out = Vec::with_capacity(4096);
-    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(magic);
     out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     out.extend_from_slice(&fingerprint.to_le_bytes());
     out.extend_from_slice(&[0; 6]);
-    let mut out = postcard::to_extend(snapshot, out).expect("in-memory encoding cannot fail");
+    let mut out = postcard::to_extend(body, out).expect("in-memory encoding cannot fail");
     let crc = crc32fast::hash(&out[HEADER_LEN..]);
     out[14..18].copy_from_slice(&crc.to_le_bytes());
     out
 }
 
-/// Decodes a snapshot file, checking magic, version, fingerprint and checksum.
-pub fn decode(bytes: &[u8], fingerprint: u32) -> Result<PartitionSnapshot, SnapshotError> {
-    if bytes.len() < HEADER_LEN || &bytes[..8] != MAGIC || bytes[18..20] != [0, 0] {
+/// Decodes what [`encode_framed`] wrote with `magic`, checking magic, version, fingerprint and
+/// checksum.
+pub fn decode_framed<T: serde::de::DeserializeOwned>(
+    magic: &[u8; 8],
+    bytes: &[u8],
+    fingerprint: u32,
+) -> Result<T, SnapshotError> {
+    if bytes.len() < HEADER_LEN || &bytes[..8] != magic || bytes[18..20] != [0, 0] {
         return Err(SnapshotError::NotASnapshot);
     }
     let word = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));

@@ -24,6 +24,7 @@ use crate::{
     field::{FieldPath, key_text},
 };
 
+pub mod checkpoint;
 pub mod reader;
 pub mod table;
 
@@ -52,6 +53,9 @@ pub struct TablePlan {
     pub history_ms: i64,
     /// The memory bound, bytes.
     pub max_bytes: u64,
+    /// A checksum of the settings that shape the table's content (topic, format, key, fields,
+    /// timestamp, `asOf`): a table checkpoint is only restored into a table with the same one.
+    pub fingerprint: u32,
 }
 
 impl TablePlan {
@@ -79,6 +83,7 @@ impl TablePlan {
                 .as_ref()
                 .and_then(|q| pipeline_crds::quantity::parse_quantity(q).ok())
                 .map_or(DEFAULT_MAX_BYTES, |b| b as u64),
+            fingerprint: content_fingerprint(spec),
         }
     }
 
@@ -148,6 +153,19 @@ impl TablePlan {
     }
 }
 
+/// The checksum of the settings that shape a table's content (see [`TablePlan::fingerprint`]).
+fn content_fingerprint(spec: &EnrichSpec) -> u32 {
+    let shaping = serde_json::json!({
+        "topic": spec.topic,
+        "format": spec.format,
+        "key": spec.key,
+        "fields": spec.fields,
+        "asOf": spec.as_of,
+        "timestamp": spec.timestamp,
+    });
+    crc32fast::hash(shaping.to_string().as_bytes())
+}
+
 /// How far a table's reader has come.
 #[derive(Clone, Debug, Default)]
 struct Progress {
@@ -209,6 +227,16 @@ impl SharedTable {
             return false;
         }
         true
+    }
+
+    /// The table as stored in a checkpoint.
+    pub fn stored(&self) -> table::StoredTable {
+        self.table.read().expect("not poisoned").to_stored()
+    }
+
+    /// Replaces the versions (by those restored from a checkpoint).
+    pub fn replace(&self, table: VersionedTable) {
+        *self.table.write().expect("not poisoned") = table;
     }
 
     /// Drops versions no record can still need: older than `history` before `oldest_open`.

@@ -28,7 +28,10 @@ use crate::{
     sink::header,
 };
 
-use super::SharedTable;
+use super::{
+    SharedTable,
+    checkpoint::{TableCheckpointConfig, TableCheckpoints, restore_into},
+};
 
 /// The shortest round: an idle table asks its brokers for end offsets at most this often, so
 /// a record waits about this long at most for the table to vouch for it.
@@ -52,6 +55,8 @@ pub struct ReaderConfig {
     pub metrics: Arc<Metrics>,
     /// This table's labels.
     pub labels: TableLabels,
+    /// Where the table is checkpointed, when the pipeline has checkpoints.
+    pub checkpoints: Option<TableCheckpointConfig>,
 }
 
 /// Starts the reader of `table`; it runs until `stop`.
@@ -70,13 +75,23 @@ pub fn spawn(
 }
 
 fn run(table: &SharedTable, config: &ReaderConfig, stop: &AtomicBool) {
+    let mut checkpoints = open_checkpoints(table, config);
+    // Where to read on: a restored checkpoint's offsets, then (after a failure) the reader's own.
+    let mut resume = checkpoints
+        .as_mut()
+        .map(|c| restore_into(c, table))
+        .unwrap_or_default();
     let mut backoff = Duration::from_secs(1);
     while !stop.load(Ordering::Relaxed) {
-        match Reader::open(table, config) {
-            Ok(mut reader) => match reader.follow(stop) {
-                Ok(()) => return,
-                Err(reason) => table.fail(reason, false),
-            },
+        match Reader::open(table, config, &resume) {
+            Ok(mut reader) => {
+                let followed = reader.follow(stop, checkpoints.as_mut());
+                resume.clone_from(&reader.next);
+                match followed {
+                    Ok(()) => return,
+                    Err(reason) => table.fail(reason, false),
+                }
+            }
             Err(reason) => table.fail(reason, false),
         }
         if let Some(reason) = table.progress().failure.clone() {
@@ -86,6 +101,19 @@ fn run(table: &SharedTable, config: &ReaderConfig, stop: &AtomicBool) {
             return;
         }
         backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// The table's checkpoints, when the pipeline has them (a store that cannot be opened is said
+/// and the table goes without).
+fn open_checkpoints(table: &SharedTable, config: &ReaderConfig) -> Option<TableCheckpoints> {
+    let settings = config.checkpoints.as_ref()?;
+    match TableCheckpoints::open(settings, &table.plan) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            warn!(error = %e, "the table cannot be checkpointed: its store cannot be opened");
+            None
+        }
     }
 }
 
@@ -103,13 +131,20 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
-    fn open(table: &'a SharedTable, config: &ReaderConfig) -> Result<Self, String> {
+    /// A reader of `table` positioned at `resume` (partitions not in it: at the beginning).
+    fn open(
+        table: &'a SharedTable,
+        config: &ReaderConfig,
+        resume: &HashMap<i32, i64>,
+    ) -> Result<Self, String> {
         let topic = table.plan.topic.as_str();
         let mut consumer_config = config.consumer.clone();
         consumer_config
             .set("client.id", format!("sluice-table-{}", table.plan.name))
             .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false");
+            .set("enable.auto.offset.store", "false")
+            // A resumed offset the topic no longer has (compacted away, topic recreated).
+            .set("auto.offset.reset", "earliest");
         let consumer: BaseConsumer<SignInContext> = consumer_config
             .create_with_context(SignInContext(config.sign_in.clone()))
             .map_err(|e| format!("table {}: cannot create its consumer: {e}", table.plan.name))?;
@@ -131,8 +166,11 @@ impl<'a> Reader<'a> {
         }
         let mut assignment = TopicPartitionList::new();
         for p in &partitions {
+            let offset = resume
+                .get(p)
+                .map_or(Offset::Beginning, |o| Offset::Offset(*o));
             assignment
-                .add_partition_offset(topic, *p, Offset::Beginning)
+                .add_partition_offset(topic, *p, offset)
                 .map_err(|e| e.to_string())?;
         }
         consumer.assign(&assignment).map_err(|e| e.to_string())?;
@@ -154,15 +192,20 @@ impl<'a> Reader<'a> {
             consumer,
             dead_letters,
             partitions,
-            next: HashMap::new(),
+            next: resume.clone(),
             metrics: config.metrics.clone(),
             labels: config.labels.clone(),
             published: [0; 3],
         })
     }
 
-    /// Rounds until `stop`: end offsets, then everything up to them.
-    fn follow(&mut self, stop: &AtomicBool) -> Result<(), String> {
+    /// Rounds until `stop`: end offsets, then everything up to them, and a checkpoint when one
+    /// is due (and a last one at `stop`).
+    fn follow(
+        &mut self,
+        stop: &AtomicBool,
+        mut checkpoints: Option<&mut TableCheckpoints>,
+    ) -> Result<(), String> {
         let mut loaded_once = false;
         while !stop.load(Ordering::Relaxed) {
             let asked = Instant::now();
@@ -196,6 +239,9 @@ impl<'a> Reader<'a> {
             }
             self.table.caught_up(asked);
             self.publish();
+            if let Some(c) = checkpoints.as_deref_mut() {
+                self.checkpoint(c, false);
+            }
             if !loaded_once {
                 loaded_once = true;
                 let size = self.table.size();
@@ -220,7 +266,19 @@ impl<'a> Reader<'a> {
                 None => {}
             }
         }
+        if let Some(c) = checkpoints {
+            self.checkpoint(c, true);
+        }
         Ok(())
+    }
+
+    /// Writes a table checkpoint when one is due; a failure is said and retried next round.
+    fn checkpoint(&self, checkpoints: &mut TableCheckpoints, force: bool) {
+        match checkpoints.write_if_due(self.table, &self.next, force) {
+            Ok(Some(bytes)) => tracing::debug!(bytes, "table checkpointed"),
+            Ok(None) => {}
+            Err(e) => warn!(error = %e, "the table checkpoint failed; trying again next round"),
+        }
     }
 
     /// The table's figures, to its metrics.
