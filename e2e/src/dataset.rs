@@ -123,6 +123,15 @@ impl Comparison {
 /// Compares output records (JSON keyed by (dev, window_start)) with `reference`. Every repeat of
 /// a (key, window) must be byte-identical to its first emission.
 pub fn compare(outputs: &[Consumed], reference: &BTreeMap<(String, i64), Value>) -> Comparison {
+    compare_by("dev", outputs, reference)
+}
+
+/// [`compare`] for outputs whose key is the field `key_field`.
+pub fn compare_by(
+    key_field: &str,
+    outputs: &[Consumed],
+    reference: &BTreeMap<(String, i64), Value>,
+) -> Comparison {
     let mut first: BTreeMap<(String, i64), &[u8]> = BTreeMap::new();
     let mut c = Comparison {
         records: outputs.len(),
@@ -140,10 +149,10 @@ pub fn compare(outputs: &[Consumed], reference: &BTreeMap<(String, i64), Value>)
             ));
             continue;
         };
-        let (Some(dev), Some(start)) = (value["dev"].as_str(), value["window_start"].as_i64())
+        let (Some(dev), Some(start)) = (value[key_field].as_str(), value["window_start"].as_i64())
         else {
             c.problems
-                .push(format!("output without dev/window_start: {value}"));
+                .push(format!("output without {key_field}/window_start: {value}"));
             continue;
         };
         let id = (dev.to_owned(), start);

@@ -28,6 +28,18 @@ fn click(user: i64, ts: i64) -> (i32, Option<Vec<u8>>, Vec<u8>) {
     )
 }
 
+/// A profile of user 1, on partition 0.
+fn user_1(country: &str, at: i64) -> (i32, Option<Vec<u8>>, Vec<u8>) {
+    let (_, key, value) = profile(1, country, at);
+    (0, key, value)
+}
+
+/// A click of user 1 at `ts`, on partition 0.
+fn click_of_user_1(ts: i64) -> (i32, Option<Vec<u8>>, Vec<u8>) {
+    let (_, key, value) = click(1, ts);
+    (0, key, value)
+}
+
 #[cfg_attr(
     sluice_skip_broker_tests,
     ignore = "needs the tansu broker and Prometheus (SLUICE_SKIP_BROKER_TESTS)"
@@ -152,35 +164,24 @@ fn after_a_restart_old_clicks_are_joined_with_versions_the_compacted_topic_no_lo
         runtime.join();
         out
     };
-    let one = |user: i64, country: &str, at: i64| {
-        let (_, key, value) = profile(user, country, at);
-        (0, key, value)
-    };
-    let click_at = |ts: i64| {
-        (
-            0,
-            Some(b"1".to_vec()),
-            json!({"user_id": 1, "ts": ts}).to_string().into_bytes(),
-        )
-    };
     produce_one_per_batch(
         &broker.bootstrap,
         "profiles",
-        &[one(1, "fr", 1_000), one(1, "it", 3_000)],
+        &[user_1("fr", 1_000), user_1("it", 3_000)],
     );
-    let first = run(&[click_at(4_000)], 1);
+    let first = run(&[click_of_user_1(4_000)], 1);
     assert_eq!(first.len(), 1);
     // Compaction: the topic now holds only the latest value of each key.
     broker.delete_topics(&["profiles"]);
     broker.create_topics(&[("profiles", 1)]);
-    produce_one_per_batch(&broker.bootstrap, "profiles", &[one(1, "it", 3_000)]);
+    produce_one_per_batch(&broker.bootstrap, "profiles", &[user_1("it", 3_000)]);
     let compacted = broker.consume("profiles", Duration::from_secs(30), |r| !r.is_empty());
     assert_eq!(
         compacted.len(),
         1,
         "the recreated topic holds the latest value only"
     );
-    let out = run(&[click_at(2_000)], 2);
+    let out = run(&[click_of_user_1(2_000)], 2);
     let countries: Vec<(i64, Value)> = out
         .iter()
         .map(|r| {
@@ -194,4 +195,56 @@ fn after_a_restart_old_clicks_are_joined_with_versions_the_compacted_topic_no_lo
         "the version of 1000 came back from the table checkpoint"
     );
     let _ = std::fs::remove_dir_all(&checkpoints);
+}
+
+#[cfg_attr(
+    sluice_skip_broker_tests,
+    ignore = "needs the tansu broker and Prometheus (SLUICE_SKIP_BROKER_TESTS)"
+)]
+#[test]
+fn as_of_latest_joins_the_latest_version_loaded_whatever_the_event_time() {
+    let broker = Tansu::start();
+    broker.create_topics(&[("clicks", 1), ("clicks-out", 1), ("profiles", 1)]);
+    // Loaded before anything is processed: both versions, the later one wins.
+    produce_one_per_batch(
+        &broker.bootstrap,
+        "profiles",
+        &[user_1("fr", 1_000), user_1("it", 3_000)],
+    );
+    let manifest = format!(
+        "apiVersion: sluice.dev/v1alpha1\nkind: PipelineDeployment\nmetadata: {{name: clicks}}\nspec:\n  kafka: {{bootstrapServers: '{}'}}\n  source: {{topic: clicks}}\n  enrich: [{{name: profile, topic: profiles, lookup: user_id, fields: [country], asOf: latest}}]\n  sink: {{kafka: {{topic: clicks-out}}}}\n",
+        broker.bootstrap
+    );
+    let runtime = Runtime::start(support::options("clicks", "pod-a", spec(&manifest), 1)).unwrap();
+    produce_one_per_batch(&broker.bootstrap, "clicks", &[click_of_user_1(500)]);
+    let countries = |out: &[pipeline_e2e::broker::Consumed]| -> Vec<Value> {
+        out.iter()
+            .map(|r| {
+                let v: Value = serde_json::from_slice(r.value.as_deref().unwrap()).unwrap();
+                v["profile"]["country"].clone()
+            })
+            .collect()
+    };
+    let out = broker.consume("clicks-out", Duration::from_secs(60), |o| !o.is_empty());
+    assert_eq!(
+        countries(&out),
+        [json!("it")],
+        "the latest loaded, though the click is older than both versions"
+    );
+    // An update is seen once loaded (eventually: this mode promises no more).
+    produce_one_per_batch(&broker.bootstrap, "profiles", &[user_1("es", 500)]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut sent = 1;
+    loop {
+        produce_one_per_batch(&broker.bootstrap, "clicks", &[click_of_user_1(600)]);
+        sent += 1;
+        let out = broker.consume("clicks-out", Duration::from_secs(30), |o| o.len() >= sent);
+        if countries(&out).last() == Some(&json!("es")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{:?}", countries(&out));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    runtime.stop();
+    runtime.join();
 }

@@ -6,6 +6,7 @@
 //! - here: the compiled entries ([`TablePlan`]), the process's tables ([`Tables`]), the join.
 
 use std::{
+    borrow::Cow,
     sync::{
         Arc, Mutex, RwLock,
         atomic::{AtomicI64, AtomicU64, Ordering},
@@ -321,11 +322,7 @@ impl SharedTable {
     /// Joins this table into `record`, whose event time is `event_ms`.
     fn join(&self, record: &mut Value, event_ms: i64) -> Joined {
         let name = &self.plan.name;
-        let key = match self.plan.lookup.get(record) {
-            None | Some(Value::Null) => None,
-            Some(v) => Some(key_text(v)),
-        };
-        let Some(fields) = record.as_object_mut() else {
+        let Some(fields) = record.as_object() else {
             return Joined::DeadLetter(format!(
                 "enrich {name}: the record is not an object, so nothing can be joined into it"
             ));
@@ -335,6 +332,12 @@ impl SharedTable {
                 "enrich {name}: the record already has a field {name}, which the join would replace"
             ));
         }
+        // A string is looked up as it is (no copy); other values as their JSON text.
+        let key: Option<Cow<'_, str>> = match self.plan.lookup.get(record) {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(Cow::Borrowed(s)),
+            Some(v) => Some(Cow::Owned(key_text(v))),
+        };
         let table = self.table.read().expect("not poisoned");
         let found = match (&key, self.plan.as_of) {
             (None, _) => Found::Missing,
@@ -361,7 +364,9 @@ impl SharedTable {
             }
         };
         drop(table);
-        fields.insert(name.clone(), row);
+        if let Some(fields) = record.as_object_mut() {
+            fields.insert(name.clone(), row);
+        }
         Joined::Kept
     }
 }
