@@ -34,14 +34,6 @@ pub fn unsupported(spec: &PipelineDeploymentSpec) -> Vec<FieldError> {
             "Avro output of stateless pipelines (windowed pipelines write Avro)",
         );
     }
-    for (i, entry) in spec.enrich.iter().enumerate() {
-        if entry.format.kind == crate::source::FormatKind::Avro {
-            not_yet(
-                &format!("spec.enrich[{i}].format.type"),
-                "Avro reference tables (JSON tables are read)",
-            );
-        }
-    }
     found
 }
 

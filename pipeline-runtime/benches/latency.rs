@@ -162,6 +162,7 @@ fn load(
         schema_registry: None,
         properties: Vec::new(),
         close_after_ms: None,
+        profiles: None,
     };
     let stop = stop.clone();
     std::thread::spawn(move || {

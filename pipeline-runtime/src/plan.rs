@@ -289,7 +289,7 @@ impl Plan {
             enrich: spec
                 .enrich
                 .iter()
-                .map(crate::enrich::TablePlan::of)
+                .map(|t| crate::enrich::TablePlan::of(t, spec.kafka.schema_registry_url.as_deref()))
                 .collect(),
             filter: spec.transform.filter.clone(),
             select: spec

@@ -159,14 +159,25 @@ impl TestDriver {
         value: Option<&str>,
         timestamp_ms: Option<i64>,
     ) -> Result<(), String> {
+        self.table_bytes(name, key, value.map(str::as_bytes), timestamp_ms)
+    }
+
+    /// [`Self::table`] with the value's bytes (an Avro table's datums).
+    pub fn table_bytes(
+        &mut self,
+        name: &str,
+        key: Option<&str>,
+        value: Option<&[u8]>,
+        timestamp_ms: Option<i64>,
+    ) -> Result<(), String> {
         let table = (self.tables.iter())
             .find(|t| t.plan.name == name)
             .ok_or_else(|| format!("the pipeline joins no table {name}"))?;
-        let record = (table.plan).table_record(
-            key.map(str::as_bytes),
-            value.map(str::as_bytes),
-            timestamp_ms,
-        )?;
+        let mut decoder =
+            crate::decode::Decoder::new(&table.plan.decoding).map_err(|e| e.to_string())?;
+        let record = (table.plan)
+            .table_record(&mut decoder, key.map(str::as_bytes), value, timestamp_ms)
+            .map_err(|e| e.to_string())?;
         if !table.load([record]) {
             return Err("past maxBytes".into());
         }

@@ -153,3 +153,38 @@ fn the_clickstream_example_s_bot_filter_passes_users_without_a_profile() {
     assert_eq!(users, [json!(2), json!(3)]);
     assert!(d.dead_letters().is_empty());
 }
+
+#[test]
+fn an_avro_table_is_decoded_with_its_schema_and_a_malformed_datum_is_refused() {
+    let schema = r#"{"type": "record", "name": "Profile", "fields": [{"name": "user_id", "type": "long"}, {"name": "country", "type": "string"}, {"name": "updated_at", "type": "long"}]}"#;
+    let mut d = driver(&format!(
+        "  enrich: [{{name: profile, topic: profiles, format: {{type: avro, schema: '{schema}'}}, key: user_id, lookup: user_id, fields: [country], timestamp: {{field: updated_at}}}}]\n  transform: {{timestamp: {{field: ts}}}}\n"
+    ));
+    let parsed = apache_avro::Schema::parse_str(schema).unwrap();
+    let datum = |country: &str, at: i64| {
+        let record = apache_avro::types::Value::Record(vec![
+            ("user_id".into(), apache_avro::types::Value::Long(7)),
+            (
+                "country".into(),
+                apache_avro::types::Value::String(country.into()),
+            ),
+            ("updated_at".into(), apache_avro::types::Value::Long(at)),
+        ]);
+        apache_avro::to_avro_datum(&parsed, record).unwrap()
+    };
+    d.table_bytes("profile", None, Some(&datum("fr", 1_000)), None)
+        .unwrap();
+    d.table_bytes("profile", None, Some(&datum("de", 2_000)), None)
+        .unwrap();
+    let bad = d.table_bytes("profile", None, Some(&[0xff, 0xff, 0xff]), None);
+    assert!(bad.unwrap_err().contains("undecodable"));
+    for ts in [1_500, 2_500] {
+        d.pipe("clicks", 0, None, &click(7, ts)).unwrap();
+    }
+    let countries: Vec<Value> = d
+        .outputs()
+        .into_iter()
+        .map(|o| o.value["profile"]["country"].clone())
+        .collect();
+    assert_eq!(countries, [json!("fr"), json!("de")]);
+}

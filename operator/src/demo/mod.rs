@@ -458,6 +458,7 @@ fn start_load(
         schema_registry: None,
         properties: Vec::new(),
         close_after_ms: Some(WINDOW_MS + 5_000),
+        profiles: None,
     };
     let (c, s) = (counters.clone(), stop.clone());
     std::thread::spawn(move || loadgen::run(&options, &c, &s))

@@ -66,6 +66,19 @@ struct Args {
     /// window of the run closes.
     #[arg(long, value_parser = pipeline_crds::Duration::parse_std)]
     close_after: Option<Duration>,
+    /// clicks-json: also write a profile table of this many users (`user-000000` …) before the
+    /// clicks, with updates and deletions during the run (see --profile-updates).
+    #[arg(long)]
+    profiles: Option<u64>,
+    /// The profile table's topic (it must exist).
+    #[arg(long, default_value = "user-profiles")]
+    profiles_topic: String,
+    /// Profile updates or deletions written per click, 0..1.
+    #[arg(long, default_value_t = 0.01, value_parser = parse_share)]
+    profile_updates: f64,
+    /// Share of those updates that delete the profile (a tombstone), 0..1.
+    #[arg(long, default_value_t = 0.1, value_parser = parse_share)]
+    profile_deletes: f64,
     /// No progress display.
     #[arg(long, short = 'q')]
     quiet: bool,
@@ -109,6 +122,12 @@ fn main() -> ExitCode {
         close_after_ms: args
             .close_after
             .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+        profiles: args.profiles.map(|users| loadgen::ProfileOptions {
+            topic: args.profiles_topic,
+            users,
+            update_share: args.profile_updates,
+            delete_share: args.profile_deletes,
+        }),
     };
     let stop = Arc::new(AtomicBool::new(false));
     {
@@ -146,6 +165,12 @@ fn main() -> ExitCode {
                 "loadgen: wrote {} records ({} malformed, {} closing) to {} partitions in {:.1} s",
                 report.sent, report.malformed, report.closing, report.partitions, report.seconds
             );
+            if report.profile_records > 0 {
+                eprintln!(
+                    "loadgen: wrote {} profile records (first profiles, updates, deletions)",
+                    report.profile_records
+                );
+            }
             ExitCode::SUCCESS
         }
         Err(error) => {

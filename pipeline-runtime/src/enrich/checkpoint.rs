@@ -246,7 +246,7 @@ mod tests {
             "{{name: profile, topic: profiles, lookup: user_id, {extra}}}"
         ))
         .unwrap();
-        TablePlan::of(&spec)
+        TablePlan::of(&spec, None)
     }
 
     fn config(dir: &std::path::Path, interval: Duration) -> TableCheckpointConfig {

@@ -21,6 +21,7 @@ use pipeline_crds::{
 use serde_json::Value;
 
 use crate::{
+    decode::{Decoder, SourceDecoding},
     event_time::EventTime,
     field::{FieldPath, key_text},
 };
@@ -38,6 +39,8 @@ pub struct TablePlan {
     pub name: String,
     /// The table's topic.
     pub topic: String,
+    /// How its values are decoded (`format`).
+    pub decoding: SourceDecoding,
     /// The value field holding the table's key (`None`: the Kafka key).
     pub key: Option<FieldPath>,
     /// The record field looked up.
@@ -60,8 +63,9 @@ pub struct TablePlan {
 }
 
 impl TablePlan {
-    /// Compiles a validated entry.
-    pub fn of(spec: &EnrichSpec) -> Self {
+    /// Compiles a validated entry; `registry_url` is the pipeline's Schema Registry (Avro
+    /// tables without an inline schema).
+    pub fn of(spec: &EnrichSpec, registry_url: Option<&str>) -> Self {
         let time = spec.timestamp.as_ref().map(|t| TimestampSpec {
             source: TimestampSource::Field,
             field: Some(t.field.clone()),
@@ -72,6 +76,7 @@ impl TablePlan {
         Self {
             name: spec.name.clone(),
             topic: spec.topic.clone(),
+            decoding: SourceDecoding::of(&spec.format, registry_url),
             key: spec.key.as_deref().map(FieldPath::parse),
             lookup: FieldPath::parse(&spec.lookup),
             fields: (spec.fields.as_ref()).map(|f| f.iter().map(|p| FieldPath::parse(p)).collect()),
@@ -122,26 +127,35 @@ impl TablePlan {
     }
 
     /// A record of the table topic as the table loads it: (key, time, joined object or `None`
-    /// for a tombstone), or why it cannot be loaded.
+    /// for a tombstone), decoded by `decoder` (made from [`Self::decoding`]).
     pub fn table_record(
         &self,
+        decoder: &mut Decoder,
         kafka_key: Option<&[u8]>,
         payload: Option<&[u8]>,
         kafka_ms: Option<i64>,
-    ) -> Result<(String, i64, Option<Value>), String> {
-        let value = payload
-            .map(crate::decode::decode_json)
-            .transpose()
-            .map_err(|e| format!("undecodable: {e}"))?;
-        let key = (self.key_of(kafka_key, value.as_ref())).ok_or("it has no key")?;
+    ) -> Result<(String, i64, Option<Value>), TableRecordError> {
+        let value = match payload {
+            None => None,
+            Some(bytes) => match decoder.decode(Some(bytes)) {
+                Ok(v) => Some(v),
+                Err(e) if e.is_transient() => {
+                    return Err(TableRecordError::Unavailable(e.to_string()));
+                }
+                Err(e) => return Err(TableRecordError::Malformed(format!("undecodable: {e}"))),
+            },
+        };
+        let malformed = |why: String| TableRecordError::Malformed(why);
+        let key = (self.key_of(kafka_key, value.as_ref()))
+            .ok_or_else(|| malformed("it has no key".into()))?;
         let ts = match (&value, kafka_ms) {
             (Some(v), _) => self
                 .time
                 .extract(v, kafka_ms, 0)
-                .map_err(|e| e.to_string())?,
+                .map_err(|e| malformed(e.to_string()))?,
             // A tombstone has no fields: its Kafka timestamp is its time.
             (None, Some(ms)) => ms,
-            (None, None) => return Err("a tombstone without a timestamp".into()),
+            (None, None) => return Err(malformed("a tombstone without a timestamp".into())),
         };
         Ok((key, ts, value.map(|v| self.row_of(&v))))
     }
@@ -165,6 +179,17 @@ fn content_fingerprint(spec: &EnrichSpec) -> u32 {
         "timestamp": spec.timestamp,
     });
     crc32fast::hash(shaping.to_string().as_bytes())
+}
+
+/// Why a table record was not loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum TableRecordError {
+    /// It cannot be loaded, ever (dead-lettered).
+    #[error("{0}")]
+    Malformed(String),
+    /// Not now: its schema cannot be fetched (the registry is down); read it again later.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// How far a table's reader has come.
@@ -500,7 +525,7 @@ mod tests {
             "{{name: profile, topic: profiles, lookup: user_id, {extra}}}"
         ))
         .unwrap();
-        TablePlan::of(&spec)
+        TablePlan::of(&spec, None)
     }
 
     #[test]

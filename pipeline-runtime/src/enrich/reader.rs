@@ -28,8 +28,10 @@ use crate::{
     sink::header,
 };
 
+use crate::decode::Decoder;
+
 use super::{
-    SharedTable,
+    SharedTable, TableRecordError,
     checkpoint::{TableCheckpointConfig, TableCheckpoints, restore_into},
 };
 
@@ -119,8 +121,9 @@ fn open_checkpoints(table: &SharedTable, config: &ReaderConfig) -> Option<TableC
 
 struct Reader<'a> {
     table: &'a SharedTable,
+    decoder: Decoder,
     consumer: BaseConsumer<SignInContext>,
-    dead_letters: Option<(ThreadedProducer<DefaultProducerContext>, String)>,
+    dead_letters: DeadLetters,
     partitions: Vec<i32>,
     /// The next offset to load, per partition.
     next: HashMap<i32, i64>,
@@ -186,9 +189,12 @@ impl<'a> Reader<'a> {
             )),
             None => None,
         };
+        let decoder = Decoder::new(&table.plan.decoding)
+            .map_err(|e| format!("table {}: {e}", table.plan.name))?;
         info!(topic, partitions = partitions.len(), "reading the table");
         Ok(Self {
             table,
+            decoder,
             consumer,
             dead_letters,
             partitions,
@@ -218,16 +224,31 @@ impl<'a> Reader<'a> {
                 if polls.is_multiple_of(1024) {
                     self.table.behind(lag);
                 }
-                match self.consumer.poll(Duration::from_millis(100)) {
+                let taken = match self.consumer.poll(Duration::from_millis(100)) {
                     Some(Ok(message)) => {
-                        self.next.insert(message.partition(), message.offset() + 1);
-                        if let Some(record) = self.decoded(&message) {
-                            batch.push(record);
+                        let taken = take(
+                            self.table,
+                            &mut self.decoder,
+                            &self.dead_letters,
+                            &message,
+                            &mut batch,
+                        );
+                        if taken.is_ok() {
+                            self.next.insert(message.partition(), message.offset() + 1);
                         }
+                        taken
                     }
-                    Some(Err(e)) => return Err(format!("table {}: {e}", self.table.plan.name)),
+                    Some(Err(e)) => Err(format!("table {}: {e}", self.table.plan.name)),
                     // Nothing fetched: the consumer's position may have passed control records.
-                    None => lag = self.lag(&ends, true),
+                    None => {
+                        lag = self.lag(&ends, true);
+                        Ok(())
+                    }
+                };
+                if let Err(reason) = taken {
+                    // What was read is loaded: the reader resumes after it.
+                    self.table.load(batch.drain(..));
+                    return Err(reason);
                 }
                 lag = lag.min(self.lag(&ends, false));
                 if batch.len() >= LOAD_BATCH && !self.table.load(batch.drain(..)) {
@@ -256,9 +277,15 @@ impl<'a> Reader<'a> {
             // fetches is loaded like any other, never dropped.
             match self.consumer.poll(ROUND.saturating_sub(asked.elapsed())) {
                 Some(Ok(message)) => {
+                    take(
+                        self.table,
+                        &mut self.decoder,
+                        &self.dead_letters,
+                        &message,
+                        &mut batch,
+                    )?;
                     self.next.insert(message.partition(), message.offset() + 1);
-                    let record = self.decoded(&message);
-                    if !self.table.load(record) {
+                    if !self.table.load(batch.drain(..)) {
                         return self.stopped(stop);
                     }
                 }
@@ -377,59 +404,77 @@ impl<'a> Reader<'a> {
             })
             .sum()
     }
+}
 
-    /// A table record as (key, time, joined object or tombstone); `None` (dead-lettered) when
-    /// it is malformed.
-    fn decoded(&self, message: &BorrowedMessage<'_>) -> Option<(String, i64, Option<Value>)> {
-        let decoded = self.table.plan.table_record(
-            message.key(),
-            message.payload(),
-            message.timestamp().to_millis(),
-        );
-        match decoded {
-            Ok(record) => Some(record),
-            Err(why) => self.reject(message, &why),
+/// Where a reader's malformed records go: a producer and the dead-letter topic.
+type DeadLetters = Option<(ThreadedProducer<DefaultProducerContext>, String)>;
+
+/// Decodes a fetched table record into `batch` (a malformed one is dead-lettered); `Err` when
+/// it cannot be decoded now (its schema cannot be fetched): the reader starts again from it.
+fn take(
+    table: &SharedTable,
+    decoder: &mut Decoder,
+    dead_letters: &DeadLetters,
+    message: &BorrowedMessage<'_>,
+    batch: &mut Vec<(String, i64, Option<Value>)>,
+) -> Result<(), String> {
+    let decoded = table.plan.table_record(
+        decoder,
+        message.key(),
+        message.payload(),
+        message.timestamp().to_millis(),
+    );
+    match decoded {
+        Ok(record) => batch.push(record),
+        Err(TableRecordError::Malformed(why)) => reject(table, dead_letters, message, &why),
+        Err(TableRecordError::Unavailable(why)) => {
+            return Err(format!(
+                "table {}: cannot decode a record of topic {} now: {why}",
+                table.plan.name, table.plan.topic
+            ));
         }
     }
+    Ok(())
+}
 
-    fn reject(
-        &self,
-        message: &BorrowedMessage<'_>,
-        why: &str,
-    ) -> Option<(String, i64, Option<Value>)> {
-        let plan = &self.table.plan;
-        self.table.rejected.fetch_add(1, Ordering::Relaxed);
-        let error = format!("table {}: record skipped: {why}", plan.name);
-        warn!(partition = message.partition(), offset = message.offset(), %error, "table record rejected");
-        if let Some((producer, topic)) = &self.dead_letters {
-            let partition = message.partition().to_string();
-            let offset = message.offset().to_string();
-            let headers = OwnedHeaders::new_with_capacity(5)
-                .insert(header(pipeline_crds::contract::headers::ERROR, &error))
-                .insert(header(pipeline_crds::contract::headers::STAGE, "table"))
-                .insert(header(
-                    pipeline_crds::contract::headers::SOURCE_TOPIC,
-                    &plan.topic,
-                ))
-                .insert(header(
-                    pipeline_crds::contract::headers::SOURCE_PARTITION,
-                    &partition,
-                ))
-                .insert(header(
-                    pipeline_crds::contract::headers::SOURCE_OFFSET,
-                    &offset,
-                ));
-            let mut record = BaseRecord::<[u8], [u8]>::to(topic).headers(headers);
-            if let Some(k) = message.key() {
-                record = record.key(k);
-            }
-            if let Some(v) = message.payload() {
-                record = record.payload(v);
-            }
-            if let Err((e, _)) = producer.send(record) {
-                warn!(error = %e, "the table record could not be dead-lettered");
-            }
+/// Dead-letters a malformed table record (stage `table`) and counts it.
+fn reject(
+    table: &SharedTable,
+    dead_letters: &DeadLetters,
+    message: &BorrowedMessage<'_>,
+    why: &str,
+) {
+    let plan = &table.plan;
+    table.rejected.fetch_add(1, Ordering::Relaxed);
+    let error = format!("table {}: record skipped: {why}", plan.name);
+    warn!(partition = message.partition(), offset = message.offset(), %error, "table record rejected");
+    if let Some((producer, topic)) = dead_letters {
+        let partition = message.partition().to_string();
+        let offset = message.offset().to_string();
+        let headers = OwnedHeaders::new_with_capacity(5)
+            .insert(header(pipeline_crds::contract::headers::ERROR, &error))
+            .insert(header(pipeline_crds::contract::headers::STAGE, "table"))
+            .insert(header(
+                pipeline_crds::contract::headers::SOURCE_TOPIC,
+                &plan.topic,
+            ))
+            .insert(header(
+                pipeline_crds::contract::headers::SOURCE_PARTITION,
+                &partition,
+            ))
+            .insert(header(
+                pipeline_crds::contract::headers::SOURCE_OFFSET,
+                &offset,
+            ));
+        let mut record = BaseRecord::<[u8], [u8]>::to(topic).headers(headers);
+        if let Some(k) = message.key() {
+            record = record.key(k);
         }
-        None
+        if let Some(v) = message.payload() {
+            record = record.payload(v);
+        }
+        if let Err((e, _)) = producer.send(record) {
+            warn!(error = %e, "the table record could not be dead-lettered");
+        }
     }
 }

@@ -3,6 +3,7 @@
 //! `pipeline-operator demo`, the autoscaling tests and the benchmarks.
 
 pub mod profile;
+pub mod profiles;
 pub mod workload;
 
 use std::{
@@ -23,6 +24,7 @@ use rdkafka::{
 
 pub use self::{
     profile::Profile,
+    profiles::{ProfileGenerator, ProfileOptions},
     workload::{Generated, Generator, Shape, Workload},
 };
 use crate::{
@@ -53,6 +55,8 @@ pub struct LoadOptions {
     /// After the profile, one record per partition this far past the last event time (ms), so
     /// that every window of the run closes; `None` = none.
     pub close_after_ms: Option<i64>,
+    /// The profile table of the `clicks-json` workload, written before and during the run.
+    pub profiles: Option<ProfileOptions>,
 }
 
 /// Why the load generator stopped short.
@@ -86,6 +90,9 @@ pub enum LoadgenError {
     /// Avro output needs a Schema Registry.
     #[error("the iot-avro workload needs --schema-registry")]
     NoRegistry,
+    /// Profiles belong to the clickstream.
+    #[error("--profiles goes with --workload clicks-json (profiles are keyed by its users)")]
+    ProfilesNeedClicks,
     /// Records were refused by the brokers.
     #[error("{failed} records were not delivered; first error: {first}")]
     Delivery {
@@ -131,6 +138,8 @@ pub struct LoadReport {
     pub seconds: f64,
     /// Partitions of the topic.
     pub partitions: i32,
+    /// Profile-table records written (first profiles, updates, deletions).
+    pub profile_records: u64,
 }
 
 struct Deliveries {
@@ -199,6 +208,32 @@ fn send(
     send_with_backpressure(producer, r, Duration::from_millis(1), |_| AfterWait::Retry)
 }
 
+fn send_profile(
+    producer: &BaseProducer<Deliveries>,
+    topic: &str,
+    record: &profiles::ProfileRecord,
+) -> Result<(), SendError> {
+    let mut r = BaseRecord::<[u8], [u8]>::to(topic)
+        .key(record.key.as_bytes())
+        .timestamp(record.updated_at);
+    if let Some(value) = &record.value {
+        r = r.payload(value.as_slice());
+    }
+    send_with_backpressure(producer, r, Duration::from_millis(1), |_| AfterWait::Retry)
+}
+
+/// The profile table's generator, its topic checked, when the load has one.
+fn profile_generator(options: &LoadOptions) -> Result<Option<ProfileGenerator>, LoadgenError> {
+    let Some(profiles) = &options.profiles else {
+        return Ok(None);
+    };
+    if options.workload != Workload::ClicksJson {
+        return Err(LoadgenError::ProfilesNeedClicks);
+    }
+    topic_partitions(&options.bootstrap_servers, &profiles.topic)?;
+    Ok(Some(ProfileGenerator::new(profiles.clone(), options.seed)))
+}
+
 /// Writes `options`' load until its profile ends or `stop` is set, updating `counters` as it
 /// goes; waits for every acknowledgement.
 pub fn run(
@@ -207,6 +242,7 @@ pub fn run(
     stop: &AtomicBool,
 ) -> Result<LoadReport, LoadgenError> {
     let partitions = topic_partitions(&options.bootstrap_servers, &options.topic)?;
+    let mut profiles = profile_generator(options)?;
     let schema_id = match (options.workload, &options.schema_registry) {
         (Workload::IotAvro, None) => return Err(LoadgenError::NoRegistry),
         (Workload::IotAvro, Some(url)) => {
@@ -240,6 +276,17 @@ pub fn run(
         options.seed,
         schema_id,
     );
+    let mut profile_records = 0_u64;
+    if let Some(table) = profiles.as_mut() {
+        let topic = table.options().topic.clone();
+        let first: Vec<_> = table.initial(wall_clock_ms()).collect();
+        for record in &first {
+            send_profile(&producer, &topic, record)?;
+            profile_records += 1;
+        }
+        // Acknowledged before the first click, so every click can find its profile.
+        producer.flush(Duration::from_secs(60))?;
+    }
     let started = Instant::now();
     let mut due = 0.0_f64;
     let mut last = Duration::ZERO;
@@ -267,6 +314,12 @@ pub fn run(
             counters
                 .malformed
                 .fetch_add(u64::from(record.malformed), Ordering::Relaxed);
+            if let Some(table) = profiles.as_mut()
+                && let Some(change) = table.after_click(now_ms)
+            {
+                send_profile(&producer, &table.options().topic, &change)?;
+                profile_records += 1;
+            }
         }
         producer.poll(Duration::ZERO);
         std::thread::sleep(Duration::from_millis(2));
@@ -302,5 +355,6 @@ pub fn run(
         closing,
         seconds: started.elapsed().as_secs_f64(),
         partitions,
+        profile_records,
     })
 }

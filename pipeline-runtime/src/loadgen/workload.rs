@@ -248,8 +248,9 @@ impl Generator {
         } else {
             0.0
         };
+        let duration_ms = r.below(60_000);
         let value = format!(
-            r#"{{"user_id":"{key}","event_time":{ts},"event_type":"{event}","page":"{page}","price":{price:.2},"session_hint":{},"user_agent":"Mozilla/5.0 (X11; Linux x86_64)"}}"#,
+            r#"{{"user_id":"{key}","event_time":{ts},"event_type":"{event}","page":"{page}","price":{price:.2},"duration_ms":{duration_ms},"session_hint":{},"user_agent":"Mozilla/5.0 (X11; Linux x86_64)"}}"#,
             r.below(1_000)
         );
         value.into_bytes()
