@@ -14,7 +14,7 @@ use serde_json::{Number, Value};
 use siphasher::sip::SipHasher13;
 use sketches_ddsketch::{Config as SketchConfig, DDSketch};
 
-use crate::field::FieldPath;
+use crate::field::{FieldPath, FieldSource};
 
 /// HyperLogLog++ precision: 2^14 registers, about 0.8% standard error.
 const HLL_PRECISION: u8 = 14;
@@ -110,9 +110,18 @@ impl AggregatePlan {
     /// `at` places the record for `first` and `last`: its event time and its place in the
     /// order of arrival (its partition offset).
     pub fn inputs<'a>(&self, record: &'a Value, at: Arrival) -> Result<Inputs<'a>, AggregateError> {
+        self.inputs_from(record, at)
+    }
+
+    /// [`Self::inputs`] read from any [`FieldSource`] (a record with its joined rows beside it).
+    pub fn inputs_from<'a>(
+        &self,
+        source: impl FieldSource<'a>,
+        at: Arrival,
+    ) -> Result<Inputs<'a>, AggregateError> {
         let mut values = Vec::with_capacity(self.columns.len());
         for column in &self.columns {
-            let value = column.field.as_ref().and_then(|f| f.get(record));
+            let value = column.field.as_ref().and_then(|f| source.field(f));
             let input = match (column.function, value) {
                 (AggregateFunction::Count, _) | (_, None) => Input::Skip,
                 (_, Some(Value::Null)) if column.function.takes_any_value() => Input::Skip,

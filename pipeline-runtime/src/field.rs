@@ -2,6 +2,19 @@
 
 use serde_json::Value;
 
+/// Where the stages read field paths: a decoded record, or a record with the rows its
+/// reference tables joined kept beside it (`enrich::WithJoined`).
+pub trait FieldSource<'a>: Copy {
+    /// The value at `path`; `None` when a segment is missing or the value is `null`.
+    fn field(self, path: &FieldPath) -> Option<&'a Value>;
+}
+
+impl<'a> FieldSource<'a> for &'a Value {
+    fn field(self, path: &FieldPath) -> Option<&'a Value> {
+        path.get(self)
+    }
+}
+
 /// A parsed field path, split once so lookups do not re-parse it per record.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FieldPath {
@@ -40,6 +53,16 @@ impl FieldPath {
     pub fn get<'a>(&self, record: &'a Value) -> Option<&'a Value> {
         let mut current = record;
         for segment in &self.segments {
+            current = current.as_object()?.get(segment)?;
+        }
+        (!current.is_null()).then_some(current)
+    }
+
+    /// The value at this path below its root, in `root_value` (the value of its first
+    /// segment); `None` when a segment is missing or the value is `null`.
+    pub fn get_below_root<'a>(&self, root_value: &'a Value) -> Option<&'a Value> {
+        let mut current = root_value;
+        for segment in self.segments.iter().skip(1) {
             current = current.as_object()?.get(segment)?;
         }
         (!current.is_null()).then_some(current)

@@ -188,3 +188,31 @@ fn an_avro_table_is_decoded_with_its_schema_and_a_malformed_datum_is_refused() {
         .collect();
     assert_eq!(countries, [json!("fr"), json!("de")]);
 }
+
+#[test]
+fn a_windowed_job_reads_joined_fields_for_its_aggregates_through_a_chain_of_tables() {
+    // No filter and keyed as the source is: the rows stay beside the record (not copied in).
+    let mut d = driver(
+        "  enrich:\n    - {name: profile, topic: profiles, lookup: user_id, fields: [country, org_id]}\n    - {name: org, topic: orgs, lookup: profile.org_id, asOf: latest}\n  transform: {keyBy: user_id, sourceKeyed: true, timestamp: {field: ts}}\n  window: {tumbling: {size: 10s}}\n  aggregates: [{name: clicks, function: count}, {name: country, function: last, field: profile.country}, {name: seats, function: max, field: org.seats}]\n",
+    );
+    let profile = |country: &str, org: i64| json!({"country": country, "org_id": org}).to_string();
+    d.table("profile", Some("7"), Some(&profile("fr", 1)), Some(0))
+        .unwrap();
+    d.table("profile", Some("7"), Some(&profile("de", 2)), Some(5_000))
+        .unwrap();
+    d.table("org", Some("1"), Some(r#"{"seats": 10}"#), Some(0))
+        .unwrap();
+    d.table("org", Some("2"), Some(r#"{"seats": 50}"#), Some(0))
+        .unwrap();
+    for ts in [1_000, 4_000, 6_000, 25_000] {
+        d.pipe("clicks", 0, None, &click(7, ts)).unwrap();
+    }
+    let windows: Vec<Value> = d.outputs().into_iter().map(|o| o.value).collect();
+    assert_eq!(windows.len(), 1, "{windows:?}");
+    assert_eq!(windows[0]["clicks"], 3);
+    assert_eq!(windows[0]["country"], "de", "the version in force at 6000");
+    assert_eq!(
+        windows[0]["seats"], 50.0,
+        "the org of the profile in force at 6000"
+    );
+}

@@ -23,14 +23,14 @@ use serde_json::Value;
 use crate::{
     decode::{Decoder, SourceDecoding},
     event_time::EventTime,
-    field::{FieldPath, key_text},
+    field::{FieldPath, FieldSource, key_text},
 };
 
 pub mod checkpoint;
 pub mod reader;
 pub mod table;
 
-use table::{Found, Keeping, TableSize, VersionedTable};
+use table::{Keeping, TableSize, VersionedTable};
 
 /// One `spec.enrich` entry, compiled.
 #[derive(Clone, Debug)]
@@ -344,55 +344,93 @@ impl SharedTable {
         }
     }
 
-    /// Joins this table into `record`, whose event time is `event_ms`.
-    fn join(&self, record: &mut Value, event_ms: i64) -> Joined {
+    /// The row of this table for the record `fields` reads (the record and the rows joined
+    /// before this table's), whose event time is `event_ms`: `Ok(None)` for none kept as null
+    /// (`onMissing: keep`), `Err` when the record is dropped or dead-lettered.
+    fn find(&self, fields: WithJoined<'_>, event_ms: i64) -> Result<Option<Arc<Value>>, Joined> {
         let name = &self.plan.name;
-        let Some(fields) = record.as_object() else {
-            return Joined::DeadLetter(format!(
+        let Some(record) = fields.record.as_object() else {
+            return Err(Joined::DeadLetter(format!(
                 "enrich {name}: the record is not an object, so nothing can be joined into it"
-            ));
+            )));
         };
-        if fields.contains_key(name) {
-            return Joined::DeadLetter(format!(
+        if record.contains_key(name) {
+            return Err(Joined::DeadLetter(format!(
                 "enrich {name}: the record already has a field {name}, which the join would replace"
-            ));
+            )));
         }
         // A string is looked up as it is (no copy); other values as their JSON text.
-        let key: Option<Cow<'_, str>> = match self.plan.lookup.get(record) {
-            None | Some(Value::Null) => None,
+        let key: Option<Cow<'_, str>> = match fields.field(&self.plan.lookup) {
+            None => None,
             Some(Value::String(s)) => Some(Cow::Borrowed(s)),
             Some(v) => Some(Cow::Owned(key_text(v))),
         };
         let table = self.table.read().expect("not poisoned");
-        let found = match (&key, self.plan.as_of) {
-            (None, _) => Found::Missing,
-            (Some(k), AsOf::EventTime) => table.as_of(k, event_ms),
-            (Some(k), AsOf::Latest) => table.latest(k),
-        };
-        let row = match found {
-            Found::Row(row) => {
-                self.hits.fetch_add(1, Ordering::Relaxed);
-                row.clone()
-            }
-            Found::Missing => {
-                self.misses.fetch_add(1, Ordering::Relaxed);
-                let lookup = self.plan.lookup.as_str();
-                let missing = || match &key {
-                    None => format!("enrich {name}: the record has no {lookup} to look up"),
-                    Some(k) => format!("enrich {name}: no version of key {k:?} at {event_ms}"),
-                };
-                match self.plan.on_missing {
-                    OnMissing::Keep => Value::Null,
-                    OnMissing::Drop => return Joined::Dropped,
-                    OnMissing::DeadLetter => return Joined::DeadLetter(missing()),
-                }
-            }
+        let row = match (&key, self.plan.as_of) {
+            (None, _) => None,
+            (Some(k), AsOf::EventTime) => table.row_as_of(k, event_ms).cloned(),
+            (Some(k), AsOf::Latest) => table.latest_row(k).cloned(),
         };
         drop(table);
-        if let Some(fields) = record.as_object_mut() {
-            fields.insert(name.clone(), row);
+        if row.is_some() {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(row);
         }
-        Joined::Kept
+        self.misses.fetch_add(1, Ordering::Relaxed);
+        match self.plan.on_missing {
+            OnMissing::Keep => Ok(None),
+            OnMissing::Drop => Err(Joined::Dropped),
+            OnMissing::DeadLetter => {
+                let lookup = self.plan.lookup.as_str();
+                Err(Joined::DeadLetter(match &key {
+                    None => format!("enrich {name}: the record has no {lookup} to look up"),
+                    Some(k) => format!("enrich {name}: no version of key {k:?} at {event_ms}"),
+                }))
+            }
+        }
+    }
+}
+
+/// The rows a record's tables joined, in table order (`None`: none, kept as null), kept beside
+/// the record instead of copied into it: the windowed stages read `name.field` from them
+/// through [`WithJoined`]. A processor keeps one and reuses it record after record.
+#[derive(Debug, Default)]
+pub struct JoinedRows {
+    /// The tables' names, in order.
+    names: Vec<String>,
+    rows: Vec<Option<Arc<Value>>>,
+}
+
+impl JoinedRows {
+    /// Rows of `tables`' entries.
+    pub fn of(tables: &Tables) -> Self {
+        Self {
+            names: tables.iter().map(|t| t.plan.name.clone()).collect(),
+            rows: Vec::with_capacity(tables.tables.len()),
+        }
+    }
+}
+
+/// A record read with the rows joined to it beside it: `profile.country` is read from the row
+/// of the table `profile`, anything else from the record, as if the rows had been copied into
+/// it under their names.
+#[derive(Clone, Copy, Debug)]
+pub struct WithJoined<'a> {
+    /// The record.
+    pub record: &'a Value,
+    /// Its joined rows.
+    pub joined: &'a JoinedRows,
+}
+
+impl<'a> FieldSource<'a> for WithJoined<'a> {
+    fn field(self, path: &FieldPath) -> Option<&'a Value> {
+        let root = path.root();
+        // (Rows not looked up, as when they were copied into the record: read the record.)
+        let looked_up = self.joined.names.iter().position(|n| n == root);
+        match looked_up.and_then(|i| self.joined.rows.get(i)) {
+            Some(row) => path.get_below_root(row.as_deref()?),
+            None => path.get(self.record),
+        }
     }
 }
 
@@ -492,13 +530,32 @@ impl Tables {
         Admission::Join
     }
 
-    /// Joins every table into `record`, in order, stopping at the first that drops or
-    /// dead-letters it.
-    pub fn join(&self, record: &mut Value, event_ms: i64) -> Joined {
+    /// Looks up every table for `record`, in order, into `joined` (a later entry may look up
+    /// what an earlier one joined), stopping at the first that drops or dead-letters it.
+    pub fn look_up(&self, record: &Value, event_ms: i64, joined: &mut JoinedRows) -> Joined {
+        joined.rows.clear();
         for table in &self.tables {
-            match table.join(record, event_ms) {
-                Joined::Kept => {}
-                other => return other,
+            let fields = WithJoined { record, joined };
+            match table.find(fields, event_ms) {
+                Ok(row) => joined.rows.push(row),
+                Err(other) => return other,
+            }
+        }
+        Joined::Kept
+    }
+
+    /// Joins every table into `record`: the rows [`Self::look_up`] finds, copied in under
+    /// their names (`null` for none), for the stages that need them in the record (the filter,
+    /// the output of a stateless pipeline, the repartition topic).
+    pub fn join(&self, record: &mut Value, event_ms: i64) -> Joined {
+        let mut joined = JoinedRows::of(self);
+        let looked_up = self.look_up(record, event_ms, &mut joined);
+        if looked_up != Joined::Kept {
+            return looked_up;
+        }
+        if let Some(fields) = record.as_object_mut() {
+            for (name, row) in joined.names.into_iter().zip(joined.rows) {
+                fields.insert(name, row.map_or(Value::Null, |r| Value::clone(&r)));
             }
         }
         Joined::Kept
@@ -552,6 +609,56 @@ mod tests {
         assert_eq!(early["profile"], Value::Null, "no version yet at 99");
         assert_eq!(table.hits.load(Ordering::Relaxed), 1);
         assert_eq!(table.misses.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn rows_kept_beside_the_record_read_as_if_they_had_been_copied_into_it() {
+        let org: EnrichSpec = serde_norway::from_str(
+            "{name: org, topic: orgs, lookup: profile.org_id, asOf: latest}",
+        )
+        .unwrap();
+        let tables = Tables::new(&[plan("fields: [country, org_id]"), TablePlan::of(&org, None)]);
+        let mut each = tables.iter();
+        let (profiles, orgs) = (each.next().unwrap(), each.next().unwrap());
+        profiles.load([(
+            "42".to_owned(),
+            100,
+            Some(json!({"country": "fr", "org_id": 9})),
+        )]);
+        orgs.load([(
+            "9".to_owned(),
+            0,
+            Some(json!({"name": "acme", "seats": {"max": 5}})),
+        )]);
+        for record in [json!({"user_id": 42, "page": "/a"}), json!({"user_id": 7})] {
+            let mut copied = record.clone();
+            assert_eq!(tables.join(&mut copied, 150), Joined::Kept);
+            let mut joined = JoinedRows::of(&tables);
+            assert_eq!(tables.look_up(&record, 150, &mut joined), Joined::Kept);
+            let beside = WithJoined {
+                record: &record,
+                joined: &joined,
+            };
+            for path in [
+                "user_id",
+                "page",
+                "profile",
+                "profile.country",
+                "profile.nothing",
+                "org",
+                "org.name",
+                "org.seats.max",
+                "nothing",
+            ] {
+                let path = FieldPath::parse(path);
+                assert_eq!(
+                    beside.field(&path),
+                    path.get(&copied),
+                    "{} of {record}",
+                    path.as_str()
+                );
+            }
+        }
     }
 
     #[test]

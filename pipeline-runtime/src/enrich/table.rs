@@ -8,6 +8,8 @@ use std::{collections::HashMap, sync::Arc};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use smallvec::SmallVec;
+use smol_str::SmolStr;
 
 /// Bytes counted per version beyond its key and value text: the version's own fields and its
 /// slot in the key's list, the map entry (amortised), the parsed value's allocations.
@@ -30,6 +32,15 @@ pub enum Found<'a> {
     /// No version at that time, or a tombstone.
     Missing,
 }
+
+impl<'a> Found<'a> {
+    fn of(row: Option<&'a Arc<Value>>) -> Self {
+        row.map_or(Found::Missing, |r| Found::Row(r))
+    }
+}
+
+/// A key's versions, oldest first; the first one inline (most keys have one).
+type Versions = SmallVec<[Version; 1]>;
 
 /// One version of a key: its timestamp, and its joined object (`None`: a tombstone).
 #[derive(Clone, Debug, PartialEq)]
@@ -55,7 +66,7 @@ pub struct TableSize {
 #[derive(Debug)]
 pub struct VersionedTable {
     keeping: Keeping,
-    keys: HashMap<Box<str>, Vec<Version>, foldhash::fast::RandomState>,
+    keys: HashMap<SmolStr, Versions, foldhash::fast::RandomState>,
     size: TableSize,
     /// The highest timestamp loaded (`i64::MIN` before any).
     newest: i64,
@@ -96,11 +107,11 @@ impl VersionedTable {
         let was_row = self.latest_is_row(key);
         let versions = match self.keys.get_mut(key) {
             Some(v) => v,
-            None => self.keys.entry(Box::from(key)).or_default(),
+            None => self.keys.entry(SmolStr::new(key)).or_default(),
         };
         let mut freed = Vec::new();
         match self.keeping {
-            Keeping::Latest => freed.append(versions),
+            Keeping::Latest => freed.extend(versions.drain(..)),
             Keeping::History => {
                 let at = versions.partition_point(|v| v.ts < ts);
                 if versions.get(at).is_some_and(|v| v.ts == ts) {
@@ -136,30 +147,24 @@ impl VersionedTable {
 
     /// The version of `key` in force at `at` (the greatest timestamp at or before it).
     pub fn as_of(&self, key: &str, at: i64) -> Found<'_> {
-        let Some(versions) = self.keys.get(key) else {
-            return Found::Missing;
-        };
-        let after = versions.partition_point(|v| v.ts <= at);
-        match after
-            .checked_sub(1)
-            .and_then(|i| versions[i].row.as_deref())
-        {
-            Some(row) => Found::Row(row),
-            None => Found::Missing,
-        }
+        Found::of(self.row_as_of(key, at))
     }
 
     /// The version of `key` read last.
     pub fn latest(&self, key: &str) -> Found<'_> {
-        match self
-            .keys
-            .get(key)
-            .and_then(|v| v.last())
-            .and_then(|v| v.row.as_deref())
-        {
-            Some(row) => Found::Row(row),
-            None => Found::Missing,
-        }
+        Found::of(self.latest_row(key))
+    }
+
+    /// The row of [`Self::as_of`], shared.
+    pub fn row_as_of(&self, key: &str, at: i64) -> Option<&Arc<Value>> {
+        let versions = self.keys.get(key)?;
+        let after = versions.partition_point(|v| v.ts <= at);
+        versions[after.checked_sub(1)?].row.as_ref()
+    }
+
+    /// The row of [`Self::latest`], shared.
+    pub fn latest_row(&self, key: &str) -> Option<&Arc<Value>> {
+        self.keys.get(key)?.last()?.row.as_ref()
     }
 
     /// Drops the versions no lookup at or after `cutoff` can find: those older than the one in

@@ -14,8 +14,9 @@ use crate::{
     aggregate::Arrival,
     checkpoint::snapshot::{ClockState, PartitionSnapshot},
     decode::{DecodeError, Decoder, DecoderConfigError, Fields, decode_json_fields},
-    enrich::{Joined, Tables},
-    field::key_text,
+    enrich::{Joined, JoinedRows, Tables, WithJoined},
+    event_time::EventTime,
+    field::{FieldSource, key_text},
     filter::{Filter, FilterError},
     plan::{Plan, TopicIndex},
     projection::Projection,
@@ -238,6 +239,17 @@ pub enum ProcessorError {
     Filter(#[from] FilterError),
 }
 
+/// Whether `plan` may keep joined rows beside the record (see [`Processor::joins_beside`]).
+fn joins_beside(plan: &Plan, tables: &Tables) -> bool {
+    let joined_root = |root: &str| tables.iter().any(|t| t.plan.name == root);
+    let time_reads_joined =
+        matches!(&plan.event_time, EventTime::Field { path, .. } if joined_root(path.root()));
+    plan.window.is_some()
+        && plan.repartition_topic.is_none()
+        && plan.filter.is_none()
+        && !time_reads_joined
+}
+
 /// The per-slot record processor and the state of the partitions the slot owns.
 pub struct Processor {
     plan: Arc<Plan>,
@@ -255,6 +267,12 @@ pub struct Processor {
     tables: Arc<Tables>,
     /// Where this processor tells the tables the oldest event time it may still join.
     open_time: Option<Arc<std::sync::atomic::AtomicI64>>,
+    /// The rows the tables joined to the record in hand, reused record after record.
+    joined: JoinedRows,
+    /// Whether joined rows stay beside the record (read through [`WithJoined`]) instead of
+    /// being copied into it: a windowed pipeline whose filter, repartition topic and event time
+    /// need no joined field in the record itself.
+    joins_beside: bool,
     /// Counts since the slot started.
     pub counts: Counts,
 }
@@ -276,6 +294,8 @@ impl Processor {
             results: Vec::new(),
             tables: Arc::new(Tables::default()),
             open_time: None,
+            joined: JoinedRows::default(),
+            joins_beside: false,
             counts: Counts::default(),
         })
     }
@@ -283,6 +303,8 @@ impl Processor {
     /// The same processor, joining the process's tables (shared by its slots).
     pub fn with_tables(mut self, tables: Arc<Tables>) -> Self {
         self.open_time = (!tables.is_empty()).then(|| tables.open_time());
+        self.joined = JoinedRows::of(&tables);
+        self.joins_beside = joins_beside(&self.plan, &tables);
         self.tables = tables;
         self
     }
@@ -350,16 +372,33 @@ impl Processor {
             }
         };
         self.counts.records_in += 1;
+        let mut joined = std::mem::take(&mut self.joined);
+        let processed = self.process_decoded(rec, &mut record, &mut joined, (now, wall_ms), out);
+        self.joined = joined;
+        processed
+    }
+
+    /// The stages after decoding: join, filter, then stateless output, the repartition topic or
+    /// the windows.
+    fn process_decoded(
+        &mut self,
+        rec: &InRecord<'_>,
+        record: &mut Value,
+        joined: &mut JoinedRows,
+        (now, wall_ms): (Instant, i64),
+        out: &mut Vec<Emit>,
+    ) -> Result<(), DecodeError> {
         // The event time, when the join already read it.
         let mut joined_at = None;
         if !self.tables.is_empty() {
-            match self.enrich(rec, &mut record, (now, wall_ms), out) {
+            match self.enrich(rec, record, joined, (now, wall_ms), out) {
                 Some(event_ms) => joined_at = event_ms,
                 None => return Ok(()),
             }
         }
+        let record = &*record;
         if let Some(filter) = &self.filter {
-            match filter.matches(&record) {
+            match filter.matches(record) {
                 Ok(true) => {}
                 Ok(false) => {
                     self.counts.filtered += 1;
@@ -372,10 +411,14 @@ impl Processor {
             }
         }
         if self.plan.window.is_none() {
-            self.emit_stateless(rec, &record, wall_ms, out);
+            self.emit_stateless(rec, record, wall_ms, out);
             return Ok(());
         }
-        let Some((key, key_value)) = self.key_of(&record) else {
+        let fields = WithJoined {
+            record,
+            joined: &*joined,
+        };
+        let Some((key, key_value)) = self.key_of(fields) else {
             let path = self.plan.key_field().to_owned();
             self.dead_letter(
                 rec,
@@ -393,7 +436,7 @@ impl Processor {
             _ => NO_WATERMARK,
         };
         let extracted = joined_at.map_or_else(
-            || (self.plan.event_time).extract(&record, rec.timestamp_ms, wall_ms),
+            || (self.plan.event_time).extract(record, rec.timestamp_ms, wall_ms),
             Ok,
         );
         let ts = match extracted {
@@ -411,7 +454,7 @@ impl Processor {
         if self.plan.repartition_topic.is_some() {
             let value = match rec.payload {
                 Some(bytes) if self.plan.forwards_source_bytes() => bytes.to_vec(),
-                _ => serde_json::to_vec(&record).expect("JSON values serialize"),
+                _ => serde_json::to_vec(record).expect("JSON values serialize"),
             };
             if let EventClock::Local(w) = &mut self.state(rec.topic, rec.partition, now).clock {
                 w.on_record(ts, now);
@@ -426,7 +469,7 @@ impl Processor {
             });
             return Ok(());
         }
-        self.window_add(rec, &record, &key, key_value, ts, now, out);
+        self.window_add(rec, fields, &key, key_value, ts, now, out);
         Ok(())
     }
 
@@ -485,6 +528,7 @@ impl Processor {
         &mut self,
         rec: &InRecord<'_>,
         record: &mut Value,
+        joined: &mut JoinedRows,
         (now, wall_ms): (Instant, i64),
         out: &mut Vec<Emit>,
     ) -> Option<Option<i64>> {
@@ -513,7 +557,12 @@ impl Processor {
         } else {
             wall_ms
         };
-        match self.tables.join(record, event_ms) {
+        let done = if self.joins_beside {
+            self.tables.look_up(record, event_ms, joined)
+        } else {
+            self.tables.join(record, event_ms)
+        };
+        match done {
             Joined::Kept => Some(self.tables.need_event_time().then_some(event_ms)),
             Joined::Dropped => {
                 self.counts.filtered += 1;
@@ -527,8 +576,8 @@ impl Processor {
     }
 
     /// The record's key as text (borrowed when it is a string) and as its JSON value.
-    fn key_of<'r>(&self, record: &'r Value) -> Option<(Cow<'r, str>, &'r Value)> {
-        let value = self.plan.key_by.as_ref()?.get(record)?;
+    fn key_of<'r>(&self, fields: impl FieldSource<'r>) -> Option<(Cow<'r, str>, &'r Value)> {
+        let value = fields.field(self.plan.key_by.as_ref()?)?;
         let text = match value {
             Value::String(s) => Cow::Borrowed(s.as_str()),
             other => Cow::Owned(key_text(other)),
@@ -537,10 +586,10 @@ impl Processor {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn window_add(
+    fn window_add<'r>(
         &mut self,
         rec: &InRecord<'_>,
-        record: &Value,
+        fields: impl FieldSource<'r>,
         key: &str,
         key_value: &Value,
         ts: i64,
@@ -552,7 +601,7 @@ impl Processor {
             event_ms: ts,
             seq: rec.offset,
         };
-        let inputs = match stage.aggregates.inputs(record, arrival) {
+        let inputs = match stage.aggregates.inputs_from(fields, arrival) {
             Ok(i) => i,
             Err(e) => {
                 self.dead_letter(rec, FailedStage::Aggregate, e.to_string(), out);
