@@ -21,7 +21,10 @@
 //! (`iot-windowed` on the same readings as plain Avro datums with an inline schema, preloaded into
 //! a second topic only when that job runs), `clickstream-sessions` (the seed-001 job's shape:
 //! click events of 200,000 users keyed by user, heartbeats filtered out, 10-second session
-//! windows, count and sum; preloaded into a third topic only when it runs). The readings are
+//! windows, count and sum; preloaded into a third topic only when it runs), `iot-windowed-last`
+//! (`iot-windowed` plus `last(site)`) and `iot-windowed-enriched` (the same, joined with a
+//! 100,000-row device table as of event time, taking `last(device.region)`; the table is
+//! preloaded only when it runs, and its reader's CPU counts as the runtime's). The readings are
 //! ≈240-byte JSON sensor readings of 100,000 devices, generated with the same bytes on every run.
 
 use std::{
@@ -59,6 +62,9 @@ const AVRO_SOURCE: &str = "readings-avro";
 /// Click events of [`USERS`] users (`clickstream-sessions`), at the readings' event-time rate.
 const CLICKS_SOURCE: &str = "clicks";
 const USERS: u64 = 200_000;
+/// The reference table of `iot-windowed-enriched`: a row per device (owner, region), loaded
+/// before the job starts.
+const DEVICE_TABLE: &str = "devices";
 /// The session job's gap: a user's events arrive every 4 s on average, so a session holds about
 /// a dozen of them.
 const SESSION_GAP_MS: u64 = 10_000;
@@ -69,6 +75,8 @@ struct Job {
     avro: bool,
     /// Reads the click events ([`CLICKS_SOURCE`]) instead of the readings.
     clicks: bool,
+    /// Joins the device table ([`DEVICE_TABLE`]).
+    table: bool,
     /// Whether the job drops the `degraded` readings (its windows are those of the others).
     filtered: bool,
     /// The `spec:` lines after kafka/source.
@@ -81,6 +89,7 @@ const JOBS: &[Job] = &[
         name: "passthrough",
         avro: false,
         clicks: false,
+        table: false,
         filtered: false,
         spec: "  sink: {kafka: {topic: out}}\n",
         windowed: false,
@@ -89,6 +98,7 @@ const JOBS: &[Job] = &[
         name: "stateless",
         avro: false,
         clicks: false,
+        table: false,
         filtered: false,
         spec: "  transform:\n    filter: 'record.temperature > -50.0 && record.status == \"ok\"'\n    select: [device_id, ts, temperature, humidity]\n  sink: {kafka: {topic: out}}\n",
         windowed: false,
@@ -97,6 +107,7 @@ const JOBS: &[Job] = &[
         name: "iot-windowed",
         avro: false,
         clicks: false,
+        table: false,
         filtered: false,
         spec: "  transform: {keyBy: device_id, sourceKeyed: true, timestamp: {field: ts}, watermark: {maxOutOfOrderness: 5s}}\n  window: {tumbling: {size: 1m}}\n  aggregates:\n    - {name: readings, function: count}\n    - {name: avg_temperature, function: avg, field: temperature}\n    - {name: min_temperature, function: min, field: temperature}\n    - {name: max_temperature, function: max, field: temperature}\n  sink: {kafka: {topic: out}}\n",
         windowed: true,
@@ -105,6 +116,7 @@ const JOBS: &[Job] = &[
         name: "iot-windowed-cel",
         avro: false,
         clicks: false,
+        table: false,
         filtered: true,
         spec: "  transform: {filter: 'record.temperature > -50.0 && record.status == \"ok\"', keyBy: device_id, sourceKeyed: true, timestamp: {field: ts}, watermark: {maxOutOfOrderness: 5s}}\n  window: {tumbling: {size: 1m}}\n  aggregates:\n    - {name: readings, function: count}\n    - {name: avg_temperature, function: avg, field: temperature}\n    - {name: min_temperature, function: min, field: temperature}\n    - {name: max_temperature, function: max, field: temperature}\n  sink: {kafka: {topic: out}}\n",
         windowed: true,
@@ -113,6 +125,7 @@ const JOBS: &[Job] = &[
         name: "iot-repartitioned",
         avro: false,
         clicks: false,
+        table: false,
         filtered: false,
         spec: "  transform: {keyBy: device_id, repartition: always, timestamp: {field: ts}, watermark: {maxOutOfOrderness: 5s}}\n  window: {tumbling: {size: 1m}}\n  aggregates:\n    - {name: readings, function: count}\n    - {name: avg_temperature, function: avg, field: temperature}\n    - {name: min_temperature, function: min, field: temperature}\n    - {name: max_temperature, function: max, field: temperature}\n  sink: {kafka: {topic: out}}\n",
         windowed: true,
@@ -121,14 +134,34 @@ const JOBS: &[Job] = &[
         name: "iot-windowed-avro",
         avro: true,
         clicks: false,
+        table: false,
         filtered: false,
         spec: "  transform: {keyBy: device_id, sourceKeyed: true, timestamp: {field: ts}, watermark: {maxOutOfOrderness: 5s}}\n  window: {tumbling: {size: 1m}}\n  aggregates:\n    - {name: readings, function: count}\n    - {name: avg_temperature, function: avg, field: temperature}\n    - {name: min_temperature, function: min, field: temperature}\n    - {name: max_temperature, function: max, field: temperature}\n  sink: {kafka: {topic: out}}\n",
+        windowed: true,
+    },
+    Job {
+        name: "iot-windowed-last",
+        avro: false,
+        clicks: false,
+        table: false,
+        filtered: false,
+        spec: "  transform: {keyBy: device_id, sourceKeyed: true, timestamp: {field: ts}, watermark: {maxOutOfOrderness: 5s}}\n  window: {tumbling: {size: 1m}}\n  aggregates:\n    - {name: readings, function: count}\n    - {name: avg_temperature, function: avg, field: temperature}\n    - {name: min_temperature, function: min, field: temperature}\n    - {name: max_temperature, function: max, field: temperature}\n    - {name: region, function: last, field: site}\n  sink: {kafka: {topic: out}}\n",
+        windowed: true,
+    },
+    Job {
+        name: "iot-windowed-enriched",
+        avro: false,
+        clicks: false,
+        table: true,
+        filtered: false,
+        spec: "  enrich: [{name: device, topic: devices, lookup: device_id, fields: [owner, region]}]\n  transform: {keyBy: device_id, sourceKeyed: true, timestamp: {field: ts}, watermark: {maxOutOfOrderness: 5s}}\n  window: {tumbling: {size: 1m}}\n  aggregates:\n    - {name: readings, function: count}\n    - {name: avg_temperature, function: avg, field: temperature}\n    - {name: min_temperature, function: min, field: temperature}\n    - {name: max_temperature, function: max, field: temperature}\n    - {name: region, function: last, field: device.region}\n  sink: {kafka: {topic: out}}\n",
         windowed: true,
     },
     Job {
         name: "clickstream-sessions",
         avro: false,
         clicks: true,
+        table: false,
         filtered: false,
         spec: "  transform: {filter: 'record.event_type != \"heartbeat\"', keyBy: user_id, sourceKeyed: true, timestamp: {field: event_time}, watermark: {maxOutOfOrderness: 5s}}\n  window: {session: {gap: 10s}}\n  aggregates:\n    - {name: clicks, function: count}\n    - {name: revenue, function: sum, field: price}\n  sink: {kafka: {topic: out}}\n",
         windowed: true,
@@ -266,6 +299,20 @@ fn preload_clicks(bootstrap: &str, records: u64) -> (usize, u64) {
     }
     producer.flush(Duration::from_secs(300)).expect("flushed");
     (sessions, bytes)
+}
+
+/// Preloads the device table: one row per device, keyed by its id.
+fn preload_devices(bootstrap: &str) {
+    let producer = preload_producer(bootstrap);
+    for i in 0..DEVICES {
+        let key = format!("device-{i:06}");
+        let row = format!(r#"{{"owner":"team-{}","region":"eu-{}"}}"#, i % 40, i % 3);
+        send_to(&producer, DEVICE_TABLE, &key, row.as_bytes(), 0);
+        if i % 10_000 == 0 {
+            producer.poll(Duration::ZERO);
+        }
+    }
+    producer.flush(Duration::from_secs(300)).expect("flushed");
 }
 
 /// The data set as JSON lines (the same bytes the backlog preloads), for engines that read
@@ -569,6 +616,40 @@ fn env_list(name: &str) -> Option<Vec<String>> {
         .map(|v| v.split(',').map(str::trim).map(String::from).collect())
 }
 
+/// Preloads the data sets only some jobs read (the Avro readings, the clicks, the device
+/// table); returns the sessions of the clicks (0 without them).
+fn preload_extras(bootstrap: &str, records: u64, jobs: &[&Job]) -> usize {
+    if jobs.iter().any(|j| j.avro) {
+        let started = Instant::now();
+        let bytes = preload_avro(bootstrap, records);
+        eprintln!(
+            "preloaded {records} Avro records ({:.0} bytes each) in {:.1} s",
+            bytes as f64 / records as f64,
+            started.elapsed().as_secs_f64()
+        );
+    }
+    if jobs.iter().any(|j| j.table) {
+        let started = Instant::now();
+        preload_devices(bootstrap);
+        eprintln!(
+            "preloaded the device table ({DEVICES} rows) in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    let mut sessions = 0;
+    if jobs.iter().any(|j| j.clicks) {
+        let started = Instant::now();
+        let (count, bytes) = preload_clicks(bootstrap, records);
+        sessions = count;
+        eprintln!(
+            "preloaded {records} click events ({:.0} bytes each, {sessions} sessions) in {:.1} s",
+            bytes as f64 / records as f64,
+            started.elapsed().as_secs_f64()
+        );
+    }
+    sessions
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; nothing else is taken from the command line.
     let records: u64 = std::env::var("SLUICE_BENCH_RECORDS")
@@ -603,6 +684,7 @@ fn main() {
             .expect("topic");
         mock.create_topic(CLICKS_SOURCE, partitions(), 1)
             .expect("topic");
+        mock.create_topic(DEVICE_TABLE, 1, 1).expect("topic");
         mock.create_topic("out", partitions(), 1).expect("topic");
         (
             mock.bootstrap_servers(),
@@ -615,6 +697,7 @@ fn main() {
             (SOURCE, partitions()),
             (AVRO_SOURCE, partitions()),
             (CLICKS_SOURCE, partitions()),
+            (DEVICE_TABLE, 1),
             ("out", partitions()),
         ]);
         let pid = tansu.pid();
@@ -632,26 +715,7 @@ fn main() {
         windows.all,
         started.elapsed().as_secs_f64()
     );
-    if jobs.iter().any(|j| j.avro) {
-        let started = Instant::now();
-        let bytes = preload_avro(&bootstrap, records);
-        eprintln!(
-            "preloaded {records} Avro records ({:.0} bytes each) in {:.1} s",
-            bytes as f64 / records as f64,
-            started.elapsed().as_secs_f64()
-        );
-    }
-    let mut sessions = 0;
-    if jobs.iter().any(|j| j.clicks) {
-        let started = Instant::now();
-        let (count, bytes) = preload_clicks(&bootstrap, records);
-        sessions = count;
-        eprintln!(
-            "preloaded {records} click events ({:.0} bytes each, {sessions} sessions) in {:.1} s",
-            bytes as f64 / records as f64,
-            started.elapsed().as_secs_f64()
-        );
-    }
+    let sessions = preload_extras(&bootstrap, records, &jobs);
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!(
         "machine: {cores} cores; broker: {broker_name}; runtime: {}",

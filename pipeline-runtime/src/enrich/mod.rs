@@ -9,7 +9,7 @@ use std::{
     borrow::Cow,
     sync::{
         Arc, Mutex, RwLock,
-        atomic::{AtomicI64, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
     },
     time::Instant,
 };
@@ -219,6 +219,9 @@ pub struct SharedTable {
     pub misses: AtomicU64,
     /// Table records dead-lettered (malformed, no key).
     pub rejected: AtomicU64,
+    /// A slot holds records until the next round: the reader starts it without waiting out
+    /// the idle round time (so a slot catching up on a backlog is not paced by it).
+    wanted: AtomicBool,
 }
 
 impl SharedTable {
@@ -230,6 +233,7 @@ impl SharedTable {
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
+            wanted: AtomicBool::new(false),
         }
     }
 
@@ -301,6 +305,11 @@ impl SharedTable {
         p.caught_up_at = Some(p.caught_up_at.map_or(since, |at| at.max(since)));
     }
 
+    /// Whether a slot has held records for the next round since the last call.
+    pub fn take_wanted(&self) -> bool {
+        self.wanted.swap(false, Ordering::Relaxed)
+    }
+
     /// The reader is `lag` records behind the end offsets it last saw.
     pub fn behind(&self, lag: i64) {
         self.progress().lag = lag;
@@ -335,12 +344,15 @@ impl SharedTable {
         match self.plan.as_of {
             AsOf::Latest => Admission::Join,
             AsOf::EventTime if p.caught_up_at.is_some_and(|at| at >= read_at) => Admission::Join,
-            AsOf::EventTime => waiting(p.failure.clone().unwrap_or_else(|| {
+            AsOf::EventTime => {
+                self.wanted.store(true, Ordering::Relaxed);
+                waiting(p.failure.clone().unwrap_or_else(|| {
                 format!(
                     "table {} has not read topic {} up to the end offsets it had when the records were read",
                     self.plan.name, self.plan.topic
                 )
-            })),
+                }))
+            }
         }
     }
 

@@ -38,6 +38,8 @@ use super::{
 /// The shortest round: an idle table asks its brokers for end offsets at most this often, so
 /// a record waits about this long at most for the table to vouch for it.
 const ROUND: Duration = Duration::from_millis(50);
+/// How often the wait between rounds looks whether a slot holds records for the next one.
+const WANTED_CHECK: Duration = Duration::from_millis(2);
 /// How long one request for metadata or end offsets may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Records loaded under one write lock.
@@ -273,30 +275,50 @@ impl<'a> Reader<'a> {
                     "table loaded"
                 );
             }
-            // The wait also serves the consumer's callbacks (token refreshes); a record it
-            // fetches is loaded like any other, never dropped.
-            match self.consumer.poll(ROUND.saturating_sub(asked.elapsed())) {
-                Some(Ok(message)) => {
-                    take(
-                        self.table,
-                        &mut self.decoder,
-                        &self.dead_letters,
-                        &message,
-                        &mut batch,
-                    )?;
-                    self.next.insert(message.partition(), message.offset() + 1);
-                    if !self.table.load(batch.drain(..)) {
-                        return self.stopped(stop);
-                    }
-                }
-                Some(Err(e)) => return Err(format!("table {}: {e}", self.table.plan.name)),
-                None => {}
+            if !self.wait_for_next_round(asked, stop, &mut batch)? {
+                return self.stopped(stop);
             }
         }
         if let Some(c) = checkpoints {
             self.checkpoint(c, true);
         }
         Ok(())
+    }
+
+    /// Waits until the next round: at most [`ROUND`] after this one was `asked`, sooner when a
+    /// slot holds records for it. The wait serves the consumer's callbacks (token refreshes);
+    /// a record it fetches is loaded like any other, never dropped. False when that takes the
+    /// table past its memory bound.
+    fn wait_for_next_round(
+        &mut self,
+        asked: Instant,
+        stop: &AtomicBool,
+        batch: &mut Vec<(String, i64, Option<Value>)>,
+    ) -> Result<bool, String> {
+        while !self.table.take_wanted() && !stop.load(Ordering::Relaxed) {
+            let left = ROUND.saturating_sub(asked.elapsed());
+            if left.is_zero() {
+                break;
+            }
+            match self.consumer.poll(left.min(WANTED_CHECK)) {
+                Some(Ok(message)) => {
+                    take(
+                        self.table,
+                        &mut self.decoder,
+                        &self.dead_letters,
+                        &message,
+                        batch,
+                    )?;
+                    self.next.insert(message.partition(), message.offset() + 1);
+                    if !self.table.load(batch.drain(..)) {
+                        return Ok(false);
+                    }
+                }
+                Some(Err(e)) => return Err(format!("table {}: {e}", self.table.plan.name)),
+                None => {}
+            }
+        }
+        Ok(true)
     }
 
     /// Writes a table checkpoint when one is due; a failure is said and retried next round.

@@ -290,8 +290,10 @@ fn drop_revoked<'c>(
     });
 }
 
-/// The most records held for the tables before the slot stops polling.
-const HELD_LIMIT: usize = 8 * BATCH;
+/// The most records held for the tables before the slot stops polling: a slot catching up
+/// reads this many per round of the table readers (a round takes the end offsets' round trip
+/// while slots wait on it).
+const HELD_LIMIT: usize = 32 * BATCH;
 
 /// Records read while the tables had not yet vouched for them: a record read at instant t is
 /// joined only once every table has read the end offsets it had at t (an update written before
