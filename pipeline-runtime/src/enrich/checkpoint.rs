@@ -294,7 +294,7 @@ mod tests {
         let mut reader = TableCheckpoints::open(&config(&dir, Duration::ZERO), &into.plan).unwrap();
         assert_eq!(restore_into(&mut reader, into), next);
         let mut record = json!({"user_id": 42});
-        fresh.join(&mut record, 150);
+        fresh.join(&mut record, 150, &mut crate::enrich::JoinedRows::of(&fresh));
         assert_eq!(
             record["profile"],
             json!({"country": "fr"}),

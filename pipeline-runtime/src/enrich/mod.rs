@@ -559,15 +559,16 @@ impl Tables {
     /// Joins every table into `record`: the rows [`Self::look_up`] finds, copied in under
     /// their names (`null` for none), for the stages that need them in the record (the filter,
     /// the output of a stateless pipeline, the repartition topic).
-    pub fn join(&self, record: &mut Value, event_ms: i64) -> Joined {
-        let mut joined = JoinedRows::of(self);
-        let looked_up = self.look_up(record, event_ms, &mut joined);
+    /// `joined` (of these tables, reused) is left empty: the rows are in the record.
+    pub fn join(&self, record: &mut Value, event_ms: i64, joined: &mut JoinedRows) -> Joined {
+        let looked_up = self.look_up(record, event_ms, joined);
         if looked_up != Joined::Kept {
+            joined.rows.clear();
             return looked_up;
         }
         if let Some(fields) = record.as_object_mut() {
-            for (name, row) in joined.names.into_iter().zip(joined.rows) {
-                fields.insert(name, row.map_or(Value::Null, |r| Value::clone(&r)));
+            for (name, row) in joined.names.iter().zip(joined.rows.drain(..)) {
+                fields.insert(name.clone(), row.map_or(Value::Null, |r| Value::clone(&r)));
             }
         }
         Joined::Kept
@@ -611,13 +612,16 @@ mod tests {
             ),
         )]);
         let mut record = json!({"user_id": 42});
-        assert_eq!(tables.join(&mut record, 150), Joined::Kept);
+        assert_eq!(
+            tables.join(&mut record, 150, &mut JoinedRows::of(&tables)),
+            Joined::Kept
+        );
         assert_eq!(
             record,
             json!({"user_id": 42, "profile": {"country": "fr", "tier": 2}})
         );
         let mut early = json!({"user_id": "42"});
-        tables.join(&mut early, 99);
+        tables.join(&mut early, 99, &mut JoinedRows::of(&tables));
         assert_eq!(early["profile"], Value::Null, "no version yet at 99");
         assert_eq!(table.hits.load(Ordering::Relaxed), 1);
         assert_eq!(table.misses.load(Ordering::Relaxed), 1);
@@ -644,7 +648,10 @@ mod tests {
         )]);
         for record in [json!({"user_id": 42, "page": "/a"}), json!({"user_id": 7})] {
             let mut copied = record.clone();
-            assert_eq!(tables.join(&mut copied, 150), Joined::Kept);
+            assert_eq!(
+                tables.join(&mut copied, 150, &mut JoinedRows::of(&tables)),
+                Joined::Kept
+            );
             let mut joined = JoinedRows::of(&tables);
             assert_eq!(tables.look_up(&record, 150, &mut joined), Joined::Kept);
             let beside = WithJoined {
@@ -676,14 +683,23 @@ mod tests {
     #[test]
     fn on_missing_drops_or_dead_letters_and_a_clashing_field_is_dead_lettered() {
         let drop = Tables::new(&[plan("onMissing: drop")]);
-        assert_eq!(drop.join(&mut json!({"user_id": 1}), 0), Joined::Dropped);
+        assert_eq!(
+            drop.join(&mut json!({"user_id": 1}), 0, &mut JoinedRows::of(&drop)),
+            Joined::Dropped
+        );
         let dead = Tables::new(&[plan("onMissing: deadLetter")]);
-        let Joined::DeadLetter(why) = dead.join(&mut json!({"other": 1}), 0) else {
+        let Joined::DeadLetter(why) =
+            dead.join(&mut json!({"other": 1}), 0, &mut JoinedRows::of(&dead))
+        else {
             panic!("dead-lettered");
         };
         assert!(why.contains("no user_id to look up"), "{why}");
         let keep = Tables::new(&[plan("")]);
-        let Joined::DeadLetter(why) = keep.join(&mut json!({"user_id": 1, "profile": 2}), 0) else {
+        let Joined::DeadLetter(why) = keep.join(
+            &mut json!({"user_id": 1, "profile": 2}),
+            0,
+            &mut JoinedRows::of(&keep),
+        ) else {
             panic!("dead-lettered");
         };
         assert!(why.contains("already has a field profile"), "{why}");

@@ -560,7 +560,7 @@ impl Processor {
         let done = if self.joins_beside {
             self.tables.look_up(record, event_ms, joined)
         } else {
-            self.tables.join(record, event_ms)
+            self.tables.join(record, event_ms, joined)
         };
         match done {
             Joined::Kept => Some(self.tables.need_event_time().then_some(event_ms)),
