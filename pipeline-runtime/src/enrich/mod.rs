@@ -358,8 +358,14 @@ impl SharedTable {
 
     /// The row of this table for the record `fields` reads (the record and the rows joined
     /// before this table's), whose event time is `event_ms`: `Ok(None)` for none kept as null
-    /// (`onMissing: keep`), `Err` when the record is dropped or dead-lettered.
-    fn find(&self, fields: WithJoined<'_>, event_ms: i64) -> Result<Option<Arc<Value>>, Joined> {
+    /// (`onMissing: keep`), `Err` when the record is dropped or dead-lettered. The lookup is
+    /// counted in `counts`.
+    fn find(
+        &self,
+        fields: WithJoined<'_>,
+        event_ms: i64,
+        counts: &mut LookupCount,
+    ) -> Result<Option<Arc<Value>>, Joined> {
         let name = &self.plan.name;
         let Some(record) = fields.record.as_object() else {
             return Err(Joined::DeadLetter(format!(
@@ -385,10 +391,10 @@ impl SharedTable {
         };
         drop(table);
         if row.is_some() {
-            self.hits.fetch_add(1, Ordering::Relaxed);
+            counts.hits += 1;
             return Ok(row);
         }
-        self.misses.fetch_add(1, Ordering::Relaxed);
+        counts.misses += 1;
         match self.plan.on_missing {
             OnMissing::Keep => Ok(None),
             OnMissing::Drop => Err(Joined::Dropped),
@@ -411,6 +417,16 @@ pub struct JoinedRows {
     /// The tables' names, in order.
     names: Vec<String>,
     rows: Vec<Option<Arc<Value>>>,
+    /// Lookups per table not yet added to the tables' counters ([`Tables::count_lookups`]):
+    /// counted here, by one slot, so slots on other cores do not contend on them per record.
+    counts: Vec<LookupCount>,
+}
+
+/// Lookups of one table by one processor.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LookupCount {
+    hits: u64,
+    misses: u64,
 }
 
 impl JoinedRows {
@@ -419,6 +435,7 @@ impl JoinedRows {
         Self {
             names: tables.iter().map(|t| t.plan.name.clone()).collect(),
             rows: Vec::with_capacity(tables.tables.len()),
+            counts: vec![LookupCount::default(); tables.tables.len()],
         }
     }
 }
@@ -546,9 +563,18 @@ impl Tables {
     /// what an earlier one joined), stopping at the first that drops or dead-letters it.
     pub fn look_up(&self, record: &Value, event_ms: i64, joined: &mut JoinedRows) -> Joined {
         joined.rows.clear();
-        for table in &self.tables {
-            let fields = WithJoined { record, joined };
-            match table.find(fields, event_ms) {
+        joined
+            .counts
+            .resize(self.tables.len(), LookupCount::default());
+        for (i, table) in self.tables.iter().enumerate() {
+            let mut count = joined.counts[i];
+            let fields = WithJoined {
+                record,
+                joined: &*joined,
+            };
+            let found = table.find(fields, event_ms, &mut count);
+            joined.counts[i] = count;
+            match found {
                 Ok(row) => joined.rows.push(row),
                 Err(other) => return other,
             }
@@ -572,6 +598,16 @@ impl Tables {
             }
         }
         Joined::Kept
+    }
+
+    /// Adds the lookups counted in `joined` to the tables' counters (their metrics), and
+    /// starts counting again.
+    pub fn count_lookups(&self, joined: &mut JoinedRows) {
+        for (table, count) in self.tables.iter().zip(joined.counts.iter_mut()) {
+            table.hits.fetch_add(count.hits, Ordering::Relaxed);
+            table.misses.fetch_add(count.misses, Ordering::Relaxed);
+            *count = LookupCount::default();
+        }
     }
 
     /// Drops the versions no record can still need (see [`SharedTable::prune`]).
@@ -612,16 +648,20 @@ mod tests {
             ),
         )]);
         let mut record = json!({"user_id": 42});
-        assert_eq!(
-            tables.join(&mut record, 150, &mut JoinedRows::of(&tables)),
-            Joined::Kept
-        );
+        let mut joined = JoinedRows::of(&tables);
+        assert_eq!(tables.join(&mut record, 150, &mut joined), Joined::Kept);
         assert_eq!(
             record,
             json!({"user_id": 42, "profile": {"country": "fr", "tier": 2}})
         );
         let mut early = json!({"user_id": "42"});
-        tables.join(&mut early, 99, &mut JoinedRows::of(&tables));
+        tables.join(&mut early, 99, &mut joined);
+        assert_eq!(
+            table.hits.load(Ordering::Relaxed),
+            0,
+            "counted by the processor first"
+        );
+        tables.count_lookups(&mut joined);
         assert_eq!(early["profile"], Value::Null, "no version yet at 99");
         assert_eq!(table.hits.load(Ordering::Relaxed), 1);
         assert_eq!(table.misses.load(Ordering::Relaxed), 1);

@@ -239,6 +239,13 @@ pub enum ProcessorError {
     Filter(#[from] FilterError),
 }
 
+impl Drop for Processor {
+    /// The lookups counted since the last tick reach the tables' counters.
+    fn drop(&mut self) {
+        self.tables.count_lookups(&mut self.joined);
+    }
+}
+
 /// Whether `plan` may keep joined rows beside the record (see [`Processor::joins_beside`]).
 fn joins_beside(plan: &Plan, tables: &Tables) -> bool {
     let joined_root = |root: &str| tables.iter().any(|t| t.plan.name == root);
@@ -744,6 +751,7 @@ impl Processor {
         if let Some(open) = &self.open_time {
             let oldest = self.oldest_open();
             open.store(oldest, std::sync::atomic::Ordering::Relaxed);
+            self.tables.count_lookups(&mut self.joined);
         }
         let mut results = std::mem::take(&mut self.results);
         let mut ticked = Vec::new();
