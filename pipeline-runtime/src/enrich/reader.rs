@@ -125,6 +125,10 @@ struct Reader<'a> {
     table: &'a SharedTable,
     decoder: Decoder,
     consumer: BaseConsumer<SignInContext>,
+    /// Asks for end offsets, on connections of its own: on the reading consumer's, a request
+    /// waits behind its long-poll fetch (up to `fetch.wait.max.ms`, 500 ms by default, each
+    /// round).
+    offsets: BaseConsumer<SignInContext>,
     dead_letters: DeadLetters,
     partitions: Vec<i32>,
     /// The next offset to load, per partition.
@@ -154,6 +158,15 @@ impl<'a> Reader<'a> {
             .create_with_context(SignInContext(config.sign_in.clone()))
             .map_err(|e| format!("table {}: cannot create its consumer: {e}", table.plan.name))?;
         let _ = consumer.poll(Duration::from_millis(10));
+        let offsets: BaseConsumer<SignInContext> = consumer_config
+            .clone()
+            .set(
+                "client.id",
+                format!("sluice-table-{}-offsets", table.plan.name),
+            )
+            .create_with_context(SignInContext(config.sign_in.clone()))
+            .map_err(|e| format!("table {}: cannot create its consumer: {e}", table.plan.name))?;
+        let _ = offsets.poll(Duration::ZERO);
         let metadata = consumer
             .fetch_metadata(Some(topic), REQUEST_TIMEOUT)
             .map_err(|e| format!("table {}: cannot read topic {topic}: {e}", table.plan.name))?;
@@ -198,6 +211,7 @@ impl<'a> Reader<'a> {
             table,
             decoder,
             consumer,
+            offsets,
             dead_letters,
             partitions,
             next: resume.clone(),
@@ -295,6 +309,8 @@ impl<'a> Reader<'a> {
         stop: &AtomicBool,
         batch: &mut Vec<(String, i64, Option<Value>)>,
     ) -> Result<bool, String> {
+        // Serves the offsets client's callbacks (token refreshes) too.
+        let _ = self.offsets.poll(Duration::ZERO);
         while !self.table.take_wanted() && !stop.load(Ordering::Relaxed) {
             let left = ROUND.saturating_sub(asked.elapsed());
             if left.is_zero() {
@@ -391,7 +407,7 @@ impl<'a> Reader<'a> {
         let mut ends = HashMap::with_capacity(self.partitions.len());
         for p in &self.partitions {
             let (low, high) = self
-                .consumer
+                .offsets
                 .fetch_watermarks(topic, *p, REQUEST_TIMEOUT)
                 .map_err(|e| {
                     format!(
